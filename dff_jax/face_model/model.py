@@ -48,8 +48,10 @@ class FaceModel:
     landmark_vertex_ids: ``[68]`` int32 iBUG-68 (0-based) -> vertex id, the frontal-view
       positions; contour points move with the pose (see ``contour_candidates``).
     contour_candidates: ``[17, M]`` int32, for each jaw landmark 0..16 a row of M vertex ids from
-      its frontal position (column 0 == ``landmark_vertex_ids[:17]``) outwards towards the ear
-      along the face surface at roughly the same height; the chin row repeats one vertex.
+      its frontal position (column 0 == ``landmark_vertex_ids[:17]``) along the face surface at
+      roughly the same height (a "parallel"), marching inwards across the cheek towards the nose,
+      the way the silhouette of the cheek turned away from the camera moves as the yaw grows
+      (see :mod:`dff_jax.face_model.contour`); the chin row repeats one vertex.
     albedo_mean: ``[V, 3]`` float32 linear RGB reflectance in [0, 1].
     albedo_basis: ``[Ka, V, 3]`` float32 albedo offsets, coefficients ~N(0, 1).
     name: short name ("ict_default", "sfm", ...); static metadata.
@@ -140,3 +142,85 @@ def gather_vertices(points: Array, vertex_ids: Array) -> Array:
   if vertex_ids.ndim == 1:
     return points[..., vertex_ids, :]
   return xp.take_along_axis(points, vertex_ids[..., :, None], axis=-2)
+
+
+def landmarks_3d(model: FaceModel, shape_coefficients: Array, expression_coefficients: Array,
+                 vertex_ids: Array | None = None) -> Array:
+  """3D positions of selected vertices (by default the 68 frontal landmarks), computed from the
+  basis rows of those vertices only (cheap: no full mesh).
+
+  Args:
+    model: the face model.
+    shape_coefficients: ``[..., Ki]`` identity coefficients.
+    expression_coefficients: ``[..., Ke]`` expression coefficients.
+    vertex_ids: ``[N]`` int vertex ids shared by the batch, or ``[..., N]`` per batch element
+      (e.g. :func:`landmark_vertex_ids_for_pose`); default ``model.landmark_vertex_ids``.
+
+  Returns:
+    ``[..., N, 3]`` float32 points, model space (mm).
+  """
+  if vertex_ids is None:
+    vertex_ids = model.landmark_vertex_ids
+  xp = namespace(shape_coefficients, expression_coefficients, vertex_ids, model.mean_vertices)
+  mean = model.mean_vertices[vertex_ids]                      # [..., N, 3]
+  identity = xp.take(model.identity_basis, vertex_ids, axis=1)  # [Ki, ..., N, 3]
+  expression = xp.take(model.expression_basis, vertex_ids, axis=1)
+  return (mean + einsum("...k,k...nd->...nd", shape_coefficients, identity)
+          + einsum("...k,k...nd->...nd", expression_coefficients, expression))
+
+
+def contour_vertex_ids(model: FaceModel, rotation: Array, vertices_mm: Array | None = None) -> Array:
+  """Jaw-landmark (iBUG 0..16) vertex ids for a head pose ("landmark marching", 3DDFA/HPEN).
+
+  Rule: on the side of the face turned away from the camera, each jaw landmark moves along its
+  row of ``model.contour_candidates`` to the candidate that is outermost in the image (largest
+  projection on the image direction of the model's x axis pointing away from the face centre);
+  that candidate lies on the silhouette (the self-occluding outline of the cheek). On the side
+  facing the camera, and on both sides at exactly zero yaw, the frontal vertex (column 0) is kept.
+  The side turned away is the one whose model x axis points away from the camera
+  (sign of ``rotation[..., 2, 0]``), so roll and pitch are handled too. No Python branching on
+  array values: jit/vmap-able, static shapes.
+
+  Args:
+    model: the face model (``contour_candidates [17, M]`` int32).
+    rotation: ``[..., 3, 3]`` model -> camera rotation (see :mod:`dff_jax.geometry`).
+    vertices_mm: optional ``[..., V, 3]`` (or ``[V, 3]``) current mesh (model space, mm); default
+      the mean shape.
+
+  Returns:
+    ``[..., 17]`` int32 vertex ids of the jaw landmarks for this pose.
+  """
+  xp = namespace(rotation, model.contour_candidates, vertices_mm)
+  candidates = model.contour_candidates                       # [17, M]
+  if vertices_mm is None:
+    points = model.mean_vertices[candidates]                  # [17, M, 3]
+  elif vertices_mm.ndim == 2:
+    points = vertices_mm[candidates]
+  else:
+    points = vertices_mm[..., candidates, :]                  # [..., 17, M, 3]
+  camera_xy = einsum("...ij,...rmj->...rmi", rotation[..., :2, :], points)  # [..., 17, M, 2]
+  # Image direction of the model's +x axis (the subject's left) in camera x, y.
+  x_axis = rotation[..., :2, 0]                               # [..., 2]
+  x_axis = x_axis / xp.maximum(xp.sqrt(xp.sum(x_axis**2, axis=-1, keepdims=True)), 1e-9)
+  outward = einsum("...rmi,...i->...rm", camera_xy, x_axis)    # [..., 17, M]
+  # Rows 0..7 (subject's right) are outermost at the smallest value; rows 9..16 at the largest.
+  side = xp.asarray(np.array([-1.0] * 8 + [0.0] + [1.0] * 8, dtype=np.float32))
+  best = xp.argmax(outward * side[:, None], axis=-1)          # [..., 17]
+  best_ids = xp.take_along_axis(
+      xp.broadcast_to(candidates, best.shape + candidates.shape[-1:]), best[..., None],
+      axis=-1)[..., 0]
+  # Camera z of the model +x axis: negative -> the subject's left side is turned away.
+  away_z = rotation[..., 2, 0][..., None]                     # [..., 1]
+  turned_away = ((side > 0) & (away_z < 0)) | ((side < 0) & (away_z > 0))  # [..., 17]
+  frontal = xp.broadcast_to(candidates[:, 0], best_ids.shape)
+  return xp.where(turned_away, best_ids, frontal).astype(np.int32)
+
+
+def landmark_vertex_ids_for_pose(model: FaceModel, rotation: Array,
+                                 vertices_mm: Array | None = None) -> Array:
+  """All 68 landmark vertex ids for a pose: ``landmark_vertex_ids`` with the jaw (0..16)
+  replaced by :func:`contour_vertex_ids`. Args as there; returns ``[..., 68]`` int32."""
+  xp = namespace(rotation, model.landmark_vertex_ids, vertices_mm)
+  jaw = contour_vertex_ids(model, rotation, vertices_mm)
+  rest = xp.broadcast_to(model.landmark_vertex_ids[17:], jaw.shape[:-1] + (NUM_LANDMARKS - 17,))
+  return xp.concatenate([jaw, rest.astype(np.int32)], axis=-1)

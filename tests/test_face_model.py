@@ -1,0 +1,439 @@
+"""Tests for dff_jax.face_model: loaders (every layout), the embedded default, the pure 3DMM math
+(NumPy/JAX parity, jit, vmap), pose-dependent contour landmarks and the albedo model."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.io
+
+from conftest import ICT_NPZ, ROOT, SFM_NPZ, require
+from dff_jax import geometry
+from dff_jax.face_model import compare, contour, loaders
+from dff_jax.face_model import jax_support  # noqa: F401  (registers the pytree)
+from dff_jax.face_model import model as model_lib
+from dff_jax.face_model.model import FaceModel
+
+
+@pytest.fixture(scope="module")
+def default():
+  return loaders.default_face_model()
+
+
+def _rotation(yaw_deg, pitch_deg=0.0, roll_deg=0.0):
+  return geometry.euler_to_matrix(np.deg2rad(pitch_deg), np.deg2rad(yaw_deg),
+                                  np.deg2rad(roll_deg)).astype(np.float32)
+
+
+def _tiny_model(rng, num_vertices=24, ki=3, ke=2, ka=2):
+  """A small random but valid FaceModel (not a face; for layout and math tests)."""
+  landmarks = rng.integers(0, num_vertices, 68).astype(np.int32)
+  candidates = rng.integers(0, num_vertices, (17, 4)).astype(np.int32)
+  candidates[:, 0] = landmarks[:17]
+  return FaceModel(
+      mean_vertices=rng.normal(0, 50, (num_vertices, 3)).astype(np.float32),
+      identity_basis=rng.normal(0, 2, (ki, num_vertices, 3)).astype(np.float32),
+      expression_basis=rng.normal(0, 2, (ke, num_vertices, 3)).astype(np.float32),
+      expression_std=np.full(ke, 0.3, np.float32),
+      triangles=rng.integers(0, num_vertices, (30, 3)).astype(np.int32),
+      vertex_part=rng.integers(0, 5, num_vertices).astype(np.int32),
+      landmark_vertex_ids=landmarks, contour_candidates=candidates,
+      albedo_mean=rng.uniform(0, 1, (num_vertices, 3)).astype(np.float32),
+      albedo_basis=rng.normal(0, 0.05, (ka, num_vertices, 3)).astype(np.float32),
+      name="tiny", expression_names=tuple(f"e{k}" for k in range(ke)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The embedded default
+# ----------------------------------------------------------------------------------------------
+
+
+def test_default_asset_is_small_and_licensed():
+  asset = ROOT / "dff_jax" / "assets" / "face_model_ict.npz"
+  assert asset.stat().st_size <= 8_000_000
+  licence = (ROOT / "dff_jax" / "assets" / "LICENSE-ICT-FaceKit.txt").read_text()
+  assert "MIT License" in licence and "USC Institute for Creative Technologies" in licence
+
+
+def test_default_loads_without_shared_and_without_jax(tmp_path):
+  code = (
+      "import sys\n"
+      "import dff_jax.face_model as fm\n"
+      "m = fm.load_face_model('default')\n"
+      "assert m.num_vertices > 1000 and m.name == 'ict_default'\n"
+      "assert 'jax' not in sys.modules, 'dff_jax.face_model imported jax'\n"
+      "try:\n"
+      "  fm.load_face_model('sfm')\n"
+      "except FileNotFoundError as e:\n"
+      "  assert 'sfm_3448.npz' in str(e) and 'default' in str(e)\n"
+      "else:\n"
+      "  raise AssertionError('no error for an absent ../shared')\n")
+  env = dict(os.environ, DFF_SHARED_DIR=str(tmp_path / "no_shared"))
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+
+
+def test_default_fields(default):
+  v = default.num_vertices
+  assert default.mean_vertices.shape == (v, 3) and default.mean_vertices.dtype == np.float32
+  assert 40 <= default.num_identity <= 60
+  assert default.identity_basis.dtype == np.float32
+  assert default.expression_basis.shape == (53, v, 3) and len(default.expression_names) == 53
+  np.testing.assert_allclose(default.expression_std, loaders.ICT_EXPRESSION_STD)
+  assert default.landmark_vertex_ids.shape == (68,)
+  assert default.landmark_vertex_ids.min() >= 0 and default.landmark_vertex_ids.max() < v
+  np.testing.assert_array_equal(default.contour_candidates[:, 0], default.landmark_vertex_ids[:17])
+  assert default.albedo_mean.min() >= 0 and default.albedo_mean.max() <= 1
+  assert default.triangles.max() < v
+
+
+def test_default_outer_eye_corners_in_mm(default):
+  corners = default.mean_vertices[default.landmark_vertex_ids[[36, 45]]]
+  np.testing.assert_allclose(corners[:, 0], [-44.6, 44.6], atol=0.2)  # ICT: +-4.46 cm
+
+
+def test_identity_coefficients_are_standard_normal_scale(default):
+  """Coefficients ~N(0, 1) must give plausible faces: outer-eye-corner distances vary by a few
+  millimetres (human adults: sd ~ 4-6 mm), not by microns or centimetres."""
+  rng = np.random.default_rng(0)
+  coefficients = rng.normal(size=(400, default.num_identity)).astype(np.float32)
+  points = model_lib.landmarks_3d(default, coefficients,
+                                  np.zeros((400, default.num_expression), np.float32))
+  distance = np.linalg.norm(points[:, 36] - points[:, 45], axis=-1)
+  assert 1.5 < distance.std() < 10.0
+  assert abs(distance.mean() - 89.2) < 1.5
+  # Per-mode RMS vertex displacement of the first (largest) mode: millimetres.
+  rms = np.sqrt(np.mean(np.sum(default.identity_basis[0] ** 2, axis=-1)))
+  assert 1.0 < rms < 20.0
+
+
+def test_default_matches_ict_source():
+  ict = loaders.load_face_model(require(ICT_NPZ))
+  default = loaders.default_face_model()
+  np.testing.assert_allclose(default.mean_vertices, ict.mean_vertices, atol=1e-4)
+  energy = np.sum(ict.identity_basis.astype(np.float64) ** 2, axis=(1, 2))
+  np.testing.assert_allclose(default.identity_basis[0], ict.identity_basis[np.argmax(energy)],
+                             atol=0.02)
+  np.testing.assert_array_equal(default.landmark_vertex_ids, ict.landmark_vertex_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ict_loader_converts_cm_to_mm():
+  ict = loaders.load_face_model("ict") if ICT_NPZ.exists() else pytest.skip("no ICT")
+  raw = np.load(ICT_NPZ)
+  np.testing.assert_allclose(ict.mean_vertices, raw["mean_vertices"] * 10, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(ict.identity_basis[3], raw["identity_modes"][3] * 10, atol=1e-5)
+  corners = ict.mean_vertices[ict.landmark_vertex_ids[[36, 45]], 0]
+  np.testing.assert_allclose(corners, [-44.6, 44.6], atol=0.1)
+  assert ict.num_identity == 100 and ict.num_expression == 53
+
+
+def test_sfm_loader():
+  require(SFM_NPZ)
+  sfm = loaders.load_face_model("sfm")
+  raw = np.load(SFM_NPZ)
+  expected = raw["shape_basis"][2] * np.sqrt(raw["shape_eigenvalues"][2])
+  np.testing.assert_allclose(sfm.identity_basis[2], expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(sfm.expression_std, loaders.SFM_EXPRESSION_STD)
+  assert sfm.num_expression == 6 and sfm.vertex_part.max() == model_lib.PART_FACE
+  # Every landmark is filled; the SFM ones are kept.
+  assert sfm.landmark_vertex_ids.min() >= 0
+  fixed = raw["landmark_vertex_ids"] >= 0
+  np.testing.assert_array_equal(sfm.landmark_vertex_ids[fixed], raw["landmark_vertex_ids"][fixed])
+  jaw = sfm.mean_vertices[sfm.landmark_vertex_ids[:17]]
+  assert np.all(jaw[:8, 0] < 0) and np.all(jaw[9:, 0] > 0)          # right side x < 0
+  assert np.all(np.diff(jaw[:9, 1]) < 2.0)                           # going down to the chin
+  np.testing.assert_allclose(jaw[:8, 0], -jaw[9:][::-1, 0], atol=4.0)  # roughly symmetric
+  mouth = sfm.mean_vertices[sfm.landmark_vertex_ids[[48, 60, 64, 54]], 0]
+  assert mouth[0] < mouth[1] < 0 < mouth[2] < mouth[3]               # inner corners inside
+
+
+def _bfm_fixture(path, default, offset_mm=(4.0, -7.0, -25.0)):
+  """A tiny BFM-2009-layout .mat: the default's face near the nose, in micrometres, shifted."""
+  v = default.mean_vertices.astype(np.float64)
+  nose = v[default.landmark_vertex_ids[30]]
+  keep = (default.vertex_part == model_lib.PART_FACE) & (np.linalg.norm(v - nose, axis=1) < 95)
+  keep_ids = np.flatnonzero(keep)
+  new_id = np.full(len(v), -1)
+  new_id[keep_ids] = np.arange(len(keep_ids))
+  triangles = new_id[default.triangles]
+  triangles = triangles[np.all(triangles >= 0, axis=1)]
+  rng = np.random.default_rng(0)
+  n = len(keep_ids)
+  shape_pc = np.linalg.qr(rng.normal(size=(3 * n, 3)))[0]
+  shape_ev = np.array([60000.0, 30000.0, 10000.0])            # um, standard deviations
+  tex_pc = np.linalg.qr(rng.normal(size=(3 * n, 2)))[0]
+  tex_ev = np.array([900.0, 400.0])
+  mat = {
+      "shapeMU": ((v[keep_ids] + offset_mm) * 1000.0).reshape(-1, 1),
+      "shapePC": shape_pc, "shapeEV": shape_ev.reshape(-1, 1),
+      "texMU": (default.albedo_mean[keep_ids].astype(np.float64) * 255).reshape(-1, 1),
+      "texPC": tex_pc, "texEV": tex_ev.reshape(-1, 1),
+      "tl": (triangles + 1).astype(np.float64),
+  }
+  scipy.io.savemat(path, mat)
+  return mat, keep_ids, new_id
+
+
+def test_bfm_loader_tiny_fixture(tmp_path, default):
+  path = tmp_path / "01_MorphableModel.mat"
+  mat, keep_ids, new_id = _bfm_fixture(path, default)
+  bfm = loaders.load_face_model(path)
+  n = len(keep_ids)
+  expected_mean = mat["shapeMU"].reshape(n, 3) / 1000.0
+  np.testing.assert_allclose(bfm.mean_vertices, expected_mean, atol=1e-3)
+  expected_mode = (mat["shapePC"][:, 1] * 30000.0 / 1000.0).reshape(n, 3)
+  np.testing.assert_allclose(bfm.identity_basis[1], expected_mode, atol=1e-4)
+  np.testing.assert_array_equal(bfm.triangles, mat["tl"].astype(np.int32) - 1)  # 1-based -> 0
+  np.testing.assert_allclose(bfm.albedo_mean, default.albedo_mean[keep_ids], atol=1e-5)
+  assert bfm.num_expression == 0 and bfm.num_albedo == 2
+  # Landmarks transferred by ICP land on the right vertices (the offset is undone).
+  moved = bfm.mean_vertices[bfm.landmark_vertex_ids[17:]]
+  truth = default.mean_vertices[default.landmark_vertex_ids[17:]] + np.array([4.0, -7.0, -25.0])
+  assert np.median(np.linalg.norm(moved - truth, axis=1)) < 0.5
+  # Explicit landmark ids are used as given.
+  given = new_id[default.landmark_vertex_ids]
+  if np.all(given >= 0):
+    explicit = loaders.load_face_model(path, landmark_vertex_ids=given)
+    np.testing.assert_array_equal(explicit.landmark_vertex_ids, given)
+
+
+def test_bfm_loader_rejects_bad_shapes(tmp_path, default):
+  path = tmp_path / "bad.mat"
+  mat, _, _ = _bfm_fixture(tmp_path / "good.mat", default)
+  mat["shapePC"] = mat["shapePC"][:-3]
+  scipy.io.savemat(path, mat)
+  with pytest.raises(ValueError, match="shapePC"):
+    loaders.load_face_model(path)
+
+
+def test_own_layout_round_trip(tmp_path):
+  model = _tiny_model(np.random.default_rng(0))
+  path = loaders.save_face_model(model, tmp_path / "tiny.npz")
+  loaded = loaders.load_face_model(path)
+  for field in model_lib.DATA_FIELDS:
+    np.testing.assert_array_equal(getattr(loaded, field), getattr(model, field), err_msg=field)
+  assert loaded.name == "tiny" and loaded.expression_names == ("e0", "e1")
+  compact = loaders.load_face_model(loaders.save_face_model(model, tmp_path / "c.npz", True))
+  assert compact.identity_basis.dtype == np.float32
+  np.testing.assert_allclose(compact.identity_basis, model.identity_basis, rtol=2e-3, atol=2e-3)
+
+
+def test_missing_file_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nothing_here.npz"):
+    loaders.load_face_model(tmp_path / "nothing_here.npz")
+
+
+def test_malformed_files(tmp_path):
+  path = tmp_path / "wrong_keys.npz"
+  np.savez(path, foo=np.zeros(3))
+  with pytest.raises(ValueError, match="wrong_keys.npz.*foo"):
+    loaders.load_face_model(path)
+  # Our layout with NaNs.
+  model = _tiny_model(np.random.default_rng(1))
+  bad = model.replace(mean_vertices=model.mean_vertices.copy())
+  bad.mean_vertices[3, 1] = np.nan
+  arrays = {f: getattr(bad, f) for f in model_lib.DATA_FIELDS}
+  np.savez(tmp_path / "nan.npz", **arrays, name="x", expression_names=np.array(["a", "b"]),
+           format_version=1)
+  with pytest.raises(ValueError, match="NaN"):
+    loaders.load_face_model(tmp_path / "nan.npz")
+  # ICT layout with a wrong shape.
+  np.savez(tmp_path / "ict_bad.npz", mean_vertices=np.zeros((10, 2)),
+           identity_modes=np.zeros((2, 10, 3)), expression_modes=np.zeros((1, 10, 3)),
+           expression_names=np.array(["a"]), triangles=np.zeros((1, 3), int),
+           vertex_part=np.zeros(10, int), landmark_vertex_ids=np.zeros(68, int))
+  with pytest.raises(ValueError, match=r"mean_vertices has shape \[10, 2\], expected \[\*, 3\]"):
+    loaders.load_face_model(tmp_path / "ict_bad.npz")
+  # Not a zip at all.
+  (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="garbage.npz"):
+    loaders.load_face_model(tmp_path / "garbage.npz")
+
+
+def test_default_face_model_is_cached_and_read_only():
+  a, b = loaders.default_face_model(), loaders.default_face_model()
+  assert a is b
+  with pytest.raises(ValueError):
+    a.mean_vertices[0, 0] = 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure math: NumPy/JAX parity, jit, vmap
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_jax(model):
+  return jax.tree_util.tree_map(jnp.asarray, model)
+
+
+def test_pytree_leaves(default):
+  leaves = jax.tree_util.tree_leaves(default)
+  assert len(leaves) == len(model_lib.DATA_FIELDS)
+
+
+def test_vertices_and_landmarks_numpy_jax_parity(default):
+  rng = np.random.default_rng(0)
+  shape = rng.normal(size=(2, default.num_identity)).astype(np.float32)
+  expression = rng.uniform(0, 0.5, (2, default.num_expression)).astype(np.float32)
+  jmodel = _to_jax(default)
+  v_np = model_lib.vertices(default, shape, expression)
+  v_jax = jax.jit(model_lib.vertices)(jmodel, jnp.asarray(shape), jnp.asarray(expression))
+  np.testing.assert_allclose(np.asarray(v_jax), v_np, atol=1e-3)
+  lm_np = model_lib.landmarks_3d(default, shape, expression)
+  np.testing.assert_allclose(lm_np, v_np[:, default.landmark_vertex_ids], atol=1e-3)
+  lm_jax = jax.jit(model_lib.landmarks_3d)(jmodel, jnp.asarray(shape), jnp.asarray(expression))
+  np.testing.assert_allclose(np.asarray(lm_jax), lm_np, atol=1e-3)
+
+
+def test_contour_selection_numpy_jax_jit_vmap(default):
+  yaws = np.array([-80, -50, -20, 0, 20, 50, 80], np.float32)
+  rotations = geometry.euler_to_matrix(np.zeros_like(yaws), np.deg2rad(yaws),
+                                       np.zeros_like(yaws)).astype(np.float32)
+  ids_np = model_lib.contour_vertex_ids(default, rotations)
+  assert ids_np.shape == (7, 17) and ids_np.dtype == np.int32
+  for k in range(len(yaws)):
+    np.testing.assert_array_equal(model_lib.contour_vertex_ids(default, rotations[k]), ids_np[k])
+  jmodel = _to_jax(default)
+  ids_jit = jax.jit(model_lib.contour_vertex_ids)(jmodel, jnp.asarray(rotations))
+  np.testing.assert_array_equal(np.asarray(ids_jit), ids_np)
+  ids_vmap = jax.vmap(model_lib.contour_vertex_ids, in_axes=(None, 0))(
+      jmodel, jnp.asarray(rotations))
+  np.testing.assert_array_equal(np.asarray(ids_vmap), ids_np)
+  ids_nojit = model_lib.contour_vertex_ids(jmodel, jnp.asarray(rotations))
+  np.testing.assert_array_equal(np.asarray(ids_nojit), ids_np)
+  # With a (batched) fitted mesh, too.
+  verts = model_lib.vertices(default, np.zeros((7, default.num_identity), np.float32),
+                             np.zeros((7, default.num_expression), np.float32))
+  np.testing.assert_array_equal(model_lib.contour_vertex_ids(default, rotations, verts), ids_np)
+  all_ids = jax.jit(model_lib.landmark_vertex_ids_for_pose)(jmodel, jnp.asarray(rotations))
+  assert all_ids.shape == (7, 68)
+  np.testing.assert_array_equal(np.asarray(all_ids)[:, :17], ids_np)
+  np.testing.assert_array_equal(np.asarray(all_ids)[:, 17:],
+                                np.broadcast_to(default.landmark_vertex_ids[17:], (7, 51)))
+
+
+def test_landmarks_3d_with_pose_dependent_ids(default):
+  rotations = np.stack([_rotation(0), _rotation(60)])
+  ids = model_lib.landmark_vertex_ids_for_pose(default, rotations)
+  shape = np.random.default_rng(0).normal(size=(2, default.num_identity)).astype(np.float32)
+  expression = np.zeros((2, default.num_expression), np.float32)
+  points = model_lib.landmarks_3d(default, shape, expression, ids)
+  full = model_lib.vertices(default, shape, expression)
+  np.testing.assert_allclose(points, np.take_along_axis(full, ids[..., None], axis=1), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Contour landmarks follow the silhouette
+# ----------------------------------------------------------------------------------------------
+
+
+def _camera_normals(model, rotation):
+  return contour.vertex_normals(model.mean_vertices, model.triangles) @ rotation.T
+
+
+@pytest.mark.parametrize("spec", ["default", "sfm"])
+def test_contour_switches_to_silhouette_at_large_yaw(spec):
+  model = loaders.default_face_model() if spec == "default" else loaders.load_face_model(
+      require(SFM_NPZ) and "sfm")
+  frontal = model.landmark_vertex_ids[:17]
+  np.testing.assert_array_equal(model_lib.contour_vertex_ids(model, _rotation(0)), frontal)
+  for yaw in (45.0, 60.0, -45.0, -60.0):
+    rotation = _rotation(yaw)
+    ids = model_lib.contour_vertex_ids(model, rotation)
+    far = slice(9, 17) if yaw > 0 else slice(0, 8)    # positive yaw turns the subject's left away
+    near = slice(0, 8) if yaw > 0 else slice(9, 17)
+    np.testing.assert_array_equal(ids[near], frontal[near])
+    assert np.sum(ids[far] != frontal[far]) >= 6
+    normal_z = _camera_normals(model, rotation)[:, 2]
+    # Chosen points lie on the self-occluding outline (normal perpendicular to the view)...
+    assert np.mean(np.abs(normal_z[ids[far]])) < 0.15
+    # ... and are outermost in the image among their candidates.
+    projected = geometry.rotate(model.mean_vertices[model.contour_candidates[far]], rotation)
+    chosen = geometry.rotate(model.mean_vertices[ids[far]], rotation)
+    outward = np.sign(yaw)   # image direction of the far side: +x for positive yaw
+    assert np.all(outward * chosen[:, 0] >= (outward * projected[..., 0]).max(axis=1) - 1e-3)
+
+
+def test_contour_is_mirror_symmetric_and_roll_invariant(default):
+  ids_left = model_lib.contour_vertex_ids(default, _rotation(55))
+  ids_right = model_lib.contour_vertex_ids(default, _rotation(-55))
+  left_points = default.mean_vertices[ids_left[9:]]
+  right_points = default.mean_vertices[ids_right[:8][::-1]]
+  np.testing.assert_allclose(left_points * [1, 1, 1], right_points * [-1, 1, 1], atol=1.0)
+  # Roll (in-plane rotation) does not change which vertices are on the outline.
+  ids_rolled = model_lib.contour_vertex_ids(default, _rotation(55, roll_deg=35.0))
+  np.testing.assert_array_equal(ids_rolled, ids_left)
+
+
+def test_contour_candidates_rows_march_inwards(default):
+  v = default.mean_vertices
+  rows = v[default.contour_candidates]                     # [17, M, 3]
+  for j in (0, 3, 12, 16):
+    assert abs(rows[j, -1, 0]) < abs(rows[j, 0, 0])         # towards the nose
+    assert np.all(np.abs(rows[j, :, 1] - rows[j, 0, 1]) < 5.0)  # about the same height
+  assert np.all(default.contour_candidates[8] == default.landmark_vertex_ids[8])
+
+
+# ----------------------------------------------------------------------------------------------
+# Albedo and comparisons
+# ----------------------------------------------------------------------------------------------
+
+
+def test_albedo_regions(default):
+  a = default.albedo_mean
+  v = default.mean_vertices
+  lm = default.landmark_vertex_ids
+  skin = a[lm[29]]                                         # nose bridge
+  upper_lip = 0.5 * (v[lm[51]] + v[lm[62]])
+  lips = a[np.argmin(np.sum((v - upper_lip) ** 2, axis=1))]
+  assert lips[0] / lips[1] > 1.3 * skin[0] / skin[1]        # lips redder than skin
+  socket = a[default.vertex_part == model_lib.PART_MOUTH_SOCKET].mean(axis=0)
+  assert socket.sum() < 0.5 * skin.sum()
+  eye = default.vertex_part == model_lib.PART_EYEBALL_LEFT
+  front = np.flatnonzero(eye)[np.argmax(v[eye, 2])]
+  assert a[front].sum() < 0.1                              # pupil dark
+  assert a[np.flatnonzero(eye)].max(axis=0).min() > 0.5    # sclera bright
+  brows = a[lm[19]].sum() < 0.6 * skin.sum()
+  assert brows
+  tone = np.zeros(default.num_albedo, np.float32)
+  tone[0] = 2.0
+  pale = model_lib.albedo(default, tone)[lm[29]].sum()
+  dark = model_lib.albedo(default, -tone)[lm[29]].sum()
+  assert pale > 2.5 * dark
+
+
+def test_asset_albedo_is_in_sync_with_the_code(default):
+  """The shipped albedo equals what albedo.py builds today (re-run the build script if not)."""
+  from dff_jax.face_model.albedo import build_albedo_model
+  mean, basis = build_albedo_model(default.mean_vertices, default.triangles, default.vertex_part,
+                                   default.landmark_vertex_ids)
+  np.testing.assert_allclose(default.albedo_mean, mean, atol=2e-3)
+  np.testing.assert_allclose(default.albedo_basis, basis, atol=2e-3)
+
+
+def test_landmarks_3d_gradients(default):
+  from jax.test_util import check_grads
+  jmodel = _to_jax(default)
+  shape = jnp.asarray(np.random.default_rng(0).normal(size=default.num_identity), jnp.float32)
+  expression = jnp.zeros(default.num_expression, jnp.float32)
+  check_grads(lambda a, b: model_lib.landmarks_3d(jmodel, a, b), (shape, expression), order=1,
+              modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_landmark_distance_ratio():
+  require(SFM_NPZ)
+  default = loaders.default_face_model()
+  sfm = loaders.load_face_model("sfm")
+  assert len(compare.FIXED_LANDMARKS) == 50
+  assert compare.landmark_distance_ratio(sfm, sfm) < 1e-6
+  assert compare.landmark_distance_ratio(default, sfm) <= 0.04

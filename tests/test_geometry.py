@@ -210,7 +210,7 @@ def test_perspective_parity_jit_vmap():
 def test_check_grads_euler_to_matrix():
   with jax.enable_x64(True):
     check_grads(geometry.euler_to_matrix, (jnp.array([0.3, -0.2]), jnp.array([0.5, 1.0]),
-                                           jnp.array([-0.4, 2.0])), order=2, modes=("fwd", "rev"))
+                                           jnp.array([-0.4, 2.0])), order=1, modes=("fwd", "rev"))
 
 
 def test_check_grads_matrix_to_euler():
@@ -225,7 +225,7 @@ def test_check_grads_weak_perspective_project():
     points, scale, rotation, translation = [jnp.asarray(a, jnp.float64)
                                             for a in _projection_inputs(rng)]
     check_grads(geometry.weak_perspective_project, (points, scale, rotation, translation),
-                order=2, modes=("fwd", "rev"))
+                order=1, modes=("fwd", "rev"))
 
 
 def test_check_grads_perspective_project():
@@ -305,7 +305,7 @@ def test_check_grads_estimate_similarity(d):
     target = target + rng.normal(0, 0.05, target.shape)
     weights = rng.uniform(0.5, 1.5, 8)
     args = tuple(jnp.asarray(a) for a in (source, target, weights))
-    check_grads(geometry.estimate_similarity, args, order=1, modes=("fwd", "rev"))
+    check_grads(jax.jit(geometry.estimate_similarity), args, order=1, modes=("fwd", "rev"))
 
 
 # ----------------------------------------------------------------------------------------------

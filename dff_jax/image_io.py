@@ -1,0 +1,193 @@
+"""Robust image reading and atomic PNG writing (NumPy + Pillow, the decoder imageio uses; no JAX).
+
+:func:`read_image` always returns ``[H, W, 3]`` uint8 RGB, whatever the file holds:
+
+* grayscale (``L``, ``1``, ``I``, ``F``) is replicated to three channels;
+* palette (``P``) images are expanded through their palette;
+* 16-bit images (grayscale ``I;16`` or 48/64-bit RGB(A) PNGs) are scaled to 8 bits
+  (``round(v / 257)``, so 65535 -> 255);
+* an alpha channel (``RGBA``, ``LA``, ``PA``, palette transparency) is **composited on a
+  background**, white by default (``background=(255, 255, 255)``): transparent pixels become
+  the background instead of whatever colour happened to be stored under them;
+* CMYK, YCbCr, ... are converted to RGB; for animations and multi-page files the first frame is
+  read; EXIF orientation is **ignored** (pixels as stored, which is what data-set annotations
+  refer to).
+
+Problems raise :class:`ImageReadError` (a ``ValueError``) with a one-line message that names the
+file and says what to do: a missing file, a directory, a file that is not an image (e.g. text
+named ``.jpg``), a truncated or corrupt file, and an image above the pixel limit. The limit
+(default 50 megapixels) is checked from the header, before the pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageReadError(ValueError):
+  """An image file cannot be used; the message names the file and what to do."""
+
+
+def image_size(path: str | os.PathLike) -> Tuple[int, int]:
+  """``(width, height)`` in pixels from the file header, without decoding the pixels.
+
+  Raises:
+    ImageReadError: missing file, directory, or not a recognised image.
+  """
+  path = _require_file(path)
+  with _open(path, max_pixels=None) as image:
+    return image.size
+
+
+def _require_file(path: str | os.PathLike) -> Path:
+  path = Path(path)
+  if not path.exists():
+    raise ImageReadError(f"{path}: image file not found; check the path.")
+  if path.is_dir():
+    raise ImageReadError(f"{path}: is a directory, not an image file; pass the image's path.")
+  return path
+
+
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
+  """Opens the header lazily and enforces the pixel limit before any decoding."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(path)
+  except Image.DecompressionBombError as error:
+    limit = "" if max_pixels is None else f"above the limit of {max_pixels / 1e6:g} megapixels "
+    raise ImageReadError(f"{path}: image {limit}and refused by Pillow's decompression-bomb guard "
+                         f"({error}); downscale it first.") from None
+  except Image.UnidentifiedImageError:
+    raise ImageReadError(f"{path}: not a recognised image (unknown format or not an image "
+                         "at all); check the file or re-export it as PNG/JPEG.") from None
+  except OSError as error:
+    raise ImageReadError(f"{path}: cannot open image ({error}); check permissions and the "
+                         "file.") from None
+  width, height = image.size
+  if max_pixels is not None and width * height > max_pixels:
+    image.close()
+    raise ImageReadError(
+        f"{path}: image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the "
+        f"limit of {max_pixels / 1e6:g} megapixels (max_pixels={max_pixels}); downscale it or "
+        "pass a larger max_pixels.")
+  return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+  """Scales an integer or float array of any bit depth to uint8."""
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.bool_:
+    return array.astype(np.uint8) * 255
+  if np.issubdtype(array.dtype, np.floating):
+    scale = 255.0 if np.nanmax(array, initial=0.0) <= 1.0 else 1.0
+    return np.clip(np.nan_to_num(array) * scale + 0.5, 0, 255).astype(np.uint8)
+  # 16-bit data (uint16, or int32 mode "I" holding 16-bit values): round(v / 257).
+  if array.dtype.itemsize >= 2 and (array.dtype == np.uint16 or array.max(initial=0) > 255):
+    return np.clip((array.astype(np.float64) / 257.0) + 0.5, 0, 255).astype(np.uint8)
+  return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image, background: Tuple[int, int, int]) -> np.ndarray:
+  """Decoded PIL image -> ``[H, W, 3]`` uint8, compositing any alpha on ``background``."""
+  mode = image.mode
+  if mode == "P" and "transparency" in image.info:
+    image, mode = image.convert("RGBA"), "RGBA"
+  if mode in ("I", "F") or mode.startswith("I;16"):
+    gray = _to_uint8(np.asarray(image))
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+    alpha = rgba[..., 3:] / 255.0
+    composite = rgba[..., :3] * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
+    return np.clip(composite + 0.5, 0, 255).astype(np.uint8)
+  if mode != "RGB":
+    image = image.convert("RGB")
+  return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               background: Tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+  """Reads any common image file as RGB uint8 (see the module docstring for the conversions).
+
+  Args:
+    path: image file (PNG, JPEG, BMP, GIF, TIFF, WebP, ... anything Pillow decodes).
+    max_pixels: refuse images with more than this many pixels (checked from the header before
+      decoding); ``None`` disables the check. Pillow's own decompression-bomb guard (about
+      179 megapixels by default, ``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top.
+    background: RGB colour under transparent pixels.
+
+  Returns:
+    ``[H, W, 3]`` uint8 RGB, row ``i`` / column ``j`` is the pixel centred at ``(j + 0.5,
+    i + 0.5)`` in the image frame.
+
+  Raises:
+    ImageReadError: missing file, directory, not an image, truncated/corrupt data, too large.
+  """
+  path = _require_file(path)
+  image = _open(path, max_pixels)
+  try:
+    try:
+      image.load()
+      return _to_rgb(image, background)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+      message = str(error) or type(error).__name__
+      raise ImageReadError(f"{path}: image data is truncated or corrupt ({message}); "
+                           "re-download or re-export the file.") from None
+  finally:
+    image.close()
+
+
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
+  """Writes a PNG so that readers never see a partial file.
+
+  The image is written to a temporary file in the destination's directory, flushed to disk, then
+  renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows within one file
+  system). On any error the temporary file is removed and an existing ``path`` is untouched.
+
+  Args:
+    path: destination ``.png`` (its directory must exist).
+    image: ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` uint8.
+
+  Returns:
+    ``path`` as a ``Path``.
+  """
+  path = Path(path)
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"write_png_atomic needs a uint8 image, got {image.dtype}; convert with "
+                     "np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8) for [0, 1] floats.")
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+    raise ValueError(f"write_png_atomic needs an [H, W], [H, W, 3] or [H, W, 4] image, got shape "
+                     f"{image.shape}.")
+  if not path.parent.is_dir():
+    raise ValueError(f"{path}: directory {path.parent} does not exist; create it first.")
+  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(handle, "wb") as stream:
+      Image.fromarray(np.ascontiguousarray(image)).save(stream, format="PNG")
+      stream.flush()
+      os.fsync(stream.fileno())
+    # mkstemp makes the file private (0600); give it the old file's mode, or rw-r--r--.
+    os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644)
+    os.replace(temporary, path)
+  except BaseException:
+    try:
+      os.unlink(temporary)
+    except FileNotFoundError:
+      pass
+    raise
+  return path

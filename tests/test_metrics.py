@@ -1,0 +1,146 @@
+"""Tests for dff_jax.metrics with hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dff_jax import metrics
+
+
+def _face(width=40.0, height=30.0):
+  """68 landmarks inside [10, 10 + width] x [20, 20 + height], box corners hit, eyes known."""
+  rng = np.random.default_rng(0)
+  points = np.stack([rng.uniform(10.0, 10.0 + width, 68), rng.uniform(20.0, 20.0 + height, 68)], -1)
+  points[0] = [10.0, 20.0]
+  points[1] = [10.0 + width, 20.0 + height]
+  points[36] = [15.0, 30.0]
+  points[45] = [39.0, 37.0]  # 24, 7 -> inter-ocular distance 25.
+  return points
+
+
+def test_nme_inter_ocular_hand_computed():
+  target = _face()
+  pred = target.copy()
+  pred[:, 0] += 2.5  # every point off by 2.5 px -> NME = 2.5 / 25 = 0.1.
+  np.testing.assert_allclose(metrics.nme(pred, target, "inter_ocular"), 0.1)
+  pred = target.copy()
+  pred[5] += [3.0, 4.0]  # one point off by 5 px -> mean 5/68, / 25.
+  np.testing.assert_allclose(metrics.nme(pred, target, "inter_ocular"), 5.0 / 68 / 25)
+
+
+def test_nme_bbox_from_landmarks_and_from_box():
+  target = _face(40.0, 30.0)
+  pred = target + np.array([0.0, 3.0])
+  np.testing.assert_allclose(metrics.nme(pred, target, "bbox"), 3.0 / math.sqrt(1200.0))
+  box = np.array([0.0, 0.0, 100.0, 25.0])  # sqrt(100 * 25) = 50.
+  np.testing.assert_allclose(metrics.nme(pred, target, "bbox", box=box), 3.0 / 50.0)
+
+
+def test_nme_visible_mask_averages_only_visible_points():
+  target = _face()
+  pred = target.copy()
+  pred[:10] += [6.0, 8.0]  # 10 px off, hidden.
+  pred[10:20] += [0.0, 5.0]  # 5 px off, visible.
+  visible = np.ones(68, bool)
+  visible[:10] = False
+  want = 10 * 5.0 / 58 / 25.0
+  np.testing.assert_allclose(metrics.nme(pred, target, "inter_ocular", visible=visible), want)
+  nothing = metrics.nme(pred, target, "inter_ocular", visible=np.zeros(68, bool))
+  assert np.isnan(nothing)
+
+
+def test_bbox_with_visible_uses_visible_points_only():
+  target = _face(40.0, 30.0)
+  target[2] = [500.0, 500.0]  # a far hidden point must not inflate the box.
+  visible = np.ones(68, bool)
+  visible[2] = False
+  np.testing.assert_allclose(metrics.normaliser_length(target, "bbox", visible=visible),
+                             math.sqrt(1200.0))
+
+
+def test_nme_batched_and_jax_parity_jit():
+  rng = np.random.default_rng(1)
+  target = np.stack([_face(), _face(20.0, 50.0)]).astype(np.float32)
+  pred = (target + rng.normal(0, 1, target.shape)).astype(np.float32)
+  want = np.array([metrics.nme(p, t, "bbox") for p, t in zip(pred, target)])
+  got = metrics.nme(pred, target, "bbox")
+  assert got.shape == (2,)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for name in metrics.NORMALISERS:
+    jitted = jax.jit(lambda p, t, name=name: metrics.nme(p, t, name))(pred, target)
+    assert isinstance(jitted, jax.Array)
+    np.testing.assert_allclose(np.asarray(jitted), metrics.nme(pred, target, name), rtol=1e-5)
+
+
+def test_nme_errors():
+  target = _face()
+  with pytest.raises(ValueError, match="unknown NME normaliser"):
+    metrics.nme(target, target, "interocular")
+  with pytest.raises(ValueError, match="68 iBUG"):
+    metrics.nme(target[:21], target[:21], "inter_ocular")
+  with pytest.raises(ValueError, match=r"\[\.\.\., N, 2\]"):
+    metrics.nme(target[:67], target, "bbox")
+  with pytest.raises(ValueError, match="box is only used"):
+    metrics.nme(target, target, "inter_ocular", box=np.zeros(4))
+
+
+def test_ced_curve_and_failure_rate():
+  errors = np.array([0.01, 0.02, 0.05, 0.10, np.nan])
+  np.testing.assert_allclose(metrics.ced_curve(errors, np.array([0.0, 0.02, 0.05, 0.2])),
+                             [0.0, 0.4, 0.6, 0.8])
+  np.testing.assert_allclose(metrics.failure_rate(errors, 0.08), 0.4)  # 0.10 and NaN.
+  np.testing.assert_allclose(metrics.failure_rate(errors, 0.05), 0.4)  # 0.05 is not > 0.05.
+  jax_curve = metrics.ced_curve(jnp.asarray(errors), jnp.array([0.0, 0.02, 0.05, 0.2]))
+  np.testing.assert_allclose(np.asarray(jax_curve), [0.0, 0.4, 0.6, 0.8])
+
+
+def test_auc_hand_computed():
+  # Errors 0, 0.04, 0.08, 0.2 with threshold 0.08: contributions 1, 0.5, 0, 0 -> 1.5 / 4.
+  errors = np.array([0.0, 0.04, 0.08, 0.2])
+  np.testing.assert_allclose(metrics.auc(errors, 0.08), 0.375)
+  np.testing.assert_allclose(metrics.auc(np.zeros(3), 0.08), 1.0)
+  np.testing.assert_allclose(metrics.auc(np.array([np.nan, 0.0]), 0.08), 0.5)
+  with pytest.raises(ValueError, match="positive"):
+    metrics.auc(errors, 0.0)
+
+
+def test_auc_matches_trapezoid_integral_of_ced():
+  rng = np.random.default_rng(2)
+  errors = rng.uniform(0, 0.12, 200)
+  grid = np.linspace(0, 0.08, 8001)
+  curve = metrics.ced_curve(errors, grid)
+  trapezoid = np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(grid)) / 0.08
+  np.testing.assert_allclose(metrics.auc(errors, 0.08), trapezoid, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(metrics.auc(jnp.asarray(errors), 0.08)),
+                             metrics.auc(errors, 0.08), rtol=1e-5)
+
+
+def test_pck_with_and_without_valid():
+  errors = np.array([[0.5, 1.5, 3.0], [2.0, 10.0, np.nan]])
+  np.testing.assert_allclose(metrics.pck(errors, np.array([1.0, 2.0, 5.0])),
+                             [1 / 6, 3 / 6, 4 / 6])
+  valid = np.array([[True, True, False], [True, False, False]])
+  np.testing.assert_allclose(metrics.pck(errors, np.array([1.0, 2.0]), valid), [1 / 3, 1.0])
+  jax_pck = jax.jit(metrics.pck)(jnp.asarray(errors), jnp.array([1.0, 2.0]), jnp.asarray(valid))
+  np.testing.assert_allclose(np.asarray(jax_pck), [1 / 3, 1.0], rtol=1e-6)
+  assert np.all(np.isnan(metrics.pck(errors, np.array([1.0]), np.zeros_like(valid))))
+
+
+def test_nme_by_yaw_bin():
+  errors = np.array([0.01, 0.03, 0.05, 0.07, 0.09, 0.11, 0.5])
+  yaw_deg = np.array([0.0, -29.9, 30.0, -59.0, 60.0, 90.0, 95.0])
+  result = metrics.nme_by_yaw_bin(errors, yaw_deg)
+  assert set(result) == {"0-30", "30-60", "60-90", "mean"}
+  np.testing.assert_allclose(result["0-30"], 0.02)
+  np.testing.assert_allclose(result["30-60"], 0.06)
+  np.testing.assert_allclose(result["60-90"], 0.10)  # 90 included, 95 in no bin.
+  np.testing.assert_allclose(result["mean"], 0.06)
+  assert all(isinstance(v, float) for v in result.values())
+  empty = metrics.nme_by_yaw_bin(np.array([0.1]), np.array([10.0]))
+  assert empty["0-30"] == pytest.approx(0.1) and math.isnan(empty["60-90"])
+  assert math.isnan(empty["mean"])
+  with pytest.raises(ValueError, match="one value per face"):
+    metrics.nme_by_yaw_bin(errors, yaw_deg[:3])

@@ -1,0 +1,81 @@
+"""Descriptor maps for the cascade: the DFF encoder or dense SIFT, behind one signature.
+
+A ``Describer`` maps face crops ``[B, crop, crop, 3]`` float32 in [0, 255] (RGB, the output of
+:func:`dff_jax.sampling.crop_image`) to unit-norm descriptor maps ``[B, crop, crop, D]`` in the
+same pixel frame. It is a pure function of its inputs (parameters are closed over), so it can be
+jitted, vmapped and differentiated together with the cascade.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from dff_jax import encoder as encoder_lib
+from dff_jax import sift
+
+Array = Any
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_DFF_BUNDLE = ASSETS / "dff_default"
+FEATURE_KINDS = ("dff", "sift")
+
+
+@dataclasses.dataclass(frozen=True)
+class Describer:
+  """A descriptor function and what it is.
+
+  Attributes:
+    kind: ``"dff"`` or ``"sift"``.
+    descriptor_dim: D.
+    apply: ``(params, crops [B, S, S, 3] float32 in [0, 255]) -> [B, S, S, D]``.
+    params: the pytree ``apply`` differentiates through (encoder parameters; ``None`` for SIFT).
+    source: where the parameters came from (a path, or "dense SIFT").
+  """
+  kind: str
+  descriptor_dim: int
+  apply: Callable[[Any, Array], Array]
+  params: Any
+  source: str
+
+  def __call__(self, crops: Array) -> Array:
+    return self.apply(self.params, crops)
+
+
+def dff_describer(checkpoint: Optional[str | Path] = None) -> Describer:
+  """The DFF encoder from an inference bundle or training workdir (default: the shipped one).
+
+  Raises:
+    FileNotFoundError / ValueError: with a readable message when the checkpoint is missing,
+      corrupt or of another configuration (see :mod:`dff_jax.checkpoint`).
+  """
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  path = Path(checkpoint) if checkpoint else DEFAULT_DFF_BUNDLE
+  if not path.exists():
+    hint = ("the shipped default is missing from this install" if checkpoint is None
+            else "pass --checkpoint=DIR with a training workdir or an exported bundle")
+    raise FileNotFoundError(f"DFF checkpoint {path} does not exist: {hint}")
+  module, params, meta = checkpoint_lib.load_inference_bundle(path)
+  channels = int(meta.get("channels", 1))
+
+  def apply(params, crops):
+    return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels))
+
+  return Describer(kind="dff", descriptor_dim=int(module.descriptor_dim), apply=apply,
+                   params=params, source=str(path))
+
+
+def sift_describer(cell_px: int = 4) -> Describer:
+  """Dense upright SIFT at one fixed scale (:func:`dff_jax.sift.dense_sift`)."""
+  return Describer(kind="sift", descriptor_dim=sift.DESCRIPTOR_DIM,
+                   apply=lambda _, crops: sift.dense_sift(crops, cell_px=cell_px), params=None,
+                   source=f"dense SIFT, cell {cell_px} px")
+
+
+def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Describer:
+  """``"dff"`` (with an optional checkpoint) or ``"sift"``."""
+  if kind == "dff":
+    return dff_describer(checkpoint)
+  if kind == "sift":
+    return sift_describer()
+  raise ValueError(f"unknown features {kind!r}: use one of {FEATURE_KINDS}")

@@ -1,0 +1,815 @@
+"""Running a trained cascade on image files: loading, batching, results as JSON, evaluation sets.
+
+Shared by ``experiments/align.py`` (landmarks, pose and shape for any images) and
+``experiments/eval_alignment.py`` (NME on synthetic faces, 300W-style folders, AFLW2000-3D).
+
+**Batching (static shapes).** Images differ in size, so each face is first cut out **on the
+host**: its square crop box ``geometry.square_box(box, config.box_scale)`` (the frame the cascade
+works in) is resampled with Pillow's antialiasing bilinear filter to a *working image* of
+``work_size = WORK_SCALE * crop_size`` pixels (area outside the image is black, as in
+:func:`dff_jax.sampling.crop_image`). The face box is mapped into that working image, so inside
+the jitted :func:`dff_jax.alignment.cascade.align_images` the crop box is the whole working image
+and its resampling to ``crop_size`` is an exact 2 x 2 mean. Every batch is then
+``[batch_size, work_size, work_size, 3]`` uint8 (the last one padded by repeating its last face),
+so the function compiles once per run whatever the image sizes. Results are mapped back from the
+working image to the original image pixels on the host (landmarks, crop box, pose scale and
+translation; the rotation and the shape coefficients do not change).
+
+**Face box.** ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel ``(i, j)`` centred at
+``(j + 0.5, i + 0.5)``), like a face detector's box around the landmarks. Without a box the whole
+image is the face crop: the face box is the centred square of side ``max(H, W) / box_scale``, so
+that the crop box is the square around the whole image.
+
+**Compilation.** The jitted function belongs to the :class:`Aligner`; :func:`load_aligner` keeps
+the last two aligners of the process, so repeated calls with the same files compile once.
+
+**Failures.** Loading a job (reading the image, its box, its annotation) that raises a
+``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
+produces a non-finite result yields an :class:`Outcome` with a one-line ``error`` and no face;
+the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as glob_lib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from dff_jax import geometry
+from dff_jax import image_io
+from dff_jax import metrics
+from dff_jax.alignment import cascade
+from dff_jax.alignment import features as features_lib
+from dff_jax.alignment import io as cascade_io
+from dff_jax.face_model import model as face_model_lib
+
+Array = Any
+ASSETS = features_lib.ASSETS
+WORK_SCALE = 2
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+READ_ERRORS = (ValueError, OSError)
+
+
+def default_cascade_path(features: str) -> Path:
+  """The shipped cascade for ``features`` (``dff_jax/assets/cascade_<features>.npz``)."""
+  return ASSETS / f"cascade_{features}.npz"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a cascade and its descriptor (checks first, without touching JAX)
+# ----------------------------------------------------------------------------------------------
+
+
+def read_cascade_header(path: str | os.PathLike) -> Dict[str, Any]:
+  """The JSON header of a cascade file (config and meta), read with NumPy only.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a cascade file (one-line message).
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"cascade file {path} does not exist (pass --cascade=FILE; train one "
+                            "with python -m experiments.train_alignment)")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      header = json.loads(str(data["header"]))
+  except (OSError, ValueError, KeyError, EOFError) as error:
+    raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}); pass a "
+                     "cascade_<features>.npz written by experiments.train_alignment") from None
+  if header.get("format") != cascade_io.FORMAT:
+    raise ValueError(f"{path}: unknown cascade format {header.get('format')!r}, expected "
+                     f"{cascade_io.FORMAT}")
+  return header
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignerSpec:
+  """Resolved, existence-checked inputs of :func:`load_aligner`.
+
+  Attributes:
+    features: ``"dff"`` or ``"sift"``.
+    cascade_path: the cascade file.
+    checkpoint: the DFF bundle / workdir (``None`` for SIFT).
+    face_model: face-model spec for :func:`dff_jax.face_model.load_face_model`.
+    header: the cascade file's header.
+  """
+  features: str
+  cascade_path: Path
+  checkpoint: Optional[Path]
+  face_model: str
+  header: Dict[str, Any]
+
+
+def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
+                    features: Optional[str] = None,
+                    checkpoint: Optional[str | os.PathLike] = None,
+                    face_model: Optional[str] = None) -> AlignerSpec:
+  """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX).
+
+  Args:
+    cascade_path: a cascade ``.npz``; ``None`` = the shipped ``cascade_<features>.npz``.
+    features: ``"dff"`` / ``"sift"``; ``None`` = the cascade's own (``"dff"`` for the default).
+      Must agree with the cascade file.
+    checkpoint: DFF bundle / training workdir; ``None`` = the shipped ``dff_default`` bundle.
+      Ignored for SIFT.
+    face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
+
+  Raises:
+    FileNotFoundError / ValueError: with one-line messages naming the missing file and the flag
+      that supplies it.
+  """
+  if features is not None and features not in features_lib.FEATURE_KINDS:
+    raise ValueError(f"unknown features {features!r}: use one of {features_lib.FEATURE_KINDS}")
+  if cascade_path is None:
+    kind = features or "dff"
+    path = default_cascade_path(kind)
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"the default {kind} cascade {path} is not shipped with this install yet: pass "
+          "--cascade=FILE (train one with python -m experiments.train_alignment)")
+  else:
+    path = Path(cascade_path)
+  header = read_cascade_header(path)
+  meta = header.get("meta", {})
+  kind = str(meta.get("features", features or "dff"))
+  if features is not None and features != kind:
+    raise ValueError(f"--features={features} but cascade {path} was trained on {kind} "
+                     f"descriptors; drop --features or pass a {features} cascade")
+  if kind not in features_lib.FEATURE_KINDS:
+    raise ValueError(f"cascade {path} names unknown features {kind!r}")
+  bundle = None
+  if kind == "dff":
+    bundle = Path(checkpoint) if checkpoint else features_lib.DEFAULT_DFF_BUNDLE
+    if not bundle.exists():
+      if checkpoint:
+        raise FileNotFoundError(f"DFF checkpoint {bundle} does not exist: pass --checkpoint=DIR "
+                                "with a training workdir or an exported bundle")
+      raise FileNotFoundError(
+          f"the default DFF encoder {bundle} is not shipped with this install yet: pass "
+          "--checkpoint=DIR (a training workdir or an exported bundle)")
+  model_spec = face_model or str(meta.get("face_model", "default"))
+  if model_spec not in ("default", "ict", "sfm") and not Path(model_spec).is_file():
+    raise FileNotFoundError(f"face model {model_spec} does not exist: pass --face_model=default "
+                            "or the path of a face model file")
+  return AlignerSpec(features=kind, cascade_path=path, checkpoint=bundle, face_model=model_spec,
+                     header=header)
+
+
+@dataclasses.dataclass
+class Aligner:
+  """A loaded cascade with its descriptor and face model, ready for :func:`run_jobs`.
+
+  Attributes:
+    spec: what was loaded.
+    describer: the descriptor function (DFF encoder or dense SIFT).
+    face_model: the 3DMM (NumPy arrays; for drawing and JSON).
+    alignment_model: the same model as JAX arrays plus normals (for the cascade).
+    params: the cascade regressors.
+    config: the cascade's static settings.
+    meta: the cascade file's meta (features, training notes).
+    work_size: side of the host-side working image (``WORK_SCALE * crop_size``).
+  """
+  spec: AlignerSpec
+  describer: features_lib.Describer
+  face_model: face_model_lib.FaceModel
+  alignment_model: cascade.AlignmentModel
+  params: cascade.CascadeParams
+  config: cascade.CascadeConfig
+  meta: Dict[str, Any]
+  work_size: int
+  _jitted: Optional[Callable] = None
+
+  @property
+  def name(self) -> str:
+    return self.spec.features
+
+  def align_working(self, work_images: np.ndarray, work_boxes: np.ndarray) -> Dict[str, np.ndarray]:
+    """The jitted cascade on one batch of working images.
+
+    Args:
+      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
+      work_boxes: ``[B, 4]`` float32 face boxes in working-image pixels.
+
+    Returns:
+      :class:`dff_jax.alignment.cascade.AlignmentResult` fields as NumPy arrays (working frame).
+    """
+    if self._jitted is None:
+      describer, config = self.describer, self.config
+
+      def run(describer_params, alignment_model, params, images, boxes):
+        return cascade.align_images(lambda crops: describer.apply(describer_params, crops),
+                                    alignment_model, params, images, boxes, config)
+      self._jitted = jax.jit(run)
+    result = self._jitted(self.describer.params, self.alignment_model, self.params,
+                          jnp.asarray(work_images), jnp.asarray(work_boxes, jnp.float32))
+    return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+
+
+_ALIGNER_CACHE: Dict[Tuple, Aligner] = {}
+_ALIGNER_CACHE_SIZE = 2
+
+
+def _file_stamp(path: Optional[Path]) -> Tuple:
+  if path is None or not path.exists():
+    return (str(path),)
+  stat = path.stat()
+  return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def load_aligner(spec: AlignerSpec, cache: bool = True) -> Aligner:
+  """Loads everything :func:`resolve_aligner` found.
+
+  The last two aligners are cached in the process (keyed by the files' paths, sizes and
+  modification times), so repeated calls reuse the compiled cascade.
+
+  Raises:
+    ValueError: unreadable files, or a cascade whose descriptor size differs from the encoder's.
+  """
+  key = (spec.features, _file_stamp(spec.cascade_path), _file_stamp(spec.checkpoint),
+         spec.face_model)
+  if cache and key in _ALIGNER_CACHE:
+    return _ALIGNER_CACHE[key]
+  aligner = _load_aligner(spec)
+  if cache:
+    while len(_ALIGNER_CACHE) >= _ALIGNER_CACHE_SIZE:
+      _ALIGNER_CACHE.pop(next(iter(_ALIGNER_CACHE)))
+    _ALIGNER_CACHE[key] = aligner
+  return aligner
+
+
+def _load_aligner(spec: AlignerSpec) -> Aligner:
+  from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top
+  params, config, meta = cascade_io.load_cascade(spec.cascade_path)
+  describer = features_lib.make_describer(spec.features, spec.checkpoint)
+  if describer.descriptor_dim != params.descriptor_dim:
+    raise ValueError(f"cascade {spec.cascade_path} expects {params.descriptor_dim}-d descriptors "
+                     f"but {describer.source} gives {describer.descriptor_dim}-d ones: pass the "
+                     "--checkpoint the cascade was trained with")
+  model = load_face_model(spec.face_model)
+  return Aligner(spec=spec, describer=describer, face_model=model,
+                 alignment_model=cascade.make_alignment_model(model), params=params,
+                 config=config, meta=meta, work_size=WORK_SCALE * config.crop_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side crops
+# ----------------------------------------------------------------------------------------------
+
+
+def whole_image_box(height: int, width: int, box_scale: float) -> np.ndarray:
+  """``[4]`` face box for "no box given": its crop box is the square around the whole image."""
+  side = max(height, width) / box_scale
+  cx, cy = width / 2.0, height / 2.0
+  return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
+
+
+def check_box(box: Any, height: int, width: int, where: str = "") -> np.ndarray:
+  """Validates a face box against its image; returns it as ``[4]`` float32.
+
+  Raises:
+    ValueError: not 4 finite numbers, ``x1 <= x0`` or ``y1 <= y0``, smaller than 2 px, or not
+      overlapping the ``width x height`` image.
+  """
+  prefix = f"{where}: " if where else ""
+  try:
+    values = np.asarray(box, np.float64).reshape(-1)
+  except (TypeError, ValueError):
+    raise ValueError(f"{prefix}face box {box!r} is not 4 numbers [x0, y0, x1, y1]") from None
+  if values.shape != (4,) or not np.all(np.isfinite(values)):
+    raise ValueError(f"{prefix}face box {box!r} must be 4 finite numbers [x0, y0, x1, y1]")
+  x0, y0, x1, y1 = values
+  if x1 - x0 < 2 or y1 - y0 < 2:
+    raise ValueError(f"{prefix}face box {values.tolist()} is empty or inverted (need x1 > x0 "
+                     "and y1 > y0, at least 2 px)")
+  if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+    raise ValueError(f"{prefix}face box {values.tolist()} lies outside the {width}x{height} image")
+  return values.astype(np.float32)
+
+
+def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.CascadeConfig,
+                 work_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cuts a face's crop box out of the image at the working resolution (host, Pillow).
+
+  Args:
+    image: ``[H, W, 3]`` uint8 RGB.
+    box_xyxy: ``[4]`` face box, image pixels.
+    config: the cascade settings (``box_scale``).
+    work_size: side of the working image.
+
+  Returns:
+    ``(work_image [S, S, 3] uint8, crop_box [4] float64 image pixels, work_box [4] float32)``:
+    the crop box resampled (antialiased bilinear, black outside the image), the square crop box,
+    and the face box in working-image pixels.
+  """
+  box = np.asarray(box_xyxy, np.float64)
+  crop_box = np.asarray(geometry.square_box(box, config.box_scale), np.float64)
+  x0, y0, x1, y1 = crop_box
+  ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
+  ix1, iy1 = max(int(math.ceil(x1)), ix0 + 1), max(int(math.ceil(y1)), iy0 + 1)
+  region = Image.fromarray(np.ascontiguousarray(image, np.uint8)).crop((ix0, iy0, ix1, iy1))
+  work = region.resize((work_size, work_size), Image.BILINEAR,
+                       box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
+  work_box = geometry.image_to_crop(box.reshape(2, 2), crop_box, work_size).reshape(4)
+  return np.asarray(work, np.uint8), crop_box, work_box.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# One face's result
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FaceAlignment:
+  """One face's alignment in **image** pixels (NumPy).
+
+  Attributes:
+    landmarks_px: ``[68, 2]`` float32 (x, y), pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)``.
+    visibility: ``[68]`` bool (the landmark's smoothed normal faces the camera).
+    pitch_rad, yaw_rad, roll_rad: our Euler convention, ``R = Rz(roll) Ry(yaw) Rx(pitch)``.
+    scale: image pixels per model mm (weak perspective).
+    translation_px: ``[2]`` image position of the model origin.
+    shape_coefficients: ``[Ki]``; expression_coefficients: ``[Ke]``.
+    box: ``[4]`` the face box used; crop_box: ``[4]`` the square crop box around it.
+  """
+  landmarks_px: np.ndarray
+  visibility: np.ndarray
+  pitch_rad: float
+  yaw_rad: float
+  roll_rad: float
+  scale: float
+  translation_px: np.ndarray
+  shape_coefficients: np.ndarray
+  expression_coefficients: np.ndarray
+  box: np.ndarray
+  crop_box: np.ndarray
+
+  def pose(self) -> Dict[str, Any]:
+    """Pose for :func:`dff_jax.alignment.draw.render_overlay` (radians)."""
+    return dict(pitch_rad=self.pitch_rad, yaw_rad=self.yaw_rad, roll_rad=self.roll_rad,
+                scale=self.scale, translation_px=self.translation_px)
+
+  def is_finite(self) -> bool:
+    return bool(np.all(np.isfinite(self.landmarks_px)) and np.isfinite(self.scale)
+                and np.all(np.isfinite(self.translation_px))
+                and np.isfinite([self.pitch_rad, self.yaw_rad, self.roll_rad]).all())
+
+  def to_json(self) -> Dict[str, Any]:
+    """JSON-ready dict: ``landmarks_px``, ``visibility``, ``pose`` (degrees), coefficients,
+    ``box``, ``crop_box``."""
+    return {
+        "landmarks_px": np.round(self.landmarks_px.astype(np.float64), 3).tolist(),
+        "visibility": [bool(v) for v in self.visibility],
+        "pose": {
+            "yaw_deg": float(np.degrees(self.yaw_rad)),
+            "pitch_deg": float(np.degrees(self.pitch_rad)),
+            "roll_deg": float(np.degrees(self.roll_rad)),
+            "scale": float(self.scale),
+            "translation_px": np.asarray(self.translation_px, np.float64).tolist(),
+        },
+        "shape_coefficients": np.asarray(self.shape_coefficients, np.float64).tolist(),
+        "expression_coefficients": np.asarray(self.expression_coefficients, np.float64).tolist(),
+        "box": np.asarray(self.box, np.float64).tolist(),
+        "crop_box": np.asarray(self.crop_box, np.float64).tolist(),
+    }
+
+
+def to_image_frame(result: Dict[str, np.ndarray], index: int, crop_box: np.ndarray,
+                   box: np.ndarray, work_size: int) -> FaceAlignment:
+  """Face ``index`` of a working-frame batch result mapped back to image pixels."""
+  factor = (crop_box[2] - crop_box[0]) / work_size
+  origin = crop_box[:2]
+  return FaceAlignment(
+      landmarks_px=(result["landmarks_px"][index] * factor + origin).astype(np.float32),
+      visibility=result["visibility"][index] > 0.5,
+      pitch_rad=float(result["pitch_rad"][index]), yaw_rad=float(result["yaw_rad"][index]),
+      roll_rad=float(result["roll_rad"][index]),
+      scale=float(result["scale"][index] * factor),
+      translation_px=(result["translation_px"][index] * factor + origin).astype(np.float32),
+      shape_coefficients=result["shape_coefficients"][index].astype(np.float32),
+      expression_coefficients=result["expression_coefficients"][index].astype(np.float32),
+      box=np.asarray(box, np.float32), crop_box=np.asarray(crop_box, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs and batches
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Loaded:
+  """What a job's loader returns.
+
+  Attributes:
+    image: ``[H, W, 3]`` uint8 RGB.
+    box: ``[4]`` face box in image pixels, or ``None`` for the whole image.
+    truth: optional ground truth (e.g. ``landmarks_px [68, 2]``, ``yaw_deg``) passed through.
+  """
+  image: np.ndarray
+  box: Optional[np.ndarray] = None
+  truth: Optional[Dict[str, Any]] = None
+
+
+@dataclasses.dataclass
+class Job:
+  """One face to align: a name (for messages and output files) and a loader."""
+  name: str
+  load: Callable[[], Loaded]
+
+
+@dataclasses.dataclass
+class Outcome:
+  """The result of one :class:`Job`: ``face`` (``None`` on failure) or a one-line ``error``."""
+  job: Job
+  face: Optional[FaceAlignment] = None
+  loaded: Optional[Loaded] = None
+  error: Optional[str] = None
+
+
+def one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _prepare(aligner: Aligner, job: Job):
+  loaded = job.load()
+  image = np.asarray(loaded.image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"{job.name}: expected an [H, W, 3] uint8 image, got {image.shape} "
+                     f"{image.dtype}")
+  height, width = image.shape[:2]
+  if loaded.box is None:
+    box = whole_image_box(height, width, aligner.config.box_scale)
+  else:
+    box = check_box(loaded.box, height, width, job.name)
+  work_image, crop_box, work_box = working_crop(image, box, aligner.config, aligner.work_size)
+  return loaded, box, work_image, crop_box, work_box
+
+
+def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
+             progress: bool = True, total: Optional[int] = None,
+             keep_loaded: bool = True) -> Iterator[Outcome]:
+  """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
+
+  Jobs are loaded lazily (at most ``batch_size`` images in memory). A job whose loading raises
+  ``ValueError`` / ``OSError`` (unreadable image, bad box, bad annotation) or whose result is not
+  finite yields an outcome with ``error`` set, at once; the rest go on. Outcomes of good jobs come
+  when their batch is done (order within the input is kept for them).
+
+  Args:
+    aligner: from :func:`load_aligner`.
+    jobs: the faces.
+    batch_size: faces per jitted call (the last batch is padded).
+    progress: show a tqdm bar on stderr (when stderr is a terminal).
+    total: number of jobs, for the bar.
+    keep_loaded: attach the :class:`Loaded` image / truth to each outcome (for overlays).
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=total, unit="face", desc=f"align ({aligner.name})", dynamic_ncols=True,
+             disable=None if progress else True)
+  pending: List[Tuple[Job, Loaded, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+  def flush():
+    images = np.stack([p[3] for p in pending])
+    boxes = np.stack([p[5] for p in pending])
+    count = len(pending)
+    if count < batch_size:
+      images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, 0)])
+      boxes = np.concatenate([boxes, np.repeat(boxes[-1:], batch_size - count, 0)])
+    result = aligner.align_working(images, boxes)
+    outcomes = []
+    for n, (job, loaded, box, _, crop_box, _) in enumerate(pending):
+      face = to_image_frame(result, n, crop_box, box, aligner.work_size)
+      kept = loaded if keep_loaded else Loaded(image=np.zeros((0, 0, 3), np.uint8),
+                                                truth=loaded.truth)
+      if face.is_finite():
+        outcomes.append(Outcome(job=job, face=face, loaded=kept))
+      else:
+        outcomes.append(Outcome(job=job, loaded=kept,
+                                error=f"{job.name}: alignment diverged (non-finite result)"))
+    pending.clear()
+    return outcomes
+
+  try:
+    for job in jobs:
+      try:
+        loaded, box, work_image, crop_box, work_box = _prepare(aligner, job)
+      except READ_ERRORS as error:
+        message = one_line(error)
+        if job.name not in message:
+          message = f"{job.name}: {message}"
+        bar.update(1)
+        yield Outcome(job=job, error=message)
+        continue
+      pending.append((job, loaded, box, work_image, crop_box, work_box))
+      if len(pending) == batch_size:
+        done = flush()
+        bar.update(len(done))
+        yield from done
+    if pending:
+      done = flush()
+      bar.update(len(done))
+      yield from done
+  finally:
+    bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Image lists and box files (experiments/align.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def list_images(spec: str) -> List[Path]:
+  """Image files named by ``spec``: a file, a directory (its image files, sorted, not
+  recursive), a glob pattern, or a comma-separated list of those.
+
+  Raises:
+    FileNotFoundError: nothing matches (message names the spec).
+  """
+  paths: List[Path] = []
+  for part in [p for p in spec.split(",") if p]:
+    path = Path(part)
+    if path.is_dir():
+      paths += sorted(p for p in path.iterdir()
+                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif path.is_file():
+      paths.append(path)
+    elif glob_lib.has_magic(part):
+      paths += sorted(Path(p) for p in glob_lib.glob(part) if Path(p).is_file())
+    else:
+      raise FileNotFoundError(f"--images={part}: no such file or directory")
+  if not paths:
+    raise FileNotFoundError(f"--images={spec}: no image files found")
+  return paths
+
+
+def read_boxes_file(path: str | os.PathLike) -> Dict[str, Any]:
+  """Reads ``{"image name": [x0, y0, x1, y1], ...}`` (values checked per image later; ``null``
+  means the whole image).
+
+  Raises:
+    FileNotFoundError / ValueError: missing file, bad JSON or not an object.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"--boxes file {path} does not exist")
+  try:
+    document = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ValueError(f"--boxes file {path} is not valid JSON ({one_line(error)})") from None
+  if not isinstance(document, dict):
+    raise ValueError(f"--boxes file {path} must hold a JSON object mapping image file names to "
+                     "[x0, y0, x1, y1]")
+  return document
+
+
+def box_for(boxes: Dict[str, Any], image_path: Path) -> Tuple[bool, Any]:
+  """``(found, box)`` for an image: keys are tried as the path given, the file name, then the
+  stem."""
+  for key in (str(image_path), image_path.name, image_path.stem):
+    if key in boxes:
+      return True, boxes[key]
+  return False, None
+
+
+def parse_bbox(text: str) -> np.ndarray:
+  """``"x0,y0,x1,y1"`` -> ``[4]`` float32 (finite, non-empty)."""
+  try:
+    values = [float(v) for v in text.split(",")]
+  except ValueError:
+    raise ValueError(f"--bbox={text}: expected four numbers x0,y0,x1,y1") from None
+  if len(values) != 4 or not np.all(np.isfinite(values)) or values[2] <= values[0] \
+      or values[3] <= values[1]:
+    raise ValueError(f"--bbox={text}: expected four finite numbers x0,y0,x1,y1 with x1 > x0 and "
+                     "y1 > y0")
+  return np.asarray(values, np.float32)
+
+
+def output_stems(paths: Sequence[Path]) -> List[str]:
+  """One distinct output stem per image (``name`` or ``name_ext`` when stems collide)."""
+  counts: Dict[str, int] = {}
+  for path in paths:
+    counts[path.stem] = counts.get(path.stem, 0) + 1
+  stems, used = [], set()
+  for path in paths:
+    stem = path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+    base, n = stem, 1
+    while stem in used:
+      n += 1
+      stem = f"{base}_{n}"
+    used.add(stem)
+    stems.append(stem)
+  return stems
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
+  """Writes JSON to a temporary file beside ``path``, then renames it over ``path``."""
+  path = Path(path)
+  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(handle, "w") as stream:
+      stream.write(json.dumps(json_safe(document), indent=1) + "\n")
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+  return path
+
+
+def json_safe(value: Any) -> Any:
+  """Replaces NaN / inf floats by ``None`` (strict JSON), recursively."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation sets (experiments/eval_alignment.py)
+# ----------------------------------------------------------------------------------------------
+
+NORMALISER_DESCRIPTIONS = {
+    "inter_ocular": "inter_ocular: distance of the outer eye corners (points 36, 45) of the "
+                    "ground truth",
+    "bbox": "bbox: sqrt(w*h) of the ground-truth landmark bounding box",
+}
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A data set to evaluate on.
+
+  Attributes:
+    name: ``synthetic``, ``300w`` or ``aflw2000``.
+    jobs: the faces (each loader returns the image, the face box given to the aligner, and
+      ``truth`` with ``landmarks_px [68, 2]`` and ``yaw_deg`` (``None`` when unknown)).
+    normaliser: ``"inter_ocular"`` or ``"bbox"`` (:mod:`dff_jax.metrics`).
+    yaw_source: how the yaw of the bins is known.
+    box_protocol: how the face box is obtained.
+  """
+  name: str
+  jobs: List[Job]
+  normaliser: str
+  yaw_source: str
+  box_protocol: str
+
+
+def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
+  """``[68, 2]`` -> ``[4]`` bounding box of the points (x0, y0, x1, y1)."""
+  landmarks_px = np.asarray(landmarks_px, np.float32)
+  return np.concatenate([landmarks_px.min(0), landmarks_px.max(0)])
+
+
+def synthetic_set(num_faces: int, seed: int = 40_000, image_size: int = 128,
+                  face_model: str = "default") -> EvalSet:
+  """Held-out synthetic faces: :class:`data_pipeline.faces.FaceSource` with pipeline seed
+  ``seed`` (training uses 20 000 / 30 000), detector-like jittered boxes (the training jitter),
+  full yaw range; yaw from the rendering pose."""
+  from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
+  config = pipeline_config_from_dict(dict(image_size=int(image_size), num_views=2,
+                                          num_correspondences=16, face_model=face_model),
+                                     seed=int(seed))
+  source = faces_lib.FaceSource(config, faces_lib.BoxJitter(), num_examples=int(num_faces))
+
+  def job(i):
+    def load():
+      example = source[i]
+      return Loaded(image=example["image"], box=example["box"],
+                    truth=dict(landmarks_px=example["landmarks_px"],
+                               yaw_deg=float(np.degrees(example["pose"][2]))))
+    return Job(name=f"synthetic_{seed}_{i:06d}", load=load)
+
+  return EvalSet(name="synthetic", jobs=[job(i) for i in range(int(num_faces))],
+                 normaliser="bbox", yaw_source="rendering pose",
+                 box_protocol="jittered detector-like box around the ground-truth landmarks "
+                              "(data_pipeline.faces.BoxJitter defaults)")
+
+
+def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+  """AFLW2000-3D (``imageNNNNN.jpg`` + ``.mat``): 68 projected 3D landmarks, yaw from
+  ``Pose_Para`` in our convention (:func:`data_pipeline.readers.read_aflw2000`); the face box is
+  the ground-truth landmark bounding box (the usual protocol)."""
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  pairs = readers.list_aflw2000(data_dir)
+  if num_faces:
+    pairs = pairs[:int(num_faces)]
+
+  def job(image_path, mat_path):
+    def load():
+      annotation = readers.read_aflw2000(mat_path)
+      return Loaded(image=image_io.read_image(image_path),
+                    box=landmark_box(annotation.landmarks_px),
+                    truth=dict(landmarks_px=annotation.landmarks_px,
+                               yaw_deg=float(annotation.yaw_deg)))
+    return Job(name=str(image_path), load=load)
+
+  return EvalSet(name="aflw2000", jobs=[job(*p) for p in pairs], normaliser="bbox",
+                 yaw_source="AFLW2000-3D Pose_Para (our Euler convention)",
+                 box_protocol="ground-truth landmark bounding box")
+
+
+def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+  """A 300W-style folder (images + same-stem 1-based ``.pts``, searched recursively); NME by the
+  outer-eye-corner distance; the face box is the ground-truth landmark bounding box. 300W has no
+  pose: the yaw of the bins is estimated by fitting the 3DMM to the ground truth
+  (:func:`add_estimated_yaw`)."""
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  pairs = readers.list_300w(data_dir)
+  if num_faces:
+    pairs = pairs[:int(num_faces)]
+
+  def job(image_path, pts_path):
+    def load():
+      landmarks = readers.read_pts(pts_path)
+      return Loaded(image=image_io.read_image(image_path), box=landmark_box(landmarks),
+                    truth=dict(landmarks_px=landmarks, yaw_deg=None, pts_path=str(pts_path)))
+    return Job(name=str(image_path), load=load)
+
+  return EvalSet(name="300w", jobs=[job(*p) for p in pairs], normaliser="inter_ocular",
+                 yaw_source="estimated: 3DMM fitted to the ground-truth landmarks "
+                            "(dff_jax.alignment.fit_landmarks, contour='nearest')",
+                 box_protocol="ground-truth landmark bounding box")
+
+
+def estimate_yaw_deg(model: face_model_lib.FaceModel, landmarks_px: np.ndarray,
+                     chunk: int = 64) -> np.ndarray:
+  """Yaw (degrees, our convention) of 3DMM fits to ``landmarks_px [N, 68, 2]`` (chunks padded to
+  one size, so the fit compiles once)."""
+  from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
+  landmarks_px = np.asarray(landmarks_px, np.float32)
+  out = np.full(len(landmarks_px), np.nan, np.float64)
+  size = min(chunk, max(len(landmarks_px), 1))
+  for start in range(0, len(landmarks_px), size):
+    part = landmarks_px[start:start + size]
+    count = len(part)
+    if count < size:
+      part = np.concatenate([part, np.repeat(part[-1:], size - count, 0)])
+    result = fitting.fit_landmarks(model, part, contour="nearest")
+    out[start:start + count] = np.degrees(np.asarray(result.yaw_rad, np.float64))[:count]
+  return out
+
+
+def _failure_rate(errors: np.ndarray, threshold: float) -> Optional[float]:
+  """Fraction of errors above ``threshold`` in float64 (NaN counts as a failure), as
+  :func:`dff_jax.metrics.failure_rate`; ``None`` for no faces."""
+  if not len(errors):
+    return None
+  return float(np.mean(~(np.nan_to_num(errors, nan=np.inf) <= threshold)))
+
+
+def summarise_errors(errors: np.ndarray, yaw_deg: Optional[np.ndarray],
+                     normaliser: str) -> Dict[str, Any]:
+  """The alignment figures of one method on one set.
+
+  Args:
+    errors: ``[M]`` per-face NME (fractions; NaN counts as a failure).
+    yaw_deg: ``[M]`` yaw in degrees for the bins, or ``None`` (bins reported as ``None``).
+    normaliser: ``"inter_ocular"`` or ``"bbox"``.
+
+  Returns:
+    ``normaliser`` (described), ``num_faces``, ``nme_mean``, ``nme_by_yaw_bin`` (keys ``"0-30"``,
+    ``"30-60"``, ``"60-90"``, on ``|yaw|``), ``nme_yaw_bin_mean`` (mean of the three bin means),
+    ``yaw_bin_counts``, ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``.
+  """
+  errors = np.asarray(errors, np.float64).reshape(-1)
+  if yaw_deg is None or not len(errors):
+    by_bin = {name: None for name, _, _ in metrics.YAW_BINS_DEG}
+    bin_mean, counts = None, None
+  else:
+    yaw = np.asarray(yaw_deg, np.float64)
+    values = metrics.nme_by_yaw_bin(errors, yaw)
+    by_bin = {name: values[name] for name, _, _ in metrics.YAW_BINS_DEG}
+    bin_mean = values["mean"]
+    magnitude = np.abs(yaw)
+    counts = {name: int(np.sum((magnitude >= low) & ((magnitude < high) if high < 90
+                                                     else (magnitude <= high))))
+              for name, low, high in metrics.YAW_BINS_DEG}
+  finite = errors[np.isfinite(errors)]
+  return json_safe({
+      "normaliser": NORMALISER_DESCRIPTIONS[normaliser],
+      "num_faces": int(len(errors)),
+      "nme_mean": float(np.mean(finite)) if len(finite) else None,
+      "nme_by_yaw_bin": by_bin,
+      "nme_yaw_bin_mean": bin_mean,
+      "yaw_bin_counts": counts,
+      "failure_rate_0.08": _failure_rate(errors, 0.08),
+      "failure_rate_0.10": _failure_rate(errors, 0.10),
+      "auc_0.08": float(metrics.auc(errors, 0.08)) if len(errors) else None,
+  })

@@ -1,0 +1,205 @@
+"""Training and evaluating the alignment cascade on synthetic faces.
+
+``train_alignment(config, workdir)`` renders the training faces (:class:`data_pipeline.faces.
+FaceSource`: unseen identities, random expression, full yaw range, detector-like jittered boxes),
+computes their descriptor maps once (kept in memory as float16), learns the regressors stage by
+stage (:func:`dff_jax.alignment.regression.fit_cascade`), evaluates on held-out faces and writes
+``workdir/cascade_<features>.npz`` and ``workdir/summary_<features>.json``.
+
+Frames: image points ``(x, y)`` in pixels; the cascade's crop frame is defined by the square box
+``geometry.square_box(box, box_scale)`` resampled to ``crop_size`` pixels (see
+:mod:`dff_jax.alignment.cascade`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipeline import faces as faces_lib
+from data_pipeline.config import pipeline_config_from_dict
+from dff_jax import geometry
+from dff_jax import metrics
+from dff_jax import sampling
+from dff_jax.alignment import cascade
+from dff_jax.alignment import features as features_lib
+from dff_jax.alignment import io as cascade_io
+from dff_jax.alignment import regression
+from dff_jax.face_model import load_face_model
+
+Array = Any
+
+
+def pose_to_crop(pose: np.ndarray, crop_box: np.ndarray, crop_size: int) -> np.ndarray:
+  """Image-frame pose ``[..., 6]`` -> crop-frame pose (scale and translation change)."""
+  pose = np.array(pose, np.float32)
+  side = crop_box[..., 2] - crop_box[..., 0]
+  pose[..., 0] = pose[..., 0] * crop_size / side
+  pose[..., 4:6] = geometry.image_to_crop(pose[..., None, 4:6], crop_box, crop_size)[..., 0, :]
+  return pose
+
+
+def crop_boxes_for(boxes: np.ndarray, config: cascade.CascadeConfig) -> np.ndarray:
+  """Face boxes ``[..., 4]`` -> the square crop boxes the cascade works in."""
+  return np.asarray(geometry.square_box(np.asarray(boxes, np.float32), config.box_scale),
+                    np.float32)
+
+
+def make_crop_and_describe(describer: features_lib.Describer, crop_size: int) -> Callable:
+  """A jitted ``(images [B, H, W, 3] uint8, crop_boxes [B, 4]) -> maps [B, S, S, D]``."""
+  @jax.jit
+  def run(images, crop_boxes):
+    crops = jax.vmap(lambda image, box: sampling.crop_image(
+        image.astype(jnp.float32), box, crop_size))(images, crop_boxes)
+    return describer(crops)
+  return run
+
+
+def render_faces(source: faces_lib.FaceSource, count: int,
+                 log: Callable[[str], None] = print) -> Dict[str, np.ndarray]:
+  """The first ``count`` faces of ``source`` stacked into arrays (see FaceSource keys)."""
+  start = time.time()
+  examples = []
+  for i in range(count):
+    examples.append(source[i])
+    if (i + 1) % 500 == 0:
+      log(f"rendered {i + 1}/{count} faces ({(i + 1) / (time.time() - start):.1f} faces/s)")
+  return faces_lib.stack(examples)
+
+
+def describe_all(describe: Callable, faces: Dict[str, np.ndarray], crop_boxes: np.ndarray,
+                 batch_size: int) -> np.ndarray:
+  """Descriptor maps of all faces, ``[N, S, S, D]`` float16 (host memory)."""
+  count = len(crop_boxes)
+  out = None
+  for start in range(0, count, batch_size):
+    stop = min(start + batch_size, count)
+    images = _pad(faces["image"][start:stop], batch_size)
+    boxes = _pad(crop_boxes[start:stop], batch_size)
+    maps = np.asarray(describe(images, boxes))[:stop - start].astype(np.float16)
+    if out is None:
+      out = np.zeros((count,) + maps.shape[1:], np.float16)
+    out[start:stop] = maps
+  return out
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+  """Pads the leading axis to ``size`` by repeating the last row (static batch shapes)."""
+  if len(array) == size:
+    return array
+  return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+def batches_from_maps(maps: np.ndarray, landmarks_crop: np.ndarray, pose_crop: np.ndarray,
+                      batch_size: int) -> Callable[[], Iterable[regression.Batch]]:
+  """The ``batches`` callable of :func:`regression.fit_cascade` over in-memory arrays."""
+  def batches():
+    for start in range(0, len(maps), batch_size):
+      stop = min(start + batch_size, len(maps))
+      weight = np.zeros(batch_size, np.float32)
+      weight[:stop - start] = 1.0
+      yield (jnp.asarray(_pad(maps[start:stop], batch_size), jnp.float32),
+             jnp.asarray(_pad(landmarks_crop[start:stop], batch_size)),
+             jnp.asarray(_pad(pose_crop[start:stop], batch_size)), weight)
+  return batches
+
+
+def run_on_maps(alignment_model: cascade.AlignmentModel, params: cascade.CascadeParams,
+                config: cascade.CascadeConfig, maps: np.ndarray,
+                batch_size: int) -> cascade.AlignmentState:
+  """The cascade on in-memory maps ``[N, S, S, D]``; returns stacked crop-frame states."""
+  run = jax.jit(cascade.align_crops, static_argnames=("config",))
+  states = []
+  for start in range(0, len(maps), batch_size):
+    stop = min(start + batch_size, len(maps))
+    state = run(alignment_model, params, jnp.asarray(_pad(maps[start:stop], batch_size),
+                                                     jnp.float32), config)
+    states.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:stop - start], state))
+  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *states)
+
+
+def landmark_errors(predicted_px: np.ndarray, faces: Dict[str, np.ndarray]) -> np.ndarray:
+  """Per-face NME ``[N]`` normalised by sqrt(w * h) of the true landmarks' box (all 68)."""
+  return np.asarray(metrics.nme(predicted_px, faces["landmarks_px"], "bbox"))
+
+
+def summarise(errors: np.ndarray, yaw_rad: np.ndarray) -> Dict[str, Any]:
+  """The alignment summary fields (NME by |yaw| bin, failure rates, AUC)."""
+  by_bin = metrics.nme_by_yaw_bin(errors, np.degrees(yaw_rad))
+  return {
+      "normaliser": "bbox: sqrt(w*h) of the ground-truth landmark box",
+      "num_faces": int(len(errors)),
+      "nme_mean": float(np.mean(errors)),
+      "nme_by_yaw_bin": {k: v for k, v in by_bin.items() if k != "mean"},
+      "nme_mean_of_bins": by_bin.get("mean"),
+      "failure_rate_0.08": float(metrics.failure_rate(errors, 0.08)),
+      "failure_rate_0.10": float(metrics.failure_rate(errors, 0.10)),
+      "auc_0.08": float(metrics.auc(errors, 0.08)),
+  }
+
+
+def prepare_split(config: Any, seed: int, count: int, describe: Callable,
+                  cascade_config: cascade.CascadeConfig, log: Callable[[str], None]):
+  """Renders ``count`` faces of pipeline seed ``seed`` and their crop-frame truth and maps."""
+  data_config = pipeline_config_from_dict(dict(config.data), seed=seed)
+  jitter = faces_lib.BoxJitter(**dict(config.box_jitter))
+  faces = render_faces(faces_lib.FaceSource(data_config, jitter), count, log)
+  crop_boxes = crop_boxes_for(faces["box"], cascade_config)
+  size = cascade_config.crop_size
+  landmarks_crop = np.asarray(geometry.image_to_crop(faces["landmarks_px"], crop_boxes, size),
+                              np.float32)
+  pose_crop = pose_to_crop(faces["pose"], crop_boxes, size)
+  start = time.time()
+  maps = describe_all(describe, faces, crop_boxes, config.batch_size)
+  log(f"described {count} faces in {time.time() - start:.1f} s")
+  return faces, crop_boxes, landmarks_crop, pose_crop, maps
+
+
+def train_alignment(config: Any, workdir: str | Path,
+                    log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Learns and evaluates one cascade; see the module docstring. Returns the summary dict."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  cascade_config = cascade.CascadeConfig(**dict(config.cascade))
+  describer = features_lib.make_describer(config.features, config.checkpoint or None)
+  describe = make_crop_and_describe(describer, cascade_config.crop_size)
+  model = load_face_model(config.face_model)
+  alignment_model = cascade.make_alignment_model(model)
+
+  t0 = time.time()
+  train = prepare_split(config, config.train_seed, config.num_train_faces, describe,
+                        cascade_config, log)
+  faces, _, landmarks_crop, pose_crop, maps = train
+  initial_pose = pose_crop.mean(0)
+  params = regression.fit_cascade(
+      batches_from_maps(maps, landmarks_crop, pose_crop, config.batch_size), alignment_model,
+      initial_pose, cascade_config, config.landmark_regularisation, config.pose_regularisation,
+      log=log)
+  train_seconds = time.time() - t0
+  del maps
+
+  eval_faces, eval_boxes, _, _, eval_maps = prepare_split(
+      config, config.eval_seed, config.num_eval_faces, describe, cascade_config, log)
+  states = run_on_maps(alignment_model, params, cascade_config, eval_maps, config.batch_size)
+  predicted = np.asarray(geometry.crop_to_image(states.landmarks_px, eval_boxes,
+                                                cascade_config.crop_size))
+  errors = landmark_errors(predicted, eval_faces)
+  summary = summarise(errors, eval_faces["pose"][:, 2])
+  summary.update(features=config.features, descriptor_source=describer.source,
+                 face_model=config.face_model, train_faces=int(config.num_train_faces),
+                 train_seed=int(config.train_seed), eval_seed=int(config.eval_seed),
+                 train_seconds=round(train_seconds, 1))
+  meta = dict(features=config.features, descriptor_dim=describer.descriptor_dim,
+              descriptor_source=describer.source, face_model=config.face_model,
+              train_faces=int(config.num_train_faces), eval=summary)
+  path = cascade_io.save_cascade(workdir / f"cascade_{config.features}.npz", params,
+                                 cascade_config, meta)
+  (workdir / f"summary_{config.features}.json").write_text(json.dumps(summary, indent=2))
+  log(f"wrote {path}")
+  return summary

@@ -1,0 +1,724 @@
+"""DFF training: TrainState, sharded train / eval steps and ``train_and_evaluate(config, workdir)``.
+
+One code path for one CPU core, 8 fake devices and a multi-host pod:
+
+* **Mesh.** ``jax.make_mesh((data, fsdp), ("data", "fsdp"))`` over all devices. The batch is
+  split over both axes; parameters and optimizer state are replicated
+  (``config.sharding.params = "replicated"``) or each leaf is split along its largest axis that
+  divides by the ``fsdp`` size (``"fsdp"``). No ``pmap``.
+* **Data.** ``data_pipeline.pairs.PairSource`` (random access, sample ``i`` a pure function of
+  ``(seed, i)``) through a grain ``MapDataset``: element ``i`` of the global batch of step ``t``
+  is sample ``(t * global_batch + i) mod len(source)``, and process ``p`` of ``n`` reads rows
+  ``[p * global_batch / n, (p + 1) * global_batch / n)`` of it. The data stream is thus a pure
+  function of ``(config.data.seed, step)`` and a resumed run sees exactly the batches it would
+  have seen. ``config.num_workers > 0`` renders in grain worker processes.
+  Per-process arrays become global ``jax.Array`` s with ``jax.make_array_from_process_local_data``.
+* **Step.** One ``jax.jit`` with in / out shardings and the state donated. The loss is
+  :func:`dff_jax.losses.combined_loss` (the paper's patch classification, InfoNCE, or a weighted
+  sum, from ``config.loss``); labels come from the sample's ``vertex_ids`` and a table of random
+  mesh segmentations (``dff_jax.face_model.segmentation.random_segmentations``), computed once and
+  cached in the workdir.
+* **Checkpoints** (:mod:`dff_jax.checkpoint`): periodic, final, resume from the workdir; a
+  non-finite loss stops training with the step number and keeps the last good checkpoint.
+* **Progress** (:mod:`dff_jax.progress`): a tqdm bar, ``metrics.jsonl`` and a held-out eval
+  (loss and nearest-descriptor PCK) every ``config.eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dff_jax import checkpoint as checkpoint_lib
+from dff_jax import encoder as encoder_lib
+from dff_jax import losses as losses_lib
+from dff_jax import progress as progress_lib
+
+Array = Any
+PyTree = Any
+
+# Fields of a pipeline sample the training / eval steps use (views 0 and 1 only).
+BATCH_FIELDS = ("images", "vertex_ids", "points_a_px", "points_b_px", "valid")
+
+
+# ----------------------------------------------------------------------------------------------
+# Train state and optimizer
+# ----------------------------------------------------------------------------------------------
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a resumed run needs (a pytree; Orbax saves it whole).
+
+  Attributes:
+    step: ``[]`` int32, number of optimizer steps taken.
+    params: ``{"encoder": flax params of DFFEncoder, "classifiers": {"weight": [S, D, P],
+      "bias": [S, P]}}`` float32 (``classifiers`` is ``{}`` when the patch loss is off).
+    opt_state: optax state of :func:`make_optimizer`.
+    rng: ``[2]`` uint32 raw PRNG key; step ``t`` uses ``fold_in(rng, t)``.
+  """
+  step: Array
+  params: PyTree
+  opt_state: PyTree
+  rng: Array
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to ``config.learning_rate`` over ``warmup_steps``, then cosine decay
+  to ``learning_rate * end_learning_rate_fraction`` at ``num_steps``."""
+  warmup = int(min(config.warmup_steps, max(config.num_steps - 1, 0)))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+      decay_steps=max(int(config.num_steps), warmup + 1),
+      end_value=config.learning_rate * config.end_learning_rate_fraction)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm gradient clipping then AdamW on :func:`make_schedule`; weight decay skips
+  biases and normalisation scales (leaves with fewer than 2 dims)."""
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adamw(make_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
+                  weight_decay=config.weight_decay, mask=decay_mask))
+
+
+def uses_patch_loss(config: ml_collections.ConfigDict) -> bool:
+  return float(config.loss.patch_weight or 0.0) > 0
+
+
+def init_params(config: ml_collections.ConfigDict, key: Array) -> PyTree:
+  """Fresh parameters: the encoder's for a ``[1, H, W, C]`` input and the patch classifiers."""
+  encoder = encoder_lib.encoder_from_config(config.encoder)
+  size = int(config.data.image_size)
+  encoder_key, classifier_key = jax.random.split(key)
+  images = jnp.zeros((1, size, size, int(config.encoder.channels)), jnp.float32)
+  params = {"encoder": encoder.init(encoder_key, images)["params"], "classifiers": {}}
+  if uses_patch_loss(config):
+    params["classifiers"] = losses_lib.init_patch_classifiers(
+        classifier_key, int(config.loss.num_segmentations), int(config.encoder.descriptor_dim),
+        int(config.loss.num_patches))
+  return params
+
+
+def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """The step-0 state for ``config.seed`` (unsharded; see :func:`create_sharded_state`)."""
+  key = jax.random.PRNGKey(config.seed)
+  init_key, train_key = jax.random.split(key)
+  params = init_params(config, init_key)
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                    rng=train_key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and shardings
+# ----------------------------------------------------------------------------------------------
+
+
+def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """``("data", "fsdp")`` mesh over all devices.
+
+  ``config.sharding.params == "replicated"``: shape ``(devices, 1)``, pure data parallelism.
+  ``"fsdp"``: ``config.sharding.fsdp`` devices per parameter-sharding group (0 or 1 = all
+  devices), the rest data parallel. The batch is split over both axes either way.
+  """
+  num_devices = jax.device_count()
+  fsdp = int(config.sharding.get("fsdp", 0) or 0)
+  if config.sharding.params == "replicated":
+    fsdp = 1
+  elif fsdp <= 1:
+    fsdp = num_devices  # "fsdp" without a group size: shard over all devices.
+  if num_devices % fsdp:
+    raise ValueError(f"config.sharding.fsdp={fsdp} does not divide the {num_devices} devices.")
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((num_devices // fsdp, fsdp), ("data", "fsdp"), axis_types=auto)
+
+
+def _leaf_spec(shape: Tuple[int, ...], fsdp: int) -> P:
+  """Shard the largest axis that divides by ``fsdp`` over "fsdp"; replicate small leaves."""
+  if fsdp == 1 or int(np.prod(shape)) < 1024:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[axis] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                    abstract_state: TrainState) -> TrainState:
+  """A ``NamedSharding`` per leaf of the state: replicated or fsdp (``config.sharding.params``)."""
+  mode = config.sharding.params
+  if mode not in ("replicated", "fsdp"):
+    raise ValueError(f"config.sharding.params must be 'replicated' or 'fsdp', got {mode!r}.")
+  fsdp = mesh.shape["fsdp"] if mode == "fsdp" else 1
+  return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(tuple(x.shape), fsdp)),
+                      abstract_state)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> Optional[Dict[str, Any]]:
+  """XLA options of every jit: ``config.xla_fast_compile`` turns off LLVM optimisation
+  (``xla_backend_optimization_level=0``), which cuts CPU compile time ~8x (tiny nets, tests)
+  at some cost in run time."""
+  if config.get("xla_fast_compile", False):
+    return {"xla_backend_optimization_level": 0}
+  return None
+
+
+def create_sharded_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                         ) -> Tuple[TrainState, TrainState]:
+  """``(state, shardings)``: the initial state created directly in its shardings."""
+  abstract = jax.eval_shape(lambda: init_train_state(config))
+  shardings = state_shardings(config, mesh, abstract)
+  state = jax.jit(lambda: init_train_state(config), out_shardings=shardings,
+                  compiler_options=compiler_options(config))()
+  return state, shardings
+
+
+def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+                    ) -> Dict[str, jax.Array]:
+  """Per-process numpy batch (this process's rows) -> global ``jax.Array`` s over the mesh."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation table (labels of the patch loss)
+# ----------------------------------------------------------------------------------------------
+
+
+def segmentation_table(config: ml_collections.ConfigDict,
+                       cache_dir: Optional[str | Path] = None) -> np.ndarray:
+  """``[S, V]`` int32 patch id of every vertex of the data's face model in each segmentation.
+
+  Computed by ``random_segmentations`` (farthest-point seeds + graph Voronoi) and cached as
+  ``cache_dir/segmentations_<model>_S<S>_P<P>_seed<seed>.npy`` when ``cache_dir`` is given.
+  Time: S = 100, P = 500 on the default model's 16,434 vertices takes ~7 s on one CPU core
+  (S = 4, P = 16: 0.1 s); the cache makes restarts free.
+  """
+  num_segmentations = int(config.loss.num_segmentations)
+  num_patches = int(config.loss.num_patches)
+  seed = int(config.loss.segmentation_seed)
+  model_name = Path(str(config.data.face_model)).stem
+  path = None
+  if cache_dir is not None:
+    path = Path(cache_dir) / (f"segmentations_{model_name}_S{num_segmentations}_P{num_patches}"
+                              f"_seed{seed}.npy")
+    if path.exists():
+      try:
+        table = np.load(path)
+        if table.shape[0] == num_segmentations:
+          return table.astype(np.int32)
+      except (OSError, ValueError):
+        pass  # A truncated cache file: recompute.
+  from dff_jax.face_model import segmentation as segmentation_lib  # pylint: disable=g-import-not-at-top
+  model = _face_model(str(config.data.face_model))
+  start = time.time()
+  table = np.asarray(segmentation_lib.random_segmentations(
+      model, num_segmentations, num_patches, seed), np.int32)
+  logging.info("random_segmentations(S=%d, P=%d) on %d vertices took %.1f s", num_segmentations,
+               num_patches, table.shape[1], time.time() - start)
+  if path is not None and jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, table)
+    tmp.replace(path)
+  return table
+
+
+@functools.lru_cache(maxsize=4)
+def _face_model(spec: str):
+  from dff_jax.face_model import loaders  # pylint: disable=g-import-not-at-top
+  return loaders.load_face_model(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: PairSource -> grain -> per-process numpy batches
+# ----------------------------------------------------------------------------------------------
+
+
+def make_pair_source(data_config: Any, seed: Optional[int] = None):
+  """``data_pipeline.pairs.PairSource`` for ``config.data`` (with ``seed`` overriding its seed)."""
+  from data_pipeline.pairs import PairSource  # pylint: disable=g-import-not-at-top
+  from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
+  values = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+  if seed is not None:
+    values["seed"] = int(seed)
+  return PairSource(pipeline_config_from_dict(values))
+
+
+def select_fields(sample: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The fields the steps use, views 0 and 1: images ``[2, H, W, 3]`` uint8, vertex_ids
+  ``[2, H, W]`` int32, points_a_px / points_b_px ``[K, 2]`` float32, valid ``[K]`` bool."""
+  return {
+      "images": np.asarray(sample["images"][:2], np.uint8),
+      "vertex_ids": np.asarray(sample["vertex_ids"][:2], np.int32),
+      "points_a_px": np.asarray(sample["points_a_px"], np.float32),
+      "points_b_px": np.asarray(sample["points_b_px"], np.float32),
+      "valid": np.asarray(sample["valid"], bool),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class StepIndexToSample:
+  """grain map: local element ``j`` -> sample of global index
+  ``(step * global_batch + process_index * local_batch + i) mod len(source)``,
+  ``(step, i) = divmod(j, local_batch)``. Picklable (grain workers)."""
+  source: Any
+  global_batch: int
+  local_batch: int
+  process_index: int
+
+  def __call__(self, j: int) -> Dict[str, np.ndarray]:
+    step, i = divmod(int(j), self.local_batch)
+    index = step * self.global_batch + self.process_index * self.local_batch + i
+    return select_fields(self.source[index % len(self.source)])
+
+
+def _stack(samples):
+  return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, start_step: int,
+                        source: Any = None) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's batches for steps ``start_step, ..., num_steps - 1`` (grain).
+
+  Each batch is a dict of ``[global_batch / process_count, ...]`` numpy arrays (see
+  :func:`select_fields`); a pure function of ``(config.data.seed, step, process_index)``.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  process_count, process_index = jax.process_count(), jax.process_index()
+  global_batch = int(config.global_batch_size)
+  if global_batch % process_count:
+    raise ValueError(f"global_batch_size={global_batch} must divide by the number of processes "
+                     f"({process_count}).")
+  local_batch = global_batch // process_count
+  source = make_pair_source(config.data) if source is None else source
+  dataset = grain.MapDataset.range(start_step * local_batch, int(config.num_steps) * local_batch)
+  dataset = dataset.map(StepIndexToSample(source, global_batch, local_batch, process_index))
+  dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=_stack)
+  iterable = dataset.to_iter_dataset()
+  if int(config.num_workers) > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app (tests).
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(config.num_workers), per_worker_buffer_size=2))
+  return iter(iterable)
+
+
+def load_eval_batches(config: ml_collections.ConfigDict) -> list:
+  """The fixed held-out pairs (seed ``config.eval.seed``, samples ``0 .. num_pairs - 1``) as a
+  list of this process's numpy batches of ``eval.batch_size / process_count`` rows."""
+  if int(config.eval.seed) == int(config.data.seed):
+    raise ValueError("config.eval.seed must differ from config.data.seed (held-out pairs).")
+  batch_size, num_pairs = int(config.eval.batch_size), int(config.eval.num_pairs)
+  process_count, process_index = jax.process_count(), jax.process_index()
+  if num_pairs % batch_size or batch_size % process_count:
+    raise ValueError(f"eval.num_pairs={num_pairs} must be a multiple of eval.batch_size="
+                     f"{batch_size}, itself a multiple of the process count {process_count}.")
+  source = make_pair_source(config.data, seed=config.eval.seed)
+  local = batch_size // process_count
+  batches = []
+  for start in range(0, num_pairs, batch_size):
+    first = start + process_index * local
+    batches.append(_stack([select_fields(source[i]) for i in range(first, first + local)]))
+  return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------
+
+
+def _descriptors(encoder, encoder_params, images_uint8: Array, channels: int) -> Array:
+  """``[B, 2, H, W, 3]`` uint8 -> ``[B, 2, H, W, D]`` float32 descriptors."""
+  batch, views, height, width, _ = images_uint8.shape
+  images = encoder_lib.preprocess_images(images_uint8, channels)
+  images = images.reshape(batch * views, height, width, channels)
+  descriptors = encoder.apply({"params": encoder_params}, images)
+  return descriptors.reshape(batch, views, height, width, -1)
+
+
+def _loss_and_metrics(config, encoder, params, batch, patch_table, key):
+  key_segments, key_pixels = jax.random.split(key)
+  descriptors = _descriptors(encoder, params["encoder"], batch["images"],
+                             int(config.encoder.channels))
+  patch_kwargs = {}
+  if uses_patch_loss(config):
+    patch_kwargs = dict(
+        patch_table=patch_table, classifier_params=params["classifiers"],
+        segmentation_ids=losses_lib.sample_segmentation_ids(
+            key_segments, int(config.loss.num_segmentations),
+            int(config.loss.num_segmentations_per_step)))
+  loss, metrics = losses_lib.combined_loss(
+      config.loss, descriptors[:, 0], descriptors[:, 1], batch, key=key_pixels, **patch_kwargs)
+  return loss, (metrics, descriptors)
+
+
+def train_step(state: TrainState, batch: Mapping[str, Array], patch_table: Array, *,
+               config: ml_collections.ConfigDict, encoder, optimizer
+               ) -> Tuple[TrainState, Dict[str, Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: the current :class:`TrainState`.
+    batch: global batch of :func:`select_fields` arrays with a leading ``[B]`` axis.
+    patch_table: ``[S, V]`` int32 segmentation table (``[1, 1]`` dummy when the patch loss is
+      off).
+    config, encoder, optimizer: static.
+
+  Returns:
+    ``(new_state, metrics)``: scalar float32 metrics ``loss``, the loss terms' metrics,
+    ``grad_norm``, ``param_norm``, ``learning_rate``.
+  """
+  key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    loss, (metrics, _) = _loss_and_metrics(config, encoder, params, batch, patch_table, key)
+    if int(config.get("debug_nan_step", -1)) >= 0:  # Test hook: poison one step's loss.
+      poison = jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
+      loss = loss * poison
+      metrics = dict(metrics, loss=metrics["loss"] * poison)
+    return loss, metrics
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params["encoder"]),
+                 learning_rate=make_schedule(config)(state.step))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def nearest_descriptor_pck(desc_a: Array, desc_b: Array, points_a_px: Array,
+                           points_b_px: Array, valid: Array, face_b: Array,
+                           thresholds_px: Tuple[float, ...] = (4.0,)) -> Dict[str, Array]:
+  """Matching accuracy of nearest-descriptor search, summed over a batch of pairs.
+
+  For each valid point of view a its descriptor (bilinear, re-normalised) is compared with every
+  face pixel of view b; the most similar pixel's centre ``(j + 0.5, i + 0.5)`` is the match, and
+  it is correct within ``t`` pixels of ``points_b_px``.
+
+  Args:
+    desc_a, desc_b: ``[B, H, W, D]`` unit descriptors.
+    points_a_px, points_b_px: ``[B, K, 2]`` float32 ``(x, y)`` pixels (x right, y down).
+    valid: ``[B, K]`` bool, the point is visible in both views.
+    face_b: ``[B, H, W]`` bool, face-model pixels of view b (the search region).
+    thresholds_px: PCK thresholds in pixels.
+
+  Returns:
+    ``{"num_points": [] float32, "sum_error_px": [] float32, "correct@{t}px": [] float32}``
+    sums over the valid points (divide by ``num_points``).
+  """
+  from dff_jax.sampling import bilinear_sample  # pylint: disable=g-import-not-at-top
+  batch, height, width, dim = desc_b.shape
+
+  def one(da, db, pa, pb, ok, face):
+    features, inside = bilinear_sample(da, pa)
+    features = encoder_lib.l2_normalize(features, axis=-1)  # [K, D]
+    similarity = features @ db.reshape(height * width, dim).T  # [K, H*W]
+    similarity = jnp.where(face.reshape(-1)[None], similarity, -jnp.inf)
+    best = jnp.argmax(similarity, axis=-1)
+    predicted = jnp.stack([best % width + 0.5, best // width + 0.5], axis=-1)
+    error = jnp.linalg.norm(predicted - pb, axis=-1)
+    return error, ok & inside & jnp.any(face)
+
+  errors, mask = jax.vmap(one)(desc_a, desc_b, points_a_px, points_b_px, valid, face_b)
+  out = {"num_points": jnp.sum(mask.astype(jnp.float32)),
+         "sum_error_px": jnp.sum(jnp.where(mask, errors, 0.0))}
+  for t in thresholds_px:
+    out[f"correct@{t:g}px"] = jnp.sum((mask & (errors <= t)).astype(jnp.float32))
+  return out
+
+
+def eval_step(state: TrainState, batch: Mapping[str, Array], patch_table: Array, *,
+              config: ml_collections.ConfigDict, encoder) -> Dict[str, Array]:
+  """Held-out loss (fixed segmentation / pixel key) and PCK sums for one global batch.
+
+  Returns sums over the batch: ``loss_sum`` (loss times pairs), ``num_pairs`` and the sums of
+  :func:`nearest_descriptor_pck`.
+  """
+  key = jax.random.PRNGKey(int(config.eval.seed))
+  loss, (_, descriptors) = _loss_and_metrics(config, encoder, state.params, batch, patch_table,
+                                             key)
+  num_pairs = batch["images"].shape[0]
+  out = nearest_descriptor_pck(
+      descriptors[:, 0], descriptors[:, 1], batch["points_a_px"], batch["points_b_px"],
+      batch["valid"], batch["vertex_ids"][:, 1] >= 0,
+      tuple(float(t) for t in config.eval.pck_thresholds_px))
+  out.update(loss_sum=loss * num_pairs, num_pairs=jnp.asarray(num_pairs, jnp.float32))
+  return out
+
+
+def summarize_eval(sums: Mapping[str, float]) -> Dict[str, float]:
+  """Eval sums -> ``loss``, ``mean_error_px``, ``pck@{t}px`` (fractions of valid points)."""
+  points = max(float(sums["num_points"]), 1.0)
+  out = {"loss": float(sums["loss_sum"]) / max(float(sums["num_pairs"]), 1.0),
+         "mean_error_px": float(sums["sum_error_px"]) / points,
+         "num_points": float(sums["num_points"])}
+  for key, value in sums.items():
+    if key.startswith("correct@"):
+      out["pck@" + key[len("correct@"):]] = float(value) / points
+  return out
+
+
+def make_jitted_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                      shardings: TrainState) -> Tuple[Callable, Callable]:
+  """``(train_step, eval_step)`` jitted with in / out shardings; train donates the state."""
+  encoder = encoder_lib.encoder_from_config(config.encoder)
+  optimizer = make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  data = batch_sharding(mesh)
+  train = jax.jit(
+      functools.partial(train_step, config=config, encoder=encoder, optimizer=optimizer),
+      in_shardings=(shardings, data, replicated), out_shardings=(shardings, replicated),
+      donate_argnums=(0,), compiler_options=compiler_options(config))
+  evaluate = jax.jit(functools.partial(eval_step, config=config, encoder=encoder),
+                     in_shardings=(shardings, data, replicated), out_shardings=replicated,
+                     compiler_options=compiler_options(config))
+  return train, evaluate
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN / Inf; the message names the step."""
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  if int(config.num_steps) < 1:
+    raise ValueError(f"config.num_steps must be >= 1, got {config.num_steps}.")
+  if int(config.global_batch_size) % jax.device_count():
+    raise ValueError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
+                     f"{jax.device_count()} devices.")
+  size, stride = int(config.data.image_size), encoder_lib.encoder_stride(config.encoder)
+  encoder_lib.check_image_size(size, size, stride)
+  if int(config.encoder.channels) not in (1, 3):
+    raise ValueError(f"config.encoder.channels must be 1 or 3, got {config.encoder.channels}.")
+
+
+def _patch_table_array(config, workdir, mesh) -> jax.Array:
+  if uses_patch_loss(config):
+    table = segmentation_table(config, cache_dir=workdir)
+  else:
+    table = np.zeros((1, 1), np.int32)
+  return jax.device_put(table, NamedSharding(mesh, P()))
+
+
+def _check_vertex_ids(vertex_ids: np.ndarray, num_vertices: int, config) -> None:
+  """The data's vertex ids must index the segmentation table's vertices."""
+  if uses_patch_loss(config) and vertex_ids.size and int(vertex_ids.max()) >= num_vertices:
+    raise ValueError(
+        f"The data has vertex id {int(vertex_ids.max())} but the segmentation table of face "
+        f"model {config.data.face_model!r} has {num_vertices} vertices: the pipeline renders a "
+        "different model than the one segmented. Check config.data.face_model.")
+
+
+def _evaluate(evaluate, state, eval_batches, mesh, patch_table) -> Dict[str, float]:
+  totals: Dict[str, float] = {}
+  for local in eval_batches:
+    sums = jax.device_get(evaluate(state, to_global_batch(local, mesh), patch_table))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return summarize_eval(totals)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+  """Trains the DFF encoder per ``config``, resuming from ``workdir`` if it has checkpoints.
+
+  Writes ``workdir/config.json``, ``workdir/checkpoints/<step>``, ``workdir/metrics.jsonl``
+  (records of ``kind`` "train" every ``log_every`` steps and "eval" every ``eval_every`` steps)
+  and the cached segmentation table.
+
+  Args:
+    config: experiment config (see ``experiments/configs/dff_tiny.py`` for the fields).
+    workdir: output / resume directory.
+
+  Returns:
+    The final :class:`TrainState` (sharded ``jax.Array`` s).
+
+  Raises:
+    NonFiniteLossError: a non-finite loss or gradient at some step (named in the message); the
+      checkpoints written before it are kept.
+  """
+  workdir = Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  _validate(config)
+  is_main = jax.process_index() == 0
+  if is_main:
+    checkpoint_lib.save_config_json(workdir, config)
+
+  mesh = create_mesh(config)
+  abstract = jax.eval_shape(lambda: init_train_state(config))
+  shardings = state_shardings(config, mesh, abstract)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=int(config.max_checkpoints_to_keep),
+      save_interval_steps=int(config.checkpoint_every))
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+    state = checkpointer.restore(target, latest)
+    logging.info("Resumed from %s at step %d", checkpointer.directory, latest)
+  else:
+    state = jax.jit(lambda: init_train_state(config), out_shardings=shardings,
+                    compiler_options=compiler_options(config))()
+  start_step = int(jax.device_get(state.step))
+  num_steps = int(config.num_steps)
+  if start_step >= num_steps:
+    logging.info("Nothing to do: the checkpoint is at step %d >= num_steps %d", start_step,
+                 num_steps)
+    checkpointer.close()
+    return state
+
+  patch_table = _patch_table_array(config, workdir, mesh)
+  train, evaluate = make_jitted_steps(config, mesh, shardings)
+  eval_batches = load_eval_batches(config) if int(config.eval_every) > 0 else []
+  writer = progress_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main)
+  bar = progress_lib.ProgressBar(num_steps, start_step,
+                                 enabled=is_main and bool(config.progress_bar))
+  batches = make_train_iterator(config, start_step)
+  images_per_step = 2 * int(config.global_batch_size)  # Two views per pair.
+  window_start, window_steps = time.time(), 0
+  try:
+    for step in range(start_step, num_steps):
+      local = next(batches)
+      if step == start_step:
+        _check_vertex_ids(local["vertex_ids"], patch_table.shape[1], config)
+      state, metrics = train(state, to_global_batch(local, mesh), patch_table)
+      metrics = jax.device_get(metrics)
+      window_steps += 1
+      done = step + 1
+      loss = float(metrics["loss"])
+      if not (math.isfinite(loss) and math.isfinite(float(metrics["grad_norm"]))):
+        checkpointer.wait()
+        raise NonFiniteLossError(
+            f"Non-finite loss {loss} (grad norm {float(metrics['grad_norm'])}) at step {step}; "
+            f"stopped. The last good checkpoint (step {checkpointer.latest_step()}) is kept in "
+            f"{checkpointer.directory}. Lower config.learning_rate or check the data.")
+      checkpointer.save(done, state, force=done == num_steps)
+      elapsed = max(time.time() - window_start, 1e-9)
+      images_per_second = window_steps * images_per_step / elapsed
+      bar.update(done, loss=loss, images_per_second=images_per_second)
+      if done % int(config.log_every) == 0 or done == num_steps:
+        writer.write(done, dict(metrics, images_per_second=images_per_second,
+                                steps_per_second=window_steps / elapsed))
+        window_start, window_steps = time.time(), 0
+      if eval_batches and (done % int(config.eval_every) == 0 or done == num_steps):
+        summary = _evaluate(evaluate, state, eval_batches, mesh, patch_table)
+        writer.write(done, summary, kind="eval")
+        bar.write(f"eval step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+        window_start, window_steps = time.time(), 0
+  finally:
+    bar.close()
+    checkpointer.close()
+  return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, num_vertices: int,
+                    seed: int = 0) -> Dict[str, np.ndarray]:
+  """A random batch with the shapes and dtypes of :func:`select_fields` (for benchmarks): a
+  centred disc of face pixels with random vertex ids in ``[0, num_vertices)``."""
+  rng = np.random.default_rng(seed)
+  size, k = int(config.data.image_size), int(config.data.num_correspondences)
+  yy, xx = np.mgrid[:size, :size]
+  face = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2
+  vertex_ids = rng.integers(0, num_vertices, (batch_size, 2, size, size)).astype(np.int32)
+  vertex_ids = np.where(face, vertex_ids, -1)
+  points = rng.uniform(0.3 * size, 0.7 * size, (batch_size, 2, k, 2)).astype(np.float32)
+  return {"images": rng.integers(0, 256, (batch_size, 2, size, size, 3), dtype=np.uint8),
+          "vertex_ids": vertex_ids, "points_a_px": points[:, 0], "points_b_px": points[:, 1],
+          "valid": np.ones((batch_size, k), bool)}
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict, num_steps: int = 10,
+                         num_vertices: int = 4096) -> Dict[str, float]:
+  """Times the jitted train step on a synthetic batch (no data pipeline).
+
+  Returns ``{"compile_seconds", "seconds_per_step", "steps_per_second", "images_per_second",
+  "pairs_per_second", "global_batch_size", "image_size", "num_devices", "flops_per_step",
+  "cpu_seconds_per_step"}`` (``flops_per_step`` from XLA's cost analysis, -1 if unavailable;
+  ``cpu_seconds_per_step`` is process CPU time over all threads, less sensitive than wall time
+  to other load on a shared machine). An image is one view; a pair is two.
+  """
+  mesh = create_mesh(config)
+  state, shardings = create_sharded_state(config, mesh)
+  batch_size = int(config.global_batch_size)
+  if uses_patch_loss(config):
+    table = np.random.default_rng(0).integers(
+        0, int(config.loss.num_patches), (int(config.loss.num_segmentations), num_vertices))
+  else:
+    table = np.zeros((1, 1))
+  patch_table = jax.device_put(table.astype(np.int32), NamedSharding(mesh, P()))
+  train, _ = make_jitted_steps(config, mesh, shardings)
+  local = synthetic_batch(config, batch_size // jax.process_count(), num_vertices)
+  batch = to_global_batch(local, mesh)
+  start = time.time()
+  compiled = train.lower(state, batch, patch_table).compile()
+  flops = -1.0
+  try:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    flops = float(analysis.get("flops", -1.0))
+  except Exception:  # pylint: disable=broad-except
+    pass
+  state, metrics = train(state, batch, patch_table)
+  jax.block_until_ready(metrics)
+  compile_seconds = time.time() - start
+  start, cpu_start = time.time(), time.process_time()
+  for _ in range(num_steps):
+    state, metrics = train(state, batch, patch_table)
+  jax.block_until_ready((state, metrics))
+  seconds = (time.time() - start) / num_steps
+  cpu_seconds = (time.process_time() - cpu_start) / num_steps
+  return {"compile_seconds": compile_seconds, "seconds_per_step": seconds,
+          "steps_per_second": 1.0 / seconds, "images_per_second": 2 * batch_size / seconds,
+          "pairs_per_second": batch_size / seconds, "global_batch_size": batch_size,
+          "image_size": int(config.data.image_size), "num_devices": jax.device_count(),
+          "flops_per_step": flops, "cpu_seconds_per_step": cpu_seconds}
+
+
+def params_digest(params: PyTree) -> str:
+  """A short hex digest of every parameter's bytes (equal digests = bit-identical params)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(params))
+  for path, leaf in flat:
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), sort_keys=True, default=str)

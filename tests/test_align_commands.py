@@ -1,0 +1,424 @@
+"""Tests of experiments.align, experiments.eval_alignment and dff_jax.alignment.runner / draw.
+
+The cascade used here is built in a session fixture without training: SIFT descriptors, 2 stages,
+crop 64, **zero regressors** and the mean crop-frame pose of a few synthetic faces as the start,
+so the cascade returns the mean face placed by the face box. Training even a tiny cascade takes
+minutes on 2 cores (one ridge solve with 68 * 128 + 1 unknowns per stage), far beyond this file's
+budget; these tests check the commands' plumbing (frames, batching, outputs, failures), not
+accuracy. The faces are rendered with data_pipeline.faces.FaceSource at 64 x 64.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from conftest import AFLW_DIR, ROOT
+from data_pipeline import readers
+
+CROP = 64
+NUM_FACES = 4
+SUMMARY_KEYS = {"normaliser", "nme_mean", "nme_by_yaw_bin", "failure_rate_0.08",
+                "failure_rate_0.10", "auc_0.08"}
+JSON_KEYS = {"landmarks_px", "visibility", "pose", "shape_coefficients", "expression_coefficients",
+             "box"}
+POSE_KEYS = {"yaw_deg", "pitch_deg", "roll_deg", "scale", "translation_px"}
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _stderr_lines(proc):
+  return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory):
+  """Synthetic faces written as PNGs, and an untrained (zero-regressor) SIFT cascade file."""
+  from data_pipeline import faces as faces_lib
+  from data_pipeline.config import pipeline_config_from_dict
+  from dff_jax import image_io
+  from dff_jax.alignment import cascade, io as cascade_io, training
+  from dff_jax.face_model import load_face_model
+
+  root = tmp_path_factory.mktemp("align")
+  config = pipeline_config_from_dict(dict(image_size=CROP, num_views=2, num_correspondences=16),
+                                     seed=123)
+  source = faces_lib.FaceSource(config, num_examples=NUM_FACES)
+  faces = faces_lib.stack([source[i] for i in range(NUM_FACES)])
+  images = root / "images"
+  images.mkdir()
+  for i in range(NUM_FACES):
+    image_io.write_png_atomic(images / f"face{i}.png", faces["image"][i])
+
+  cascade_config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
+  crop_boxes = training.crop_boxes_for(faces["box"], cascade_config)
+  initial_pose = training.pose_to_crop(faces["pose"], crop_boxes, CROP).mean(0)
+  features = 68 * 128 + 1
+  params = cascade.CascadeParams(
+      landmark_weights=np.zeros((2, features, 136), np.float32),
+      pose_weights=np.zeros((2, features, 6), np.float32),
+      pose_std=np.ones((2, 6), np.float32), initial_pose=initial_pose.astype(np.float32))
+  path = cascade_io.save_cascade(root / "cascade_sift.npz", params, cascade_config,
+                                 dict(features="sift", descriptor_dim=128, face_model="default"))
+  model = load_face_model("default")
+  return dict(root=root, images=images, faces=faces, cascade=path, model=model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Library pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def test_working_crop_aligned_box_copies_pixels():
+  from dff_jax.alignment import cascade, runner
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  config = cascade.CascadeConfig(crop_size=8, box_scale=1.0)
+  # A square box of side 16 at integer corners (5, 3): the working image (16 px) is that region.
+  work, crop_box, work_box = runner.working_crop(image, np.array([5, 3, 21, 19.0]), config, 16)
+  np.testing.assert_array_equal(work, image[3:19, 5:21])
+  np.testing.assert_allclose(crop_box, [5, 3, 21, 19])
+  np.testing.assert_allclose(work_box, [0, 0, 16, 16], atol=1e-5)
+  # Outside the image is black.
+  work, _, _ = runner.working_crop(image, np.array([-8, -8, 8, 8.0]), config, 16)
+  assert np.all(work[:8, :8] == 0) and np.array_equal(work[8:, 8:], image[:8, :8])
+
+
+def test_check_box_rejects_bad_boxes():
+  from dff_jax.alignment import runner
+  np.testing.assert_allclose(runner.check_box([1, 2, 30, 40], 50, 60), [1, 2, 30, 40])
+  for bad in ([1, 2, 3], [10, 10, 5, 20], [0, 0, np.nan, 5], [100, 100, 120, 130], "abc"):
+    with pytest.raises(ValueError):
+      runner.check_box(bad, 50, 60)
+
+
+def test_output_stems_are_distinct():
+  from dff_jax.alignment import runner
+  stems = runner.output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")])
+  assert stems == ["x_jpg", "x_png", "y"]
+
+
+def test_summarise_errors_known_values():
+  from dff_jax import metrics
+  from dff_jax.alignment import runner
+  errors = np.array([0.02, 0.09, 0.2, 0.05])
+  yaw = np.array([10.0, -45.0, 90.0, -20.0])
+  summary = runner.summarise_errors(errors, yaw, "bbox")
+  assert summary["nme_by_yaw_bin"] == {"0-30": 0.035, "30-60": 0.09, "60-90": 0.2}
+  assert summary["yaw_bin_counts"] == {"0-30": 2, "30-60": 1, "60-90": 1}
+  np.testing.assert_allclose(summary["nme_yaw_bin_mean"], (0.035 + 0.09 + 0.2) / 3)
+  assert summary["failure_rate_0.08"] == 0.5 and summary["failure_rate_0.10"] == 0.25
+  np.testing.assert_allclose(summary["auc_0.08"], metrics.auc(errors, 0.08))
+  np.testing.assert_allclose(summary["nme_mean"], errors.mean())
+  no_pose = runner.summarise_errors(errors[:1], None, "inter_ocular")
+  assert no_pose["nme_by_yaw_bin"] == {"0-30": None, "30-60": None, "60-90": None}
+  assert no_pose["normaliser"].startswith("inter_ocular")
+  assert json.loads(json.dumps(no_pose)) == no_pose  # strict JSON (no NaN)
+
+
+def test_ced_plot_and_overlay_draw_something(setup):
+  from dff_jax.alignment import draw
+  plot = draw.render_ced_plot([("dff", np.array([0.01, 0.03, np.nan])),
+                               ("sift", np.array([0.05, 0.2]))], title="TEST")
+  assert plot.shape == (400, 560, 3) and plot.dtype == np.uint8
+  for colour in draw.CURVE_COLOURS[:2]:  # both curves and legend boxes are drawn
+    assert np.sum(np.all(plot == colour, axis=-1)) > 100
+  faces, model = setup["faces"], setup["model"]
+  image = np.full((64, 64, 3), 128, np.uint8)
+  visibility = np.ones(68, bool)
+  visibility[:5] = False
+  overlay = draw.render_overlay(
+      image, faces["landmarks_px"][0], visibility,
+      dict(pitch_rad=0.0, yaw_rad=0.3, roll_rad=0.0, scale=0.25, translation_px=[32, 32]),
+      np.zeros(model.num_identity), np.zeros(model.num_expression), model)
+  assert np.sum(np.all(overlay == draw.VISIBLE_COLOUR, axis=-1)) > 50
+  assert np.sum(np.all(overlay == draw.HIDDEN_COLOUR, axis=-1)) > 5
+  assert np.sum(np.all(overlay == draw.MESH_COLOUR, axis=-1)) > 50
+  assert np.all(image == 128)  # the input is not modified
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.align
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_document(document, model):
+  assert JSON_KEYS <= set(document)
+  assert np.asarray(document["landmarks_px"]).shape == (68, 2)
+  assert len(document["visibility"]) == 68
+  assert all(isinstance(v, bool) for v in document["visibility"])
+  assert set(document["pose"]) == POSE_KEYS and len(document["pose"]["translation_px"]) == 2
+  assert len(document["shape_coefficients"]) == model.num_identity
+  assert len(document["expression_coefficients"]) == model.num_expression
+  assert len(document["box"]) == 4
+
+
+def test_align_with_bbox_and_whole_image(setup, tmp_path):
+  from experiments import align
+  from dff_jax.alignment import runner
+  faces, model = setup["faces"], setup["model"]
+  image_path = setup["images"] / "face0.png"
+  box = faces["box"][0]
+  out = tmp_path / "bbox"
+  summary = align.align_files(str(image_path), out, bbox=",".join(f"{v:.4f}" for v in box),
+                              cascade=str(setup["cascade"]), batch_size=2, progress=False)
+  assert summary["written"] == ["face0"] and summary["failed"] == []
+  assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png"]
+  document = json.loads((out / "face0.json").read_text())
+  _check_document(document, model)
+  np.testing.assert_allclose(document["box"], box, atol=1e-3)
+  # The mean face placed by the box: roughly on the true face (bbox NME well below 0.5).
+  from dff_jax import metrics
+  error = metrics.nme(np.asarray(document["landmarks_px"]), faces["landmarks_px"][0], "bbox")
+  assert error < 0.3
+  overlay = readers_image(out / "face0_overlay.png")
+  assert overlay.shape == (CROP, CROP, 3) and np.any(overlay != faces["image"][0])
+
+  # Frames: the same face in a larger canvas, shifted by (dx, dy) with the box shifted too,
+  # gives the same landmarks shifted (host crop + working frame mapping are exact).
+  dx, dy = 37, 11
+  canvas = np.zeros((CROP + 60, CROP + 80, 3), np.uint8)
+  canvas[dy:dy + CROP, dx:dx + CROP] = faces["image"][0]
+  from dff_jax import image_io
+  shifted_path = tmp_path / "shifted.png"
+  image_io.write_png_atomic(shifted_path, canvas)
+  shifted = box + np.array([dx, dy, dx, dy], np.float32)
+  out2 = tmp_path / "shifted"
+  align.align_files(str(shifted_path), out2, bbox=",".join(f"{v:.4f}" for v in shifted),
+                    cascade=str(setup["cascade"]), batch_size=2, progress=False)
+  moved = json.loads((out2 / "shifted.json").read_text())
+  np.testing.assert_allclose(np.asarray(moved["landmarks_px"]) - [dx, dy],
+                             document["landmarks_px"], atol=0.05)
+  np.testing.assert_allclose(moved["pose"]["scale"], document["pose"]["scale"], rtol=1e-4)
+
+  # No box: the whole image is the face crop.
+  out3 = tmp_path / "whole"
+  align.align_files(str(image_path), out3, cascade=str(setup["cascade"]), batch_size=2,
+                    progress=False)
+  whole = json.loads((out3 / "face0.json").read_text())
+  _check_document(whole, model)
+  np.testing.assert_allclose(whole["box"], runner.whole_image_box(CROP, CROP, 1.25), atol=1e-4)
+  np.testing.assert_allclose(whole["crop_box"], [0, 0, CROP, CROP], atol=1e-4)
+
+
+def readers_image(path):
+  from dff_jax import image_io
+  return image_io.read_image(path)
+
+
+def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
+  """Subprocess: --boxes for a folder with a corrupt image and a box outside its image."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  faces = setup["faces"]
+  boxes = {}
+  for i in range(3):
+    (folder / f"face{i}.png").write_bytes((setup["images"] / f"face{i}.png").read_bytes())
+    boxes[f"face{i}.png"] = faces["box"][i].tolist()
+  boxes["face2.png"] = [500, 500, 600, 600]  # outside the 64 x 64 image
+  (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
+  boxes["broken.jpg"] = [0, 0, 10, 10]
+  (folder / "notes.txt").write_text("ignored: not an image")
+  boxes_path = tmp_path / "boxes.json"
+  boxes_path.write_text(json.dumps(boxes))
+  out = tmp_path / "out"
+  proc = _run("experiments.align", f"--images={folder}", f"--boxes={boxes_path}",
+              f"--cascade={setup['cascade']}", "--batch_size=2", f"--out_dir={out}")
+  assert proc.returncode == 1, proc.stderr
+  lines = _stderr_lines(proc)
+  assert len([l for l in lines if "broken.jpg" in l]) == 1, proc.stderr
+  assert len([l for l in lines if "face2.png" in l and "outside" in l]) == 1, proc.stderr
+  assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png",
+                                                  "face1.json", "face1_overlay.png"]
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+      "out_dir": str(out), "written": 2, "failed": 2}
+  for i in range(2):
+    document = json.loads((out / f"face{i}.json").read_text())
+    _check_document(document, setup["model"])
+    np.testing.assert_allclose(document["box"], faces["box"][i], atol=1e-3)
+
+
+def test_align_missing_cascade_or_checkpoint_one_line_error(setup, tmp_path):
+  image = setup["images"] / "face0.png"
+  proc = _run("experiments.align", f"--images={image}", f"--cascade={tmp_path / 'nope.npz'}",
+              f"--out_dir={tmp_path / 'a'}")
+  assert proc.returncode != 0
+  lines = _stderr_lines(proc)
+  assert len(lines) == 1 and "nope.npz" in lines[0] and "does not exist" in lines[0], proc.stderr
+  # A DFF cascade with a checkpoint that does not exist.
+  from dff_jax.alignment import io as cascade_io
+  params, config, _ = cascade_io.load_cascade(setup["cascade"])
+  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
+                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  proc = _run("experiments.align", f"--images={image}", f"--cascade={dff}",
+              f"--checkpoint={tmp_path / 'no_bundle'}", f"--out_dir={tmp_path / 'b'}")
+  lines = _stderr_lines(proc)
+  assert proc.returncode != 0 and len(lines) == 1 and "no_bundle" in lines[0], proc.stderr
+  assert not (tmp_path / "b").exists()
+
+
+def test_default_cascade_missing_is_a_clear_error(monkeypatch, tmp_path):
+  from dff_jax.alignment import runner
+  monkeypatch.setattr(runner, "ASSETS", tmp_path)
+  with pytest.raises(FileNotFoundError, match="--cascade=FILE"):
+    runner.resolve_aligner(None, "sift")
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.eval_alignment
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_summary(summary, out, dataset):
+  written = json.loads((out / "summary.json").read_text())
+  assert written == summary
+  assert SUMMARY_KEYS <= set(written) and written["dataset"] == dataset
+  assert set(written["nme_by_yaw_bin"]) == {"0-30", "30-60", "60-90"}
+  assert 0.0 <= written["failure_rate_0.08"] <= 1.0 and 0.0 <= written["auc_0.08"] <= 1.0
+  assert written["failure_rate_0.10"] <= written["failure_rate_0.08"]
+  assert np.isfinite(written["nme_mean"]) and written["nme_mean"] > 0
+  records = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+  assert len(records) == written["num_faces"]
+  assert {"image", "method", "nme", "yaw_deg"} <= set(records[0])
+  np.testing.assert_allclose(np.mean([r["nme"] for r in records]), written["nme_mean"])
+  plot = readers_image(out / "ced.png")
+  assert plot.ndim == 3 and plot.std() > 5
+  return written
+
+
+def test_eval_synthetic(setup, tmp_path):
+  from experiments import eval_alignment
+  out = tmp_path / "synthetic"
+  summary = eval_alignment.evaluate("synthetic", out, cascade=str(setup["cascade"]),
+                                    num_faces=3, batch_size=2, progress=False)
+  summary = _check_summary(summary, out, "synthetic")
+  assert summary["normaliser"].startswith("bbox") and summary["num_faces"] == 3
+  assert summary["seed"] == 40_000 and summary["image_size"] == CROP
+  assert sum(summary["yaw_bin_counts"].values()) <= 3
+
+
+def _write_faces_as_dataset(setup, folder, kind):
+  """Writes the synthetic faces as 300W (.png + .pts) or AFLW2000-3D (.jpg + .mat) files."""
+  import imageio.v3 as iio
+  faces = setup["faces"]
+  for i in range(3):
+    stem = folder / (f"image{i:05d}" if kind == "aflw2000" else f"sub/face_{i}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    landmarks = faces["landmarks_px"][i]
+    if kind == "300w":
+      iio.imwrite(stem.with_suffix(".png"), faces["image"][i])
+      readers.write_pts(stem.with_suffix(".pts"), landmarks)
+    else:
+      iio.imwrite(stem.with_suffix(".jpg"), faces["image"][i], quality=95)
+      pt3d = np.concatenate([readers.pixel_centres_to_one_based(landmarks).T,
+                             np.zeros((1, 68))])
+      yaw = float(faces["pose"][i, 2])
+      pose = np.array([[0.0, -yaw, 0.0, 0.0, 0.0, 0.0, 1.0]])  # 3DDFA sign: ours ~ -file
+      scipy.io.savemat(str(stem.with_suffix(".mat")), {"pt3d_68": pt3d, "Pose_Para": pose})
+  if kind == "300w":  # an image without annotation is ignored
+    iio.imwrite(folder / "no_annotation.png", faces["image"][3])
+
+
+def test_eval_300w_fixture(setup, tmp_path):
+  from experiments import eval_alignment
+  data = tmp_path / "300w"
+  _write_faces_as_dataset(setup, data, "300w")
+  out = tmp_path / "out"
+  summary = eval_alignment.evaluate("300w", out, data_dir=str(data),
+                                    cascade=str(setup["cascade"]), batch_size=2, progress=False)
+  summary = _check_summary(summary, out, "300w")
+  assert summary["num_faces"] == 3 and summary["normaliser"].startswith("inter_ocular")
+  assert "estimated" in summary["yaw_source"]
+  # The estimated yaws are the rendered ones (3DMM fit to exact landmarks), within a few degrees.
+  records = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+  true_yaw = np.degrees(setup["faces"]["pose"][:3, 2])
+  np.testing.assert_allclose([r["yaw_deg"] for r in records], true_yaw, atol=6.0)
+
+
+def test_eval_aflw2000_fixture(setup, tmp_path):
+  from experiments import eval_alignment
+  data = tmp_path / "aflw"
+  data.mkdir()
+  _write_faces_as_dataset(setup, data, "aflw2000")
+  (data / "image00009.jpg").write_bytes(b"broken")  # unreadable image with an annotation
+  (data / "image00009.mat").write_bytes((data / "image00000.mat").read_bytes())
+  out = tmp_path / "out"
+  messages = []
+  summary = eval_alignment.evaluate("aflw2000", out, data_dir=str(data),
+                                    cascade=str(setup["cascade"]), batch_size=2, progress=False,
+                                    report=messages.append)
+  summary = _check_summary(summary, out, "aflw2000")
+  assert summary["num_faces"] == 3 and summary["normaliser"].startswith("bbox")
+  assert len(messages) == 1 and "image00009.jpg" in messages[0]
+  assert len(summary["skipped"]) == 1
+  records = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+  true_yaw = np.degrees(setup["faces"]["pose"][:3, 2])
+  np.testing.assert_allclose([r["yaw_deg"] for r in records], true_yaw, atol=0.5)
+
+
+def test_eval_aflw2000_real_images(setup, tmp_path):
+  if not AFLW_DIR.is_dir():
+    pytest.skip(f"{AFLW_DIR} is absent (../shared is optional)")
+  out = tmp_path / "out"
+  proc = _run("experiments.eval_alignment", "--dataset=aflw2000", f"--data_dir={AFLW_DIR}",
+              "--num_faces=3", f"--cascade={setup['cascade']}", "--batch_size=3",
+              f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  summary = json.loads((out / "summary.json").read_text())
+  assert SUMMARY_KEYS <= set(summary) and summary["num_faces"] == 3
+  assert 0 < summary["nme_mean"] < 1.0
+
+
+def test_eval_missing_data_dir_one_line(setup, tmp_path):
+  proc = _run("experiments.eval_alignment", "--dataset=300w", f"--data_dir={tmp_path / 'none'}",
+              f"--cascade={setup['cascade']}", f"--out_dir={tmp_path / 'out'}")
+  lines = _stderr_lines(proc)
+  assert proc.returncode != 0 and len(lines) == 1 and "none" in lines[0], proc.stderr
+
+
+def test_align_with_dff_bundle(setup, tmp_path):
+  """The DFF path: a tiny random encoder written as an inference bundle, a zero cascade for it."""
+  import jax
+  import jax.numpy as jnp
+  from flax import serialization
+  from dff_jax import encoder as encoder_lib
+  from dff_jax.alignment import io as cascade_io
+  from experiments import align
+  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
+  module = encoder_lib.encoder_from_config(encoder)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  bundle = tmp_path / "bundle"
+  bundle.mkdir()
+  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(
+      jax.tree.map(lambda x: np.asarray(x, np.float32), params)))
+  (bundle / "config.json").write_text(json.dumps(dict(
+      encoder=dict(encoder, channels=1), image_size=CROP, channels=1, step=0, experiment={})))
+  sift_params, config, _ = cascade_io.load_cascade(setup["cascade"])
+  features = 68 * 4 + 1
+  dff_params = sift_params.replace(landmark_weights=np.zeros((2, features, 136), np.float32),
+                                   pose_weights=np.zeros((2, features, 6), np.float32))
+  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", dff_params, config,
+                                dict(features="dff", descriptor_dim=4, face_model="default"))
+  out = tmp_path / "out"
+  image = setup["images"] / "face1.png"
+  summary = align.align_files(str(image), out, bbox=",".join(map(str, setup["faces"]["box"][1])),
+                              cascade=str(dff), checkpoint=str(bundle), batch_size=2,
+                              progress=False)
+  assert summary["written"] == ["face1"]
+  document = json.loads((out / "face1.json").read_text())
+  _check_document(document, setup["model"])
+  assert document["features"] == "dff"
+  # The SIFT-sized cascade with this 4-d encoder: a clear error before anything is written.
+  sift_as_dff = cascade_io.save_cascade(tmp_path / "big_dff.npz", sift_params, config,
+                                        dict(features="dff", descriptor_dim=128))
+  with pytest.raises(ValueError, match="128-d descriptors"):
+    align.align_files(str(image), tmp_path / "out2", cascade=str(sift_as_dff),
+                      checkpoint=str(bundle), progress=False)

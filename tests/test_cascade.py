@@ -1,0 +1,419 @@
+"""Tests of dff_jax.alignment.cascade: one stage, the lax.scan cascade, batching, gradients,
+contour / visibility, sharding, and images in -> results out (crop / uncrop)."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dff_jax import geometry
+from dff_jax import sift
+from dff_jax.alignment import cascade
+from dff_jax.alignment import fitting
+from dff_jax.alignment import regression
+from dff_jax.face_model import load_face_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = 32
+DIM = 4  # Descriptor size of the toy descriptor maps.
+# iBUG-68: the subject's right eye (image left when frontal) and left eye.
+RIGHT_EYE, LEFT_EYE = list(range(36, 42)), list(range(42, 48))
+_EXPRESSIONS = ("jawOpen", "mouthSmile_L", "eyeBlink_R", "browInnerUp_L")
+
+
+@functools.lru_cache(maxsize=1)
+def small_face_model():
+  """The default model cut to 6 identity and 4 expression components (all vertices kept)."""
+  model = load_face_model("default")
+  names = tuple(model.expression_names)
+  keep = [names.index(n) for n in _EXPRESSIONS if n in names] or list(range(4))
+  return model.replace(
+      identity_basis=np.asarray(model.identity_basis[:6], np.float32),
+      expression_basis=np.asarray(model.expression_basis, np.float32)[keep],
+      expression_std=np.asarray(model.expression_std, np.float32)[keep],
+      expression_names=tuple(names[i] for i in keep) if names else ())
+
+
+@functools.lru_cache(maxsize=1)
+def small_alignment_model():
+  return cascade.make_alignment_model(small_face_model())
+
+
+def centred_pose(yaw_deg=0.0, crop_size=CROP):
+  """``[6]`` pose putting the mean face's landmarks in the middle ~60% of the crop."""
+  model = small_face_model()
+  points = np.asarray(model.mean_vertices)[np.asarray(model.landmark_vertex_ids)]
+  scale = 0.6 * crop_size / np.ptp(points[:, 0])
+  centre = points.mean(0)
+  return np.array([scale, 0.0, np.radians(yaw_deg), 0.0, crop_size / 2 - scale * centre[0],
+                   crop_size / 2 + scale * centre[1]], np.float32)
+
+
+def random_params(num_stages, descriptor_dim, key, weight_std=0.05, yaw_deg=0.0):
+  """Random regressors moving landmarks by ~1 px and the pose by ~1 std per stage."""
+  feature_dim = cascade.NUM_LANDMARKS * descriptor_dim + 1
+  key_w, key_v = jax.random.split(key)
+  std = weight_std / np.sqrt(descriptor_dim / DIM)
+  return cascade.CascadeParams(
+      landmark_weights=std * jax.random.normal(key_w, (num_stages, feature_dim, 136)),
+      pose_weights=std * jax.random.normal(key_v, (num_stages, feature_dim, cascade.POSE_DIM)),
+      pose_std=jnp.tile(jnp.asarray([[0.002, 0.02, 0.02, 0.02, 0.3, 0.3]]), (num_stages, 1)),
+      initial_pose=jnp.asarray(centred_pose(yaw_deg)))
+
+
+def zero_params(num_stages, descriptor_dim, yaw_deg=0.0):
+  params = random_params(num_stages, descriptor_dim, jax.random.key(0), yaw_deg=yaw_deg)
+  return params.replace(landmark_weights=jnp.zeros_like(params.landmark_weights),
+                        pose_weights=jnp.zeros_like(params.pose_weights))
+
+
+def smooth_maps(key, batch, size=CROP, dim=DIM):
+  """``[batch, size, size, dim]`` float32 smooth random descriptor maps (blurred noise)."""
+  noise = jax.random.normal(key, (batch, size + 4, size + 4, dim))
+  kernel = jnp.ones((5, 5, 1, dim)) / 25.0
+  return jax.lax.conv_general_dilated(noise, kernel, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=dim) * 5.0
+
+
+CONFIG = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
+_align_crops = jax.jit(cascade.align_crops, static_argnames=("config", "remat"))
+_run_cascade = jax.jit(cascade.run_cascade, static_argnames=("config", "remat"))
+_project = jax.jit(cascade.project_landmarks)
+
+
+# ----------------------------------------------------------------------------------------------
+# One stage
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stage_with_exact_inverse_regressors_recovers_truth():
+  """Regressors solved exactly (ridge, lambda ~ 0) from the initial features to the residuals
+  move the landmarks and the pose onto the truth; the shape fit then finds the true shape."""
+  am = small_alignment_model()
+  config = cascade.CascadeConfig(num_stages=1, crop_size=CROP, shape_regularisation=1e-6)
+  rng = np.random.default_rng(0)
+  num_faces = 4
+  params = zero_params(1, DIM)
+  start = cascade.initial_state(am, params, config)
+  poses = np.tile(params.initial_pose, (num_faces, 1))
+  poses[:, 0] *= rng.uniform(0.95, 1.05, num_faces)
+  poses[:, 1:4] += np.radians(rng.uniform(-8, 8, (num_faces, 3)))
+  poses[:, 4:6] += rng.uniform(-2, 2, (num_faces, 2))
+  shapes = rng.normal(size=(num_faces, 6)).astype(np.float32)
+  expressions = rng.uniform(0, 0.3, (num_faces, 4)).astype(np.float32)
+  truth, _, _ = jax.vmap(_project, (None, 0, 0, 0))(am, jnp.asarray(poses), shapes, expressions)
+
+  maps = smooth_maps(jax.random.key(1), num_faces)
+  features = np.asarray(jax.vmap(cascade.stage_features, (0, None, None))(
+      maps, start.landmarks_px, start.visibility), np.float64)
+  gram = features.T @ features
+  landmark_residual = np.asarray(truth - start.landmarks_px, np.float64).reshape(num_faces, -1)
+  pose_residual = (poses - np.asarray(start.pose)) / np.asarray(params.pose_std[0])
+  stage = (jnp.asarray(regression.ridge_solve(gram, features.T @ landmark_residual, 1e-8)),
+           jnp.asarray(regression.ridge_solve(gram, features.T @ pose_residual, 1e-8)),
+           params.pose_std[0])
+
+  apply = jax.jit(jax.vmap(
+      lambda stage, state, descriptor_map: cascade.apply_stage(am, stage, state, descriptor_map,
+                                                               config), (None, None, 0)))
+  next_state, regressed = apply(stage, start, maps)
+  np.testing.assert_allclose(regressed, truth, atol=2e-3)
+  np.testing.assert_allclose(next_state.pose, poses, atol=1e-4)
+  np.testing.assert_allclose(next_state.landmarks_px, truth, atol=2e-2)
+  np.testing.assert_allclose(next_state.shape_coefficients, shapes, atol=0.05)
+  np.testing.assert_allclose(next_state.expression_coefficients, expressions, atol=0.05)
+
+
+def test_fit_shape_rows_matches_fitting_fit_shape_linear():
+  """The cascade's shape fit on pre-gathered rows equals the foundation's fit_shape_linear."""
+  am = small_alignment_model()
+  model = small_face_model()
+  pose = jnp.asarray(centred_pose(35.0))
+  rotation = cascade.pose_rotation(pose)
+  ids = jnp.asarray(cascade.project_landmarks(am, pose, jnp.zeros(6), jnp.zeros(4))[2])
+  landmarks = cascade.project_landmarks(am, pose, jnp.zeros(6), jnp.zeros(4))[0]
+  landmarks = landmarks + jax.random.normal(jax.random.key(20), landmarks.shape)
+  weights = jnp.ones(68).at[40:48].set(0.0)
+  mean, basis = cascade.landmark_rows(am, ids)
+  np.testing.assert_allclose(mean, np.asarray(model.mean_vertices)[np.asarray(ids)], atol=1e-6)
+  rows = jax.jit(cascade.fit_shape_rows)(am, mean, basis, landmarks, pose, rotation, weights,
+                                         3.0)
+  shape, expression = fitting.fit_shape_linear(
+      model, landmarks, pose[0], rotation, pose[4:6], vertex_ids=ids, weights=weights,
+      regularisation=3.0)
+  np.testing.assert_allclose(rows, jnp.concatenate([shape, expression]), atol=1e-4, rtol=1e-4)
+  assert float(jnp.abs(rows).max()) > 0.05  # The noise really moved the shape.
+
+
+def test_stage_features_layout_and_masking():
+  descriptor_map = smooth_maps(jax.random.key(2), 1)[0]
+  landmarks = jnp.tile(jnp.asarray([[5.5, 7.5]]), (68, 1)).at[3].set(jnp.asarray([-4.0, 5.0]))
+  visibility = jnp.ones((68,)).at[10].set(0.0)
+  features = cascade.stage_features(descriptor_map, landmarks, visibility)
+  assert features.shape == (68 * DIM + 1,)
+  per_landmark = features[:-1].reshape(68, DIM)
+  np.testing.assert_allclose(per_landmark[0], descriptor_map[7, 5], atol=1e-6)  # Pixel centre.
+  np.testing.assert_array_equal(per_landmark[3], 0.0)  # Outside the crop.
+  np.testing.assert_array_equal(per_landmark[10], 0.0)  # Invisible.
+  assert float(features[-1]) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The cascade: jit, vmap, remat, gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def test_jit_matches_eager_and_remat():
+  am = small_alignment_model()
+  params = random_params(2, DIM, jax.random.key(3))
+  descriptor_map = smooth_maps(jax.random.key(4), 1)[0]
+  eager_final, eager_stages = cascade.run_cascade(am, params, descriptor_map, CONFIG)
+  jit_final, jit_stages = _run_cascade(am, params, descriptor_map, CONFIG)
+  remat_final, _ = _run_cascade(am, params, descriptor_map, CONFIG, remat=True)
+  assert eager_stages.landmarks_px.shape == (2, 68, 2)
+  assert eager_stages.pose.shape == (2, 6)
+  for a, b, c in zip(jax.tree_util.tree_leaves(eager_final), jax.tree_util.tree_leaves(jit_final),
+                     jax.tree_util.tree_leaves(remat_final)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(b, c, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(eager_stages.landmarks_px, jit_stages.landmarks_px, atol=1e-4)
+  # The random regressors really moved the face (the test is not about a fixed point).
+  start = cascade.initial_state(am, params, CONFIG)
+  assert float(jnp.abs(jit_final.landmarks_px - start.landmarks_px).max()) > 0.2
+
+
+def test_vmap_over_batch_matches_python_loop():
+  am = small_alignment_model()
+  params = random_params(2, DIM, jax.random.key(5))
+  maps = smooth_maps(jax.random.key(6), 3)
+  batched = _align_crops(am, params, maps, CONFIG)
+  for b in range(3):
+    single, _ = _run_cascade(am, params, maps[b], CONFIG)
+    for a, c in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(batched)):
+      np.testing.assert_allclose(a, c[b], atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_match_finite_differences():
+  """Reverse-mode gradients through a 2-stage cascade w.r.t. the descriptor map and the
+  regressors agree with finite differences (float32, loose tolerance)."""
+  am = small_alignment_model()
+  params = random_params(2, DIM, jax.random.key(7), yaw_deg=15.0)
+  descriptor_map = smooth_maps(jax.random.key(8), 1)[0]
+
+  def final(descriptor_map, landmark_weights, pose_weights):
+    p = params.replace(landmark_weights=landmark_weights, pose_weights=pose_weights)
+    state, _ = cascade.run_cascade(am, p, descriptor_map, CONFIG)
+    return state.landmarks_px, state.pose, state.shape_coefficients
+
+  check_grads(jax.jit(final), (descriptor_map, params.landmark_weights, params.pose_weights),
+              order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-4)
+  # A scalar loss: reverse-mode directional derivatives against central differences along
+  # random directions (the check above projects on one random cotangent only).
+  args = (descriptor_map, params.landmark_weights, params.pose_weights)
+
+  def loss(*args):
+    landmarks, pose, shape = final(*args)
+    return jnp.sum(landmarks * jnp.linspace(-1.0, 1.0, 136).reshape(68, 2)) + jnp.sum(
+        pose * jnp.asarray([100.0, 10.0, 10.0, 10.0, 1.0, 1.0])) + jnp.sum(shape)
+
+  loss = jax.jit(loss)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+  assert float(jnp.abs(grads[0]).max()) > 1e-3  # Not trivially zero.
+  for seed in range(2):
+    keys = jax.random.split(jax.random.key(100 + seed), 3)
+    direction = [jax.random.normal(k, a.shape) for k, a in zip(keys, args)]
+    eps = 1e-3
+    plus = loss(*[a + eps * d for a, d in zip(args, direction)])
+    minus = loss(*[a - eps * d for a, d in zip(args, direction)])
+    numeric = float(plus - minus) / (2 * eps)
+    analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(grads, direction))
+    np.testing.assert_allclose(analytic, numeric, rtol=0.05, atol=0.05)
+
+
+def test_gradients_finite_at_profile_and_boxes_outside_image():
+  """align_images with dense SIFT descriptors: finite gradients w.r.t. the images and all
+  regressors at 90 degrees yaw, with one box partly outside the image."""
+  am = small_alignment_model()
+  params = random_params(2, sift.DESCRIPTOR_DIM, jax.random.key(9), yaw_deg=90.0)
+  images = jax.random.uniform(jax.random.key(10), (2, 40, 40, 3), maxval=255.0)
+  boxes = jnp.asarray([[8.0, 8.0, 32.0, 32.0], [-12.0, 20.0, 18.0, 52.0]])
+  describe = functools.partial(sift.dense_sift, cell_px=2)
+
+  def loss(images, params):
+    result = cascade.align_images(describe, am, params, images, boxes, CONFIG)
+    return (jnp.sum(result.landmarks_px) + jnp.sum(result.yaw_rad) + jnp.sum(result.scale)
+            + jnp.sum(result.shape_coefficients))
+
+  value, (grad_images, grad_params) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
+      images, params)
+  assert bool(jnp.isfinite(value))
+  for leaf in [grad_images] + jax.tree_util.tree_leaves(grad_params):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert float(jnp.abs(grad_images).max()) > 0.0
+  assert float(jnp.abs(grad_params.landmark_weights).max()) > 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Contour landmarks and visibility
+# ----------------------------------------------------------------------------------------------
+
+
+def _jaw_and_visibility(yaw_deg):
+  am = small_alignment_model()
+  pose = jnp.asarray(centred_pose(yaw_deg))
+  _, visibility, ids = _project(am, pose, jnp.zeros(6), jnp.zeros(4))
+  return np.asarray(ids), np.asarray(visibility)
+
+
+def test_contour_landmarks_follow_the_silhouette_past_45_degrees():
+  frontal = np.asarray(small_face_model().landmark_vertex_ids)
+  ids, _ = _jaw_and_visibility(0.0)
+  np.testing.assert_array_equal(ids, frontal)
+  # Positive yaw turns the subject's left side (jaw 9-16) away from the camera.
+  ids, visibility = _jaw_and_visibility(60.0)
+  np.testing.assert_array_equal(ids[:9], frontal[:9])
+  assert np.all(ids[9:17] != frontal[9:17]), ids[9:17]
+  np.testing.assert_array_equal(ids[17:], frontal[17:])
+  assert np.all(visibility[9:17] == 1.0)  # Silhouette points are visible by construction.
+  ids, _ = _jaw_and_visibility(-60.0)
+  np.testing.assert_array_equal(ids[8:], frontal[8:])
+  assert np.all(ids[:8] != frontal[:8]), ids[:8]
+
+
+def test_silhouette_jaw_is_outermost_in_the_image():
+  """At 60 degrees the far-side jaw points lie on the outline: further out than the frontal
+  jaw vertices would project."""
+  am = small_alignment_model()
+  pose = jnp.asarray(centred_pose(60.0))
+  landmarks, _, _ = _project(am, pose, jnp.zeros(6), jnp.zeros(4))
+  model = small_face_model()
+  frontal_points = np.asarray(model.mean_vertices)[np.asarray(model.landmark_vertex_ids)[9:17]]
+  frontal_px = geometry.weak_perspective_project(
+      jnp.asarray(frontal_points), pose[0], cascade.pose_rotation(pose), pose[4:6])
+  # Positive yaw: the subject's left cheek (image right) turns away; its outline is further right.
+  assert np.all(np.asarray(landmarks[9:17, 0]) >= frontal_px[:, 0] - 1e-4)
+  assert np.mean(np.asarray(landmarks[9:17, 0]) > frontal_px[:, 0] + 0.05) > 0.5
+
+
+@pytest.mark.parametrize("yaw_deg,near,far", [(80.0, RIGHT_EYE, LEFT_EYE),
+                                              (-80.0, LEFT_EYE, RIGHT_EYE)])
+def test_far_eye_invisible_at_80_degrees(yaw_deg, near, far):
+  _, visibility = _jaw_and_visibility(yaw_deg)
+  np.testing.assert_array_equal(visibility[far], 0.0)
+  np.testing.assert_array_equal(visibility[near], 1.0)
+  _, frontal_visibility = _jaw_and_visibility(0.0)
+  np.testing.assert_array_equal(frontal_visibility, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharding
+# ----------------------------------------------------------------------------------------------
+
+_SHARDING_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    import test_cascade as t
+    from dff_jax.alignment import cascade
+    assert jax.device_count() == 8, jax.devices()
+    am = t.small_alignment_model()
+    params = t.random_params(2, t.DIM, jax.random.key(11))
+    maps = t.smooth_maps(jax.random.key(12), 8)
+    single = t._align_crops(am, params, jax.device_put(maps, jax.devices()[0]), t.CONFIG)
+    # Auto axes, as dff_jax.train uses (explicit-sharding mode is not supported by the cascade:
+    # the contour gather in face_model.model cannot resolve its output sharding).
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded_maps = jax.device_put(maps, NamedSharding(mesh, P("data")))
+    sharded = t._align_crops(am, params, sharded_maps, t.CONFIG)
+    assert len(sharded.landmarks_px.sharding.device_set) == 8, sharded.landmarks_px.sharding
+    for a, b in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(sharded)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+    print("SHARDING_OK")
+""")
+
+
+def test_sharded_batch_on_8_devices_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+  result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "SHARDING_OK" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Images in, results out
+# ----------------------------------------------------------------------------------------------
+
+
+def _fixed_conv_describe(crops):
+  """A fixed random 3x3 convolution ``[B, c, c, 3] -> [B, c, c, DIM]`` (a stand-in encoder)."""
+  kernel = jax.random.normal(jax.random.key(13), (3, 3, 3, DIM)) / 255.0
+  return jax.lax.conv_general_dilated(crops, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+_align_images = jax.jit(cascade.align_images, static_argnames=("describe", "config", "remat"))
+
+
+def test_align_images_with_zero_regressors_returns_initial_state_in_image_pixels():
+  am = small_alignment_model()
+  params = zero_params(2, DIM)
+  images = jax.random.uniform(jax.random.key(14), (3, 50, 60, 3), maxval=255.0)
+  boxes = jnp.asarray([[10.0, 12.0, 40.0, 40.0],   # 30 x 28, squared to 37.5 x 37.5.
+                       [20.0, 12.0, 50.0, 40.0],   # The same box moved by 10 px right.
+                       [5.0, -6.0, 65.0, 50.0]])   # Larger than the image.
+  result = _align_images(_fixed_conv_describe, am, params, images, boxes, CONFIG)
+  start = cascade.initial_state(am, params, CONFIG)
+  crop_boxes = geometry.square_box(boxes, CONFIG.box_scale)
+  np.testing.assert_allclose(result.crop_box, crop_boxes, atol=1e-5)
+  side = np.asarray(crop_boxes[:, 2] - crop_boxes[:, 0])
+  expected = (np.asarray(start.landmarks_px)[None] * (side / CROP)[:, None, None]
+              + np.asarray(crop_boxes)[:, None, :2])
+  np.testing.assert_allclose(result.landmarks_px, expected, atol=2e-3)
+  np.testing.assert_allclose(result.scale, start.pose[0] * side / CROP, rtol=1e-5)
+  np.testing.assert_allclose(result.translation_px,
+                             start.pose[4:6] * (side / CROP)[:, None] + crop_boxes[:, :2],
+                             atol=2e-3)
+  np.testing.assert_allclose(result.yaw_rad, start.pose[2], atol=1e-6)
+  np.testing.assert_allclose(result.shape_coefficients, 0.0, atol=1e-3)
+  np.testing.assert_array_equal(result.visibility, np.tile(start.visibility, (3, 1)))
+  # Landmarks move with the box: boxes 0 and 1 differ by a shift of their centre only.
+  shift = np.asarray((crop_boxes[1] - crop_boxes[0])[:2])
+  np.testing.assert_allclose(result.landmarks_px[1] - result.landmarks_px[0],
+                             np.broadcast_to(shift, (68, 2)), atol=2e-3)
+  # The mean-face landmarks project through the reported pose.
+  model = small_face_model()
+  points = np.asarray(model.mean_vertices)[np.asarray(model.landmark_vertex_ids)]
+  reprojected = geometry.weak_perspective_project(
+      points, np.asarray(result.scale), np.asarray(geometry.euler_to_matrix(
+          result.pitch_rad, result.yaw_rad, result.roll_rad)), np.asarray(result.translation_px))
+  np.testing.assert_allclose(reprojected, result.landmarks_px, atol=2e-3)
+
+
+def test_align_images_is_translation_equivariant():
+  """With real (random) regressors, moving the image content and the box together by an
+  integer shift moves every output landmark by exactly that shift (crop and uncrop agree)."""
+  am = small_alignment_model()
+  params = random_params(2, DIM, jax.random.key(15))
+  big = np.asarray(jax.random.uniform(jax.random.key(16), (70, 70, 3), maxval=255.0))
+  dx, dy = 7, 4
+  images = np.stack([big[10:58, 10:58], big[10 + dy:58 + dy, 10 + dx:58 + dx]])
+  box = np.array([12.0, 10.0, 36.0, 34.0], np.float32)  # 24 px -> 30 px crop box at 1.25.
+  boxes = np.stack([box, box - np.array([dx, dy, dx, dy], np.float32)])
+  result = _align_images(_fixed_conv_describe, am, params, images, boxes, CONFIG)
+  np.testing.assert_allclose(result.landmarks_px[1] + np.array([dx, dy]), result.landmarks_px[0],
+                             atol=2e-3)
+  np.testing.assert_allclose(result.yaw_rad[1], result.yaw_rad[0], atol=1e-5)
+  start = cascade.initial_state(am, params, CONFIG)
+  crop_landmarks = geometry.image_to_crop(result.landmarks_px[0], result.crop_box[0], CROP)
+  assert float(jnp.abs(crop_landmarks - start.landmarks_px).max()) > 0.5  # Regressors acted.

@@ -1,0 +1,179 @@
+"""Tests for dff_jax.encoder: shapes, unit norm, size errors, bf16, jit, gradients, configs."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dff_jax import encoder as enc
+
+TINY = dict(features=(8, 16), descriptor_dim=8, convs_per_level=1)
+
+
+def _init(module, shape, seed=0):
+  images = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+  params = jax.jit(module.init)(jax.random.key(seed + 1), images)
+  return params, images
+
+
+def _init_with_output(module, shape, seed=0):
+  """One compile for both: (output, params, images)."""
+  images = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+  out, params = jax.jit(module.init_with_output)(jax.random.key(seed + 1), images)
+  return out, params, images
+
+
+def _apply(module, params, images):
+  return jax.jit(module.apply)(params, images)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """(module, params, images [2, 16, 16, 1], jitted apply), shared to compile once."""
+  module = enc.DFFEncoder(**TINY)
+  params, images = _init(module, (2, 16, 16, 1))
+  return module, params, images, jax.jit(module.apply)
+
+
+@pytest.mark.parametrize("upsample,channels", [("nearest", 3), ("transpose", 1)])
+def test_output_shape_dtype_and_unit_norm(upsample, channels):
+  module = enc.DFFEncoder(**TINY, upsample=upsample)
+  out, _, _ = _init_with_output(module, (2, 16, 24, channels))
+  assert out.shape == (2, 16, 24, 8)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+
+
+def test_three_levels_strided_downsample_and_options():
+  module = enc.DFFEncoder(features=(8, 16, 24), descriptor_dim=4, convs_per_level=1,
+                          downsample="strided_conv", norm="layer", activation="gelu")
+  out, _, _ = _init_with_output(module, (1, 8, 12, 1))
+  assert out.shape == (1, 8, 12, 4)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+
+
+def test_default_tiny_unit_norm_and_depends_on_position(tiny):
+  """Unit norm everywhere; descriptors differ across pixels (not a degenerate constant map)."""
+  _, params, images, apply = tiny
+  out = np.asarray(apply(params, images))
+  assert out.shape == (2, 16, 16, 8) and out.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+  assert np.std(out.reshape(-1, 8), axis=0).max() > 1e-2
+
+
+@pytest.mark.parametrize("height,width,hint", [(15, 16, "height 15 -> try 12 or 16"),
+                                               (16, 22, "width 22 -> try 20 or 24")])
+def test_bad_size_names_working_sizes(height, width, hint):
+  module = enc.DFFEncoder(features=(8, 16, 16), descriptor_dim=4, convs_per_level=1)
+  with pytest.raises(ValueError, match="stride 4") as info:
+    module.init(jax.random.key(0), jnp.zeros((1, height, width, 1)))
+  assert hint in str(info.value)
+
+
+def test_bad_fields_raise_value_error():
+  with pytest.raises(ValueError, match="upsample"):
+    enc.DFFEncoder(**TINY, upsample="cubic").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  with pytest.raises(ValueError, match="images"):
+    enc.DFFEncoder(**TINY).init(jax.random.key(0), jnp.zeros((8, 8, 1)))
+
+
+def test_bfloat16_activations_float32_params_and_output(tiny):
+  _, params, images, apply = tiny
+  module16 = enc.DFFEncoder(**TINY, dtype=jnp.bfloat16)
+  params16 = jax.eval_shape(module16.init, jax.random.key(1), images)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params16))
+  out16 = _apply(module16, params, images)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(out16, axis=-1), 1.0, atol=1e-5)
+  out32 = apply(params, images)
+  # Same parameters: bf16 activations keep descriptors close in direction.
+  cosine = np.sum(np.asarray(out16) * np.asarray(out32), axis=-1)
+  assert np.mean(cosine) > 0.95
+
+
+def test_jit_matches_no_jit(tiny):
+  module, params, images, apply = tiny
+  with jax.disable_jit():
+    eager = module.apply(params, images)
+  jitted = apply(params, images)
+  np.testing.assert_allclose(eager, jitted, atol=1e-5)
+
+
+def test_gradients_finite_and_nonzero(tiny):
+  module, params, images, _ = tiny
+  target = jax.random.normal(jax.random.key(5), (2, 16, 16, 8))
+
+  def loss(p, x):
+    return jnp.mean(jnp.sum(module.apply(p, x) * target, axis=-1))
+
+  grads_p, grads_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, images)
+  leaves = jax.tree_util.tree_leaves(grads_p)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
+  assert np.all(np.isfinite(grads_x))
+
+
+def test_l2_normalize_safe_at_zero():
+  x = jnp.zeros((3, 4))
+  y = enc.l2_normalize(x)
+  assert np.all(y == 0)
+  g = jax.grad(lambda v: jnp.sum(enc.l2_normalize(v) * jnp.arange(4.0)))(x)
+  assert np.all(np.isfinite(g))
+  v = jnp.array([[3.0, 4.0]])
+  np.testing.assert_allclose(enc.l2_normalize(v), [[0.6, 0.8]], rtol=1e-6)
+
+
+def test_bilinear_upsample_matches_jax_image_resize():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  ours = enc._upsample_bilinear_2x(x)
+  ref = jax.image.resize(x, (2, 6, 10, 4), "bilinear")
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_preprocess_images_gray_and_rgb():
+  images = np.zeros((2, 4, 4, 3), np.uint8)
+  images[0] = [255, 0, 0]
+  images[1] = 255
+  gray = enc.preprocess_images(images, channels=1)
+  assert gray.shape == (2, 4, 4, 1) and gray.dtype == jnp.float32
+  np.testing.assert_allclose(gray[0], (0.299 - 0.5) / 0.25, rtol=1e-5)
+  np.testing.assert_allclose(gray[1], 2.0, rtol=1e-5)
+  rgb = enc.preprocess_images(images, channels=3)
+  assert rgb.shape == (2, 4, 4, 3)
+  np.testing.assert_allclose(rgb[0, 0, 0], [2.0, -2.0, -2.0])
+  with pytest.raises(ValueError, match="channels"):
+    enc.preprocess_images(images, channels=2)
+
+
+def test_encoder_from_config_dict_and_configdict(tiny):
+  config = ml_collections.ConfigDict(dict(
+      features=(8, 16), descriptor_dim=8, convs_per_level=1, channels=1, dtype="bfloat16"))
+  module = enc.encoder_from_config(config)
+  assert module.features == (8, 16) and module.dtype == jnp.bfloat16
+  out = jax.eval_shape(module.apply, tiny[1], tiny[2])
+  assert out.shape == (2, 16, 16, 8) and out.dtype == jnp.float32
+  nested = enc.encoder_from_config({"encoder": {"preset": "tiny"}})
+  assert nested.features == enc.PRESETS["tiny"]["features"]
+  assert enc.encoder_stride({"encoder": {"features": (8, 16, 32)}}) == 4
+  assert enc.encoder_stride(module) == 2
+  with pytest.raises(ValueError, match="dtype"):
+    enc.encoder_from_config({"features": (8,), "dtype": "float64x"})
+  with pytest.raises(ValueError, match="preset"):
+    enc.encoder_from_config({"preset": "huge"})
+
+
+def test_group_norm_batch_independent(tiny):
+  """GroupNorm: an image's descriptors do not depend on the rest of the batch."""
+  _, params, images, apply = tiny
+  images = jnp.concatenate([images[:1], -images[:1]])
+  full = apply(params, images)
+  other = apply(params, images.at[1].set(3.0 * images[1] + 1.0))
+  np.testing.assert_allclose(full[0], other[0], atol=1e-5)
+  assert np.abs(np.asarray(full[1]) - np.asarray(other[1])).max() > 1e-3
+
+
+def test_max_pool_matches_flax_max_pool():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
+  np.testing.assert_array_equal(enc._max_pool_2x(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -1,0 +1,320 @@
+"""Tests for dff_jax.losses on tiny inputs with known answers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dff_jax import losses
+
+# Jitted entry points (one compile per test instead of op-by-op dispatch); jit == no-jit is
+# checked separately below.
+patch_loss = jax.jit(losses.patch_classification_loss,
+                     static_argnames=("logit_scale", "num_pixels_per_image"))
+info_nce = jax.jit(losses.info_nce_loss, static_argnums=(5,), static_argnames=("temperature",))
+
+# Patch problem: P = 4 patches, D = 4, vertices 0..7, S = 3 segmentations.
+P, D, V, S = 4, 4, 8, 3
+# Segmentation s puts vertex v into patch (v + s) % P (segmentation 2: vertex 7 in no patch).
+PATCH_TABLE = np.stack([(np.arange(V) + s) % P for s in range(S)]).astype(np.int32)
+PATCH_TABLE[2, 7] = -1
+
+
+def _vertex_ids(key, batch=2, height=4, width=6, background=0.25):
+  ids = jax.random.randint(key, (batch, height, width), 0, V)
+  drop = jax.random.uniform(jax.random.fold_in(key, 1), ids.shape) < background
+  return jnp.where(drop, -1, ids).astype(jnp.int32)
+
+
+def _perfect(vertex_ids, scale=50.0):
+  """Descriptors one-hot on the segmentation-0 patch; classifier heads aligned with them."""
+  patch0 = jnp.asarray(PATCH_TABLE[0])[jnp.maximum(vertex_ids, 0)]
+  descriptors = jax.nn.one_hot(patch0, D)  # [B, H, W, D] unit norm.
+  weight = np.zeros((S, D, P), np.float32)
+  for s in range(S):
+    # Patch in segmentation s = (patch0 + s) % P, so head s maps one-hot dim d to (d + s) % P.
+    for d in range(D):
+      weight[s, d, (d + s) % P] = scale
+  return descriptors, {"weight": jnp.asarray(weight), "bias": jnp.zeros((S, P))}
+
+
+def test_perfect_descriptors_give_near_zero_loss_and_full_accuracy():
+  vertex_ids = _vertex_ids(jax.random.key(0))
+  descriptors, params = _perfect(vertex_ids)
+  seg = jnp.array([0, 2], jnp.int32)
+  loss, metrics = patch_loss(
+      descriptors, vertex_ids, jnp.asarray(PATCH_TABLE), params, seg)
+  assert float(loss) < 1e-6
+  assert float(metrics["accuracy"]) == 1.0
+  np.testing.assert_allclose(metrics["valid_fraction"], np.mean(np.asarray(vertex_ids) >= 0))
+  # Label -1 (vertex 7 in segmentation 2) is ignored: counted pixels = valid pixels of seg 0
+  # plus valid pixels of seg 2 that are not vertex 7, averaged over G.
+  ids = np.asarray(vertex_ids)
+  expected = ((ids >= 0).sum() + ((ids >= 0) & (ids != 7)).sum()) / 2
+  np.testing.assert_allclose(metrics["num_classified"], expected)
+
+
+def test_wrong_heads_give_high_loss():
+  vertex_ids = _vertex_ids(jax.random.key(0))
+  descriptors, params = _perfect(vertex_ids)
+  # Use head 1's weights for segmentation 0: every pixel predicts the wrong patch.
+  params = {"weight": params["weight"][jnp.array([1, 1, 2])], "bias": params["bias"]}
+  loss, metrics = patch_loss(
+      descriptors, vertex_ids, jnp.asarray(PATCH_TABLE), params, jnp.array([0]))
+  assert float(loss) > 10.0
+  assert float(metrics["accuracy"]) == 0.0
+
+
+def test_uniform_logits_give_log_num_patches():
+  vertex_ids = _vertex_ids(jax.random.key(1))
+  descriptors = jax.random.normal(jax.random.key(2), vertex_ids.shape + (D,))
+  params = {"weight": jnp.zeros((S, D, P)), "bias": jnp.zeros((S, P))}
+  loss, _ = patch_loss(
+      descriptors, vertex_ids, jnp.asarray(PATCH_TABLE), params, jnp.array([0, 1, 2]))
+  np.testing.assert_allclose(loss, math.log(P), rtol=1e-6)
+
+
+def test_loss_ignores_background_pixels():
+  vertex_ids = _vertex_ids(jax.random.key(3))
+  descriptors, params = _perfect(vertex_ids, scale=3.0)
+  seg = jnp.array([1], jnp.int32)
+  loss, _ = patch_loss(
+      descriptors, vertex_ids, jnp.asarray(PATCH_TABLE), params, seg)
+  # Scramble descriptors of background pixels: the loss must not change.
+  noise = jax.random.normal(jax.random.key(4), descriptors.shape)
+  scrambled = jnp.where((vertex_ids >= 0)[..., None], descriptors, noise)
+  loss2, _ = patch_loss(
+      scrambled, vertex_ids, jnp.asarray(PATCH_TABLE), params, seg)
+  np.testing.assert_allclose(loss, loss2, rtol=1e-6)
+
+
+def test_all_background_is_finite_zero():
+  vertex_ids = -jnp.ones((1, 4, 4), jnp.int32)
+  params = losses.init_patch_classifiers(jax.random.key(0), S, D, P)
+  descriptors = jnp.ones((1, 4, 4, D)) * 0.5
+  loss, metrics = patch_loss(
+      descriptors, vertex_ids, jnp.asarray(PATCH_TABLE), params, jnp.array([0]))
+  assert float(loss) == 0.0 and float(metrics["valid_fraction"]) == 0.0
+
+
+def test_pixel_subsampling_matches_full_loss_when_all_selected():
+  vertex_ids = _vertex_ids(jax.random.key(5), height=4, width=4)
+  descriptors = jax.random.normal(jax.random.key(6), vertex_ids.shape + (D,))
+  params = losses.init_patch_classifiers(jax.random.key(7), S, D, P, stddev=1.0)
+  table, seg = jnp.asarray(PATCH_TABLE), jnp.array([0, 2])
+  full, _ = patch_loss(descriptors, vertex_ids, table, params, seg)
+  # N = H * W: every pixel is selected (in some order), same mean.
+  sub, _ = patch_loss(descriptors, vertex_ids, table, params, seg,
+                                            num_pixels_per_image=16, key=jax.random.key(8))
+  np.testing.assert_allclose(full, sub, rtol=1e-5)
+  # N > H * W: no subsampling at all (no key needed).
+  more, _ = patch_loss(descriptors, vertex_ids, table, params, seg, num_pixels_per_image=100)
+  np.testing.assert_allclose(full, more, rtol=1e-6)
+  # N small: only valid pixels are classified, and N per image at most.
+  _, metrics = patch_loss(descriptors, vertex_ids, table, params,
+                                                jnp.array([0]), num_pixels_per_image=3,
+                                                key=jax.random.key(8))
+  assert float(metrics["num_classified"]) == 6.0
+  with pytest.raises(ValueError, match="key"):
+    losses.patch_classification_loss(descriptors, vertex_ids, table, params, seg,
+                                     num_pixels_per_image=3)
+
+
+def test_sample_valid_pixels_prefers_valid_and_masks_rest():
+  valid = jnp.array([[True, False, True, False, False], [False] * 5])
+  indices, mask = losses.sample_valid_pixels(jax.random.key(0), valid, 3)
+  assert indices.shape == (2, 3)
+  assert set(np.asarray(indices[0, :2]).tolist()) == {0, 2}
+  np.testing.assert_array_equal(mask, [[True, True, False], [False, False, False]])
+
+
+def test_sample_segmentation_ids_distinct_and_in_range():
+  ids = losses.sample_segmentation_ids(jax.random.key(0), 10, 4)
+  assert ids.shape == (4,) and ids.dtype == jnp.int32
+  assert len(set(np.asarray(ids).tolist())) == 4 and np.all((ids >= 0) & (ids < 10))
+  with pytest.raises(ValueError, match="G <= S"):
+    losses.sample_segmentation_ids(jax.random.key(0), 3, 4)
+
+
+def test_init_patch_classifiers_shapes():
+  params = losses.init_patch_classifiers(jax.random.key(0), 5, 8, 7)
+  assert params["weight"].shape == (5, 8, 7) and params["bias"].shape == (5, 7)
+  np.testing.assert_allclose(np.std(params["weight"]), 8 ** -0.5, rtol=0.2)
+
+
+def test_patch_loss_bad_shapes_raise():
+  params = losses.init_patch_classifiers(jax.random.key(0), S, D, P)
+  with pytest.raises(ValueError, match="vertex_ids"):
+    losses.patch_classification_loss(jnp.zeros((1, 4, 4, D)), jnp.zeros((1, 4, 5), jnp.int32),
+                                      jnp.asarray(PATCH_TABLE), params, jnp.array([0]))
+  with pytest.raises(ValueError, match="classifier weight"):
+    losses.patch_classification_loss(jnp.zeros((1, 4, 4, D + 1)),
+                                     jnp.zeros((1, 4, 4), jnp.int32),
+                                     jnp.asarray(PATCH_TABLE), params, jnp.array([0]))
+
+
+def test_patch_loss_jit_and_gradients():
+  vertex_ids = _vertex_ids(jax.random.key(9))
+  descriptors = jax.random.normal(jax.random.key(10), vertex_ids.shape + (D,))
+  params = losses.init_patch_classifiers(jax.random.key(11), S, D, P)
+  table, seg = jnp.asarray(PATCH_TABLE), jnp.array([2, 0])
+
+  def f(desc, prm):
+    return losses.patch_classification_loss(desc, vertex_ids, table, prm, seg, logit_scale=5.0,
+                                            num_pixels_per_image=8, key=jax.random.key(1))
+
+  eager, eager_metrics = f(descriptors, params)
+  jitted, jitted_metrics = jax.jit(f)(descriptors, params)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5)
+  np.testing.assert_allclose(eager_metrics["accuracy"], jitted_metrics["accuracy"])
+  grads = jax.jit(jax.grad(lambda d, p: f(d, p)[0], argnums=(0, 1)))(descriptors, params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert float(jnp.abs(grads[1]["weight"]).sum()) > 0
+  # Unselected segmentation 1 gets no gradient.
+  assert float(jnp.abs(grads[1]["weight"][1]).sum()) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# InfoNCE
+# ----------------------------------------------------------------------------------------------
+
+H, W, K = 8, 8, 6
+
+
+def _pair(key, batch=2):
+  """Descriptor maps whose pixel (i, j) is the one-hot code of i * W + j (D = H * W)."""
+  codes = jnp.eye(H * W).reshape(H, W, H * W)
+  desc_a = jnp.broadcast_to(codes, (batch, H, W, H * W))
+  # View b shows the same surface shifted by (+1, +2) pixels (x, y).
+  desc_b = jnp.roll(desc_a, shift=(2, 1), axis=(1, 2))
+  cols = jax.random.randint(key, (batch, K), 0, W - 1)
+  rows = jax.random.randint(jax.random.fold_in(key, 1), (batch, K), 0, H - 2)
+  # Distinct points: use a permutation of pixels per batch.
+  flat = jnp.stack([jax.random.permutation(jax.random.fold_in(key, b), (H - 2) * (W - 1))[:K]
+                    for b in range(batch)])
+  rows, cols = flat // (W - 1), flat % (W - 1)
+  points_a = jnp.stack([cols + 0.5, rows + 0.5], axis=-1).astype(jnp.float32)
+  points_b = points_a + jnp.array([1.0, 2.0])
+  valid = jnp.ones((batch, K), bool)
+  return desc_a, desc_b, points_a, points_b, valid
+
+
+def test_info_nce_perfect_correspondences_low_loss_full_accuracy():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(0))
+  loss, metrics = info_nce(desc_a, desc_b, pa, pb, valid, temperature=0.05)
+  assert float(loss) < 1e-6  # exp(-1 / 0.05) * (K - 1) ~ 1e-8.
+  assert float(metrics["accuracy"]) == 1.0
+  np.testing.assert_allclose(metrics["positive_similarity"], 1.0, rtol=1e-6)
+
+
+def test_info_nce_uniform_descriptors_give_log_k():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(0))
+  const = jnp.ones_like(desc_a) / jnp.sqrt(desc_a.shape[-1])
+  loss, _ = info_nce(const, const, pa, pb, valid, temperature=0.1)
+  np.testing.assert_allclose(loss, math.log(K), rtol=1e-5)
+
+
+def test_info_nce_swapping_correspondences_raises_loss():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(1))
+  loss, _ = info_nce(desc_a, desc_b, pa, pb, valid, temperature=0.1)
+  swapped_b = pb[:, jnp.array([1, 0, 3, 2, 5, 4])]
+  loss_swapped, metrics = info_nce(desc_a, desc_b, pa, swapped_b, valid, 0.1)
+  assert float(loss_swapped) > float(loss) + 5.0
+  assert float(metrics["accuracy"]) == 0.0
+
+
+def test_info_nce_masked_points_are_ignored():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(2))
+  valid = valid.at[:, :2].set(False)
+  loss, metrics = info_nce(desc_a, desc_b, pa, pb, valid, temperature=0.1)
+  # Corrupt the masked points (wrong partner, outside the image, NaN): nothing changes.
+  pb_bad = pb.at[:, 0].set(pb[:, 3]).at[:, 1].set(jnp.array([100.0, jnp.nan]))
+  loss2, metrics2 = info_nce(desc_a, desc_b, pa, pb_bad, valid, temperature=0.1)
+  np.testing.assert_allclose(loss, loss2, rtol=1e-6)
+  np.testing.assert_allclose(metrics["valid_fraction"], (K - 2) / K)
+  # Only K - 2 = 4 candidates remain, so the loss equals that of the 4 valid points alone.
+  loss4, _ = info_nce(desc_a, desc_b, pa[:, 2:], pb[:, 2:], valid[:, 2:], 0.1)
+  np.testing.assert_allclose(loss, loss4, rtol=1e-6)
+  # Points outside the image are dropped even if marked valid.
+  out = info_nce(desc_a, desc_b, pa, pb_bad, jnp.ones_like(valid), 0.1)[1]
+  np.testing.assert_allclose(out["valid_fraction"], (K - 1) / K)
+
+
+def test_info_nce_all_masked_finite():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(3))
+  loss, metrics = info_nce(desc_a, desc_b, pa, pb, jnp.zeros_like(valid), 0.1)
+  assert float(loss) == 0.0
+  g = jax.jit(jax.grad(
+      lambda d: losses.info_nce_loss(d, desc_b, pa, pb, jnp.zeros_like(valid), 0.1)[0]))(desc_a)
+  assert np.all(np.isfinite(g))
+
+
+def test_info_nce_jit_and_gradients():
+  key = jax.random.key(4)
+  desc_a = jax.random.normal(key, (2, H, W, 5))
+  desc_b = jax.random.normal(jax.random.fold_in(key, 1), (2, H, W, 5))
+  _, _, pa, pb, valid = _pair(key)
+  pb = pb + 0.3  # Sub-pixel: bilinear mixing.
+  valid = valid.at[0, 3].set(False)
+
+  def f(a, b, points_a, points_b):
+    return losses.info_nce_loss(a, b, points_a, points_b, valid, temperature=0.2)
+
+  eager = f(desc_a, desc_b, pa, pb)
+  jitted = jax.jit(f)(desc_a, desc_b, pa, pb)
+  np.testing.assert_allclose(eager[0], jitted[0], rtol=1e-5)
+  grads = jax.jit(jax.grad(lambda *args: f(*args)[0], argnums=(0, 1, 2, 3)))(desc_a, desc_b, pa, pb)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+  assert float(jnp.abs(grads[0]).sum()) > 0 and float(jnp.abs(grads[3]).sum()) > 0
+
+
+def test_info_nce_bad_input_raises():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(0))
+  with pytest.raises(ValueError, match="temperature"):
+    losses.info_nce_loss(desc_a, desc_b, pa, pb, valid, temperature=0.0)
+  with pytest.raises(ValueError, match="valid"):
+    losses.info_nce_loss(desc_a, desc_b, pa, pb, valid[:, :3], temperature=0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Combined
+# ----------------------------------------------------------------------------------------------
+
+
+def test_combined_loss_weights_and_metrics():
+  key = jax.random.key(5)
+  desc_a, desc_b, pa, pb, valid = _pair(key)
+  vertex_ids = jnp.stack(
+      [_vertex_ids(key, 2, H, W), _vertex_ids(jax.random.fold_in(key, 9), 2, H, W)],
+      axis=1)  # [B, V=2, H, W]
+  batch = {"vertex_ids": vertex_ids, "points_a_px": pa, "points_b_px": pb, "valid": valid}
+  dim = desc_a.shape[-1]
+  params = losses.init_patch_classifiers(jax.random.key(6), S, dim, P)
+  table, seg = jnp.asarray(PATCH_TABLE), jnp.array([0, 1])
+  config = losses.default_loss_config()
+  config.update(dict(patch_weight=0.5, info_nce_weight=2.0, temperature=0.1,
+                     num_pixels_per_image=None, logit_scale=3.0))
+  total, metrics = jax.jit(lambda a, b, bt: losses.combined_loss(
+      config, a, b, bt, patch_table=table, classifier_params=params, segmentation_ids=seg))(
+          desc_a, desc_b, batch)
+  patch, _ = patch_loss(
+      jnp.concatenate([desc_a, desc_b]), jnp.concatenate([vertex_ids[:, 0], vertex_ids[:, 1]]),
+      table, params, seg, logit_scale=3.0)
+  nce, _ = info_nce(desc_a, desc_b, pa, pb, valid, 0.1)
+  np.testing.assert_allclose(total, 0.5 * patch + 2.0 * nce, rtol=1e-5)
+  assert {"loss", "patch/loss", "patch/accuracy", "info_nce/loss", "info_nce/accuracy"} <= set(
+      metrics)
+  # Only InfoNCE: no patch inputs needed, no patch metrics.
+  only = {"patch_weight": 0.0, "info_nce_weight": 1.0, "temperature": 0.1}
+  total2, metrics2 = jax.jit(lambda a, b, bt: losses.combined_loss(only, a, b, bt))(
+      desc_a, desc_b, batch)
+  np.testing.assert_allclose(total2, nce, rtol=1e-6)
+  assert not any(k.startswith("patch/") for k in metrics2)
+  with pytest.raises(ValueError, match="patch_table"):
+    losses.combined_loss({"patch_weight": 1.0}, desc_a, desc_b, batch)
+  with pytest.raises(ValueError, match="weight"):
+    losses.combined_loss(ml_collections.ConfigDict({"patch_weight": 0.0}), desc_a, desc_b, batch)

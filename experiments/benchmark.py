@@ -255,10 +255,29 @@ def bench_train_step() -> Iterator[Dict[str, Any]]:
            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}}
 
 
+def bench_align() -> Iterator[Dict[str, Any]]:
+  """The alignment cascade: the loop alone (given descriptor maps) and end to end (images and
+  boxes in), at each ``--batch_sizes`` (see :mod:`experiments.benchmark_align`)."""
+  from experiments import benchmark_align  # pylint: disable=g-import-not-at-top
+  yield from benchmark_align.benchmark_align(
+      batch_sizes=[int(b) for b in _BATCH_SIZES.value], repeats=_REPEATS.value)
+
+
+def bench_pipeline() -> Iterator[Dict[str, Any]]:
+  """Synthetic pairs per second at 128 px, in-process and with 1 and 2 grain workers
+  (see :mod:`experiments.benchmark_pipeline`)."""
+  from experiments import benchmark_pipeline  # pylint: disable=g-import-not-at-top
+  for record in benchmark_pipeline.benchmark_pipeline(num_pairs=60, worker_counts=(1, 2)):
+    yield {"what": "pipeline", "batch_size": 1,
+           "items_per_second": record.get("pairs_per_second"), "compile_s": 0.0, **record}
+
+
 # name -> generator of records. Add new benchmarks here.
 BENCHMARKS: Dict[str, Callable[[], Iterator[Dict[str, Any]]]] = {
     "encoder": bench_encoder,
     "train_step": bench_train_step,
+    "align": bench_align,
+    "pipeline": bench_pipeline,
 }
 
 

@@ -48,16 +48,6 @@ from dff_jax import encoder as encoder_lib
 from dff_jax.alignment import cascade
 from dff_jax.face_model import load_face_model
 
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes (faces).")
-_MODES = flags.DEFINE_list("modes", ["loop", "end_to_end"], "loop and/or end_to_end.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median reported).")
-_NUM_STAGES = flags.DEFINE_integer("num_stages", 5, "Cascade stages K.")
-_CROP_SIZE = flags.DEFINE_integer("crop_size", 128, "Crop side (pixels).")
-_DESCRIPTOR_DIM = flags.DEFINE_integer("descriptor_dim", 64, "Descriptor size D (loop mode).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Image side (end_to_end mode).")
-_ENCODER_PRESET = flags.DEFINE_string("encoder_preset", "cpu", "dff_jax.encoder.PRESETS key.")
-_FACE_MODEL = flags.DEFINE_string("face_model", "default", "load_face_model spec.")
-
 MODES = ("loop", "end_to_end")
 
 
@@ -208,16 +198,32 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
                     encoder_params=encoder_lib.count_params(encoder_params), **common)
 
 
+def _define_flags() -> None:
+  """Flags of the stand-alone command (not defined on import: experiments.benchmark imports
+  this module and has its own)."""
+  flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes (faces).")
+  flags.DEFINE_list("modes", ["loop", "end_to_end"], "loop and/or end_to_end.")
+  flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median reported).")
+  flags.DEFINE_integer("num_stages", 5, "Cascade stages K.")
+  flags.DEFINE_integer("crop_size", 128, "Crop side (pixels).")
+  flags.DEFINE_integer("descriptor_dim", 64, "Descriptor size D (loop mode).")
+  flags.DEFINE_integer("image_size", 256, "Image side (end_to_end mode).")
+  flags.DEFINE_string("encoder_preset", "cpu", "dff_jax.encoder.PRESETS key.")
+  flags.DEFINE_string("face_model", "default", "load_face_model spec.")
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   for record in benchmark_align(
-      batch_sizes=[int(b) for b in _BATCH_SIZES.value], modes=_MODES.value,
-      num_stages=_NUM_STAGES.value, crop_size=_CROP_SIZE.value,
-      descriptor_dim=_DESCRIPTOR_DIM.value, image_size=_IMAGE_SIZE.value,
-      encoder_preset=_ENCODER_PRESET.value, face_model=_FACE_MODEL.value,
-      repeats=_REPEATS.value):
+      batch_sizes=[int(b) for b in f.batch_sizes], modes=f.modes,
+      num_stages=f.num_stages, crop_size=f.crop_size,
+      descriptor_dim=f.descriptor_dim, image_size=f.image_size,
+      encoder_preset=f.encoder_preset, face_model=f.face_model,
+      repeats=f.repeats):
     print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -22,12 +22,6 @@ from data_pipeline.config import PipelineConfig, pipeline_config_from_dict
 from data_pipeline.pairs import PairSource
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("image_size", 128, "H = W")
-flags.DEFINE_integer("num_pairs", 60, "pairs timed per measurement")
-flags.DEFINE_list("workers", ["1", "2"], "grain worker-process counts to measure")
-flags.DEFINE_string("face_model", "default", "default | ict | sfm | PATH")
-
-
 def _grain_rate(config: PipelineConfig, num_workers: int, num_pairs: int) -> float:
   import grain  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
@@ -71,6 +65,14 @@ def benchmark_pipeline(config: Optional[PipelineConfig] = None, num_pairs: int =
                pairs_per_second=round(rate, 2))
 
 
+def _define_flags() -> None:
+  """Flags of the stand-alone command (not defined on import; see experiments.benchmark)."""
+  flags.DEFINE_integer("image_size", 128, "H = W")
+  flags.DEFINE_integer("num_pairs", 60, "pairs timed per measurement")
+  flags.DEFINE_list("workers", ["1", "2"], "grain worker-process counts to measure")
+  flags.DEFINE_string("face_model", "default", "default | ict | sfm | PATH")
+
+
 def main(argv):
   del argv
   os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -80,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

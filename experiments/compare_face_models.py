@@ -201,14 +201,15 @@ def model_grid(model: fm.FaceModel, cell: int = 200) -> Tuple[np.ndarray, List[s
 def synthetic_fit_nme(model: fm.FaceModel, source: fm.FaceModel, num_faces: int, seed: int,
                       contours: Sequence[str] = ("nearest", "silhouette")) -> Dict[str, float]:
   """Mean reprojection NME (outer-eye-corner) of ``model`` fitted to ``source``'s landmarks."""
+  from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
   faces = synthesise_landmarks(source, num_faces, seed)
   landmarks = faces["landmarks_px"]
   out = {}
   for contour in contours:
     result = fitting.fit_landmarks(model, landmarks, contour=contour)
-    nme = fitting.inter_ocular_nme(np.asarray(result.landmarks_px, np.float64),
-                                   landmarks.astype(np.float64))
+    nme = metrics.nme(np.asarray(result.landmarks_px, np.float64),
+                      landmarks.astype(np.float64), "inter_ocular")
     out[contour] = float(np.mean(nme))
   return out
 
@@ -223,6 +224,7 @@ def aflw_fit_nme(models: Dict[str, fm.FaceModel], aflw_dir: str, max_images: int
     our convention) the inter-ocular and the bbox (sqrt(w * h) of the landmark box) NME.
   """
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
   pairs = readers.list_aflw2000(aflw_dir)[:max_images]
   annotations = [readers.read_aflw2000(_mat_of(pair)) for pair in pairs]
@@ -234,7 +236,7 @@ def aflw_fit_nme(models: Dict[str, fm.FaceModel], aflw_dir: str, max_images: int
   for name, model in models.items():
     result = fitting.fit_landmarks(model, landmarks.astype(np.float32), contour="fixed")
     fitted = np.asarray(result.landmarks_px, np.float64)
-    nme = np.asarray(fitting.inter_ocular_nme(fitted, landmarks))
+    nme = np.asarray(metrics.nme(fitted, landmarks, "inter_ocular"))
     nme_box = np.mean(np.linalg.norm(fitted - landmarks, axis=-1), axis=-1) / box
     out[name] = float(np.mean(nme))
     out["by_yaw"][name] = {

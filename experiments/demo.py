@@ -33,6 +33,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, noise_px: float = 1.0,
              face_model: str = "default") -> Dict[str, Any]:
   """Synthesise, fit, draw; returns the report (also written to ``DIR/demo_fit.json``)."""
   from data_pipeline import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import model as fm  # pylint: disable=g-import-not-at-top
   from experiments import compare_face_models, fit_landmarks  # pylint: disable=g-import-not-at-top
@@ -59,9 +60,10 @@ def run_demo(out_dir: str | Path, seed: int = 0, noise_px: float = 1.0,
                         truth["translation_px"]),
       "fitted_pose": pose(result.yaw_rad, result.pitch_rad, result.roll_rad, result.scale,
                           result.translation_px),
-      "nme_vs_true_landmarks": float(fitting.inter_ocular_nme(
-          fitted_px, truth["landmarks_px"].astype(np.float64))),
-      "nme_vs_noisy_input": float(fitting.inter_ocular_nme(fitted_px, observed.astype(np.float64))),
+      "nme_vs_true_landmarks": float(metrics.nme(
+          fitted_px, truth["landmarks_px"].astype(np.float64), "inter_ocular")),
+      "nme_vs_noisy_input": float(metrics.nme(fitted_px, observed.astype(np.float64),
+                                                     "inter_ocular")),
       "shape_coefficient_rmse": float(np.sqrt(np.mean(
           (np.asarray(result.shape_coefficients) - truth["shape_coefficients"])**2))),
   }

@@ -128,9 +128,9 @@ def draw_landmarks(image: np.ndarray, landmarks_px: np.ndarray, colour, radius: 
 def fit_result_document(result, input_landmarks_px: np.ndarray, model_name: str,
                         contour: str) -> Dict[str, Any]:
   """JSON-ready dict of one :class:`dff_jax.alignment.FitResult` (unbatched)."""
-  from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
+  from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   fitted = np.asarray(result.landmarks_px, np.float64)
-  nme = float(fitting.inter_ocular_nme(fitted, np.asarray(input_landmarks_px, np.float64)))
+  nme = float(metrics.nme(fitted, np.asarray(input_landmarks_px, np.float64), "inter_ocular"))
   return {
       "landmarks_px": np.round(fitted, 3).tolist(),
       "pose": {

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dff_jax import geometry
+from dff_jax import metrics
 from dff_jax.alignment import fitting
 from dff_jax.face_model import load_face_model
 from dff_jax.face_model import model as fm
@@ -164,7 +165,7 @@ def test_zero_weights_for_invisible_landmarks(model):
   assert all(np.all(np.isfinite(np.asarray(x))) for x in result)
   np.testing.assert_allclose(result.yaw_rad, truth["yaw"], atol=np.radians(2.0))
   visible = weights > 0
-  nme = fitting.inter_ocular_nme(np.asarray(result.landmarks_px), landmarks, weights)
+  nme = metrics.nme(np.asarray(result.landmarks_px), landmarks, "inter_ocular", visible)
   assert nme < 0.01
   assert np.all(np.isfinite(np.asarray(result.landmarks_px)[~visible]))
   # All-but-six landmarks unseen: the prior keeps the solve well posed.
@@ -225,13 +226,6 @@ def test_bad_values_raise_clear_value_error(model):
     fitting.fit_landmarks(model, landmarks, contour="outline")
   with pytest.raises(ValueError, match="regularisation"):
     fitting.fit_landmarks(model, landmarks, regularisation=-1.0)
-
-
-def test_inter_ocular_nme():
-  target = np.zeros((68, 2), np.float32)
-  target[45] = [10.0, 0.0]
-  predicted = target + np.array([0.0, 1.0], np.float32)
-  np.testing.assert_allclose(fitting.inter_ocular_nme(predicted, target), 0.1, rtol=1e-6)
 
 
 def test_silhouette_selection_matches_face_model_rule(model):

@@ -9,12 +9,10 @@ from dff_jax.alignment.fitting import fit_landmarks
 from dff_jax.alignment.fitting import fit_shape_and_pose
 from dff_jax.alignment.fitting import fit_shape_linear
 from dff_jax.alignment.fitting import FitResult
-from dff_jax.alignment.fitting import inter_ocular_nme
 from dff_jax.alignment.fitting import select_landmark_vertex_ids
 from dff_jax.alignment.fitting import validate_landmarks
 
 __all__ = [
     "CONTOUR_MODES", "FitResult", "estimate_pose_weak_perspective", "fit_shape_linear",
     "select_landmark_vertex_ids", "fit_shape_and_pose", "fit_landmarks", "validate_landmarks",
-    "inter_ocular_nme",
 ]

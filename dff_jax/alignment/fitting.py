@@ -522,30 +522,7 @@ def fit_landmarks(model: FaceModel, landmarks_px: Any, weights: Any = None,
                                  num_iterations=num_iterations, contour=contour)
 
 
-def inter_ocular_nme(predicted_px: Array, target_px: Array,
-                     weights: Optional[Array] = None) -> Array:
-  """Mean point-to-point error over the 68 landmarks / outer-eye-corner distance (36, 45).
-
-  Args:
-    predicted_px, target_px: ``[..., 68, 2]`` image points (pixels).
-    weights: optional ``[..., 68]``; the mean is weighted (e.g. visibility).
-
-  Returns:
-    ``[...]`` normalised mean error (NumPy or JAX, following the inputs).
-  """
-  xp = jnp if isinstance(predicted_px, jax.Array) or isinstance(target_px, jax.Array) else np
-  error = xp.sqrt(xp.sum((predicted_px - target_px)**2, axis=-1))
-  if weights is None:
-    mean_error = xp.mean(error, axis=-1)
-  else:
-    mean_error = xp.sum(weights * error, axis=-1) / xp.maximum(xp.sum(weights, axis=-1), 1e-12)
-  normaliser = xp.sqrt(xp.sum(
-      (target_px[..., LEFT_EYE_OUTER, :] - target_px[..., RIGHT_EYE_OUTER, :])**2, axis=-1))
-  return mean_error / normaliser
-
-
 __all__ = [
     "CONTOUR_MODES", "FitResult", "estimate_pose_weak_perspective", "fit_shape_linear",
     "select_landmark_vertex_ids", "fit_shape_and_pose", "fit_landmarks", "validate_landmarks",
-    "inter_ocular_nme",
 ]

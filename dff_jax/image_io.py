@@ -21,15 +21,16 @@ named ``.jpg``), a truncated or corrupt file, and an image above the pixel limit
 
 from __future__ import annotations
 
+import io
 import os
-import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 from PIL import Image
+
+from dff_jax import file_io
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -175,19 +176,6 @@ def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
                      f"{image.shape}.")
   if not path.parent.is_dir():
     raise ValueError(f"{path}: directory {path.parent} does not exist; create it first.")
-  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(handle, "wb") as stream:
-      Image.fromarray(np.ascontiguousarray(image)).save(stream, format="PNG")
-      stream.flush()
-      os.fsync(stream.fileno())
-    # mkstemp makes the file private (0600); give it the old file's mode, or rw-r--r--.
-    os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644)
-    os.replace(temporary, path)
-  except BaseException:
-    try:
-      os.unlink(temporary)
-    except FileNotFoundError:
-      pass
-    raise
-  return path
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+  return file_io.write_bytes_atomic(path, buffer.getvalue())

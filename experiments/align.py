@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import app
 from absl import flags
+from dff_jax import file_io
 
 FLAGS = flags.FLAGS
 
@@ -135,7 +136,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                                       face.expression_coefficients, aligner.face_model, outline,
                                       box_xyxy=face.box)
         image_io.write_png_atomic(out_dir / f"{stem}_overlay.png", np.asarray(picture, np.uint8))
-      runner.write_json_atomic(out_dir / f"{stem}.json", document)
+      file_io.write_json_atomic(out_dir / f"{stem}.json", document)
     except OSError as error:
       message = f"{outcome.job.name}: cannot write outputs ({runner.one_line(error)})"
       failed.append(message)

@@ -23,6 +23,7 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 import numpy as np
+from dff_jax import file_io
 
 FLAGS = flags.FLAGS
 
@@ -87,7 +88,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, noise_px: float = 1.0,
   fit_landmarks.write_png_atomic(out_dir / "demo_fit.png", draw.grid([left, right], columns=2))
   report["picture"] = str(out_dir / "demo_fit.png")
   report["seconds"] = round(time.time() - start, 2)
-  fit_landmarks.write_json_atomic(out_dir / "demo_fit.json", report)
+  file_io.write_json_atomic(out_dir / "demo_fit.json", report)
   return report
 
 

@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import app
 from absl import flags
+from dff_jax import file_io
 
 FLAGS = flags.FLAGS
 DATASETS = ("synthetic", "300w", "aflw2000")
@@ -180,27 +181,12 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
   if dataset == "synthetic":
     summary.update(seed=int(seed), image_size=int(image_size or crop_size))
-  runner.write_json_atomic(out_dir / "summary.json", summary)
-  lines = "".join(json.dumps(runner.json_safe(r)) + "\n" for r in records)
-  _write_text_atomic(out_dir / "errors.jsonl", lines)
+  file_io.write_json_atomic(out_dir / "summary.json", summary)
+  lines = "".join(json.dumps(file_io.json_safe(r)) + "\n" for r in records)
+  file_io.write_text_atomic(out_dir / "errors.jsonl", lines)
   title = f"{eval_set.name} NME {eval_set.normaliser} N={len(common)}"
   image_io.write_png_atomic(out_dir / "ced.png", draw.render_ced_plot(curves, title=title))
-  return runner.json_safe(summary)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-  import os  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(handle, "w") as stream:
-      stream.write(text)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
+  return file_io.json_safe(summary)
 
 
 def main(argv):

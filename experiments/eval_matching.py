@@ -59,6 +59,7 @@ from absl import flags
 import numpy as np
 
 from experiments import extract_features as features_cmd
+from dff_jax import file_io
 
 FLAGS = flags.FLAGS
 
@@ -401,7 +402,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
     np.savez_compressed(stream, valid=data["valid"],
                         yaw_difference_deg=data["yaw_difference_deg"],
                         face_pixels_b=data["face_pixels_b"], **buffer)
-    features_cmd.write_bytes_atomic(path, stream.getvalue())
+    file_io.write_bytes_atomic(path, stream.getvalue())
   summary = dict(
       num_pairs=int(num_pairs), seed=int(seed), image_size=image_size,
       num_correspondences=num_correspondences, face_models=list(face_models), methods=methods,
@@ -421,7 +422,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
                   for fm, d in per_model.items()},
       seconds=round(time.time() - start, 1))
   summary = finite_or_none(summary)
-  features_cmd.write_json_atomic(out_dir / "summary.json", summary)
+  file_io.write_json_atomic(out_dir / "summary.json", summary)
   features_cmd.write_png(out_dir / "pck_curves.png", pck_figure(per_model))
   return summary
 

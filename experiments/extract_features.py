@@ -32,18 +32,19 @@ atomically (temporary file + rename).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
+
+from dff_jax.file_io import write_json_atomic
+from dff_jax.file_io import write_npy_atomic
 
 FLAGS = flags.FLAGS
 
@@ -171,33 +172,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   """``[H, W, 3]`` uint8 RGB (``dff_jax.image_io.read_image``; one-line ``ValueError``s)."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   return image_io.read_image(path)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-  """Writes ``data`` to a temporary file beside ``path`` and renames it over ``path``."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as stream:
-      stream.write(data)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.unlink(temp)
-    raise
-  return path
-
-
-def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
-  return write_bytes_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
-
-
-def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
-  buffer = io.BytesIO()
-  np.save(buffer, np.asarray(array))
-  return write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:

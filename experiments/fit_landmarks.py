@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
 import numpy as np
+
+from dff_jax.file_io import write_bytes_atomic
+from dff_jax.file_io import write_json_atomic
 
 FLAGS = flags.FLAGS
 
@@ -51,25 +53,6 @@ def load_model(spec: str):
     print("note: embedded default face model missing; using ../shared ICT model",
           file=sys.stderr)
     return load_face_model("ict")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-  """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as file:
-      file.write(data)
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.unlink(temp)
-    raise
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-  write_bytes_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
 
 
 def write_png_atomic(path: Path, image: np.ndarray) -> None:

@@ -36,7 +36,6 @@ import glob as glob_lib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -48,6 +47,7 @@ from PIL import Image
 from dff_jax import geometry
 from dff_jax import image_io
 from dff_jax import metrics
+from dff_jax.file_io import json_safe
 from dff_jax.alignment import cascade
 from dff_jax.alignment import features as features_lib
 from dff_jax.alignment import io as cascade_io
@@ -611,33 +611,6 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
     used.add(stem)
     stems.append(stem)
   return stems
-
-
-def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
-  """Writes JSON to a temporary file beside ``path``, then renames it over ``path``."""
-  path = Path(path)
-  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(handle, "w") as stream:
-      stream.write(json.dumps(json_safe(document), indent=1) + "\n")
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
-  return path
-
-
-def json_safe(value: Any) -> Any:
-  """Replaces NaN / inf floats by ``None`` (strict JSON), recursively."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_safe(v) for v in value]
-  return value
 
 
 # ----------------------------------------------------------------------------------------------

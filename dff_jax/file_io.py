@@ -1,0 +1,76 @@
+"""Atomic file writing: a reader never sees a half-written output file.
+
+Every command writes through these functions: the bytes go to a temporary file in the
+destination's directory, are flushed to disk, and the file is renamed over the destination
+(``os.replace``: atomic within one file system). On any error the temporary file is removed and
+an existing destination is left untouched. NumPy only (no JAX).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+  """Writes ``data`` to ``path`` atomically (creating the parent folder); returns the Path.
+
+  The file gets the mode of the file it replaces, or ``rw-r--r--``.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(handle, "wb") as stream:
+      stream.write(data)
+      stream.flush()
+      os.fsync(stream.fileno())
+    os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644)
+    os.replace(temporary, path)
+  except BaseException:
+    try:
+      os.unlink(temporary)
+    except FileNotFoundError:
+      pass
+    raise
+  return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+  """UTF-8 text, atomically."""
+  return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+  """NumPy scalars/arrays to Python, NaN / inf floats to ``None`` (strict JSON), recursively."""
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  elif isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  return value
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
+  """A JSON document (see :func:`json_safe`), indented, atomically."""
+  return write_text_atomic(path, json.dumps(json_safe(document), indent=1) + "\n")
+
+
+def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+  """A ``.npy`` array, atomically."""
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(array))
+  return write_bytes_atomic(path, buffer.getvalue())

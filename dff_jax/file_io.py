@@ -74,3 +74,17 @@ def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
   buffer = io.BytesIO()
   np.save(buffer, np.asarray(array))
   return write_bytes_atomic(path, buffer.getvalue())
+
+
+def error_line(error: BaseException) -> str:
+  """One line for a command's ``<command>: error: ...`` message.
+
+  An ``OSError`` raised by the operating system (it carries ``filename`` and ``strerror``, e.g.
+  ``NotADirectoryError`` when an output folder lies under a file, ``PermissionError`` for a
+  read-only folder) becomes ``"<path>: <reason>; check that ..."``; any other error its message
+  with whitespace collapsed.
+  """
+  if isinstance(error, OSError) and error.filename is not None and error.strerror:
+    return (f"{error.filename}: {error.strerror.lower()}; check that the path exists, that its "
+            "parent folders are folders, and that you may write there")
+  return " ".join(str(error).split()) or type(error).__name__

@@ -156,8 +156,8 @@ def main(argv):
     summary = align_files(FLAGS.images, FLAGS.out_dir, FLAGS.bbox, FLAGS.boxes, FLAGS.cascade,
                           FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.batch_size,
                           FLAGS.overlay)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"align: error: {' '.join(str(error).split())}", file=sys.stderr)
+  except (OSError, ValueError) as error:
+    print(f"align: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps({"out_dir": summary["out_dir"], "written": len(summary["written"]),
                     "failed": len(summary["failed"])}))

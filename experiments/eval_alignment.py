@@ -199,8 +199,9 @@ def main(argv):
     summary = evaluate(FLAGS.dataset, FLAGS.out_dir, FLAGS.data_dir, FLAGS.cascade,
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
                        FLAGS.seed, FLAGS.image_size, FLAGS.batch_size)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"eval_alignment: error: {' '.join(str(error).split())}", file=sys.stderr)
+  except (OSError, ValueError) as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)
     sys.exit(2)
   keys = ("dataset", "method", "normaliser", "num_faces", "nme_mean", "nme_by_yaw_bin",
           "nme_yaw_bin_mean", "failure_rate_0.08", "failure_rate_0.10", "auc_0.08")

@@ -460,8 +460,9 @@ def main(argv):
                             num_correspondences=FLAGS.num_correspondences,
                             sift_size_px=FLAGS.sift_size, patch_size=FLAGS.patch_size,
                             model=model, log=lambda s: print(s, file=sys.stderr, flush=True))
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit("eval_matching: error: " + " ".join(str(error).split()))
+  except (OSError, ValueError) as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    sys.exit("eval_matching: error: " + error_line(error))
   brief = {fm: {m: {k: r[k] for k in ("pck@4px", "mean_error_px")}
                 for m, r in ((m, v[">=30"]) for m, v in by.items())}
            for fm, by in summary["results"].items()}

@@ -43,6 +43,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from dff_jax.file_io import error_line
 from dff_jax.file_io import write_json_atomic
 from dff_jax.file_io import write_npy_atomic
 
@@ -266,8 +267,8 @@ def main(argv):
     model = load_dff(FLAGS.checkpoint)
     document = extract_features(FLAGS.image, FLAGS.out, bbox, box_scale=FLAGS.box_scale,
                                 model=model)
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit("extract_features: error: " + " ".join(str(error).split()))
+  except (OSError, ValueError) as error:
+    sys.exit("extract_features: error: " + error_line(error))
   print(json.dumps(dict(out=str(FLAGS.out), shape=document["shape"], box=document["box"])))
 
 

@@ -212,9 +212,9 @@ def main(argv):
   try:
     document = fit_landmarks_file(FLAGS.landmarks, FLAGS.out_dir, FLAGS.image, FLAGS.face_model,
                                   FLAGS.contour, FLAGS.regularisation, FLAGS.num_iterations)
-  except (FileNotFoundError, ValueError) as error:
-    message = " ".join(str(error).split())
-    sys.exit(f"fit_landmarks: error: {message}")
+  except (OSError, ValueError) as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    sys.exit(f"fit_landmarks: error: {error_line(error)}")
   pose = document["pose"]
   print(json.dumps({"out_dir": str(FLAGS.out_dir), "nme_inter_ocular": document["nme_inter_ocular"],
                     "yaw_deg": pose["yaw_deg"], "pitch_deg": pose["pitch_deg"],

@@ -172,8 +172,9 @@ def main(argv):
     document = show_features(FLAGS.image, FLAGS.out, FLAGS.image_b, bbox, bbox_b,
                              box_scale=FLAGS.box_scale, panel_size=FLAGS.panel_size,
                              grid=FLAGS.grid, model=model)
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit("show_features: error: " + " ".join(str(error).split()))
+  except (OSError, ValueError) as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    sys.exit("show_features: error: " + error_line(error))
   print(json.dumps(dict(out=document["out"], shape=document["shape"])))
 
 

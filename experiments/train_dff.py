@@ -12,6 +12,8 @@ them itself with ``--distributed``).
 
 import logging as std_logging
 import os
+from pathlib import Path
+import sys
 
 from absl import app
 from absl import flags
@@ -40,10 +42,30 @@ class _QuietLibraries(std_logging.Filter):
         name in record.pathname for name in ("/orbax/", "/grain/"))
 
 
+def _check_inputs() -> None:
+  """Exits with one line (status 2) when the config cannot be loaded or the workdir not written."""
+  try:
+    _CONFIG.value.keys()  # raises here if the config file failed to load
+  except Exception as error:  # pylint: disable=broad-except  (ml_collections wraps every error)
+    path = flags.FLAGS["config"].config_filename
+    reason = " ".join(str(error).split("\n")[-1].split()) or type(error).__name__
+    sys.exit(f"train_dff: error: cannot load --config={path} ({reason}); pass an existing "
+             "config file with get_config(), e.g. experiments/configs/dff_tiny.py")
+  workdir = Path(_WORKDIR.value)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+      raise PermissionError(13, "Permission denied", str(workdir))
+  except OSError as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    sys.exit(f"train_dff: error: --workdir: {error_line(error)}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _check_inputs()
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -63,5 +85,15 @@ def main(argv):
     logging.info("Exported the inference bundle to %s", out)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with one line (status 2) for a config file that raises while loading."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except Exception as error:  # pylint: disable=broad-except  (a config file can raise anything)
+    reason = " ".join(str(error).split()) or type(error).__name__
+    sys.exit(f"train_dff: error: cannot load the --config file ({type(error).__name__}: "
+             f"{reason}); fix it or pass another config, e.g. experiments/configs/dff_tiny.py")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,6 +1,8 @@
 """Shared test fixtures: the repository root, ../shared and its optional data."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,19 @@ def require(path: Path) -> Path:
   if not path.exists():
     pytest.skip(f"{path} is absent (../shared is optional)")
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+  """An inference bundle of the tiny DFF config (32 x 32 grey input, D = 8), trained once per
+  session (experiments/configs/dff_tiny.py, a few seconds) with the train_dff command."""
+  root = tmp_path_factory.mktemp("dff_tiny")
+  workdir, bundle = root / "workdir", root / "bundle"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train_dff", "--config=experiments/configs/dff_tiny.py",
+       f"--workdir={workdir}", f"--export_dir={bundle}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (bundle / "config.json").exists()
+  return bundle

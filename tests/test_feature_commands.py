@@ -1,7 +1,8 @@
 """Tests of the feature commands: extract_features, show_features, eval_matching.
 
-A tiny DFF encoder is trained once per session (experiments/configs/dff_tiny.py, a few seconds)
-and exported as an inference bundle; the commands run on tiny inputs with it.
+A tiny DFF encoder is trained once per session (the ``tiny_bundle`` fixture in conftest.py,
+experiments/configs/dff_tiny.py, a few seconds) and exported as an inference bundle; the commands
+run on tiny inputs with it.
 """
 
 import json
@@ -36,18 +37,6 @@ def _one_error_line(proc, *needles):
   for needle in needles:
     assert needle in lines[0], lines[0]
   return lines[0]
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-  """An inference bundle of the tiny DFF config (32 x 32 grey input, D = 8)."""
-  root = tmp_path_factory.mktemp("dff_tiny")
-  workdir, bundle = root / "workdir", root / "bundle"
-  proc = _run("experiments.train_dff", "--config=experiments/configs/dff_tiny.py",
-              f"--workdir={workdir}", f"--export_dir={bundle}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (bundle / "config.json").exists()
-  return bundle
 
 
 @pytest.fixture(scope="session")

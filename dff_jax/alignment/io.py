@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Tuple
 
@@ -65,7 +66,7 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
     with np.load(path, allow_pickle=False) as data:
       header = json.loads(str(data["header"]))
       arrays = {name: np.asarray(data[name], np.float32) for name in _ARRAYS}
-  except (OSError, ValueError, KeyError, EOFError) as error:
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}: {error}); "
                      "re-export it with python -m experiments.train_alignment") from None
   if header.get("format") != FORMAT:

@@ -36,6 +36,7 @@ import glob as glob_lib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -84,7 +85,7 @@ def read_cascade_header(path: str | os.PathLike) -> Dict[str, Any]:
   try:
     with np.load(path, allow_pickle=False) as data:
       header = json.loads(str(data["header"]))
-  except (OSError, ValueError, KeyError, EOFError) as error:
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}); pass a "
                      "cascade_<features>.npz written by experiments.train_alignment") from None
   if header.get("format") != cascade_io.FORMAT:

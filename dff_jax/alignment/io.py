@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import io
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import file_io
 from dff_jax.alignment import cascade
 
 FORMAT = "dff_jax.cascade/1"
@@ -45,10 +46,37 @@ def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascad
     if compact and name.endswith("_weights"):
       value = value.astype(np.float16)
     arrays[name] = value
-  temporary = path.with_name(path.name + ".tmp.npz")
-  np.savez_compressed(temporary, header=np.array(json.dumps(header)), **arrays)
-  os.replace(temporary, path)
-  return path
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, header=np.array(json.dumps(header)), **arrays)
+  return file_io.write_bytes_atomic(path, buffer.getvalue())
+
+
+def _read(path: str | Path, names: Tuple[str, ...]) -> Tuple[dict, Dict[str, np.ndarray]]:
+  """The JSON header and the named arrays of a cascade file (NumPy only, checked)."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"cascade file {path} does not exist (pass --cascade=FILE; train one "
+                            "with python -m experiments.train_alignment)")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      header = json.loads(str(data["header"]))
+      arrays = {name: np.asarray(data[name], np.float32) for name in names}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}); pass a "
+                     "cascade_<features>.npz written by experiments.train_alignment") from None
+  if header.get("format") != FORMAT:
+    raise ValueError(f"{path}: unknown cascade format {header.get('format')!r}, expected {FORMAT}")
+  return header, arrays
+
+
+def read_cascade_header(path: str | Path) -> dict:
+  """The header (``format``, ``config``, ``meta``) of a cascade file, without its arrays.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a cascade file (one-line message).
+  """
+  return _read(path, ())[0]
 
 
 def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.CascadeConfig, dict]:
@@ -58,19 +86,7 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
     FileNotFoundError: no such file.
     ValueError: not a cascade file, truncated, or inconsistent shapes (the message names it).
   """
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"cascade file {path} does not exist (train one with "
-                            "python -m experiments.train_alignment)")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      header = json.loads(str(data["header"]))
-      arrays = {name: np.asarray(data[name], np.float32) for name in _ARRAYS}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-    raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}: {error}); "
-                     "re-export it with python -m experiments.train_alignment") from None
-  if header.get("format") != FORMAT:
-    raise ValueError(f"{path}: unknown cascade format {header.get('format')!r}, expected {FORMAT}")
+  header, arrays = _read(path, _ARRAYS)
   config = cascade.CascadeConfig(**header["config"])
   k, f, t = arrays["landmark_weights"].shape
   if (t != 2 * cascade.NUM_LANDMARKS or arrays["pose_weights"].shape != (k, f, cascade.POSE_DIM)

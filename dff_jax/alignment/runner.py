@@ -36,7 +36,6 @@ import glob as glob_lib
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -69,29 +68,6 @@ def default_cascade_path(features: str) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Loading a cascade and its descriptor (checks first, without touching JAX)
 # ----------------------------------------------------------------------------------------------
-
-
-def read_cascade_header(path: str | os.PathLike) -> Dict[str, Any]:
-  """The JSON header of a cascade file (config and meta), read with NumPy only.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: not a cascade file (one-line message).
-  """
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"cascade file {path} does not exist (pass --cascade=FILE; train one "
-                            "with python -m experiments.train_alignment)")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      header = json.loads(str(data["header"]))
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-    raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}); pass a "
-                     "cascade_<features>.npz written by experiments.train_alignment") from None
-  if header.get("format") != cascade_io.FORMAT:
-    raise ValueError(f"{path}: unknown cascade format {header.get('format')!r}, expected "
-                     f"{cascade_io.FORMAT}")
-  return header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +117,7 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
           "--cascade=FILE (train one with python -m experiments.train_alignment)")
   else:
     path = Path(cascade_path)
-  header = read_cascade_header(path)
+  header = cascade_io.read_cascade_header(path)
   meta = header.get("meta", {})
   kind = str(meta.get("features", features or "dff"))
   if features is not None and features != kind:

@@ -61,11 +61,7 @@ def setup(tmp_path_factory):
   cascade_config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
   crop_boxes = training.crop_boxes_for(faces["box"], cascade_config)
   initial_pose = training.pose_to_crop(faces["pose"], crop_boxes, CROP).mean(0)
-  features = 68 * 128 + 1
-  params = cascade.CascadeParams(
-      landmark_weights=np.zeros((2, features, 136), np.float32),
-      pose_weights=np.zeros((2, features, 6), np.float32),
-      pose_std=np.ones((2, 6), np.float32), initial_pose=initial_pose.astype(np.float32))
+  params = cascade.zero_params(2, 128, initial_pose)
   path = cascade_io.save_cascade(root / "cascade_sift.npz", params, cascade_config,
                                  dict(features="sift", descriptor_dim=128, face_model="default"))
   model = load_face_model("default")
@@ -390,7 +386,7 @@ def test_align_with_dff_bundle(setup, tmp_path):
   import jax.numpy as jnp
   from flax import serialization
   from dff_jax import encoder as encoder_lib
-  from dff_jax.alignment import io as cascade_io
+  from dff_jax.alignment import cascade, io as cascade_io
   from experiments import align
   encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
   module = encoder_lib.encoder_from_config(encoder)
@@ -402,9 +398,7 @@ def test_align_with_dff_bundle(setup, tmp_path):
   (bundle / "config.json").write_text(json.dumps(dict(
       encoder=dict(encoder, channels=1), image_size=CROP, channels=1, step=0, experiment={})))
   sift_params, config, _ = cascade_io.load_cascade(setup["cascade"])
-  features = 68 * 4 + 1
-  dff_params = sift_params.replace(landmark_weights=np.zeros((2, features, 136), np.float32),
-                                   pose_weights=np.zeros((2, features, 6), np.float32))
+  dff_params = cascade.zero_params(2, 4, sift_params.initial_pose)
   dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", dff_params, config,
                                 dict(features="dff", descriptor_dim=4, face_model="default"))
   out = tmp_path / "out"

@@ -71,19 +71,11 @@ def env(tmp_path_factory, tiny_bundle):
   cascade_config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
   crop_boxes = training.crop_boxes_for(faces["box"], cascade_config)
   initial_pose = training.pose_to_crop(faces["pose"], crop_boxes, CROP).mean(0)
-  features = 68 * 128 + 1
-  params = cascade.CascadeParams(
-      landmark_weights=np.zeros((2, features, 136), np.float32),
-      pose_weights=np.zeros((2, features, 6), np.float32),
-      pose_std=np.ones((2, 6), np.float32), initial_pose=initial_pose.astype(np.float32))
+  params = cascade.zero_params(2, 128, initial_pose)
   cascade_path = cascade_io.save_cascade(root / "cascade_sift.npz", params, cascade_config,
                                          dict(features="sift", descriptor_dim=128,
                                               face_model="default"))
-  dff_features = 68 * 8 + 1  # the tiny bundle's D = 8
-  dff_params = cascade.CascadeParams(
-      landmark_weights=np.zeros((2, dff_features, 136), np.float32),
-      pose_weights=np.zeros((2, dff_features, 6), np.float32),
-      pose_std=params.pose_std, initial_pose=params.initial_pose)
+  dff_params = cascade.zero_params(2, 8, initial_pose)  # the tiny bundle's D = 8
   dff_cascade = cascade_io.save_cascade(root / "cascade_dff.npz", dff_params, cascade_config,
                                         dict(features="dff", descriptor_dim=8,
                                              face_model="default"))

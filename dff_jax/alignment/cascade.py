@@ -138,6 +138,23 @@ class CascadeParams:
     return (self.landmark_weights.shape[1] - 1) // NUM_LANDMARKS
 
 
+def zero_params(num_stages: int, descriptor_dim: int, initial_pose: Array) -> CascadeParams:
+  """Regressors that change nothing (the cascade then returns its initial state): a starting
+  point for tests and for end-to-end training.
+
+  Args:
+    num_stages: K.
+    descriptor_dim: D of the descriptor maps.
+    initial_pose: ``[6]`` starting pose in the crop frame.
+  """
+  feature_dim = NUM_LANDMARKS * descriptor_dim + 1
+  return CascadeParams(
+      landmark_weights=jnp.zeros((num_stages, feature_dim, 2 * NUM_LANDMARKS), jnp.float32),
+      pose_weights=jnp.zeros((num_stages, feature_dim, POSE_DIM), jnp.float32),
+      pose_std=jnp.ones((num_stages, POSE_DIM), jnp.float32),
+      initial_pose=jnp.asarray(initial_pose, jnp.float32))
+
+
 def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
                          smoothing_sigma_mm: float = 8.0) -> AlignmentModel:
   """Precomputes (NumPy) the smoothed mean-shape vertex normals used for visibility.

@@ -32,6 +32,54 @@ def test_ridge_solve_matches_normal_equations():
   np.testing.assert_allclose(regression.ridge_solve(gram, cross, 1e-9), true_weights, atol=1e-5)
 
 
+def _statistics(features, targets):
+  stats = regression.Statistics.zeros(features.shape[1], targets.shape[1])
+  stats.add(features, targets, np.ones(len(features)))
+  return stats
+
+
+def test_select_regularisation_scores_match_explicit_solutions():
+  """Held-out errors from the statistics equal those of explicitly solved weights, and with
+  many noisy features the choice beats both a tiny and a huge lambda on fresh data."""
+  rng = np.random.default_rng(0)
+  true_weights = rng.normal(size=(30, 2)) * 0.3
+
+  def draw(n):
+    features = rng.normal(size=(n, 30))
+    return features, features @ true_weights + rng.normal(size=(n, 2)) * 2.0
+
+  train, held_out, fresh = draw(40), draw(200), draw(2000)
+  candidates = [1e-3, 1.0, 10.0, 100.0, 1e5]
+  best, errors = regression.select_regularisation(_statistics(*train), _statistics(*held_out),
+                                                  candidates)
+  for regularisation, error in zip(candidates, errors):
+    weights = np.linalg.solve(train[0].T @ train[0] + regularisation * np.eye(30),
+                              train[0].T @ train[1])
+    explicit = np.sum((held_out[0] @ weights - held_out[1])**2) / len(held_out[0])
+    np.testing.assert_allclose(error, explicit, rtol=1e-8)
+  assert best not in (candidates[0], candidates[-1])
+
+  def fresh_error(regularisation):
+    weights = regression.ridge_solve(train[0].T @ train[0], train[0].T @ train[1],
+                                     regularisation)
+    return np.mean(np.sum((fresh[0] @ weights - fresh[1])**2, axis=1))
+
+  assert fresh_error(best) < min(fresh_error(candidates[0]), fresh_error(candidates[-1]))
+
+
+def test_fit_cascade_chooses_lambdas_on_held_out_faces(training_faces):
+  messages = []
+  config = cascade.CascadeConfig(num_stages=1, crop_size=CROP)
+  _, stage_log = regression.fit_cascade(
+      _batches(training_faces), small_alignment_model(), centred_pose(), config,
+      landmark_regularisation=1.0, pose_regularisation=1.0, log=messages.append,
+      regularisation_grid=(1e-4, 1.0, 1e4), validation_every=4)
+  assert "held-out MSE by lambda" in messages[0]
+  # Noise-free problem: the smallest lambda predicts the held-out faces best (rescaled to all
+  # faces from the 3/4 used for fitting).
+  np.testing.assert_allclose(stage_log[0]["landmark_regularisation"], 1e-4 * 4 / 3, rtol=1e-6)
+
+
 def test_truncate_keeps_the_first_stages():
   params = cascade.CascadeParams(
       landmark_weights=jnp.arange(3.0)[:, None, None] * jnp.ones((3, 5, 136)),
@@ -101,9 +149,10 @@ def training_faces():
 
 def test_fit_cascade_recovers_known_function(training_faces):
   messages = []
-  params = regression.fit_cascade(_batches(training_faces), small_alignment_model(),
-                                  centred_pose(), CONFIG, landmark_regularisation=1e-4,
-                                  pose_regularisation=1e-4, log=messages.append)
+  params, stage_log = regression.fit_cascade(
+      _batches(training_faces), small_alignment_model(), centred_pose(), CONFIG,
+      landmark_regularisation=1e-4, pose_regularisation=1e-4, log=messages.append)
+  assert [s["landmark_regularisation"] for s in stage_log] == [1e-4] * NUM_STAGES
   assert params.num_stages == NUM_STAGES and params.descriptor_dim == 2
   assert len(messages) == NUM_STAGES and all(f"{2 * BATCH} faces" in m for m in messages)
   # Logged training error before each stage decreases stage by stage.
@@ -137,7 +186,7 @@ def test_fit_cascade_ignores_zero_weight_faces(training_faces):
   zero_last[-4:] = 0.0
   config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
   fit = lambda faces: regression.fit_cascade(  # noqa: E731
-      _batches(faces), small_alignment_model(), centred_pose(), config, log=lambda _: None)
+      _batches(faces), small_alignment_model(), centred_pose(), config, log=lambda _: None)[0]
   reference = fit((maps, landmarks, poses, zero_last))
   padded = fit((padded_maps, padded_landmarks, padded_poses, zero_last))
   for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(padded)):

@@ -177,10 +177,11 @@ def train_alignment(config: Any, workdir: str | Path,
                         cascade_config, log)
   faces, _, landmarks_crop, pose_crop, maps = train
   initial_pose = pose_crop.mean(0)
-  params = regression.fit_cascade(
+  params, stage_log = regression.fit_cascade(
       batches_from_maps(maps, landmarks_crop, pose_crop, config.batch_size), alignment_model,
       initial_pose, cascade_config, config.landmark_regularisation, config.pose_regularisation,
-      log=log)
+      log=log, regularisation_grid=tuple(config.get("regularisation_grid", ())),
+      validation_every=int(config.get("validation_every", 10)))
   train_seconds = time.time() - t0
   del maps
 
@@ -194,10 +195,11 @@ def train_alignment(config: Any, workdir: str | Path,
   summary.update(features=config.features, descriptor_source=describer.source,
                  face_model=config.face_model, train_faces=int(config.num_train_faces),
                  train_seed=int(config.train_seed), eval_seed=int(config.eval_seed),
-                 train_seconds=round(train_seconds, 1))
+                 train_seconds=round(train_seconds, 1), stages=stage_log)
   meta = dict(features=config.features, descriptor_dim=describer.descriptor_dim,
               descriptor_source=describer.source, face_model=config.face_model,
-              train_faces=int(config.num_train_faces), eval=summary)
+              train_faces=int(config.num_train_faces), eval=summary,
+              data=dict(config.data), box_jitter=dict(config.box_jitter))
   path = cascade_io.save_cascade(workdir / f"cascade_{config.features}.npz", params,
                                  cascade_config, meta)
   (workdir / f"summary_{config.features}.json").write_text(json.dumps(summary, indent=2))

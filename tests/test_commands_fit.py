@@ -71,7 +71,7 @@ def test_fit_landmarks_missing_file_exits_with_one_line(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-  report = demo.run_demo(tmp_path, seed=1, noise_px=0.5)
+  report = demo.run_fit_demo(tmp_path, seed=1, noise_px=0.5)
   assert set(report["true_pose"]) == set(report["fitted_pose"])
   assert abs(report["true_pose"]["yaw_deg"] - report["fitted_pose"]["yaw_deg"]) < 5.0
   assert report["nme_vs_true_landmarks"] < 0.04

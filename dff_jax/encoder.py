@@ -183,6 +183,9 @@ class DFFEncoder(nn.Module):
     dtype: activation / computation dtype (e.g. ``jnp.bfloat16``); the head and the
       normalisation run in float32 and the output is always float32.
     param_dtype: parameter dtype (float32).
+    remat: rematerialise every conv block in the backward pass (``nn.remat``): the activations
+      inside a block are recomputed instead of stored, for memory-bound training and
+      differentiation through the alignment (same parameters and outputs).
   """
   features: Sequence[int] = (32, 64, 96, 128)
   descriptor_dim: int = 64
@@ -194,6 +197,7 @@ class DFFEncoder(nn.Module):
   downsample: str = "max_pool"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def stride(self) -> int:
@@ -231,7 +235,8 @@ class DFFEncoder(nn.Module):
     _, height, width, _ = images.shape
     check_image_size(height, width, self.stride)
 
-    block = lambda width_, name, final_activation=True: ConvBlock(  # noqa: E731
+    block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
+    block = lambda width_, name, final_activation=True: block_class(  # noqa: E731
         width_, self.convs_per_level, self.norm, self.num_groups, self.activation, self.dtype,
         self.param_dtype, final_activation, name=name)
     x = images.astype(self.dtype)
@@ -348,7 +353,7 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   Recognised fields (all optional; defaults are the :class:`DFFEncoder` defaults):
   ``preset`` (a :data:`PRESETS` name, overridden by the other fields), ``features``,
   ``descriptor_dim``, ``convs_per_level``, ``norm``, ``num_groups``, ``activation``,
-  ``upsample``, ``downsample``, ``dtype`` (a dtype or ``"float32"`` / ``"bfloat16"``).
+  ``upsample``, ``downsample``, ``dtype`` (a dtype or ``"float32"`` / ``"bfloat16"``), ``remat``.
   ``channels`` and ``image_size`` are accepted and ignored (the module adapts to its input; the
   caller uses them for :func:`preprocess_images` and data). A config with an ``encoder``
   sub-config is read from that sub-config.
@@ -364,7 +369,7 @@ def encoder_from_config(config: Any) -> DFFEncoder:
     kwargs.update({k: v for k, v in PRESETS[preset].items()
                    if k not in ("image_size", "channels")})
   for name in ("features", "descriptor_dim", "convs_per_level", "norm", "num_groups",
-               "activation", "upsample", "downsample", "dtype"):
+               "activation", "upsample", "downsample", "dtype", "remat"):
     value = _field(config, name, None)
     if value is not None:
       kwargs[name] = value

@@ -272,12 +272,21 @@ def bench_pipeline() -> Iterator[Dict[str, Any]]:
            "items_per_second": record.get("pairs_per_second"), "compile_s": 0.0, **record}
 
 
+def bench_stream() -> Iterator[Dict[str, Any]]:
+  """``experiments.align`` streaming a folder of 1,000 face images (decode, align, write) against
+  the jitted call alone on the same batches, at batch 64 (see :mod:`experiments.benchmark_stream`;
+  the images are rendered once and cached under the temporary folder)."""
+  from experiments import benchmark_stream  # pylint: disable=g-import-not-at-top
+  yield from benchmark_stream.bench_stream()
+
+
 # name -> generator of records. Add new benchmarks here.
 BENCHMARKS: Dict[str, Callable[[], Iterator[Dict[str, Any]]]] = {
     "encoder": bench_encoder,
     "train_step": bench_train_step,
     "align": bench_align,
     "pipeline": bench_pipeline,
+    "stream": bench_stream,
 }
 
 

@@ -7,8 +7,10 @@ r"""Evaluates alignment cascades: NME by yaw bin, failure rates, AUC, CED plot, 
 Protocols (all NMEs on the 68 iBUG points, as fractions):
   * ``synthetic``: held-out faces of :class:`data_pipeline.faces.FaceSource` (pipeline seed
     ``--seed``, default 40 000, disjoint from the cascade's training 20 000 and evaluation 30 000
-    seeds; image size ``--image_size``, default the cascade's crop size, which is the training
-    image size of the shipped configs), with detector-like jittered boxes; yaw from the rendering
+    seeds; rendered as the cascade was trained (its file's ``data`` / ``box_jitter`` meta: image
+    size, face size range, box jitter; older files: ``--image_size``, default the crop size), with
+    ``--render_face_model`` (default the aligner's; ``sfm`` tests a face model the regressors
+    never saw), with detector-like jittered boxes; yaw from the rendering
     pose; normaliser ``bbox`` (sqrt(w*h) of the ground-truth landmark box). ``--num_faces``
     defaults to 200.
   * ``aflw2000``: AFLW2000-3D folder (``imageNNNNN.jpg`` + ``.mat``), all 68 projected 3D
@@ -65,7 +67,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_faces", None, "Evaluate the first N faces (synthetic default 200; "
                        "real data sets: all).")
   flags.DEFINE_integer("seed", SYNTHETIC_SEED, "Synthetic pipeline seed (held out).")
-  flags.DEFINE_integer("image_size", None, "Synthetic image size (default: cascade crop size).")
+  flags.DEFINE_integer("image_size", None, "Synthetic image size (default: the cascade's training "
+                       "renders, else its crop size).")
+  flags.DEFINE_string("render_face_model", None, "Synthetic: the face model the faces are "
+                      "rendered with (default: the aligner's; e.g. sfm for a model it never saw).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
@@ -92,7 +97,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              checkpoint: Optional[str] = None, face_model: Optional[str] = None,
              num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
              image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
-             report=None) -> Dict[str, Any]:
+             report=None, render_face_model: Optional[str] = None) -> Dict[str, Any]:
   """The command as a function; returns the summary written to ``out_dir/summary.json``.
 
   Raises:
@@ -116,9 +121,12 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   names = _method_names(specs)
 
   if dataset == "synthetic":
-    crop_size = int(specs[0].header["config"]["crop_size"])
-    eval_set = runner.synthetic_set(num_faces or DEFAULT_SYNTHETIC_FACES, seed,
-                                    image_size or crop_size, specs[0].face_model)
+    meta = specs[0].header.get("meta", {})
+    if not image_size and "data" not in meta:
+      image_size = int(specs[0].header["config"]["crop_size"])
+    eval_set = runner.synthetic_set(num_faces or DEFAULT_SYNTHETIC_FACES, seed, image_size,
+                                    render_face_model or specs[0].face_model,
+                                    data=meta.get("data"), box_jitter=meta.get("box_jitter"))
   elif dataset == "aflw2000":
     eval_set = runner.aflw2000_set(data_dir, num_faces)
   else:
@@ -180,7 +188,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   summary.update(summaries[names[0]])
   summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
   if dataset == "synthetic":
-    summary.update(seed=int(seed), image_size=int(image_size or crop_size))
+    summary.update(seed=int(seed), render_face_model=render_face_model or specs[0].face_model,
+                   pipeline=file_io.json_safe(eval_set.pipeline))
   file_io.write_json_atomic(out_dir / "summary.json", summary)
   lines = "".join(json.dumps(file_io.json_safe(r)) + "\n" for r in records)
   file_io.write_text_atomic(out_dir / "errors.jsonl", lines)
@@ -198,7 +207,8 @@ def main(argv):
   try:
     summary = evaluate(FLAGS.dataset, FLAGS.out_dir, FLAGS.data_dir, FLAGS.cascade,
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
-                       FLAGS.seed, FLAGS.image_size, FLAGS.batch_size)
+                       FLAGS.seed, FLAGS.image_size, FLAGS.batch_size,
+                       render_face_model=FLAGS.render_face_model)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

@@ -177,3 +177,20 @@ def test_group_norm_batch_independent(tiny):
 def test_max_pool_matches_flax_max_pool():
   x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
   np.testing.assert_array_equal(enc._max_pool_2x(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_remat_blocks_change_nothing_but_memory():
+  """``remat=True`` (nn.remat per conv block): same parameter tree, outputs and gradients."""
+  module = enc.DFFEncoder(features=(8, 16), descriptor_dim=8)
+  rematerialised = module.clone(remat=True)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
+  params = module.init(jax.random.key(0), images)
+  assert (jax.tree.structure(params)
+          == jax.tree.structure(rematerialised.init(jax.random.key(0), images)))
+  np.testing.assert_array_equal(module.apply(params, images),
+                                rematerialised.apply(params, images))
+  grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, images)**3))(params)
+           for m in (module, rematerialised)]
+  for a, b in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert enc.encoder_from_config({"features": (8, 16), "remat": True}).remat

@@ -100,7 +100,15 @@ def batch_sums(features: Array, targets: Array, weight: Array) -> Tuple[Array, A
           weight.sum())
 
 
-def select_regularisation(train: Statistics, held_out: Statistics, candidates: Sequence[float]
+def spectrum(train: Statistics, held_out: Statistics) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(e [F], Q [F, F], Q^T G_h Q [F, F])`` with ``train.gram = Q diag(e) Q^T``: the part of
+  :func:`select_regularisation` shared by every target group of the same faces."""
+  eigenvalues, eigenvectors = np.linalg.eigh(train.gram)
+  return eigenvalues, eigenvectors, eigenvectors.T @ held_out.gram @ eigenvectors
+
+
+def select_regularisation(train: Statistics, held_out: Statistics, candidates: Sequence[float],
+                          shared: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
                           ) -> Tuple[float, np.ndarray]:
   """The ridge lambda (fitted on ``train``) with the least squared error on ``held_out``.
 
@@ -110,13 +118,13 @@ def select_regularisation(train: Statistics, held_out: Statistics, candidates: S
   Args:
     train, held_out: statistics of the fitting and the held-out faces.
     candidates: lambdas to try (> 0).
+    shared: :func:`spectrum` of the same statistics (computed here when not given).
 
   Returns:
     ``(best lambda, held-out mean squared error per face for every candidate [len(candidates)])``.
   """
-  eigenvalues, eigenvectors = np.linalg.eigh(train.gram)
+  eigenvalues, eigenvectors, gram_h = shared if shared is not None else spectrum(train, held_out)
   projected = eigenvectors.T @ train.cross                              # [F, T]
-  gram_h = eigenvectors.T @ held_out.gram @ eigenvectors                # [F, F]
   cross_h = eigenvectors.T @ held_out.cross                             # [F, T]
   errors = []
   for regularisation in candidates:
@@ -161,12 +169,12 @@ _stage_inputs_jit = jax.jit(_stage_inputs, static_argnames=("config",))
 
 
 def _choose(train: Statistics, held_out: Statistics, base: float,
-            grid: Optional[Sequence[float]]) -> Tuple[float, str]:
+            grid: Optional[Sequence[float]], shared=None) -> Tuple[float, str]:
   """The lambda for the final solve on ``train + held_out`` and a log note."""
   if not grid or held_out.count == 0:
     return base, f"{base:g}"
   candidates = [base * m for m in grid]
-  best, errors = select_regularisation(train, held_out, candidates)
+  best, errors = select_regularisation(train, held_out, candidates, shared)
   # The penalty is relative to the data term: rescale it from the fitting faces to all faces.
   final = best * (train.count + held_out.count) / train.count
   note = ", ".join(f"{c:g}:{e:.3g}" for c, e in zip(candidates, errors))
@@ -238,12 +246,14 @@ def fit_cascade(batches: Callable[[], Iterable[Batch]], alignment_model: cascade
     count = everything.count
     pose_mean = everything.cross[-1, pose_columns] / count  # the last feature is the constant 1
     pose_std = np.sqrt(np.maximum(everything.y_sq[pose_columns] / count - pose_mean**2, 1e-12))
+    shared = (spectrum(fitting, held_out) if regularisation_grid and held_out.count
+              else None)
     lambda_landmarks, note_landmarks = _choose(
         fitting.targets(landmark_columns), held_out.targets(landmark_columns),
-        landmark_regularisation, regularisation_grid)
+        landmark_regularisation, regularisation_grid, shared)
     lambda_pose, note_pose = _choose(
         fitting.targets(pose_columns, pose_std), held_out.targets(pose_columns, pose_std),
-        pose_regularisation, regularisation_grid)
+        pose_regularisation, regularisation_grid, shared)
     landmark_weights = ridge_solve(everything.gram, everything.cross[:, landmark_columns],
                                    lambda_landmarks)
     pose_weights = ridge_solve(everything.gram, everything.cross[:, pose_columns] / pose_std,

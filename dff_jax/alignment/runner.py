@@ -20,8 +20,15 @@ translation; the rotation and the shape coefficients do not change).
 image is the face crop: the face box is the centred square of side ``max(H, W) / box_scale``, so
 that the crop box is the square around the whole image.
 
-**Compilation.** The jitted function belongs to the :class:`Aligner`; :func:`load_aligner` keeps
-the last two aligners of the process, so repeated calls with the same files compile once.
+**Compilation.** The jitted function belongs to the :class:`Aligner` (compiled ahead of time once
+per batch size, :meth:`Aligner.compile`); :func:`load_aligner` keeps the last two aligners of the
+process, so repeated calls with the same files compile once.
+
+**Streaming.** :func:`run_jobs` takes its jobs lazily, prepares them (image decoding, host crop)
+in a small thread pool a couple of batches ahead, and dispatches each batch to the jitted cascade
+asynchronously, waiting for a batch's results only after the next one has been dispatched. The
+number of decoded images in memory is bounded (``(prefetch_batches + 2) * batch_size``) whatever
+the number of images, and :class:`RunStats` records the time split.
 
 **Failures.** Loading a job (reading the image, its box, its annotation) that raises a
 ``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
@@ -31,11 +38,15 @@ the other jobs go on.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob as glob_lib
 import json
 import math
 import os
+import threading
+import time
+from concurrent import futures as futures_lib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -166,13 +177,68 @@ class Aligner:
   meta: Dict[str, Any]
   work_size: int
   _jitted: Optional[Callable] = None
+  _compiled: Dict[int, Any] = dataclasses.field(default_factory=dict)
+  compile_seconds: Dict[int, float] = dataclasses.field(default_factory=dict)
 
   @property
   def name(self) -> str:
     return self.spec.features
 
+  def compile(self, batch_size: int) -> float:
+    """Compiles the jitted cascade for ``batch_size`` faces (once per aligner and batch size).
+
+    Returns:
+      The seconds spent lowering and compiling (``0.0`` when it was compiled already; the first
+      time is kept in ``compile_seconds[batch_size]``).
+    """
+    batch_size = int(batch_size)
+    if batch_size in self._compiled:
+      return 0.0
+    if self._jitted is None:
+      describer, config = self.describer, self.config
+
+      def run(describer_params, alignment_model, params, images, boxes):
+        return cascade.align_images(lambda crops: describer.apply(describer_params, crops),
+                                    alignment_model, params, images, boxes, config)
+      self._jitted = jax.jit(run)
+    size = self.work_size
+    start = time.perf_counter()
+    self._compiled[batch_size] = self._jitted.lower(
+        self.describer.params, self.alignment_model, self.params,
+        jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((batch_size, 4), jnp.float32)).compile()
+    self.compile_seconds[batch_size] = time.perf_counter() - start
+    return self.compile_seconds[batch_size]
+
+  def dispatch(self, work_images: np.ndarray, work_boxes: np.ndarray) -> Any:
+    """Starts the jitted cascade on one batch and returns at once (JAX's asynchronous dispatch).
+
+    Args:
+      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
+      work_boxes: ``[B, 4]`` float32 face boxes in working-image pixels.
+
+    Returns:
+      The device-side :class:`dff_jax.alignment.cascade.AlignmentResult` (not yet computed);
+      pass it to :meth:`fetch`. The function is compiled on the first batch of each size.
+    """
+    work_images = np.asarray(work_images)
+    if (work_images.ndim != 4 or work_images.shape[1:] != (self.work_size, self.work_size, 3)
+        or work_images.dtype != np.uint8):
+      raise ValueError(f"expected [B, {self.work_size}, {self.work_size}, 3] uint8 working "
+                       f"images, got {work_images.shape} {work_images.dtype}")
+    batch_size = work_images.shape[0]
+    self.compile(batch_size)
+    return self._compiled[batch_size](self.describer.params, self.alignment_model, self.params,
+                                      jnp.asarray(work_images),
+                                      jnp.asarray(work_boxes, jnp.float32))
+
+  @staticmethod
+  def fetch(result: Any) -> Dict[str, np.ndarray]:
+    """Waits for a :meth:`dispatch` result; its fields as NumPy arrays (working frame)."""
+    return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+
   def align_working(self, work_images: np.ndarray, work_boxes: np.ndarray) -> Dict[str, np.ndarray]:
-    """The jitted cascade on one batch of working images.
+    """The jitted cascade on one batch of working images (:meth:`dispatch` + :meth:`fetch`).
 
     Args:
       work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
@@ -181,16 +247,7 @@ class Aligner:
     Returns:
       :class:`dff_jax.alignment.cascade.AlignmentResult` fields as NumPy arrays (working frame).
     """
-    if self._jitted is None:
-      describer, config = self.describer, self.config
-
-      def run(describer_params, alignment_model, params, images, boxes):
-        return cascade.align_images(lambda crops: describer.apply(describer_params, crops),
-                                    alignment_model, params, images, boxes, config)
-      self._jitted = jax.jit(run)
-    result = self._jitted(self.describer.params, self.alignment_model, self.params,
-                          jnp.asarray(work_images), jnp.asarray(work_boxes, jnp.float32))
-    return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+    return self.fetch(self.dispatch(work_images, work_boxes))
 
 
 _ALIGNER_CACHE: Dict[Tuple, Aligner] = {}
@@ -432,74 +489,213 @@ def _prepare(aligner: Aligner, job: Job):
   return loaded, box, work_image, crop_box, work_box
 
 
+@dataclasses.dataclass
+class RunStats:
+  """Counts and times of one :func:`run_jobs` call, filled in as it runs.
+
+  Attributes:
+    jobs: jobs taken from the input so far.
+    faces: faces aligned (finite result).
+    failures: jobs that yielded an ``error`` outcome.
+    batches: jitted calls made (the last one padded).
+    prepare_s: seconds spent loading jobs (image decoding) and cutting working crops, summed over
+      the worker threads (with several workers this may exceed the wall time).
+    align_s: seconds the calling thread spent dispatching batches and waiting for their results.
+    wait_prepare_s: seconds the calling thread waited for the next prepared job (near zero when
+      decoding keeps up with alignment).
+    max_in_memory: the most jobs loaded (image decoded) and not yet yielded at any moment.
+  """
+  jobs: int = 0
+  faces: int = 0
+  failures: int = 0
+  batches: int = 0
+  prepare_s: float = 0.0
+  align_s: float = 0.0
+  wait_prepare_s: float = 0.0
+  max_in_memory: int = 0
+  in_memory: int = 0
+
+  def as_dict(self) -> Dict[str, Any]:
+    """The fields as a JSON-ready dict (seconds rounded to ms)."""
+    return {k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in dataclasses.asdict(self).items() if k != "in_memory"}
+
+
+class _Deferred:
+  """A call run when its ``result()`` is asked for (the ``workers=0`` path of :func:`run_jobs`;
+  the same interface as a :class:`concurrent.futures.Future`)."""
+
+  def __init__(self, fn: Callable[..., Any], *args: Any):
+    self._fn, self._args = fn, args
+
+  def result(self) -> Any:
+    return self._fn(*self._args)
+
+  def cancel(self) -> bool:
+    return True
+
+
+_END = object()
+
+
 def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
              progress: bool = True, total: Optional[int] = None,
-             keep_loaded: bool = True) -> Iterator[Outcome]:
+             keep_loaded: bool = True, workers: int = 2, prefetch_batches: int = 2,
+             stats: Optional[RunStats] = None) -> Iterator[Outcome]:
   """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
 
-  Jobs are loaded lazily (at most ``batch_size`` images in memory). A job whose loading raises
-  ``ValueError`` / ``OSError`` (unreadable image, bad box, bad annotation) or whose result is not
-  finite yields an outcome with ``error`` set, at once; the rest go on. Outcomes of good jobs come
-  when their batch is done (order within the input is kept for them).
+  **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
+  box checked, working crop cut: :func:`working_crop`) by ``workers`` threads, up to
+  ``prefetch_batches * batch_size`` jobs ahead, while the previous batch runs in the jitted
+  cascade: each batch is *dispatched* asynchronously and its results are only waited for once
+  the next batch has been dispatched (or the input has ended). So at most
+  ``(prefetch_batches + 2) * batch_size`` jobs are loaded and not yet yielded at any moment,
+  whatever the number of jobs (``stats.max_in_memory`` records the peak). Decoding and
+  resampling run in Pillow / NumPy, which release the GIL. With ``workers=0`` every job is
+  prepared in the calling thread when its turn comes (no threads; the same outcomes).
+  Loaders must be thread-safe when ``workers > 0``.
+
+  A job whose loading raises ``ValueError`` / ``OSError`` (unreadable image, bad box, bad
+  annotation) yields an outcome with ``error`` set as soon as its turn comes; one whose result
+  is not finite yields an error outcome with its batch; the rest go on. Outcomes of good jobs
+  come when their batch is done, in input order. The jitted function is compiled once per
+  aligner and batch size (the last batch is padded by repeating its last face).
 
   Args:
     aligner: from :func:`load_aligner`.
-    jobs: the faces.
-    batch_size: faces per jitted call (the last batch is padded).
+    jobs: the faces (any iterable; consumed lazily).
+    batch_size: faces per jitted call.
     progress: show a tqdm bar on stderr (when stderr is a terminal).
     total: number of jobs, for the bar.
-    keep_loaded: attach the :class:`Loaded` image / truth to each outcome (for overlays).
+    keep_loaded: attach the :class:`Loaded` image / truth to each outcome (for overlays); with
+      ``False`` the image is dropped as soon as its working crop is cut.
+    workers: threads preparing jobs (``0``: in the calling thread).
+    prefetch_batches: how many batches of jobs are prepared ahead (``>= 1`` with workers).
+    stats: a :class:`RunStats` to fill in (counts, time split, peak jobs in memory).
+
+  Raises:
+    ValueError: ``batch_size < 1``, ``workers < 0`` or ``prefetch_batches < 1``.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if workers < 0:
+    raise ValueError(f"workers must be >= 0, got {workers}")
+  if prefetch_batches < 1:
+    raise ValueError(f"prefetch_batches must be >= 1, got {prefetch_batches}")
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  stats = RunStats() if stats is None else stats
+  lock = threading.Lock()
   bar = tqdm(total=total, unit="face", desc=f"align ({aligner.name})", dynamic_ncols=True,
              disable=None if progress else True)
-  pending: List[Tuple[Job, Loaded, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+  pool = (futures_lib.ThreadPoolExecutor(workers, thread_name_prefix="dff-align-prepare")
+          if workers > 0 else None)
+  window_size = prefetch_batches * batch_size if pool is not None else 1
+  window: collections.deque = collections.deque()
+  source = iter(jobs)
+  exhausted = False
 
-  def flush():
-    images = np.stack([p[3] for p in pending])
-    boxes = np.stack([p[5] for p in pending])
-    count = len(pending)
+  def prepare(job: Job):
+    start = time.perf_counter()
+    try:
+      prepared = _prepare(aligner, job)
+    finally:
+      elapsed = time.perf_counter() - start
+      with lock:
+        stats.prepare_s += elapsed
+    with lock:
+      stats.in_memory += 1
+      stats.max_in_memory = max(stats.max_in_memory, stats.in_memory)
+    return prepared
+
+  def fill():
+    nonlocal exhausted
+    while not exhausted and len(window) < window_size:
+      job = next(source, _END)
+      if job is _END:
+        exhausted = True
+        break
+      stats.jobs += 1
+      window.append((job, pool.submit(prepare, job) if pool is not None
+                     else _Deferred(prepare, job)))
+
+  def release():
+    with lock:
+      stats.in_memory -= 1
+
+  def dispatch(entries):
+    images = np.stack([e[3] for e in entries])
+    boxes = np.stack([e[5] for e in entries])
+    count = len(entries)
     if count < batch_size:
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, 0)])
       boxes = np.concatenate([boxes, np.repeat(boxes[-1:], batch_size - count, 0)])
-    result = aligner.align_working(images, boxes)
-    outcomes = []
-    for n, (job, loaded, box, _, crop_box, _) in enumerate(pending):
-      face = to_image_frame(result, n, crop_box, box, aligner.work_size)
-      kept = loaded if keep_loaded else Loaded(image=np.zeros((0, 0, 3), np.uint8),
-                                                truth=loaded.truth)
-      if face.is_finite():
-        outcomes.append(Outcome(job=job, face=face, loaded=kept))
-      else:
-        outcomes.append(Outcome(job=job, loaded=kept,
-                                error=f"{job.name}: alignment diverged (non-finite result)"))
-    pending.clear()
-    return outcomes
+    start = time.perf_counter()
+    result = aligner.dispatch(images, boxes)
+    stats.align_s += time.perf_counter() - start
+    stats.batches += 1
+    return [(job, loaded, box, crop_box) for job, loaded, box, _, crop_box, _ in entries], result
 
+  def collect(batch):
+    entries, device_result = batch
+    start = time.perf_counter()
+    result = aligner.fetch(device_result)
+    stats.align_s += time.perf_counter() - start
+    for n, (job, loaded, box, crop_box) in enumerate(entries):
+      face = to_image_frame(result, n, crop_box, box, aligner.work_size)
+      release()
+      bar.update(1)
+      if face.is_finite():
+        stats.faces += 1
+        yield Outcome(job=job, face=face, loaded=loaded)
+      else:
+        stats.failures += 1
+        yield Outcome(job=job, loaded=loaded,
+                      error=f"{job.name}: alignment diverged (non-finite result)")
+
+  pending: List[Tuple[Job, Loaded, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+  in_flight = None
   try:
-    for job in jobs:
+    fill()
+    while window:
+      job, future = window.popleft()
+      fill()
+      start = time.perf_counter()
       try:
-        loaded, box, work_image, crop_box, work_box = _prepare(aligner, job)
+        loaded, box, work_image, crop_box, work_box = future.result()
       except READ_ERRORS as error:
+        stats.wait_prepare_s += time.perf_counter() - start
         message = one_line(error)
         if job.name not in message:
           message = f"{job.name}: {message}"
+        stats.failures += 1
         bar.update(1)
         yield Outcome(job=job, error=message)
         continue
+      stats.wait_prepare_s += time.perf_counter() - start
+      if not keep_loaded:
+        loaded = Loaded(image=np.zeros((0, 0, 3), np.uint8), truth=loaded.truth)
       pending.append((job, loaded, box, work_image, crop_box, work_box))
       if len(pending) == batch_size:
-        done = flush()
-        bar.update(len(done))
-        yield from done
+        started = dispatch(pending)
+        pending = []
+        if in_flight is not None:
+          yield from collect(in_flight)
+        in_flight = started
     if pending:
-      done = flush()
-      bar.update(len(done))
-      yield from done
+      started = dispatch(pending)
+      pending = []
+      if in_flight is not None:
+        yield from collect(in_flight)
+      in_flight = started
+    if in_flight is not None:
+      batch, in_flight = in_flight, None
+      yield from collect(batch)
   finally:
     bar.close()
+    if pool is not None:
+      for _, future in window:
+        future.cancel()
+      pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,12 +808,14 @@ class EvalSet:
     normaliser: ``"inter_ocular"`` or ``"bbox"`` (:mod:`dff_jax.metrics`).
     yaw_source: how the yaw of the bins is known.
     box_protocol: how the face box is obtained.
+    pipeline: the synthetic pipeline settings (``None`` for photographs).
   """
   name: str
   jobs: List[Job]
   normaliser: str
   yaw_source: str
   box_protocol: str
+  pipeline: Optional[Dict[str, Any]] = None
 
 
 def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
@@ -626,21 +824,36 @@ def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
   return np.concatenate([landmarks_px.min(0), landmarks_px.max(0)])
 
 
-def synthetic_set(num_faces: int, seed: int = 40_000, image_size: int = 128,
-                  face_model: str = "default") -> EvalSet:
+def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] = 128,
+                  face_model: str = "default", data: Optional[Dict[str, Any]] = None,
+                  box_jitter: Optional[Dict[str, Any]] = None) -> EvalSet:
   """Held-out synthetic faces: :class:`data_pipeline.faces.FaceSource` with pipeline seed
-  ``seed`` (training uses 20 000 / 30 000), detector-like jittered boxes (the training jitter),
-  full yaw range; yaw from the rendering pose."""
+  ``seed`` (training uses 20 000 / 30 000), detector-like jittered boxes, full yaw range; yaw
+  from the rendering pose.
+
+  Args:
+    num_faces, seed: the faces.
+    image_size: render size (``None``: ``data``'s).
+    face_model: the face model the faces are rendered with (may differ from the aligner's).
+    data: pipeline settings (e.g. the cascade's training ``data`` from its file's meta: image
+      size, face size range); the defaults of :mod:`data_pipeline.config` otherwise.
+    box_jitter: :class:`data_pipeline.faces.BoxJitter` fields (default: its defaults).
+  """
   from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
-  config = pipeline_config_from_dict(dict(image_size=int(image_size), num_views=2,
-                                          num_correspondences=16, face_model=face_model),
-                                     seed=int(seed))
-  source = faces_lib.FaceSource(config, faces_lib.BoxJitter(), num_examples=int(num_faces))
+  settings = {"num_views": 2, "num_correspondences": 16, **dict(data or {})}
+  if image_size is not None:
+    settings["image_size"] = int(image_size)
+  settings["face_model"] = face_model
+  config = pipeline_config_from_dict(settings, seed=int(seed))
+  source = faces_lib.FaceSource(config, faces_lib.BoxJitter(**dict(box_jitter or {})),
+                                num_examples=int(num_faces))
+  lock = threading.Lock()  # FaceSource caches its last pair: one render at a time (threads)
 
   def job(i):
     def load():
-      example = source[i]
+      with lock:
+        example = source[i]
       return Loaded(image=example["image"], box=example["box"],
                     truth=dict(landmarks_px=example["landmarks_px"],
                                yaw_deg=float(np.degrees(example["pose"][2]))))
@@ -649,7 +862,8 @@ def synthetic_set(num_faces: int, seed: int = 40_000, image_size: int = 128,
   return EvalSet(name="synthetic", jobs=[job(i) for i in range(int(num_faces))],
                  normaliser="bbox", yaw_source="rendering pose",
                  box_protocol="jittered detector-like box around the ground-truth landmarks "
-                              "(data_pipeline.faces.BoxJitter defaults)")
+                              f"(data_pipeline.faces.BoxJitter {dict(box_jitter or {})})",
+                 pipeline=dict(dataclasses.asdict(config)))
 
 
 def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:

@@ -1,0 +1,575 @@
+"""End-to-end training through the alignment loop: encoder and stage regressors together.
+
+The two-stage model (the DFF encoder trained on correspondences, then the cascade's regressors
+fitted stage by stage by ridge regression, :mod:`dff_jax.alignment.training`) is fine-tuned as
+one network: images and face boxes go in, :func:`dff_jax.alignment.cascade.align_images` crops
+them, runs the encoder and the ``lax.scan`` cascade (bilinear sampling, linear regressors,
+closed-form shape fits) and the loss is the landmark error after the last stage
+(:func:`landmark_loss`). Optax updates the encoder parameters and the regressors
+``landmark_weights`` and ``pose_weights`` of every stage; ``pose_std`` and ``initial_pose`` stay
+fixed. ``config.remat`` rematerialises each stage in the backward pass (``jax.checkpoint``).
+
+Data: synthetic faces of :class:`data_pipeline.faces.FaceSource` (seed ``config.seed``, default
+60 000, disjoint from the cascade's training seed 20 000 and evaluation seed 30 000), rendered in
+the training process. The batch of step ``t`` holds faces ``t * B, ..., t * B + B - 1`` (mod
+``config.num_train_faces``), so the data stream is a pure function of ``(seed, step)`` and a
+resumed run sees the batches it would have seen.
+
+Machinery reused from :mod:`dff_jax.train` (by import): ``create_mesh`` / ``state_shardings`` /
+``batch_sharding`` / ``to_global_batch`` (a ``("data", "fsdp")`` mesh and ``NamedSharding`` s),
+``compiler_options``, ``NonFiniteLossError`` and ``params_digest``; from :mod:`dff_jax.checkpoint`
+the Orbax ``Checkpointer`` and ``export_inference_bundle``; from :mod:`dff_jax.progress` the tqdm
+bar and ``metrics.jsonl`` writer.
+
+Work directory of :func:`finetune_and_evaluate`::
+
+  WORKDIR/config.json             the encoder's training config with this run's config under
+                                  "finetune" (so that dff_jax.checkpoint reads the encoder)
+  WORKDIR/finetune_config.json    this run's config
+  WORKDIR/checkpoints/<step>/     Orbax checkpoints of the FinetuneState
+  WORKDIR/metrics.jsonl           "train" records every log_every steps
+  WORKDIR/bundle/                 the fine-tuned encoder (inference bundle; DFF only)
+  WORKDIR/cascade_<features>.npz  the fine-tuned cascade (dff_jax.alignment.io)
+  WORKDIR/summary.json            held-out NME by yaw bin, before and after fine-tuning
+
+Frames: image points ``(x, y)`` in pixels, x right, y down, pixel ``(i, j)`` centred at
+``(j + 0.5, i + 0.5)``; boxes ``(x0, y0, x1, y1)`` in the same frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from data_pipeline import faces as faces_lib
+from data_pipeline.config import pipeline_config_from_dict
+from dff_jax import checkpoint as checkpoint_lib
+from dff_jax import progress as progress_lib
+from dff_jax import train as train_lib
+from dff_jax.alignment import cascade
+from dff_jax.alignment import features as features_lib
+from dff_jax.alignment import io as cascade_io
+from dff_jax.alignment import training
+from dff_jax.face_model import load_face_model
+
+Array = Any
+PyTree = Any
+BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible")
+TRAINED = ("landmark_weights", "pose_weights")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+
+
+def landmark_loss(predicted_px: Array, true_px: Array, visible: Array,
+                  epsilon_px: float = 1e-3) -> Tuple[Array, Array]:
+  """Visibility-aware bbox NME: the training loss of the end-to-end fine-tuning.
+
+  Per face: ``sum_k v_k e_k / max(sum_k v_k, 1) / sqrt(w * h)`` with ``e_k`` the Euclidean
+  error of landmark k (smoothed as ``sqrt(|d|^2 + epsilon^2)`` so that its gradient is finite at
+  zero error), ``v_k`` its visibility and ``w, h`` the size of the box of all 68 true landmarks
+  (the ``"bbox"`` normaliser of :mod:`dff_jax.metrics`). A face with no visible landmark
+  contributes 0.
+
+  Args:
+    predicted_px: ``[B, 68, 2]`` float32 predicted landmarks, image pixels (x, y).
+    true_px: ``[B, 68, 2]`` float32 ground truth, same frame.
+    visible: ``[B, 68]`` bool or 0/1 ground-truth visibility.
+    epsilon_px: smoothing of the point error (pixels).
+
+  Returns:
+    ``(loss [] float32 mean over faces, nme [B] float32 per face)``.
+  """
+  weight = jnp.asarray(visible).astype(jnp.float32)
+  difference = predicted_px - true_px
+  errors = jnp.sqrt(jnp.sum(difference * difference, axis=-1) + epsilon_px ** 2)  # [B, 68]
+  size = jnp.max(true_px, axis=-2) - jnp.min(true_px, axis=-2)  # [B, 2]
+  normaliser = jnp.sqrt(jnp.maximum(size[..., 0] * size[..., 1], 1e-6))
+  nme = jnp.sum(weight * errors, axis=-1) / jnp.maximum(jnp.sum(weight, axis=-1), 1.0)
+  nme = nme / normaliser
+  return jnp.mean(nme), nme
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: describer + cascade, and the differentiable pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  """The static parts of the end-to-end model (hashable: jit treats it as a constant).
+
+  Attributes:
+    apply: ``(encoder_params, crops [B, S, S, 3] float32 in [0, 255]) -> [B, S, S, D]`` (the
+      :class:`dff_jax.alignment.features.Describer`'s ``apply``).
+    config: the cascade's static settings.
+    remat: rematerialise each cascade stage in the backward pass.
+  """
+  apply: Callable[[Any, Array], Array]
+  config: cascade.CascadeConfig
+  remat: bool = True
+
+
+def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
+  """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` and
+  ``{"pose_std", "initial_pose"}`` of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
+  trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED}
+  fixed = {name: jnp.asarray(getattr(params, name), jnp.float32)
+           for name in ("pose_std", "initial_pose")}
+  return trained, fixed
+
+
+def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
+                 ) -> cascade.CascadeParams:
+  """Inverse of :func:`split_cascade`."""
+  return cascade.CascadeParams(**dict(trained), **dict(fixed))
+
+
+def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
+                  alignment_model: cascade.AlignmentModel, images: Array, boxes_xyxy: Array,
+                  landmarks_px: Array, visible: Array) -> Tuple[Array, Dict[str, Array]]:
+  """Images -> encoder -> cascade -> :func:`landmark_loss` (differentiable in every float input).
+
+  Args:
+    pipeline: static parts.
+    params: ``{"encoder": encoder params (``{}`` for SIFT), "cascade": {"landmark_weights"
+      [K, F, 136], "pose_weights" [K, F, 6]}}`` float32.
+    fixed: ``{"pose_std" [K, 6], "initial_pose" [6]}`` float32 (not trained).
+    alignment_model: the face model and its precomputed geometry.
+    images: ``[B, H, W, 3]`` uint8 or float32 in [0, 255].
+    boxes_xyxy: ``[B, 4]`` float32 face boxes, image pixels.
+    landmarks_px: ``[B, 68, 2]`` float32 true landmarks, image pixels.
+    visible: ``[B, 68]`` bool true visibility.
+
+  Returns:
+    ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``.
+  """
+  describe = functools.partial(pipeline.apply, params["encoder"])
+  result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
+                                images, boxes_xyxy, pipeline.config, remat=pipeline.remat)
+  loss, nme = landmark_loss(result.landmarks_px, landmarks_px, visible)
+  return loss, {"loss": loss, "nme": nme, "landmarks_px": result.landmarks_px}
+
+
+# ----------------------------------------------------------------------------------------------
+# Train state, optimizer, step
+# ----------------------------------------------------------------------------------------------
+
+
+class FinetuneState(struct.PyTreeNode):
+  """Everything a resumed run needs (a pytree; Orbax saves it whole).
+
+  Attributes:
+    step: ``[]`` int32 optimizer steps taken.
+    params: ``{"encoder": flax params, "cascade": {"landmark_weights", "pose_weights"}}``.
+    opt_state: optax state of :func:`make_optimizer`.
+  """
+  step: Array
+  params: PyTree
+  opt_state: PyTree
+
+
+def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
+  """Linear warm-up to ``peak`` over ``warmup_steps`` then cosine decay to
+  ``peak * end_learning_rate_fraction`` at ``schedule_steps`` (0 = ``num_steps``). A horizon
+  independent of ``num_steps`` lets a run be extended (``--config.num_steps``) bit-identically."""
+  horizon = int(config.get("schedule_steps", 0) or 0) or int(config.num_steps)
+  warmup = int(min(config.warmup_steps, max(horizon - 1, 0)))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(horizon, warmup + 1),
+      end_value=peak * float(config.end_learning_rate_fraction))
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW on the encoder (``learning_rate``, weight decay on kernels)
+  and Adam on the regressors (``cascade_learning_rate``)."""
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+  encoder = optax.adamw(make_schedule(config, float(config.learning_rate)),
+                        weight_decay=float(config.weight_decay), mask=decay_mask)
+  regressors = optax.adam(make_schedule(config, float(config.cascade_learning_rate)))
+  labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa
+  return optax.chain(optax.clip_by_global_norm(float(config.grad_clip_norm)),
+                     optax.multi_transform({"encoder": encoder, "cascade": regressors}, labels))
+
+
+def init_state(config: ml_collections.ConfigDict, params: PyTree) -> FinetuneState:
+  """The step-0 state around the starting parameters."""
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=make_optimizer(config).init(params))
+
+
+def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[str, Array],
+               alignment_model: cascade.AlignmentModel, *, pipeline: Pipeline,
+               config: ml_collections.ConfigDict) -> Tuple[FinetuneState, Dict[str, Array]]:
+  """One optimizer step on a global batch of :data:`BATCH_FIELDS` (leading ``[B]`` axis).
+
+  Returns ``(new_state, metrics)``: scalars ``loss``, ``grad_norm``, ``grad_norm_encoder``,
+  ``grad_norm_cascade``, ``learning_rate``.
+  """
+  def loss_fn(params):
+    loss, aux = pipeline_loss(pipeline, params, fixed, alignment_model, batch["image"],
+                              batch["box"], batch["landmarks_px"], batch["landmarks_visible"])
+    if int(config.get("debug_nan_step", -1)) >= 0:  # Test hook: poison one step's loss.
+      loss = loss * jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
+    return loss, aux
+
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  optimizer = make_optimizer(config)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+             "grad_norm_encoder": optax.global_norm(grads["encoder"]),
+             "grad_norm_cascade": optax.global_norm(grads["cascade"]),
+             "learning_rate": make_schedule(config, float(config.learning_rate))(state.step)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting point and data
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StartingPoint:
+  """The two-stage model fine-tuning starts from.
+
+  Attributes:
+    describer: the descriptor function (its ``params`` are the starting encoder).
+    params: ``{"encoder", "cascade"}`` trained parameters (see :func:`pipeline_loss`).
+    fixed: ``{"pose_std", "initial_pose"}``.
+    cascade_config: the cascade's static settings.
+    alignment_model: face model + geometry.
+    source: a description of where the pieces came from (JSON-able).
+  """
+  describer: features_lib.Describer
+  params: PyTree
+  fixed: Dict[str, Array]
+  cascade_config: cascade.CascadeConfig
+  alignment_model: cascade.AlignmentModel
+  source: Dict[str, Any]
+
+
+def face_source(config: ml_collections.ConfigDict, seed: int,
+                num_examples: Optional[int] = None) -> faces_lib.FaceSource:
+  """Synthetic annotated faces of ``config.data`` / ``config.box_jitter`` with pipeline seed
+  ``seed``."""
+  data_config = pipeline_config_from_dict(dict(config.data), seed=int(seed))
+  return faces_lib.FaceSource(data_config, faces_lib.BoxJitter(**dict(config.box_jitter)),
+                              num_examples=num_examples)
+
+
+def zero_cascade(config: ml_collections.ConfigDict, cascade_config: cascade.CascadeConfig,
+                 descriptor_dim: int, num_faces: int = 64) -> cascade.CascadeParams:
+  """Regressors that change nothing, with ``initial_pose`` / ``pose_std`` the mean / standard
+  deviation of the crop-frame poses of the first ``num_faces`` training faces (every stage gets
+  the same ``pose_std``)."""
+  source = face_source(config, int(config.seed))
+  faces = faces_lib.stack([source[i] for i in range(num_faces)])
+  crop_boxes = training.crop_boxes_for(faces["box"], cascade_config)
+  poses = training.pose_to_crop(faces["pose"], crop_boxes, cascade_config.crop_size)
+  params = cascade.zero_params(cascade_config.num_stages, descriptor_dim, poses.mean(0))
+  std = np.maximum(poses.std(0), 1e-3).astype(np.float32)
+  return params.replace(pose_std=jnp.tile(jnp.asarray(std)[None], (cascade_config.num_stages, 1)))
+
+
+def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
+  """The encoder (``config.checkpoint``, "" = the shipped default; ignored for SIFT) and the
+  cascade (``config.cascade`` file, or "" for :func:`zero_cascade` with ``config.cascade_config``).
+
+  Raises:
+    FileNotFoundError / ValueError: missing or inconsistent files (the message says which).
+  """
+  if config.cascade:
+    cascade_params, cascade_config, meta = cascade_io.load_cascade(config.cascade)
+    kind = meta.get("features", config.features)
+    face_model = meta.get("face_model", config.face_model)
+  else:
+    cascade_config = cascade.CascadeConfig(**dict(config.cascade_config))
+    kind, face_model, cascade_params = config.features, config.face_model, None
+  describer = features_lib.make_describer(kind, config.checkpoint or None)
+  if cascade_params is None:
+    cascade_params = zero_cascade(config, cascade_config, describer.descriptor_dim)
+  if cascade_params.descriptor_dim != describer.descriptor_dim:
+    raise ValueError(
+        f"the cascade {config.cascade or '(zero)'} expects {cascade_params.descriptor_dim}-d "
+        f"descriptors but the {kind} describer {describer.source} gives "
+        f"{describer.descriptor_dim}: pass a cascade trained on these features")
+  trained, fixed = split_cascade(cascade_params)
+  encoder_params = describer.params if describer.params is not None else {}
+  alignment_model = cascade.make_alignment_model(load_face_model(face_model))
+  return StartingPoint(
+      describer=describer, params={"encoder": encoder_params, "cascade": trained}, fixed=fixed,
+      cascade_config=cascade_config, alignment_model=alignment_model,
+      source=dict(features=kind, descriptor_source=describer.source,
+                  descriptor_dim=describer.descriptor_dim, face_model=face_model,
+                  cascade=str(config.cascade or "zero regressors")))
+
+
+def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The fields a step uses: image ``[H, W, 3]`` uint8, box ``[4]`` float32, landmarks_px
+  ``[68, 2]`` float32, landmarks_visible ``[68]`` bool."""
+  return {"image": np.asarray(example["image"], np.uint8),
+          "box": np.asarray(example["box"], np.float32),
+          "landmarks_px": np.asarray(example["landmarks_px"], np.float32),
+          "landmarks_visible": np.asarray(example["landmarks_visible"], bool)}
+
+
+def step_batch(source: Any, step: int, global_batch: int, local_batch: int, process_index: int,
+               num_faces: int) -> Dict[str, np.ndarray]:
+  """This process's rows of the global batch of ``step``: faces
+  ``(step * global_batch + process_index * local_batch + i) mod num_faces``."""
+  first = step * global_batch + process_index * local_batch
+  examples = [select_fields(source[(first + i) % num_faces]) for i in range(local_batch)]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def train_batches(config: ml_collections.ConfigDict, start_step: int
+                  ) -> Iterator[Dict[str, np.ndarray]]:
+  """Batches of steps ``start_step, ..., num_steps - 1`` (a pure function of seed and step)."""
+  process_count, process_index = jax.process_count(), jax.process_index()
+  global_batch = int(config.global_batch_size)
+  local_batch = global_batch // process_count
+  num_faces = int(config.num_train_faces)
+  source = face_source(config, int(config.seed), num_examples=num_faces)
+  for step in range(start_step, int(config.num_steps)):
+    yield step_batch(source, step, global_batch, local_batch, process_index, num_faces)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def predict_landmarks(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
+                      alignment_model: cascade.AlignmentModel, faces: Mapping[str, np.ndarray],
+                      batch_size: int) -> np.ndarray:
+  """Final landmarks ``[N, 68, 2]`` float32 (image pixels) of stacked faces (``image``, ``box``)."""
+  @jax.jit
+  def run(params, fixed, alignment_model, images, boxes):
+    describe = functools.partial(pipeline.apply, params["encoder"])
+    return cascade.align_images(describe, alignment_model,
+                                join_cascade(params["cascade"], fixed), images, boxes,
+                                pipeline.config).landmarks_px
+
+  count = len(faces["box"])
+  out = []
+  for start in range(0, count, batch_size):
+    stop = min(start + batch_size, count)
+    images = training._pad(faces["image"][start:stop], batch_size)  # pylint: disable=protected-access
+    boxes = training._pad(faces["box"][start:stop], batch_size)  # pylint: disable=protected-access
+    out.append(np.asarray(run(params, fixed, alignment_model, images, boxes))[:stop - start])
+  return np.concatenate(out)
+
+
+def evaluate(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
+             alignment_model: cascade.AlignmentModel, faces: Mapping[str, np.ndarray],
+             batch_size: int) -> Dict[str, Any]:
+  """Held-out bbox NME (all 68 landmarks, as :func:`dff_jax.alignment.training.summarise`) by
+  |yaw| bin, failure rates and AUC of the model ``(params, fixed)`` on stacked ``faces``."""
+  predicted = predict_landmarks(pipeline, params, fixed, alignment_model, faces, batch_size)
+  return training.summarise(training.landmark_errors(predicted, faces), faces["pose"][:, 2])
+
+
+def render_eval_faces(config: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
+  """The ``config.num_eval_faces`` held-out faces of seed ``config.eval_seed``, stacked."""
+  source = face_source(config, int(config.eval_seed))
+  return faces_lib.stack([source[i] for i in range(int(config.num_eval_faces))])
+
+
+# ----------------------------------------------------------------------------------------------
+# A general training loop (NaN guard, checkpoints, progress bar, metrics.jsonl)
+# ----------------------------------------------------------------------------------------------
+
+
+def run_training_loop(step_fn: Callable[[Any, Any], Tuple[Any, Mapping[str, Any]]], state: Any,
+                      batches: Iterator[Any], *, start_step: int, num_steps: int,
+                      checkpointer: checkpoint_lib.Checkpointer,
+                      writer: progress_lib.MetricsWriter, bar: progress_lib.ProgressBar,
+                      log_every: int, items_per_step: int,
+                      after_step: Optional[Callable[[int, Any], None]] = None,
+                      hint: str = "Lower config.learning_rate or check the data.") -> Any:
+  """Steps ``start_step .. num_steps - 1`` of any model; the loop of
+  :func:`dff_jax.train.train_and_evaluate`, written once for every trainer.
+
+  Each step: ``state, metrics = step_fn(state, next(batches))``; a non-finite ``metrics["loss"]``
+  or ``metrics["grad_norm"]`` raises :class:`dff_jax.train.NonFiniteLossError` naming the step
+  (pending checkpoint writes are finished first, so the last good checkpoint is kept); the state
+  is checkpointed (every ``checkpointer.save_interval_steps`` steps and at ``num_steps``); the bar
+  shows loss and items per second; every ``log_every`` steps (and the last) a "train" record with
+  the metrics, ``images_per_second`` and ``seconds_per_step`` goes to ``writer``;
+  ``after_step(done, state)`` (e.g. a periodic evaluation) runs last. The bar and the
+  checkpointer are closed on exit.
+
+  Returns:
+    the final state.
+  """
+  window_start, window_steps = time.time(), 0
+  try:
+    for step, batch in zip(range(start_step, num_steps), batches):
+      state, metrics = step_fn(state, batch)
+      metrics = jax.device_get(metrics)
+      window_steps += 1
+      done = step + 1
+      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        checkpointer.wait()
+        raise train_lib.NonFiniteLossError(
+            f"Non-finite loss {loss} (grad norm {grad_norm}) at step {step}; stopped. The last "
+            f"good checkpoint (step {checkpointer.latest_step()}) is kept in "
+            f"{checkpointer.directory}. {hint}")
+      checkpointer.save(done, state, force=done == num_steps)
+      elapsed = max(time.time() - window_start, 1e-9)
+      bar.update(done, loss=loss, images_per_second=window_steps * items_per_step / elapsed)
+      if done % log_every == 0 or done == num_steps:
+        writer.write(done, dict(metrics, images_per_second=window_steps * items_per_step
+                                / elapsed, seconds_per_step=elapsed / window_steps))
+        window_start, window_steps = time.time(), 0
+      if after_step is not None:
+        after_step(done, state)
+  finally:
+    bar.close()
+    checkpointer.close()
+  return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  if int(config.num_steps) < 1:
+    raise ValueError(f"config.num_steps must be >= 1, got {config.num_steps}.")
+  if int(config.global_batch_size) % jax.device_count():
+    raise ValueError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
+                     f"{jax.device_count()} devices.")
+  seeds = {int(config.seed), int(config.eval_seed)}
+  if len(seeds) < 2 or int(config.seed) in (20_000, 30_000):
+    raise ValueError(f"config.seed={config.seed} must differ from config.eval_seed and from the "
+                     "cascade's train / eval seeds 20000 / 30000 (use e.g. 60000).")
+
+
+def _workdir_config(config: ml_collections.ConfigDict, start: StartingPoint) -> Dict[str, Any]:
+  """``config.json`` of the workdir: the encoder's own training config (what
+  :mod:`dff_jax.checkpoint` reads to rebuild the encoder) plus this run's under ``finetune``."""
+  experiment: Dict[str, Any] = {}
+  if start.describer.kind == "dff":
+    _, meta = checkpoint_lib.load_encoder_params(start.describer.source)
+    experiment = dict(meta.get("experiment") or {})
+    experiment.setdefault("encoder", dict(meta["encoder"]))
+    experiment.setdefault("data", {"image_size": int(meta["image_size"])})
+    experiment["encoder"] = dict(experiment["encoder"], channels=int(meta["channels"]))
+  experiment["finetune"] = config.to_dict()
+  return experiment
+
+
+def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                          log: Callable[[str], None] = logging.info) -> Dict[str, Any]:
+  """Fine-tunes per ``config`` (resuming from ``workdir``), exports and evaluates.
+
+  See the module docstring for the workdir layout; ``experiments/configs/finetune_tiny.py``
+  documents the config fields.
+
+  Returns:
+    the ``summary.json`` dict: ``before`` / ``after`` evaluation summaries, ``steps``,
+    ``params_digest``, ``seconds_per_step`` (of this invocation's steps).
+
+  Raises:
+    dff_jax.train.NonFiniteLossError: a non-finite loss or gradient (the step is named; earlier
+      checkpoints are kept).
+  """
+  workdir = Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  _validate(config)
+  is_main = jax.process_index() == 0
+  start = load_starting_point(config)
+  if is_main:
+    (workdir / "finetune_config.json").write_text(
+        json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
+    (workdir / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(
+        _workdir_config(config, start), indent=2, sort_keys=True, default=str))
+  pipeline = Pipeline(apply=start.describer.apply, config=start.cascade_config,
+                      remat=bool(config.remat))
+
+  mesh = train_lib.create_mesh(config)
+  replicated = NamedSharding(mesh, P())
+  abstract = jax.eval_shape(lambda: init_state(config, start.params))
+  shardings = train_lib.state_shardings(config, mesh, abstract)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=int(config.max_checkpoints_to_keep),
+      save_interval_steps=int(config.checkpoint_every))
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+    state = checkpointer.restore(target, latest)
+    log(f"resumed from {checkpointer.directory} at step {latest}")
+  else:
+    state = jax.jit(lambda p: init_state(config, p), out_shardings=shardings)(start.params)
+  fixed = jax.device_put(start.fixed, replicated)
+  alignment_model = jax.device_put(start.alignment_model, replicated)
+
+  step_fn = jax.jit(functools.partial(train_step, pipeline=pipeline, config=config),
+                    in_shardings=(shardings, train_lib.batch_sharding(mesh), replicated,
+                                  replicated),
+                    out_shardings=(shardings, replicated), donate_argnums=(0,),
+                    compiler_options=train_lib.compiler_options(config))
+  start_step, num_steps = int(jax.device_get(state.step)), int(config.num_steps)
+  writer = progress_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main)
+  bar = progress_lib.ProgressBar(num_steps, start_step,
+                                 enabled=is_main and bool(config.progress_bar))
+  run_start = time.time()
+  state = run_training_loop(
+      lambda state, local: step_fn(state, train_lib.to_global_batch(local, mesh), fixed,
+                                   alignment_model),
+      state, train_batches(config, start_step), start_step=start_step, num_steps=num_steps,
+      checkpointer=checkpointer, writer=writer, bar=bar, log_every=int(config.log_every),
+      items_per_step=int(config.global_batch_size),
+      hint="Lower config.learning_rate / cascade_learning_rate.")
+  steps_run = num_steps - start_step
+  seconds_per_step = (time.time() - run_start) / steps_run if steps_run > 0 else None
+
+  params = jax.device_get(state.params)
+  summary: Dict[str, Any] = {"steps": int(jax.device_get(state.step)),
+                             "params_digest": train_lib.params_digest(params),
+                             "seconds_per_step": seconds_per_step, "source": start.source,
+                             "train_seed": int(config.seed), "eval_seed": int(config.eval_seed)}
+  if is_main:
+    meta = dict(start.source, finetune_steps=summary["steps"], finetune_seed=int(config.seed))
+    if start.describer.kind == "dff":
+      bundle = checkpoint_lib.export_inference_bundle(workdir, workdir / "bundle")
+      meta["descriptor_source"] = str(bundle)
+      summary["bundle"] = str(bundle)
+    if int(config.num_eval_faces) > 0:
+      faces = render_eval_faces(config)
+      batch = int(config.eval_batch_size)
+      summary["before"] = evaluate(pipeline, start.params, start.fixed, start.alignment_model,
+                                   faces, batch)
+      summary["after"] = evaluate(pipeline, params, start.fixed, start.alignment_model, faces,
+                                  batch)
+      meta["eval"] = summary["after"]
+      log(f"held-out bbox NME: two-stage {summary['before']['nme_mean']:.4f}, fine-tuned "
+          f"{summary['after']['nme_mean']:.4f}")
+    path = cascade_io.save_cascade(workdir / f"cascade_{start.source['features']}.npz",
+                                   join_cascade(params["cascade"], start.fixed),
+                                   start.cascade_config, meta, compact=False)
+    summary["cascade"] = str(path)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+  return summary

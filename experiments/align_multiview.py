@@ -1,0 +1,218 @@
+r"""Aligns several images of ONE person jointly: shared identity, per-view pose and landmarks.
+
+  python -m experiments.align_multiview --images=IMG1,IMG2,...|DIR|GLOB --out_dir=DIR \
+      [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--cascade=FILE] [--features=dff|sift] \
+      [--checkpoint=DIR] [--face_model=default|PATH] [--share_expression] [--noprior_per_view]
+
+(``experiments.align --multiview`` calls :func:`align_multiview_files`.) The images, boxes,
+cascade, features, checkpoint and face model are given as for ``experiments.align``. All the
+images are one set: the cascade of :mod:`dff_jax.alignment.multiview` runs on all of them at
+once, its shape fit stacking every view's landmark equations with one identity vector (and, with
+``--share_expression``, one expression vector). By default the identity prior is counted once
+per image (``prior_per_view``, see :func:`dff_jax.alignment.multiview.fit_joint_shape_rows`):
+with the SIFT cascade the plain MAP weighting (``--noprior_per_view``) recovers the 3D shape
+worse than single-view alignment, because the cascade's landmark errors are correlated across
+views; ``experiments/eval_multiview.py`` measures both.
+
+Outputs (written atomically):
+  * ``DIR/<stem>.json`` per image, as ``experiments.align`` (``landmarks_px``, ``visibility``,
+    ``pose``, ``shape_coefficients`` (the shared identity), ``expression_coefficients`` (the
+    view's), ``box``, ``crop_box``, ``image``, ``features``, ``cascade``, ``face_model``) plus
+    ``multiview: true`` and ``share_expression``;
+  * ``DIR/<stem>_overlay.png`` per image (see ``experiments.align``);
+  * ``DIR/multiview.json``: ``shape_coefficients`` (shared), ``share_expression``, ``views``
+    (``stem``, ``image``, ``json``, ``expression_coefficients``, ``pose``), ``features``,
+    ``cascade``, ``face_model``.
+
+An image that cannot be read or whose box is bad is reported in one line and left out of the
+set (exit status 1); bad arguments, no usable image, or a missing cascade / checkpoint give one
+line ``align_multiview: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from absl import app
+from absl import flags
+from dff_jax import file_io
+
+FLAGS = flags.FLAGS
+_COMPILED: Dict[Any, Any] = {}
+
+
+def define_flags() -> None:
+  """Defines the command's flags (only when run as a program)."""
+  flags.DEFINE_string("images", None, "Image files of one person: files, directory, glob, or "
+                      "comma-separated list.")
+  flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (image pixels) for every image.")
+  flags.DEFINE_string("boxes", None, "JSON file mapping image file names to [x0, y0, x1, y1].")
+  flags.DEFINE_string("cascade", None, "Cascade .npz (default: the shipped one).")
+  flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
+  flags.DEFINE_string("checkpoint", None, "DFF inference bundle or training workdir.")
+  flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "
+                      "(default: the cascade's).")
+  flags.DEFINE_boolean("share_expression", False, "One expression for all images.")
+  flags.DEFINE_boolean("prior_per_view", True, "Count the identity prior once per image (else "
+                       "once: the plain MAP fit).")
+  flags.DEFINE_boolean("overlay", True, "Write <stem>_overlay.png.")
+  flags.DEFINE_string("out_dir", None, "Output folder.")
+
+
+def _jitted(aligner, num_views: int, share_expression: bool, prior_per_view: bool):
+  """The jitted multi-view cascade for ``num_views`` working images (cached per aligner)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import multiview  # pylint: disable=g-import-not-at-top
+  key = (id(aligner), num_views, bool(share_expression), bool(prior_per_view))
+  if key not in _COMPILED:
+    describer, config = aligner.describer, aligner.config
+
+    def run(describer_params, alignment_model, params, images, boxes):
+      return multiview.align_multiview_images(
+          lambda crops: describer.apply(describer_params, crops), alignment_model, params, images,
+          boxes, config, share_expression, prior_per_view=prior_per_view)
+    while len(_COMPILED) >= 4:
+      _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = jax.jit(run)
+  return _COMPILED[key]
+
+
+def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
+                          boxes: Optional[str] = None, cascade: Optional[str] = None,
+                          checkpoint: Optional[str] = None, features: Optional[str] = None,
+                          face_model: Optional[str] = None, share_expression: bool = False,
+                          overlay: bool = True, report=None,
+                          prior_per_view: bool = True) -> Dict[str, Any]:
+  """The command as a function.
+
+  Args:
+    images, bbox, boxes, cascade, checkpoint, features, face_model: as for
+      ``experiments.align.align_files`` (``None`` = the defaults there).
+    out_dir: output folder (created).
+    share_expression: one expression vector for all images.
+    prior_per_view: count the identity prior once per image (default) instead of once.
+    overlay: write the overlay PNGs.
+    report: ``callable(message)`` for per-image failures (default: print to stderr).
+
+  Returns:
+    ``{"out_dir", "written": [stems], "failed": [one-line messages], "shape_coefficients":
+    [Ki] list}``.
+
+  Raises:
+    FileNotFoundError / ValueError: bad arguments, no usable image, missing cascade / checkpoint
+      (one-line messages; nothing written).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  if report is None:
+    def report(message):
+      print(message, file=sys.stderr, flush=True)
+  if bbox and boxes:
+    raise ValueError("pass either --bbox or --boxes, not both")
+  paths = runner.list_images(images)
+  common_box = runner.parse_bbox(bbox) if bbox else None
+  box_map = runner.read_boxes_file(boxes) if boxes else None
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  aligner = runner.load_aligner(spec)
+  stems = runner.output_stems(paths)
+
+  failed: List[str] = []
+  views = []  # (path, stem, image, box, crop_box, work_image, work_box)
+  for path, stem in zip(paths, stems):
+    try:
+      if box_map is not None:
+        found, box = runner.box_for(box_map, path)
+        if not found:
+          raise ValueError(f"{path}: no entry for {path.name} in --boxes file {boxes}")
+      else:
+        box = common_box
+      image = image_io.read_image(path)
+      height, width = image.shape[:2]
+      if box is None:
+        box = runner.whole_image_box(height, width, aligner.config.box_scale)
+      else:
+        box = runner.check_box(box, height, width, str(path))
+      work_image, crop_box, work_box = runner.working_crop(image, box, aligner.config,
+                                                           aligner.work_size)
+    except runner.READ_ERRORS as error:
+      message = runner.one_line(error)
+      if str(path) not in message:
+        message = f"{path}: {message}"
+      failed.append(message)
+      report(f"align_multiview: skipped {message}")
+      continue
+    views.append((path, stem, image, box, crop_box, work_image, work_box))
+  if not views:
+    raise ValueError(f"--images={images}: none of the {len(paths)} images could be used "
+                     "(see the messages above)")
+
+  run = _jitted(aligner, len(views), share_expression, prior_per_view)
+  result = run(aligner.describer.params, aligner.alignment_model, aligner.params,
+               np.stack([v[5] for v in views]), np.stack([v[6] for v in views]).astype(np.float32))
+  result = {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+  faces = [runner.to_image_frame(result, n, v[4], v[3], aligner.work_size)
+           for n, v in enumerate(views)]
+  if not all(face.is_finite() for face in faces):
+    raise ValueError(f"--images={images}: the joint alignment diverged (non-finite result)")
+
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
+  common = dict(features=aligner.spec.features, cascade=str(aligner.spec.cascade_path),
+                face_model=aligner.face_model.name)
+  shape = np.asarray(faces[0].shape_coefficients, np.float64)
+  written: List[str] = []
+  entries = []
+  for (path, stem, image, *_), face in zip(views, faces):
+    document = face.to_json()
+    document["shape_coefficients"] = shape.tolist()
+    document.update(image=str(path), multiview=True, share_expression=bool(share_expression),
+                    prior_per_view=bool(prior_per_view), **common)
+    if overlay:
+      picture = draw.render_overlay(image, face.landmarks_px, face.visibility, face.pose(),
+                                    shape, face.expression_coefficients, aligner.face_model,
+                                    outline, box_xyxy=face.box)
+      image_io.write_png_atomic(out_dir / f"{stem}_overlay.png", np.asarray(picture, np.uint8))
+    file_io.write_json_atomic(out_dir / f"{stem}.json", document)
+    written.append(stem)
+    entries.append(dict(stem=stem, image=str(path), json=f"{stem}.json",
+                        expression_coefficients=document["expression_coefficients"],
+                        pose=document["pose"]))
+  file_io.write_json_atomic(out_dir / "multiview.json", dict(
+      shape_coefficients=shape.tolist(), share_expression=bool(share_expression),
+      prior_per_view=bool(prior_per_view),
+      num_views=len(views), views=entries, skipped=failed, **common))
+  return {"out_dir": str(out_dir), "written": written, "failed": failed,
+          "shape_coefficients": shape.tolist()}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.images or not FLAGS.out_dir:
+    print("align_multiview: error: --images and --out_dir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    summary = align_multiview_files(FLAGS.images, FLAGS.out_dir, FLAGS.bbox, FLAGS.boxes,
+                                    FLAGS.cascade, FLAGS.checkpoint, FLAGS.features,
+                                    FLAGS.face_model, FLAGS.share_expression, FLAGS.overlay,
+                                    prior_per_view=FLAGS.prior_per_view)
+  except (OSError, ValueError) as error:
+    print(f"align_multiview: error: {file_io.error_line(error)}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps({"out_dir": summary["out_dir"], "written": len(summary["written"]),
+                    "failed": len(summary["failed"])}))
+  if summary["failed"]:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,39 @@
+r"""End-to-end fine-tuning through the alignment loop: a thin absl main over
+``dff_jax.alignment.finetune.finetune_and_evaluate``.
+
+  python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_cpu.py \
+      --workdir=workdirs/finetune_cpu
+
+Any config field can be overridden (``--config.num_steps=10``, ``--config.checkpoint=DIR``,
+``--config.cascade=FILE``). Re-running with the same ``--workdir`` resumes from its latest
+checkpoint. Prints the summary (``summary.json``) as one JSON line.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dff_jax.alignment import finetune  # pylint: disable=g-import-not-at-top
+  try:
+    summary = finetune.finetune_and_evaluate(
+        _CONFIG.value, _WORKDIR.value, log=lambda m: print(m, file=sys.stderr, flush=True))
+  except (FileNotFoundError, ValueError) as error:
+    print(f"finetune_end_to_end: error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+  app.run(main)

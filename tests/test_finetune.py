@@ -1,0 +1,178 @@
+"""Tests of dff_jax.alignment.finetune: the loss, gradients through images -> encoder -> cascade
+-> loss, a few optimizer steps, and resume of the fine-tuning command (tiny encoder, 2 stages,
+32 x 32 crops)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dff_jax import metrics
+from dff_jax.alignment import finetune
+from experiments.configs import finetune_tiny
+
+# No LLVM optimisation: compiles in seconds instead of tens of seconds on 2 cores (same numbers
+# up to float rounding).
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+@pytest.fixture(scope="module")
+def config(tiny_bundle):
+  config = finetune_tiny.get_config()
+  config.checkpoint = str(tiny_bundle)
+  return config
+
+
+@pytest.fixture(scope="module")
+def start(config):
+  return finetune.load_starting_point(config)
+
+
+@pytest.fixture(scope="module")
+def batch(config):
+  source = finetune.face_source(config, int(config.seed), num_examples=16)
+  return finetune.step_batch(source, 0, 2, 2, 0, 16)
+
+
+def random_cascade(start, key, std=0.02):
+  """The starting regressors plus small random weights (so that the encoder gets gradients)."""
+  keys = jax.random.split(key, 2)
+  return {name: value + std * jax.random.normal(k, value.shape)
+          for (name, value), k in zip(sorted(start.params["cascade"].items()), keys)}
+
+
+def test_landmark_loss_is_visible_bbox_nme():
+  rng = np.random.default_rng(0)
+  truth = rng.uniform(10, 60, (3, 68, 2)).astype(np.float32)
+  predicted = truth + rng.normal(0, 2, truth.shape).astype(np.float32)
+  visible = rng.random((3, 68)) > 0.3
+  loss, nme = finetune.landmark_loss(jnp.asarray(predicted), jnp.asarray(truth),
+                                     jnp.asarray(visible), epsilon_px=0.0)
+  size = truth.max(1) - truth.min(1)
+  errors = np.linalg.norm(predicted - truth, axis=-1)
+  expected = (errors * visible).sum(1) / visible.sum(1) / np.sqrt(size[:, 0] * size[:, 1])
+  np.testing.assert_allclose(nme, expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
+  # All visible: the library's bbox NME.
+  _, nme_all = finetune.landmark_loss(predicted, truth, np.ones((3, 68), bool), epsilon_px=0.0)
+  np.testing.assert_allclose(nme_all, metrics.nme(predicted, truth, "bbox"), rtol=1e-5)
+  # Finite gradient at zero error; nothing from invisible points; no NaN without visible points.
+  grad = jax.grad(lambda p: finetune.landmark_loss(p, truth, visible)[0])(truth)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~visible] == 0)
+  empty, _ = finetune.landmark_loss(predicted, truth, np.zeros((3, 68), bool))
+  assert float(empty) == 0.0
+
+
+def _loss_fn(start, config, batch):
+  pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=True)
+
+  def loss(images, encoder, cascade_weights, fixed):
+    params = {"encoder": encoder, "cascade": cascade_weights}
+    return finetune.pipeline_loss(pipeline, params, fixed, start.alignment_model, images,
+                                  batch["box"], batch["landmarks_px"],
+                                  batch["landmarks_visible"])[0]
+  return loss
+
+
+def test_gradients_through_the_whole_pipeline_match_finite_differences(start, config, batch):
+  """check_grads (order 1, reverse mode) of images -> encoder -> 2-stage cascade -> NME loss with
+  respect to the images, the encoder parameters and the regressors, float32."""
+  loss = _loss_fn(start, config, batch)
+  cascade_weights = random_cascade(start, jax.random.key(0))
+  images = jnp.asarray(batch["image"], jnp.float32)
+  # Plain jit: check_grads differentiates f, and compiler options are for top-level jits only.
+  f = jax.jit(lambda images, encoder, weights: loss(images, encoder, weights, start.fixed))
+  args = (images, start.params["encoder"], cascade_weights)
+  grads = _jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
+  for leaf in jax.tree_util.tree_leaves(grads):
+    assert np.all(np.isfinite(leaf))
+  assert float(jnp.abs(grads[0]).max()) > 0
+  assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[1])) > 0
+  # float32 central differences of an O(0.2) loss: eps trades truncation (ReLU, bilinear and
+  # visibility kinks) against round-off, per argument. Measured: the parameters' directional
+  # derivatives (O(0.3-3)) agree to 0.5-4 % at eps = 1e-3; the images' (O(1e-4) per unit
+  # random direction of 0-255 intensities) to ~1-5 % at eps = 0.1.
+  check_grads(lambda encoder, weights: f(images, encoder, weights), args[1:], order=1,
+              modes=["rev"], eps=1e-3, atol=2e-2, rtol=6e-2)
+  check_grads(lambda x: f(x, *args[1:]), args[:1], order=1, modes=["rev"], eps=0.1, atol=2e-5,
+              rtol=6e-2)
+
+
+def test_gradients_finite_at_90_degrees_yaw_and_boxes_outside_the_image(start, config, batch):
+  """Finite loss and gradients (images, encoder, regressors) when the cascade starts at 90
+  degrees yaw and one face box lies mostly outside the image."""
+  fixed = dict(start.fixed, initial_pose=start.fixed["initial_pose"].at[2].set(np.pi / 2))
+  boxes = np.asarray(batch["box"]).copy()
+  boxes[1] += np.asarray([-30.0, -25.0, -30.0, -25.0], np.float32)  # Mostly above-left.
+  batch = dict(batch, box=boxes)
+  loss = _loss_fn(start, config, batch)
+  cascade_weights = random_cascade(start, jax.random.key(1))
+  images = jnp.asarray(batch["image"], jnp.float32)
+  value, grads = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(
+      images, start.params["encoder"], cascade_weights, fixed)
+  assert np.isfinite(float(value))
+  for leaf in jax.tree_util.tree_leaves(grads):
+    assert np.all(np.isfinite(leaf))
+  assert float(jnp.abs(grads[2]["landmark_weights"]).max()) > 0
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(start, config, batch):
+  pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=True)
+  state = finetune.init_state(config, {"encoder": start.params["encoder"],
+                                       "cascade": random_cascade(start, jax.random.key(2))})
+  step = _jit(functools.partial(finetune.train_step, pipeline=pipeline, config=config))
+  batch = jax.tree.map(jnp.asarray, batch)
+  losses = []
+  for _ in range(6):
+    state, out = step(state, batch, start.fixed, start.alignment_model)
+    losses.append(float(out["loss"]))
+  assert int(state.step) == 6
+  assert all(np.isfinite(losses))
+  assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(config, tmp_path):
+  def run(workdir, num_steps):
+    c = config.copy_and_resolve_references()
+    c.num_steps, c.schedule_steps, c.num_eval_faces = num_steps, 4, 0
+    return finetune.finetune_and_evaluate(c, workdir, log=lambda m: None)
+
+  first = run(tmp_path / "resumed", 2)
+  assert first["steps"] == 2
+  resumed = run(tmp_path / "resumed", 4)
+  straight = run(tmp_path / "straight", 4)
+  assert resumed["steps"] == straight["steps"] == 4
+  assert resumed["params_digest"] == straight["params_digest"]
+  assert first["params_digest"] != straight["params_digest"]
+  assert (tmp_path / "resumed" / "bundle" / "encoder_params.msgpack").exists()
+  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  params, cascade_config, meta = cascade_io.load_cascade(tmp_path / "resumed" / "cascade_dff.npz")
+  assert cascade_config.num_stages == 2 and meta["finetune_steps"] == 4
+  # The exported bundle loads as a describer.
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
+  assert features.dff_describer(tmp_path / "resumed" / "bundle").descriptor_dim == 8
+
+
+def test_training_loop_stops_on_nan_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from dff_jax import progress  # pylint: disable=g-import-not-at-top
+  from dff_jax import train  # pylint: disable=g-import-not-at-top
+
+  def step_fn(state, batch):
+    loss = float("nan") if int(state["step"]) == 3 else 1.0 / (1 + int(state["step"]))
+    return ({"step": state["step"] + 1, "w": state["w"] + batch},
+            {"loss": loss, "grad_norm": 1.0})
+
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_interval_steps=2)
+  writer = progress.MetricsWriter(tmp_path / "metrics.jsonl")
+  state = {"step": np.zeros((), np.int32), "w": np.zeros(2, np.float32)}
+  with pytest.raises(train.NonFiniteLossError, match="at step 3"):
+    finetune.run_training_loop(
+        step_fn, state, iter([np.ones(2, np.float32)] * 10), start_step=0, num_steps=10,
+        checkpointer=checkpointer, writer=writer, bar=progress.ProgressBar(10, enabled=False),
+        log_every=1, items_per_step=2)
+  assert checkpoint_lib.Checkpointer(tmp_path).latest_step() == 2
+  assert [r["step"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]

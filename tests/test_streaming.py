@@ -1,0 +1,236 @@
+"""Streaming alignment of large collections: dff_jax.alignment.runner.run_jobs (worker threads,
+prefetch, asynchronous dispatch, bounded memory) and experiments.align (writer threads, summary).
+
+The cascade is built without training: SIFT descriptors, 2 stages, crop 32, **small random
+regressors** (experiments.benchmark_align.random_cascade_params), so that the landmarks depend on
+the image content and on the face box (a mix-up of images or results between faces would show).
+The images are small random smooth pictures of different sizes with per-image boxes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+CROP = 32
+NUM_GOOD = 18
+BAD = ("broken.jpg", "truncated.jpg")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """A folder of 18 good images + 2 bad ones with a boxes file, and a random SIFT cascade."""
+  import jax
+  from dff_jax.alignment import cascade, io as cascade_io
+  from dff_jax.face_model import load_face_model
+  from experiments import benchmark_align
+
+  root = tmp_path_factory.mktemp("streaming")
+  config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
+  pose = benchmark_align.centred_initial_pose(load_face_model("default"), CROP)
+  params = benchmark_align.random_cascade_params(jax.random.key(3), 2, 128, pose)
+  cascade_path = cascade_io.save_cascade(root / "cascade_sift.npz", params, config,
+                                         dict(features="sift", descriptor_dim=128,
+                                              face_model="default"))
+  folder = root / "images"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  boxes = {}
+  for i in range(NUM_GOOD):
+    height, width = 40 + 3 * i, 60 - i
+    small = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
+    name = f"img{i:02d}." + ("png" if i % 3 == 0 else "jpg")
+    image.save(folder / name, **({} if name.endswith("png") else {"quality": 90}))
+    side = rng.uniform(0.5, 0.8) * min(height, width)
+    x0, y0 = rng.uniform(0, width - side), rng.uniform(0, height - side)
+    boxes[name] = [x0, y0, x0 + side, y0 + side]
+  (folder / BAD[0]).write_text("this is not a JPEG\n")
+  full = root / "full.jpg"
+  Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(full, quality=90)
+  data = full.read_bytes()
+  (folder / BAD[1]).write_bytes(data[:len(data) // 2])
+  for name in BAD:
+    boxes[name] = [0, 0, 20, 20]
+  boxes_path = root / "boxes.json"
+  boxes_path.write_text(json.dumps(boxes))
+  good = sorted(n for n in boxes if n not in BAD)
+  return dict(root=root, folder=folder, boxes=boxes_path, box_map=boxes, good=good,
+              cascade=cascade_path)
+
+
+def _align(env, out, **kwargs):
+  from experiments import align
+  messages = []
+  summary = align.align_files(str(env["folder"]), out, boxes=str(env["boxes"]),
+                              cascade=str(env["cascade"]), batch_size=8, progress=False,
+                              report=messages.append, **kwargs)
+  return summary, messages
+
+
+def test_streamed_outputs_match_the_unthreaded_path(env, tmp_path):
+  from dff_jax.alignment import runner
+  aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))  # cached: reused
+  compiled_before = set(aligner.compile_seconds)
+  threaded, messages = _align(env, tmp_path / "threaded", workers=2, writers=2,
+                              prefetch_batches=1)
+  plain, plain_messages = _align(env, tmp_path / "plain", workers=0, writers=0)
+  stems = [n.rsplit(".", 1)[0] for n in env["good"]]
+  for summary, lines in ((threaded, messages), (plain, plain_messages)):
+    assert summary["written"] == stems  # input order
+    assert summary["images"] == NUM_GOOD + 2 and summary["failures"] == 2
+    assert len(lines) == 2 and all("\n" not in l for l in lines)
+    for name in BAD:
+      assert len([l for l in lines if name in l]) == 1, lines
+    assert summary["images_per_second"] > 0 and summary["wall_s"] > 0
+  expected = sorted([f"{s}.json" for s in stems] + [f"{s}_overlay.png" for s in stems])
+  assert sorted(p.name for p in (tmp_path / "threaded").iterdir()) == expected
+  assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == expected
+  landmarks = []
+  for stem, name in zip(stems, env["good"]):
+    a = json.loads((tmp_path / "threaded" / f"{stem}.json").read_text())
+    b = json.loads((tmp_path / "plain" / f"{stem}.json").read_text())
+    assert a == b
+    np.testing.assert_allclose(a["box"], env["box_map"][name], atol=1e-3)
+    assert ((tmp_path / "threaded" / f"{stem}_overlay.png").read_bytes()
+            == (tmp_path / "plain" / f"{stem}_overlay.png").read_bytes())
+    landmarks.append(np.asarray(a["landmarks_px"]))
+  # The landmarks depend on each face (no two faces share a result).
+  assert len({l.round(2).tobytes() for l in landmarks}) == NUM_GOOD
+  # One compiled program for both runs (batches 8, 8 and a padded 2), by the same aligner.
+  assert runner.load_aligner(runner.resolve_aligner(str(env["cascade"]))) is aligner
+  assert set(aligner.compile_seconds) - compiled_before <= {8} and 8 in aligner.compile_seconds
+
+
+def test_run_jobs_matches_one_face_at_a_time(env):
+  """Batching, padding and threads give each face the result of aligning it alone."""
+  from dff_jax import image_io
+  from dff_jax.alignment import runner
+  aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
+
+  def job(name):
+    return runner.Job(name=name, load=lambda: runner.Loaded(
+        image=image_io.read_image(env["folder"] / name), box=env["box_map"][name]))
+
+  names = env["good"][:5]
+  outcomes = list(runner.run_jobs(aligner, [job(n) for n in names], batch_size=8,
+                                  progress=False, workers=2))
+  assert [o.job.name for o in outcomes] == names
+  for name, outcome in zip(names, outcomes):
+    alone = next(runner.run_jobs(aligner, [job(name)], batch_size=8, progress=False, workers=0))
+    np.testing.assert_allclose(outcome.face.landmarks_px, alone.face.landmarks_px, atol=1e-4)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_jobs_bounds_images_in_memory(env, workers):
+  """A long lazy job stream: the images loaded and not yet yielded stay below
+  (prefetch_batches + 2) * batch_size, the input is pulled lazily, order is kept."""
+  from dff_jax.alignment import runner
+  aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
+  batch_size, prefetch, num_jobs = 4, 1, 60
+  bound = (prefetch + 2) * batch_size
+  lock = threading.Lock()
+  counts = dict(pulled=0, loaded=0, received=0, max_in_memory=0)
+  rng = np.random.default_rng(1)
+  images = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(8)]
+
+  def load(i):
+    with lock:
+      counts["loaded"] += 1
+      counts["max_in_memory"] = max(counts["max_in_memory"],
+                                    counts["loaded"] - counts["received"])
+    if i == 13:
+      raise ValueError(f"job{i}: bad box")
+    return runner.Loaded(image=images[i % len(images)], box=[2.0, 2.0, 20.0, 20.0 + i % 3])
+
+  def jobs():
+    for i in range(num_jobs):
+      counts["pulled"] += 1
+      yield runner.Job(name=f"job{i}", load=lambda i=i: load(i))
+
+  stats = runner.RunStats()
+  names, pulled_at_first = [], None
+  for outcome in runner.run_jobs(aligner, jobs(), batch_size=batch_size, progress=False,
+                                 workers=workers, prefetch_batches=prefetch, stats=stats):
+    if pulled_at_first is None:
+      pulled_at_first = counts["pulled"]
+    time.sleep(0.002)  # a slow consumer: the workers must not run ahead
+    with lock:
+      counts["received"] += 1
+    names.append(outcome.job.name)
+    assert (outcome.error is not None) == (outcome.job.name == "job13")
+  good = [f"job{i}" for i in range(num_jobs) if i != 13]
+  assert [n for n in names if n != "job13"] == good  # order of good jobs kept
+  assert counts["max_in_memory"] <= bound, counts
+  assert stats.max_in_memory <= bound and stats.in_memory == 0
+  assert pulled_at_first <= bound + 1  # the input is consumed lazily
+  assert stats.jobs == num_jobs and stats.faces == num_jobs - 1 and stats.failures == 1
+  assert stats.batches == -(-(num_jobs - 1) // batch_size)
+  if workers:
+    assert counts["max_in_memory"] > batch_size  # decoding ran ahead of the batch in flight
+  assert 4 in aligner.compile_seconds  # one program for batches of 4 (the last padded)
+
+
+def test_run_jobs_rejects_bad_settings(env):
+  from dff_jax.alignment import runner
+  aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
+  for kwargs in (dict(batch_size=0), dict(workers=-1), dict(prefetch_batches=0)):
+    with pytest.raises(ValueError):
+      list(runner.run_jobs(aligner, [], progress=False, **kwargs))
+
+
+def test_align_command_summary_and_no_overlays(env, tmp_path):
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.align", f"--images={env['folder']}",
+       f"--boxes={env['boxes']}", f"--cascade={env['cascade']}", "--batch_size=8",
+       "--overlays=false", "--run_summary", f"--out_dir={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert json.loads(lines[-1]) == {"out_dir": str(out), "written": NUM_GOOD, "failed": 2}
+  assert lines[-2].startswith(f"align: {NUM_GOOD + 2} images, {NUM_GOOD} written, 2 failed")
+  assert "images/s" in lines[-2]
+  skipped = [l for l in proc.stderr.splitlines() if "align: skipped" in l]
+  assert len(skipped) == 2
+  summary = json.loads((out / "run_summary.json").read_text())
+  assert summary["images"] == NUM_GOOD + 2 and summary["failures"] == 2
+  assert summary["images_per_second"] > 0 and summary["overlays"] is False
+  assert {"wall_s", "compile_s", "decode_s", "align_s", "write_s"} <= set(summary)
+  names = sorted(p.name for p in out.iterdir())
+  assert names == sorted([f"{n.rsplit('.', 1)[0]}.json" for n in env["good"]]
+                         + ["run_summary.json"])
+
+
+def test_benchmark_stream_smoke(env, tmp_path):
+  """experiments.benchmark_stream on 5 rendered faces (cached: a second call renders nothing)."""
+  from experiments import benchmark_stream
+  messages = []
+  kwargs = dict(data_dir=str(tmp_path / "data"), num_images=5, image_size=64, batch_size=4,
+                cascade=str(env["cascade"]), overlays=(False, True), report=messages.append)
+  records = list(benchmark_stream.bench_stream(**kwargs))
+  assert [r["mode"] for r in records] == ["jitted_call", "end_to_end", "end_to_end"]
+  for record in records:
+    assert {"what", "batch_size", "items_per_second", "compile_s", "loadavg"} <= set(record)
+    assert record["what"] == "align_stream" and record["items_per_second"] > 0
+    json.dumps(record)
+  stream = records[1]
+  assert stream["failures"] == 0 and stream["overlays"] is False and records[2]["overlays"]
+  assert {"decode_s", "align_s", "write_s", "rss_mb_peak", "ratio_to_jitted_call"} <= set(stream)
+  assert len(stream["rss_mb_by_tenth"]) == 10
+  boxes = json.loads((tmp_path / "data" / "boxes.json").read_text())
+  assert sorted(boxes) == [f"face_{i:05d}.jpg" for i in range(5)]
+  stamp = (tmp_path / "data" / "images" / "face_00000.jpg").stat().st_mtime_ns
+  paths = benchmark_stream.make_dataset(tmp_path / "data", 3, 64)
+  assert [p.name for p in paths] == [f"face_{i:05d}.jpg" for i in range(3)]
+  assert (tmp_path / "data" / "images" / "face_00000.jpg").stat().st_mtime_ns == stamp

@@ -280,6 +280,13 @@ def bench_stream() -> Iterator[Dict[str, Any]]:
   yield from benchmark_stream.bench_stream()
 
 
+def bench_remat() -> Iterator[Dict[str, Any]]:
+  """Memory of differentiating the whole pipeline (encoder + cascade + loss), forward vs backward,
+  without and with rematerialisation (see :mod:`experiments.benchmark_remat`)."""
+  from experiments import benchmark_remat  # pylint: disable=g-import-not-at-top
+  yield from benchmark_remat.bench_remat()
+
+
 # name -> generator of records. Add new benchmarks here.
 BENCHMARKS: Dict[str, Callable[[], Iterator[Dict[str, Any]]]] = {
     "encoder": bench_encoder,
@@ -287,6 +294,7 @@ BENCHMARKS: Dict[str, Callable[[], Iterator[Dict[str, Any]]]] = {
     "align": bench_align,
     "pipeline": bench_pipeline,
     "stream": bench_stream,
+    "remat": bench_remat,
 }
 
 

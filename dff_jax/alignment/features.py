@@ -72,6 +72,17 @@ def sift_describer(cell_px: int = 4) -> Describer:
                    source=f"dense SIFT, cell {cell_px} px")
 
 
+def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
+  """The DFF bundle a cascade was trained with, when no checkpoint is given.
+
+  A cascade file may name its encoder in ``meta["encoder_bundle"]``, a folder relative to the
+  cascade file (the shipped, end-to-end fine-tuned ``cascade_dff.npz`` names ``dff_aligned``);
+  otherwise the shipped ``dff_default`` bundle.
+  """
+  name = meta.get("encoder_bundle")
+  return Path(cascade_path).parent / name if name else DEFAULT_DFF_BUNDLE
+
+
 def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Describer:
   """``"dff"`` (with an optional checkpoint) or ``"sift"``."""
   if kind == "dff":

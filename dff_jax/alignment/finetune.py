@@ -290,7 +290,8 @@ def zero_cascade(config: ml_collections.ConfigDict, cascade_config: cascade.Casc
 
 
 def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
-  """The encoder (``config.checkpoint``, "" = the shipped default; ignored for SIFT) and the
+  """The encoder (``config.checkpoint``; "" = the one the cascade names, see
+  :func:`dff_jax.alignment.features.encoder_for_cascade`; ignored for SIFT) and the
   cascade (``config.cascade`` file, or "" for :func:`zero_cascade` with ``config.cascade_config``).
 
   Raises:
@@ -303,7 +304,10 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
   else:
     cascade_config = cascade.CascadeConfig(**dict(config.cascade_config))
     kind, face_model, cascade_params = config.features, config.face_model, None
-  describer = features_lib.make_describer(kind, config.checkpoint or None)
+  checkpoint = config.checkpoint or None
+  if checkpoint is None and config.cascade and kind == "dff":
+    checkpoint = features_lib.encoder_for_cascade(config.cascade, meta)
+  describer = features_lib.make_describer(kind, checkpoint)
   if cascade_params is None:
     cascade_params = zero_cascade(config, cascade_config, describer.descriptor_dim)
   if cascade_params.descriptor_dim != describer.descriptor_dim:
@@ -552,7 +556,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
                              "seconds_per_step": seconds_per_step, "source": start.source,
                              "train_seed": int(config.seed), "eval_seed": int(config.eval_seed)}
   if is_main:
-    meta = dict(start.source, finetune_steps=summary["steps"], finetune_seed=int(config.seed))
+    meta = dict(start.source, finetune_steps=summary["steps"], finetune_seed=int(config.seed),
+                data=dict(config.data), box_jitter=dict(config.box_jitter))
     if start.describer.kind == "dff":
       bundle = checkpoint_lib.export_inference_bundle(workdir, workdir / "bundle")
       meta["descriptor_source"] = str(bundle)

@@ -109,8 +109,9 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
     cascade_path: a cascade ``.npz``; ``None`` = the shipped ``cascade_<features>.npz``.
     features: ``"dff"`` / ``"sift"``; ``None`` = the cascade's own (``"dff"`` for the default).
       Must agree with the cascade file.
-    checkpoint: DFF bundle / training workdir; ``None`` = the shipped ``dff_default`` bundle.
-      Ignored for SIFT.
+    checkpoint: DFF bundle / training workdir; ``None`` = the encoder the cascade names
+      (:func:`dff_jax.alignment.features.encoder_for_cascade`), else the shipped
+      ``dff_default`` bundle. Ignored for SIFT.
     face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
 
   Raises:
@@ -138,7 +139,8 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
     raise ValueError(f"cascade {path} names unknown features {kind!r}")
   bundle = None
   if kind == "dff":
-    bundle = Path(checkpoint) if checkpoint else features_lib.DEFAULT_DFF_BUNDLE
+    bundle = (Path(checkpoint) if checkpoint
+              else features_lib.encoder_for_cascade(path, meta))
     if not bundle.exists():
       if checkpoint:
         raise FileNotFoundError(f"DFF checkpoint {bundle} does not exist: pass --checkpoint=DIR "

@@ -297,18 +297,7 @@ def main(argv):
 def _main_multiview():
   """``--multiview``: :func:`experiments.align_multiview.align_multiview_files`."""
   from experiments import align_multiview  # pylint: disable=g-import-not-at-top
-  try:
-    summary = align_multiview.align_multiview_files(
-        FLAGS.images, FLAGS.out_dir, FLAGS.bbox, FLAGS.boxes, FLAGS.cascade, FLAGS.checkpoint,
-        FLAGS.features, FLAGS.face_model, FLAGS.share_expression, FLAGS.overlay,
-        prior_per_view=FLAGS.prior_per_view)
-  except (OSError, ValueError) as error:
-    print(f"align: error: {file_io.error_line(error)}", file=sys.stderr)
-    sys.exit(2)
-  print(json.dumps({"out_dir": summary["out_dir"], "written": len(summary["written"]),
-                    "failed": len(summary["failed"])}))
-  if summary["failed"]:
-    sys.exit(1)
+  align_multiview.run_from_flags(FLAGS, "align")
 
 
 if __name__ == "__main__":

@@ -199,13 +199,21 @@ def main(argv):
   if not FLAGS.images or not FLAGS.out_dir:
     print("align_multiview: error: --images and --out_dir are required", file=sys.stderr)
     sys.exit(2)
+  run_from_flags(FLAGS, "align_multiview")
+
+
+def run_from_flags(flag_values, command: str) -> None:
+  """Runs :func:`align_multiview_files` from parsed flags (this module's, or
+  ``experiments.align --multiview``); prints the JSON line, exits 1 if an image failed and 2
+  (one line ``<command>: error: ...``) on bad arguments."""
   try:
-    summary = align_multiview_files(FLAGS.images, FLAGS.out_dir, FLAGS.bbox, FLAGS.boxes,
-                                    FLAGS.cascade, FLAGS.checkpoint, FLAGS.features,
-                                    FLAGS.face_model, FLAGS.share_expression, FLAGS.overlay,
-                                    prior_per_view=FLAGS.prior_per_view)
+    summary = align_multiview_files(
+        flag_values.images, flag_values.out_dir, flag_values.bbox, flag_values.boxes,
+        flag_values.cascade, flag_values.checkpoint, flag_values.features,
+        flag_values.face_model, flag_values.share_expression, flag_values.overlay,
+        prior_per_view=flag_values.prior_per_view)
   except (OSError, ValueError) as error:
-    print(f"align_multiview: error: {file_io.error_line(error)}", file=sys.stderr)
+    print(f"{command}: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps({"out_dir": summary["out_dir"], "written": len(summary["written"]),
                     "failed": len(summary["failed"])}))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import statistics
 import time
 from typing import Any, Dict, Iterator
 
@@ -52,7 +51,7 @@ from dff_jax.alignment import cascade
 from dff_jax.alignment import finetune
 from dff_jax.face_model import load_face_model
 from experiments.benchmark import ENCODER_CASES
-from experiments.benchmark import _memory  # pylint: disable=protected-access
+from experiments.benchmark import _memory, _time  # pylint: disable=protected-access
 
 _BATCH_SIZE = flags.DEFINE_integer("remat_batch_size", 8, "Faces per call.")
 _REPEATS = flags.DEFINE_integer("remat_repeats", 2, "Timed calls per measurement (median).")
@@ -90,16 +89,6 @@ def _inputs(batch_size: int, config: cascade.CascadeConfig, descriptor_dim: int,
   visible = jnp.ones((batch_size, 68), bool)
   return images, boxes, params, truth, visible
 
-
-def _time(fn, repeats: int):
-  jax.block_until_ready(fn())
-  wall, cpu = [], []
-  for _ in range(repeats):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn())
-    wall.append(time.perf_counter() - start)
-    cpu.append(time.process_time() - cpu_start)
-  return statistics.median(wall), statistics.median(cpu)
 
 
 def bench_remat(batch_size: int | None = None, repeats: int | None = None, crop_size: int = 128,

@@ -47,7 +47,7 @@ from absl import flags
 import numpy as np
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (created).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "DFF bundle / workdir (default: shipped).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "DFF bundle / workdir (default: the encoder the cascade names).")
 _CASCADE = flags.DEFINE_string("cascade", "dff_jax/assets/cascade_dff.npz",
                                "Cascade .npz (its features decide DFF or SIFT).")
 _INDEX = flags.DEFINE_integer("index", 0, "Face index in the pipeline.")
@@ -132,7 +132,7 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   params, config, meta = cascade_io.load_cascade(cascade_path)
-  describer = features.make_describer(meta.get("features", "dff"), checkpoint or None)
+  describer = features.describer_for_cascade(cascade_path, meta, checkpoint or None)
   if describer.descriptor_dim != params.descriptor_dim:
     raise ValueError(f"cascade {cascade_path} expects {params.descriptor_dim}-d descriptors, the "
                      f"{describer.kind} describer {describer.source} gives "

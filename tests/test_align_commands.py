@@ -297,7 +297,7 @@ def test_eval_synthetic(setup, tmp_path):
                                     num_faces=3, batch_size=2, progress=False)
   summary = _check_summary(summary, out, "synthetic")
   assert summary["normaliser"].startswith("bbox") and summary["num_faces"] == 3
-  assert summary["seed"] == 40_000 and summary["image_size"] == CROP
+  assert summary["seed"] == 40_000 and summary["pipeline"]["image_size"] == CROP
   assert sum(summary["yaw_bin_counts"].values()) <= 3
 
 

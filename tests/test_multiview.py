@@ -5,7 +5,6 @@ Tiny shapes: the default face model cut to 6 identity and 4 expression component
 4-d smooth random descriptor maps, random or zero regressors (no trained cascade, no DFF assets).
 """
 
-import functools
 import json
 import os
 import subprocess
@@ -20,42 +19,14 @@ import pytest
 from dff_jax import geometry
 from dff_jax.alignment import cascade
 from dff_jax.alignment import multiview
-from dff_jax.face_model import load_face_model
 from dff_jax.face_model import model as face_model_lib
+
+from test_cascade import centred_pose, small_alignment_model, small_face_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 32
 DIM = 4
 CONFIG = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
-_EXPRESSIONS = ("jawOpen", "mouthSmile_L", "eyeBlink_R", "browInnerUp_L")
-
-
-@functools.lru_cache(maxsize=1)
-def small_face_model():
-  """The default model cut to 6 identity and 4 expression components (all vertices kept)."""
-  model = load_face_model("default")
-  names = tuple(model.expression_names)
-  keep = [names.index(n) for n in _EXPRESSIONS if n in names] or list(range(4))
-  return model.replace(
-      identity_basis=np.asarray(model.identity_basis[:6], np.float32),
-      expression_basis=np.asarray(model.expression_basis, np.float32)[keep],
-      expression_std=np.asarray(model.expression_std, np.float32)[keep],
-      expression_names=tuple(names[i] for i in keep) if names else ())
-
-
-@functools.lru_cache(maxsize=1)
-def small_alignment_model():
-  return cascade.make_alignment_model(small_face_model())
-
-
-def centred_pose(yaw_deg=0.0, crop_size=CROP):
-  """``[6]`` pose putting the mean face's landmarks in the middle ~60% of the crop."""
-  model = small_face_model()
-  points = np.asarray(model.mean_vertices)[np.asarray(model.landmark_vertex_ids)]
-  scale = 0.6 * crop_size / np.ptp(points[:, 0])
-  centre = points.mean(0)
-  return np.array([scale, 0.0, np.radians(yaw_deg), 0.0, crop_size / 2 - scale * centre[0],
-                   crop_size / 2 + scale * centre[1]], np.float32)
 
 
 def random_params(num_stages, key, weight_std=0.05):

@@ -90,3 +90,13 @@ def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Descri
   if kind == "sift":
     return sift_describer()
   raise ValueError(f"unknown features {kind!r}: use one of {FEATURE_KINDS}")
+
+
+def describer_for_cascade(cascade_path: str | Path, meta: dict,
+                          checkpoint: Optional[str | Path] = None) -> Describer:
+  """The descriptor a cascade file was trained on: its ``features``, and for DFF ``checkpoint``
+  or else the encoder the cascade names (:func:`encoder_for_cascade`)."""
+  kind = str(meta.get("features", "dff"))
+  if kind == "dff" and not checkpoint:
+    checkpoint = encoder_for_cascade(cascade_path, meta)
+  return make_describer(kind, checkpoint)

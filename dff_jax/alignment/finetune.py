@@ -304,10 +304,11 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
   else:
     cascade_config = cascade.CascadeConfig(**dict(config.cascade_config))
     kind, face_model, cascade_params = config.features, config.face_model, None
-  checkpoint = config.checkpoint or None
-  if checkpoint is None and config.cascade and kind == "dff":
-    checkpoint = features_lib.encoder_for_cascade(config.cascade, meta)
-  describer = features_lib.make_describer(kind, checkpoint)
+  if config.cascade:
+    describer = features_lib.describer_for_cascade(config.cascade, dict(meta, features=kind),
+                                                   config.checkpoint or None)
+  else:
+    describer = features_lib.make_describer(kind, config.checkpoint or None)
   if cascade_params is None:
     cascade_params = zero_cascade(config, cascade_config, describer.descriptor_dim)
   if cascade_params.descriptor_dim != describer.descriptor_dim:

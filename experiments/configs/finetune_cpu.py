@@ -5,10 +5,16 @@ Command (from the repository root; re-running it resumes from the last checkpoin
   python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_cpu.py \
       --workdir=workdirs/finetune_cpu
 
-Starts from the shipped encoder (``dff_jax/assets/dff_default``) and the shipped DFF cascade
-(``dff_jax/assets/cascade_dff.npz``); override with ``--config.checkpoint=DIR`` (bundle or
-training workdir) and ``--config.cascade=FILE`` (``cascade_dff.npz`` of experiments.train_alignment;
-"" = zero regressors). Optimises the encoder (AdamW 1e-4) and every stage's landmark / pose
+By default starts from the shipped DFF cascade (``dff_jax/assets/cascade_dff.npz``) and the
+encoder it names: that pair is already the result of this fine-tuning (it continues from there).
+The shipped pair was made from the two-stage model::
+
+  python -m experiments.train_alignment --config=experiments/configs/align_cpu.py --workdir=W1
+  python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_cpu.py \
+      --workdir=W2 --config.cascade=W1/cascade_dff.npz --config.checkpoint=dff_jax/assets/dff_default
+
+``--config.checkpoint=DIR`` (bundle or training workdir) overrides the encoder,
+``--config.cascade=FILE`` the cascade ("" = zero regressors). Optimises the encoder (AdamW 1e-4) and every stage's landmark / pose
 regressors (Adam 3e-5) on the visibility-aware bbox NME after the last stage, 8 synthetic faces
 (192 px renders, 128 px crops, 5 stages, remat per stage) per step, 800 steps (6400 faces of seed
 60000), then evaluates the two-stage and the fine-tuned model on 300 held-out faces (seed 30000,

@@ -507,6 +507,21 @@ def make_jitted_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 # ----------------------------------------------------------------------------------------------
 
 
+def restore_or_init(checkpointer: checkpoint_lib.Checkpointer, abstract: PyTree, shardings: PyTree,
+                    init: Callable[[], PyTree]) -> PyTree:
+  """The latest checkpoint of ``checkpointer`` restored onto ``shardings`` (the state's structure
+  and dtypes from ``abstract``, e.g. ``jax.eval_shape`` of the initialiser), or ``init()`` when
+  the workdir has none (a fresh run)."""
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return init()
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, shardings)
+  state = checkpointer.restore(target, latest)
+  logging.info("Resumed from %s at step %d", checkpointer.directory, latest)
+  return state
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient became NaN / Inf; the message names the step."""
 
@@ -580,15 +595,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=int(config.max_checkpoints_to_keep),
       save_interval_steps=int(config.checkpoint_every))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
-    state = checkpointer.restore(target, latest)
-    logging.info("Resumed from %s at step %d", checkpointer.directory, latest)
-  else:
-    state = jax.jit(lambda: init_train_state(config), out_shardings=shardings,
-                    compiler_options=compiler_options(config))()
+  state = restore_or_init(checkpointer, abstract, shardings, jax.jit(
+      lambda: init_train_state(config), out_shardings=shardings,
+      compiler_options=compiler_options(config)))
   start_step = int(jax.device_get(state.step))
   num_steps = int(config.num_steps)
   if start_step >= num_steps:

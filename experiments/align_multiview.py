@@ -4,7 +4,7 @@ r"""Aligns several images of ONE person jointly: shared identity, per-view pose 
       [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--cascade=FILE] [--features=dff|sift] \
       [--checkpoint=DIR] [--face_model=default|PATH] [--share_expression] [--noprior_per_view]
 
-(``experiments.align --multiview`` calls :func:`align_multiview_files`.) The images, boxes,
+(the same as ``experiments.align --multiview``, whose flags it takes.) The images, boxes,
 cascade, features, checkpoint and face model are given as for ``experiments.align``. All the
 images are one set: the cascade of :mod:`dff_jax.alignment.multiview` runs on all of them at
 once, its shape fit stacking every view's landmark equations with one identity vector (and, with
@@ -43,24 +43,6 @@ from dff_jax import file_io
 
 FLAGS = flags.FLAGS
 _COMPILED: Dict[Any, Any] = {}
-
-
-def define_flags() -> None:
-  """Defines the command's flags (only when run as a program)."""
-  flags.DEFINE_string("images", None, "Image files of one person: files, directory, glob, or "
-                      "comma-separated list.")
-  flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (image pixels) for every image.")
-  flags.DEFINE_string("boxes", None, "JSON file mapping image file names to [x0, y0, x1, y1].")
-  flags.DEFINE_string("cascade", None, "Cascade .npz (default: the shipped one).")
-  flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
-  flags.DEFINE_string("checkpoint", None, "DFF inference bundle or training workdir.")
-  flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "
-                      "(default: the cascade's).")
-  flags.DEFINE_boolean("share_expression", False, "One expression for all images.")
-  flags.DEFINE_boolean("prior_per_view", True, "Count the identity prior once per image (else "
-                       "once: the plain MAP fit).")
-  flags.DEFINE_boolean("overlay", True, "Write <stem>_overlay.png.")
-  flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
 def _jitted(aligner, num_views: int, share_expression: bool, prior_per_view: bool):
@@ -222,5 +204,6 @@ def run_from_flags(flag_values, command: str) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
+  from experiments import align  # pylint: disable=g-import-not-at-top
+  align.define_flags()  # The same flags as experiments.align (its --multiview ones included).
   app.run(main)

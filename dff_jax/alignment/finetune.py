@@ -520,14 +520,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=int(config.max_checkpoints_to_keep),
       save_interval_steps=int(config.checkpoint_every))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
-    state = checkpointer.restore(target, latest)
-    log(f"resumed from {checkpointer.directory} at step {latest}")
-  else:
-    state = jax.jit(lambda p: init_state(config, p), out_shardings=shardings)(start.params)
+  state = train_lib.restore_or_init(
+      checkpointer, abstract, shardings,
+      lambda: jax.jit(lambda p: init_state(config, p), out_shardings=shardings)(start.params))
   fixed = jax.device_put(start.fixed, replicated)
   alignment_model = jax.device_put(start.alignment_model, replicated)
 

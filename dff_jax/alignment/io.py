@@ -33,7 +33,10 @@ def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascad
     path: output ``.npz`` file.
     params: the regressors.
     config: the static settings they were trained with.
-    meta: JSON-able facts, at least ``features`` (``"dff"``/``"sift"``) and ``face_model``.
+    meta: JSON-able facts, at least ``features`` (``"dff"``/``"sift"``) and ``face_model``;
+      optionally ``encoder_bundle`` (the DFF bundle folder, relative to this file, used when no
+      checkpoint is given: :func:`dff_jax.alignment.features.encoder_for_cascade`) and ``data`` /
+      ``box_jitter`` (the training renders, reused by ``eval_alignment --dataset=synthetic``).
     compact: store the two weight matrices as float16 (halves the size; the regressors'
       relative error stays below 1e-3).
   """

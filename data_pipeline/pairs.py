@@ -91,10 +91,11 @@ def _visible(raster: rasterizer.Raster, positions: np.ndarray, front_depth: np.n
   return visible
 
 
-def visible_in_view(raster: rasterizer.Raster, positions: np.ndarray, triangle_ids: np.ndarray,
-                    tolerance_mm: float) -> np.ndarray:
-  """Exact visibility ``[N]`` bool of surface points (triangle ids ``[N]``, -1 = none) at
-  ``positions [N, 3]`` (x_px, y_px, z_mm) of a view."""
+def visible_in_view(raster: rasterizer.Raster, positions: np.ndarray,
+                    triangle_ids: Optional[np.ndarray], tolerance_mm: float) -> np.ndarray:
+  """Exact visibility ``[N]`` bool of surface points at ``positions [N, 3]`` (x_px, y_px, z_mm)
+  of a view; with ``triangle_ids [N]`` (-1 = none) their triangles must also face the camera
+  (``None``: points such as landmark vertices, checked by depth alone)."""
   front_depth, _, _ = rasterizer.front_surface_at(raster, positions[:, :2])
   return _visible(raster, positions, front_depth, tolerance_mm, triangle_ids)
 

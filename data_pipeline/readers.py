@@ -459,3 +459,70 @@ def list_aflw2000(folder: str | os.PathLike) -> List[Tuple[Path, Path]]:
   if not pairs:
     raise LandmarkReadError(f"{folder}: no image with a same-stem .mat annotation found.")
   return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# faces68 (real photos with 68 points; research use, see ../shared/datasets/faces68/README.md)
+# ----------------------------------------------------------------------------------------------
+
+FACES68_SPLITS = ("train", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces68Entry:
+  """One face of a faces68-layout folder.
+
+  Attributes:
+    name: the image stem (``images/<name>.jpg``).
+    image_path: the image file.
+    landmarks_px: ``[68, 2]`` float32 (x, y) pixels of the crop, pixel ``(i, j)`` centred at
+      ``(j + 0.5, i + 0.5)`` (the data set's own convention, no conversion); the 300-W jaw
+      (visible outline on turned faces).
+    source: the ``source`` field (``helen-train``, ``afw``, ``ytf-train``, ...).
+    size_wh: ``(width, height)`` of the image as recorded in the json.
+  """
+  name: str
+  image_path: Path
+  landmarks_px: np.ndarray
+  source: str
+  size_wh: Tuple[int, int]
+
+
+def read_faces68(folder: str | os.PathLike, split: str = "train",
+                 json_path: Optional[str | os.PathLike] = None) -> List[Faces68Entry]:
+  """The faces of a faces68-layout folder (``images/<name>.jpg`` + ``<split>.json``).
+
+  Args:
+    folder: the data set folder.
+    split: ``"train"`` or ``"val"`` (reads ``<folder>/<split>.json``).
+    json_path: another json file of faces in the same layout (overrides ``split``).
+
+  Returns:
+    the entries sorted by name. Raises :class:`LandmarkReadError` for a missing folder or json,
+    a malformed entry (names the face), or a missing image.
+  """
+  folder = _require_folder(folder)
+  if json_path is None:
+    if split not in FACES68_SPLITS:
+      raise LandmarkReadError(f"split must be one of {FACES68_SPLITS}, got {split!r}")
+    json_path = folder / f"{split}.json"
+  json_path = _require_file(json_path)
+  document = _load_json(json_path)
+  if not isinstance(document, dict) or not document:
+    raise LandmarkReadError(f"{json_path}: expected an object {{name: {{landmarks_px, ...}}}} "
+                            "with at least one face.")
+  entries = []
+  for name in sorted(document):
+    item = document[name]
+    if not isinstance(item, dict) or "landmarks_px" not in item:
+      raise LandmarkReadError(f"{json_path}: face {name!r} has no 'landmarks_px' entry.")
+    landmarks = _check_points(item["landmarks_px"], json_path, NUM_LANDMARKS)
+    image_path = folder / "images" / f"{name}.jpg"
+    if not image_path.is_file():
+      raise LandmarkReadError(f"{json_path}: face {name!r}: image {image_path} not found.")
+    size = item.get("size_wh", (0, 0))
+    entries.append(Faces68Entry(name=name, image_path=image_path,
+                                landmarks_px=landmarks.astype(np.float32),
+                                source=str(item.get("source", "")),
+                                size_wh=(int(size[0]), int(size[1]))))
+  return entries

@@ -1,6 +1,6 @@
 r"""Evaluates alignment cascades: NME by yaw bin, failure rates, AUC, CED plot, per-image errors.
 
-  python -m experiments.eval_alignment --dataset=synthetic|300w|aflw2000 [--data_dir=DIR] \
+  python -m experiments.eval_alignment --dataset=synthetic|300w|aflw2000|faces68 [--data_dir=DIR] \
       [--cascade=FILE[,FILE...]] [--features=dff|sift] [--checkpoint=DIR] [--num_faces=N] \
       [--batch_size=8] --out_dir=DIR
 
@@ -17,11 +17,19 @@ Protocols (all NMEs on the 68 iBUG points, as fractions):
     landmarks; the face box given to the aligner is the ground-truth landmark bounding box (the
     usual protocol); normaliser ``bbox`` of the ground-truth landmarks; yaw from ``Pose_Para`` in
     our convention (:func:`data_pipeline.readers.read_aflw2000`).
+  * ``faces68``: a faces68-layout folder (``images/<name>.jpg`` + ``--split`` json, default
+    ``val``, or ``--faces_json=FILE``): as ``300w`` (outline jaw, inter-ocular NME, estimated
+    yaw, landmark box).
   * ``300w``: a 300W-style folder (images + same-stem ``.pts``, searched recursively); face box
     = ground-truth landmark bounding box; normaliser ``inter_ocular`` (outer eye corners 36, 45);
     300W has no pose annotation, so the yaw of the bins is *estimated* by fitting the 3DMM to
     the ground-truth landmarks (:func:`dff_jax.alignment.fit_landmarks`), which summary.json says
     under ``yaw_source``.
+
+Landmark conventions: ``aflw2000`` is scored on ``landmarks_3d_px`` (the fitted model's fixed 68
+landmark vertices projected: the 3D jaw line its annotation uses); every other set on
+``landmarks_px`` (the jaw on the visible outline); ``summary.json`` names it
+(``landmark_convention``).
 
 Several comma-separated cascades are evaluated on the same faces (e.g. DFF and SIFT); each is a
 method named by its features (plus the file stem when two share features).
@@ -50,7 +58,7 @@ from absl import flags
 from dff_jax import file_io
 
 FLAGS = flags.FLAGS
-DATASETS = ("synthetic", "300w", "aflw2000")
+DATASETS = ("synthetic", "300w", "aflw2000", "faces68")
 DEFAULT_SYNTHETIC_FACES = 200
 SYNTHETIC_SEED = 40_000
 
@@ -58,7 +66,9 @@ SYNTHETIC_SEED = 40_000
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program)."""
   flags.DEFINE_enum("dataset", None, list(DATASETS), "Evaluation set.")
-  flags.DEFINE_string("data_dir", None, "Data folder (300w / aflw2000).")
+  flags.DEFINE_string("data_dir", None, "Data folder (300w / aflw2000 / faces68).")
+  flags.DEFINE_string("split", "val", "faces68: the split (<data_dir>/<split>.json).")
+  flags.DEFINE_string("faces_json", None, "faces68: another json of faces in that layout.")
   flags.DEFINE_string("cascade", None, "Cascade .npz, or several comma-separated "
                       "(default: the shipped cascade for --features).")
   flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
@@ -97,7 +107,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              checkpoint: Optional[str] = None, face_model: Optional[str] = None,
              num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
              image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
-             report=None, render_face_model: Optional[str] = None) -> Dict[str, Any]:
+             report=None, render_face_model: Optional[str] = None, split: str = "val",
+             faces_json: Optional[str] = None) -> Dict[str, Any]:
   """The command as a function; returns the summary written to ``out_dir/summary.json``.
 
   Raises:
@@ -129,6 +140,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                     data=meta.get("data"), box_jitter=meta.get("box_jitter"))
   elif dataset == "aflw2000":
     eval_set = runner.aflw2000_set(data_dir, num_faces)
+  elif dataset == "faces68":
+    eval_set = runner.faces68_set(data_dir, split, faces_json, num_faces)
   else:
     eval_set = runner.folder_300w_set(data_dir, num_faces)
   out_dir = Path(out_dir)
@@ -155,8 +168,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
         continue
       truth = outcome.loaded.truth
       truth_by_name[outcome.job.name] = truth
+      predicted = runner.predicted_landmarks(outcome.face, eval_set.landmark_convention)
       errors[outcome.job.name] = float(metrics.nme(
-          outcome.face.landmarks_px.astype(np.float64),
+          predicted.astype(np.float64),
           np.asarray(truth["landmarks_px"], np.float64), eval_set.normaliser))
     methods[name] = dict(errors=errors, aligner=aligner)
 
@@ -165,7 +179,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
             if all(job.name in m["errors"] for m in methods.values())]
   yaw = np.array([truth_by_name[n]["yaw_deg"] if truth_by_name[n]["yaw_deg"] is not None
                   else np.nan for n in common], np.float64)
-  if dataset == "300w" and len(common):
+  if dataset in ("300w", "faces68") and len(common):
     model = methods[names[0]]["aligner"].face_model
     yaw = runner.estimate_yaw_deg(model, np.stack([truth_by_name[n]["landmarks_px"]
                                                    for n in common]))
@@ -184,7 +198,10 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
 
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
                                  yaw_source=eval_set.yaw_source,
-                                 box_protocol=eval_set.box_protocol)
+                                 box_protocol=eval_set.box_protocol,
+                                 landmark_convention=eval_set.landmark_convention,
+                                 landmark_convention_description=runner.LANDMARK_CONVENTIONS[
+                                     eval_set.landmark_convention][1])
   summary.update(summaries[names[0]])
   summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
   if dataset == "synthetic":
@@ -208,12 +225,13 @@ def main(argv):
     summary = evaluate(FLAGS.dataset, FLAGS.out_dir, FLAGS.data_dir, FLAGS.cascade,
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
                        FLAGS.seed, FLAGS.image_size, FLAGS.batch_size,
-                       render_face_model=FLAGS.render_face_model)
+                       render_face_model=FLAGS.render_face_model, split=FLAGS.split,
+                       faces_json=FLAGS.faces_json)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)
     sys.exit(2)
-  keys = ("dataset", "method", "normaliser", "num_faces", "nme_mean", "nme_by_yaw_bin",
+  keys = ("dataset", "method", "landmark_convention", "normaliser", "num_faces", "nme_mean", "nme_by_yaw_bin",
           "nme_yaw_bin_mean", "failure_rate_0.08", "failure_rate_0.10", "auc_0.08")
   print(json.dumps({k: summary.get(k) for k in keys}))
 

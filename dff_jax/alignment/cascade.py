@@ -28,7 +28,7 @@ The stage parameters are stacked on a leading axis ``K`` (``CascadeParams``), so
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax
 import jax
@@ -427,7 +427,11 @@ class AlignmentResult:
   """Batched results in **image** pixels (a pytree).
 
   Attributes:
-    landmarks_px: ``[B, 68, 2]`` float32 image points (x, y).
+    landmarks_px: ``[B, 68, 2]`` float32 image points (x, y); the jaw (0-16) follows the
+      silhouette of the turned face (300-W "visible outline" convention).
+    landmarks_3d_px: ``[B, 68, 2]`` float32 image points of the 68 fixed landmark vertices of the
+      fitted shape under the fitted pose, hidden ones included (AFLW2000-3D "3D jaw line"
+      convention; equal to ``landmarks_px`` except on the jaw of turned faces).
     visibility: ``[B, 68]`` float32 0/1.
     pitch_rad, yaw_rad, roll_rad: ``[B]`` float32.
     scale: ``[B]`` float32 image pixels per mm.
@@ -436,6 +440,7 @@ class AlignmentResult:
     crop_box: ``[B, 4]`` the square box the crop covers, image pixels.
   """
   landmarks_px: Array
+  landmarks_3d_px: Array
   visibility: Array
   pitch_rad: Array
   yaw_rad: Array
@@ -447,13 +452,38 @@ class AlignmentResult:
   crop_box: Array
 
 
-def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int) -> AlignmentResult:
-  """Maps a (batched) crop-frame state back to image pixels."""
+def fixed_landmarks(alignment_model: AlignmentModel, pose: Array, shape_coefficients: Array,
+                    expression_coefficients: Array) -> Array:
+  """``[68, 2]`` the model's 68 fixed (frontal) landmark vertices of the given shape projected
+  under ``pose [6]`` (same frame as the pose), hidden ones included: the 3D-jaw convention."""
+  model = alignment_model.face_model
+  rotation = pose_rotation(pose)
+  vertex_ids = jnp.asarray(model.landmark_vertex_ids, jnp.int32)
+  mean, basis = landmark_rows(alignment_model, vertex_ids)
+  coefficients = jnp.concatenate([shape_coefficients, expression_coefficients])
+  points = mean + jnp.einsum("njk,k->nj", basis, coefficients, precision="highest")
+  return geometry.weak_perspective_project(points, pose[0], rotation, pose[4:6])
+
+
+def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,
+                   alignment_model: Optional[AlignmentModel] = None) -> AlignmentResult:
+  """Maps a (batched) crop-frame state back to image pixels (``landmarks_3d_px`` needs the
+  ``alignment_model``; without it they repeat ``landmarks_px``)."""
   landmarks = geometry.crop_to_image(state.landmarks_px, crop_box, crop_size)
+  if alignment_model is None:
+    landmarks_3d = landmarks
+  else:
+    fixed = fixed_landmarks
+    for _ in range(state.pose.ndim - 1):
+      fixed = jax.vmap(fixed, in_axes=(None, 0, 0, 0))
+    landmarks_3d = geometry.crop_to_image(
+        fixed(alignment_model, state.pose, state.shape_coefficients,
+              state.expression_coefficients), crop_box, crop_size)
   px_per_crop = (crop_box[..., 2] - crop_box[..., 0]) / crop_size
   translation = geometry.crop_to_image(state.pose[..., None, 4:6], crop_box, crop_size)[..., 0, :]
   return AlignmentResult(
-      landmarks_px=landmarks, visibility=state.visibility, pitch_rad=state.pose[..., 1],
+      landmarks_px=landmarks, landmarks_3d_px=landmarks_3d, visibility=state.visibility,
+      pitch_rad=state.pose[..., 1],
       yaw_rad=state.pose[..., 2], roll_rad=state.pose[..., 3],
       scale=state.pose[..., 0] * px_per_crop, translation_px=translation,
       shape_coefficients=state.shape_coefficients,
@@ -496,4 +526,4 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
       images, crop_boxes)
   descriptor_maps = describe(crops)
   states = align_crops(alignment_model, params, descriptor_maps, config, remat=remat)
-  return state_to_image(states, crop_boxes, config.crop_size)
+  return state_to_image(states, crop_boxes, config.crop_size, alignment_model)

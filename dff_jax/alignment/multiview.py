@@ -309,4 +309,4 @@ def align_multiview_images(describe: Callable[[Array], Array], alignment_model: 
       images, crop_boxes)
   states, _ = run_multiview_cascade(alignment_model, params, describe(crops), config,
                                     share_expression, view_mask, prior_per_view=prior_per_view)
-  return cascade.state_to_image(states, crop_boxes, config.crop_size)
+  return cascade.state_to_image(states, crop_boxes, config.crop_size, alignment_model)

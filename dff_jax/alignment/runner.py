@@ -370,7 +370,10 @@ class FaceAlignment:
   """One face's alignment in **image** pixels (NumPy).
 
   Attributes:
-    landmarks_px: ``[68, 2]`` float32 (x, y), pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)``.
+    landmarks_px: ``[68, 2]`` float32 (x, y), pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)``;
+      the jaw follows the visible outline (300-W convention).
+    landmarks_3d_px: ``[68, 2]`` float32 the fitted model's 68 fixed landmark vertices
+      projected, hidden ones included (AFLW2000-3D convention: the 3D jaw line).
     visibility: ``[68]`` bool (the landmark's smoothed normal faces the camera).
     pitch_rad, yaw_rad, roll_rad: our Euler convention, ``R = Rz(roll) Ry(yaw) Rx(pitch)``.
     scale: image pixels per model mm (weak perspective).
@@ -379,6 +382,7 @@ class FaceAlignment:
     box: ``[4]`` the face box used; crop_box: ``[4]`` the square crop box around it.
   """
   landmarks_px: np.ndarray
+  landmarks_3d_px: np.ndarray
   visibility: np.ndarray
   pitch_rad: float
   yaw_rad: float
@@ -397,14 +401,16 @@ class FaceAlignment:
 
   def is_finite(self) -> bool:
     return bool(np.all(np.isfinite(self.landmarks_px)) and np.isfinite(self.scale)
+                and np.all(np.isfinite(self.landmarks_3d_px))
                 and np.all(np.isfinite(self.translation_px))
                 and np.isfinite([self.pitch_rad, self.yaw_rad, self.roll_rad]).all())
 
   def to_json(self) -> Dict[str, Any]:
-    """JSON-ready dict: ``landmarks_px``, ``visibility``, ``pose`` (degrees), coefficients,
-    ``box``, ``crop_box``."""
+    """JSON-ready dict: ``landmarks_px``, ``landmarks_3d_px``, ``visibility``, ``pose``
+    (degrees), coefficients, ``box``, ``crop_box``."""
     return {
         "landmarks_px": np.round(self.landmarks_px.astype(np.float64), 3).tolist(),
+        "landmarks_3d_px": np.round(self.landmarks_3d_px.astype(np.float64), 3).tolist(),
         "visibility": [bool(v) for v in self.visibility],
         "pose": {
             "yaw_deg": float(np.degrees(self.yaw_rad)),
@@ -427,6 +433,7 @@ def to_image_frame(result: Dict[str, np.ndarray], index: int, crop_box: np.ndarr
   origin = crop_box[:2]
   return FaceAlignment(
       landmarks_px=(result["landmarks_px"][index] * factor + origin).astype(np.float32),
+      landmarks_3d_px=(result["landmarks_3d_px"][index] * factor + origin).astype(np.float32),
       visibility=result["visibility"][index] > 0.5,
       pitch_rad=float(result["pitch_rad"][index]), yaw_rad=float(result["yaw_rad"][index]),
       roll_rad=float(result["roll_rad"][index]),
@@ -811,6 +818,9 @@ class EvalSet:
     yaw_source: how the yaw of the bins is known.
     box_protocol: how the face box is obtained.
     pipeline: the synthetic pipeline settings (``None`` for photographs).
+    landmark_convention: which prediction the set's annotation is scored against:
+      ``"outline"`` (``landmarks_px``: the jaw on the visible outline, 300-W) or ``"3d"``
+      (``landmarks_3d_px``: the projected 3D jaw line, AFLW2000-3D).
   """
   name: str
   jobs: List[Job]
@@ -818,6 +828,19 @@ class EvalSet:
   yaw_source: str
   box_protocol: str
   pipeline: Optional[Dict[str, Any]] = None
+  landmark_convention: str = "outline"
+
+
+LANDMARK_CONVENTIONS = {
+    "outline": ("landmarks_px", "the jaw (0-16) on the visible outline of the face (300-W)"),
+    "3d": ("landmarks_3d_px", "the 68 fixed 3D landmarks projected, the jaw on the 3D jaw line "
+                              "(AFLW2000-3D)"),
+}
+
+
+def predicted_landmarks(face: "FaceAlignment", convention: str) -> np.ndarray:
+  """``[68, 2]`` the prediction scored against an annotation of ``convention``."""
+  return getattr(face, LANDMARK_CONVENTIONS[convention][0])
 
 
 def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
@@ -888,6 +911,31 @@ def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -
 
   return EvalSet(name="aflw2000", jobs=[job(*p) for p in pairs], normaliser="bbox",
                  yaw_source="AFLW2000-3D Pose_Para (our Euler convention)",
+                 box_protocol="ground-truth landmark bounding box", landmark_convention="3d")
+
+
+def faces68_set(data_dir: str | os.PathLike, split: str = "val",
+                json_path: Optional[str | os.PathLike] = None,
+                num_faces: Optional[int] = None) -> EvalSet:
+  """A faces68-layout folder (``images/<name>.jpg`` + ``<split>.json`` or ``json_path``):
+  300-W-convention landmarks (the jaw on the visible outline), NME by the outer-eye-corner
+  distance, the ground-truth landmark box as the face box; the yaw of the bins is estimated by
+  fitting the 3DMM to the annotation (as for ``300w``)."""
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  entries = readers.read_faces68(data_dir, split, json_path)
+  if num_faces:
+    entries = entries[:int(num_faces)]
+
+  def job(entry):
+    def load():
+      return Loaded(image=image_io.read_image(entry.image_path),
+                    box=landmark_box(entry.landmarks_px),
+                    truth=dict(landmarks_px=entry.landmarks_px, yaw_deg=None))
+    return Job(name=str(entry.image_path), load=load)
+
+  return EvalSet(name="faces68", jobs=[job(e) for e in entries], normaliser="inter_ocular",
+                 yaw_source="estimated: 3DMM fitted to the ground-truth landmarks "
+                            "(dff_jax.alignment.fit_landmarks, contour='nearest')",
                  box_protocol="ground-truth landmark bounding box")
 
 

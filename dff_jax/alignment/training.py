@@ -96,6 +96,23 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
 
 
+def batches_from_images(describe: Callable, faces: Dict[str, np.ndarray], crop_boxes: np.ndarray,
+                        landmarks_crop: np.ndarray, pose_crop: np.ndarray, batch_size: int
+                        ) -> Callable[[], Iterable[regression.Batch]]:
+  """The ``batches`` callable of :func:`regression.fit_cascade` describing each batch anew on
+  every call (host memory holds only the images, not ``N x S x S x D`` maps)."""
+  def batches():
+    for start in range(0, len(crop_boxes), batch_size):
+      stop = min(start + batch_size, len(crop_boxes))
+      weight = np.zeros(batch_size, np.float32)
+      weight[:stop - start] = 1.0
+      maps = describe(_pad(faces["image"][start:stop], batch_size),
+                      _pad(crop_boxes[start:stop], batch_size))
+      yield (maps, jnp.asarray(_pad(landmarks_crop[start:stop], batch_size)),
+             jnp.asarray(_pad(pose_crop[start:stop], batch_size)), weight)
+  return batches
+
+
 def batches_from_maps(maps: np.ndarray, landmarks_crop: np.ndarray, pose_crop: np.ndarray,
                       batch_size: int) -> Callable[[], Iterable[regression.Batch]]:
   """The ``batches`` callable of :func:`regression.fit_cascade` over in-memory arrays."""
@@ -144,20 +161,56 @@ def summarise(errors: np.ndarray, yaw_rad: np.ndarray) -> Dict[str, Any]:
   }
 
 
+def real_face_source(config: Any, seed: int, count: int):
+  """The real-face views of ``config.real`` (``data_pipeline.real_faces.RealFaceSource`` over
+  the fit cache ``config.real.fits``, rendered with ``config.data`` and pipeline seed ``seed``),
+  or ``None`` when ``count`` is 0."""
+  if not count:
+    return None
+  from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
+  real = config.real
+  pipeline = pipeline_config_from_dict(dict(config.data), seed=seed)
+  real_config = real_faces.RealFacesConfig(fits=str(real.fits), pipeline=pipeline,
+                                           photo_fraction=float(real.photo_fraction))
+  return real_faces.RealFaceSource(real_config, faces_lib.BoxJitter(**dict(config.box_jitter)),
+                                   num_examples=count)
+
+
+def render_mix(config: Any, seed: int, count: int, num_real: int,
+               log: Callable[[str], None]) -> Dict[str, np.ndarray]:
+  """``num_real`` real-face views (:func:`real_face_source`) followed by ``count`` synthetic
+  faces of pipeline seed ``seed``, stacked (FaceSource keys; ``kind`` 0 photo, 1 re-rendered
+  real face, 2 synthetic)."""
+  parts = []
+  if num_real:
+    real = render_faces(real_face_source(config, seed, num_real), num_real, log)
+    parts.append(real)
+  if count:
+    data_config = pipeline_config_from_dict(dict(config.data), seed=seed)
+    jitter = faces_lib.BoxJitter(**dict(config.box_jitter))
+    synthetic = render_faces(faces_lib.FaceSource(data_config, jitter), count, log)
+    synthetic["kind"] = np.full(count, 2, np.int32)
+    parts.append(synthetic)
+  keys = [k for k in parts[0] if all(k in p for p in parts)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
 def prepare_split(config: Any, seed: int, count: int, describe: Callable,
-                  cascade_config: cascade.CascadeConfig, log: Callable[[str], None]):
-  """Renders ``count`` faces of pipeline seed ``seed`` and their crop-frame truth and maps."""
-  data_config = pipeline_config_from_dict(dict(config.data), seed=seed)
-  jitter = faces_lib.BoxJitter(**dict(config.box_jitter))
-  faces = render_faces(faces_lib.FaceSource(data_config, jitter), count, log)
+                  cascade_config: cascade.CascadeConfig, log: Callable[[str], None],
+                  num_real: int = 0, keep_maps: bool = True):
+  """Renders ``num_real`` real-face views and ``count`` synthetic faces of pipeline seed
+  ``seed``, their crop-frame truth and (``keep_maps``) their descriptor maps, else ``None``."""
+  faces = render_mix(config, seed, count, num_real, log)
   crop_boxes = crop_boxes_for(faces["box"], cascade_config)
   size = cascade_config.crop_size
   landmarks_crop = np.asarray(geometry.image_to_crop(faces["landmarks_px"], crop_boxes, size),
                               np.float32)
   pose_crop = pose_to_crop(faces["pose"], crop_boxes, size)
-  start = time.time()
-  maps = describe_all(describe, faces, crop_boxes, config.batch_size)
-  log(f"described {count} faces in {time.time() - start:.1f} s")
+  maps = None
+  if keep_maps:
+    start = time.time()
+    maps = describe_all(describe, faces, crop_boxes, config.batch_size)
+    log(f"described {len(crop_boxes)} faces in {time.time() - start:.1f} s")
   return faces, crop_boxes, landmarks_crop, pose_crop, maps
 
 
@@ -173,12 +226,22 @@ def train_alignment(config: Any, workdir: str | Path,
   alignment_model = cascade.make_alignment_model(model)
 
   t0 = time.time()
+  num_real = int(config.get("real", {}).get("num_faces", 0)) if "real" in config else 0
+  # Maps in memory (float16, 2 MB per face at 128 px, D = 64) up to a few thousand faces;
+  # beyond that each stage describes its batches again.
+  keep_maps = (num_real + int(config.num_train_faces)) <= int(config.get("max_faces_in_memory",
+                                                                         4000))
   train = prepare_split(config, config.train_seed, config.num_train_faces, describe,
-                        cascade_config, log)
-  faces, _, landmarks_crop, pose_crop, maps = train
+                        cascade_config, log, num_real=num_real, keep_maps=keep_maps)
+  faces, crop_boxes, landmarks_crop, pose_crop, maps = train
   initial_pose = pose_crop.mean(0)
+  if maps is not None:
+    batches = batches_from_maps(maps, landmarks_crop, pose_crop, config.batch_size)
+  else:
+    batches = batches_from_images(describe, faces, crop_boxes, landmarks_crop, pose_crop,
+                                  config.batch_size)
   params, stage_log = regression.fit_cascade(
-      batches_from_maps(maps, landmarks_crop, pose_crop, config.batch_size), alignment_model,
+      batches, alignment_model,
       initial_pose, cascade_config, config.landmark_regularisation, config.pose_regularisation,
       log=log, regularisation_grid=tuple(config.get("regularisation_grid", ())),
       validation_every=int(config.get("validation_every", 10)))
@@ -199,7 +262,8 @@ def train_alignment(config: Any, workdir: str | Path,
   meta = dict(features=config.features, descriptor_dim=describer.descriptor_dim,
               descriptor_source=describer.source, face_model=config.face_model,
               train_faces=int(config.num_train_faces), eval=summary,
-              data=dict(config.data), box_jitter=dict(config.box_jitter))
+              data=dict(config.data), box_jitter=dict(config.box_jitter),
+              real_faces=(dict(config.real) if num_real else None))
   path = cascade_io.save_cascade(workdir / f"cascade_{config.features}.npz", params,
                                  cascade_config, meta)
   (workdir / f"summary_{config.features}.json").write_text(json.dumps(summary, indent=2))

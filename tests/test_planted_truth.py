@@ -359,3 +359,159 @@ def test_eval_alignment_aflw2000_reports_the_planted_nme_in_its_yaw_bin(planted,
   assert summary["nme_by_yaw_bin"]["0-30"] is None and summary["nme_by_yaw_bin"]["30-60"] is None
   record = json.loads((out / "errors.jsonl").read_text().splitlines()[0])
   np.testing.assert_allclose(record["yaw_deg"], 70.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.extract_features: the map of a crop known pixel for pixel
+# ----------------------------------------------------------------------------------------------
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+  """A random tiny encoder (16 px, D = 4, grey) written as an inference bundle."""
+  import jax
+  import jax.numpy as jnp
+  from flax import serialization
+  from dff_jax import encoder as encoder_lib
+  settings = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
+  module = encoder_lib.encoder_from_config(settings)
+  params = module.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 1)))["params"]
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  bundle = tmp_path_factory.mktemp("tiny_encoder") / "bundle"
+  bundle.mkdir()
+  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(params))
+  (bundle / "config.json").write_text(json.dumps(dict(
+      encoder=dict(settings, channels=1), image_size=16, channels=1, step=0, experiment={})))
+
+  def describe(crop_rgb):
+    """The encoder on a hand-made crop ``[16, 16, 3]`` in [0, 255]: BT.601 grey, then
+    ``(x / 255 - 0.5) / 0.25`` (the documented input normalisation)."""
+    grey = (np.asarray(crop_rgb, np.float64) @ LUMA / 255.0 - 0.5) / 0.25
+    return np.asarray(module.apply({"params": params},
+                                   jnp.asarray(grey[None, ..., None], jnp.float32)))[0]
+
+  return dict(bundle=bundle, describe=describe)
+
+
+def _padded_region(image, x0, y0, side):
+  """``image[y0:y0 + side, x0:x0 + side]`` (integers) with mid-grey 127.5 outside the image."""
+  out = np.full((side, side, 3), 127.5)
+  height, width = image.shape[:2]
+  for i in range(side):
+    for j in range(side):
+      y, x = y0 + i, x0 + j
+      if 0 <= y < height and 0 <= x < width:
+        out[i, j] = image[y, x]
+  return out
+
+
+def test_extract_features_maps_the_documented_region(tiny_encoder, tmp_path):
+  """Face boxes whose square crop region is integer-aligned: side 16 = S (the crop is a pixel
+  copy, mid-grey outside the image), side 32 = 2 S (each crop pixel is the mean of a 2 x 2
+  block); no box: the image's enclosing square."""
+  from dff_jax import image_io
+  from experiments import extract_features
+  rng = np.random.default_rng(8)
+  image = rng.integers(0, 256, (40, 50, 3), np.uint8)
+  path = tmp_path / "image.png"
+  image_io.write_png_atomic(path, image)
+  model = extract_features.load_dff(str(tiny_encoder["bundle"]))  # the command's loader, once
+  cases = [
+      # (bbox, box_scale, crop box (x0, y0, side) by hand)
+      ((10.0, 5.0, 18.0, 13.0), 2.0, (6, 1, 16)),      # side 16 = 2 x 8 around centre (14, 9)
+      ((0.0, -2.0, 8.0, 6.0), 2.0, (-4, -6, 16)),      # beyond the top-left corner
+      ((25.0, 12.0, 41.0, 26.0), 2.0, (17, 3, 32)),    # larger side 16 x 2 = 32 around (33, 19)
+  ]
+  for n, (bbox, box_scale, (x0, y0, side)) in enumerate(cases):
+    out = tmp_path / f"map{n}.npy"
+    document = extract_features.extract_features(path, out, bbox=np.asarray(bbox, np.float32),
+                                                 box_scale=box_scale, model=model)
+    np.testing.assert_allclose(document["box"], [x0, y0, x0 + side, y0 + side], atol=1e-5)
+    region = _padded_region(image, x0, y0, side)
+    factor = side // 16
+    crop = region.reshape(16, factor, 16, factor, 3).mean(axis=(1, 3))
+    got = np.load(out)
+    assert got.shape == (16, 16, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got, tiny_encoder["describe"](crop), atol=2e-5,
+                               err_msg=f"case {n}")
+    assert json.loads(out.with_suffix(".json").read_text()) == document
+  # No box: a 12 x 16 image is the square (0, -2, 16, 14), rows -2, -1, 12, 13 mid-grey.
+  small = rng.integers(0, 256, (12, 16, 3), np.uint8)
+  image_io.write_png_atomic(tmp_path / "small.png", small)
+  document = extract_features.extract_features(tmp_path / "small.png", tmp_path / "whole.npy",
+                                               model=model)
+  np.testing.assert_allclose(document["box"], [0, -2, 16, 14])
+  np.testing.assert_allclose(np.load(tmp_path / "whole.npy"),
+                             tiny_encoder["describe"](_padded_region(small, 0, -2, 16)), atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.eval_matching: a pair whose matches are known by construction
+# ----------------------------------------------------------------------------------------------
+
+
+def _shifted_pair(rng, size, shift, points_ij, offsets, yaw_difference_deg, invalid=()):
+  """View B = a noise texture shifted by ``shift = (dx, dy)`` pixels from view A: the surface
+  point at A pixel (i, j) is at B pixel (i - dy, j - dx). The ground truth given to the
+  evaluation is that position plus ``offsets [K, 2]`` (planted annotation errors), so a
+  perfect matcher's error on point k is ``|offsets[k]|``."""
+  dx, dy = shift
+  texture = rng.integers(0, 256, (size + 20, size + 20, 3), np.uint8)
+  view_a = texture[10:10 + size, 10:10 + size]
+  view_b = texture[10 + dy:10 + dy + size, 10 + dx:10 + dx + size]
+  points_a = np.array([(j + 0.5, i + 0.5) for i, j in points_ij], np.float32)
+  points_b = (points_a - np.array([dx, dy], np.float32) + offsets).astype(np.float32)
+  valid = np.ones(len(points_a), bool)
+  valid[list(invalid)] = False
+  return dict(images=np.stack([view_a, view_b]), mask=np.ones((2, size, size), bool),
+              points_a_px=points_a, points_b_px=points_b, valid=valid,
+              yaw_rad=np.radians([0.0, yaw_difference_deg]).astype(np.float32))
+
+
+def test_eval_matching_on_pairs_with_known_matches(monkeypatch, tmp_path):
+  from data_pipeline import pairs
+  from experiments import eval_matching
+  rng = np.random.default_rng(21)
+  size = 48
+  points_ij = [(14, 15), (20, 30), (25, 18), (30, 27), (18, 22), (27, 33), (22, 16), (33, 20)]
+  # Planted annotation errors (px): 0, 0, 0, 1.5, 3, 5 (3-4-5), 10, and 40 on an invalid point.
+  offsets_0 = np.array([[0, 0], [0, 0], [0, 0], [1.5, 0], [0, -3], [3, 4], [-6, 8], [40, 0]])
+  offsets_1 = np.array([[0, 0], [2.5, 0], [0, 0], [0, 7], [0, 0], [0, 0], [0, 0], [0, 0]])
+  samples = [_shifted_pair(rng, size, (3, -2), points_ij, offsets_0, 45.0, invalid=(7,)),
+             _shifted_pair(rng, size, (-4, 5), points_ij, offsets_1, 10.0)]
+
+  class PlantedPairs:
+    def __init__(self, config):
+      self.config = config
+
+    def __getitem__(self, i):
+      return samples[i]
+
+    def __len__(self):
+      return len(samples)
+
+  monkeypatch.setattr(pairs, "PairSource", PlantedPairs)
+  summary = eval_matching.eval_matching(tmp_path, num_pairs=2, methods=["patch"],
+                                        image_size=size, num_correspondences=len(points_ij))
+  errors = np.load(tmp_path / "errors_default.npz")
+  expected_0 = np.linalg.norm(offsets_0, axis=1)
+  expected_1 = np.linalg.norm(offsets_1, axis=1)
+  np.testing.assert_allclose(errors["errors_patch"][0][:7], expected_0[:7], atol=1e-4)
+  np.testing.assert_allclose(errors["errors_patch"][1], expected_1, atol=1e-4)
+  np.testing.assert_allclose(errors["yaw_difference_deg"], [45.0, 10.0], atol=1e-3)
+  results = summary["results"]["default"]["patch"]
+  # Pair 0 (yaw difference 45: bins 30-60 and >=30): 7 valid errors 0, 0, 0, 1.5, 3, 5, 10.
+  assert results["30-60"]["num_points"] == 7 and results["30-60"]["num_pairs"] == 1
+  for key, value in (("pck@1px", 3 / 7), ("pck@2px", 4 / 7), ("pck@4px", 5 / 7),
+                     ("pck@8px", 6 / 7), ("mean_error_px", 19.5 / 7), ("median_error_px", 1.5)):
+    np.testing.assert_allclose(results["30-60"][key], value, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(results[">=30"][key], value, atol=1e-5, err_msg=key)
+  # Pair 1 (yaw difference 10: bin 0-30): errors 0 x 6, 2.5, 7.
+  for key, value in (("pck@1px", 6 / 8), ("pck@2px", 6 / 8), ("pck@4px", 7 / 8),
+                     ("pck@8px", 1.0), ("mean_error_px", 9.5 / 8)):
+    np.testing.assert_allclose(results["0-30"][key], value, atol=1e-5, err_msg=key)
+  assert results["all"]["num_points"] == 15
+  np.testing.assert_allclose(results["all"]["pck@1px"], 9 / 15, atol=1e-5)
+  assert results["60-90"]["num_points"] == 0 and results["60-90"]["pck@1px"] is None

@@ -1,0 +1,452 @@
+"""Faces without a box: a face detector for :mod:`dff_jax.alignment` (MediaPipe BlazeFace in JAX).
+
+:func:`detect_faces` finds every face of an RGB image and returns boxes in the convention the
+alignment cascade was trained around (the bounding box of the 68 landmarks), sorted by score.
+
+**The network.** MediaPipe's short-range BlazeFace (Bazarevsky et al., "BlazeFace: Sub-millisecond
+Neural Face Detection on Mobile GPUs", arXiv 1907.05047): a 128 x 128 single-shot detector with
+896 anchors (16 x 16 x 2 at stride 8, 8 x 8 x 6 at stride 16), each giving a score and a box
+(centre offset, width, height, plus 6 keypoints we do not use). Its weights (float16, 0.2 MB) and
+operator graph ship in ``dff_jax/assets/blazeface_short_range.npz``, converted unchanged from
+MediaPipe's ``face_detection_short_range.tflite`` by ``python -m experiments.convert_blazeface``
+(MediaPipe, Apache-2.0, ``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D,
+DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE) is run by
+:func:`run_graph` with ``jax.lax`` convolutions and compiled once; nothing is downloaded.
+
+**Pre- and post-processing** follow MediaPipe's face_detection_short_range graph: the image is
+letterboxed into a square (black bars), resized to 128 x 128 (Pillow bilinear, antialiased when
+shrinking), scaled to [-1, 1]; scores are ``sigmoid(clip(logit, -80, 80))``; boxes above
+``min_score`` are merged by *weighted* non-maximum suppression (MediaPipe's: every box overlapping
+the best remaining one by IoU > ``iou_threshold`` is averaged into it, weighted by score).
+
+**Box convention.** BlazeFace's box is a square-ish box from the brows to the mouth; the cascade
+wants the landmark bounding box (brows to chin, jaw to jaw). :data:`BOX_CORRECTION` maps one to
+the other with a fixed per-axis affine map (centre shift and size scale as fractions of the
+detector box) fitted on the faces68 *training* split
+(``python -m experiments.eval_detection --fit_box_correction``; WORKSPACE.md section 11), never
+on AFLW2000-3D.
+
+Frames: boxes are ``(x0, y0, x1, y1)`` in image pixels, x right, y down, pixel ``(i, j)`` centred
+at ``(j + 0.5, i + 0.5)`` (so the image spans ``[0, W] x [0, H]``).
+
+Note: short-range BlazeFace is made for faces that fill a fair part of the image (selfies,
+portraits, face crops: faces larger than about 1/10 of the longer image side). ``upsample=2``
+also runs it on 3 x 3 overlapping tiles of half the image side (one batched call), which finds
+faces down to about 1/20 of the side, at about twice the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+Array = Any
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "blazeface_short_range.npz"
+DETECTOR_NAME = "blazeface_short_range (MediaPipe, Apache-2.0) in JAX"
+SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
+                 "CONCATENATION", "DEQUANTIZE")
+INPUT_SIZE = 128
+# SSD anchors of MediaPipe's face_detection_short_range_common.pbtxt.
+ANCHOR_STRIDES = (8, 16, 16, 16)
+RAW_SCORE_LIMIT = 80.0
+MAX_IMAGE_PIXELS = 50_000_000
+
+# Detector box -> landmark bounding box (the cascade's box): centre shift as a fraction of the
+# detector box's width / height, and width / height scale. Fitted on the faces68 training split
+# (median over faces with one detection matching the landmark box; see module docstring).
+BOX_CORRECTION = dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+  """A converted TFLite graph: operators in execution order, constants, input / output names.
+
+  Attributes:
+    ops: ``[{"op", "inputs", "outputs", "options"}]`` (see ``experiments/convert_blazeface.py``).
+    constants: tensor name -> float32 / int32 NumPy array.
+    inputs: the input tensor names (one, ``[1, 128, 128, 3]`` float32 in [-1, 1]).
+    outputs: output tensor names (``regressors [B, 896, 16]``, ``classificators [B, 896, 1]``).
+    meta: provenance (source file, sha256, licence).
+  """
+  ops: Tuple[Dict[str, Any], ...]
+  constants: Dict[str, np.ndarray]
+  inputs: Tuple[str, ...]
+  outputs: Tuple[str, ...]
+  meta: Dict[str, Any]
+
+
+def load_graph(path: str | Path = DEFAULT_MODEL) -> Graph:
+  """Reads a graph written by ``experiments/convert_blazeface.py``.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: not a detector graph file.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"detector model {path} does not exist")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      document = json.loads(str(data["graph"]))
+      constants = {}
+      for key in data.files:
+        if key.startswith("tensor:"):
+          value = data[key]
+          constants[key[len("tensor:"):]] = (value.astype(np.float32)
+                                             if np.issubdtype(value.dtype, np.floating) else value)
+  except (OSError, KeyError, ValueError) as error:
+    raise ValueError(f"{path} is not a detector graph file ({error})") from None
+  unsupported = sorted({op["op"] for op in document["ops"]} - set(SUPPORTED_OPS))
+  if unsupported:
+    raise ValueError(f"{path}: unsupported operators {unsupported}")
+  return Graph(ops=tuple(document["ops"]), constants=constants,
+               inputs=tuple(document["inputs"]), outputs=tuple(document["outputs"]),
+               meta=dict(document.get("meta", {})))
+
+
+def _activation(x: Array, name: Optional[str]) -> Array:
+  if name is None:
+    return x
+  if name == "RELU":
+    return jax.nn.relu(x)
+  raise ValueError(f"unsupported fused activation {name!r}")
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+  """TF / XLA ``SAME`` padding (the odd pixel at the end)."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def depthwise_conv(x: Array, kernel: Array, strides: Sequence[int], padding: str,
+                   dilation: Sequence[int] = (1, 1)) -> Array:
+  """Depthwise convolution as a sum of ``kh * kw`` shifted, strided slices times the kernel.
+
+  Same result as ``lax.conv_general_dilated(..., feature_group_count=C)``, but 10-100x faster
+  on XLA:CPU for BlazeFace's 3 x 3 kernels (the grouped convolution is not vectorised there).
+
+  Args:
+    x: ``[B, H, W, C]``. kernel: ``[kh, kw, C]``. strides, dilation: ``(sy, sx)``.
+    padding: ``"SAME"`` or ``"VALID"``.
+  """
+  kh, kw = kernel.shape[:2]
+  sy, sx = strides
+  dy, dx = dilation
+  ekh, ekw = (kh - 1) * dy + 1, (kw - 1) * dx + 1
+  height, width = x.shape[1:3]
+  if padding == "SAME":
+    pad_y, pad_x = _same_padding(height, ekh, sy), _same_padding(width, ekw, sx)
+    x = jnp.pad(x, ((0, 0), pad_y, pad_x, (0, 0)))
+    out_h, out_w = -(-height // sy), -(-width // sx)
+  elif padding == "VALID":
+    out_h, out_w = (height - ekh) // sy + 1, (width - ekw) // sx + 1
+  else:
+    raise ValueError(f"unsupported padding {padding!r}")
+  out = 0.0
+  for i in range(kh):
+    for j in range(kw):
+      window = x[:, i * dy:i * dy + (out_h - 1) * sy + 1:sy,
+                 j * dx:j * dx + (out_w - 1) * sx + 1:sx, :]
+      out = out + window * kernel[i, j]
+  return out
+
+
+def run_graph(graph: Graph, x: Array) -> Dict[str, Array]:
+  """Runs ``graph`` on ``x`` ``[B, H, W, C]`` float32 (NHWC, TFLite's layout).
+
+  TFLite semantics: CONV_2D kernels are ``[O, kh, kw, I]``, DEPTHWISE_CONV_2D kernels
+  ``[1, kh, kw, C]``, ``SAME`` padding puts the odd pixel at the bottom / right (as XLA's
+  ``"SAME"``). RESHAPE keeps the batch dimension. Traceable (jit / vmap).
+
+  Returns:
+    output tensor name -> array.
+  """
+  values: Dict[str, Array] = {graph.inputs[0]: jnp.asarray(x, jnp.float32)}
+
+  def get(name):
+    return values[name] if name in values else jnp.asarray(graph.constants[name])
+
+  for op in graph.ops:
+    kind, options = op["op"], op["options"]
+    args = [get(name) for name in op["inputs"]]
+    if kind == "DEQUANTIZE":
+      out = args[0].astype(jnp.float32)
+    elif kind == "CONV_2D":
+      out = jax.lax.conv_general_dilated(
+          args[0], args[1], window_strides=options["strides"], padding=options["padding"],
+          rhs_dilation=options["dilation"], dimension_numbers=("NHWC", "OHWI", "NHWC"),
+          precision=jax.lax.Precision.HIGHEST)
+      if len(args) > 2:
+        out = out + args[2]
+      out = _activation(out, options["activation"])
+    elif kind == "DEPTHWISE_CONV_2D":
+      out = depthwise_conv(args[0], args[1][0], options["strides"], options["padding"],
+                           options["dilation"])
+      if len(args) > 2:
+        out = out + args[2]
+      out = _activation(out, options["activation"])
+    elif kind == "ADD":
+      out = _activation(args[0] + args[1], options.get("activation"))
+    elif kind == "RELU":
+      out = jax.nn.relu(args[0])
+    elif kind == "PAD":
+      paddings = np.asarray(graph.constants[op["inputs"][1]]).tolist()
+      out = jnp.pad(args[0], paddings)
+    elif kind == "MAX_POOL_2D":
+      window = (1, *options["window"], 1)
+      strides = (1, *options["strides"], 1)
+      out = jax.lax.reduce_window(args[0], -jnp.inf, jax.lax.max, window, strides,
+                                  options["padding"])
+      out = _activation(out, options["activation"])
+    elif kind == "RESHAPE":
+      out = jnp.reshape(args[0], (args[0].shape[0], *options["shape"][1:]))
+    elif kind == "CONCATENATION":
+      out = _activation(jnp.concatenate(args, axis=options["axis"]), options["activation"])
+    else:
+      raise ValueError(f"unsupported operator {kind}")
+    values[op["outputs"][0]] = out
+  return {name: values[name] for name in graph.outputs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Anchors, decoding, NMS
+# ----------------------------------------------------------------------------------------------
+
+
+def ssd_anchors(input_size: int = INPUT_SIZE,
+                strides: Sequence[int] = ANCHOR_STRIDES) -> np.ndarray:
+  """``[896, 2]`` anchor centres (x, y) in [0, 1] of the input square (MediaPipe's
+  SsdAnchorsCalculator with ``interpolated_scale_aspect_ratio = 1``, fixed anchor size: two
+  anchors per layer sharing a stride, in row-major cell order)."""
+  anchors: List[Tuple[float, float]] = []
+  layer = 0
+  while layer < len(strides):
+    last = layer
+    repeats = 0
+    while last < len(strides) and strides[last] == strides[layer]:
+      last += 1
+      repeats += 2
+    cells = input_size // strides[layer]
+    for y in range(cells):
+      for x in range(cells):
+        anchors += [((x + 0.5) / cells, (y + 0.5) / cells)] * repeats
+    layer = last
+  return np.asarray(anchors, np.float32)
+
+
+def decode(regressors: Array, logits: Array, anchors: Array,
+           input_size: int = INPUT_SIZE) -> Tuple[Array, Array]:
+  """Raw outputs -> boxes and scores in the unit input square.
+
+  Args:
+    regressors: ``[..., A, 16]`` (centre dx, dy, w, h, then 6 keypoints), input pixels.
+    logits: ``[..., A, 1]`` face logits.
+    anchors: ``[A, 2]`` from :func:`ssd_anchors`.
+
+  Returns:
+    boxes ``[..., A, 4]`` (x0, y0, x1, y1) in [0, 1] units of the input square, scores ``[..., A]``.
+  """
+  centre = regressors[..., 0:2] / input_size + anchors
+  half = regressors[..., 2:4] / input_size / 2
+  boxes = jnp.concatenate([centre - half, centre + half], axis=-1)
+  scores = jax.nn.sigmoid(jnp.clip(logits[..., 0], -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT))
+  return boxes, scores
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """IoU of ``box [4]`` with each of ``boxes [N, 4]`` (x0, y0, x1, y1)."""
+  low = np.maximum(box[:2], boxes[:, :2])
+  high = np.minimum(box[2:], boxes[:, 2:])
+  inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+  area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
+  union = area(box) + area(boxes) - inter
+  return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray,
+                 iou_threshold: float = 0.3) -> Tuple[np.ndarray, np.ndarray]:
+  """MediaPipe's weighted non-maximum suppression (NumPy).
+
+  Repeatedly takes the best remaining box; every remaining box with IoU > ``iou_threshold``
+  with it (itself included) is removed and averaged into one box weighted by score; the merged
+  box keeps the best score.
+
+  Args:
+    boxes: ``[N, 4]``; scores: ``[N]``.
+
+  Returns:
+    ``boxes [M, 4]``, ``scores [M]`` float32, by descending score.
+  """
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  order = np.argsort(-scores, kind="stable")
+  boxes, scores = boxes[order], scores[order]
+  kept_boxes, kept_scores = [], []
+  while len(scores):
+    overlap = box_iou(boxes[0], boxes) > iou_threshold
+    overlap[0] = True
+    weights = scores[overlap]
+    kept_boxes.append((boxes[overlap] * weights[:, None]).sum(0) / weights.sum())
+    kept_scores.append(scores[0])
+    boxes, scores = boxes[~overlap], scores[~overlap]
+  return (np.asarray(kept_boxes, np.float32).reshape(-1, 4),
+          np.asarray(kept_scores, np.float32))
+
+
+def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = None) -> np.ndarray:
+  """Detector boxes ``[N, 4]`` -> landmark-box convention (:data:`BOX_CORRECTION`).
+
+  ``centre' = centre + (shift_x * w, shift_y * h)``, ``(w', h') = (scale_w * w, scale_h * h)``.
+  """
+  c = BOX_CORRECTION if correction is None else correction
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  size = boxes[:, 2:] - boxes[:, :2]
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * np.array([c["shift_x"], c["shift_y"]],
+                                                               np.float32)
+  size = size * np.array([c["scale_w"], c["scale_h"]], np.float32)
+  return np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The detector
+# ----------------------------------------------------------------------------------------------
+
+
+class FaceDetector:
+  """BlazeFace (short range) with its pre- and post-processing; compiled once per batch size.
+
+  Args:
+    model_path: a graph file from ``experiments/convert_blazeface.py`` (default: the shipped one).
+  """
+
+  name = DETECTOR_NAME
+
+  def __init__(self, model_path: str | Path = DEFAULT_MODEL):
+    self.graph = load_graph(model_path)
+    self.anchors = ssd_anchors()
+    graph, anchors = self.graph, jnp.asarray(self.anchors)
+
+    def forward(images):
+      outputs = run_graph(graph, images)
+      return decode(outputs["regressors"], outputs["classificators"], anchors)
+    self._forward = jax.jit(forward)
+
+  def raw(self, inputs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[B, 896, 4]`` (unit input square) and scores ``[B, 896]`` for network inputs
+    ``[B, 128, 128, 3]`` float32 in [-1, 1]."""
+    boxes, scores = self._forward(jnp.asarray(inputs, jnp.float32))
+    return np.asarray(boxes), np.asarray(scores)
+
+  def __call__(self, image: np.ndarray, min_score: float = 0.5, iou_threshold: float = 0.3,
+               upsample: int = 1, correct: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """See :func:`detect_faces`."""
+    image = check_image(image)
+    height, width = image.shape[:2]
+    if upsample not in (1, 2):
+      raise ValueError(f"upsample must be 1 or 2, got {upsample!r}")
+    side = float(max(height, width))
+    # Squares (x0, y0, side) in image pixels, each letterboxed to the network input.
+    windows = [(-(side - width) / 2, -(side - height) / 2, side)]
+    if upsample == 2:
+      tile = side / 2
+      for row in range(3):
+        for col in range(3):
+          windows.append((windows[0][0] + col * tile / 2, windows[0][1] + row * tile / 2, tile))
+    inputs = np.stack([_network_input(image, *w) for w in windows])
+    boxes, scores = self.raw(inputs)
+    all_boxes, all_scores = [], []
+    for (x0, y0, size), b, s in zip(windows, boxes, scores):
+      keep = s >= min_score
+      all_boxes.append(b[keep] * size + np.array([x0, y0, x0, y0], np.float32))
+      all_scores.append(s[keep])
+    boxes, scores = weighted_nms(np.concatenate(all_boxes), np.concatenate(all_scores),
+                                 iou_threshold)
+    if correct:
+      boxes = correct_boxes(boxes)
+    return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+def check_image(image: Any) -> np.ndarray:
+  """``image`` as ``[H, W, 3]`` uint8, or a ValueError saying what is wrong."""
+  if not isinstance(image, np.ndarray):
+    raise ValueError(f"expected an [H, W, 3] uint8 NumPy image, got {type(image).__name__}")
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected an [H, W, 3] uint8 RGB image, got shape {image.shape} "
+                     "(convert grayscale / RGBA to RGB first)")
+  if image.dtype != np.uint8:
+    raise ValueError(f"expected an [H, W, 3] uint8 image, got dtype {image.dtype}")
+  if image.shape[0] < 2 or image.shape[1] < 2:
+    raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} px is too small")
+  if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+    raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} px is over the "
+                     f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit")
+  return image
+
+
+def _network_input(image: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
+  """The square ``[x0, x0 + side] x [y0, y0 + side]`` of ``image`` (black outside) resized to
+  ``[128, 128, 3]`` float32 in [-1, 1] (Pillow bilinear; antialiased when shrinking).
+
+  The whole input pixels whose area lies inside the image are resampled from the exact
+  (sub-pixel) source box, so the map input pixel -> image pixel is ``x = x0 + u * side / 128``.
+  """
+  height, width = image.shape[:2]
+  scale = INPUT_SIZE / side
+  ox0 = min(max(int(np.ceil(-x0 * scale - 1e-6)), 0), INPUT_SIZE)
+  oy0 = min(max(int(np.ceil(-y0 * scale - 1e-6)), 0), INPUT_SIZE)
+  ox1 = max(min(int(np.floor((width - x0) * scale + 1e-6)), INPUT_SIZE), ox0)
+  oy1 = max(min(int(np.floor((height - y0) * scale + 1e-6)), INPUT_SIZE), oy0)
+  canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+  if ox1 > ox0 and oy1 > oy0:
+    source = (x0 + ox0 / scale, y0 + oy0 / scale, x0 + ox1 / scale, y0 + oy1 / scale)
+    source = (max(source[0], 0.0), max(source[1], 0.0), min(source[2], float(width)),
+              min(source[3], float(height)))
+    resized = Image.fromarray(image).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=source)
+    canvas[oy0:oy1, ox0:ox1] = np.asarray(resized, np.float32)
+  return canvas / 127.5 - 1.0
+
+
+@functools.lru_cache(maxsize=2)
+def default_detector(model_path: str = str(DEFAULT_MODEL)) -> FaceDetector:
+  """The shipped detector, loaded once per process."""
+  return FaceDetector(model_path)
+
+
+def detect_faces(image: np.ndarray, min_score: float = 0.5, iou_threshold: float = 0.3,
+                 upsample: int = 1, correct: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+  """Finds every face in ``image``.
+
+  Args:
+    image: ``[H, W, 3]`` uint8 RGB.
+    min_score: keep detections with score >= this (MediaPipe's default 0.5).
+    iou_threshold: weighted-NMS overlap (MediaPipe's 0.3).
+    upsample: ``1``: the whole image at 128 px; ``2``: also 3 x 3 overlapping half-size tiles
+      (small faces; see the module Note).
+    correct: map the detector's boxes to landmark boxes (:data:`BOX_CORRECTION`), the box the
+      alignment cascade expects; ``False`` gives BlazeFace's own boxes.
+
+  Returns:
+    ``boxes [N, 4]`` float32 ``(x0, y0, x1, y1)`` in image pixels (pixel ``(i, j)`` centred at
+    ``(j + 0.5, i + 0.5)``; a box may extend past the image border), ``scores [N]`` float32 in
+    (0, 1], sorted by descending score. ``N = 0`` when no face is found.
+
+  Raises:
+    ValueError: ``image`` is not an ``[H, W, 3]`` uint8 array (or is empty / over 50 MP).
+  """
+  return default_detector()(image, min_score=min_score, iou_threshold=iou_threshold,
+                            upsample=upsample, correct=correct)

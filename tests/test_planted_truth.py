@@ -66,12 +66,16 @@ def unit_projection(points, rotation):
   return np.stack([camera[:, 0], -camera[:, 1]], axis=1)
 
 
-def landmark_points(model, pitch, yaw, roll):
-  """``[68, 3]`` mean-shape model points (mm) of the landmarks for this pose (jaw marching)."""
+def landmark_points(model, pitch, yaw, roll, outline=True):
+  """``[68, 3]`` mean-shape model points (mm) of the landmarks for this pose: with ``outline``
+  the jaw of the side turned away follows the silhouette (300-W convention), else the 68 fixed
+  landmark vertices (the 3D jaw line, AFLW2000-3D convention)."""
   assert yaw > 0, "the rule below is written for positive yaw"
   rotation = rotation_matrix(pitch, yaw, roll)
   mean = np.asarray(model.mean_vertices, np.float64)
   ids = np.asarray(model.landmark_vertex_ids, np.int64).copy()
+  if not outline:
+    return mean[ids]
   # Image direction of the model +x axis (the subject's left): for positive yaw that side is
   # turned away, and its jaw points sit on the silhouette, outermost along this direction.
   outward = unit_projection(np.eye(3)[:1], rotation)[0]
@@ -94,10 +98,11 @@ def planted_pose(model):
   return np.array([scale, PITCH, YAW, ROLL, *translation], np.float64)
 
 
-def crop_landmarks(model, pose):
-  """``[68, 2]`` crop-frame landmarks of the mean shape under ``pose``."""
+def crop_landmarks(model, pose, outline=True):
+  """``[68, 2]`` crop-frame landmarks of the mean shape under ``pose`` (see
+  :func:`landmark_points`)."""
   s, pitch, yaw, roll, tx, ty = pose
-  return s * unit_projection(landmark_points(model, pitch, yaw, roll),
+  return s * unit_projection(landmark_points(model, pitch, yaw, roll, outline),
                              rotation_matrix(pitch, yaw, roll)) + [tx, ty]
 
 
@@ -119,6 +124,7 @@ def expected_face(model, pose, box, image_hw):
   crop_box = crop_box_of(box, image_hw)
   factor = (crop_box[2] - crop_box[0]) / CROP  # image pixels per crop pixel
   return dict(landmarks_px=crop_box[:2] + crop_landmarks(model, pose) * factor,
+              landmarks_3d_px=crop_box[:2] + crop_landmarks(model, pose, False) * factor,
               yaw_deg=math.degrees(pose[2]), pitch_deg=math.degrees(pose[1]),
               roll_deg=math.degrees(pose[3]), scale=pose[0] * factor,
               translation_px=crop_box[:2] + pose[4:6] * factor, crop_box=crop_box)
@@ -170,6 +176,9 @@ def _check_face(got, expected, model, where=""):
   visibility, shape_coefficients, expression_coefficients."""
   np.testing.assert_allclose(got["landmarks_px"], expected["landmarks_px"],
                              atol=LANDMARK_TOL_PX, rtol=0, err_msg=f"{where}: landmarks")
+  if got.get("landmarks_3d_px") is not None:  # the fixed 68 vertices (3D jaw line)
+    np.testing.assert_allclose(got["landmarks_3d_px"], expected["landmarks_3d_px"],
+                               atol=LANDMARK_TOL_PX, rtol=0, err_msg=f"{where}: 3D landmarks")
   for key in ("yaw_deg", "pitch_deg", "roll_deg"):
     np.testing.assert_allclose(got[key], expected[key], atol=ANGLE_TOL_DEG, err_msg=f"{where}: {key}")
   np.testing.assert_allclose(got["scale"], expected["scale"], rtol=1e-4, err_msg=f"{where}: scale")
@@ -187,7 +196,8 @@ def _check_face(got, expected, model, where=""):
 
 def _from_json(document):
   pose = document["pose"]
-  return dict(landmarks_px=np.asarray(document["landmarks_px"]), yaw_deg=pose["yaw_deg"],
+  return dict(landmarks_px=np.asarray(document["landmarks_px"]),
+              landmarks_3d_px=document.get("landmarks_3d_px"), yaw_deg=pose["yaw_deg"],
               pitch_deg=pose["pitch_deg"], roll_deg=pose["roll_deg"], scale=pose["scale"],
               translation_px=pose["translation_px"], crop_box=document["crop_box"],
               visibility=document["visibility"],
@@ -264,7 +274,9 @@ def test_python_api_returns_the_planted_state(planted):
   assert [o.job.name for o in outcomes] == list(IMAGES) and all(o.error is None for o in outcomes)
   for outcome, (name, (height, width, box)) in zip(outcomes, IMAGES.items()):
     face = outcome.face
-    got = dict(landmarks_px=face.landmarks_px, yaw_deg=math.degrees(face.yaw_rad),
+    got = dict(landmarks_px=face.landmarks_px,
+               landmarks_3d_px=getattr(face, "landmarks_3d_px", None),
+               yaw_deg=math.degrees(face.yaw_rad),
                pitch_deg=math.degrees(face.pitch_rad), roll_deg=math.degrees(face.roll_rad),
                scale=face.scale, translation_px=face.translation_px, crop_box=face.crop_box,
                visibility=face.visibility, shape_coefficients=face.shape_coefficients,
@@ -280,8 +292,9 @@ def test_python_api_returns_the_planted_state(planted):
 
 def _planted_ground_truth(model, pose, placement_scale, placement_offset):
   """``(prediction [68, 2], truth [68, 2], expected mean point error px)`` in an image where the
-  crop frame is placed by a similarity (scale, offset): the truth is the aligner's answer with
-  interior landmarks moved by known offsets that leave the landmark box unchanged."""
+  crop frame is placed by a similarity (scale, offset): the truth is the aligner's (outline)
+  answer with interior landmarks moved by known offsets that leave the landmark box, hence the
+  face box of the protocol and the crop, unchanged."""
   prediction = crop_landmarks(model, pose) * placement_scale + placement_offset
   low, high = prediction.min(0), prediction.max(0)
   fixed = {int(np.argmin(prediction[:, 0])), int(np.argmax(prediction[:, 0])),
@@ -335,14 +348,17 @@ def test_eval_alignment_300w_reports_the_planted_nme(planted, tmp_path):
 
 def test_eval_alignment_aflw2000_reports_the_planted_nme_in_its_yaw_bin(planted, tmp_path):
   """AFLW2000-3D protocol: face box = landmark box of pt3d_68, bbox normaliser, yaw from
-  Pose_Para (3DDFA's sign: ours = -file for a pure yaw)."""
+  Pose_Para (3DDFA's sign: ours = -file for a pure yaw), scored on the fixed 68 landmark
+  vertices (the 3D jaw line its annotation uses), so the far-side jaw adds a known error."""
   import imageio.v3 as iio
   import scipy.io
   from experiments import eval_alignment
   model, pose = planted["model"], planted["pose"]
   data = tmp_path / "aflw"
   data.mkdir()
-  prediction, truth, mean_error = _planted_ground_truth(model, pose, 2.2, np.array([30.5, 17.0]))
+  scale, offset = 2.2, np.array([30.5, 17.0])
+  _, truth, _ = _planted_ground_truth(model, pose, scale, offset)
+  prediction_3d = crop_landmarks(model, pose, outline=False) * scale + offset
   rng = np.random.default_rng(4)
   iio.imwrite(data / "image00001.jpg", rng.integers(0, 256, (150, 160, 3), np.uint8), quality=90)
   pt3d = np.concatenate([(truth + 0.5).T, np.zeros((1, 68))])
@@ -353,7 +369,7 @@ def test_eval_alignment_aflw2000_reports_the_planted_nme_in_its_yaw_bin(planted,
   summary = eval_alignment.evaluate("aflw2000", out, data_dir=str(data),
                                     cascade=str(planted["cascade"]), batch_size=2, progress=False)
   size = truth.max(0) - truth.min(0)
-  nme = mean_error / math.sqrt(size[0] * size[1])
+  nme = np.linalg.norm(prediction_3d - truth, axis=1).mean() / math.sqrt(size[0] * size[1])
   np.testing.assert_allclose(summary["nme_mean"], nme, atol=2e-4)
   np.testing.assert_allclose(summary["nme_by_yaw_bin"]["60-90"], nme, atol=2e-4)
   assert summary["nme_by_yaw_bin"]["0-30"] is None and summary["nme_by_yaw_bin"]["30-60"] is None

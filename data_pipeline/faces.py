@@ -106,3 +106,32 @@ class FaceSource:
 def stack(examples) -> Dict[str, np.ndarray]:
   """Stacks a list of :class:`FaceSource` examples into a batch (leading axis B)."""
   return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+class Mixture:
+  """Random access over a weighted mixture of sources with the same keys: example ``i`` comes
+  from source ``k`` drawn with ``np.random.default_rng((seed, i, 17))`` and probabilities
+  ``weights / sum(weights)``, at that source's index ``i mod len(source)`` (a pure function of
+  ``i``). Each example gets ``mixture_source [ ] int32 = k``."""
+
+  def __init__(self, sources, weights, seed: int, num_examples: int = 1_000_000):
+    weights = np.asarray(weights, np.float64)
+    if len(sources) != len(weights) or np.any(weights < 0) or weights.sum() <= 0:
+      raise ValueError(f"need one non-negative weight per source (not all 0), got {weights}")
+    self.sources = list(sources)
+    self.probabilities = weights / weights.sum()
+    self.seed = int(seed)
+    self._num_examples = int(num_examples)
+
+  def __len__(self) -> int:
+    return self._num_examples
+
+  def __getitem__(self, i) -> Dict[str, np.ndarray]:
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(f"index {i} out of range for Mixture of length {len(self)}")
+    k = int(np.random.default_rng((self.seed, i, 17)).choice(len(self.sources),
+                                                              p=self.probabilities))
+    example = dict(self.sources[k][i % len(self.sources[k])])
+    example["mixture_source"] = np.int32(k)
+    return example

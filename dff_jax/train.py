@@ -119,6 +119,11 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
   key = jax.random.PRNGKey(config.seed)
   init_key, train_key = jax.random.split(key)
   params = init_params(config, init_key)
+  if config.get("init_encoder", ""):
+    # Continue from a trained encoder (a bundle or workdir); the patch classifiers start afresh.
+    encoder_params, _ = checkpoint_lib.load_encoder_params(config.init_encoder,
+                                                          dict(config.encoder))
+    params["encoder"] = jax.tree.map(jnp.asarray, encoder_params)
   opt_state = make_optimizer(config).init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     rng=train_key)
@@ -268,6 +273,24 @@ def make_pair_source(data_config: Any, seed: Optional[int] = None):
   return PairSource(pipeline_config_from_dict(values))
 
 
+def make_training_source(config: ml_collections.ConfigDict, seed: Optional[int] = None):
+  """The training pairs: synthetic (:func:`make_pair_source`) or, when ``config.real.fraction``
+  > 0, a :class:`data_pipeline.faces.Mixture` of real-face pairs
+  (``data_pipeline.real_faces.RealPairSource`` over the fit cache ``config.real.fits``, rendered
+  with ``config.data``) and synthetic pairs in the ratio ``fraction : 1 - fraction``."""
+  synthetic = make_pair_source(config.data, seed)
+  fraction = float(config.real.fraction) if "real" in config else 0.0
+  if fraction <= 0:
+    return synthetic
+  from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
+  real = real_faces.RealPairSource(real_faces.RealFacesConfig(
+      fits=str(config.real.fits), pipeline=synthetic.config,
+      pair_kinds=tuple(config.real.pair_kinds)))
+  return faces_lib.Mixture([real, synthetic], [fraction, 1.0 - fraction],
+                           seed=synthetic.config.seed, num_examples=len(synthetic))
+
+
 def select_fields(sample: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """The fields the steps use, views 0 and 1: images ``[2, H, W, 3]`` uint8, vertex_ids
   ``[2, H, W]`` int32, points_a_px / points_b_px ``[K, 2]`` float32, valid ``[K]`` bool."""
@@ -314,7 +337,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, start_step: int,
     raise ValueError(f"global_batch_size={global_batch} must divide by the number of processes "
                      f"({process_count}).")
   local_batch = global_batch // process_count
-  source = make_pair_source(config.data) if source is None else source
+  source = make_training_source(config) if source is None else source
   dataset = grain.MapDataset.range(start_step * local_batch, int(config.num_steps) * local_batch)
   dataset = dataset.map(StepIndexToSample(source, global_batch, local_batch, process_index))
   dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=_stack)

@@ -1,0 +1,1 @@
+"""Evaluation logic of the library (called by thin ``experiments/`` mains)."""

@@ -279,7 +279,7 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
         best_nme=round(min(det_errors), 4) if det_errors else None,
         truth_box_nme=round(errors[f"{k}:truth"], 4), best_iou=round(best_iou, 4),
         unmatched=int(np.sum(box_iou(truth_box, boxes) < 0.3)) if len(boxes) else 0))
-  bins = np.array([_bin_index(row["yaw_deg"]) for row in per_image])
+  bins = np.array([_bin_index(yaw) for _, _, yaw in truths])
   found = np.array([row["best_nme"] is not None and row["best_nme"] <= threshold
                     for row in per_image])
   oracle = np.array([row["truth_box_nme"] <= threshold for row in per_image])

@@ -1,0 +1,227 @@
+"""Face detection (dff_jax/detection.py) and its evaluation (dff_jax/evaluation/detection.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import AFLW_DIR, ROOT, require
+from dff_jax import detection
+from dff_jax import image_io
+from dff_jax.evaluation import detection as evaluation
+
+PORTRAIT = ROOT / "experiments" / "assets" / "astronaut.jpg"
+
+
+def iou(a, b):
+  return float(detection.box_iou(np.asarray(a, np.float64), np.asarray(b, np.float64)[None])[0])
+
+
+@pytest.fixture(scope="module")
+def portrait():
+  return image_io.read_image(PORTRAIT)
+
+
+def test_portrait_one_face_near_its_stored_box(portrait):
+  boxes, scores = detection.detect_faces(portrait)
+  assert boxes.shape == (1, 4) and scores.shape == (1,)
+  assert boxes.dtype == np.float32 and scores.dtype == np.float32
+  assert scores[0] > 0.8
+  stored = np.asarray(json.loads(PORTRAIT.with_suffix(".json").read_text())["box"])
+  # The stored box is hand-drawn with a margin (120 x 136 px); ours is the landmark box.
+  centre = (boxes[0, :2] + boxes[0, 2:]) / 2
+  assert np.linalg.norm(centre - (stored[:2] + stored[2:]) / 2) < 10
+  assert iou(boxes[0], stored) > 0.45
+  size = boxes[0, 2:] - boxes[0, :2]
+  assert np.all((size > 80) & (size < 130))
+
+
+def test_portrait_mirrored_and_two_faces(portrait):
+  boxes, _ = detection.detect_faces(portrait)
+  width = portrait.shape[1]
+  mirrored, _ = detection.detect_faces(portrait[:, ::-1].copy())
+  expected = np.array([width - boxes[0, 2], boxes[0, 1], width - boxes[0, 0], boxes[0, 3]])
+  assert mirrored.shape == (1, 4)
+  np.testing.assert_allclose(mirrored[0], expected, atol=4)
+  # 1024 x 512, two faces of 1/11 of the side: too small for the whole-image pass, found by the
+  # half-size tiles (upsample=2), the two best detections.
+  pair = np.concatenate([portrait, portrait[:, ::-1]], axis=1)
+  found, scores = detection.detect_faces(pair, upsample=2)
+  assert len(found) >= 2
+  assert np.all(np.diff(scores) <= 0)
+  assert scores[1] > 0.8
+  centres = np.sort((found[:2, 0] + found[:2, 2]) / 2)
+  np.testing.assert_allclose(centres, [(boxes[0, 0] + boxes[0, 2]) / 2,
+                                       width + (expected[0] + expected[2]) / 2], atol=8)
+
+
+def test_uncorrected_box_and_correction_round_trip(portrait):
+  raw, _ = detection.detect_faces(portrait, correct=False)
+  corrected, _ = detection.detect_faces(portrait)
+  np.testing.assert_allclose(detection.correct_boxes(raw), corrected, atol=1e-3)
+  identity = dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
+  np.testing.assert_allclose(detection.correct_boxes(raw, identity), raw, atol=1e-4)
+
+
+def test_face_free_images_give_no_detection():
+  """A flat image and one generated face-free image of each kind give no detection (the rate
+  over 300 generated images, not zero, is in experiments/results/eval_detection_summary.json)."""
+  flat = np.full((300, 400, 3), 128, np.uint8)
+  assert len(detection.detect_faces(flat)[0]) == 0
+  # Index 5, a Mandelbrot render (blue discs on a skin-coloured ground), is one of the known
+  # false detections (score 0.74); the others of the first two rounds of kinds give none.
+  for index in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11):
+    image, kind = evaluation.face_free_image(index)
+    boxes, scores = detection.detect_faces(image)
+    assert len(boxes) == 0, (kind, scores)
+
+
+@pytest.mark.parametrize("image, message", [
+    ([[1, 2, 3]], "NumPy image"),
+    (np.zeros((10, 10), np.uint8), "RGB"),
+    (np.zeros((10, 10, 4), np.uint8), "RGB"),
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((0, 10, 3), np.uint8), "too small"),
+])
+def test_bad_input(image, message):
+  with pytest.raises(ValueError, match=message):
+    detection.detect_faces(image)
+
+
+def test_bad_options(portrait):
+  with pytest.raises(ValueError, match="upsample"):
+    detection.detect_faces(portrait, upsample=3)
+  with pytest.raises(FileNotFoundError):
+    detection.FaceDetector("/nonexistent/model.npz")
+
+
+def test_anchors_and_decode():
+  anchors = detection.ssd_anchors()
+  assert anchors.shape == (896, 2)
+  np.testing.assert_allclose(anchors[0], [0.5 / 16, 0.5 / 16])
+  np.testing.assert_allclose(anchors[512], [0.5 / 8, 0.5 / 8])
+  regressors = np.zeros((896, 16), np.float32)
+  regressors[0, :4] = [12.8, -6.4, 25.6, 12.8]  # 128-px input units
+  boxes, scores = detection.decode(regressors, np.zeros((896, 1), np.float32), anchors)
+  np.testing.assert_allclose(np.asarray(boxes[0]), [0.03125 + 0.1 - 0.1, 0.03125 - 0.05 - 0.05,
+                                                    0.03125 + 0.1 + 0.1, 0.03125 - 0.05 + 0.05],
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(scores), 0.5)
+
+
+def test_weighted_nms_merges_overlaps_and_sorts():
+  boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10]], float)
+  scores = np.array([0.6, 0.9, 0.7, 0.3])
+  merged, kept = detection.weighted_nms(boxes, scores, 0.3)
+  np.testing.assert_allclose(kept, [0.9, 0.7])
+  # First box: score-weighted mean of the three overlapping boxes.
+  expected_x0 = (0.9 * 1 + 0.6 * 0 + 0.3 * 0) / 1.8
+  np.testing.assert_allclose(merged[0, 0], expected_x0, atol=1e-5)
+  np.testing.assert_allclose(merged[1], [50, 50, 60, 60])
+  empty_boxes, empty_scores = detection.weighted_nms(np.zeros((0, 4)), np.zeros(0))
+  assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+@pytest.mark.parametrize("strides, padding, size", [((1, 1), "SAME", 9), ((2, 2), "SAME", 9),
+                                                     ((2, 2), "SAME", 8), ((1, 1), "VALID", 7)])
+def test_depthwise_conv_matches_grouped_convolution(strides, padding, size):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 5)).astype(np.float32)
+  ours = detection.depthwise_conv(x, kernel, strides, padding)
+  reference = jax.lax.conv_general_dilated(
+      x, kernel[None], strides, padding, dimension_numbers=("NHWC", "IHWO", "NHWC"),
+      feature_group_count=5, precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
+  jitted = jax.jit(lambda a, b: detection.depthwise_conv(a, b, strides, padding))
+  np.testing.assert_allclose(np.asarray(jitted(x, kernel)), np.asarray(ours), atol=1e-6)
+
+
+def test_fit_box_correction_recovers_planted_map():
+  planted = dict(shift_x=0.02, shift_y=-0.06, scale_w=1.1, scale_h=1.2)
+  rng = np.random.default_rng(1)
+  faces = []
+  for k in range(7):
+    landmarks = rng.uniform(20, 60, (68, 2)).astype(np.float32) + k
+    faces.append((f"f{k}", np.zeros((100, 100, 3), np.uint8), landmarks))
+
+  def detect(image, name):
+    del image
+    landmarks = faces[int(name[1:])][2]
+    box = np.concatenate([landmarks.min(0), landmarks.max(0)]).astype(np.float64)
+    size = (box[2:] - box[:2]) / [planted["scale_w"], planted["scale_h"]]
+    centre = (box[:2] + box[2:]) / 2 - size * [planted["shift_x"], planted["shift_y"]]
+    decoy = np.array([[0, 0, 5, 5]], np.float64)
+    return np.concatenate([decoy, [np.r_[centre - size / 2, centre + size / 2]]]), np.ones(2)
+
+  fit = evaluation.fit_box_correction(faces, detect)
+  for key, value in planted.items():
+    assert fit[key] == pytest.approx(value, abs=1e-3)
+  assert fit["num_used"] == 7
+
+
+def test_face_free_images_are_seeded_uint8():
+  for index in range(len(evaluation.FACE_FREE_KINDS)):
+    a, kind = evaluation.face_free_image(index, size=64)
+    b, _ = evaluation.face_free_image(index, size=64)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and kind in evaluation.FACE_FREE_KINDS
+    np.testing.assert_array_equal(a, b)
+    assert a.std() > 0
+
+
+def test_finds_faces_of_aflw_photos():
+  from data_pipeline import readers
+  pairs = readers.list_aflw2000(require(AFLW_DIR))[:12]
+  hits = 0
+  for image_path, mat_path in pairs:
+    landmarks = readers.read_aflw2000(mat_path).landmarks_px
+    truth = np.concatenate([landmarks.min(0), landmarks.max(0)])
+    boxes, _ = detection.detect_faces(image_io.read_image(image_path))
+    hits += bool(len(boxes)) and max(iou(truth, b) for b in boxes) >= 0.5
+  assert hits >= 11
+
+
+@pytest.mark.slow
+def test_eval_detection_command(tmp_path):
+  """The command end to end on 3 photos with another detector's boxes (the truth boxes of two,
+  none for the third) and 2 face-free images, plus its bad-input line."""
+  from data_pipeline import readers
+  pairs = readers.list_aflw2000(require(AFLW_DIR))[:3]
+  table = {}
+  for k, (image_path, mat_path) in enumerate(pairs):
+    landmarks = readers.read_aflw2000(mat_path).landmarks_px
+    table[image_path.name] = ([] if k == 2 else
+                              [[*landmarks.min(0).tolist(), *landmarks.max(0).tolist(), 0.9]])
+  table["face_free_0000"] = [[1, 1, 50, 50, 0.6]]
+  table["face_free_0001"] = []
+  data = tmp_path / "aflw"
+  data.mkdir()
+  for image_path, mat_path in pairs:
+    os.symlink(image_path, data / image_path.name)
+    os.symlink(mat_path, data / mat_path.name)
+  (tmp_path / "dets.json").write_text(json.dumps(table))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.eval_detection", f"--data_dir={data}",
+       f"--out_dir={tmp_path / 'out'}", f"--detections={tmp_path / 'dets.json'}",
+       "--num_face_free=2", "--batch_size=2", "--detector_name=truth"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert summary["detector"] == "truth" and summary["num_images"] == 3
+  assert summary["face_free"]["false_detections_per_image"] == 0.5
+  assert summary["detections_per_photo"] == pytest.approx(2 / 3, abs=1e-3)
+  rows = [json.loads(line) for line in (tmp_path / "out" / "per_image.jsonl").read_text().splitlines()]
+  assert rows[2]["best_nme"] is None and rows[0]["best_iou"] == pytest.approx(1.0)
+  assert rows[0]["best_nme"] == pytest.approx(rows[0]["truth_box_nme"], abs=1e-4)
+  bad = subprocess.run(
+      [sys.executable, "-m", "experiments.eval_detection", f"--out_dir={tmp_path / 'bad'}",
+       f"--detections={tmp_path / 'dets.json'}", "--box_correction=1,2,3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1].startswith("eval_detection: error: ")
+  assert not (tmp_path / "bad").exists()

@@ -56,6 +56,8 @@ DETECTOR_NAME = "blazeface_short_range (MediaPipe, Apache-2.0) in JAX"
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
                  "CONCATENATION", "DEQUANTIZE")
 INPUT_SIZE = 128
+# BlazeFace's keypoints, in its output order ("left" / "right" as MediaPipe names them).
+KEYPOINTS = ("left_eye", "right_eye", "nose_tip", "mouth", "left_tragion", "right_tragion")
 # SSD anchors of MediaPipe's face_detection_short_range_common.pbtxt.
 ANCHOR_STRIDES = (8, 16, 16, 16)
 RAW_SCORE_LIMIT = 80.0
@@ -257,19 +259,22 @@ def ssd_anchors(input_size: int = INPUT_SIZE,
 
 def decode(regressors: Array, logits: Array, anchors: Array,
            input_size: int = INPUT_SIZE) -> Tuple[Array, Array]:
-  """Raw outputs -> boxes and scores in the unit input square.
+  """Raw outputs -> boxes (with keypoints) and scores in the unit input square.
 
   Args:
-    regressors: ``[..., A, 16]`` (centre dx, dy, w, h, then 6 keypoints), input pixels.
+    regressors: ``[..., A, 16]`` (centre dx, dy, w, h, then 6 keypoints dx, dy), input pixels.
     logits: ``[..., A, 1]`` face logits.
     anchors: ``[A, 2]`` from :func:`ssd_anchors`.
 
   Returns:
-    boxes ``[..., A, 4]`` (x0, y0, x1, y1) in [0, 1] units of the input square, scores ``[..., A]``.
+    ``[..., A, 16]`` rows ``(x0, y0, x1, y1, then the 6 keypoints (x, y))`` in [0, 1] units of
+    the input square (keypoints: :data:`KEYPOINTS`), and scores ``[..., A]``.
   """
   centre = regressors[..., 0:2] / input_size + anchors
   half = regressors[..., 2:4] / input_size / 2
-  boxes = jnp.concatenate([centre - half, centre + half], axis=-1)
+  keypoints = regressors[..., 4:16].reshape(*regressors.shape[:-1], 6, 2) / input_size
+  keypoints = (keypoints + anchors[:, None, :]).reshape(*regressors.shape[:-1], 12)
+  boxes = jnp.concatenate([centre - half, centre + half, keypoints], axis=-1)
   scores = jax.nn.sigmoid(jnp.clip(logits[..., 0], -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT))
   return boxes, scores
 
@@ -293,38 +298,60 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray,
   box keeps the best score.
 
   Args:
-    boxes: ``[N, 4]``; scores: ``[N]``.
+    boxes: ``[N, 4 + E]`` (x0, y0, x1, y1, then E extra values averaged alike, e.g. keypoints);
+      scores: ``[N]``.
 
   Returns:
-    ``boxes [M, 4]``, ``scores [M]`` float32, by descending score.
+    ``boxes [M, 4 + E]``, ``scores [M]`` float32, by descending score.
   """
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  boxes = np.asarray(boxes, np.float64)
+  width = boxes.shape[-1] if boxes.ndim == 2 else 4
+  boxes = boxes.reshape(-1, width)
   scores = np.asarray(scores, np.float64).reshape(-1)
   order = np.argsort(-scores, kind="stable")
   boxes, scores = boxes[order], scores[order]
   kept_boxes, kept_scores = [], []
   while len(scores):
-    overlap = box_iou(boxes[0], boxes) > iou_threshold
+    overlap = box_iou(boxes[0, :4], boxes[:, :4]) > iou_threshold
     overlap[0] = True
     weights = scores[overlap]
     kept_boxes.append((boxes[overlap] * weights[:, None]).sum(0) / weights.sum())
     kept_scores.append(scores[0])
     boxes, scores = boxes[~overlap], scores[~overlap]
-  return (np.asarray(kept_boxes, np.float32).reshape(-1, 4),
+  return (np.asarray(kept_boxes, np.float32).reshape(-1, width),
           np.asarray(kept_scores, np.float32))
 
 
-def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = None) -> np.ndarray:
+def head_turn(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+  """``[N]`` signed head-turn proxy: (nose tip x - eye midpoint x) / box width (image x, so
+  positive when the nose points to the image right). ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
+  eyes = (keypoints[:, 0, 0] + keypoints[:, 1, 0]) / 2
+  width = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
+  return (keypoints[:, 2, 0] - eyes) / width
+
+
+def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = None,
+                  turn: Optional[np.ndarray] = None) -> np.ndarray:
   """Detector boxes ``[N, 4]`` -> landmark-box convention (:data:`BOX_CORRECTION`).
 
-  ``centre' = centre + (shift_x * w, shift_y * h)``, ``(w', h') = (scale_w * w, scale_h * h)``.
+  With ``t = turn`` (:func:`head_turn`; 0 when ``None``) and ``a = |t|``:
+  ``centre' = centre + ((shift_x + shift_x_turn * t) * w, (shift_y + shift_y_turn * a) * h)``,
+  ``w' = (scale_w + scale_w_turn * a) * w``, ``h' = (scale_h + scale_h_turn * a) * h``
+  (missing ``*_turn`` keys count as 0).
   """
   c = BOX_CORRECTION if correction is None else correction
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  t = np.zeros(len(boxes), np.float32) if turn is None else np.asarray(turn, np.float32)
+  a = np.abs(t)
   size = boxes[:, 2:] - boxes[:, :2]
-  centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * np.array([c["shift_x"], c["shift_y"]],
-                                                               np.float32)
-  size = size * np.array([c["scale_w"], c["scale_h"]], np.float32)
+  shift = np.stack([c["shift_x"] + c.get("shift_x_turn", 0.0) * t,
+                    c["shift_y"] + c.get("shift_y_turn", 0.0) * a], axis=1)
+  scale = np.stack([c["scale_w"] + c.get("scale_w_turn", 0.0) * a,
+                    c["scale_h"] + c.get("scale_h_turn", 0.0) * a], axis=1)
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * shift
+  size = size * scale
   return np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
 
 
@@ -338,11 +365,14 @@ class FaceDetector:
 
   Args:
     model_path: a graph file from ``experiments/convert_blazeface.py`` (default: the shipped one).
+    correction: the box correction (:func:`correct_boxes`; default :data:`BOX_CORRECTION`).
   """
 
   name = DETECTOR_NAME
 
-  def __init__(self, model_path: str | Path = DEFAULT_MODEL):
+  def __init__(self, model_path: str | Path = DEFAULT_MODEL,
+               correction: Optional[Dict[str, float]] = None):
+    self.correction = dict(BOX_CORRECTION if correction is None else correction)
     self.graph = load_graph(model_path)
     self.anchors = ssd_anchors()
     graph, anchors = self.graph, jnp.asarray(self.anchors)
@@ -353,13 +383,13 @@ class FaceDetector:
     self._forward = jax.jit(forward)
 
   def raw(self, inputs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Boxes ``[B, 896, 4]`` (unit input square) and scores ``[B, 896]`` for network inputs
-    ``[B, 128, 128, 3]`` float32 in [-1, 1]."""
+    """Boxes with keypoints ``[B, 896, 16]`` (unit input square, see :func:`decode`) and scores
+    ``[B, 896]`` for network inputs ``[B, 128, 128, 3]`` float32 in [-1, 1]."""
     boxes, scores = self._forward(jnp.asarray(inputs, jnp.float32))
     return np.asarray(boxes), np.asarray(scores)
 
   def __call__(self, image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold: float = 0.3,
-               upsample: int = 1, correct: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+               upsample: int = 1, correct: bool = True, return_keypoints: bool = False):
     """See :func:`detect_faces`."""
     image = check_image(image)
     height, width = image.shape[:2]
@@ -378,12 +408,15 @@ class FaceDetector:
     all_boxes, all_scores = [], []
     for (x0, y0, size), b, s in zip(windows, boxes, scores):
       keep = s >= min_score
-      all_boxes.append(b[keep] * size + np.array([x0, y0, x0, y0], np.float32))
+      all_boxes.append(b[keep] * size + np.tile(np.array([x0, y0], np.float32), 8))
       all_scores.append(s[keep])
-    boxes, scores = weighted_nms(np.concatenate(all_boxes), np.concatenate(all_scores),
-                                 iou_threshold)
+    rows, scores = weighted_nms(np.concatenate(all_boxes), np.concatenate(all_scores),
+                                iou_threshold)
+    boxes, keypoints = rows[:, :4], rows[:, 4:].reshape(-1, 6, 2)
     if correct:
-      boxes = correct_boxes(boxes)
+      boxes = correct_boxes(boxes, self.correction, turn=head_turn(boxes, keypoints))
+    if return_keypoints:
+      return boxes.astype(np.float32), scores.astype(np.float32), keypoints.astype(np.float32)
     return boxes.astype(np.float32), scores.astype(np.float32)
 
 
@@ -434,7 +467,7 @@ def default_detector(model_path: str = str(DEFAULT_MODEL)) -> FaceDetector:
 
 
 def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold: float = 0.3,
-                 upsample: int = 1, correct: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                 upsample: int = 1, correct: bool = True, return_keypoints: bool = False):
   """Finds every face in ``image``.
 
   Args:
@@ -445,6 +478,8 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
       (small faces; see the module Note).
     correct: map the detector's boxes to landmark boxes (:data:`BOX_CORRECTION`), the box the
       alignment cascade expects; ``False`` gives BlazeFace's own boxes.
+    return_keypoints: also return BlazeFace's 6 keypoints ``[N, 6, 2]`` (image pixels,
+      :data:`KEYPOINTS` order).
 
   Returns:
     ``boxes [N, 4]`` float32 ``(x0, y0, x1, y1)`` in image pixels (pixel ``(i, j)`` centred at
@@ -455,4 +490,4 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
     ValueError: ``image`` is not an ``[H, W, 3]`` uint8 array (or is empty / over 50 MP).
   """
   return default_detector()(image, min_score=min_score, iou_threshold=iou_threshold,
-                            upsample=upsample, correct=correct)
+                            upsample=upsample, correct=correct, return_keypoints=return_keypoints)

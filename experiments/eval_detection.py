@@ -57,23 +57,31 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "DFF bundle (default: the cascade's encoder).")
   flags.DEFINE_string("detections", None, "JSON of another detector's boxes (see docstring).")
   flags.DEFINE_string("detector_name", None, "Name of the --detections detector.")
-  flags.DEFINE_string("box_correction", None, "shift_x,shift_y,scale_w,scale_h or none "
-                      "(--detections only; default none).")
+  flags.DEFINE_string("box_correction", None, "shift_x,shift_y,scale_w,scale_h[,4 *_turn "
+                      "slopes] or none (default: the shipped one; none for --detections).")
   flags.DEFINE_bool("fit_box_correction", False, "Fit the box correction on faces68 train.")
   flags.DEFINE_string("faces68_dir", None, "faces68 folder (--fit_box_correction).")
   flags.DEFINE_integer("num_fit_faces", None, "Fit on the first N training faces (default all).")
   flags.DEFINE_string("write_face_free", None, "Write the face-free images as PNGs here and stop.")
 
 
+CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "shift_y_turn",
+                   "scale_w_turn", "scale_h_turn")
+
+
 def parse_correction(text: str | None) -> Dict[str, float]:
-  """``"sx,sy,sw,sh"`` / ``"none"`` / ``None`` -> correction dict."""
+  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn]"`` / ``"none"`` / ``None`` -> correction
+  dict (:func:`dff_jax.detection.correct_boxes`)."""
   if text is None or text == "none":
     return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
-  values = [float(v) for v in text.split(",")]
-  if len(values) != 4 or not all(np.isfinite(values)) or min(values[2:]) <= 0:
+  try:
+    values = [float(v) for v in text.split(",")]
+  except ValueError:
+    values = []
+  if len(values) not in (4, 8) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
     raise ValueError(f"--box_correction={text!r}: expected shift_x,shift_y,scale_w,scale_h "
-                     "with positive scales, or none")
-  return dict(zip(("shift_x", "shift_y", "scale_w", "scale_h"), values))
+                     "(positive scales) [+ the four *_turn slopes], or none")
+  return dict(zip(CORRECTION_KEYS, values))
 
 
 def external_detector(path: str, correction: Dict[str, float]):
@@ -113,21 +121,22 @@ def main(argv):
       detect, table = external_detector(FLAGS.detections, correction)
       name = FLAGS.detector_name or Path(FLAGS.detections).stem
     else:
-      correction = dict(detection.BOX_CORRECTION)
-      detector = detection.FaceDetector()
+      correction = (dict(detection.BOX_CORRECTION) if FLAGS.box_correction is None
+                    else parse_correction(FLAGS.box_correction))
+      detector = detection.FaceDetector(correction=correction)
       table = None
       name = detector.name
 
-      def detect(image, _name, corrected=True):
+      def detect(image, _name, corrected=True, keypoints=False):
         return detector(image, min_score=FLAGS.min_score, upsample=FLAGS.upsample,
-                        correct=corrected)
+                        correct=corrected, return_keypoints=keypoints)
     if FLAGS.fit_box_correction:
       if not FLAGS.faces68_dir:
         raise ValueError("--fit_box_correction needs --faces68_dir")
       if FLAGS.detections:
         raw = external_detector(FLAGS.detections, parse_correction("none"))[0]
       else:
-        raw = lambda image, n: detect(image, n, corrected=False)  # pylint: disable=unnecessary-lambda-assignment
+        raw = lambda image, n: detect(image, n, corrected=False, keypoints=True)  # pylint: disable=unnecessary-lambda-assignment
       faces = evaluation.faces68_faces(FLAGS.faces68_dir, "train", FLAGS.num_fit_faces)
       fit = evaluation.fit_box_correction(faces, raw)
       fit.update(detector=name, data="faces68 train split", min_score=FLAGS.min_score)

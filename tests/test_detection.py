@@ -107,7 +107,9 @@ def test_anchors_and_decode():
   regressors = np.zeros((896, 16), np.float32)
   regressors[0, :4] = [12.8, -6.4, 25.6, 12.8]  # 128-px input units
   boxes, scores = detection.decode(regressors, np.zeros((896, 1), np.float32), anchors)
-  np.testing.assert_allclose(np.asarray(boxes[0]), [0.03125 + 0.1 - 0.1, 0.03125 - 0.05 - 0.05,
+  assert boxes.shape == (896, 16)
+  np.testing.assert_allclose(np.asarray(boxes[0, 4:]), np.tile(anchors[0], 6), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(boxes[0, :4]), [0.03125 + 0.1 - 0.1, 0.03125 - 0.05 - 0.05,
                                                     0.03125 + 0.1 + 0.1, 0.03125 - 0.05 + 0.05],
                              atol=1e-6)
   np.testing.assert_allclose(np.asarray(scores), 0.5)
@@ -225,3 +227,46 @@ def test_eval_detection_command(tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("eval_detection: error: ")
   assert not (tmp_path / "bad").exists()
+
+
+def test_portrait_keypoints_in_face_order(portrait):
+  boxes, _, keypoints = detection.detect_faces(portrait, correct=False, return_keypoints=True)
+  assert keypoints.shape == (1, 6, 2)
+  points = dict(zip(detection.KEYPOINTS, keypoints[0]))
+  eyes_y = (points["left_eye"][1] + points["right_eye"][1]) / 2
+  assert eyes_y < points["nose_tip"][1] < points["mouth"][1]
+  assert np.all((keypoints[0, :4] > boxes[0, :2]) & (keypoints[0, :4] < boxes[0, 2:]))
+  assert abs(detection.head_turn(boxes, keypoints)[0]) < 0.1  # a frontal portrait
+
+
+def test_correction_turn_terms():
+  boxes = np.array([[0, 0, 100, 100], [0, 0, 100, 100]], np.float32)
+  correction = dict(shift_x=0.0, shift_y=0.1, scale_w=1.0, scale_h=1.0, shift_x_turn=0.5,
+                    shift_y_turn=0.0, scale_w_turn=-1.0, scale_h_turn=0.0)
+  out = detection.correct_boxes(boxes, correction, turn=np.array([0.0, -0.2]))
+  np.testing.assert_allclose(out[0], [0, 10, 100, 110], atol=1e-4)
+  # turn -0.2: centre moves by 0.5 * -0.2 * 100 = -10 px, width 1 - 0.2 = 0.8.
+  np.testing.assert_allclose(out[1], [50 - 10 - 40, 10, 50 - 10 + 40, 110], atol=1e-4)
+  keypoints = np.zeros((1, 6, 2), np.float32)
+  keypoints[0, :3, 0] = [40, 60, 70]  # eyes at 40 / 60, nose tip at 70
+  assert detection.head_turn(boxes[:1], keypoints)[0] == pytest.approx(0.2)
+
+
+def test_fit_box_correction_recovers_turn_slopes():
+  planted = dict(shift_x=0.01, shift_x_turn=0.3, shift_y=0.05, shift_y_turn=-0.1, scale_w=0.9,
+                 scale_w_turn=-0.25, scale_h=0.95, scale_h_turn=0.1)
+  rng = np.random.default_rng(2)
+  faces, detections = [], {}
+  for k in range(40):
+    box = np.array([100, 100, 200, 220], np.float64) + rng.uniform(-20, 20, 4)
+    turn = rng.uniform(-0.3, 0.3)
+    keypoints = np.zeros((6, 2))
+    keypoints[:2, 0] = [140, 160]
+    keypoints[2, 0] = 150 + turn * (box[2] - box[0])
+    truth = detection.correct_boxes(box[None], planted, turn=np.array([turn]))[0]
+    landmarks = np.array([truth[:2], truth[2:]] * 34, np.float32)
+    faces.append((f"f{k}", np.zeros((8, 8, 3), np.uint8), landmarks))
+    detections[f"f{k}"] = (box[None], np.ones(1), keypoints[None])
+  fit = evaluation.fit_box_correction(faces, lambda image, name: detections[name])
+  for key, value in planted.items():
+    assert fit[key] == pytest.approx(value, abs=2e-3), key

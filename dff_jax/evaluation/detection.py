@@ -119,27 +119,47 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   return detection.box_iou(np.asarray(box, np.float64), np.asarray(boxes, np.float64).reshape(-1, 4))
 
 
+def _robust_line(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+  """Least-squares ``y ~ a + b x`` refitted twice without residuals beyond 3 MADs."""
+  keep = np.ones(len(x), bool)
+  for _ in range(3):
+    design = np.stack([np.ones(keep.sum()), x[keep]], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, y[keep], rcond=None)
+    residual = y - (a + b * x)
+    mad = np.median(np.abs(residual[keep] - np.median(residual[keep]))) + 1e-9
+    keep = np.abs(residual) <= 3 * 1.4826 * mad
+  return float(a), float(b)
+
+
 def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], detect: Detect,
                        min_iou: float = 0.3) -> Dict[str, Any]:
-  """Fits :data:`dff_jax.detection.BOX_CORRECTION` (medians) on annotated faces.
+  """Fits :data:`dff_jax.detection.BOX_CORRECTION` on annotated faces.
 
   For each face, the uncorrected detection overlapping its landmark box most (IoU >= ``min_iou``)
   gives ``shift = (landmark centre - detector centre) / detector size`` and
-  ``scale = landmark size / detector size`` per axis; the fit is the median of each.
+  ``scale = landmark size / detector size`` per axis. Without keypoints the fit is the median of
+  each (no ``*_turn`` terms). With keypoints (``detect`` returning a third array ``[N, 6, 2]``)
+  each is a robust straight line in the head-turn proxy ``t``
+  (:func:`dff_jax.detection.head_turn`): ``shift_x`` in ``t``, the others in ``|t|``.
 
   Args:
     faces: ``(name, image [H, W, 3] uint8, landmarks_px [68, 2])`` (training faces only).
-    detect: ``(image, name) -> (boxes [N, 4], scores [N])`` *uncorrected* detector boxes.
+    detect: ``(image, name) -> (boxes [N, 4], scores [N][, keypoints [N, 6, 2]])``,
+      *uncorrected* detector boxes.
 
   Returns:
-    ``shift_x, shift_y, scale_w, scale_h`` plus ``num_faces``, ``num_used`` and the
-    quartiles of each quantity.
+    ``shift_x, shift_y, scale_w, scale_h`` (and ``*_turn`` with keypoints) plus ``num_faces``,
+    ``num_used``, the quartiles of each quantity and of ``|t|``.
   """
-  rows = []
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  rows, turns = [], []
   count = 0
+  with_keypoints = None
   for name, image, landmarks in faces:
     count += 1
-    boxes, _ = detect(image, name)
+    result = detect(image, name)
+    boxes = np.asarray(result[0], np.float64).reshape(-1, 4)
+    with_keypoints = len(result) > 2
     if not len(boxes):
       continue
     truth = np.concatenate([landmarks.min(0), landmarks.max(0)]).astype(np.float64)
@@ -147,16 +167,27 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
     best = int(np.argmax(overlap))
     if overlap[best] < min_iou:
       continue
-    det = np.asarray(boxes[best], np.float64)
+    det = boxes[best]
     det_size = det[2:] - det[:2]
     shift = ((truth[:2] + truth[2:]) - (det[:2] + det[2:])) / 2 / det_size
     scale = (truth[2:] - truth[:2]) / det_size
     rows.append(np.concatenate([shift, scale]))
+    if with_keypoints:
+      turns.append(float(detection.head_turn(det[None], np.asarray(result[2])[best][None])[0]))
   if not rows:
     raise ValueError("no detection matched a landmark box: cannot fit a box correction")
   rows = np.asarray(rows)
   names = ("shift_x", "shift_y", "scale_w", "scale_h")
-  fit: Dict[str, Any] = {n: round(float(np.median(rows[:, i])), 4) for i, n in enumerate(names)}
+  fit: Dict[str, Any] = {}
+  if with_keypoints:
+    turn = np.asarray(turns)
+    for i, n in enumerate(names):
+      a, b = _robust_line(turn if n == "shift_x" else np.abs(turn), rows[:, i])
+      fit[n], fit[n + "_turn"] = round(a, 4), round(b, 4)
+    fit["abs_turn_quartiles"] = [round(float(q), 4) for q in np.percentile(np.abs(turn),
+                                                                           [25, 50, 75, 95])]
+  else:
+    fit.update({n: round(float(np.median(rows[:, i])), 4) for i, n in enumerate(names)})
   fit["quartiles"] = {n: [round(float(q), 4) for q in np.percentile(rows[:, i], [25, 50, 75])]
                       for i, n in enumerate(names)}
   fit.update(num_faces=count, num_used=int(len(rows)), min_iou=min_iou)

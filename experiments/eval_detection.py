@@ -23,7 +23,8 @@ Box correction of the shipped detector (``dff_jax.detection.BOX_CORRECTION``):
   python -m experiments.eval_detection --fit_box_correction \
       --faces68_dir=../shared/datasets/faces68 --out_dir=DIR [--detections=FILE.json]
 
-fits it on the faces68 *training* split and writes ``DIR/box_correction.json``.
+fits it on the faces68 *training* split (``--fit_on=synthetic [--num_fit_faces=400]``: on
+synthetic training renders, seed 20 000) and writes ``DIR/box_correction.json``.
 
 Bad arguments or missing files: one line on stderr, exit status 2.
 """
@@ -60,6 +61,8 @@ def define_flags() -> None:
   flags.DEFINE_string("box_correction", None, "shift_x,shift_y,scale_w,scale_h[,4 *_turn "
                       "slopes] or none (default: the shipped one; none for --detections).")
   flags.DEFINE_bool("fit_box_correction", False, "Fit the box correction on faces68 train.")
+  flags.DEFINE_enum("fit_on", "faces68", ["faces68", "synthetic"], "--fit_box_correction data: "
+                    "the faces68 train split or synthetic training renders (seed 20000).")
   flags.DEFINE_string("faces68_dir", None, "faces68 folder (--fit_box_correction).")
   flags.DEFINE_integer("num_fit_faces", None, "Fit on the first N training faces (default all).")
   flags.DEFINE_string("write_face_free", None, "Write the face-free images as PNGs here and stop.")
@@ -131,15 +134,25 @@ def main(argv):
         return detector(image, min_score=FLAGS.min_score, upsample=FLAGS.upsample,
                         correct=corrected, return_keypoints=keypoints)
     if FLAGS.fit_box_correction:
-      if not FLAGS.faces68_dir:
-        raise ValueError("--fit_box_correction needs --faces68_dir")
+      if FLAGS.fit_on == "faces68" and not FLAGS.faces68_dir:
+        raise ValueError("--fit_box_correction needs --faces68_dir (or --fit_on=synthetic)")
       if FLAGS.detections:
         raw = external_detector(FLAGS.detections, parse_correction("none"))[0]
       else:
         raw = lambda image, n: detect(image, n, corrected=False, keypoints=True)  # pylint: disable=unnecessary-lambda-assignment
-      faces = evaluation.faces68_faces(FLAGS.faces68_dir, "train", FLAGS.num_fit_faces)
+      if FLAGS.fit_on == "faces68":
+        faces = evaluation.faces68_faces(FLAGS.faces68_dir, "train", FLAGS.num_fit_faces)
+        data = "faces68 train split"
+      else:
+        from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+        from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+        meta = cascade_io.read_cascade_header(
+            FLAGS.cascade or runner.default_cascade_path("dff")).get("meta", {})
+        faces = evaluation.synthetic_faces(FLAGS.num_fit_faces or 400, data=meta.get("data"))
+        data = (f"synthetic training renders (seed 20000, {FLAGS.num_fit_faces or 400} faces, "
+                "the cascade's data settings)")
       fit = evaluation.fit_box_correction(faces, raw)
-      fit.update(detector=name, data="faces68 train split", min_score=FLAGS.min_score)
+      fit.update(detector=name, data=data, min_score=FLAGS.min_score)
       file_io.write_json_atomic(Path(FLAGS.out_dir) / "box_correction.json", fit)
       print(json.dumps(fit))
       return

@@ -194,6 +194,19 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
   return fit
 
 
+def synthetic_faces(num_faces: int, seed: int = 20_000, data: Optional[Dict[str, Any]] = None):
+  """``(name, image, landmarks_px)`` of synthetic training renders
+  (:func:`dff_jax.alignment.runner.synthetic_set`: the default face model, full yaw range, the
+  landmarks the cascade is trained on, jaw on the silhouette); seed 20 000 is the cascade's
+  training seed (never an evaluation seed). ``data``: pipeline settings (e.g. the cascade's
+  training ``data`` meta)."""
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  eval_set = runner.synthetic_set(int(num_faces), seed=seed, image_size=None, data=data)
+  for job in eval_set.jobs:
+    loaded = job.load()
+    yield job.name, loaded.image, np.asarray(loaded.truth["landmarks_px"], np.float32)
+
+
 def faces68_faces(data_dir: str | os.PathLike, split: str = "train",
                   num_faces: Optional[int] = None):
   """``(name, image, landmarks_px)`` of the faces68 ``split`` (lazily read)."""

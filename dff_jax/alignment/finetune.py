@@ -353,7 +353,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int
   local_batch = global_batch // process_count
   num_faces = int(config.num_train_faces)
   source = face_source(config, int(config.seed), num_examples=num_faces)
-  real_fraction = float(config.get("real", {}).get("fraction", 0.0)) if "real" in config else 0.0
+  real_fraction = float(config.real.fraction) if "real" in config else 0.0
   if real_fraction > 0:
     # Real-face views (photos and re-renders, data_pipeline.real_faces) mixed with synthetic.
     real = training.real_face_source(config, int(config.seed), num_faces)

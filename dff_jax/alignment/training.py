@@ -226,7 +226,7 @@ def train_alignment(config: Any, workdir: str | Path,
   alignment_model = cascade.make_alignment_model(model)
 
   t0 = time.time()
-  num_real = int(config.get("real", {}).get("num_faces", 0)) if "real" in config else 0
+  num_real = int(config.real.num_faces) if "real" in config else 0
   # Maps in memory (float16, 2 MB per face at 128 px, D = 64) up to a few thousand faces;
   # beyond that each stage describes its batches again.
   keep_maps = (num_real + int(config.num_train_faces)) <= int(config.get("max_faces_in_memory",

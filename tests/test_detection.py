@@ -60,9 +60,10 @@ def test_portrait_mirrored_and_two_faces(portrait):
 
 
 def test_uncorrected_box_and_correction_round_trip(portrait):
-  raw, _ = detection.detect_faces(portrait, correct=False)
+  raw, _, keypoints = detection.detect_faces(portrait, correct=False, return_keypoints=True)
   corrected, _ = detection.detect_faces(portrait)
-  np.testing.assert_allclose(detection.correct_boxes(raw), corrected, atol=1e-3)
+  turn = detection.head_turn(raw, keypoints)
+  np.testing.assert_allclose(detection.correct_boxes(raw, turn=turn), corrected, atol=1e-3)
   identity = dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
   np.testing.assert_allclose(detection.correct_boxes(raw, identity), raw, atol=1e-4)
 

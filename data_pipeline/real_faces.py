@@ -272,7 +272,9 @@ class RealFaces:
 
   @property
   def prepared(self) -> params.PreparedModel:
-    return params.prepared_for(self.config.pipeline)
+    """The rendered mesh with every identity mode (the fits use them all, whatever the
+    pipeline's ``max_identity_modes`` for synthetic faces)."""
+    return params.prepared_for(self.config.pipeline.replace(max_identity_modes=0))
 
   def _static(self):
     if self._cache is None:
@@ -567,15 +569,18 @@ def surface_correspondences(rng: np.random.Generator, rasters, screens, triangle
   they are in view 1 (weak perspective is affine per triangle: the same barycentric blend).
 
   Returns:
-    ``(points [2, K, 2] float32, visible [2, K] bool)``; view 0's points are visible by
-    construction (padding rows are invisible in both).
+    ``(points [2, K, 2] float32, visible [2, K] bool, triangle_ids [K] int32 (-1 padding),
+    barycentrics [K, 3] float32)``; view 0's points are visible by construction (padding rows
+    are invisible in both).
   """
   size_h, size_w = rasters[0].height, rasters[0].width
   face_pixels = np.nonzero(rasters[0].triangle_ids.reshape(-1) >= 0)[0]
   points = np.zeros((2, num_points, 2), np.float32)
   visible = np.zeros((2, num_points), bool)
+  triangle_ids = np.full(num_points, -1, np.int32)
+  barycentrics = np.zeros((num_points, 3), np.float32)
   if not face_pixels.size:
-    return points, visible
+    return points, visible, triangle_ids, barycentrics
   chosen = face_pixels[rng.integers(0, face_pixels.size, size=2 * num_points)]
   query = np.stack([chosen % size_w, chosen // size_w], axis=1) + rng.random((2 * num_points, 2))
   _, tri, bary = rasterizer.front_surface_at(rasters[0], query)
@@ -589,7 +594,9 @@ def surface_correspondences(rng: np.random.Generator, rasters, screens, triangle
     points[v, :got] = positions[v][order, :2]
   visible[0, :got] = True
   visible[1, :got] = seen[order]
-  return points, visible
+  triangle_ids[:got] = tri[order]
+  barycentrics[:got] = bary[order]
+  return points, visible, triangle_ids, barycentrics
 
 
 def warp_pair(rng: np.random.Generator, image: np.ndarray, vertex_ids: np.ndarray,
@@ -656,8 +663,12 @@ class RealPairSource:
     weights = np.asarray(config.pair_kinds, np.float64)
     kind = int(rng.choice(3, p=weights / weights.sum()))
     k = pipeline.num_correspondences
+    face = self.bank.face(j)
     if kind == 2:
-      image0, _, _, raster0, _ = photo_view(rng, self.bank, j, config)
+      image0, view0, _, raster0, _ = photo_view(rng, self.bank, j, config)
+      views_pose = (view0, view0)  # view 1 is an image warp: no pose of its own
+      triangle_ids = np.full(k, -1, np.int32)
+      barycentrics = np.zeros((k, 3), np.float32)
       ids0 = vertex_id_map(raster0, prepared.model_triangles)
       warped, ids1, forward = warp_pair(rng, image0.astype(np.float32) / 255.0, ids0, config)
       lm = self.bank.landmarks_px[j]
@@ -680,12 +691,22 @@ class RealPairSource:
         first = render_new_view(rng, self.bank, j, config)
       second = render_new_view(rng, self.bank, j, config)
       views = (first, second)
-      points, seen = surface_correspondences(
+      views_pose = (first[1], second[1])
+      points, seen, triangle_ids, barycentrics = surface_correspondences(
           rng, [v[3] for v in views], [v[2] for v in views], prepared.triangles, k,
           pipeline.depth_tolerance_mm)
       valid = seen[0] & seen[1]
       images = np.stack([v[0] for v in views])
       vertex_ids = np.stack([vertex_id_map(v[3], prepared.model_triangles) for v in views])
+    def per_view(name):
+      return np.asarray([v[name] for v in views_pose], np.float32)
+
     return dict(images=images, vertex_ids=vertex_ids, mask=vertex_ids >= 0,
                 points_a_px=points[0], points_b_px=points[1], valid=valid,
+                points_triangle_ids=triangle_ids, points_barycentrics=barycentrics,
+                shape_coefficients=np.asarray(face["shape_coefficients"], np.float32),
+                expression_coefficients=np.asarray(face["expression_coefficients"], np.float32),
+                yaw_rad=per_view("yaw_rad"), pitch_rad=per_view("pitch_rad"),
+                roll_rad=per_view("roll_rad"), scale=per_view("scale"),
+                translation_px=per_view("translation_px"),
                 kind=np.int32(kind), index=np.int64(i))

@@ -1,6 +1,7 @@
 """Independent check of generated samples: exact correspondences, no occluded matches, determinism.
 
   python -m data_pipeline.validate --num_pairs=20 [--face_model=default|sfm|PATH] [--image_size=128]
+  python -m data_pipeline.validate --num_pairs=20 --real_fits=/work/runs/real_fits_train.npz
 
 Prints one JSON object:
 
@@ -41,6 +42,8 @@ flags.DEFINE_integer("num_views", 2, "views per sample")
 flags.DEFINE_integer("num_correspondences", 256, "K")
 flags.DEFINE_integer("seed", 0, "pipeline seed")
 flags.DEFINE_integer("start", 0, "first index")
+flags.DEFINE_string("real_fits", None, "validate real-face pairs (data_pipeline.real_faces."
+                    "RealPairSource) over this fit cache instead of synthetic pairs")
 
 
 def brute_force_front_depth(screen: np.ndarray, triangles: np.ndarray, points_px: np.ndarray,
@@ -118,9 +121,22 @@ def arrays_identical(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool
              and np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes() for k in a)
 
 
-def validate(config, num_pairs: int, start: int = 0) -> Dict[str, object]:
-  """Generates ``num_pairs`` samples and returns the JSON-able report of the module docstring."""
-  source = PairSource(config)
+def validate(config, num_pairs: int, start: int = 0, real_fits: Optional[str] = None
+             ) -> Dict[str, object]:
+  """Generates ``num_pairs`` samples and returns the JSON-able report of the module docstring
+  (with ``real_fits``: real-face pairs, whose geometric checks cover the pairs with a surface
+  correspondence, ``photo_render`` and ``render_render``; ``photo_warp`` pairs are exact by
+  construction and checked for determinism only)."""
+  if real_fits:
+    from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
+    real_config = real_faces.RealFacesConfig(fits=real_fits, pipeline=config)
+
+    def make_source():
+      return real_faces.RealPairSource(real_config)
+  else:
+    def make_source():
+      return PairSource(config)
+  source = make_source()
   _ = source[start]  # load the model outside the timing
   wall, cpu = time.perf_counter(), time.process_time()
   samples = [source[start + i] for i in range(num_pairs)]
@@ -129,14 +145,18 @@ def validate(config, num_pairs: int, start: int = 0) -> Dict[str, object]:
   triangles = params.render_triangles(config)
   max_error, occluded, valid_counts, lm_visible = 0.0, 0, [], []
   for sample in samples:
+    if real_fits and int(sample["kind"]) == 2:
+      continue
     result = check_sample(model, sample, config.depth_tolerance_mm, triangles)
     max_error = max(max_error, result["max_reprojection_error_px"])
     occluded += result["occluded_matches"]
     valid_counts.append(result["valid"])
-    lm_visible.append(float(sample["landmarks_visible"].mean()))
-  fresh = PairSource(config)
+    if "landmarks_visible" in sample:
+      lm_visible.append(float(sample["landmarks_visible"].mean()))
+  fresh = make_source()
   deterministic = all(arrays_identical(s, fresh[start + i]) for i, s in enumerate(samples[:5]))
-  deterministic &= arrays_identical(samples[0], generate_sample(config, start))
+  if not real_fits:
+    deterministic &= arrays_identical(samples[0], generate_sample(config, start))
   return dict(
       num_pairs=num_pairs, face_model=str(config.face_model), image_size=config.image_size,
       num_views=config.num_views, num_correspondences=config.num_correspondences,
@@ -145,7 +165,8 @@ def validate(config, num_pairs: int, start: int = 0) -> Dict[str, object]:
       pairs_per_second=num_pairs / wall, cpu_seconds_per_pair=cpu / num_pairs,
       mean_valid_correspondences=float(np.mean(valid_counts)),
       min_valid_correspondences=int(np.min(valid_counts)),
-      landmarks_visible_fraction=float(np.mean(lm_visible)),
+      landmarks_visible_fraction=float(np.mean(lm_visible)) if lm_visible else None,
+      real_fits=real_fits,
       ok=bool(max_error <= 0.5 and occluded == 0 and deterministic))
 
 
@@ -154,7 +175,7 @@ def main(argv):
   config = pipeline_config_from_dict(
       seed=FLAGS.seed, face_model=FLAGS.face_model, image_size=FLAGS.image_size,
       num_views=FLAGS.num_views, num_correspondences=FLAGS.num_correspondences)
-  print(json.dumps(validate(config, FLAGS.num_pairs, FLAGS.start), indent=2))
+  print(json.dumps(validate(config, FLAGS.num_pairs, FLAGS.start, FLAGS.real_fits), indent=2))
 
 
 if __name__ == "__main__":

@@ -239,3 +239,11 @@ def test_mirror_68_is_a_left_right_involution():
   assert sorted(mirror.tolist()) == list(range(68))
   np.testing.assert_array_equal(mirror[mirror], np.arange(68))
   assert mirror[36] == 45 and mirror[0] == 16 and mirror[48] == 54 and mirror[30] == 30
+
+
+def test_validate_rederives_real_pair_correspondences(planted):
+  from data_pipeline import validate  # pylint: disable=g-import-not-at-top
+  report = validate.validate(planted["bank"].config.pipeline.replace(num_correspondences=64), 4,
+                             real_fits=planted["bank"].config.fits)
+  assert report["ok"], report
+  assert report["max_reprojection_error_px"] < 1e-3 and report["occluded_matches"] == 0

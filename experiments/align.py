@@ -73,7 +73,8 @@ def define_flags() -> None:
   flags.DEFINE_string("images", None, "Image file, directory, glob, or comma-separated list.")
   flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (image pixels) for every image.")
   flags.DEFINE_string("boxes", None, "JSON file mapping image file names to [x0, y0, x1, y1].")
-  flags.DEFINE_string("cascade", None, "Cascade .npz (default: the shipped one).")
+  flags.DEFINE_string("cascade", None, "Cascade .npz, or a shipped one by name: default (real + "
+                      "synthetic faces), synthetic (renders only).")
   flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
   flags.DEFINE_string("checkpoint", None, "DFF inference bundle or training workdir.")
   flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "

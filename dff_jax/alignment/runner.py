@@ -71,9 +71,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 READ_ERRORS = (ValueError, OSError)
 
 
+# Shipped cascades by name (``--cascade=NAME``); each file names its encoder in its meta.
+NAMED_CASCADES = {
+    # Trained on real photos (faces68: research-use terms) and synthetic renders: the default.
+    "default": "cascade_dff.npz",
+    # Trained on synthetic renders of the embedded face model only (no research-use data).
+    "synthetic": "cascade_dff_synthetic.npz",
+}
+
+
 def default_cascade_path(features: str) -> Path:
   """The shipped cascade for ``features`` (``dff_jax/assets/cascade_<features>.npz``)."""
   return ASSETS / f"cascade_{features}.npz"
+
+
+def named_cascade_path(name: str | os.PathLike) -> Path:
+  """``NAMED_CASCADES[name]`` under the assets, or ``name`` itself as a path."""
+  if str(name) in NAMED_CASCADES:
+    return ASSETS / NAMED_CASCADES[str(name)]
+  return Path(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +122,8 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
   """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX).
 
   Args:
-    cascade_path: a cascade ``.npz``; ``None`` = the shipped ``cascade_<features>.npz``.
+    cascade_path: a cascade ``.npz``, or a shipped one by name (:data:`NAMED_CASCADES`:
+      ``"default"``, ``"synthetic"``); ``None`` = the shipped ``cascade_<features>.npz``.
     features: ``"dff"`` / ``"sift"``; ``None`` = the cascade's own (``"dff"`` for the default).
       Must agree with the cascade file.
     checkpoint: DFF bundle / training workdir; ``None`` = the encoder the cascade names
@@ -128,7 +145,7 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
           f"the default {kind} cascade {path} is not shipped with this install yet: pass "
           "--cascade=FILE (train one with python -m experiments.train_alignment)")
   else:
-    path = Path(cascade_path)
+    path = named_cascade_path(cascade_path)
   header = cascade_io.read_cascade_header(path)
   meta = header.get("meta", {})
   kind = str(meta.get("features", features or "dff"))

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from dff_jax.face_model import loaders
 
@@ -35,13 +34,7 @@ _NUM_IDENTITY = flags.DEFINE_integer("num_identity", 60, "Identity modes kept.")
 _MAX_MB = flags.DEFINE_float("max_mb", 8.0, "Fail if the asset is larger (MB, 1e6 bytes).")
 
 
-def build_default_model(source: str, num_identity: int):
-  """The default model from the ICT npz at ``source`` (see the module docstring)."""
-  model = loaders.load_face_model(Path(source))
-  energy = np.sum(model.identity_basis.astype(np.float64) ** 2, axis=(1, 2))
-  keep = np.sort(np.argsort(-energy)[:num_identity])
-  keep = keep[np.argsort(-energy[keep], kind="stable")]
-  return model.replace(identity_basis=model.identity_basis[keep], name="ict_default"), energy, keep
+build_default_model = loaders.build_default_model  # the library function (also the recipe's)
 
 
 def main(argv):

@@ -148,6 +148,24 @@ def save_face_model(model: FaceModel, path: PathLike, compact: bool = False) -> 
 # ----------------------------------------------------------------------------------------------
 
 
+def build_default_model(source: PathLike, num_identity: int = 60):
+  """The embedded default model (``DEFAULT_ASSET``) from the ICT Face Model Light npz at
+  ``source``: :func:`load_face_model` of it (cm -> mm, 53 ARKit blendshapes with prior std 0.3,
+  contour candidates, the seeded procedural albedo) keeping the ``num_identity`` identity modes of
+  largest energy, in decreasing order (deterministic: ``experiments.build_default_face_model``
+  and the ``face_model_ict`` recipe of ``dff_jax/assets/MANIFEST.json``).
+
+  Returns:
+    ``(model, energy, keep)``: the model, the energy of every ICT identity mode ``[100]`` and the
+    indices kept.
+  """
+  model = load_face_model(Path(source))
+  energy = np.sum(model.identity_basis.astype(np.float64) ** 2, axis=(1, 2))
+  keep = np.sort(np.argsort(-energy)[:num_identity])
+  keep = keep[np.argsort(-energy[keep], kind="stable")]
+  return model.replace(identity_basis=model.identity_basis[keep], name="ict_default"), energy, keep
+
+
 def _load_path(path: Path, name: Optional[str] = None,
                landmark_vertex_ids: Optional[np.ndarray] = None) -> FaceModel:
   if not path.exists():

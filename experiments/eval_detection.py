@@ -31,6 +31,7 @@ Bad arguments or missing files: one line on stderr, exit status 2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -167,6 +168,7 @@ def main(argv):
         detector=name, box_correction=correction, min_score=FLAGS.min_score,
         upsample=FLAGS.upsample if table is None else None,
         data_dir=FLAGS.data_dir, cascade=str(aligner.spec.cascade_path),
+        cascade_sha256=hashlib.sha256(Path(aligner.spec.cascade_path).read_bytes()).hexdigest(),
         command=" ".join(["python -m experiments.eval_detection"] + sys.argv[1:]))
     summary.update(evaluation.evaluate_detection(
         FLAGS.data_dir, detect, aligner, num_images=FLAGS.num_images,

@@ -416,8 +416,17 @@ class FaceDetector:
       keep = s >= min_score
       all_boxes.append(b[keep] * size + np.tile(np.array([x0, y0], np.float32), 8))
       all_scores.append(s[keep])
-    rows, scores = weighted_nms(np.concatenate(all_boxes), np.concatenate(all_scores),
-                                iou_threshold)
+    rows, scores = weighted_nms(all_boxes[0], all_scores[0], iou_threshold)
+    if len(windows) > 1:
+      # Tiles add only the faces the whole-image pass did not find (their boxes are not blended
+      # into its boxes, so upsample=2 changes nothing for faces found at the coarse scale).
+      tile_rows, tile_scores = weighted_nms(np.concatenate(all_boxes[1:]),
+                                            np.concatenate(all_scores[1:]), iou_threshold)
+      new = np.array([not len(rows) or box_iou(r[:4], rows[:, :4]).max() <= iou_threshold
+                      for r in tile_rows], bool)
+      order = np.argsort(-np.concatenate([scores, tile_scores[new]]), kind="stable")
+      rows = np.concatenate([rows, tile_rows[new]])[order]
+      scores = np.concatenate([scores, tile_scores[new]])[order]
     boxes, keypoints = rows[:, :4], rows[:, 4:].reshape(-1, 6, 2)
     if correct:
       boxes = correct_boxes(boxes, self.correction, turn=head_turn(boxes, keypoints))

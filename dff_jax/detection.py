@@ -6,7 +6,8 @@ alignment cascade was trained around (the bounding box of the 68 landmarks), sor
 **The network.** MediaPipe's short-range BlazeFace (Bazarevsky et al., "BlazeFace: Sub-millisecond
 Neural Face Detection on Mobile GPUs", arXiv 1907.05047): a 128 x 128 single-shot detector with
 896 anchors (16 x 16 x 2 at stride 8, 8 x 8 x 6 at stride 16), each giving a score and a box
-(centre offset, width, height, plus 6 keypoints we do not use). Its weights (float16, 0.2 MB) and
+(centre offset, width, height) and 6 keypoints (eyes, nose tip, mouth, tragions). Its weights
+(float16, 0.3 MB) and
 operator graph ship in ``dff_jax/assets/blazeface_short_range.npz``, converted unchanged from
 MediaPipe's ``face_detection_short_range.tflite`` by ``python -m experiments.convert_blazeface``
 (MediaPipe, Apache-2.0, ``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D,
@@ -17,7 +18,8 @@ DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTI
 letterboxed into a square (black bars), resized to 128 x 128 (Pillow bilinear, antialiased when
 shrinking), scaled to [-1, 1]; scores are ``sigmoid(clip(logit, -80, 80))``; boxes above
 ``min_score`` are merged by *weighted* non-maximum suppression (MediaPipe's: every box overlapping
-the best remaining one by IoU > ``iou_threshold`` is averaged into it, weighted by score).
+the best remaining one by IoU > ``iou_threshold`` is averaged into it, weighted by score); the
+score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5).
 
 **Box convention.** BlazeFace's box is a square box around the eyes, nose and mouth; the
 cascade wants the bounding box of the 68 landmarks it was trained around (brows to chin, jaw to
@@ -33,7 +35,8 @@ at ``(j + 0.5, i + 0.5)`` (so the image spans ``[0, W] x [0, H]``).
 Note: short-range BlazeFace is made for faces that fill a fair part of the image (selfies,
 portraits, face crops: faces larger than about 1/10 of the longer image side). ``upsample=2``
 also runs it on 3 x 3 overlapping tiles of half the image side (one batched call), which finds
-faces down to about 1/20 of the side, at about twice the time.
+faces down to about 1/20 of the side, at about 10x the time and with about 3x the false
+detections (WORKSPACE.md section 11); tile detections only add faces the whole-image pass missed.
 """
 
 from __future__ import annotations

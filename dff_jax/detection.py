@@ -7,10 +7,10 @@ alignment cascade was trained around (the bounding box of the 68 landmarks), sor
 Neural Face Detection on Mobile GPUs", arXiv 1907.05047): a 128 x 128 single-shot detector with
 896 anchors (16 x 16 x 2 at stride 8, 8 x 8 x 6 at stride 16), each giving a score and a box
 (centre offset, width, height) and 6 keypoints (eyes, nose tip, mouth, tragions). Its weights
-(float16, 0.3 MB) and
-operator graph ship in ``dff_jax/assets/blazeface_short_range.npz``, converted unchanged from
-MediaPipe's ``face_detection_short_range.tflite`` by ``python -m experiments.convert_blazeface``
-(MediaPipe, Apache-2.0, ``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D,
+(float16, 0.3 MB) and operator graph ship in ``dff_jax/assets/blazeface_short_range.npz``,
+converted unchanged from MediaPipe's ``face_detection_short_range.tflite`` by
+``python -m experiments.convert_blazeface`` (MediaPipe, Apache-2.0,
+``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D,
 DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE) is run by
 :func:`run_graph` with ``jax.lax`` convolutions and compiled once; nothing is downloaded.
 

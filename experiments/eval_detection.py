@@ -145,10 +145,8 @@ def main(argv):
         faces = evaluation.faces68_faces(FLAGS.faces68_dir, "train", FLAGS.num_fit_faces)
         data = "faces68 train split"
       else:
-        from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
         from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-        meta = cascade_io.read_cascade_header(
-            FLAGS.cascade or runner.default_cascade_path("dff")).get("meta", {})
+        meta = runner.resolve_aligner(FLAGS.cascade, None, FLAGS.checkpoint).header.get("meta", {})
         faces = evaluation.synthetic_faces(FLAGS.num_fit_faces or 400, data=meta.get("data"))
         data = (f"synthetic training renders (seed 20000, {FLAGS.num_fit_faces or 400} faces, "
                 "the cascade's data settings)")

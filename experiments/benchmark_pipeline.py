@@ -1,6 +1,7 @@
 """Data-pipeline throughput: pairs per second in-process and with grain worker processes.
 
-  python -m experiments.benchmark_pipeline [--image_size=128] [--num_pairs=60] [--workers=1,2]
+  python -m experiments.benchmark_pipeline [--image_size=128] [--num_pairs=60] [--workers=1,2] \
+      [--results=FILE.json]
 
 Prints one JSON line per measurement: ``{"benchmark": "pipeline", "mode": "in_process" |
 "grain_workers", "num_workers", "image_size", "pairs_per_second", "cpu_seconds_per_pair", ...}``.
@@ -71,14 +72,28 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_pairs", 60, "pairs timed per measurement")
   flags.DEFINE_list("workers", ["1", "2"], "grain worker-process counts to measure")
   flags.DEFINE_string("face_model", "default", "default | ict | sfm | PATH")
+  flags.DEFINE_string("results", None, "Also write the records, the load average and the face "
+                      "model's sha256 to this JSON file (e.g. experiments/results/"
+                      "benchmark_pipeline.json).")
 
 
 def main(argv):
   del argv
   os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
   config = pipeline_config_from_dict(image_size=FLAGS.image_size, face_model=FLAGS.face_model)
+  records = []
+  loadavg_before = os.getloadavg()
   for record in benchmark_pipeline(config, FLAGS.num_pairs, [int(w) for w in FLAGS.workers]):
     print(json.dumps(record), flush=True)
+    records.append(record)
+  if FLAGS.results:
+    from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+    by_mode = {(r["mode"] if r["mode"] == "in_process" else f"grain_{r['num_workers']}_workers"):
+               r for r in records}
+    provenance.write_results(FLAGS.results, dict(
+        records=by_mode, loadavg_before=loadavg_before, loadavg_after=os.getloadavg(),
+        environment=dict(OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS"))),
+        {"face_model": provenance.face_model_path(FLAGS.face_model)})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ r"""Compares the embedded default face model with the Surrey Face Model (SFM), a
 
   python -m experiments.compare_face_models [--sfm=sfm|PATH.npz] [--num_faces=200] [--seed=0] \
       [--out_png=out/compare_face_models/default_model_grid.png] \
-      [--aflw_dir=../shared/datasets/aflw2000_3d_dev --aflw_max_images=300]
+      [--aflw_dir=../shared/datasets/aflw2000_3d_dev --aflw_max_images=300] [--results=FILE.json]
 
 Prints one JSON object:
 
@@ -263,6 +263,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out_png", "out/compare_face_models/default_model_grid.png", "Grid PNG.")
   flags.DEFINE_string("aflw_dir", None, "Optional AFLW2000-3D folder for aflw_nme.")
   flags.DEFINE_integer("aflw_max_images", 300, "AFLW2000-3D annotations used (sorted order).")
+  flags.DEFINE_string("results", None, "Also write the report, with the sha256 of both models, "
+                      "to this JSON file (e.g. experiments/results/compare_face_models.json).")
 
 
 def main(argv):
@@ -294,6 +296,11 @@ def main(argv):
   report["grid_png"] = str(FLAGS.out_png)
   report["grid_columns"] = labels
   report["grid_rows"] = ["yaw 0 deg", "yaw 60 deg"]
+  if FLAGS.results:
+    from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+    provenance.write_results(FLAGS.results, report, {
+        "face_model": provenance.face_model_path(FLAGS.face_model),
+        "reference": provenance.face_model_path(FLAGS.sfm)})
   print(json.dumps(report, indent=1))
 
 

@@ -35,6 +35,24 @@ FLAGS = flags.FLAGS
 
 IMAGE_SIZE = 256
 PORTRAIT = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"
+# Reference points placed by hand on PORTRAIT (image pixels, read off a 10-px grid; about +-2 px)
+# and the landmarks whose mean should land there (iBUG-68 rows). tests/test_demo.py requires
+# every aligned point within 6 px (0.15 of the ~42 px inter-ocular distance).
+REFERENCE_POINTS_PX = {
+    "right_eye_centre": ((205.0, 102.0), slice(36, 42)),
+    "left_eye_centre": ((247.0, 103.0), slice(42, 48)),
+    "nose_tip": ((225.0, 128.0), slice(30, 31)),
+    "mouth_centre": ((225.0, 146.0), slice(48, 68)),
+    "chin": ((222.0, 178.0), slice(8, 9)),
+}
+
+
+def reference_point_errors_px(landmarks_px) -> Dict[str, float]:
+  """Distance (pixels) of each :data:`REFERENCE_POINTS_PX` point to the mean of its aligned
+  landmarks ``[68, 2]`` (image ``(x, y)`` pixels) of PORTRAIT."""
+  landmarks_px = np.asarray(landmarks_px, np.float64)
+  return {name: round(float(np.linalg.norm(landmarks_px[rows].mean(0) - np.asarray(point))), 3)
+          for name, (point, rows) in REFERENCE_POINTS_PX.items()}
 
 
 def run_align_demo(out_dir: str | Path, image: str | Path = PORTRAIT,
@@ -69,6 +87,10 @@ def run_demo(out_dir: str | Path, image: str | Path = PORTRAIT, bbox: str | None
                     "features": aligned["features"], "overlay": aligned["overlay"]},
       "landmark_fit": run_fit_demo(out_dir, seed, noise_px),
   }
+  if Path(image).resolve() == PORTRAIT.resolve():
+    errors = reference_point_errors_px(aligned["landmarks_px"])
+    report["alignment"]["reference_point_errors_px"] = errors
+    report["alignment"]["max_reference_point_error_px"] = max(errors.values())
   report["seconds"] = round(time.time() - start, 2)
   file_io.write_json_atomic(Path(out_dir) / "demo.json", report)
   return report
@@ -144,6 +166,8 @@ def define_flags() -> None:
                       "else the whole image).")
   flags.DEFINE_integer("seed", 0, "Seed of the random face and pose.")
   flags.DEFINE_float("noise_px", 1.0, "Landmark noise (pixels, Gaussian sigma).")
+  flags.DEFINE_string("results", None, "Also write the report, with the sha256 of the cascade and "
+                      "encoder used, to this JSON file (e.g. experiments/results/demo.json).")
 
 
 def main(argv):
@@ -153,6 +177,14 @@ def main(argv):
     report = run_demo(FLAGS.out_dir, FLAGS.image, FLAGS.bbox, FLAGS.seed, FLAGS.noise_px)
   except (OSError, ValueError) as error:
     sys.exit(f"demo: error: {' '.join(str(error).split())}")
+  if FLAGS.results:
+    from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+    from dff_jax.alignment import features, io  # pylint: disable=g-import-not-at-top
+    document = json.loads((Path(FLAGS.out_dir) / f"{Path(FLAGS.image).stem}.json").read_text())
+    cascade = document["cascade"]
+    encoder = (features.encoder_for_cascade(cascade, io.read_cascade_header(cascade)["meta"])
+               if document["features"] == "dff" else None)
+    provenance.write_results(FLAGS.results, report, {"cascade": cascade, "encoder": encoder})
   print(json.dumps(report, indent=1))
 
 

@@ -150,6 +150,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax import provenance  # pylint: disable=g-import-not-at-top
 
   methods: Dict[str, Dict[str, Any]] = {}
   records: List[Dict[str, Any]] = []
@@ -191,7 +192,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     aligner = methods[name]["aligner"]
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),
-                           descriptor_source=aligner.describer.source)
+                           descriptor_source=aligner.describer.source,
+                           models=provenance.model_files({"cascade": aligner.spec.cascade_path,
+                                                          "encoder": aligner.describer.source}))
     curves.append((name, values))
     for n, value, yaw_deg in zip(common, values, yaw):
       records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))

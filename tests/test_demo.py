@@ -8,16 +8,11 @@ The inter-ocular distance is ~42 px; every aligned point must lie within 6 px (0
 import json
 
 import numpy as np
+import pytest
 
 from experiments import demo, fit_landmarks
 
-REFERENCE_PX = {
-    "right_eye_centre": ((205.0, 102.0), slice(36, 42)),
-    "left_eye_centre": ((247.0, 103.0), slice(42, 48)),
-    "nose_tip": ((225.0, 128.0), slice(30, 31)),
-    "mouth_centre": ((225.0, 146.0), slice(48, 68)),
-    "chin": ((222.0, 178.0), slice(8, 9)),
-}
+REFERENCE_PX = demo.REFERENCE_POINTS_PX
 TOLERANCE_PX = 6.0
 
 
@@ -31,6 +26,7 @@ def test_demo_aligns_the_portrait_with_the_shipped_defaults(tmp_path):
   errors = {name: float(np.linalg.norm(landmarks[rows].mean(0) - np.asarray(point)))
             for name, (point, rows) in REFERENCE_PX.items()}
   assert max(errors.values()) < TOLERANCE_PX, errors
+  assert report["alignment"]["reference_point_errors_px"] == pytest.approx(errors, abs=1e-3)
   # A frontal portrait: small yaw and roll, (almost) every landmark visible.
   assert abs(document["pose"]["yaw_deg"]) < 15 and abs(document["pose"]["roll_deg"]) < 10
   assert report["alignment"]["visible_landmarks"] >= 64

@@ -210,7 +210,7 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
   from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import pairs  # pylint: disable=g-import-not-at-top
   from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
-  from dff_jax import file_io, geometry, image_io, metrics  # pylint: disable=g-import-not-at-top
+  from dff_jax import file_io, geometry, image_io, metrics, provenance  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade, multiview, runner, training  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import model as face_model_lib  # pylint: disable=g-import-not-at-top
 
@@ -323,7 +323,8 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
         cascade_config=dict(num_stages=base_config.num_stages, crop_size=size,
                             shape_regularisation=base_config.shape_regularisation),
         regularisations=regularisations, seconds=round(time.time() - start, 1),
-        results=results, oracle=oracle)
+        results=results, oracle=oracle,
+        models=provenance.model_files({"cascade": spec.cascade_path, "encoder": spec.checkpoint}))
     return summary
 
   def write_summary(done):

@@ -51,7 +51,22 @@ MODULES: Dict[str, tuple] = {
 
 # Survivors shown equivalent (no input can tell them apart from the original), by mutant name
 # (``mutmut results``), with the reason. Counted as killed in the kill rate.
-EQUIVALENT: Dict[str, str] = {}
+_G = "dff_jax.geometry.x_"
+EQUIVALENT: Dict[str, str] = {
+    _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
+                                       "angles at the boundary (the lock formula is exact there)",
+    _G + "matrix_to_euler__mutmut_48": "arctan2(0, 2) == arctan2(0, 1): the locked branch's safe "
+                                       "denominator only needs to be positive",
+    _G + "matrix_to_euler__mutmut_62": "roll_free is discarded where lock holds (roll_locked is "
+                                       "used); arctan2(1, 1) stays finite, as its gradient",
+    _G + "matrix_to_euler__mutmut_71": "arctan2(0, 2) == arctan2(0, 1) (as mutmut_48)",
+    _G + "rotate__mutmut_8": "einsum labels in upper case name the same contraction",
+    _G + "perspective_project__mutmut_30": "|depth| <= 1e-6 for < 1e-6: at exactly 1e-6 the "
+                                           "guarded and the raw depth are equal",
+    _G + "perspective_project__mutmut_32": "the guard value of points at the camera (depth 0); "
+                                           "their image position is documented as meaningless",
+    _G + "crop_pixel_centres_in_image__mutmut_16": "indexing='xy' is meshgrid's default",
+}
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "assets_cache")
@@ -63,6 +78,8 @@ _MAX_CHILDREN = flags.DEFINE_integer("max_children", 1, "Mutants tested at once.
 _OUT = flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "mutation_scores.json"),
                            "Scores JSON (merged per module).")
 _FRESH = flags.DEFINE_bool("fresh", False, "Start each module's copy again from the work tree.")
+_RETEST = flags.DEFINE_bool("retest_survivors", False,
+                            "Only run the survivors of the last run again (after adding tests).")
 
 
 def setup_cfg(module: str) -> str:
@@ -114,12 +131,19 @@ def count(root: Path) -> Dict[str, Any]:
               survivors=survivors, equivalent={n: EQUIVALENT[n] for n in equivalent})
 
 
-def run_module(module: str, workdir: Path, max_children: int, fresh: bool) -> Dict[str, Any]:
+def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
+               retest_survivors: bool = False) -> Dict[str, Any]:
+  names: List[str] = []
+  if retest_survivors and (workdir / module / "mutants").exists():
+    names = count(workdir / module)["survivors"]
   root = prepare(module, workdir, fresh)
+  if retest_survivors:
+    # The copies of the tests changed: mutmut must not reuse its per-test timing / coverage.
+    (root / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
   start = time.time()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
   proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                         str(max_children)], cwd=root, env=env, check=False,
+                         str(max_children), *names], cwd=root, env=env, check=False,
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   if proc.returncode:
     print(proc.stderr[-3000:], file=sys.stderr)
@@ -152,7 +176,8 @@ def main(argv):
                               "equivalent over all checked mutants)")
   scores.setdefault("modules", {})
   for module in _MODULES.value:
-    result = run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value)
+    result = run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value,
+                        _RETEST.value)
     scores["modules"][module] = result
     from dff_jax import file_io  # pylint: disable=g-import-not-at-top
     file_io.write_text_atomic(out, json.dumps(scores, indent=1) + "\n")

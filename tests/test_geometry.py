@@ -352,3 +352,72 @@ def test_crop_pixel_centres_batched_jit_vmap():
   vmap_fn = jax.vmap(lambda b: geometry.crop_pixel_centres_in_image(b, 8))
   np.testing.assert_allclose(np.asarray(jit_fn(jnp.asarray(boxes), 8)), want, atol=1e-5)
   np.testing.assert_allclose(np.asarray(vmap_fn(jnp.asarray(boxes))), want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Array-namespace dispatch, dtypes and batching (gaps found by mutation testing: see WORKSPACE.md)
+# ----------------------------------------------------------------------------------------------
+
+
+def _dispatch_cases():
+  rng = np.random.default_rng(7)
+  points = rng.normal(0, 50, (5, 3)).astype(np.float32)
+  rotation = np.asarray(geometry.euler_to_matrix(0.1, -0.4, 0.2), np.float32)
+  box = np.array([10.0, 20.0, 90.0, 120.0], np.float32)
+  return {
+      "weak_perspective_project": (geometry.weak_perspective_project,
+                                   [points, np.float32(1.7), rotation,
+                                    np.array([60.0, 70.0], np.float32)]),
+      "perspective_project": (lambda *a: geometry.perspective_project(*a)[0],
+                              [points, rotation, np.array([1.0, -2.0, -600.0], np.float32),
+                               np.float32(800.0), np.array([64.0, 64.0], np.float32)]),
+      "apply_similarity": (geometry.apply_similarity,
+                           [points, np.float32(0.8), rotation,
+                            np.array([1.0, 2.0, 3.0], np.float32)]),
+      "square_box": (lambda b: geometry.square_box(b, 1.25), [box]),
+      "crop_pixel_centres_in_image": (lambda b: geometry.crop_pixel_centres_in_image(b, 4), [box]),
+  }
+
+
+@pytest.mark.parametrize("name", sorted(_dispatch_cases()))
+def test_any_jax_argument_gives_a_jax_result_equal_to_numpy(name):
+  """Functions follow the namespace of *any* array argument (dff_jax.array_api.namespace): one
+  JAX argument among NumPy ones gives a JAX result (so the function traces under jit whichever
+  argument is traced), equal to the all-NumPy result, which stays NumPy and float32."""
+  function, args = _dispatch_cases()[name]
+  expected = function(*args)
+  assert isinstance(expected, np.ndarray) and expected.dtype == np.float32, type(expected)
+  for i in range(len(args)):
+    mixed = list(args)
+    mixed[i] = jnp.asarray(args[i])
+    result = function(*mixed)
+    assert isinstance(result, jax.Array), (name, i)
+    np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-5, atol=1e-4)
+  traced = jax.jit(lambda first: function(first, *args[1:]))(jnp.asarray(args[0]))
+  np.testing.assert_allclose(np.asarray(traced), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_square_boxes_and_crop_grids_of_a_batch_equal_one_box_at_a_time():
+  boxes = np.array([[[0.0, 0.0, 10.0, 20.0], [5.0, 5.0, 45.0, 15.0], [1.0, 2.0, 3.0, 4.0]],
+                    [[10.0, 0.0, 30.0, 60.0], [0.0, 0.0, 8.0, 8.0], [-4.0, -2.0, 4.0, 2.0]]],
+                   np.float32)
+  squares = geometry.square_box(boxes, 1.5)
+  grids = geometry.crop_pixel_centres_in_image(boxes, 3)
+  assert squares.shape == (2, 3, 4) and grids.shape == (2, 3, 3, 3, 2)
+  for index in np.ndindex(2, 3):
+    np.testing.assert_allclose(squares[index], geometry.square_box(boxes[index], 1.5))
+    np.testing.assert_allclose(grids[index],
+                               geometry.crop_pixel_centres_in_image(boxes[index], 3))
+  # The side is the longer box side (per box), centred on the box.
+  np.testing.assert_allclose(squares[0, 0], [-10.0, -5.0, 20.0, 25.0])
+
+
+def test_perspective_projection_close_to_the_camera_is_exact():
+  """Depths between the 1e-6 mm guard and 1 mm are divided by exactly, not clamped."""
+  points = np.array([[2.0, 3.0, 0.0], [-1.0, 0.5, 0.0]])
+  translation = np.array([0.0, 0.0, -0.5])  # 0.5 mm in front of the camera
+  projected, depth = geometry.perspective_project(points, np.eye(3), translation, 100.0,
+                                                  np.array([10.0, 20.0]))
+  np.testing.assert_allclose(depth, [0.5, 0.5])
+  np.testing.assert_allclose(projected, [[10.0 + 100.0 * 2.0 / 0.5, 20.0 - 100.0 * 3.0 / 0.5],
+                                         [10.0 - 100.0 * 1.0 / 0.5, 20.0 - 100.0 * 0.5 / 0.5]])

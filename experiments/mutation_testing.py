@@ -66,6 +66,18 @@ EQUIVALENT: Dict[str, str] = {
     _G + "perspective_project__mutmut_32": "the guard value of points at the camera (depth 0); "
                                            "their image position is documented as meaningless",
     _G + "crop_pixel_centres_in_image__mutmut_16": "indexing='xy' is meshgrid's default",
+    _G + "estimate_similarity__mutmut_51": "target + mean_t for target - mean_t: the covariance "
+                                           "sum w (t +- m) cs^T is the same because the weighted "
+                                           "source deviations cs sum to zero",
+    _G + "estimate_similarity__mutmut_62": "einsum labels in upper case",
+    _G + "estimate_similarity__mutmut_70": "det(U) / det(V^T) for det(U) det(V^T): both are +-1",
+    _G + "estimate_similarity__mutmut_81": "det_sign is never 0 (U and V^T are orthogonal, "
+                                           "det +-1): the where's condition is unreachable",
+    _G + "estimate_similarity__mutmut_82": "as mutmut_81: the replaced value is unreachable",
+    _G + "estimate_similarity__mutmut_109": "einsum labels in upper case",
+    _G + "estimate_similarity__mutmut_132": "sigma / correction for sigma * correction: the "
+                                            "correction is +-1",
+    _G + "apply_similarity__mutmut_20": "einsum labels in upper case",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

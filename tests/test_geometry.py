@@ -359,6 +359,12 @@ def test_crop_pixel_centres_batched_jit_vmap():
 # ----------------------------------------------------------------------------------------------
 
 
+def _similarity_flat(*args):
+  """estimate_similarity's (scale, rotation, translation) as one vector of its namespace."""
+  xp = jnp if any(isinstance(a, jax.Array) for a in args) else np
+  return xp.concatenate([xp.ravel(x) for x in geometry.estimate_similarity(*args)])
+
+
 def _dispatch_cases():
   rng = np.random.default_rng(7)
   points = rng.normal(0, 50, (5, 3)).astype(np.float32)
@@ -375,6 +381,13 @@ def _dispatch_cases():
                            [points, np.float32(0.8), rotation,
                             np.array([1.0, 2.0, 3.0], np.float32)]),
       "square_box": (lambda b: geometry.square_box(b, 1.25), [box]),
+      "estimate_similarity": (_similarity_flat,
+                              [points, geometry.apply_similarity(points, np.float32(0.8), rotation,
+                                                                 np.ones(3, np.float32)),
+                               np.linspace(0.5, 1.0, 5, dtype=np.float32)]),
+      "estimate_similarity_unweighted": (
+          _similarity_flat, [points, geometry.apply_similarity(points, np.float32(0.8), rotation,
+                                                               np.ones(3, np.float32))]),
       "crop_pixel_centres_in_image": (lambda b: geometry.crop_pixel_centres_in_image(b, 4), [box]),
   }
 
@@ -421,3 +434,18 @@ def test_perspective_projection_close_to_the_camera_is_exact():
   np.testing.assert_allclose(depth, [0.5, 0.5])
   np.testing.assert_allclose(projected, [[10.0 + 100.0 * 2.0 / 0.5, 20.0 - 100.0 * 3.0 / 0.5],
                                          [10.0 - 100.0 * 1.0 / 0.5, 20.0 - 100.0 * 0.5 / 0.5]])
+
+
+def test_similarity_weights_need_not_sum_to_one():
+  """Only the relative weights matter (they are normalised), however small their sum."""
+  rng = np.random.default_rng(3)
+  source = rng.normal(0, 10, (6, 3))
+  scale, rotation, translation = _random_similarity(rng, 3)
+  target = geometry.apply_similarity(source, scale, rotation, translation) + rng.normal(0, 0.5,
+                                                                                       (6, 3))
+  weights = rng.uniform(0.2, 1.0, 6)
+  reference = geometry.estimate_similarity(source, target, weights)
+  for factor in (1e-3, 0.2, 50.0):
+    for got, want in zip(geometry.estimate_similarity(source, target, factor * weights),
+                         reference):
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)

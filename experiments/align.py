@@ -8,42 +8,54 @@ r"""Aligns faces in image files: 68 landmarks, visibility, pose and 3DMM coeffic
 
 Inputs:
   * ``--images``: an image file, a directory (its image files, not recursive), a glob pattern,
-    or a comma-separated list of those.
-  * Face box ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel (i, j) centred at
-    (j + 0.5, i + 0.5)), like a face detector's box: ``--bbox`` for every image, or ``--boxes``, a
-    JSON object mapping image file names (or paths as given, or stems) to boxes (``null`` = whole
-    image; an image missing from the file is reported and skipped). Without either, the whole
-    image is the face crop.
-  * ``--cascade``: a cascade from ``experiments.train_alignment`` (default: the shipped
-    ``dff_jax/assets/cascade_<features>.npz``); ``--features`` defaults to the cascade's.
-    ``--checkpoint``: the DFF encoder (default: the shipped ``dff_jax/assets/dff_default``).
+    or a comma-separated list of those. Image files are recognised by extension (JPEG, PNG, BMP,
+    GIF, TIFF, WebP, PPM / PGM / PNM / PBM, TGA, JPEG 2000, AVIF:
+    ``dff_jax.alignment.runner.IMAGE_EXTENSIONS``); the other files of a folder or glob are
+    counted and named in one line ``align: warning: skipped N files ...`` on stderr.
+  * Faces: **without a box every face of the image is found** by the face detector
+    (:func:`dff_jax.detection.detect_faces`, MediaPipe BlazeFace; best first) and each is
+    aligned. A face box ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel (i, j)
+    centred at (j + 0.5, i + 0.5)) is the bounding box of the face's 68 landmarks: ``--bbox``
+    for every image (``--bbox=whole``: the whole image is the face crop), or ``--boxes``, a JSON
+    object mapping image file names (or paths as given, or stems) to ``[x0, y0, x1, y1]``,
+    ``[[x0, y0, x1, y1], ...]`` (several faces; ``[]`` none), ``null`` / ``"detect"`` (find the
+    faces) or ``"whole"``; an image missing from the file is reported and skipped.
+    (Before issue 13, ``null`` and no box meant the whole image: use ``"whole"`` for that now.)
+  * ``--cascade``: a shipped cascade by name (``default``, ``synthetic``) or a file from
+    ``experiments.train_alignment`` (default: the shipped default); ``--features`` defaults to
+    the cascade's. ``--checkpoint``: the DFF encoder (default: the one the cascade names).
 
 ``--multiview``: the images show one person; they are aligned jointly (one identity shared by
 all, each its own pose, landmarks and expression; see :mod:`experiments.align_multiview`), and
 ``DIR/multiview.json`` holds the shared identity.
 
 Outputs, per image, written atomically (temporary file + rename):
-  * ``DIR/<stem>.json``: ``landmarks_px`` [68, 2] image pixels; ``visibility`` [68] bool;
-    ``pose`` {``yaw_deg``, ``pitch_deg``, ``roll_deg`` (R = Rz(roll) Ry(yaw) Rx(pitch), positive
-    yaw = nose to the image right), ``scale`` (px per mm, weak perspective), ``translation_px``
-    (image position of the model origin)}; ``shape_coefficients``; ``expression_coefficients``;
-    ``box`` (the face box used) and ``crop_box``; ``image``, ``features``, ``cascade``,
-    ``face_model``.
-  * ``DIR/<stem>_overlay.png``: the fitted mesh outline (cyan), pose axes from the nose tip
-    (model x red, y green, z blue), visible landmarks as filled green discs and hidden ones as
-    hollow red rings, the face box in grey.
+  * ``DIR/<stem>.json`` (:func:`dff_jax.alignment.results.image_document`): ``image``,
+    ``size_wh`` [W, H], ``faces`` (one entry per face, ``[]`` when none was found: each has
+    ``landmarks_px`` [68, 2] image pixels, the jaw on the visible outline; ``landmarks_3d_px``
+    [68, 2] the 3D jaw line; ``visibility`` [68] bool; ``pose`` {``yaw_deg``, ``pitch_deg``,
+    ``roll_deg`` (R = Rz(roll) Ry(yaw) Rx(pitch), positive yaw = nose to the image right),
+    ``scale`` (px per mm, weak perspective), ``translation_px`` (image position of the model
+    origin)}; ``shape_coefficients``; ``expression_coefficients``; ``box`` (the face box used);
+    ``score`` (the detector's, ``null`` for a given box); ``crop_box``), ``features``,
+    ``cascade``, ``face_model``, ``box_source`` (``"detector: ..."``, ``"given"`` or
+    ``"whole image"``).
+  * ``DIR/<stem>_overlay.png``: every face drawn: the fitted mesh outline (cyan), pose axes from
+    the nose tip (model x red, y green, z blue), visible landmarks as filled green discs and
+    hidden ones as hollow red rings, the face box in grey with the detector's score above it.
 
-Images are **streamed**: ``--workers`` threads decode them and cut each face's crop box at a
+Images are **streamed**: ``--workers`` threads decode them, find their faces when no box is
+given, and cut each face's crop box at a
 fixed working size (see :mod:`dff_jax.alignment.runner`) up to ``--prefetch_batches`` batches
 ahead, while the jitted cascade runs on fixed-size batches (the last one padded; compiled once);
-``--writers`` threads write each face's files as soon as its batch is done. The images in memory
+``--writers`` threads write each image's files as soon as its faces are done. The images in memory
 stay bounded (about ``(prefetch_batches + 4) * batch_size``) whatever the folder size. A progress
 bar shows on a terminal. ``--overlays=false`` skips the overlay PNGs, the expensive part of the
 writing (``--overlay`` is the same flag).
 
-At the end one summary line goes to stdout (images, written, failed, wall seconds, images/s,
-compile seconds, the decode / align / write time split), followed by the JSON line
-``{"out_dir", "written", "failed"}``; with ``--run_summary`` the figures are also written to
+At the end one summary line goes to stdout (images, written, failed, faces, wall seconds,
+images/s, compile seconds, the decode + detect / align / write time split), followed by the JSON
+line ``{"out_dir", "written", "failed", "faces"}``; with ``--run_summary`` the figures are also written to
 ``DIR/run_summary.json``. A bad image (unreadable, bad box) is reported on stderr in one line and
 skipped; the exit status is 1 if any image failed, 2 (one-line message) for bad arguments or a
 missing cascade / checkpoint.
@@ -71,8 +83,10 @@ RUN_SUMMARY = "run_summary.json"
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program)."""
   flags.DEFINE_string("images", None, "Image file, directory, glob, or comma-separated list.")
-  flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (image pixels) for every image.")
-  flags.DEFINE_string("boxes", None, "JSON file mapping image file names to [x0, y0, x1, y1].")
+  flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (image pixels) for every image, or "
+                      "'whole' (the whole image); default: find every face with the detector.")
+  flags.DEFINE_string("boxes", None, "JSON file mapping image file names to [x0, y0, x1, y1], "
+                      "a list of boxes, null (find the faces) or 'whole'.")
   flags.DEFINE_string("cascade", None, "Cascade .npz, or a shipped one by name: default (real + "
                       "synthetic faces), synthetic (renders only).")
   flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
@@ -106,22 +120,25 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
   (:func:`dff_jax.alignment.runner.run_jobs`), and each face's JSON / overlay is written by
   ``writers`` threads as soon as its batch is done (at most ``2 * batch_size`` faces queued for
-  writing), so the number of images in memory stays bounded whatever the folder size.
+  writing), so the number of images in memory stays bounded whatever the folder size. Images
+  given no box have their faces found by the detector while they are decoded; each face is its
+  own crop in the batches and each image gets one JSON document listing its faces.
 
   Args:
     images, bbox, boxes, cascade, features, checkpoint, face_model, batch_size: as the flags.
     out_dir: output folder (created).
     overlay: write the overlay PNGs.
     progress: show the tqdm bar (on a terminal).
-    report: ``callable(message)`` for per-image failures (default: print to stderr).
+    report: ``callable(message)`` for per-image failures and the skipped-files warning
+      (default: print to stderr).
     workers: image decoding threads (``0``: decode in this thread when the image's turn comes).
     writers: output writing threads (``0``: write in this thread).
     prefetch_batches: batches decoded ahead (see ``run_jobs``).
     run_summary: also write the run figures to ``out_dir/run_summary.json``.
 
   Returns:
-    ``{"out_dir", "written": [stems], "failed": [one-line messages], "images", "failures",
-    "wall_s", "images_per_second", "compile_s", "decode_s", "align_s", "wait_decode_s",
+    ``{"out_dir", "written": [stems, input order], "failed": [one-line messages], "images",
+    "failures", "faces", "faces_detected", "images_without_faces", "skipped_files", "wall_s", "images_per_second", "compile_s", "decode_s", "align_s", "wait_decode_s",
     "write_s", "max_images_in_memory", "batch_size", "workers", "writers", "overlays"}``:
     ``wall_s`` runs from the first image read to the last file written (the cascade is
     compiled before, ``compile_s``, ``0`` when this process compiled it already);
@@ -144,18 +161,27 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--workers and --writers must be >= 0, got {workers} and {writers}")
   if prefetch_batches < 1:
     raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
-  paths = runner.list_images(images)
+  paths, skipped = runner.find_images(images)
   common_box = runner.parse_bbox(bbox) if bbox else None
   box_map = runner.read_boxes_file(boxes) if boxes else None
   spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
   aligner = runner.load_aligner(spec)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  if skipped:
+    report(f"align: warning: {runner.skipped_files_line(skipped)}")
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 
-  def job(path: Path, stem: str):
+  def box_source(box) -> str:
+    if box is None or (isinstance(box, str) and box == runner.DETECT):
+      return f"detector: {detection.DETECTOR_NAME}"
+    return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
+
+  def job(index: int, path: Path, stem: str):
     def load():
       if box_map is not None:
         found, box = runner.box_for(box_map, path)
@@ -164,28 +190,29 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
       else:
         box = common_box
       image = image_io.read_image(path)
-      return runner.Loaded(image=image, box=None if box is None else box,
-                           truth=dict(stem=stem, path=str(path)))
+      return runner.Loaded(image=image, box=box,
+                           truth=dict(index=index, stem=stem, path=str(path),
+                                      size_wh=[image.shape[1], image.shape[0]],
+                                      box_source=box_source(box)))
     return runner.Job(name=str(path), load=load)
 
   lock = threading.Lock()
   write_seconds = [0.0]
 
   def write(outcome) -> Optional[str]:
-    """Writes one face's outputs; returns a one-line message on failure."""
+    """Writes one image's outputs; returns a one-line message on failure."""
     start = time.perf_counter()
-    stem, face = outcome.loaded.truth["stem"], outcome.face
-    document = face.to_json()
-    document.update(image=outcome.loaded.truth["path"], features=aligner.spec.features,
-                    cascade=str(aligner.spec.cascade_path), face_model=aligner.face_model.name)
+    truth = outcome.loaded.truth
+    document = results.image_document(
+        truth["path"], truth["size_wh"], outcome.faces, features=aligner.spec.features,
+        cascade=str(aligner.spec.cascade_path), face_model=aligner.face_model.name,
+        box_source=truth["box_source"])
     try:
       if overlay:
-        picture = draw.render_overlay(outcome.loaded.image, face.landmarks_px, face.visibility,
-                                      face.pose(), face.shape_coefficients,
-                                      face.expression_coefficients, aligner.face_model, outline,
-                                      box_xyxy=face.box)
-        file_io.write_bytes_atomic(out_dir / f"{stem}_overlay.png", png_bytes(picture))
-      file_io.write_json_atomic(out_dir / f"{stem}.json", document)
+        picture = draw.render_faces_overlay(outcome.loaded.image, outcome.faces,
+                                            aligner.face_model, outline)
+        file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture))
+      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document)
     except OSError as error:
       return f"{outcome.job.name}: cannot write outputs ({runner.one_line(error)})"
     finally:
@@ -194,9 +221,10 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     return None
 
   stems = runner.output_stems(paths)
-  jobs = [job(p, s) for p, s in zip(paths, stems)]
-  written: List[str] = []
+  jobs = [job(n, p, s) for n, (p, s) in enumerate(zip(paths, stems))]
+  written: List[Any] = []  # (input index, stem)
   failed: List[str] = []
+  face_counts = collections.Counter()  # faces written by box source; images without a face
   queue: collections.deque = collections.deque()  # (outcome, future) in input order
   max_queued = 2 * batch_size
 
@@ -205,7 +233,10 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
       outcome, future = queue.popleft()
       message = future.result() if writers else future
       if message is None:
-        written.append(outcome.loaded.truth["stem"])
+        truth = outcome.loaded.truth
+        written.append((truth["index"], truth["stem"]))
+        face_counts[truth["box_source"].split(":")[0]] += len(outcome.faces)
+        face_counts["no face"] += not outcome.faces
       else:
         failed.append(message)
         report(f"align: skipped {message}")
@@ -231,8 +262,12 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
       pool.shutdown(wait=True, cancel_futures=True)
   wall_s = time.perf_counter() - start
   summary = {
-      "out_dir": str(out_dir), "written": written, "failed": failed,
-      "images": len(jobs), "failures": len(failed), "wall_s": round(wall_s, 3),
+      "out_dir": str(out_dir), "written": [stem for _, stem in sorted(written)],
+      "failed": failed, "images": len(jobs), "failures": len(failed),
+      "faces": sum(v for k, v in face_counts.items() if k != "no face"),
+      "faces_detected": face_counts["detector"],
+      "images_without_faces": face_counts["no face"],
+      "skipped_files": [str(p) for p in skipped], "wall_s": round(wall_s, 3),
       "images_per_second": round(len(jobs) / max(wall_s, 1e-9), 2),
       "compile_s": round(compile_s, 3), "decode_s": round(stats.prepare_s, 3),
       "align_s": round(stats.align_s, 3), "wait_decode_s": round(stats.wait_prepare_s, 3),
@@ -264,11 +299,14 @@ def png_bytes(picture) -> bytes:
 
 def summary_line(summary: Dict[str, Any]) -> str:
   """The one-line human summary of :func:`align_files`' result."""
+  found = (f" ({summary['faces_detected']} found by the detector, "
+           f"{summary['images_without_faces']} images without a face)"
+           if summary["faces_detected"] or summary["images_without_faces"] else "")
   return (f"align: {summary['images']} images, {len(summary['written'])} written, "
-          f"{summary['failures']} failed in {summary['wall_s']:.2f} s = "
-          f"{summary['images_per_second']:.1f} images/s (compile {summary['compile_s']:.1f} s; "
-          f"decode {summary['decode_s']:.1f} s, align {summary['align_s']:.1f} s, write "
-          f"{summary['write_s']:.1f} s summed over threads)")
+          f"{summary['failures']} failed; {summary['faces']} faces{found} in "
+          f"{summary['wall_s']:.2f} s = {summary['images_per_second']:.1f} images/s (compile "
+          f"{summary['compile_s']:.1f} s; decode + detect {summary['decode_s']:.1f} s, align "
+          f"{summary['align_s']:.1f} s, write {summary['write_s']:.1f} s summed over threads)")
 
 
 def main(argv):
@@ -290,7 +328,7 @@ def main(argv):
     sys.exit(2)
   print(summary_line(summary), flush=True)
   print(json.dumps({"out_dir": summary["out_dir"], "written": len(summary["written"]),
-                    "failed": len(summary["failed"])}))
+                    "failed": len(summary["failed"]), "faces": summary["faces"]}))
   if summary["failed"]:
     sys.exit(1)
 

@@ -14,19 +14,23 @@ with the SIFT cascade the plain MAP weighting (``--noprior_per_view``) recovers 
 worse than single-view alignment, because the cascade's landmark errors are correlated across
 views; ``experiments/eval_multiview.py`` measures both.
 
+Without a box, each image's best face (highest detector score) is the view; ``--bbox`` /
+``--boxes`` give one box per image (or ``whole``).
+
 Outputs (written atomically):
-  * ``DIR/<stem>.json`` per image, as ``experiments.align`` (``landmarks_px``, ``visibility``,
-    ``pose``, ``shape_coefficients`` (the shared identity), ``expression_coefficients`` (the
-    view's), ``box``, ``crop_box``, ``image``, ``features``, ``cascade``, ``face_model``) plus
-    ``multiview: true`` and ``share_expression``;
+  * ``DIR/<stem>.json`` per image, as ``experiments.align`` (``image``, ``size_wh``, ``faces``
+    with one face: ``landmarks_px``, ..., ``shape_coefficients`` (the shared identity),
+    ``expression_coefficients`` (the view's), ``box``, ``score``, ``crop_box``; ``features``,
+    ``cascade``, ``face_model``) plus ``multiview: true``, ``share_expression`` and
+    ``prior_per_view``;
   * ``DIR/<stem>_overlay.png`` per image (see ``experiments.align``);
   * ``DIR/multiview.json``: ``shape_coefficients`` (shared), ``share_expression``, ``views``
     (``stem``, ``image``, ``json``, ``expression_coefficients``, ``pose``), ``features``,
     ``cascade``, ``face_model``.
 
-An image that cannot be read or whose box is bad is reported in one line and left out of the
-set (exit status 1); bad arguments, no usable image, or a missing cascade / checkpoint give one
-line ``align_multiview: error: ...`` and exit status 2.
+An image that cannot be read, whose box is bad or where no face is found is reported in one
+line and left out of the set (exit status 1); bad arguments, no usable image, or a missing
+cascade / checkpoint give one line ``align_multiview: error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   import jax  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   if report is None:
     def report(message):
@@ -116,11 +121,13 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       else:
         box = common_box
       image = image_io.read_image(path)
-      height, width = image.shape[:2]
-      if box is None:
-        box = runner.whole_image_box(height, width, aligner.config.box_scale)
-      else:
-        box = runner.check_box(box, height, width, str(path))
+      found, scores = runner.face_boxes(image, box, aligner.config.box_scale, str(path))
+      if len(found) != 1 and box is not None and not isinstance(box, str):
+        raise ValueError(f"{path}: give one face box per image with --multiview, got "
+                         f"{len(found)}")
+      if not len(found):
+        raise ValueError(f"{path}: no face found (pass its box with --bbox / --boxes)")
+      box, score = found[0], scores[0]  # the detector's best face when no box was given
       work_image, crop_box, work_box = runner.working_crop(image, box, aligner.config,
                                                            aligner.work_size)
     except runner.READ_ERRORS as error:
@@ -130,7 +137,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       failed.append(message)
       report(f"align_multiview: skipped {message}")
       continue
-    views.append((path, stem, image, box, crop_box, work_image, work_box))
+    views.append((path, stem, image, box, crop_box, work_image, work_box, score))
   if not views:
     raise ValueError(f"--images={images}: none of the {len(paths)} images could be used "
                      "(see the messages above)")
@@ -139,7 +146,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   result = run(aligner.describer.params, aligner.alignment_model, aligner.params,
                np.stack([v[5] for v in views]), np.stack([v[6] for v in views]).astype(np.float32))
   result = {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
-  faces = [runner.to_image_frame(result, n, v[4], v[3], aligner.work_size)
+  faces = [runner.to_image_frame(result, n, v[4], v[3], aligner.work_size, v[7])
            for n, v in enumerate(views)]
   if not all(face.is_finite() for face in faces):
     raise ValueError(f"--images={images}: the joint alignment diverged (non-finite result)")
@@ -149,30 +156,28 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
   common = dict(features=aligner.spec.features, cascade=str(aligner.spec.cascade_path),
                 face_model=aligner.face_model.name)
-  shape = np.asarray(faces[0].shape_coefficients, np.float64)
+  shape = np.asarray(faces[0].shape_coefficients, np.float32)
   written: List[str] = []
   entries = []
   for (path, stem, image, *_), face in zip(views, faces):
-    document = face.to_json()
-    document["shape_coefficients"] = shape.tolist()
-    document.update(image=str(path), multiview=True, share_expression=bool(share_expression),
-                    prior_per_view=bool(prior_per_view), **common)
+    face = dataclasses.replace(face, shape_coefficients=shape)  # the shared identity
+    document = results.image_document(
+        path, (image.shape[1], image.shape[0]), [face], multiview=True,
+        share_expression=bool(share_expression), prior_per_view=bool(prior_per_view), **common)
     if overlay:
-      picture = draw.render_overlay(image, face.landmarks_px, face.visibility, face.pose(),
-                                    shape, face.expression_coefficients, aligner.face_model,
-                                    outline, box_xyxy=face.box)
+      picture = draw.render_faces_overlay(image, [face], aligner.face_model, outline)
       image_io.write_png_atomic(out_dir / f"{stem}_overlay.png", np.asarray(picture, np.uint8))
     file_io.write_json_atomic(out_dir / f"{stem}.json", document)
     written.append(stem)
     entries.append(dict(stem=stem, image=str(path), json=f"{stem}.json",
-                        expression_coefficients=document["expression_coefficients"],
-                        pose=document["pose"]))
+                        expression_coefficients=document["faces"][0]["expression_coefficients"],
+                        pose=document["faces"][0]["pose"]))
   file_io.write_json_atomic(out_dir / "multiview.json", dict(
-      shape_coefficients=shape.tolist(), share_expression=bool(share_expression),
-      prior_per_view=bool(prior_per_view),
+      shape_coefficients=shape.astype(np.float64).tolist(),
+      share_expression=bool(share_expression), prior_per_view=bool(prior_per_view),
       num_views=len(views), views=entries, skipped=failed, **common))
   return {"out_dir": str(out_dir), "written": written, "failed": failed,
-          "shape_coefficients": shape.tolist()}
+          "shape_coefficients": shape.astype(np.float64).tolist()}
 
 
 def main(argv):

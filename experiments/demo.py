@@ -5,7 +5,8 @@ r"""Demo on the embedded defaults only (no ../shared): align a portrait, fit a f
 1. **Alignment** (``run_align_demo``): the shipped DFF encoder and cascade align the faces of a
    public-domain portrait shipped in the repo (``experiments/assets/astronaut.jpg``, NASA's
    portrait of Eileen Collins, with its face box in ``astronaut.json``): writes
-   ``DIR/astronaut.json`` (68 landmarks, visibility, pose, shape and expression coefficients) and
+   ``DIR/astronaut.json`` (its ``faces``: 68 landmarks, visibility, pose, shape and expression
+   coefficients of each) and
    ``DIR/astronaut_overlay.png``, exactly as ``python -m experiments.align`` does.
 2. **Landmark fitting** (``run_fit_demo``): synthesises a random face of the default model (identity ~N(0, 1), expression uniform in
 [0, expression_std]) at a random known pose (yaw in [-60, 60] deg, pitch/roll in [-10, 10] deg,
@@ -15,7 +16,9 @@ pixels, fits :func:`dff_jax.alignment.fit_landmarks` and reports the true and re
    and against the noisy input). Writes ``DIR/demo_fit.png``: the true face rendered at its pose
    with the true landmarks (green) and the fitted ones (red), and the fitted face beside it.
 
-Prints one JSON report of both. About 30 s on a 2-core CPU (mostly JAX compilation).
+Prints a short human-readable summary (what was aligned, the figures, where the pictures are);
+the JSON report of both goes to ``DIR/demo.json``. About 30 s on a 2-core CPU (mostly JAX
+compilation).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def run_align_demo(out_dir: str | Path, image: str | Path = PORTRAIT,
   """Aligns ``image`` with the shipped defaults; ``bbox`` (``"x0,y0,x1,y1"``) defaults to the
   box stored beside the image (``<stem>.json``), else the whole image.
 
-  Returns the written alignment document (``DIR/<stem>.json``) plus ``overlay``, its PNG path.
+  Returns the written alignment document (``DIR/<stem>.json``: ``image``, ``size_wh``,
+  ``faces``, ...) plus ``overlay`` and ``json``, the paths of the PNG and of the document.
   """
   from experiments import align  # pylint: disable=g-import-not-at-top
   image = Path(image)
@@ -73,6 +77,7 @@ def run_align_demo(out_dir: str | Path, image: str | Path = PORTRAIT,
   stem = summary["written"][0]
   document = json.loads((Path(out_dir) / f"{stem}.json").read_text())
   document["overlay"] = str(Path(out_dir) / f"{stem}_overlay.png")
+  document["json"] = str(Path(out_dir) / f"{stem}.json")
   return document
 
 
@@ -81,14 +86,19 @@ def run_demo(out_dir: str | Path, image: str | Path = PORTRAIT, bbox: str | None
   """Both parts; the report is also written to ``DIR/demo.json``."""
   start = time.time()
   aligned = run_align_demo(out_dir, image, bbox)
+  if not aligned["faces"]:
+    raise ValueError(f"{image}: no face found; pass its box with --bbox=x0,y0,x1,y1")
+  face = aligned["faces"][0]
   report = {
-      "alignment": {"image": aligned["image"], "box": aligned["box"], "pose": aligned["pose"],
-                    "visible_landmarks": int(sum(aligned["visibility"])),
-                    "features": aligned["features"], "overlay": aligned["overlay"]},
+      "alignment": {"image": aligned["image"], "box": face["box"], "pose": face["pose"],
+                    "box_source": aligned["box_source"], "num_faces": len(aligned["faces"]),
+                    "visible_landmarks": int(sum(face["visibility"])),
+                    "features": aligned["features"], "cascade": aligned["cascade"],
+                    "overlay": aligned["overlay"], "json": aligned["json"]},
       "landmark_fit": run_fit_demo(out_dir, seed, noise_px),
   }
   if Path(image).resolve() == PORTRAIT.resolve():
-    errors = reference_point_errors_px(aligned["landmarks_px"])
+    errors = reference_point_errors_px(face["landmarks_px"])
     report["alignment"]["reference_point_errors_px"] = errors
     report["alignment"]["max_reference_point_error_px"] = max(errors.values())
   report["seconds"] = round(time.time() - start, 2)
@@ -185,7 +195,45 @@ def main(argv):
     encoder = (features.encoder_for_cascade(cascade, io.read_cascade_header(cascade)["meta"])
                if document["features"] == "dff" else None)
     provenance.write_results(FLAGS.results, report, {"cascade": cascade, "encoder": encoder})
-  print(json.dumps(report, indent=1))
+  print(summary_text(report, FLAGS.out_dir))
+
+
+def summary_text(report: Dict[str, Any], out_dir: str | Path) -> str:
+  """A few human-readable lines about :func:`run_demo`'s report: what was aligned, the figures
+  that say it worked, where the pictures and the JSON are."""
+  alignment, fit = report["alignment"], report["landmark_fit"]
+  pose = alignment["pose"]
+
+  def shown(path) -> str:  # relative to the working directory when inside it
+    path = Path(path).resolve()
+    try:
+      return str(path.relative_to(Path.cwd()))
+    except ValueError:
+      return str(path)
+
+  faces = alignment["num_faces"]
+  lines = [
+      f"demo: aligned {faces} face{'s' if faces != 1 else ''} in {shown(alignment['image'])} "
+      f"({alignment['features'].upper()} cascade {Path(alignment['cascade']).name}, face box "
+      f"{alignment['box_source']}):",
+      f"  pose yaw {pose['yaw_deg']:+.1f}, pitch {pose['pitch_deg']:+.1f}, roll "
+      f"{pose['roll_deg']:+.1f} deg; {alignment['visible_landmarks']} of 68 landmarks visible",
+  ]
+  if "max_reference_point_error_px" in alignment:
+    lines.append(f"  hand-placed reference points (eyes, nose tip, mouth, chin) within "
+                 f"{alignment['max_reference_point_error_px']:.1f} px of the landmarks")
+  true_pose, fitted_pose = fit["true_pose"], fit["fitted_pose"]
+  lines += [
+      f"demo: fitted the {fit['face_model']} face model to the landmarks of a random face "
+      f"({fit['noise_px']:g} px noise): yaw {true_pose['yaw_deg']:+.1f} -> "
+      f"{fitted_pose['yaw_deg']:+.1f} deg, NME {fit['nme_vs_true_landmarks']:.4f} "
+      "(outer-eye-corner normalised)",
+      f"pictures: {shown(alignment['overlay'])} (landmarks, mesh, pose axes), "
+      f"{shown(fit['picture'])} (true | fitted face)",
+      f"JSON: {shown(alignment['json'])} (the alignment), {shown(Path(out_dir) / 'demo.json')} "
+      f"(this report); {report['seconds']:.0f} s",
+  ]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

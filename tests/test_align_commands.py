@@ -25,8 +25,9 @@ CROP = 64
 NUM_FACES = 4
 SUMMARY_KEYS = {"normaliser", "nme_mean", "nme_by_yaw_bin", "failure_rate_0.08",
                 "failure_rate_0.10", "auc_0.08"}
-JSON_KEYS = {"landmarks_px", "visibility", "pose", "shape_coefficients", "expression_coefficients",
-             "box"}
+DOCUMENT_KEYS = {"image", "size_wh", "faces", "features", "cascade", "face_model", "box_source"}
+JSON_KEYS = {"landmarks_px", "landmarks_3d_px", "visibility", "pose", "shape_coefficients",
+             "expression_coefficients", "box", "score", "crop_box"}
 POSE_KEYS = {"yaw_deg", "pitch_deg", "roll_deg", "scale", "translation_px"}
 
 
@@ -146,15 +147,25 @@ def test_ced_plot_and_overlay_draw_something(setup):
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_document(document, model):
-  assert JSON_KEYS <= set(document)
-  assert np.asarray(document["landmarks_px"]).shape == (68, 2)
-  assert len(document["visibility"]) == 68
-  assert all(isinstance(v, bool) for v in document["visibility"])
-  assert set(document["pose"]) == POSE_KEYS and len(document["pose"]["translation_px"]) == 2
-  assert len(document["shape_coefficients"]) == model.num_identity
-  assert len(document["expression_coefficients"]) == model.num_expression
-  assert len(document["box"]) == 4
+def _check_face(face, model):
+  assert set(face) == JSON_KEYS
+  assert np.asarray(face["landmarks_px"]).shape == (68, 2)
+  assert np.asarray(face["landmarks_3d_px"]).shape == (68, 2)
+  assert len(face["visibility"]) == 68
+  assert all(isinstance(v, bool) for v in face["visibility"])
+  assert set(face["pose"]) == POSE_KEYS and len(face["pose"]["translation_px"]) == 2
+  assert len(face["shape_coefficients"]) == model.num_identity
+  assert len(face["expression_coefficients"]) == model.num_expression
+  assert len(face["box"]) == 4 and len(face["crop_box"]) == 4
+
+
+def _check_document(document, model, image_wh=(CROP, CROP)):
+  """The per-image layout; returns its only face."""
+  assert set(document) == DOCUMENT_KEYS
+  assert document["size_wh"] == list(image_wh)
+  assert len(document["faces"]) == 1, document["faces"]
+  _check_face(document["faces"][0], model)
+  return document["faces"][0]
 
 
 def test_align_with_bbox_and_whole_image(setup, tmp_path):
@@ -169,11 +180,13 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   assert summary["written"] == ["face0"] and summary["failed"] == []
   assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png"]
   document = json.loads((out / "face0.json").read_text())
-  _check_document(document, model)
-  np.testing.assert_allclose(document["box"], box, atol=1e-3)
+  face = _check_document(document, model)
+  assert document["image"] == str(image_path) and document["box_source"] == "given"
+  np.testing.assert_allclose(face["box"], box, atol=1e-3)
+  assert face["score"] is None
   # The mean face placed by the box: roughly on the true face (bbox NME well below 0.5).
   from dff_jax import metrics
-  error = metrics.nme(np.asarray(document["landmarks_px"]), faces["landmarks_px"][0], "bbox")
+  error = metrics.nme(np.asarray(face["landmarks_px"]), faces["landmarks_px"][0], "bbox")
   assert error < 0.3
   overlay = readers_image(out / "face0_overlay.png")
   assert overlay.shape == (CROP, CROP, 3) and np.any(overlay != faces["image"][0])
@@ -190,19 +203,34 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   out2 = tmp_path / "shifted"
   align.align_files(str(shifted_path), out2, bbox=",".join(f"{v:.4f}" for v in shifted),
                     cascade=str(setup["cascade"]), batch_size=2, progress=False)
-  moved = json.loads((out2 / "shifted.json").read_text())
+  moved = _check_document(json.loads((out2 / "shifted.json").read_text()), model,
+                          (CROP + 80, CROP + 60))
   np.testing.assert_allclose(np.asarray(moved["landmarks_px"]) - [dx, dy],
-                             document["landmarks_px"], atol=0.05)
-  np.testing.assert_allclose(moved["pose"]["scale"], document["pose"]["scale"], rtol=1e-4)
+                             face["landmarks_px"], atol=0.05)
+  np.testing.assert_allclose(moved["pose"]["scale"], face["pose"]["scale"], rtol=1e-4)
 
-  # No box: the whole image is the face crop.
+  # --bbox=whole: the whole image is the face crop.
   out3 = tmp_path / "whole"
-  align.align_files(str(image_path), out3, cascade=str(setup["cascade"]), batch_size=2,
-                    progress=False)
-  whole = json.loads((out3 / "face0.json").read_text())
-  _check_document(whole, model)
+  align.align_files(str(image_path), out3, bbox="whole", cascade=str(setup["cascade"]),
+                    batch_size=2, progress=False)
+  document = json.loads((out3 / "face0.json").read_text())
+  whole = _check_document(document, model)
+  assert document["box_source"] == "whole image"
   np.testing.assert_allclose(whole["box"], runner.whole_image_box(CROP, CROP, 1.25), atol=1e-4)
   np.testing.assert_allclose(whole["crop_box"], [0, 0, CROP, CROP], atol=1e-4)
+
+  # No box: the detector's faces, with their scores (the detector finds this render).
+  from dff_jax import detection
+  out4 = tmp_path / "detected"
+  summary = align.align_files(str(image_path), out4, cascade=str(setup["cascade"]),
+                              batch_size=2, progress=False)
+  assert summary["faces"] == summary["faces_detected"] == 1
+  document = json.loads((out4 / "face0.json").read_text())
+  found = _check_document(document, model)
+  assert document["box_source"].startswith("detector: blazeface")
+  boxes, scores = detection.detect_faces(readers_image(image_path))
+  np.testing.assert_allclose(found["box"], boxes[0], atol=1e-3)
+  np.testing.assert_allclose(found["score"], scores[0], atol=1e-4)
 
 
 def readers_image(path):
@@ -223,6 +251,8 @@ def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
   (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
   boxes["broken.jpg"] = [0, 0, 10, 10]
   (folder / "notes.txt").write_text("ignored: not an image")
+  (folder / "data.csv").write_text("1,2,3\n")
+  (folder / "sub").mkdir()  # folders are not files: not counted
   boxes_path = tmp_path / "boxes.json"
   boxes_path.write_text(json.dumps(boxes))
   out = tmp_path / "out"
@@ -232,14 +262,66 @@ def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
   lines = _stderr_lines(proc)
   assert len([l for l in lines if "broken.jpg" in l]) == 1, proc.stderr
   assert len([l for l in lines if "face2.png" in l and "outside" in l]) == 1, proc.stderr
+  # The files passed over are counted and named in one warning line.
+  warnings = [l for l in lines if "warning" in l]
+  assert len(warnings) == 1 and "skipped 2 files" in warnings[0], proc.stderr
+  assert "notes.txt" in warnings[0] and "data.csv" in warnings[0]
   assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png",
                                                   "face1.json", "face1_overlay.png"]
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-      "out_dir": str(out), "written": 2, "failed": 2}
+      "out_dir": str(out), "written": 2, "failed": 2, "faces": 2}
   for i in range(2):
     document = json.loads((out / f"face{i}.json").read_text())
-    _check_document(document, setup["model"])
-    np.testing.assert_allclose(document["box"], faces["box"][i], atol=1e-3)
+    face = _check_document(document, setup["model"])
+    np.testing.assert_allclose(face["box"], faces["box"][i], atol=1e-3)
+
+
+def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
+  """Every extension of runner.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
+  file gives two faces to one image and none to another; the other files are named once."""
+  from PIL import Image
+  from experiments import align
+  from dff_jax.alignment import runner
+  assert {".ppm", ".pgm", ".pnm", ".jpg", ".png", ".tif", ".webp"} <= set(runner.IMAGE_EXTENSIONS)
+  faces, model = setup["faces"], setup["model"]
+  face = Image.fromarray(faces["image"][0])
+  folder = tmp_path / "formats"
+  folder.mkdir()
+  box = faces["box"][0].tolist()
+  boxes = {}
+  for ext in runner.IMAGE_EXTENSIONS:
+    name = f"face_{ext[1:]}{ext}"
+    picture = {".pgm": face.convert("L"), ".pbm": face.convert("1"),
+               ".gif": face.convert("P")}.get(ext, face)
+    picture.save(folder / name, format=Image.registered_extensions()[ext])
+    boxes[name] = box
+  boxes["face_png.png"] = [box, [2.0, 2.0, 30.0, 30.0]]  # two faces, in this order
+  boxes["face_jpg.jpg"] = []  # no face
+  for name in ("README", "notes.txt", "scan.pdf"):
+    (folder / name).write_text("not an image\n")
+  boxes_path = tmp_path / "boxes.json"
+  boxes_path.write_text(json.dumps(boxes))
+  messages = []
+  out = tmp_path / "out"
+  summary = align.align_files(str(folder), out, boxes=str(boxes_path),
+                              cascade=str(setup["cascade"]), batch_size=4, progress=False,
+                              overlay=False, report=messages.append)
+  assert summary["failed"] == [] and len(summary["written"]) == len(runner.IMAGE_EXTENSIONS)
+  assert summary["faces"] == len(runner.IMAGE_EXTENSIONS) and summary["images_without_faces"] == 1
+  assert len(messages) == 1 and messages[0].startswith("align: warning: skipped 3 files"), messages
+  for name in ("README", "notes.txt", "scan.pdf"):
+    assert name in messages[0]
+  assert sorted(summary["skipped_files"]) == sorted(str(folder / n)
+                                                    for n in ("README", "notes.txt", "scan.pdf"))
+  for name, given in boxes.items():
+    document = json.loads((out / f"{Path(name).stem}.json").read_text())
+    assert document["size_wh"] == [CROP, CROP], name
+    given = np.asarray(given, np.float64).reshape(-1, 4)
+    assert len(document["faces"]) == len(given), name
+    for found, expected in zip(document["faces"], given):
+      _check_face(found, model)
+      np.testing.assert_allclose(found["box"], expected, atol=1e-4)
+      assert np.isfinite(found["landmarks_px"]).all()
 
 
 def test_align_missing_cascade_or_checkpoint_one_line_error(setup, tmp_path):

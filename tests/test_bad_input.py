@@ -152,7 +152,7 @@ def _malformed_face_model(tmp_path):
 def test_align_batch_reports_bad_images_and_processes_the_rest(env, tmp_path):
   out = tmp_path / "out"
   proc = _run("experiments.align", f"--images={env['mixed']}", f"--cascade={env['cascade']}",
-              f"--out_dir={out}", "--batch_size=4")
+              f"--out_dir={out}", "--batch_size=4", "--bbox=whole")
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   lines = [l for l in _lines(proc) if "align:" in l]
@@ -165,7 +165,8 @@ def test_align_batch_reports_bad_images_and_processes_the_rest(env, tmp_path):
   assert _files(out) == sorted([f"{s}.json" for s in good] + [f"{s}_overlay.png" for s in good])
   for stem in good:
     document = json.loads((out / f"{stem}.json").read_text())
-    assert np.isfinite(np.asarray(document["landmarks_px"])).all()
+    assert len(document["faces"]) == 1
+    assert np.isfinite(np.asarray(document["faces"][0]["landmarks_px"])).all()
 
 
 def test_align_bad_boxes(env, tmp_path):
@@ -181,6 +182,10 @@ def test_align_bad_boxes(env, tmp_path):
   assert any("gray.png" in l and "box" in l for l in lines), lines
   assert any("rgba.png" in l and "box" in l for l in lines), lines
   assert _files(out) == ["palette.json", "palette_overlay.png"]
+  # null: the detector's faces (whatever it finds in this 64 x 64 render).
+  document = json.loads((out / "palette.json").read_text())
+  assert document["box_source"].startswith("detector")
+  assert all(face["score"] >= 0.6 for face in document["faces"])
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "zero_box", "corrupt_cascade",
@@ -194,7 +199,7 @@ def test_align_refuses(env, tmp_path, case):
   if case == "missing":
     args[0], words = f"--images={tmp_path / 'nope.jpg'}", ["nope.jpg"]
   elif case == "empty_dir":
-    args[0], words = f"--images={env['empty']}", ["no image"]
+    args[0], words = f"--images={env['empty']}", ["no image", "skipped 1 file", "notes.txt"]
   elif case == "zero_box":
     args.append("--bbox=10,10,10,40")
     words = ["bbox"]

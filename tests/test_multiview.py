@@ -253,12 +253,17 @@ def test_command_writes_json_for_each_view(command_setup, tmp_path):
   names = sorted(p.name for p in out.iterdir())
   assert names == ["multiview.json", "view0.json", "view0_overlay.png", "view1.json",
                    "view1_overlay.png"]
-  docs = [json.loads((out / f"view{v}.json").read_text()) for v in range(2)]
-  for doc in docs:
+  documents = [json.loads((out / f"view{v}.json").read_text()) for v in range(2)]
+  docs = []
+  for document in documents:
+    assert document["multiview"] is True and document["size_wh"] == [_CMD_CROP, _CMD_CROP]
+    assert len(document["faces"]) == 1
+    doc = document["faces"][0]
     assert {"landmarks_px", "visibility", "pose", "shape_coefficients",
-            "expression_coefficients", "box"} <= set(doc)
+            "expression_coefficients", "box", "score"} <= set(doc)
     assert np.asarray(doc["landmarks_px"]).shape == (68, 2)
-    assert np.all(np.isfinite(doc["landmarks_px"])) and doc["multiview"] is True
+    assert np.all(np.isfinite(doc["landmarks_px"]))
+    docs.append(doc)
   assert docs[0]["shape_coefficients"] == docs[1]["shape_coefficients"]
   assert docs[0]["landmarks_px"] != docs[1]["landmarks_px"]
   overview = json.loads((out / "multiview.json").read_text())

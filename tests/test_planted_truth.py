@@ -161,7 +161,7 @@ def planted(tmp_path_factory):
   for name, (height, width, _) in IMAGES.items():
     image_io.write_png_atomic(images / name, rng.integers(0, 256, (height, width, 3), np.uint8))
   boxes = root / "boxes.json"
-  boxes.write_text(json.dumps({name: (None if box is None else list(box))
+  boxes.write_text(json.dumps({name: ("whole" if box is None else list(box))
                                for name, (_, _, box) in IMAGES.items()}))
   return dict(root=root, model=model, pose=pose, cascade=path, images=images, boxes=boxes)
 
@@ -194,7 +194,13 @@ def _check_face(got, expected, model, where=""):
   assert all(got["visibility"][9:17]), where
 
 
-def _from_json(document):
+def _from_json(document, image_hw):
+  """The only face of an image's document (``{"image", "size_wh", "faces": [...]}``)."""
+  height, width = image_hw
+  assert document["size_wh"] == [width, height]
+  assert len(document["faces"]) == 1, document["faces"]
+  document = document["faces"][0]
+  assert document["score"] is None  # a given box
   pose = document["pose"]
   return dict(landmarks_px=np.asarray(document["landmarks_px"]),
               landmarks_3d_px=document.get("landmarks_3d_px"), yaw_deg=pose["yaw_deg"],
@@ -240,7 +246,8 @@ def test_align_command_returns_the_planted_state(planted, tmp_path):
   for name, (height, width, box) in IMAGES.items():
     document = json.loads((out / f"{Path(name).stem}.json").read_text())
     expected = expected_face(planted["model"], planted["pose"], box, (height, width))
-    _check_face(_from_json(document), expected, planted["model"], f"align {name}")
+    _check_face(_from_json(document, (height, width)), expected, planted["model"],
+                f"align {name}")
 
 
 def test_align_multiview_command_returns_the_planted_state(planted, tmp_path):
@@ -253,7 +260,8 @@ def test_align_multiview_command_returns_the_planted_state(planted, tmp_path):
     document = json.loads((out / f"{Path(name).stem}.json").read_text())
     assert document["multiview"] is True
     expected = expected_face(planted["model"], planted["pose"], box, (height, width))
-    _check_face(_from_json(document), expected, planted["model"], f"align --multiview {name}")
+    _check_face(_from_json(document, (height, width)), expected, planted["model"],
+                f"align --multiview {name}")
   joint = json.loads((out / "multiview.json").read_text())
   assert joint["num_views"] == len(IMAGES)
   assert np.max(np.abs(joint["shape_coefficients"])) < 1e-3
@@ -267,22 +275,50 @@ def test_python_api_returns_the_planted_state(planted):
   def job(name, box):
     path = planted["images"] / name
     return runner.Job(name=name, load=lambda: runner.Loaded(
-        image=image_io.read_image(path), box=None if box is None else np.asarray(box)))
+        image=image_io.read_image(path),
+        box=runner.WHOLE_IMAGE if box is None else np.asarray(box)))
 
   jobs = [job(name, box) for name, (_, _, box) in IMAGES.items()]
   outcomes = list(runner.run_jobs(aligner, jobs, batch_size=2, progress=False))
   assert [o.job.name for o in outcomes] == list(IMAGES) and all(o.error is None for o in outcomes)
   for outcome, (name, (height, width, box)) in zip(outcomes, IMAGES.items()):
-    face = outcome.face
-    got = dict(landmarks_px=face.landmarks_px,
-               landmarks_3d_px=getattr(face, "landmarks_3d_px", None),
-               yaw_deg=math.degrees(face.yaw_rad),
-               pitch_deg=math.degrees(face.pitch_rad), roll_deg=math.degrees(face.roll_rad),
-               scale=face.scale, translation_px=face.translation_px, crop_box=face.crop_box,
-               visibility=face.visibility, shape_coefficients=face.shape_coefficients,
-               expression_coefficients=face.expression_coefficients)
+    assert len(outcome.faces) == 1
     expected = expected_face(planted["model"], planted["pose"], box, (height, width))
-    _check_face(got, expected, planted["model"], f"run_jobs {name}")
+    _check_face(_from_face(outcome.face), expected, planted["model"], f"run_jobs {name}")
+
+
+def _from_face(face):
+  """A :class:`dff_jax.Face`'s values as :func:`_check_face` reads them."""
+  return dict(landmarks_px=face.landmarks_px, landmarks_3d_px=face.landmarks_3d_px,
+              yaw_deg=math.degrees(face.pose.yaw_rad),
+              pitch_deg=math.degrees(face.pose.pitch_rad),
+              roll_deg=math.degrees(face.pose.roll_rad), scale=face.pose.scale,
+              translation_px=face.pose.translation_px, crop_box=face.crop_box,
+              visibility=face.visibility, shape_coefficients=face.shape_coefficients,
+              expression_coefficients=face.expression_coefficients)
+
+
+def test_public_aligner_returns_the_planted_state(planted):
+  """dff_jax.Aligner: the images in memory, their boxes given (a second face in wide.png,
+  ``"whole"`` for whole.png); every face is the planted state of its own box."""
+  from dff_jax import Aligner, image_io
+  aligner = Aligner.load(cascade=planted["cascade"])
+  images, boxes, expected_boxes = [], [], []
+  for name, (height, width, box) in IMAGES.items():
+    images.append(image_io.read_image(planted["images"] / name))
+    given = [box] if box is not None else [None]
+    if name == "wide.png":
+      given.append((60.0, 5.0, 120.0, 50.0))
+    expected_boxes.append(given)
+    boxes.append("whole" if box is None else [list(b) for b in given])
+  result = aligner.align(images, boxes)
+  assert [len(faces) for faces in result] == [len(b) for b in expected_boxes]
+  for faces, given, (name, (height, width, _)) in zip(result, expected_boxes, IMAGES.items()):
+    for face, box in zip(faces, given):
+      assert face.score is None
+      expected = expected_face(planted["model"], planted["pose"], box, (height, width))
+      _check_face(_from_face(face), expected, planted["model"], f"Aligner.align {name} {box}")
+      assert face.pose.yaw_deg == pytest.approx(math.degrees(face.pose.yaw_rad))
 
 
 # ----------------------------------------------------------------------------------------------

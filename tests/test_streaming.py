@@ -98,7 +98,8 @@ def test_streamed_outputs_match_the_unthreaded_path(env, tmp_path):
   for stem, name in zip(stems, env["good"]):
     a = json.loads((tmp_path / "threaded" / f"{stem}.json").read_text())
     b = json.loads((tmp_path / "plain" / f"{stem}.json").read_text())
-    assert a == b
+    assert a == b and len(a["faces"]) == 1
+    a = a["faces"][0]
     np.testing.assert_allclose(a["box"], env["box_map"][name], atol=1e-3)
     assert ((tmp_path / "threaded" / f"{stem}_overlay.png").read_bytes()
             == (tmp_path / "plain" / f"{stem}_overlay.png").read_bytes())
@@ -198,7 +199,8 @@ def test_align_command_summary_and_no_overlays(env, tmp_path):
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
   lines = proc.stdout.strip().splitlines()
-  assert json.loads(lines[-1]) == {"out_dir": str(out), "written": NUM_GOOD, "failed": 2}
+  assert json.loads(lines[-1]) == {"out_dir": str(out), "written": NUM_GOOD, "failed": 2,
+                                  "faces": NUM_GOOD}
   assert lines[-2].startswith(f"align: {NUM_GOOD + 2} images, {NUM_GOOD} written, 2 failed")
   assert "images/s" in lines[-2]
   skipped = [l for l in proc.stderr.splitlines() if "align: skipped" in l]

@@ -7,6 +7,8 @@ vectorised over many segments / discs, so an overlay of a 16k-vertex mesh costs 
 * :func:`render_overlay`: the fitted mesh's outline (silhouette and hole edges of the face part,
   thin cyan), the pose axes from the nose tip (model x red, y green, z blue), the 68 landmarks
   (visible: filled green discs; hidden: hollow red rings).
+* :func:`render_faces_overlay`: every face of an image, each as :func:`render_overlay`, with the
+  detector's score above its box.
 * :func:`render_ced_plot`: cumulative error distribution curves with ticks, grid, tick labels
   (a 5 x 7 bitmap font) and a legend of coloured boxes with the method names.
 
@@ -280,7 +282,8 @@ def render_overlay(image: np.ndarray, landmarks_px: np.ndarray, visibility: np.n
       hollow red rings.
     pose: ``pitch_rad``, ``yaw_rad``, ``roll_rad``, ``scale`` (image px per mm) and
       ``translation_px`` ``[2]`` (image position of the model origin), weak perspective as in
-      :func:`dff_jax.geometry.weak_perspective_project`.
+      :func:`dff_jax.geometry.weak_perspective_project` (a dict, or a
+      :class:`dff_jax.alignment.results.Pose`).
     shape_coefficients: ``[Ki]``; expression_coefficients: ``[Ke]``.
     model: the face model (NumPy); without it no mesh outline and no axes are drawn.
     outline: its :func:`mesh_outline_structure` (computed here when absent).
@@ -290,6 +293,8 @@ def render_overlay(image: np.ndarray, landmarks_px: np.ndarray, visibility: np.n
     ``[H, W, 3]`` uint8.
   """
   canvas = np.array(image, np.uint8, copy=True)
+  if hasattr(pose, "as_dict"):  # a dff_jax.alignment.results.Pose
+    pose = pose.as_dict()
   h, w, _ = canvas.shape
   thickness = max(1, int(round(max(h, w) / 400)))
   radius = max(1.5, 0.006 * max(h, w))
@@ -320,6 +325,37 @@ def render_overlay(image: np.ndarray, landmarks_px: np.ndarray, visibility: np.n
   draw_discs(canvas, landmarks[~visible], radius + 1.0, HIDDEN_COLOUR, filled=False,
              ring_width=max(1.0, thickness))
   draw_discs(canvas, landmarks[visible], radius, VISIBLE_COLOUR, filled=True)
+  return canvas
+
+
+def render_faces_overlay(image: np.ndarray, faces: Sequence[Any],
+                         model: Optional[face_model_lib.FaceModel] = None,
+                         outline: Optional[MeshOutline] = None) -> np.ndarray:
+  """Every face of an image drawn over a copy of it (:func:`render_overlay` per face), with
+  the detector's score (when there is one) above each face box.
+
+  Args:
+    image: ``[H, W, 3]`` uint8 RGB.
+    faces: :class:`dff_jax.alignment.results.Face` objects (``landmarks_px``, ``visibility``,
+      ``pose``, coefficients, ``box``, ``score``); none gives a copy of the image.
+    model, outline: as :func:`render_overlay`.
+
+  Returns:
+    ``[H, W, 3]`` uint8.
+  """
+  canvas = np.array(image, np.uint8, copy=True)
+  if model is not None and outline is None and len(faces):
+    outline = mesh_outline_structure(model)
+  scale = max(1, int(round(max(canvas.shape[:2]) / 500)))
+  for face in faces:
+    canvas = render_overlay(canvas, face.landmarks_px, face.visibility, face.pose,
+                            face.shape_coefficients, face.expression_coefficients, model, outline,
+                            box_xyxy=face.box)
+    if getattr(face, "score", None) is not None:
+      x0, y0 = np.asarray(face.box, np.float64)[:2]
+      _, height = text_size("0", scale)
+      draw_text(canvas, f"{face.score:.2f}", int(round(x0)), int(round(y0)) - height - 2,
+                (160, 160, 160), scale)
   return canvas
 
 

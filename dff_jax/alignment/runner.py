@@ -15,14 +15,17 @@ so the function compiles once per run whatever the image sizes. Results are mapp
 working image to the original image pixels on the host (landmarks, crop box, pose scale and
 translation; the rotation and the shape coefficients do not change).
 
-**Face box.** ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel ``(i, j)`` centred at
-``(j + 0.5, i + 0.5)``), like a face detector's box around the landmarks. Without a box the whole
-image is the face crop: the face box is the centred square of side ``max(H, W) / box_scale``, so
-that the crop box is the square around the whole image.
+**Face boxes.** ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel ``(i, j)`` centred
+at ``(j + 0.5, i + 0.5)``), the bounding box of the face's 68 landmarks, as the cascade was
+trained. A job gives one box ``[4]``, several ``[N, 4]`` (each its own face and its own crop in
+the batch), :data:`DETECT` / ``None`` (every face :func:`dff_jax.detection.detect_faces` finds,
+with its score; possibly none) or :data:`WHOLE_IMAGE` (the centred square of side
+``max(H, W) / box_scale``, so that the crop box is the square around the whole image).
+Detection runs on the host, in the worker that decodes the image, before the working crops.
 
-**Compilation.** The jitted function belongs to the :class:`Aligner` (compiled ahead of time once
-per batch size, :meth:`Aligner.compile`); :func:`load_aligner` keeps the last two aligners of the
-process, so repeated calls with the same files compile once.
+**Compilation.** The jitted function belongs to the :class:`CompiledCascade` (compiled ahead of
+time once per batch size, :meth:`CompiledCascade.compile`); :func:`load_aligner` keeps the last
+two of the process, so repeated calls with the same files compile once.
 
 **Streaming.** :func:`run_jobs` takes its jobs lazily, prepares them (image decoding, host crop)
 in a small thread pool a couple of batches ahead, and dispatches each batch to the jitted cascade
@@ -62,13 +65,30 @@ from dff_jax.file_io import json_safe
 from dff_jax.alignment import cascade
 from dff_jax.alignment import features as features_lib
 from dff_jax.alignment import io as cascade_io
+from dff_jax.alignment import results
 from dff_jax.face_model import model as face_model_lib
 
 Array = Any
 ASSETS = features_lib.ASSETS
 WORK_SCALE = 2
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 READ_ERRORS = (ValueError, OSError)
+# A job's box: find every face with the detector / use the whole image as the face crop.
+DETECT = "detect"
+WHOLE_IMAGE = "whole"
+
+
+def _readable_extensions(candidates: Sequence[str]) -> Tuple[str, ...]:
+  """The candidates Pillow (imageio's reader for these formats) can open in this install."""
+  Image.init()
+  registered = Image.registered_extensions()
+  return tuple(e for e in candidates if registered.get(e) in Image.OPEN)
+
+
+# Common photo formats (folders are filtered by extension; the file's content decides how it is
+# decoded): JPEG, PNG, BMP, GIF, TIFF, WebP, the Netpbm family, Targa, JPEG 2000, AVIF.
+IMAGE_EXTENSIONS = _readable_extensions(
+    (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".jp2", ".j2k", ".jpx", ".avif"))
 
 
 # Shipped cascades by name (``--cascade=NAME``); each file names its encoder in its meta.
@@ -174,8 +194,9 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
 
 
 @dataclasses.dataclass
-class Aligner:
-  """A loaded cascade with its descriptor and face model, ready for :func:`run_jobs`.
+class CompiledCascade:
+  """A loaded cascade with its descriptor and face model, ready for :func:`run_jobs` (the
+  machinery under the public :class:`dff_jax.Aligner`).
 
   Attributes:
     spec: what was loaded.
@@ -269,7 +290,7 @@ class Aligner:
     return self.fetch(self.dispatch(work_images, work_boxes))
 
 
-_ALIGNER_CACHE: Dict[Tuple, Aligner] = {}
+_ALIGNER_CACHE: Dict[Tuple, CompiledCascade] = {}
 _ALIGNER_CACHE_SIZE = 2
 
 
@@ -280,8 +301,8 @@ def _file_stamp(path: Optional[Path]) -> Tuple:
   return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def load_aligner(spec: AlignerSpec, cache: bool = True) -> Aligner:
-  """Loads everything :func:`resolve_aligner` found.
+def load_aligner(spec: AlignerSpec, cache: bool = True) -> CompiledCascade:
+  """Loads everything :func:`resolve_aligner` found into a :class:`CompiledCascade`.
 
   The last two aligners are cached in the process (keyed by the files' paths, sizes and
   modification times), so repeated calls reuse the compiled cascade.
@@ -301,7 +322,7 @@ def load_aligner(spec: AlignerSpec, cache: bool = True) -> Aligner:
   return aligner
 
 
-def _load_aligner(spec: AlignerSpec) -> Aligner:
+def _load_aligner(spec: AlignerSpec) -> CompiledCascade:
   from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top
   params, config, meta = cascade_io.load_cascade(spec.cascade_path)
   describer = features_lib.make_describer(spec.features, spec.checkpoint)
@@ -310,7 +331,7 @@ def _load_aligner(spec: AlignerSpec) -> Aligner:
                      f"but {describer.source} gives {describer.descriptor_dim}-d ones: pass the "
                      "--checkpoint the cascade was trained with")
   model = load_face_model(spec.face_model)
-  return Aligner(spec=spec, describer=describer, face_model=model,
+  return CompiledCascade(spec=spec, describer=describer, face_model=model,
                  alignment_model=cascade.make_alignment_model(model), params=params,
                  config=config, meta=meta, work_size=WORK_SCALE * config.crop_size)
 
@@ -321,7 +342,7 @@ def _load_aligner(spec: AlignerSpec) -> Aligner:
 
 
 def whole_image_box(height: int, width: int, box_scale: float) -> np.ndarray:
-  """``[4]`` face box for "no box given": its crop box is the square around the whole image."""
+  """``[4]`` face box of :data:`WHOLE_IMAGE`: its crop box is the square around the whole image."""
   side = max(height, width) / box_scale
   cx, cy = width / 2.0, height / 2.0
   return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
@@ -382,83 +403,27 @@ def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.Cascad
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class FaceAlignment:
-  """One face's alignment in **image** pixels (NumPy).
-
-  Attributes:
-    landmarks_px: ``[68, 2]`` float32 (x, y), pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)``;
-      the jaw follows the visible outline (300-W convention).
-    landmarks_3d_px: ``[68, 2]`` float32 the fitted model's 68 fixed landmark vertices
-      projected, hidden ones included (AFLW2000-3D convention: the 3D jaw line).
-    visibility: ``[68]`` bool (the landmark's smoothed normal faces the camera).
-    pitch_rad, yaw_rad, roll_rad: our Euler convention, ``R = Rz(roll) Ry(yaw) Rx(pitch)``.
-    scale: image pixels per model mm (weak perspective).
-    translation_px: ``[2]`` image position of the model origin.
-    shape_coefficients: ``[Ki]``; expression_coefficients: ``[Ke]``.
-    box: ``[4]`` the face box used; crop_box: ``[4]`` the square crop box around it.
-  """
-  landmarks_px: np.ndarray
-  landmarks_3d_px: np.ndarray
-  visibility: np.ndarray
-  pitch_rad: float
-  yaw_rad: float
-  roll_rad: float
-  scale: float
-  translation_px: np.ndarray
-  shape_coefficients: np.ndarray
-  expression_coefficients: np.ndarray
-  box: np.ndarray
-  crop_box: np.ndarray
-
-  def pose(self) -> Dict[str, Any]:
-    """Pose for :func:`dff_jax.alignment.draw.render_overlay` (radians)."""
-    return dict(pitch_rad=self.pitch_rad, yaw_rad=self.yaw_rad, roll_rad=self.roll_rad,
-                scale=self.scale, translation_px=self.translation_px)
-
-  def is_finite(self) -> bool:
-    return bool(np.all(np.isfinite(self.landmarks_px)) and np.isfinite(self.scale)
-                and np.all(np.isfinite(self.landmarks_3d_px))
-                and np.all(np.isfinite(self.translation_px))
-                and np.isfinite([self.pitch_rad, self.yaw_rad, self.roll_rad]).all())
-
-  def to_json(self) -> Dict[str, Any]:
-    """JSON-ready dict: ``landmarks_px``, ``landmarks_3d_px``, ``visibility``, ``pose``
-    (degrees), coefficients, ``box``, ``crop_box``."""
-    return {
-        "landmarks_px": np.round(self.landmarks_px.astype(np.float64), 3).tolist(),
-        "landmarks_3d_px": np.round(self.landmarks_3d_px.astype(np.float64), 3).tolist(),
-        "visibility": [bool(v) for v in self.visibility],
-        "pose": {
-            "yaw_deg": float(np.degrees(self.yaw_rad)),
-            "pitch_deg": float(np.degrees(self.pitch_rad)),
-            "roll_deg": float(np.degrees(self.roll_rad)),
-            "scale": float(self.scale),
-            "translation_px": np.asarray(self.translation_px, np.float64).tolist(),
-        },
-        "shape_coefficients": np.asarray(self.shape_coefficients, np.float64).tolist(),
-        "expression_coefficients": np.asarray(self.expression_coefficients, np.float64).tolist(),
-        "box": np.asarray(self.box, np.float64).tolist(),
-        "crop_box": np.asarray(self.crop_box, np.float64).tolist(),
-    }
+Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
 
 
 def to_image_frame(result: Dict[str, np.ndarray], index: int, crop_box: np.ndarray,
-                   box: np.ndarray, work_size: int) -> FaceAlignment:
-  """Face ``index`` of a working-frame batch result mapped back to image pixels."""
+                   box: np.ndarray, work_size: int, score: Optional[float] = None) -> Face:
+  """Face ``index`` of a working-frame batch result mapped back to image pixels (``score``: the
+  detector's, ``None`` for a given box)."""
   factor = (crop_box[2] - crop_box[0]) / work_size
   origin = crop_box[:2]
-  return FaceAlignment(
+  pose = results.Pose(
+      yaw_rad=float(result["yaw_rad"][index]), pitch_rad=float(result["pitch_rad"][index]),
+      roll_rad=float(result["roll_rad"][index]), scale=float(result["scale"][index] * factor),
+      translation_px=(result["translation_px"][index] * factor + origin).astype(np.float32))
+  return Face(
       landmarks_px=(result["landmarks_px"][index] * factor + origin).astype(np.float32),
       landmarks_3d_px=(result["landmarks_3d_px"][index] * factor + origin).astype(np.float32),
-      visibility=result["visibility"][index] > 0.5,
-      pitch_rad=float(result["pitch_rad"][index]), yaw_rad=float(result["yaw_rad"][index]),
-      roll_rad=float(result["roll_rad"][index]),
-      scale=float(result["scale"][index] * factor),
-      translation_px=(result["translation_px"][index] * factor + origin).astype(np.float32),
+      visibility=result["visibility"][index] > 0.5, pose=pose,
       shape_coefficients=result["shape_coefficients"][index].astype(np.float32),
       expression_coefficients=result["expression_coefficients"][index].astype(np.float32),
-      box=np.asarray(box, np.float32), crop_box=np.asarray(crop_box, np.float32))
+      box=np.asarray(box, np.float32), score=None if score is None else float(score),
+      crop_box=np.asarray(crop_box, np.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,47 +437,117 @@ class Loaded:
 
   Attributes:
     image: ``[H, W, 3]`` uint8 RGB.
-    box: ``[4]`` face box in image pixels, or ``None`` for the whole image.
+    box: the face box(es) in image pixels: ``[4]`` one face, ``[N, 4]`` several (``N = 0``:
+      none), ``None`` / :data:`DETECT` every face the detector finds, :data:`WHOLE_IMAGE` the
+      whole image as the face crop.
     truth: optional ground truth (e.g. ``landmarks_px [68, 2]``, ``yaw_deg``) passed through.
+    scores: optional ``[N]`` scores of given boxes (e.g. from an earlier detection), reported
+      as each face's ``score``.
   """
   image: np.ndarray
-  box: Optional[np.ndarray] = None
+  box: Any = None
   truth: Optional[Dict[str, Any]] = None
+  scores: Optional[Sequence[float]] = None
 
 
 @dataclasses.dataclass
 class Job:
-  """One face to align: a name (for messages and output files) and a loader."""
+  """One image to align: a name (for messages and output files) and a loader."""
   name: str
   load: Callable[[], Loaded]
 
 
 @dataclasses.dataclass
 class Outcome:
-  """The result of one :class:`Job`: ``face`` (``None`` on failure) or a one-line ``error``."""
+  """The result of one :class:`Job`: its ``faces`` (in box order; detections best first;
+  empty when none was found or on failure) or a one-line ``error``."""
   job: Job
-  face: Optional[FaceAlignment] = None
+  faces: List[Face] = dataclasses.field(default_factory=list)
   loaded: Optional[Loaded] = None
   error: Optional[str] = None
+
+  @property
+  def face(self) -> Optional[Face]:
+    """The first face (the only one for a job with one box), ``None`` when there is none."""
+    return self.faces[0] if self.faces else None
 
 
 def one_line(error: BaseException) -> str:
   return " ".join(str(error).split()) or type(error).__name__
 
 
-def _prepare(aligner: Aligner, job: Job):
+def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
+               scores: Optional[Sequence[float]] = None,
+               detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None
+               ) -> Tuple[np.ndarray, List[Optional[float]]]:
+  """The face boxes of one image (see :class:`Loaded` for ``box``) and their scores.
+
+  Args:
+    image: ``[H, W, 3]`` uint8.
+    box: ``[4]``, ``[N, 4]``, ``None`` / :data:`DETECT` or :data:`WHOLE_IMAGE`.
+    box_scale: the cascade's ``box_scale`` (for the whole-image box).
+    where: prefix of error messages (the image's name).
+    scores: optional ``[N]`` scores of given boxes.
+    detect: ``image -> (boxes [N, 4], scores [N])`` (default
+      :func:`dff_jax.detection.detect_faces`).
+
+  Returns:
+    ``(boxes [N, 4] float32, scores [N] floats or None)``; given boxes are checked
+    (:func:`check_box`).
+
+  Raises:
+    ValueError: a bad box, an unknown word, or ``scores`` of another length.
+  """
+  height, width = image.shape[:2]
+  if box is None or (isinstance(box, str) and box == DETECT):
+    if detect is None:
+      from dff_jax import detection  # pylint: disable=g-import-not-at-top
+      detect = detection.detect_faces
+    found, found_scores = detect(image)
+    found = np.asarray(found, np.float32).reshape(-1, 4)
+    return found, [float(v) for v in np.asarray(found_scores).reshape(-1)]
+  if isinstance(box, str):
+    if box != WHOLE_IMAGE:
+      raise ValueError(f"{where + ': ' if where else ''}unknown face box {box!r}: give "
+                       f"[x0, y0, x1, y1], a list of them, {DETECT!r} or {WHOLE_IMAGE!r}")
+    return whole_image_box(height, width, box_scale)[None], [None]
+  try:
+    array = np.asarray(box, np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where + ': ' if where else ''}face box {box!r} is not [x0, y0, x1, y1] "
+                     "or a list of them") from None
+  if array.size == 0:  # an empty list: no face in this image
+    boxes = []
+  elif array.ndim == 2 and array.shape[1] == 4:
+    boxes = [check_box(b, height, width, where) for b in array]
+  else:  # one box (check_box says what is wrong with anything else)
+    boxes = [check_box(box, height, width, where)]
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  if scores is None:
+    return boxes, [None] * len(boxes)
+  scores = [None if v is None else float(v) for v in scores]
+  if len(scores) != len(boxes):
+    raise ValueError(f"{where + ': ' if where else ''}{len(scores)} scores for {len(boxes)} "
+                     "face boxes")
+  return boxes, scores
+
+
+def _prepare(aligner: CompiledCascade, job: Job, detect=None):
+  """Loads a job and cuts the working crop of each of its faces.
+
+  Returns ``(loaded, [(box, score, work_image, crop_box, work_box), ...])``."""
   loaded = job.load()
   image = np.asarray(loaded.image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"{job.name}: expected an [H, W, 3] uint8 image, got {image.shape} "
                      f"{image.dtype}")
-  height, width = image.shape[:2]
-  if loaded.box is None:
-    box = whole_image_box(height, width, aligner.config.box_scale)
-  else:
-    box = check_box(loaded.box, height, width, job.name)
-  work_image, crop_box, work_box = working_crop(image, box, aligner.config, aligner.work_size)
-  return loaded, box, work_image, crop_box, work_box
+  boxes, scores = face_boxes(image, loaded.box, aligner.config.box_scale, job.name,
+                             loaded.scores, detect)
+  entries = []
+  for box, score in zip(boxes, scores):
+    work_image, crop_box, work_box = working_crop(image, box, aligner.config, aligner.work_size)
+    entries.append((box, score, work_image, crop_box, work_box))
+  return loaded, entries
 
 
 @dataclasses.dataclass
@@ -564,14 +599,26 @@ class _Deferred:
 _END = object()
 
 
-def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
+@dataclasses.dataclass
+class _Record:
+  """An image whose faces are in the batches: its outcome is yielded when the last is done."""
+  job: Job
+  loaded: Loaded
+  faces: List[Optional[Face]]
+  remaining: int
+
+
+def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
              progress: bool = True, total: Optional[int] = None,
              keep_loaded: bool = True, workers: int = 2, prefetch_batches: int = 2,
-             stats: Optional[RunStats] = None) -> Iterator[Outcome]:
+             stats: Optional[RunStats] = None,
+             detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None
+             ) -> Iterator[Outcome]:
   """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
 
   **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
-  box checked, working crop cut: :func:`working_crop`) by ``workers`` threads, up to
+  faces found when the job gives no box (:func:`face_boxes`), boxes checked, one working crop
+  cut per face: :func:`working_crop`) by ``workers`` threads, up to
   ``prefetch_batches * batch_size`` jobs ahead, while the previous batch runs in the jitted
   cascade: each batch is *dispatched* asynchronously and its results are only waited for once
   the next batch has been dispatched (or the input has ended). So at most
@@ -581,23 +628,30 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
   prepared in the calling thread when its turn comes (no threads; the same outcomes).
   Loaders must be thread-safe when ``workers > 0``.
 
+  **Several faces.** Each face of a job is its own crop in the batches (the faces of one image
+  may span two batches); the job's outcome comes when its last face is done, with ``faces`` in
+  box order (detections best first).
+
   A job whose loading raises ``ValueError`` / ``OSError`` (unreadable image, bad box, bad
-  annotation) yields an outcome with ``error`` set as soon as its turn comes; one whose result
-  is not finite yields an error outcome with its batch; the rest go on. Outcomes of good jobs
-  come when their batch is done, in input order. The jitted function is compiled once per
-  aligner and batch size (the last batch is padded by repeating its last face).
+  annotation) yields an outcome with ``error`` set as soon as its turn comes, and so does a job
+  with no face (``faces == []``, no error); one with a non-finite result yields an error outcome
+  with its batch; the rest go on. Outcomes of jobs with faces come when their batch is done, in
+  input order. The jitted function is compiled once per cascade and batch size (the last batch
+  is padded by repeating its last face).
 
   Args:
     aligner: from :func:`load_aligner`.
-    jobs: the faces (any iterable; consumed lazily).
+    jobs: the images (any iterable; consumed lazily).
     batch_size: faces per jitted call.
     progress: show a tqdm bar on stderr (when stderr is a terminal).
     total: number of jobs, for the bar.
     keep_loaded: attach the :class:`Loaded` image / truth to each outcome (for overlays); with
-      ``False`` the image is dropped as soon as its working crop is cut.
+      ``False`` the image is dropped as soon as its working crops are cut.
     workers: threads preparing jobs (``0``: in the calling thread).
     prefetch_batches: how many batches of jobs are prepared ahead (``>= 1`` with workers).
     stats: a :class:`RunStats` to fill in (counts, time split, peak jobs in memory).
+    detect: the face detector for jobs without a box, ``image -> (boxes [N, 4], scores [N])``
+      (default :func:`dff_jax.detection.detect_faces`).
 
   Raises:
     ValueError: ``batch_size < 1``, ``workers < 0`` or ``prefetch_batches < 1``.
@@ -611,7 +665,7 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   stats = RunStats() if stats is None else stats
   lock = threading.Lock()
-  bar = tqdm(total=total, unit="face", desc=f"align ({aligner.name})", dynamic_ncols=True,
+  bar = tqdm(total=total, unit="image", desc=f"align ({aligner.name})", dynamic_ncols=True,
              disable=None if progress else True)
   pool = (futures_lib.ThreadPoolExecutor(workers, thread_name_prefix="dff-align-prepare")
           if workers > 0 else None)
@@ -623,7 +677,7 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
   def prepare(job: Job):
     start = time.perf_counter()
     try:
-      prepared = _prepare(aligner, job)
+      prepared = _prepare(aligner, job, detect)
     finally:
       elapsed = time.perf_counter() - start
       with lock:
@@ -649,8 +703,9 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
       stats.in_memory -= 1
 
   def dispatch(entries):
-    images = np.stack([e[3] for e in entries])
-    boxes = np.stack([e[5] for e in entries])
+    """``entries``: ``(record, index, box, score, work_image, crop_box, work_box)`` per face."""
+    images = np.stack([e[4] for e in entries])
+    boxes = np.stack([e[6] for e in entries])
     count = len(entries)
     if count < batch_size:
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, 0)])
@@ -659,26 +714,29 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
     result = aligner.dispatch(images, boxes)
     stats.align_s += time.perf_counter() - start
     stats.batches += 1
-    return [(job, loaded, box, crop_box) for job, loaded, box, _, crop_box, _ in entries], result
+    return [e[:4] + (e[5],) for e in entries], result
 
   def collect(batch):
     entries, device_result = batch
     start = time.perf_counter()
     result = aligner.fetch(device_result)
     stats.align_s += time.perf_counter() - start
-    for n, (job, loaded, box, crop_box) in enumerate(entries):
-      face = to_image_frame(result, n, crop_box, box, aligner.work_size)
+    for n, (record, index, box, score, crop_box) in enumerate(entries):
+      record.faces[index] = to_image_frame(result, n, crop_box, box, aligner.work_size, score)
+      record.remaining -= 1
+      if record.remaining:
+        continue
       release()
       bar.update(1)
-      if face.is_finite():
-        stats.faces += 1
-        yield Outcome(job=job, face=face, loaded=loaded)
+      if all(face.is_finite() for face in record.faces):
+        stats.faces += len(record.faces)
+        yield Outcome(job=record.job, faces=list(record.faces), loaded=record.loaded)
       else:
         stats.failures += 1
-        yield Outcome(job=job, loaded=loaded,
-                      error=f"{job.name}: alignment diverged (non-finite result)")
+        yield Outcome(job=record.job, loaded=record.loaded,
+                      error=f"{record.job.name}: alignment diverged (non-finite result)")
 
-  pending: List[Tuple[Job, Loaded, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+  pending: List[Tuple[Any, ...]] = []
   in_flight = None
   try:
     fill()
@@ -687,7 +745,7 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
       fill()
       start = time.perf_counter()
       try:
-        loaded, box, work_image, crop_box, work_box = future.result()
+        loaded, entries = future.result()
       except READ_ERRORS as error:
         stats.wait_prepare_s += time.perf_counter() - start
         message = one_line(error)
@@ -700,13 +758,21 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
       stats.wait_prepare_s += time.perf_counter() - start
       if not keep_loaded:
         loaded = Loaded(image=np.zeros((0, 0, 3), np.uint8), truth=loaded.truth)
-      pending.append((job, loaded, box, work_image, crop_box, work_box))
-      if len(pending) == batch_size:
-        started = dispatch(pending)
-        pending = []
-        if in_flight is not None:
-          yield from collect(in_flight)
-        in_flight = started
+      if not entries:  # no face in this image
+        release()
+        bar.update(1)
+        yield Outcome(job=job, faces=[], loaded=loaded)
+        continue
+      record = _Record(job=job, loaded=loaded, faces=[None] * len(entries),
+                       remaining=len(entries))
+      for index, (box, score, work_image, crop_box, work_box) in enumerate(entries):
+        pending.append((record, index, box, score, work_image, crop_box, work_box))
+        if len(pending) == batch_size:
+          started = dispatch(pending)
+          pending = []
+          if in_flight is not None:
+            yield from collect(in_flight)
+          in_flight = started
     if pending:
       started = dispatch(pending)
       pending = []
@@ -729,33 +795,64 @@ def run_jobs(aligner: Aligner, jobs: Iterable[Job], batch_size: int = 8,
 # ----------------------------------------------------------------------------------------------
 
 
-def list_images(spec: str) -> List[Path]:
-  """Image files named by ``spec``: a file, a directory (its image files, sorted, not
-  recursive), a glob pattern, or a comma-separated list of those.
+def find_images(spec: str) -> Tuple[List[Path], List[Path]]:
+  """Image files named by ``spec`` and the files passed over.
+
+  ``spec`` is a file, a directory (its files with an :data:`IMAGE_EXTENSIONS` extension,
+  sorted, not recursive), a glob pattern (its matches with such an extension), or a
+  comma-separated list of those. A file named directly is always taken (its content decides).
+
+  Returns:
+    ``(images, skipped)``: ``skipped`` are the other files of the directories and glob
+    matches (sub-directories are not counted), for :func:`skipped_files_line`.
 
   Raises:
-    FileNotFoundError: nothing matches (message names the spec).
+    FileNotFoundError: a part matches nothing, or no image at all (the message names the
+      skipped files).
   """
   paths: List[Path] = []
+  skipped: List[Path] = []
+
+  def take(candidates):
+    for path in candidates:
+      (paths if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
+
   for part in [p for p in spec.split(",") if p]:
     path = Path(part)
     if path.is_dir():
-      paths += sorted(p for p in path.iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+      take(sorted(p for p in path.iterdir() if p.is_file()))
     elif path.is_file():
       paths.append(path)
     elif glob_lib.has_magic(part):
-      paths += sorted(Path(p) for p in glob_lib.glob(part) if Path(p).is_file())
+      take(sorted(Path(p) for p in glob_lib.glob(part) if Path(p).is_file()))
     else:
       raise FileNotFoundError(f"--images={part}: no such file or directory")
   if not paths:
-    raise FileNotFoundError(f"--images={spec}: no image files found")
-  return paths
+    passed = f" ({skipped_files_line(skipped)})" if skipped else ""
+    raise FileNotFoundError(f"--images={spec}: no image files found{passed}")
+  return paths, skipped
+
+
+def list_images(spec: str) -> List[Path]:
+  """The image files of :func:`find_images` (without the skipped ones)."""
+  return find_images(spec)[0]
+
+
+def skipped_files_line(skipped: Sequence[Path], limit: int = 20) -> str:
+  """``"skipped N files that are not images (no image extension): a.txt, b.csv"`` (the first
+  ``limit`` named, then ``"and M more"``)."""
+  names = [str(p) for p in skipped[:limit]]
+  if len(skipped) > limit:
+    names.append(f"and {len(skipped) - limit} more")
+  noun = "file that is not an image" if len(skipped) == 1 else "files that are not images"
+  return f"skipped {len(skipped)} {noun} (no image extension): {', '.join(names)}"
 
 
 def read_boxes_file(path: str | os.PathLike) -> Dict[str, Any]:
-  """Reads ``{"image name": [x0, y0, x1, y1], ...}`` (values checked per image later; ``null``
-  means the whole image).
+  """Reads ``{"image name": box, ...}`` (values checked per image later, see
+  :func:`face_boxes`): ``[x0, y0, x1, y1]`` one face, ``[[x0, y0, x1, y1], ...]`` several
+  (``[]``: none), ``null`` or ``"detect"`` every face the detector finds, ``"whole"`` the whole
+  image as the face crop.
 
   Raises:
     FileNotFoundError / ValueError: missing file, bad JSON or not an object.
@@ -782,12 +879,16 @@ def box_for(boxes: Dict[str, Any], image_path: Path) -> Tuple[bool, Any]:
   return False, None
 
 
-def parse_bbox(text: str) -> np.ndarray:
-  """``"x0,y0,x1,y1"`` -> ``[4]`` float32 (finite, non-empty)."""
+def parse_bbox(text: str) -> np.ndarray | str:
+  """``"x0,y0,x1,y1"`` -> ``[4]`` float32 (finite, non-empty); ``"whole"`` / ``"detect"`` are
+  returned as they are (:data:`WHOLE_IMAGE`, :data:`DETECT`)."""
+  if text.strip() in (WHOLE_IMAGE, DETECT):
+    return text.strip()
   try:
     values = [float(v) for v in text.split(",")]
   except ValueError:
-    raise ValueError(f"--bbox={text}: expected four numbers x0,y0,x1,y1") from None
+    raise ValueError(f"--bbox={text}: expected four numbers x0,y0,x1,y1 (or {WHOLE_IMAGE!r}, "
+                     f"{DETECT!r})") from None
   if len(values) != 4 or not np.all(np.isfinite(values)) or values[2] <= values[0] \
       or values[3] <= values[1]:
     raise ValueError(f"--bbox={text}: expected four finite numbers x0,y0,x1,y1 with x1 > x0 and "
@@ -855,7 +956,7 @@ LANDMARK_CONVENTIONS = {
 }
 
 
-def predicted_landmarks(face: "FaceAlignment", convention: str) -> np.ndarray:
+def predicted_landmarks(face: Face, convention: str) -> np.ndarray:
   """``[68, 2]`` the prediction scored against an annotation of ``convention``."""
   return getattr(face, LANDMARK_CONVENTIONS[convention][0])
 

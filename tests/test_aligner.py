@@ -1,0 +1,211 @@
+"""The public API (dff_jax/aligner.py): ``Aligner.load`` / ``align`` on tiny images with one face,
+two faces and none, the input forms and errors, and the pure function ``align_faces`` (the same
+answer as ``Aligner.align`` on a pixel-aligned crop, jit == no jit, gradients that match finite
+differences).
+
+Most tests use a tiny random DFF encoder (4-d descriptors, random weights, written as a bundle
+without training) and a cascade with small random regressors, so that the landmarks depend on the
+pixels and on the box (a mix-up of faces would show) while everything compiles in seconds. The
+faces are synthetic renders (data_pipeline.faces.FaceSource, 128 px), which the shipped detector
+finds. One test runs the shipped default on the demo portrait and a face-free image.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+CROP = 32
+SIZE = 128
+PORTRAIT = ROOT / "experiments" / "assets" / "astronaut.jpg"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Three renders (two with a detectable face), a tiny random encoder bundle and a random
+  cascade for it."""
+  from flax import serialization
+  from data_pipeline import faces as faces_lib
+  from data_pipeline.config import pipeline_config_from_dict
+  from dff_jax import encoder as encoder_lib
+  from dff_jax.alignment import cascade, io as cascade_io
+  from dff_jax.face_model import load_face_model
+  from experiments import benchmark_align
+
+  root = tmp_path_factory.mktemp("aligner")
+  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
+  module = encoder_lib.encoder_from_config(encoder)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  bundle = root / "bundle"
+  bundle.mkdir()
+  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(
+      jax.tree.map(lambda x: np.asarray(x, np.float32), params)))
+  (bundle / "config.json").write_text(json.dumps(dict(
+      encoder=dict(encoder, channels=1), image_size=CROP, channels=1, step=0, experiment={})))
+  config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
+  pose = benchmark_align.centred_initial_pose(load_face_model("default"), CROP)
+  cascade_params = benchmark_align.random_cascade_params(jax.random.key(7), 2, 4, pose)
+  path = cascade_io.save_cascade(root / "cascade_dff.npz", cascade_params, config,
+                                 dict(features="dff", descriptor_dim=4, face_model="default"),
+                                 compact=False)
+  source = faces_lib.FaceSource(pipeline_config_from_dict(
+      dict(image_size=SIZE, num_views=2, num_correspondences=16), seed=123), num_examples=2)
+  faces = [source[0]["image"], source[1]["image"]]
+  return dict(cascade=path, bundle=bundle, faces=faces)
+
+
+@pytest.fixture(scope="module")
+def aligner(env):
+  from dff_jax import Aligner
+  return Aligner.load(cascade=env["cascade"], checkpoint=env["bundle"], batch_size=4)
+
+
+def _face_free():
+  from dff_jax.evaluation import detection as evaluation
+  return evaluation.face_free_image(1, size=SIZE)[0]  # "flat" (+ a little noise)
+
+
+def test_one_face_two_faces_and_none(env, aligner):
+  from dff_jax import Face, Pose, detection
+  one = env["faces"][0]
+  two = np.concatenate(env["faces"], axis=1)  # 128 x 256: two people side by side
+  none = _face_free()
+  result = aligner.align([one, two, none])
+  assert [len(faces) for faces in result] == [1, 2, 0]
+  for image, faces in zip((one, two), result):
+    boxes, scores = detection.detect_faces(image)
+    np.testing.assert_allclose([f.box for f in faces], boxes, atol=1e-4)
+    np.testing.assert_allclose([f.score for f in faces], scores, atol=1e-6)
+    assert [f.score for f in faces] == sorted([f.score for f in faces], reverse=True)
+  # The two faces of the side-by-side image are in different halves.
+  centres = sorted(float(f.box[0] + f.box[2]) / 2 for f in result[1])
+  assert centres[0] < SIZE < centres[1]
+  model = aligner.face_model
+  for face in result[0] + result[1]:
+    assert isinstance(face, Face) and isinstance(face.pose, Pose)
+    assert face.landmarks_px.shape == face.landmarks_3d_px.shape == (68, 2)
+    assert face.landmarks_px.dtype == np.float32 and face.visibility.dtype == bool
+    assert face.shape_coefficients.shape == (model.num_identity,)
+    assert face.expression_coefficients.shape == (model.num_expression,)
+    assert face.box.shape == face.crop_box.shape == (4,) and 0.6 <= face.score <= 1.0
+    assert face.is_finite() and face.pose.translation_px.shape == (2,)
+    document = face.to_json()
+    assert json.loads(json.dumps(document)) == document
+  # Each face of the two-face image is what aligning it alone with its box gives (the batch,
+  # its padding and the order of the crops change nothing).
+  for face in result[1]:
+    alone = aligner.align([two], boxes=[face.box])[0]
+    assert len(alone) == 1 and alone[0].score is None
+    np.testing.assert_allclose(alone[0].landmarks_px, face.landmarks_px, atol=1e-3)
+    np.testing.assert_allclose(alone[0].shape_coefficients, face.shape_coefficients, atol=1e-3)
+  # The right half's face shifted back is the second render's face, aligned on its own.
+  right = max(result[1], key=lambda f: f.box[0])
+  shifted = aligner.align([env["faces"][1]], boxes=[right.box - [SIZE, 0, SIZE, 0]])[0][0]
+  np.testing.assert_allclose(shifted.landmarks_px + [SIZE, 0], right.landmarks_px, atol=2e-2)
+
+
+def test_input_forms_boxes_and_errors(env, aligner):
+  one = env["faces"][0]
+  single = aligner.align(one)  # one [H, W, 3] array: one image
+  batch = aligner.align(np.stack([one, one]))  # [B, H, W, 3]
+  assert len(single) == 1 and len(batch) == 2
+  np.testing.assert_allclose(batch[1][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
+  box = single[0][0].box
+  result = aligner.align([one, one, one, one, one],
+                         boxes=[None, "detect", box, [box, box + 3], []])
+  assert [len(faces) for faces in result] == [1, 1, 1, 2, 0]
+  assert result[0][0].score == result[1][0].score == single[0][0].score
+  assert result[2][0].score is None
+  np.testing.assert_allclose(result[2][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
+  np.testing.assert_allclose(result[3][1].box, box + 3)
+  whole = aligner.align([one], boxes=["whole"])[0][0]
+  np.testing.assert_allclose(whole.crop_box, [0, 0, SIZE, SIZE], atol=1e-4)
+  assert aligner.align([_face_free()]) == [[]]
+  with pytest.raises(ValueError, match="2 box entries for 1 images"):
+    aligner.align([one], boxes=[box, box])
+  with pytest.raises(ValueError, match="image 1: .*uint8"):
+    aligner.align([one, one.astype(np.float32)])
+  with pytest.raises(ValueError, match="image 0: .*outside"):
+    aligner.align([one], boxes=[[500, 500, 600, 600]])
+  with pytest.raises(ValueError, match="unknown face box"):
+    aligner.align([one], boxes=["everything"])
+  assert "batch_size=4" in repr(aligner) and aligner.features == "dff"
+
+
+def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
+  """On a pixel-aligned crop box of 2 * crop_size pixels the host crop is a pixel copy, so the
+  pure function gives Aligner.align's answer; jit == no jit; gradients match finite differences."""
+  from dff_jax import align_faces
+  image = env["faces"][0]
+  side = 2 * CROP / aligner.config.box_scale  # the crop box is [32, 32, 96, 96]
+  box = np.array([64 - side / 2, 64 - side / 2, 64 + side / 2, 64 + side / 2], np.float32)
+  face = aligner.align([image], boxes=[box])[0][0]
+  np.testing.assert_allclose(face.crop_box, [32, 32, 96, 96], atol=1e-4)
+  images = jnp.asarray(image[None], jnp.float32)
+  boxes = jnp.asarray(box[None])
+  result = align_faces(aligner.encoder_params, aligner.cascade_params, images, boxes,
+                       aligner=aligner)
+  np.testing.assert_allclose(result.landmarks_px[0], face.landmarks_px, atol=2e-3)
+  np.testing.assert_allclose(result.landmarks_3d_px[0], face.landmarks_3d_px, atol=2e-3)
+  np.testing.assert_allclose(result.yaw_rad[0], face.pose.yaw_rad, atol=1e-4)
+  np.testing.assert_allclose(result.scale[0], face.pose.scale, rtol=1e-4)
+  jitted = jax.jit(align_faces, static_argnames=("aligner", "remat"))
+  again = jitted(aligner.encoder_params, aligner.cascade_params, images, boxes, aligner=aligner)
+  np.testing.assert_allclose(again.landmarks_px, result.landmarks_px, atol=1e-3)
+
+  target = result.landmarks_px + 1.5
+
+  def loss(encoder_params, cascade_params, images):
+    out = align_faces(encoder_params, cascade_params, images, boxes, aligner=aligner,
+                      remat=True)
+    return jnp.mean(jnp.sum((out.landmarks_px - target) ** 2, axis=-1))
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(aligner.encoder_params,
+                                                     aligner.cascade_params, images)
+  for grad in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(grad))
+  assert float(jnp.abs(grads[2]).max()) > 0  # the pixels matter
+  assert float(jnp.abs(grads[1].landmark_weights).max()) > 0
+  # Directional derivatives against central differences (float64 would be exact; float32 and
+  # the piecewise-smooth sampling leave a few per cent).
+  rng = np.random.default_rng(0)
+  value = jax.jit(loss)
+  direction = rng.normal(size=image.shape).astype(np.float32)[None]
+  epsilon = 0.5
+  numeric = (value(aligner.encoder_params, aligner.cascade_params, images + epsilon * direction)
+             - value(aligner.encoder_params, aligner.cascade_params,
+                     images - epsilon * direction)) / (2 * epsilon)
+  analytic = float(jnp.sum(grads[2] * direction))
+  assert analytic == pytest.approx(float(numeric), rel=0.1, abs=1e-3)
+  leaves, tree = jax.tree.flatten(aligner.encoder_params)
+  steps = [jnp.asarray(rng.normal(size=l.shape), jnp.float32) for l in leaves]
+  epsilon = 1e-3
+  shifted = [jax.tree.unflatten(tree, [l + sign * epsilon * d for l, d in zip(leaves, steps)])
+             for sign in (1, -1)]
+  numeric = (value(shifted[0], aligner.cascade_params, images)
+             - value(shifted[1], aligner.cascade_params, images)) / (2 * epsilon)
+  analytic = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree.leaves(grads[0]), steps))
+  assert analytic == pytest.approx(float(numeric), rel=0.1, abs=1e-3)
+
+
+def test_shipped_default_on_the_portrait_and_a_face_free_image():
+  """Aligner.load() (the shipped cascade and encoder): the demo portrait has one face, found
+  without a box and aligned onto the hand-placed reference points; a face-free image has none."""
+  from dff_jax import Aligner, image_io
+  from experiments import demo
+  portrait = image_io.read_image(PORTRAIT)
+  aligner = Aligner.load()
+  result = aligner.align([portrait, _face_free()])
+  assert len(result[0]) == 1 and result[1] == []
+  face = result[0][0]
+  assert face.score > 0.8
+  stored = np.asarray(json.loads(PORTRAIT.with_suffix(".json").read_text())["box"])
+  centre = (face.box[:2] + face.box[2:]) / 2
+  assert np.linalg.norm(centre - (stored[:2] + stored[2:]) / 2) < 10
+  errors = demo.reference_point_errors_px(face.landmarks_px)
+  assert max(errors.values()) < 6.0, errors
+  assert abs(face.pose.yaw_deg) < 15 and abs(face.pose.roll_deg) < 10

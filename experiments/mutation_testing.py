@@ -78,6 +78,10 @@ EQUIVALENT: Dict[str, str] = {
     _G + "estimate_similarity__mutmut_132": "sigma / correction for sigma * correction: the "
                                             "correction is +-1",
     _G + "apply_similarity__mutmut_20": "einsum labels in upper case",
+    "dff_jax.sampling.x_crop_image__mutmut_25": "jnp.asarray(box) without float32: float boxes "
+                                                "are float32 anyway (x64 off) and integer boxes "
+                                                "become float32 in the crop-grid arithmetic",
+    "dff_jax.sampling.x_crop_image__mutmut_27": "as mutmut_25",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

@@ -213,3 +213,47 @@ def test_crop_jit_vmap_and_gradient():
   np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(crop_fn))(boxes)), want, atol=1e-4)
   grad = jax.grad(lambda b: jnp.sum(sampling.crop_image(image, b, 4)))(boxes[1] + 0.1)
   assert np.all(np.isfinite(np.asarray(grad))) and np.any(np.asarray(grad) != 0)
+
+
+def test_error_messages_name_the_argument_and_the_shapes():
+  """The one-line errors say which argument is wrong and what it got (mutation testing found
+  that nothing checked the messages)."""
+  with pytest.raises(ValueError, match=r"^feature_maps must have shape \[B, H, W, D\], got "
+                                       r"\(4, 4, 3\)\.$"):
+    sampling.bilinear_sample_batch(jnp.zeros((4, 4, 3)), jnp.zeros((4, 5, 2)))
+  with pytest.raises(ValueError, match=r"^points_px batch 3 != feature_maps batch 2\.$"):
+    sampling.bilinear_sample_batch(jnp.zeros((2, 4, 4, 3)), jnp.zeros((3, 5, 2)))
+  with pytest.raises(ValueError, match=r"^image must have shape \[H, W, D\] .*got shape "
+                                       r"\(4, 4\)\.$"):
+    sampling.crop_image(jnp.zeros((4, 4)), jnp.array([0.0, 0, 4, 4]), 4)
+  with pytest.raises(ValueError, match=r"^image must have H >= 1 and W >= 1"):
+    sampling.crop_image(jnp.zeros((0, 4, 3)), jnp.array([0.0, 0, 4, 4]), 4)
+
+
+def test_crop_fills_outside_the_image_with_zero_by_default():
+  image = _test_image(8, 8)
+  crop = np.asarray(sampling.crop_image(jnp.asarray(image), jnp.array([-4.0, -4.0, 4.0, 4.0]), 8))
+  np.testing.assert_array_equal(crop[4:, 4:], image[:4, :4])
+  np.testing.assert_array_equal(crop[:4], 0.0)
+  np.testing.assert_array_equal(crop[:, :4], 0.0)
+
+
+def test_crop_argument_checks():
+  image, box = jnp.zeros((4, 4, 3)), jnp.array([0.0, 0, 4, 4])
+  for bad in (1.5, 0, -2):
+    with pytest.raises(ValueError, match=rf"^supersample must be a positive integer, got "
+                                         rf"{bad!r}\.$"):
+      sampling.crop_image(image, box, 4, supersample=bad)
+  with pytest.raises(ValueError, match=r"^crop_size must be a positive integer, got 2\.5\.$"):
+    sampling.crop_image(image, box, 2.5)
+  with pytest.raises(ValueError, match=r"^box_xyxy must have shape \[4\] .*use jax\.vmap for a "
+                                       r"batch of boxes\.$"):
+    sampling.crop_image(image, jnp.zeros((2, 4)), 4)
+
+
+def test_one_pixel_crop_is_the_value_at_the_box_centre():
+  image = _ramp_map(6, 6)
+  crop = sampling.crop_image(jnp.asarray(image), jnp.array([1.0, 2.0, 5.0, 6.0]), 1)
+  assert crop.shape == (1, 1, 3)
+  # Box centre (3, 4) in image pixels: between pixel centres, bilinear -> (j, i) = (2.5, 3.5).
+  np.testing.assert_allclose(np.asarray(crop)[0, 0], [2.5, 3.5, 37.5], rtol=1e-6)

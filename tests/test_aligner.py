@@ -209,3 +209,15 @@ def test_shipped_default_on_the_portrait_and_a_face_free_image():
   errors = demo.reference_point_errors_px(face.landmarks_px)
   assert max(errors.values()) < 6.0, errors
   assert abs(face.pose.yaw_deg) < 15 and abs(face.pose.roll_deg) < 10
+
+
+def test_benchmark_aligner_smoke(env):
+  from experiments import benchmark_aligner
+  images = [env["faces"][0], _face_free()]
+  records = list(benchmark_aligner.bench_aligner(images, str(env["cascade"]), batch_size=2,
+                                                 repeats=1, checkpoint=str(env["bundle"])))
+  assert [r["mode"] for r in records] == ["detect_only", "align_detect", "align_given_boxes",
+                                          "align_one_per_call"]
+  for record in records:
+    assert record["images"] == 2 and record["faces"] == 1 and record["ms_per_image"] > 0
+    assert json.loads(json.dumps(record)) == record

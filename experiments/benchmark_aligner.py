@@ -1,0 +1,89 @@
+r"""Speed of the public API, ``dff_jax.Aligner.align``, with and without face detection.
+
+  python -m experiments.benchmark_aligner --images=DIR|GLOB [--num_images=64] [--cascade=NAME] \
+      [--repeats=2]
+
+Reads the first ``--num_images`` images, loads ``Aligner.load(cascade=...)``, compiles everything
+once (batch sizes 1 to ``--batch_size``, the detector), then times, ``--repeats`` times each
+(the best run is reported):
+
+* ``detect_only``: :func:`dff_jax.detection.detect_faces` on every image, one at a time;
+* ``align_detect``: one ``aligner.align(images)`` call (every face found by the detector);
+* ``align_given_boxes``: the same with those faces' boxes given (no detection);
+* ``align_one_per_call``: ``aligner.align([image])`` per image (detection included).
+
+Prints one JSON object per mode: ``what``, ``mode``, ``images``, ``faces``, ``ms_per_image``,
+``images_per_second``, ``batch_size``, ``compile_s`` (first call), ``loadavg``. On a shared
+machine the figures depend on other load (``loadavg`` is recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Iterator, List
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def bench_aligner(images: List[Any], cascade: str | None = None, batch_size: int = 8,
+                  repeats: int = 2, checkpoint: str | None = None) -> Iterator[Dict[str, Any]]:
+  """The measurements of the module docstring, one dict per mode (``cascade``, ``checkpoint``
+  as :meth:`dff_jax.Aligner.load` takes them)."""
+  from dff_jax import Aligner, detection  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  aligner = Aligner.load(cascade=cascade, checkpoint=checkpoint, batch_size=batch_size)
+  height, width = images[0].shape[:2]
+  box = [0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height]
+  size = 1
+  while True:  # every batch size align() may use (1, 2, 4, ..., batch_size), and the detector
+    aligner.align(images[:1], boxes=[[box] * size])
+    if size >= batch_size:
+      break
+    size = min(2 * size, batch_size)
+  aligner.detect(images[0])
+  compile_s = time.perf_counter() - start
+  found = aligner.align(images)
+  boxes = [[face.box for face in faces] for faces in found]
+  faces = sum(len(f) for f in found)
+  modes = {
+      "detect_only": lambda: [detection.detect_faces(image) for image in images],
+      "align_detect": lambda: aligner.align(images),
+      "align_given_boxes": lambda: aligner.align(images, boxes=boxes),
+      "align_one_per_call": lambda: [aligner.align([image]) for image in images],
+  }
+  for mode, run in modes.items():
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run()
+      best = min(best, time.perf_counter() - start)
+    yield {"what": "aligner", "mode": mode, "images": len(images), "faces": faces,
+           "ms_per_image": round(1000 * best / len(images), 2),
+           "images_per_second": round(len(images) / best, 2), "batch_size": batch_size,
+           "compile_s": round(compile_s, 2), "cascade": str(aligner.cascade.spec.cascade_path),
+           "loadavg": round(os.getloadavg()[0], 2)}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  paths = runner.list_images(FLAGS.images)[:FLAGS.num_images]
+  images = [image_io.read_image(path) for path in paths]
+  for record in bench_aligner(images, FLAGS.cascade, FLAGS.batch_size, FLAGS.repeats):
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("images", None, "Image folder, glob or list.", required=True)
+  flags.DEFINE_integer("num_images", 64, "Images to time.")
+  flags.DEFINE_string("cascade", None, "Cascade name or file (default: the shipped default).")
+  flags.DEFINE_integer("batch_size", 8, "Aligner batch size.")
+  flags.DEFINE_integer("repeats", 2, "Timed runs per mode (the best is reported).")
+  app.run(main)

@@ -61,7 +61,8 @@ def reference_point_errors_px(landmarks_px) -> Dict[str, float]:
 def run_align_demo(out_dir: str | Path, image: str | Path = PORTRAIT,
                    bbox: str | None = None) -> Dict[str, Any]:
   """Aligns ``image`` with the shipped defaults; ``bbox`` (``"x0,y0,x1,y1"``) defaults to the
-  box stored beside the image (``<stem>.json``), else the whole image.
+  box stored beside the image (``<stem>.json``), else to the faces the detector finds (the first,
+  best, is reported).
 
   Returns the written alignment document (``DIR/<stem>.json``: ``image``, ``size_wh``,
   ``faces``, ...) plus ``overlay`` and ``json``, the paths of the PNG and of the document.
@@ -173,7 +174,7 @@ def define_flags() -> None:
   flags.DEFINE_string("out_dir", "out/demo", "Output folder.")
   flags.DEFINE_string("image", str(PORTRAIT), "Portrait to align.")
   flags.DEFINE_string("bbox", None, "Face box x0,y0,x1,y1 (default: <image stem>.json's box, "
-                      "else the whole image).")
+                      "else the faces the detector finds; 'whole': the whole image).")
   flags.DEFINE_integer("seed", 0, "Seed of the random face and pose.")
   flags.DEFINE_float("noise_px", 1.0, "Landmark noise (pixels, Gaussian sigma).")
   flags.DEFINE_string("results", None, "Also write the report, with the sha256 of the cascade and "
@@ -212,12 +213,16 @@ def summary_text(report: Dict[str, Any], out_dir: str | Path) -> str:
       return str(path)
 
   faces = alignment["num_faces"]
+  source = alignment["box_source"]
+  source = ("found by the detector" if source.startswith("detector")
+            else {"given": "given"}.get(source, source))
   lines = [
       f"demo: aligned {faces} face{'s' if faces != 1 else ''} in {shown(alignment['image'])} "
       f"({alignment['features'].upper()} cascade {Path(alignment['cascade']).name}, face box "
-      f"{alignment['box_source']}):",
-      f"  pose yaw {pose['yaw_deg']:+.1f}, pitch {pose['pitch_deg']:+.1f}, roll "
-      f"{pose['roll_deg']:+.1f} deg; {alignment['visible_landmarks']} of 68 landmarks visible",
+      f"{source}):",
+      f"  {'the best face: ' if faces > 1 else ''}pose yaw {pose['yaw_deg']:+.1f}, pitch "
+      f"{pose['pitch_deg']:+.1f}, roll {pose['roll_deg']:+.1f} deg; "
+      f"{alignment['visible_landmarks']} of 68 landmarks visible",
   ]
   if "max_reference_point_error_px" in alignment:
     lines.append(f"  hand-placed reference points (eyes, nose tip, mouth, chin) within "

@@ -263,7 +263,8 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
     data_dir: an AFLW2000-3D folder (``imageNNNNN.jpg`` + ``.mat``).
     detect: ``(image [H, W, 3] uint8, name) -> (boxes [N, 4] landmark-box convention, scores
       [N])``, best first (e.g. :func:`dff_jax.detection.detect_faces`).
-    aligner: a :class:`dff_jax.alignment.runner.Aligner`.
+    aligner: a :class:`dff_jax.alignment.runner.CompiledCascade`
+      (:func:`dff_jax.alignment.runner.load_aligner`).
     num_images: the first N photos (all when ``None``).
     num_face_free: face-free images to generate (:func:`face_free_image`).
     max_faces_per_image: boxes per photo given to the aligner (best first).

@@ -103,7 +103,9 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       print(message, file=sys.stderr, flush=True)
   if bbox and boxes:
     raise ValueError("pass either --bbox or --boxes, not both")
-  paths = runner.list_images(images)
+  paths, skipped = runner.find_images(images)
+  if skipped:
+    report(f"align_multiview: warning: {runner.skipped_files_line(skipped)}")
   common_box = runner.parse_bbox(bbox) if bbox else None
   box_map = runner.read_boxes_file(boxes) if boxes else None
   spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)

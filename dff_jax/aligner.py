@@ -38,6 +38,7 @@ import numpy as np
 
 from dff_jax.alignment import cascade as cascade_lib
 from dff_jax.alignment import runner
+from dff_jax.alignment import streaming
 from dff_jax.alignment.results import Face, Pose  # noqa: F401  (public names)
 
 Array = Any
@@ -183,12 +184,12 @@ class Aligner:
     if not total:
       return out
     batch_size = min(self.batch_size, 1 << (total - 1).bit_length())
-    jobs = [runner.Job(name=f"image {index}",
-                       load=lambda image=image, found=found, scores=scores: runner.Loaded(
+    jobs = [streaming.Job(name=f"image {index}",
+                          load=lambda image=image, found=found, scores=scores: streaming.Loaded(
                            image=image, box=found, scores=scores))
             for index, (image, found, scores) in enumerate(prepared) if len(found)]
-    for outcome in runner.run_jobs(self.cascade, jobs, batch_size=batch_size, progress=False,
-                                   keep_loaded=False, workers=0):
+    for outcome in streaming.run_jobs(self.cascade, jobs, batch_size=batch_size, progress=False,
+                                      keep_loaded=False, workers=0):
       if outcome.error is not None:
         raise ValueError(outcome.error)
       out[int(outcome.job.name.split()[-1])] = outcome.faces

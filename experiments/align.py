@@ -10,7 +10,7 @@ Inputs:
   * ``--images``: an image file, a directory (its image files, not recursive), a glob pattern,
     or a comma-separated list of those. Image files are recognised by extension (JPEG, PNG, BMP,
     GIF, TIFF, WebP, PPM / PGM / PNM / PBM, TGA, JPEG 2000, AVIF:
-    ``dff_jax.alignment.runner.IMAGE_EXTENSIONS``); the other files of a folder or glob are
+    ``dff_jax.alignment.streaming.IMAGE_EXTENSIONS``); the other files of a folder or glob are
     counted and named in one line ``align: warning: skipped N files ...`` on stderr.
   * Faces: **without a box every face of the image is found** by the face detector
     (:func:`dff_jax.detection.detect_faces`, MediaPipe BlazeFace; best first) and each is
@@ -118,7 +118,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   """The command as a function: streams the images through the aligner and writes the results.
 
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
-  (:func:`dff_jax.alignment.runner.run_jobs`), and each face's JSON / overlay is written by
+  (:func:`dff_jax.alignment.streaming.run_jobs`), and each face's JSON / overlay is written by
   ``writers`` threads as soon as its batch is done (at most ``2 * batch_size`` faces queued for
   writing), so the number of images in memory stays bounded whatever the folder size. Images
   given no box have their faces found by the detector while they are decoded; each face is its
@@ -150,6 +150,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     FileNotFoundError / ValueError: bad arguments, missing cascade / checkpoint (nothing written).
   """
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   if report is None:
     def report(message):
       print(message, file=sys.stderr, flush=True)
@@ -161,9 +162,9 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--workers and --writers must be >= 0, got {workers} and {writers}")
   if prefetch_batches < 1:
     raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
-  paths, skipped = runner.find_images(images)
-  common_box = runner.parse_bbox(bbox) if bbox else None
-  box_map = runner.read_boxes_file(boxes) if boxes else None
+  paths, skipped = streaming.find_images(images)
+  common_box = streaming.parse_bbox(bbox) if bbox else None
+  box_map = streaming.read_boxes_file(boxes) if boxes else None
   spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
@@ -173,7 +174,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   if skipped:
-    report(f"align: warning: {runner.skipped_files_line(skipped)}")
+    report(f"align: warning: {streaming.skipped_files_line(skipped)}")
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 
   def box_source(box) -> str:
@@ -184,17 +185,17 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   def job(index: int, path: Path, stem: str):
     def load():
       if box_map is not None:
-        found, box = runner.box_for(box_map, path)
+        found, box = streaming.box_for(box_map, path)
         if not found:
           raise ValueError(f"{path}: no entry for {path.name} in --boxes file {boxes}")
       else:
         box = common_box
       image = image_io.read_image(path)
-      return runner.Loaded(image=image, box=box,
-                           truth=dict(index=index, stem=stem, path=str(path),
+      return streaming.Loaded(image=image, box=box,
+                              truth=dict(index=index, stem=stem, path=str(path),
                                       size_wh=[image.shape[1], image.shape[0]],
                                       box_source=box_source(box)))
-    return runner.Job(name=str(path), load=load)
+    return streaming.Job(name=str(path), load=load)
 
   lock = threading.Lock()
   write_seconds = [0.0]
@@ -214,13 +215,13 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
         file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture))
       file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document)
     except OSError as error:
-      return f"{outcome.job.name}: cannot write outputs ({runner.one_line(error)})"
+      return f"{outcome.job.name}: cannot write outputs ({streaming.one_line(error)})"
     finally:
       with lock:
         write_seconds[0] += time.perf_counter() - start
     return None
 
-  stems = runner.output_stems(paths)
+  stems = streaming.output_stems(paths)
   jobs = [job(n, p, s) for n, (p, s) in enumerate(zip(paths, stems))]
   written: List[Any] = []  # (input index, stem)
   failed: List[str] = []
@@ -245,14 +246,14 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   given = list(box_map.values()) if box_map is not None else [common_box]
   if any(box is None or (isinstance(box, str) and box == runner.DETECT) for box in given):
     compile_s += _warm_up_detector(detection)  # some images are given no box
-  stats = runner.RunStats()
+  stats = streaming.RunStats()
   pool = (futures_lib.ThreadPoolExecutor(writers, thread_name_prefix="dff-align-write")
           if writers else None)
   start = time.perf_counter()
   try:
-    for outcome in runner.run_jobs(aligner, jobs, batch_size, progress=progress,
-                                   total=len(jobs), keep_loaded=overlay, workers=workers,
-                                   prefetch_batches=prefetch_batches, stats=stats):
+    for outcome in streaming.run_jobs(aligner, jobs, batch_size, progress=progress,
+                                      total=len(jobs), keep_loaded=overlay, workers=workers,
+                                      prefetch_batches=prefetch_batches, stats=stats):
       if outcome.error is not None:
         failed.append(outcome.error)
         report(f"align: skipped {outcome.error}")

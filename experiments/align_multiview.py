@@ -98,26 +98,27 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   if report is None:
     def report(message):
       print(message, file=sys.stderr, flush=True)
   if bbox and boxes:
     raise ValueError("pass either --bbox or --boxes, not both")
-  paths, skipped = runner.find_images(images)
+  paths, skipped = streaming.find_images(images)
   if skipped:
-    report(f"align_multiview: warning: {runner.skipped_files_line(skipped)}")
-  common_box = runner.parse_bbox(bbox) if bbox else None
-  box_map = runner.read_boxes_file(boxes) if boxes else None
+    report(f"align_multiview: warning: {streaming.skipped_files_line(skipped)}")
+  common_box = streaming.parse_bbox(bbox) if bbox else None
+  box_map = streaming.read_boxes_file(boxes) if boxes else None
   spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
   aligner = runner.load_aligner(spec)
-  stems = runner.output_stems(paths)
+  stems = streaming.output_stems(paths)
 
   failed: List[str] = []
   views = []  # (path, stem, image, box, crop_box, work_image, work_box)
   for path, stem in zip(paths, stems):
     try:
       if box_map is not None:
-        found, box = runner.box_for(box_map, path)
+        found, box = streaming.box_for(box_map, path)
         if not found:
           raise ValueError(f"{path}: no entry for {path.name} in --boxes file {boxes}")
       else:
@@ -132,8 +133,8 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       box, score = found[0], scores[0]  # the detector's best face when no box was given
       work_image, crop_box, work_box = runner.working_crop(image, box, aligner.config,
                                                            aligner.work_size)
-    except runner.READ_ERRORS as error:
-      message = runner.one_line(error)
+    except streaming.READ_ERRORS as error:
+      message = streaming.one_line(error)
       if str(path) not in message:
         message = f"{path}: {message}"
       failed.append(message)

@@ -73,8 +73,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  paths = runner.list_images(FLAGS.images)[:FLAGS.num_images]
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  paths = streaming.list_images(FLAGS.images)[:FLAGS.num_images]
   images = [image_io.read_image(path) for path in paths]
   for record in bench_aligner(images, FLAGS.cascade, FLAGS.batch_size, FLAGS.repeats):
     print(json.dumps(record), flush=True)

@@ -240,6 +240,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   from experiments import align  # pylint: disable=g-import-not-at-top
   if report is None:
     def report(message):
@@ -256,7 +257,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
             "cascade": str(spec.cascade_path), "compile_s": round(compile_s, 2)}
 
   # 1. The jitted call alone on the same batches, images decoded and cropped beforehand.
-  box_map = runner.read_boxes_file(boxes_path)
+  box_map = streaming.read_boxes_file(boxes_path)
   start = time.perf_counter()
   crops, work_boxes = [], []
   for path in paths:

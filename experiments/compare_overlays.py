@@ -48,7 +48,8 @@ def main(argv):
   del argv
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from dff_jax import file_io, image_io, metrics  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import draw, runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import draw, runner, streaming  # pylint: disable=g-import-not-at-top
+  from dff_jax.evaluation import alignment as alignment_eval  # pylint: disable=g-import-not-at-top
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   try:
     pairs = readers.list_aflw2000(FLAGS.data_dir)
@@ -61,14 +62,14 @@ def main(argv):
     print(f"compare_overlays: error: {error}", file=sys.stderr)
     return 1
   chosen = spread_over_bins(np.array([a.yaw_deg for a in annotations]), FLAGS.num_faces)
-  eval_set = runner.aflw2000_set(FLAGS.data_dir)
+  eval_set = alignment_eval.aflw2000_set(FLAGS.data_dir)
   jobs = [eval_set.jobs[i] for i in chosen]
   tile = FLAGS.tile
   columns, table = [], []
   for spec in specs:
     aligner = runner.load_aligner(spec)
     column = []
-    for k, outcome in enumerate(runner.run_jobs(aligner, jobs, batch_size=4, progress=False)):
+    for k, outcome in enumerate(streaming.run_jobs(aligner, jobs, batch_size=4, progress=False)):
       truth = annotations[chosen[k]].landmarks_px
       image = outcome.loaded.image
       predicted = outcome.face.landmarks_3d_px
@@ -76,7 +77,7 @@ def main(argv):
       canvas = np.array(image, copy=True)
       draw.draw_discs(canvas, truth, 2.5, (255, 255, 255), filled=True)
       draw.draw_discs(canvas, predicted, 2.0, draw.VISIBLE_COLOUR, filled=True)
-      box = runner.landmark_box(truth)
+      box = alignment_eval.landmark_box(truth)
       side = 1.4 * max(box[2] - box[0], box[3] - box[1])
       centre = (box[:2] + box[2:]) / 2
       x0, y0 = (centre - side / 2).astype(int)

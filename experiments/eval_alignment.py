@@ -50,17 +50,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Any, Dict, List, Optional
 
 from absl import app
 from absl import flags
-from dff_jax import file_io
+from dff_jax.evaluation import alignment as alignment_eval
+from dff_jax.evaluation.alignment import DATASETS, SYNTHETIC_SEED
 
 FLAGS = flags.FLAGS
-DATASETS = ("synthetic", "300w", "aflw2000", "faces68")
-DEFAULT_SYNTHETIC_FACES = 200
-SYNTHETIC_SEED = 40_000
+# The command as a function (same arguments as the flags); returns the summary it writes.
+evaluate = alignment_eval.evaluate
 
 
 def define_flags() -> None:
@@ -83,139 +81,6 @@ def define_flags() -> None:
                       "rendered with (default: the aligner's; e.g. sfm for a model it never saw).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
   flags.DEFINE_string("out_dir", None, "Output folder.")
-
-
-def _method_names(specs) -> List[str]:
-  """Method names: the features, plus the cascade's stem (or parent/stem, or a number) when two
-  methods share features."""
-  names = []
-  for k, spec in enumerate(specs):
-    same = [s for s in specs if s.features == spec.features]
-    if len(same) == 1:
-      names.append(spec.features)
-    elif len({s.cascade_path.stem for s in same}) == len(same):
-      names.append(f"{spec.features}:{spec.cascade_path.stem}")
-    elif len({(s.cascade_path.parent.name, s.cascade_path.stem) for s in same}) == len(same):
-      names.append(f"{spec.features}:{spec.cascade_path.parent.name}/{spec.cascade_path.stem}")
-    else:
-      names.append(f"{spec.features}:{k + 1}")
-  return names
-
-
-def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
-             cascade: Optional[str] = None, features: Optional[str] = None,
-             checkpoint: Optional[str] = None, face_model: Optional[str] = None,
-             num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
-             image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
-             report=None, render_face_model: Optional[str] = None, split: str = "val",
-             faces_json: Optional[str] = None) -> Dict[str, Any]:
-  """The command as a function; returns the summary written to ``out_dir/summary.json``.
-
-  Raises:
-    FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  if report is None:
-    def report(message):
-      print(message, file=sys.stderr, flush=True)
-  if dataset not in DATASETS:
-    raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
-  if dataset != "synthetic" and not data_dir:
-    raise ValueError(f"--dataset={dataset} needs --data_dir=DIR")
-  if dataset != "synthetic" and not Path(data_dir).is_dir():
-    raise FileNotFoundError(f"--data_dir={data_dir} is not a directory")
-  if num_faces is not None and num_faces < 1:
-    raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
-  cascades = [c for c in (cascade or "").split(",") if c] or [None]
-  specs = [runner.resolve_aligner(c, features, checkpoint, face_model) for c in cascades]
-  names = _method_names(specs)
-
-  if dataset == "synthetic":
-    meta = specs[0].header.get("meta", {})
-    if not image_size and "data" not in meta:
-      image_size = int(specs[0].header["config"]["crop_size"])
-    eval_set = runner.synthetic_set(num_faces or DEFAULT_SYNTHETIC_FACES, seed, image_size,
-                                    render_face_model or specs[0].face_model,
-                                    data=meta.get("data"), box_jitter=meta.get("box_jitter"))
-  elif dataset == "aflw2000":
-    eval_set = runner.aflw2000_set(data_dir, num_faces)
-  elif dataset == "faces68":
-    eval_set = runner.faces68_set(data_dir, split, faces_json, num_faces)
-  else:
-    eval_set = runner.folder_300w_set(data_dir, num_faces)
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-
-  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
-  from dff_jax import metrics  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
-  from dff_jax import provenance  # pylint: disable=g-import-not-at-top
-
-  methods: Dict[str, Dict[str, Any]] = {}
-  records: List[Dict[str, Any]] = []
-  curves = []
-  skipped: Dict[str, str] = {}
-  truth_by_name: Dict[str, Dict[str, Any]] = {}
-  for spec, name in zip(specs, names):
-    aligner = runner.load_aligner(spec)
-    errors: Dict[str, float] = {}
-    for outcome in runner.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
-                                   total=len(eval_set.jobs), keep_loaded=False):
-      if outcome.error is not None:
-        if outcome.job.name not in skipped:
-          skipped[outcome.job.name] = outcome.error
-          report(f"eval_alignment: skipped {outcome.error}")
-        continue
-      truth = outcome.loaded.truth
-      truth_by_name[outcome.job.name] = truth
-      predicted = runner.predicted_landmarks(outcome.face, eval_set.landmark_convention)
-      errors[outcome.job.name] = float(metrics.nme(
-          predicted.astype(np.float64),
-          np.asarray(truth["landmarks_px"], np.float64), eval_set.normaliser))
-    methods[name] = dict(errors=errors, aligner=aligner)
-
-  # Faces every method aligned (a face one method could not read is skipped for all).
-  common = [job.name for job in eval_set.jobs
-            if all(job.name in m["errors"] for m in methods.values())]
-  yaw = np.array([truth_by_name[n]["yaw_deg"] if truth_by_name[n]["yaw_deg"] is not None
-                  else np.nan for n in common], np.float64)
-  if dataset in ("300w", "faces68") and len(common):
-    model = methods[names[0]]["aligner"].face_model
-    yaw = runner.estimate_yaw_deg(model, np.stack([truth_by_name[n]["landmarks_px"]
-                                                   for n in common]))
-  summaries = {}
-  for name in names:
-    values = np.array([methods[name]["errors"][n] for n in common], np.float64)
-    summaries[name] = runner.summarise_errors(values, yaw if len(common) else None,
-                                              eval_set.normaliser)
-    aligner = methods[name]["aligner"]
-    summaries[name].update(features=aligner.spec.features,
-                           cascade=str(aligner.spec.cascade_path),
-                           descriptor_source=aligner.describer.source,
-                           models=provenance.model_files({"cascade": aligner.spec.cascade_path,
-                                                          "encoder": aligner.describer.source}))
-    curves.append((name, values))
-    for n, value, yaw_deg in zip(common, values, yaw):
-      records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
-
-  summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
-                                 yaw_source=eval_set.yaw_source,
-                                 box_protocol=eval_set.box_protocol,
-                                 landmark_convention=eval_set.landmark_convention,
-                                 landmark_convention_description=runner.LANDMARK_CONVENTIONS[
-                                     eval_set.landmark_convention][1])
-  summary.update(summaries[names[0]])
-  summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
-  if dataset == "synthetic":
-    summary.update(seed=int(seed), render_face_model=render_face_model or specs[0].face_model,
-                   pipeline=file_io.json_safe(eval_set.pipeline))
-  file_io.write_json_atomic(out_dir / "summary.json", summary)
-  lines = "".join(json.dumps(file_io.json_safe(r)) + "\n" for r in records)
-  file_io.write_text_atomic(out_dir / "errors.jsonl", lines)
-  title = f"{eval_set.name} NME {eval_set.normaliser} N={len(common)}"
-  image_io.write_png_atomic(out_dir / "ced.png", draw.render_ced_plot(curves, title=title))
-  return file_io.json_safe(summary)
 
 
 def main(argv):

@@ -98,24 +98,24 @@ def test_check_box_rejects_bad_boxes():
 
 
 def test_output_stems_are_distinct():
-  from dff_jax.alignment import runner
-  stems = runner.output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")])
+  from dff_jax.alignment import streaming
+  stems = streaming.output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")])
   assert stems == ["x_jpg", "x_png", "y"]
 
 
 def test_summarise_errors_known_values():
   from dff_jax import metrics
-  from dff_jax.alignment import runner
+  from dff_jax.evaluation import alignment as alignment_eval
   errors = np.array([0.02, 0.09, 0.2, 0.05])
   yaw = np.array([10.0, -45.0, 90.0, -20.0])
-  summary = runner.summarise_errors(errors, yaw, "bbox")
+  summary = alignment_eval.summarise_errors(errors, yaw, "bbox")
   assert summary["nme_by_yaw_bin"] == {"0-30": 0.035, "30-60": 0.09, "60-90": 0.2}
   assert summary["yaw_bin_counts"] == {"0-30": 2, "30-60": 1, "60-90": 1}
   np.testing.assert_allclose(summary["nme_yaw_bin_mean"], (0.035 + 0.09 + 0.2) / 3)
   assert summary["failure_rate_0.08"] == 0.5 and summary["failure_rate_0.10"] == 0.25
   np.testing.assert_allclose(summary["auc_0.08"], metrics.auc(errors, 0.08))
   np.testing.assert_allclose(summary["nme_mean"], errors.mean())
-  no_pose = runner.summarise_errors(errors[:1], None, "inter_ocular")
+  no_pose = alignment_eval.summarise_errors(errors[:1], None, "inter_ocular")
   assert no_pose["nme_by_yaw_bin"] == {"0-30": None, "30-60": None, "60-90": None}
   assert no_pose["normaliser"].startswith("inter_ocular")
   assert json.loads(json.dumps(no_pose)) == no_pose  # strict JSON (no NaN)
@@ -277,19 +277,19 @@ def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
 
 
 def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
-  """Every extension of runner.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
+  """Every extension of streaming.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
   file gives two faces to one image and none to another; the other files are named once."""
   from PIL import Image
   from experiments import align
-  from dff_jax.alignment import runner
-  assert {".ppm", ".pgm", ".pnm", ".jpg", ".png", ".tif", ".webp"} <= set(runner.IMAGE_EXTENSIONS)
+  from dff_jax.alignment import streaming
+  assert {".ppm", ".pgm", ".pnm", ".jpg", ".png", ".tif", ".webp"} <= set(streaming.IMAGE_EXTENSIONS)
   faces, model = setup["faces"], setup["model"]
   face = Image.fromarray(faces["image"][0])
   folder = tmp_path / "formats"
   folder.mkdir()
   box = faces["box"][0].tolist()
   boxes = {}
-  for ext in runner.IMAGE_EXTENSIONS:
+  for ext in streaming.IMAGE_EXTENSIONS:
     name = f"face_{ext[1:]}{ext}"
     picture = {".pgm": face.convert("L"), ".pbm": face.convert("1"),
                ".gif": face.convert("P")}.get(ext, face)
@@ -306,8 +306,8 @@ def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
   summary = align.align_files(str(folder), out, boxes=str(boxes_path),
                               cascade=str(setup["cascade"]), batch_size=4, progress=False,
                               overlay=False, report=messages.append)
-  assert summary["failed"] == [] and len(summary["written"]) == len(runner.IMAGE_EXTENSIONS)
-  assert summary["faces"] == len(runner.IMAGE_EXTENSIONS) and summary["images_without_faces"] == 1
+  assert summary["failed"] == [] and len(summary["written"]) == len(streaming.IMAGE_EXTENSIONS)
+  assert summary["faces"] == len(streaming.IMAGE_EXTENSIONS) and summary["images_without_faces"] == 1
   assert len(messages) == 1 and messages[0].startswith("align: warning: skipped 3 files"), messages
   for name in ("README", "notes.txt", "scan.pdf"):
     assert name in messages[0]

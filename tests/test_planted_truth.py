@@ -270,16 +270,17 @@ def test_align_multiview_command_returns_the_planted_state(planted, tmp_path):
 def test_python_api_returns_the_planted_state(planted):
   from dff_jax import image_io
   from dff_jax.alignment import runner
+  from dff_jax.alignment import streaming
   aligner = runner.load_aligner(runner.resolve_aligner(str(planted["cascade"])))
 
   def job(name, box):
     path = planted["images"] / name
-    return runner.Job(name=name, load=lambda: runner.Loaded(
+    return streaming.Job(name=name, load=lambda: streaming.Loaded(
         image=image_io.read_image(path),
         box=runner.WHOLE_IMAGE if box is None else np.asarray(box)))
 
   jobs = [job(name, box) for name, (_, _, box) in IMAGES.items()]
-  outcomes = list(runner.run_jobs(aligner, jobs, batch_size=2, progress=False))
+  outcomes = list(streaming.run_jobs(aligner, jobs, batch_size=2, progress=False))
   assert [o.job.name for o in outcomes] == list(IMAGES) and all(o.error is None for o in outcomes)
   for outcome, (name, (height, width, box)) in zip(outcomes, IMAGES.items()):
     assert len(outcome.faces) == 1

@@ -1,4 +1,4 @@
-"""Streaming alignment of large collections: dff_jax.alignment.runner.run_jobs (worker threads,
+"""Streaming alignment of large collections: dff_jax.alignment.streaming.run_jobs (worker threads,
 prefetch, asynchronous dispatch, bounded memory) and experiments.align (writer threads, summary).
 
 The cascade is built without training: SIFT descriptors, 2 stages, crop 32, **small random
@@ -115,18 +115,19 @@ def test_run_jobs_matches_one_face_at_a_time(env):
   """Batching, padding and threads give each face the result of aligning it alone."""
   from dff_jax import image_io
   from dff_jax.alignment import runner
+  from dff_jax.alignment import streaming
   aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
 
   def job(name):
-    return runner.Job(name=name, load=lambda: runner.Loaded(
+    return streaming.Job(name=name, load=lambda: streaming.Loaded(
         image=image_io.read_image(env["folder"] / name), box=env["box_map"][name]))
 
   names = env["good"][:5]
-  outcomes = list(runner.run_jobs(aligner, [job(n) for n in names], batch_size=8,
-                                  progress=False, workers=2))
+  outcomes = list(streaming.run_jobs(aligner, [job(n) for n in names], batch_size=8,
+                                     progress=False, workers=2))
   assert [o.job.name for o in outcomes] == names
   for name, outcome in zip(names, outcomes):
-    alone = next(runner.run_jobs(aligner, [job(name)], batch_size=8, progress=False, workers=0))
+    alone = next(streaming.run_jobs(aligner, [job(name)], batch_size=8, progress=False, workers=0))
     np.testing.assert_allclose(outcome.face.landmarks_px, alone.face.landmarks_px, atol=1e-4)
 
 
@@ -135,6 +136,7 @@ def test_run_jobs_bounds_images_in_memory(env, workers):
   """A long lazy job stream: the images loaded and not yet yielded stay below
   (prefetch_batches + 2) * batch_size, the input is pulled lazily, order is kept."""
   from dff_jax.alignment import runner
+  from dff_jax.alignment import streaming
   aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
   batch_size, prefetch, num_jobs = 4, 1, 60
   bound = (prefetch + 2) * batch_size
@@ -150,17 +152,17 @@ def test_run_jobs_bounds_images_in_memory(env, workers):
                                     counts["loaded"] - counts["received"])
     if i == 13:
       raise ValueError(f"job{i}: bad box")
-    return runner.Loaded(image=images[i % len(images)], box=[2.0, 2.0, 20.0, 20.0 + i % 3])
+    return streaming.Loaded(image=images[i % len(images)], box=[2.0, 2.0, 20.0, 20.0 + i % 3])
 
   def jobs():
     for i in range(num_jobs):
       counts["pulled"] += 1
-      yield runner.Job(name=f"job{i}", load=lambda i=i: load(i))
+      yield streaming.Job(name=f"job{i}", load=lambda i=i: load(i))
 
-  stats = runner.RunStats()
+  stats = streaming.RunStats()
   names, pulled_at_first = [], None
-  for outcome in runner.run_jobs(aligner, jobs(), batch_size=batch_size, progress=False,
-                                 workers=workers, prefetch_batches=prefetch, stats=stats):
+  for outcome in streaming.run_jobs(aligner, jobs(), batch_size=batch_size, progress=False,
+                                    workers=workers, prefetch_batches=prefetch, stats=stats):
     if pulled_at_first is None:
       pulled_at_first = counts["pulled"]
     time.sleep(0.002)  # a slow consumer: the workers must not run ahead
@@ -182,10 +184,11 @@ def test_run_jobs_bounds_images_in_memory(env, workers):
 
 def test_run_jobs_rejects_bad_settings(env):
   from dff_jax.alignment import runner
+  from dff_jax.alignment import streaming
   aligner = runner.load_aligner(runner.resolve_aligner(str(env["cascade"])))
   for kwargs in (dict(batch_size=0), dict(workers=-1), dict(prefetch_batches=0)):
     with pytest.raises(ValueError):
-      list(runner.run_jobs(aligner, [], progress=False, **kwargs))
+      list(streaming.run_jobs(aligner, [], progress=False, **kwargs))
 
 
 def test_align_command_summary_and_no_overlays(env, tmp_path):

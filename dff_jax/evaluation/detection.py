@@ -196,12 +196,12 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
 
 def synthetic_faces(num_faces: int, seed: int = 20_000, data: Optional[Dict[str, Any]] = None):
   """``(name, image, landmarks_px)`` of synthetic training renders
-  (:func:`dff_jax.alignment.runner.synthetic_set`: the default face model, full yaw range, the
+  (:func:`dff_jax.evaluation.alignment.synthetic_set`: the default face model, full yaw range, the
   landmarks the cascade is trained on, jaw on the silhouette); seed 20 000 is the cascade's
   training seed (never an evaluation seed). ``data``: pipeline settings (e.g. the cascade's
   training ``data`` meta)."""
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  eval_set = runner.synthetic_set(int(num_faces), seed=seed, image_size=None, data=data)
+  from dff_jax.evaluation import alignment as alignment_eval  # pylint: disable=g-import-not-at-top
+  eval_set = alignment_eval.synthetic_set(int(num_faces), seed=seed, image_size=None, data=data)
   for job in eval_set.jobs:
     loaded = job.load()
     yield job.name, loaded.image, np.asarray(loaded.truth["landmarks_px"], np.float32)
@@ -275,7 +275,8 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
     the summary (see the module docstring); per-photo rows under ``"per_image"``.
   """
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  from dff_jax.evaluation import alignment as alignment_eval  # pylint: disable=g-import-not-at-top
   pairs = readers.list_aflw2000(data_dir)
   if num_images:
     pairs = pairs[:int(num_images)]
@@ -294,30 +295,30 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
   load_average = os.getloadavg()[0]
 
   def make_job(name, image_path, box):
-    return runner.Job(name=name, load=lambda: runner.Loaded(
+    return streaming.Job(name=name, load=lambda: streaming.Loaded(
         image=image_io.read_image(image_path), box=box))
 
   jobs = []
   for k, ((image_path, landmarks, _), (boxes, _)) in enumerate(zip(truths, detections)):
-    jobs.append(make_job(f"{k}:truth", image_path, runner.landmark_box(landmarks)))
+    jobs.append(make_job(f"{k}:truth", image_path, alignment_eval.landmark_box(landmarks)))
     for d, box in enumerate(boxes):
       jobs.append(make_job(f"{k}:{d}", image_path, box))
   errors: Dict[str, float] = {}
-  convention = "3d" if hasattr(runner, "predicted_landmarks") else None
-  for outcome in runner.run_jobs(aligner, jobs, batch_size=batch_size, progress=progress,
-                                 total=len(jobs), workers=1):
+  convention = "3d"  # AFLW2000-3D annotations: scored on landmarks_3d_px
+  for outcome in streaming.run_jobs(aligner, jobs, batch_size=batch_size, progress=progress,
+                                    total=len(jobs), workers=1):
     k = int(outcome.job.name.split(":")[0])
     if outcome.face is None:
       errors[outcome.job.name] = np.inf
       continue
-    predicted = (runner.predicted_landmarks(outcome.face, convention) if convention
+    predicted = (alignment_eval.predicted_landmarks(outcome.face, convention) if convention
                  else outcome.face.landmarks_px)
     errors[outcome.job.name] = float(metrics.nme(np.asarray(predicted, np.float64),
                                                  np.asarray(truths[k][1], np.float64), "bbox"))
   per_image = []
   for k, ((image_path, landmarks, yaw), (boxes, scores)) in enumerate(zip(truths, detections)):
     det_errors = [errors[f"{k}:{d}"] for d in range(len(boxes))]
-    truth_box = runner.landmark_box(landmarks)
+    truth_box = alignment_eval.landmark_box(landmarks)
     best_iou = float(np.max(box_iou(truth_box, boxes))) if len(boxes) else 0.0
     per_image.append(dict(
         image=image_path.name, yaw_deg=round(yaw, 2), num_detections=int(len(boxes)),

@@ -1,0 +1,485 @@
+"""Streaming a trained cascade over image files: jobs, fixed-size batches, outcomes, image lists
+and boxes files.
+
+Shared by ``experiments/align.py`` (landmarks, pose and shape for any images),
+:mod:`dff_jax.evaluation.alignment` (``experiments/eval_alignment.py``) and
+:class:`dff_jax.Aligner`. Loading and compiling the cascade, the host-side working crops and the
+face boxes of an image are :mod:`dff_jax.alignment.runner`.
+
+**Streaming.** :func:`run_jobs` takes its jobs lazily, prepares them (image decoding, host crop)
+in a small thread pool a couple of batches ahead, and dispatches each batch to the jitted cascade
+asynchronously, waiting for a batch's results only after the next one has been dispatched. The
+number of decoded images in memory is bounded (``(prefetch_batches + 2) * batch_size``) whatever
+the number of images, and :class:`RunStats` records the time split.
+
+**Failures.** Loading a job (reading the image, its box, its annotation) that raises a
+``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
+produces a non-finite result yields an :class:`Outcome` with a one-line ``error`` and no face;
+the other jobs go on.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob as glob_lib
+import json
+import os
+import threading
+import time
+from concurrent import futures as futures_lib
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from dff_jax.alignment import results
+from dff_jax.alignment.runner import DETECT, WHOLE_IMAGE, CompiledCascade, face_boxes
+from dff_jax.alignment.runner import to_image_frame, working_crop
+
+Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
+READ_ERRORS = (ValueError, OSError)
+
+def _readable_extensions(candidates: Sequence[str]) -> Tuple[str, ...]:
+  """The candidates Pillow (imageio's reader for these formats) can open in this install."""
+  Image.init()
+  registered = Image.registered_extensions()
+  return tuple(e for e in candidates if registered.get(e) in Image.OPEN)
+
+
+# Common photo formats (folders are filtered by extension; the file's content decides how it is
+# decoded): JPEG, PNG, BMP, GIF, TIFF, WebP, the Netpbm family, Targa, JPEG 2000, AVIF.
+IMAGE_EXTENSIONS = _readable_extensions(
+    (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".jp2", ".j2k", ".jpx", ".avif"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs and batches
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Loaded:
+  """What a job's loader returns.
+
+  Attributes:
+    image: ``[H, W, 3]`` uint8 RGB.
+    box: the face box(es) in image pixels: ``[4]`` one face, ``[N, 4]`` several (``N = 0``:
+      none), ``None`` / :data:`DETECT` every face the detector finds, :data:`WHOLE_IMAGE` the
+      whole image as the face crop.
+    truth: optional ground truth (e.g. ``landmarks_px [68, 2]``, ``yaw_deg``) passed through.
+    scores: optional ``[N]`` scores of given boxes (e.g. from an earlier detection), reported
+      as each face's ``score``.
+  """
+  image: np.ndarray
+  box: Any = None
+  truth: Optional[Dict[str, Any]] = None
+  scores: Optional[Sequence[float]] = None
+
+
+@dataclasses.dataclass
+class Job:
+  """One image to align: a name (for messages and output files) and a loader."""
+  name: str
+  load: Callable[[], Loaded]
+
+
+@dataclasses.dataclass
+class Outcome:
+  """The result of one :class:`Job`: its ``faces`` (in box order; detections best first;
+  empty when none was found or on failure) or a one-line ``error``."""
+  job: Job
+  faces: List[Face] = dataclasses.field(default_factory=list)
+  loaded: Optional[Loaded] = None
+  error: Optional[str] = None
+
+  @property
+  def face(self) -> Optional[Face]:
+    """The first face (the only one for a job with one box), ``None`` when there is none."""
+    return self.faces[0] if self.faces else None
+
+
+def one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _prepare(aligner: CompiledCascade, job: Job, detect=None):
+  """Loads a job and cuts the working crop of each of its faces.
+
+  Returns ``(loaded, [(box, score, work_image, crop_box, work_box), ...])``."""
+  loaded = job.load()
+  image = np.asarray(loaded.image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"{job.name}: expected an [H, W, 3] uint8 image, got {image.shape} "
+                     f"{image.dtype}")
+  boxes, scores = face_boxes(image, loaded.box, aligner.config.box_scale, job.name,
+                             loaded.scores, detect)
+  entries = []
+  for box, score in zip(boxes, scores):
+    work_image, crop_box, work_box = working_crop(image, box, aligner.config, aligner.work_size)
+    entries.append((box, score, work_image, crop_box, work_box))
+  return loaded, entries
+
+
+@dataclasses.dataclass
+class RunStats:
+  """Counts and times of one :func:`run_jobs` call, filled in as it runs.
+
+  Attributes:
+    jobs: jobs taken from the input so far.
+    faces: faces aligned (finite result).
+    failures: jobs that yielded an ``error`` outcome.
+    batches: jitted calls made (the last one padded).
+    prepare_s: seconds spent loading jobs (image decoding) and cutting working crops, summed over
+      the worker threads (with several workers this may exceed the wall time).
+    align_s: seconds the calling thread spent dispatching batches and waiting for their results.
+    wait_prepare_s: seconds the calling thread waited for the next prepared job (near zero when
+      decoding keeps up with alignment).
+    max_in_memory: the most jobs loaded (image decoded) and not yet yielded at any moment.
+  """
+  jobs: int = 0
+  faces: int = 0
+  failures: int = 0
+  batches: int = 0
+  prepare_s: float = 0.0
+  align_s: float = 0.0
+  wait_prepare_s: float = 0.0
+  max_in_memory: int = 0
+  in_memory: int = 0
+
+  def as_dict(self) -> Dict[str, Any]:
+    """The fields as a JSON-ready dict (seconds rounded to ms)."""
+    return {k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in dataclasses.asdict(self).items() if k != "in_memory"}
+
+
+class _Deferred:
+  """A call run when its ``result()`` is asked for (the ``workers=0`` path of :func:`run_jobs`;
+  the same interface as a :class:`concurrent.futures.Future`)."""
+
+  def __init__(self, fn: Callable[..., Any], *args: Any):
+    self._fn, self._args = fn, args
+
+  def result(self) -> Any:
+    return self._fn(*self._args)
+
+  def cancel(self) -> bool:
+    return True
+
+
+_END = object()
+
+
+@dataclasses.dataclass
+class _Record:
+  """An image whose faces are in the batches: its outcome is yielded when the last is done."""
+  job: Job
+  loaded: Loaded
+  faces: List[Optional[Face]]
+  remaining: int
+
+
+def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
+             progress: bool = True, total: Optional[int] = None,
+             keep_loaded: bool = True, workers: int = 2, prefetch_batches: int = 2,
+             stats: Optional[RunStats] = None,
+             detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None
+             ) -> Iterator[Outcome]:
+  """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
+
+  **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
+  faces found when the job gives no box (:func:`face_boxes`), boxes checked, one working crop
+  cut per face: :func:`working_crop`) by ``workers`` threads, up to
+  ``prefetch_batches * batch_size`` jobs ahead, while the previous batch runs in the jitted
+  cascade: each batch is *dispatched* asynchronously and its results are only waited for once
+  the next batch has been dispatched (or the input has ended). So at most
+  ``(prefetch_batches + 2) * batch_size`` jobs are loaded and not yet yielded at any moment,
+  whatever the number of jobs (``stats.max_in_memory`` records the peak). Decoding and
+  resampling run in Pillow / NumPy, which release the GIL. With ``workers=0`` every job is
+  prepared in the calling thread when its turn comes (no threads; the same outcomes).
+  Loaders must be thread-safe when ``workers > 0``.
+
+  **Several faces.** Each face of a job is its own crop in the batches (the faces of one image
+  may span two batches); the job's outcome comes when its last face is done, with ``faces`` in
+  box order (detections best first).
+
+  A job whose loading raises ``ValueError`` / ``OSError`` (unreadable image, bad box, bad
+  annotation) yields an outcome with ``error`` set as soon as its turn comes, and so does a job
+  with no face (``faces == []``, no error); one with a non-finite result yields an error outcome
+  with its batch; the rest go on. Outcomes of jobs with faces come when their batch is done, in
+  input order. The jitted function is compiled once per cascade and batch size (the last batch
+  is padded by repeating its last face).
+
+  Args:
+    aligner: from :func:`load_aligner`.
+    jobs: the images (any iterable; consumed lazily).
+    batch_size: faces per jitted call.
+    progress: show a tqdm bar on stderr (when stderr is a terminal).
+    total: number of jobs, for the bar.
+    keep_loaded: attach the :class:`Loaded` image / truth to each outcome (for overlays); with
+      ``False`` the image is dropped as soon as its working crops are cut.
+    workers: threads preparing jobs (``0``: in the calling thread).
+    prefetch_batches: how many batches of jobs are prepared ahead (``>= 1`` with workers).
+    stats: a :class:`RunStats` to fill in (counts, time split, peak jobs in memory).
+    detect: the face detector for jobs without a box, ``image -> (boxes [N, 4], scores [N])``
+      (default :func:`dff_jax.detection.detect_faces`).
+
+  Raises:
+    ValueError: ``batch_size < 1``, ``workers < 0`` or ``prefetch_batches < 1``.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if workers < 0:
+    raise ValueError(f"workers must be >= 0, got {workers}")
+  if prefetch_batches < 1:
+    raise ValueError(f"prefetch_batches must be >= 1, got {prefetch_batches}")
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  stats = RunStats() if stats is None else stats
+  lock = threading.Lock()
+  bar = tqdm(total=total, unit="image", desc=f"align ({aligner.name})", dynamic_ncols=True,
+             disable=None if progress else True)
+  pool = (futures_lib.ThreadPoolExecutor(workers, thread_name_prefix="dff-align-prepare")
+          if workers > 0 else None)
+  window_size = prefetch_batches * batch_size if pool is not None else 1
+  window: collections.deque = collections.deque()
+  source = iter(jobs)
+  exhausted = False
+
+  def prepare(job: Job):
+    start = time.perf_counter()
+    try:
+      prepared = _prepare(aligner, job, detect)
+    finally:
+      elapsed = time.perf_counter() - start
+      with lock:
+        stats.prepare_s += elapsed
+    with lock:
+      stats.in_memory += 1
+      stats.max_in_memory = max(stats.max_in_memory, stats.in_memory)
+    return prepared
+
+  def fill():
+    nonlocal exhausted
+    while not exhausted and len(window) < window_size:
+      job = next(source, _END)
+      if job is _END:
+        exhausted = True
+        break
+      stats.jobs += 1
+      window.append((job, pool.submit(prepare, job) if pool is not None
+                     else _Deferred(prepare, job)))
+
+  def release():
+    with lock:
+      stats.in_memory -= 1
+
+  def dispatch(entries):
+    """``entries``: ``(record, index, box, score, work_image, crop_box, work_box)`` per face."""
+    images = np.stack([e[4] for e in entries])
+    boxes = np.stack([e[6] for e in entries])
+    count = len(entries)
+    if count < batch_size:
+      images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, 0)])
+      boxes = np.concatenate([boxes, np.repeat(boxes[-1:], batch_size - count, 0)])
+    start = time.perf_counter()
+    result = aligner.dispatch(images, boxes)
+    stats.align_s += time.perf_counter() - start
+    stats.batches += 1
+    return [e[:4] + (e[5],) for e in entries], result
+
+  def collect(batch):
+    entries, device_result = batch
+    start = time.perf_counter()
+    result = aligner.fetch(device_result)
+    stats.align_s += time.perf_counter() - start
+    for n, (record, index, box, score, crop_box) in enumerate(entries):
+      record.faces[index] = to_image_frame(result, n, crop_box, box, aligner.work_size, score)
+      record.remaining -= 1
+      if record.remaining:
+        continue
+      release()
+      bar.update(1)
+      if all(face.is_finite() for face in record.faces):
+        stats.faces += len(record.faces)
+        yield Outcome(job=record.job, faces=list(record.faces), loaded=record.loaded)
+      else:
+        stats.failures += 1
+        yield Outcome(job=record.job, loaded=record.loaded,
+                      error=f"{record.job.name}: alignment diverged (non-finite result)")
+
+  pending: List[Tuple[Any, ...]] = []
+  in_flight = None
+  try:
+    fill()
+    while window:
+      job, future = window.popleft()
+      fill()
+      start = time.perf_counter()
+      try:
+        loaded, entries = future.result()
+      except READ_ERRORS as error:
+        stats.wait_prepare_s += time.perf_counter() - start
+        message = one_line(error)
+        if job.name not in message:
+          message = f"{job.name}: {message}"
+        stats.failures += 1
+        bar.update(1)
+        yield Outcome(job=job, error=message)
+        continue
+      stats.wait_prepare_s += time.perf_counter() - start
+      if not keep_loaded:
+        loaded = Loaded(image=np.zeros((0, 0, 3), np.uint8), truth=loaded.truth)
+      if not entries:  # no face in this image
+        release()
+        bar.update(1)
+        yield Outcome(job=job, faces=[], loaded=loaded)
+        continue
+      record = _Record(job=job, loaded=loaded, faces=[None] * len(entries),
+                       remaining=len(entries))
+      for index, (box, score, work_image, crop_box, work_box) in enumerate(entries):
+        pending.append((record, index, box, score, work_image, crop_box, work_box))
+        if len(pending) == batch_size:
+          started = dispatch(pending)
+          pending = []
+          if in_flight is not None:
+            yield from collect(in_flight)
+          in_flight = started
+    if pending:
+      started = dispatch(pending)
+      pending = []
+      if in_flight is not None:
+        yield from collect(in_flight)
+      in_flight = started
+    if in_flight is not None:
+      batch, in_flight = in_flight, None
+      yield from collect(batch)
+  finally:
+    bar.close()
+    if pool is not None:
+      for _, future in window:
+        future.cancel()
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image lists and box files (experiments/align.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def find_images(spec: str) -> Tuple[List[Path], List[Path]]:
+  """Image files named by ``spec`` and the files passed over.
+
+  ``spec`` is a file, a directory (its files with an :data:`IMAGE_EXTENSIONS` extension,
+  sorted, not recursive), a glob pattern (its matches with such an extension), or a
+  comma-separated list of those. A file named directly is always taken (its content decides).
+
+  Returns:
+    ``(images, skipped)``: ``skipped`` are the other files of the directories and glob
+    matches (sub-directories are not counted), for :func:`skipped_files_line`.
+
+  Raises:
+    FileNotFoundError: a part matches nothing, or no image at all (the message names the
+      skipped files).
+  """
+  paths: List[Path] = []
+  skipped: List[Path] = []
+
+  def take(candidates):
+    for path in candidates:
+      (paths if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
+
+  for part in [p for p in spec.split(",") if p]:
+    path = Path(part)
+    if path.is_dir():
+      take(sorted(p for p in path.iterdir() if p.is_file()))
+    elif path.is_file():
+      paths.append(path)
+    elif glob_lib.has_magic(part):
+      take(sorted(Path(p) for p in glob_lib.glob(part) if Path(p).is_file()))
+    else:
+      raise FileNotFoundError(f"--images={part}: no such file or directory")
+  if not paths:
+    passed = f" ({skipped_files_line(skipped)})" if skipped else ""
+    raise FileNotFoundError(f"--images={spec}: no image files found{passed}")
+  return paths, skipped
+
+
+def list_images(spec: str) -> List[Path]:
+  """The image files of :func:`find_images` (without the skipped ones)."""
+  return find_images(spec)[0]
+
+
+def skipped_files_line(skipped: Sequence[Path], limit: int = 20) -> str:
+  """``"skipped N files that are not images (no image extension): a.txt, b.csv"`` (the first
+  ``limit`` named, then ``"and M more"``)."""
+  names = [str(p) for p in skipped[:limit]]
+  if len(skipped) > limit:
+    names.append(f"and {len(skipped) - limit} more")
+  noun = "file that is not an image" if len(skipped) == 1 else "files that are not images"
+  return f"skipped {len(skipped)} {noun} (no image extension): {', '.join(names)}"
+
+
+def read_boxes_file(path: str | os.PathLike) -> Dict[str, Any]:
+  """Reads ``{"image name": box, ...}`` (values checked per image later, see
+  :func:`face_boxes`): ``[x0, y0, x1, y1]`` one face, ``[[x0, y0, x1, y1], ...]`` several
+  (``[]``: none), ``null`` or ``"detect"`` every face the detector finds, ``"whole"`` the whole
+  image as the face crop.
+
+  Raises:
+    FileNotFoundError / ValueError: missing file, bad JSON or not an object.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"--boxes file {path} does not exist")
+  try:
+    document = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ValueError(f"--boxes file {path} is not valid JSON ({one_line(error)})") from None
+  if not isinstance(document, dict):
+    raise ValueError(f"--boxes file {path} must hold a JSON object mapping image file names to "
+                     "[x0, y0, x1, y1]")
+  return document
+
+
+def box_for(boxes: Dict[str, Any], image_path: Path) -> Tuple[bool, Any]:
+  """``(found, box)`` for an image: keys are tried as the path given, the file name, then the
+  stem."""
+  for key in (str(image_path), image_path.name, image_path.stem):
+    if key in boxes:
+      return True, boxes[key]
+  return False, None
+
+
+def parse_bbox(text: str) -> np.ndarray | str:
+  """``"x0,y0,x1,y1"`` -> ``[4]`` float32 (finite, non-empty); ``"whole"`` / ``"detect"`` are
+  returned as they are (:data:`WHOLE_IMAGE`, :data:`DETECT`)."""
+  if text.strip() in (WHOLE_IMAGE, DETECT):
+    return text.strip()
+  try:
+    values = [float(v) for v in text.split(",")]
+  except ValueError:
+    raise ValueError(f"--bbox={text}: expected four numbers x0,y0,x1,y1 (or {WHOLE_IMAGE!r}, "
+                     f"{DETECT!r})") from None
+  if len(values) != 4 or not np.all(np.isfinite(values)) or values[2] <= values[0] \
+      or values[3] <= values[1]:
+    raise ValueError(f"--bbox={text}: expected four finite numbers x0,y0,x1,y1 with x1 > x0 and "
+                     "y1 > y0")
+  return np.asarray(values, np.float32)
+
+
+def output_stems(paths: Sequence[Path]) -> List[str]:
+  """One distinct output stem per image (``name`` or ``name_ext`` when stems collide)."""
+  counts: Dict[str, int] = {}
+  for path in paths:
+    counts[path.stem] = counts.get(path.stem, 0) + 1
+  stems, used = [], set()
+  for path in paths:
+    stem = path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+    base, n = stem, 1
+    while stem in used:
+      n += 1
+      stem = f"{base}_{n}"
+    used.add(stem)
+    stems.append(stem)
+  return stems

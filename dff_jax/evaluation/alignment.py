@@ -1,0 +1,399 @@
+r"""Alignment evaluation: the evaluation sets (synthetic faces, 300W-style folders, AFLW2000-3D,
+faces68), their landmark conventions, and the figures of a method on a set (NME by yaw bin,
+failure rates, AUC, CED plot, per-image errors).
+
+:func:`evaluate` is ``python -m experiments.eval_alignment`` as a function (the protocols are
+described in that command's docstring). Importing this module does not import JAX (the sets and
+:func:`evaluate` import :mod:`dff_jax.alignment` when called).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+
+from dff_jax import file_io
+from dff_jax import image_io
+from dff_jax import metrics
+from dff_jax.file_io import json_safe
+
+if TYPE_CHECKING:
+  from dff_jax.alignment.results import Face
+  from dff_jax.alignment.streaming import Job
+  from dff_jax.face_model.model import FaceModel
+
+DATASETS = ("synthetic", "300w", "aflw2000", "faces68")
+DEFAULT_SYNTHETIC_FACES = 200
+SYNTHETIC_SEED = 40_000
+
+NORMALISER_DESCRIPTIONS = {
+    "inter_ocular": "inter_ocular: distance of the outer eye corners (points 36, 45) of the "
+                    "ground truth",
+    "bbox": "bbox: sqrt(w*h) of the ground-truth landmark bounding box",
+}
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A data set to evaluate on.
+
+  Attributes:
+    name: ``synthetic``, ``300w`` or ``aflw2000``.
+    jobs: the faces (each loader returns the image, the face box given to the aligner, and
+      ``truth`` with ``landmarks_px [68, 2]`` and ``yaw_deg`` (``None`` when unknown)).
+    normaliser: ``"inter_ocular"`` or ``"bbox"`` (:mod:`dff_jax.metrics`).
+    yaw_source: how the yaw of the bins is known.
+    box_protocol: how the face box is obtained.
+    pipeline: the synthetic pipeline settings (``None`` for photographs).
+    landmark_convention: which prediction the set's annotation is scored against:
+      ``"outline"`` (``landmarks_px``: the jaw on the visible outline, 300-W) or ``"3d"``
+      (``landmarks_3d_px``: the projected 3D jaw line, AFLW2000-3D).
+  """
+  name: str
+  jobs: List[Job]
+  normaliser: str
+  yaw_source: str
+  box_protocol: str
+  pipeline: Optional[Dict[str, Any]] = None
+  landmark_convention: str = "outline"
+
+
+LANDMARK_CONVENTIONS = {
+    "outline": ("landmarks_px", "the jaw (0-16) on the visible outline of the face (300-W)"),
+    "3d": ("landmarks_3d_px", "the 68 fixed 3D landmarks projected, the jaw on the 3D jaw line "
+                              "(AFLW2000-3D)"),
+}
+
+
+def predicted_landmarks(face: Face, convention: str) -> np.ndarray:
+  """``[68, 2]`` the prediction scored against an annotation of ``convention``."""
+  return getattr(face, LANDMARK_CONVENTIONS[convention][0])
+
+
+def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
+  """``[68, 2]`` -> ``[4]`` bounding box of the points (x0, y0, x1, y1)."""
+  landmarks_px = np.asarray(landmarks_px, np.float32)
+  return np.concatenate([landmarks_px.min(0), landmarks_px.max(0)])
+
+
+def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] = 128,
+                  face_model: str = "default", data: Optional[Dict[str, Any]] = None,
+                  box_jitter: Optional[Dict[str, Any]] = None) -> EvalSet:
+  """Held-out synthetic faces: :class:`data_pipeline.faces.FaceSource` with pipeline seed
+  ``seed`` (training uses 20 000 / 30 000), detector-like jittered boxes, full yaw range; yaw
+  from the rendering pose.
+
+  Args:
+    num_faces, seed: the faces.
+    image_size: render size (``None``: ``data``'s).
+    face_model: the face model the faces are rendered with (may differ from the aligner's).
+    data: pipeline settings (e.g. the cascade's training ``data`` from its file's meta: image
+      size, face size range); the defaults of :mod:`data_pipeline.config` otherwise.
+    box_jitter: :class:`data_pipeline.faces.BoxJitter` fields (default: its defaults).
+  """
+  from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
+  from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
+  from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
+  settings = {"num_views": 2, "num_correspondences": 16, **dict(data or {})}
+  if image_size is not None:
+    settings["image_size"] = int(image_size)
+  settings["face_model"] = face_model
+  config = pipeline_config_from_dict(settings, seed=int(seed))
+  source = faces_lib.FaceSource(config, faces_lib.BoxJitter(**dict(box_jitter or {})),
+                                num_examples=int(num_faces))
+  lock = threading.Lock()  # FaceSource caches its last pair: one render at a time (threads)
+
+  def job(i):
+    def load():
+      with lock:
+        example = source[i]
+      return Loaded(image=example["image"], box=example["box"],
+                    truth=dict(landmarks_px=example["landmarks_px"],
+                               yaw_deg=float(np.degrees(example["pose"][2]))))
+    return Job(name=f"synthetic_{seed}_{i:06d}", load=load)
+
+  return EvalSet(name="synthetic", jobs=[job(i) for i in range(int(num_faces))],
+                 normaliser="bbox", yaw_source="rendering pose",
+                 box_protocol="jittered detector-like box around the ground-truth landmarks "
+                              f"(data_pipeline.faces.BoxJitter {dict(box_jitter or {})})",
+                 pipeline=dict(dataclasses.asdict(config)))
+
+
+def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+  """AFLW2000-3D (``imageNNNNN.jpg`` + ``.mat``): 68 projected 3D landmarks, yaw from
+  ``Pose_Para`` in our convention (:func:`data_pipeline.readers.read_aflw2000`); the face box is
+  the ground-truth landmark bounding box (the usual protocol)."""
+  from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  pairs = readers.list_aflw2000(data_dir)
+  if num_faces:
+    pairs = pairs[:int(num_faces)]
+
+  def job(image_path, mat_path):
+    def load():
+      annotation = readers.read_aflw2000(mat_path)
+      return Loaded(image=image_io.read_image(image_path),
+                    box=landmark_box(annotation.landmarks_px),
+                    truth=dict(landmarks_px=annotation.landmarks_px,
+                               yaw_deg=float(annotation.yaw_deg)))
+    return Job(name=str(image_path), load=load)
+
+  return EvalSet(name="aflw2000", jobs=[job(*p) for p in pairs], normaliser="bbox",
+                 yaw_source="AFLW2000-3D Pose_Para (our Euler convention)",
+                 box_protocol="ground-truth landmark bounding box", landmark_convention="3d")
+
+
+def faces68_set(data_dir: str | os.PathLike, split: str = "val",
+                json_path: Optional[str | os.PathLike] = None,
+                num_faces: Optional[int] = None) -> EvalSet:
+  """A faces68-layout folder (``images/<name>.jpg`` + ``<split>.json`` or ``json_path``):
+  300-W-convention landmarks (the jaw on the visible outline), NME by the outer-eye-corner
+  distance, the ground-truth landmark box as the face box; the yaw of the bins is estimated by
+  fitting the 3DMM to the annotation (as for ``300w``)."""
+  from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  entries = readers.read_faces68(data_dir, split, json_path)
+  if num_faces:
+    entries = entries[:int(num_faces)]
+
+  def job(entry):
+    def load():
+      return Loaded(image=image_io.read_image(entry.image_path),
+                    box=landmark_box(entry.landmarks_px),
+                    truth=dict(landmarks_px=entry.landmarks_px, yaw_deg=None))
+    return Job(name=str(entry.image_path), load=load)
+
+  return EvalSet(name="faces68", jobs=[job(e) for e in entries], normaliser="inter_ocular",
+                 yaw_source="estimated: 3DMM fitted to the ground-truth landmarks "
+                            "(dff_jax.alignment.fit_landmarks, contour='nearest')",
+                 box_protocol="ground-truth landmark bounding box")
+
+
+def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+  """A 300W-style folder (images + same-stem 1-based ``.pts``, searched recursively); NME by the
+  outer-eye-corner distance; the face box is the ground-truth landmark bounding box. 300W has no
+  pose: the yaw of the bins is estimated by fitting the 3DMM to the ground truth
+  (:func:`estimate_yaw_deg`)."""
+  from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  pairs = readers.list_300w(data_dir)
+  if num_faces:
+    pairs = pairs[:int(num_faces)]
+
+  def job(image_path, pts_path):
+    def load():
+      landmarks = readers.read_pts(pts_path)
+      return Loaded(image=image_io.read_image(image_path), box=landmark_box(landmarks),
+                    truth=dict(landmarks_px=landmarks, yaw_deg=None, pts_path=str(pts_path)))
+    return Job(name=str(image_path), load=load)
+
+  return EvalSet(name="300w", jobs=[job(*p) for p in pairs], normaliser="inter_ocular",
+                 yaw_source="estimated: 3DMM fitted to the ground-truth landmarks "
+                            "(dff_jax.alignment.fit_landmarks, contour='nearest')",
+                 box_protocol="ground-truth landmark bounding box")
+
+
+def estimate_yaw_deg(model: FaceModel, landmarks_px: np.ndarray,
+                     chunk: int = 64) -> np.ndarray:
+  """Yaw (degrees, our convention) of 3DMM fits to ``landmarks_px [N, 68, 2]`` (chunks padded to
+  one size, so the fit compiles once)."""
+  from dff_jax.alignment import fitting  # pylint: disable=g-import-not-at-top
+  landmarks_px = np.asarray(landmarks_px, np.float32)
+  out = np.full(len(landmarks_px), np.nan, np.float64)
+  size = min(chunk, max(len(landmarks_px), 1))
+  for start in range(0, len(landmarks_px), size):
+    part = landmarks_px[start:start + size]
+    count = len(part)
+    if count < size:
+      part = np.concatenate([part, np.repeat(part[-1:], size - count, 0)])
+    result = fitting.fit_landmarks(model, part, contour="nearest")
+    out[start:start + count] = np.degrees(np.asarray(result.yaw_rad, np.float64))[:count]
+  return out
+
+
+def _failure_rate(errors: np.ndarray, threshold: float) -> Optional[float]:
+  """Fraction of errors above ``threshold`` in float64 (NaN counts as a failure), as
+  :func:`dff_jax.metrics.failure_rate`; ``None`` for no faces."""
+  if not len(errors):
+    return None
+  return float(np.mean(~(np.nan_to_num(errors, nan=np.inf) <= threshold)))
+
+
+def summarise_errors(errors: np.ndarray, yaw_deg: Optional[np.ndarray],
+                     normaliser: str) -> Dict[str, Any]:
+  """The alignment figures of one method on one set.
+
+  Args:
+    errors: ``[M]`` per-face NME (fractions; NaN counts as a failure).
+    yaw_deg: ``[M]`` yaw in degrees for the bins, or ``None`` (bins reported as ``None``).
+    normaliser: ``"inter_ocular"`` or ``"bbox"``.
+
+  Returns:
+    ``normaliser`` (described), ``num_faces``, ``nme_mean``, ``nme_by_yaw_bin`` (keys ``"0-30"``,
+    ``"30-60"``, ``"60-90"``, on ``|yaw|``), ``nme_yaw_bin_mean`` (mean of the three bin means),
+    ``yaw_bin_counts``, ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``.
+  """
+  errors = np.asarray(errors, np.float64).reshape(-1)
+  if yaw_deg is None or not len(errors):
+    by_bin = {name: None for name, _, _ in metrics.YAW_BINS_DEG}
+    bin_mean, counts = None, None
+  else:
+    yaw = np.asarray(yaw_deg, np.float64)
+    values = metrics.nme_by_yaw_bin(errors, yaw)
+    by_bin = {name: values[name] for name, _, _ in metrics.YAW_BINS_DEG}
+    bin_mean = values["mean"]
+    magnitude = np.abs(yaw)
+    counts = {name: int(np.sum((magnitude >= low) & ((magnitude < high) if high < 90
+                                                     else (magnitude <= high))))
+              for name, low, high in metrics.YAW_BINS_DEG}
+  finite = errors[np.isfinite(errors)]
+  return json_safe({
+      "normaliser": NORMALISER_DESCRIPTIONS[normaliser],
+      "num_faces": int(len(errors)),
+      "nme_mean": float(np.mean(finite)) if len(finite) else None,
+      "nme_by_yaw_bin": by_bin,
+      "nme_yaw_bin_mean": bin_mean,
+      "yaw_bin_counts": counts,
+      "failure_rate_0.08": _failure_rate(errors, 0.08),
+      "failure_rate_0.10": _failure_rate(errors, 0.10),
+      "auc_0.08": float(metrics.auc(errors, 0.08)) if len(errors) else None,
+  })
+
+
+def _method_names(specs) -> List[str]:
+  """Method names: the features, plus the cascade's stem (or parent/stem, or a number) when two
+  methods share features."""
+  names = []
+  for k, spec in enumerate(specs):
+    same = [s for s in specs if s.features == spec.features]
+    if len(same) == 1:
+      names.append(spec.features)
+    elif len({s.cascade_path.stem for s in same}) == len(same):
+      names.append(f"{spec.features}:{spec.cascade_path.stem}")
+    elif len({(s.cascade_path.parent.name, s.cascade_path.stem) for s in same}) == len(same):
+      names.append(f"{spec.features}:{spec.cascade_path.parent.name}/{spec.cascade_path.stem}")
+    else:
+      names.append(f"{spec.features}:{k + 1}")
+  return names
+
+
+def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
+             cascade: Optional[str] = None, features: Optional[str] = None,
+             checkpoint: Optional[str] = None, face_model: Optional[str] = None,
+             num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
+             image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
+             report=None, render_face_model: Optional[str] = None, split: str = "val",
+             faces_json: Optional[str] = None) -> Dict[str, Any]:
+  """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
+  the outputs); returns the summary written to ``out_dir/summary.json``.
+
+  Raises:
+    FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
+  """
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  if report is None:
+    def report(message):
+      print(message, file=sys.stderr, flush=True)
+  if dataset not in DATASETS:
+    raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
+  if dataset != "synthetic" and not data_dir:
+    raise ValueError(f"--dataset={dataset} needs --data_dir=DIR")
+  if dataset != "synthetic" and not Path(data_dir).is_dir():
+    raise FileNotFoundError(f"--data_dir={data_dir} is not a directory")
+  if num_faces is not None and num_faces < 1:
+    raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
+  cascades = [c for c in (cascade or "").split(",") if c] or [None]
+  specs = [runner.resolve_aligner(c, features, checkpoint, face_model) for c in cascades]
+  names = _method_names(specs)
+
+  if dataset == "synthetic":
+    meta = specs[0].header.get("meta", {})
+    if not image_size and "data" not in meta:
+      image_size = int(specs[0].header["config"]["crop_size"])
+    eval_set = synthetic_set(num_faces or DEFAULT_SYNTHETIC_FACES, seed, image_size,
+                             render_face_model or specs[0].face_model,
+                             data=meta.get("data"), box_jitter=meta.get("box_jitter"))
+  elif dataset == "aflw2000":
+    eval_set = aflw2000_set(data_dir, num_faces)
+  elif dataset == "faces68":
+    eval_set = faces68_set(data_dir, split, faces_json, num_faces)
+  else:
+    eval_set = folder_300w_set(data_dir, num_faces)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+
+  from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+
+  methods: Dict[str, Dict[str, Any]] = {}
+  records: List[Dict[str, Any]] = []
+  curves = []
+  skipped: Dict[str, str] = {}
+  truth_by_name: Dict[str, Dict[str, Any]] = {}
+  for spec, name in zip(specs, names):
+    aligner = runner.load_aligner(spec)
+    errors: Dict[str, float] = {}
+    for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
+                                      total=len(eval_set.jobs), keep_loaded=False):
+      if outcome.error is not None:
+        if outcome.job.name not in skipped:
+          skipped[outcome.job.name] = outcome.error
+          report(f"eval_alignment: skipped {outcome.error}")
+        continue
+      truth = outcome.loaded.truth
+      truth_by_name[outcome.job.name] = truth
+      predicted = predicted_landmarks(outcome.face, eval_set.landmark_convention)
+      errors[outcome.job.name] = float(metrics.nme(
+          predicted.astype(np.float64),
+          np.asarray(truth["landmarks_px"], np.float64), eval_set.normaliser))
+    methods[name] = dict(errors=errors, aligner=aligner)
+
+  # Faces every method aligned (a face one method could not read is skipped for all).
+  common = [job.name for job in eval_set.jobs
+            if all(job.name in m["errors"] for m in methods.values())]
+  yaw = np.array([truth_by_name[n]["yaw_deg"] if truth_by_name[n]["yaw_deg"] is not None
+                  else np.nan for n in common], np.float64)
+  if dataset in ("300w", "faces68") and len(common):
+    model = methods[names[0]]["aligner"].face_model
+    yaw = estimate_yaw_deg(model, np.stack([truth_by_name[n]["landmarks_px"]
+                                            for n in common]))
+  summaries = {}
+  for name in names:
+    values = np.array([methods[name]["errors"][n] for n in common], np.float64)
+    summaries[name] = summarise_errors(values, yaw if len(common) else None,
+                                       eval_set.normaliser)
+    aligner = methods[name]["aligner"]
+    summaries[name].update(features=aligner.spec.features,
+                           cascade=str(aligner.spec.cascade_path),
+                           descriptor_source=aligner.describer.source,
+                           models=provenance.model_files({"cascade": aligner.spec.cascade_path,
+                                                          "encoder": aligner.describer.source}))
+    curves.append((name, values))
+    for n, value, yaw_deg in zip(common, values, yaw):
+      records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
+
+  summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
+                                 yaw_source=eval_set.yaw_source,
+                                 box_protocol=eval_set.box_protocol,
+                                 landmark_convention=eval_set.landmark_convention,
+                                 landmark_convention_description=LANDMARK_CONVENTIONS[
+                                     eval_set.landmark_convention][1])
+  summary.update(summaries[names[0]])
+  summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
+  if dataset == "synthetic":
+    summary.update(seed=int(seed), render_face_model=render_face_model or specs[0].face_model,
+                   pipeline=file_io.json_safe(eval_set.pipeline))
+  file_io.write_json_atomic(out_dir / "summary.json", summary)
+  lines = "".join(json.dumps(file_io.json_safe(r)) + "\n" for r in records)
+  file_io.write_text_atomic(out_dir / "errors.jsonl", lines)
+  title = f"{eval_set.name} NME {eval_set.normaliser} N={len(common)}"
+  image_io.write_png_atomic(out_dir / "ced.png", draw.render_ced_plot(curves, title=title))
+  return file_io.json_safe(summary)

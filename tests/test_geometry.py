@@ -359,12 +359,6 @@ def test_crop_pixel_centres_batched_jit_vmap():
 # ----------------------------------------------------------------------------------------------
 
 
-def _similarity_flat(*args):
-  """estimate_similarity's (scale, rotation, translation) as one vector of its namespace."""
-  xp = jnp if any(isinstance(a, jax.Array) for a in args) else np
-  return xp.concatenate([xp.ravel(x) for x in geometry.estimate_similarity(*args)])
-
-
 def _dispatch_cases():
   rng = np.random.default_rng(7)
   points = rng.normal(0, 50, (5, 3)).astype(np.float32)
@@ -381,33 +375,46 @@ def _dispatch_cases():
                            [points, np.float32(0.8), rotation,
                             np.array([1.0, 2.0, 3.0], np.float32)]),
       "square_box": (lambda b: geometry.square_box(b, 1.25), [box]),
-      "estimate_similarity": (_similarity_flat,
+      "estimate_similarity": (geometry.estimate_similarity,
                               [points, geometry.apply_similarity(points, np.float32(0.8), rotation,
                                                                  np.ones(3, np.float32)),
                                np.linspace(0.5, 1.0, 5, dtype=np.float32)]),
       "estimate_similarity_unweighted": (
-          _similarity_flat, [points, geometry.apply_similarity(points, np.float32(0.8), rotation,
+          geometry.estimate_similarity, [points, geometry.apply_similarity(points, np.float32(0.8), rotation,
                                                                np.ones(3, np.float32))]),
       "crop_pixel_centres_in_image": (lambda b: geometry.crop_pixel_centres_in_image(b, 4), [box]),
+      "euler_to_matrix": (geometry.euler_to_matrix,
+                          [np.float32(0.1), np.float32(-0.4), np.float32(0.2)]),
   }
+
+
+def _outputs(result):
+  return list(result) if isinstance(result, tuple) else [result]
 
 
 @pytest.mark.parametrize("name", sorted(_dispatch_cases()))
 def test_any_jax_argument_gives_a_jax_result_equal_to_numpy(name):
   """Functions follow the namespace of *any* array argument (dff_jax.array_api.namespace): one
-  JAX argument among NumPy ones gives a JAX result (so the function traces under jit whichever
-  argument is traced), equal to the all-NumPy result, which stays NumPy and float32."""
+  JAX argument among NumPy ones gives JAX results equal to the all-NumPy ones (which stay NumPy
+  and float32), and each argument alone can be traced under jit."""
   function, args = _dispatch_cases()[name]
-  expected = function(*args)
-  assert isinstance(expected, np.ndarray) and expected.dtype == np.float32, type(expected)
+  expected = _outputs(function(*args))
+  for value in expected:
+    assert isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float32, (
+        name, type(value))
   for i in range(len(args)):
     mixed = list(args)
     mixed[i] = jnp.asarray(args[i])
-    result = function(*mixed)
-    assert isinstance(result, jax.Array), (name, i)
-    np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-5, atol=1e-4)
-  traced = jax.jit(lambda first: function(first, *args[1:]))(jnp.asarray(args[0]))
-  np.testing.assert_allclose(np.asarray(traced), expected, rtol=1e-5, atol=1e-4)
+    results = _outputs(function(*mixed))
+    for result, want in zip(results, expected):
+      assert isinstance(result, jax.Array), (name, i)
+      np.testing.assert_allclose(np.asarray(result), want, rtol=1e-5, atol=1e-4)
+
+    def traced(value, i=i):
+      return function(*args[:i], value, *args[i + 1:])
+
+    for result, want in zip(_outputs(jax.jit(traced)(jnp.asarray(args[i]))), expected):
+      np.testing.assert_allclose(np.asarray(result), want, rtol=1e-5, atol=1e-4)
 
 
 def test_square_boxes_and_crop_grids_of_a_batch_equal_one_box_at_a_time():
@@ -449,3 +456,15 @@ def test_similarity_weights_need_not_sum_to_one():
     for got, want in zip(geometry.estimate_similarity(source, target, factor * weights),
                          reference):
       np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_similarity_of_a_source_smaller_than_one_unit():
+  """The variance guard (1e-12) must not bite for small but regular sources (here ~0.05 units)."""
+  rng = np.random.default_rng(5)
+  source = rng.normal(0, 0.05, (8, 3))
+  scale, rotation, translation = _random_similarity(rng, 3)
+  target = geometry.apply_similarity(source, scale, rotation, translation)
+  got_scale, got_rotation, got_translation = geometry.estimate_similarity(source, target)
+  np.testing.assert_allclose(got_scale, scale, rtol=1e-6)
+  np.testing.assert_allclose(got_rotation, rotation, atol=1e-6)
+  np.testing.assert_allclose(got_translation, translation, atol=1e-6)

@@ -52,6 +52,7 @@ MODULES: Dict[str, tuple] = {
 # Survivors shown equivalent (no input can tell them apart from the original), by mutant name
 # (``mutmut results``), with the reason. Counted as killed in the kill rate.
 _G = "dff_jax.geometry.x_"
+_M = "dff_jax.metrics.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -86,6 +87,15 @@ EQUIVALENT: Dict[str, str] = {
     _G + "weak_perspective_project__mutmut_26": "/ flip for * flip: flip is (1, -1)",
     _G + "crop_pixel_centres_in_image__mutmut_2": "NumPy grid of static pixel centres: "
                                                   "crop_to_image follows the box's namespace",
+    _M + "normaliser_length__mutmut_65": "visible cast to bool or not: xp.where treats any "
+                                         "non-zero flag as True either way",
+    _M + "normaliser_length__mutmut_67": "as mutmut_65",
+    _M + "pck__mutmut_43": "count >= 0 for count > 0: with no valid entry the sum is 0 too, and "
+                           "0 / 0 is NaN as documented",
+    _M + "nme_by_yaw_bin__mutmut_8": "reshape(-2) for reshape(-1): NumPy takes any negative size "
+                                     "as the unknown dimension",
+    _M + "nme_by_yaw_bin__mutmut_17": "as mutmut_8",
+    _M + "nme_by_yaw_bin__mutmut_40": "float('NAN') is float('nan')",
     "dff_jax.sampling.x_crop_image__mutmut_25": "jnp.asarray(box) without float32: float boxes "
                                                 "are float32 anyway (x64 off) and integer boxes "
                                                 "become float32 in the crop-grid arithmetic",

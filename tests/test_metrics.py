@@ -1,6 +1,7 @@
 """Tests for dff_jax.metrics with hand-computed values."""
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -144,3 +145,151 @@ def test_nme_by_yaw_bin():
   assert math.isnan(empty["mean"])
   with pytest.raises(ValueError, match="one value per face"):
     metrics.nme_by_yaw_bin(errors, yaw_deg[:3])
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaps found by mutation testing (WORKSPACE.md section 12): namespaces, dtypes, leading batch
+# dimensions, defaults, edge counts and the error messages.
+# ----------------------------------------------------------------------------------------------
+
+
+def _nme_case():
+  target = _face().astype(np.float32)
+  pred = (target + np.random.default_rng(1).normal(0, 1.5, target.shape)).astype(np.float32)
+  visible = np.arange(68) % 3 != 0
+  box = np.array([8.0, 18.0, 52.0, 51.0], np.float32)
+  return pred, target, visible, box
+
+
+@pytest.mark.parametrize("normaliser", ["inter_ocular", "bbox"])
+def test_any_jax_argument_gives_a_jax_nme_equal_to_numpy(normaliser):
+  pred, target, visible, box = _nme_case()
+  args = [pred, target, visible] + ([box] if normaliser == "bbox" else [])
+
+  def run(*a):
+    return metrics.nme(a[0], a[1], normaliser, *a[2:])
+
+  expected = run(*args)
+  assert isinstance(expected, (np.ndarray, np.generic)) and expected.dtype == np.float32
+  for i in range(len(args)):
+    mixed = list(args)
+    mixed[i] = jnp.asarray(args[i])
+    result = run(*mixed)
+    assert isinstance(result, jax.Array), i
+    np.testing.assert_allclose(result, expected, rtol=1e-5)
+    traced = jax.jit(lambda value, i=i: run(*args[:i], value, *args[i + 1:]))
+    np.testing.assert_allclose(traced(jnp.asarray(args[i])), expected, rtol=1e-5)
+  for i in range(2):  # point_errors alone
+    mixed = [pred, target]
+    mixed[i] = jnp.asarray(mixed[i])
+    assert isinstance(metrics.point_errors(*mixed), jax.Array)
+  # normaliser_length follows its box / visible too.
+  if normaliser == "bbox":
+    assert isinstance(metrics.normaliser_length(target, "bbox", box=jnp.asarray(box)), jax.Array)
+    assert isinstance(metrics.normaliser_length(target, "bbox", visible=jnp.asarray(visible)),
+                      jax.Array)
+    jax.jit(lambda v: metrics.normaliser_length(target, "bbox", visible=v))(jnp.asarray(visible))
+    jax.jit(lambda b: metrics.normaliser_length(target, "bbox", box=b))(jnp.asarray(box))
+
+
+@pytest.mark.parametrize("normaliser", ["inter_ocular", "bbox"])
+def test_nme_of_a_batch_equals_one_face_at_a_time(normaliser):
+  rng = np.random.default_rng(2)
+  targets = np.stack([_face(40.0, 30.0), _face(20.0, 50.0) + 7.0, _face(60.0, 10.0)])
+  preds = targets + rng.normal(0, 2.0, targets.shape)
+  visible = rng.uniform(size=(3, 68)) > 0.3
+  boxes = np.array([[0.0, 0.0, 40.0, 30.0], [5.0, 6.0, 30.0, 70.0], [1.0, 1.0, 61.0, 21.0]])
+  for kwargs in ({}, {"visible": visible}) + (({"box": boxes},) if normaliser == "bbox" else ()):
+    batched = metrics.nme(preds, targets, normaliser, **kwargs)
+    assert batched.shape == (3,)
+    for k in range(3):
+      one = {name: value[k] for name, value in kwargs.items()}
+      assert batched[k] == pytest.approx(float(metrics.nme(preds[k], targets[k], normaliser, **one)))
+    lengths = metrics.normaliser_length(targets, normaliser, **{k: v for k, v in kwargs.items()})
+    assert lengths.shape == (3,)
+
+
+def test_bbox_normaliser_of_an_offset_box_and_of_a_sub_pixel_face():
+  target = _face()
+  np.testing.assert_allclose(metrics.normaliser_length(target, "bbox",
+                                                       box=np.array([100.0, 200.0, 104.0, 209.0])),
+                             6.0)
+  # Landmarks in normalised units (a box smaller than one pixel): no lower clamp of the area.
+  small = _face() / 100.0
+  np.testing.assert_allclose(metrics.normaliser_length(small, "bbox"), math.sqrt(0.4 * 0.3))
+  np.testing.assert_allclose(metrics.normaliser_length(target, "bbox", box=np.array(
+      [0.0, 0.0, 0.5, 0.5])), 0.5)
+
+
+def test_nme_bbox_with_visible_uses_the_visible_points_box():
+  target = _face()
+  pred = target + 1.0
+  visible = np.zeros(68, bool)
+  visible[[2, 3, 36, 45]] = True  # a box spanned by these four points only
+  length = metrics.normaliser_length(target, "bbox", visible=visible)
+  assert length < metrics.normaliser_length(target, "bbox")
+  assert float(metrics.nme(pred, target, "bbox", visible=visible)) == pytest.approx(
+      math.sqrt(2.0) / float(length))
+
+
+def test_nme_with_a_single_visible_point():
+  target = _face()
+  pred = target.copy()
+  pred[36] += [3.0, 4.0]
+  visible = np.zeros(68, bool)
+  visible[36] = True
+  assert float(metrics.nme(pred, target, "inter_ocular", visible=visible)) == pytest.approx(
+      5.0 / 25.0)
+  assert math.isnan(float(metrics.nme(pred, target, "inter_ocular",
+                                      visible=np.zeros(68, bool))))
+
+
+def test_curve_metrics_keep_float32_batch_rows_and_default_threshold():
+  errors = np.array([[0.01, 0.05, 0.09, np.nan], [0.2, 0.0, 0.07, 0.079]], np.float32)
+  thresholds = np.array([0.02, 0.08], np.float32)
+  for value in (metrics.ced_curve(errors[0], thresholds), metrics.failure_rate(errors[0]),
+                metrics.pck(errors, thresholds), metrics.pck(errors, thresholds, errors > 0.03)):
+    assert value.dtype == np.float32
+  assert metrics.auc(errors[0]) == pytest.approx(float(metrics.auc(errors[0], 0.08)))
+  assert metrics.failure_rate(errors[0]) == pytest.approx(0.5)
+  assert float(metrics.failure_rate(errors[1])) == pytest.approx(0.25)
+  for function in (metrics.auc, metrics.failure_rate):
+    rows = function(errors)
+    assert rows.shape == (2,)
+    for k in range(2):
+      assert rows[k] == pytest.approx(float(function(errors[k])))
+
+
+def test_pck_with_a_single_valid_point_and_with_none():
+  errors = np.array([1.0, 3.0, 9.0])
+  np.testing.assert_allclose(metrics.pck(errors, [2.0, 4.0], np.array([False, True, False])),
+                             [0.0, 1.0])
+  assert np.all(np.isnan(metrics.pck(errors, [2.0], np.zeros(3, bool))))
+
+
+def test_metric_error_messages_name_what_is_wrong():
+  target = _face()
+  with pytest.raises(ValueError, match=r"^box must have shape \[\.\.\., 4\] \(x0, y0, x1, y1\), "
+                                       r"got \(3,\)\.$"):
+    metrics.normaliser_length(target, "bbox", box=np.zeros(3))
+  with pytest.raises(ValueError, match=r"^visible must have shape \(68,\) \(one flag per point\), "
+                                       r"got \(67,\)\.$"):
+    metrics.nme(target, target, "inter_ocular", visible=np.ones(67, bool))
+  with pytest.raises(ValueError, match=r"^valid must have the shape of errors_px \(2, 3\), got "
+                                       r"\(5,\)\.$"):
+    metrics.pck(np.zeros((2, 3)), [1.0], np.ones(5, bool))
+
+
+def test_nme_by_yaw_bin_flattens_means_in_float64_and_warns_for_no_empty_bin():
+  rng = np.random.default_rng(4)
+  errors = rng.uniform(0.01, 0.2, (40, 1)).astype(np.float32)
+  yaw = rng.uniform(-89.0, 89.0, (40, 1)).astype(np.float32)
+  yaw[:3] = [[10.0], [45.0], [-70.0]]
+  result = metrics.nme_by_yaw_bin(errors, yaw)
+  flat_errors, flat_yaw = errors.astype(np.float64).ravel(), np.abs(yaw.astype(np.float64).ravel())
+  in_bin = (flat_yaw >= 30.0) & (flat_yaw < 60.0)
+  assert result["30-60"] == np.mean(flat_errors[in_bin])  # exactly: float64 mean
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # an empty bin is NaN without numpy's "mean of empty slice"
+    empty = metrics.nme_by_yaw_bin([0.1, 0.2], [10.0, 20.0])
+  assert math.isnan(empty["60-90"]) and math.isnan(empty["mean"])

@@ -39,9 +39,8 @@ import functools
 import json
 import os
 import resource
-import statistics
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping
 
 from absl import app
 from absl import flags
@@ -50,6 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from dff_jax import encoder as encoder_lib
+from dff_jax.benchmarking import ENCODER_CASES, memory_mb, time_call
+from dff_jax.benchmarking import flops as compiled_flops
 
 _WHAT = flags.DEFINE_list("what", ["encoder"], "Benchmarks to run (comma separated), from: "
                           "encoder, train_step.")
@@ -64,26 +65,6 @@ _MAX_RUN_S = flags.DEFINE_float(
 _MAX_TEMP_GB = flags.DEFINE_float(
     "max_temp_gb", 8.0, "Skip a measurement whose compiled temporaries exceed this many GB.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square peak matmul.")
-
-# Encoder cases: DFFEncoder keyword arguments plus image_size and channels.
-ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
-    "cpu_gray": dict(encoder_lib.PRESETS["cpu"]),
-    "cpu_rgb": dict(encoder_lib.PRESETS["cpu"], channels=3),
-    "paper": dict(encoder_lib.PRESETS["paper"]),
-    # Lighter candidates for CPU training.
-    "cpu_small": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 96)),
-    # The encoder of experiments/configs/dff_cpu.py.
-    "dff_cpu": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128)),
-    "cpu_medium": dict(encoder_lib.PRESETS["cpu"], features=(24, 48, 96, 128)),
-    "cpu_1conv": dict(encoder_lib.PRESETS["cpu"], convs_per_level=1),
-    "cpu_small_1conv": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128),
-                            convs_per_level=1),
-    "cpu_3level": dict(encoder_lib.PRESETS["cpu"], features=(32, 64, 128)),
-    "cpu_nearest": dict(encoder_lib.PRESETS["cpu"], upsample="nearest"),
-    "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
-    "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
-    "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),
-}
 
 _PEAK_FLOPS: Dict[str, float] = {}
 
@@ -100,43 +81,6 @@ def _loadavg() -> float:
   return round(os.getloadavg()[0], 2)
 
 
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
-
-
-def _memory(compiled) -> Dict[str, float]:
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except  # Not available on every backend.
-    return {}
-  if stats is None:
-    return {}
-  mb = 1024.0 ** 2
-  return {"temp_mb": round(stats.temp_size_in_bytes / mb, 1),
-          "argument_mb": round(stats.argument_size_in_bytes / mb, 1),
-          "output_mb": round(stats.output_size_in_bytes / mb, 1)}
-
-
-def _time(fn: Callable[[], Any], repeats: int, warmup: bool = True,
-          reduce: Callable[[Sequence[float]], float] = statistics.median) -> Tuple[float, float]:
-  """``(median wall s, median process CPU s)`` (or another ``reduce``) of ``fn()`` (blocked
-  until ready), after one warm-up call unless ``warmup`` is False. CPU time (all threads of this
-  process) is less sensitive to other load on a shared machine than wall time; on an idle
-  machine ``cpu_s ~ wall_s * cores used``."""
-  if warmup:
-    jax.block_until_ready(fn())
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-  return reduce(times), reduce(cpu_times)
-
-
 def matmul_peak(size: int, repeats: int, emit: bool = True) -> float:
   """Times a float32 ``[size, size] @ [size, size]`` and emits / returns its FLOP/s.
 
@@ -148,7 +92,7 @@ def matmul_peak(size: int, repeats: int, emit: bool = True) -> float:
   start = time.perf_counter()
   compiled = jax.jit(jnp.dot).lower(a, b).compile()
   compile_s = time.perf_counter() - start
-  seconds, cpu_seconds = _time(lambda: compiled(a, b), max(repeats, 10), reduce=min)
+  seconds, cpu_seconds = time_call(lambda: compiled(a, b), max(repeats, 10), reduce=min)
   flops = 2.0 * size ** 3
   if emit:
     _emit({"what": "matmul_peak", "batch_size": 1, "size": size,
@@ -197,14 +141,14 @@ def bench_encoder() -> Iterator[Dict[str, Any]]:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - start
-        flops = _flops(compiled)
+        flops = compiled_flops(compiled)
         record = {"what": "encoder", "case": case_name, "mode": mode, "batch_size": batch_size,
                   "image_size": size, "channels": channels, "features": list(module.features),
                   "convs_per_level": module.convs_per_level,
                   "descriptor_dim": module.descriptor_dim, "upsample": module.upsample,
                   "norm": module.norm, "dtype": jnp.dtype(module.dtype).name,
                   "params": num_params, "compile_s": round(compile_s, 2),
-                  "gflop_per_item": round(flops / batch_size / 1e9, 3), **_memory(compiled)}
+                  "gflop_per_item": round(flops / batch_size / 1e9, 3), **memory_mb(compiled)}
         single_s = flops / (0.25 * peak)  # Pessimistic estimate of one call.
         temp_gb = record.get("temp_mb", 0.0) / 1024.0
         if single_s > _MAX_RUN_S.value or temp_gb > _MAX_TEMP_GB.value:
@@ -217,7 +161,7 @@ def bench_encoder() -> Iterator[Dict[str, Any]]:
         warmup = single_s < 10.0
         repeats = max(1, min(_REPEATS.value, int(_MAX_RUN_S.value / single_s) - int(warmup)))
         call = functools.partial(compiled, *args)
-        seconds, cpu_seconds = _time(call, repeats, warmup)
+        seconds, cpu_seconds = time_call(call, repeats, warmup)
         record["repeats"] = repeats
         record.update(step_s=round(seconds, 4), cpu_s=round(cpu_seconds, 4),
                       items_per_cpu_second=round(batch_size / cpu_seconds, 2),

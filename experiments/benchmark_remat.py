@@ -22,7 +22,7 @@ cascade on the default face model (random regressors) -> landmark loss):
 Fields: ``what``, ``part``, ``mode``, ``remat``, ``remat_encoder``, ``batch_size``, ``items_per_second``
 (faces/s), ``step_s`` / ``cpu_s`` (median wall / process CPU seconds per call), ``compile_s``,
 ``temp_mb`` / ``argument_mb`` / ``output_mb`` (XLA's compiled memory analysis, via
-``experiments.benchmark._memory``), ``total_mb`` (their sum), and for backward records
+``dff_jax.benchmarking.memory_mb``), ``total_mb`` (their sum), and for backward records
 ``temp_ratio`` / ``total_ratio`` (over the forward record of the same part). The issue's target: backward memory
 at most 3x forward with remat.
 
@@ -45,13 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax.benchmarking import ENCODER_CASES, memory_mb, time_call
 from dff_jax import encoder as encoder_lib
 from dff_jax import geometry
 from dff_jax.alignment import cascade
 from dff_jax.alignment import finetune
 from dff_jax.face_model import load_face_model
-from experiments.benchmark import ENCODER_CASES
-from experiments.benchmark import _memory, _time  # pylint: disable=protected-access
 
 _BATCH_SIZE = flags.DEFINE_integer("remat_batch_size", 8, "Faces per call.")
 _REPEATS = flags.DEFINE_integer("remat_repeats", 2, "Timed calls per measurement (median).")
@@ -150,8 +149,8 @@ def bench_remat(batch_size: int | None = None, repeats: int | None = None, crop_
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    memory = _memory(compiled)
-    step_s, cpu_s = _time(functools.partial(compiled, *args), repeats)
+    memory = memory_mb(compiled)
+    step_s, cpu_s = time_call(functools.partial(compiled, *args), repeats)
     record = {"what": "remat", "part": part, "mode": mode, "remat": remat,
               "remat_encoder": remat_encoder, "batch_size": batch_size,
               "items_per_second": round(batch_size / step_s, 3),

@@ -18,8 +18,8 @@ installed), it prints one JSON object per line, ``what = "align_stream"``:
 * ``mode = "jitted_call"``: the aligner's compiled cascade alone on the same batches of
   ``--batch_size`` working images, already decoded and cropped in memory (the last batch
   padded): the ceiling for the streaming run.
-* ``mode = "end_to_end"`` (once per ``--overlays`` value): :func:`experiments.align.align_files`
-  on the folder with the boxes file: decoding in ``--workers`` threads, the jitted batches,
+* ``mode = "end_to_end"`` (once per ``--overlays`` value):
+  :func:`dff_jax.alignment.files.align_files` on the folder with the boxes file: decoding in ``--workers`` threads, the jitted batches,
   JSON (and overlay PNG) writing in ``--writers`` threads, into a temporary output folder that
   is deleted afterwards. ``ratio_to_jitted_call`` = its images/s over the jitted call's: the
   issue asks for >= 0.8 on a 2-core CPU (decoding and writing must not dominate).
@@ -241,7 +241,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
-  from experiments import align  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import files  # pylint: disable=g-import-not-at-top
   if report is None:
     def report(message):
       print(message, file=sys.stderr, flush=True)
@@ -303,7 +303,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     cpu_start = time.process_time()
     try:
       with RssSampler() as sampler:
-        summary = align.align_files(images_spec, out_dir, boxes=str(boxes_path),
+        summary = files.align_files(images_spec, out_dir, boxes=str(boxes_path),
                                     cascade=str(spec.cascade_path), features=spec.features,
                                     checkpoint=None if spec.checkpoint is None
                                     else str(spec.checkpoint),

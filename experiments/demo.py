@@ -67,12 +67,12 @@ def run_align_demo(out_dir: str | Path, image: str | Path = PORTRAIT,
   Returns the written alignment document (``DIR/<stem>.json``: ``image``, ``size_wh``,
   ``faces``, ...) plus ``overlay`` and ``json``, the paths of the PNG and of the document.
   """
-  from experiments import align  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import files  # pylint: disable=g-import-not-at-top
   image = Path(image)
   beside = image.with_suffix(".json")
   if bbox is None and beside.exists():
     bbox = ",".join(f"{v:g}" for v in json.loads(beside.read_text())["box"])
-  summary = align.align_files(str(image), out_dir, bbox=bbox, progress=False)
+  summary = files.align_files(str(image), out_dir, bbox=bbox, progress=False)
   if summary["failed"]:
     raise ValueError(summary["failed"][0])
   stem = summary["written"][0]

@@ -58,7 +58,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import extract_features as features_cmd
+from dff_jax import descriptor_maps
 from dff_jax import file_io
 
 FLAGS = flags.FLAGS
@@ -170,7 +170,7 @@ def opencv_sift_pair_describer(keypoint_size_px: float = DEFAULT_SIFT_SIZE_PX) -
   return run
 
 
-def make_pair_describers(methods: Sequence[str], model: Optional[features_cmd.DFFModel],
+def make_pair_describers(methods: Sequence[str], model: Optional[descriptor_maps.DFFModel],
                          sift_size_px: float, patch_size: int) -> Dict[str, Callable]:
   from dff_jax import matching  # pylint: disable=g-import-not-at-top
   from dff_jax import sift  # pylint: disable=g-import-not-at-top
@@ -362,7 +362,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
                   checkpoint: Optional[str] = None, seed: int = DEFAULT_SEED,
                   image_size: Optional[int] = None, num_correspondences: Optional[int] = None,
                   sift_size_px: float = DEFAULT_SIFT_SIZE_PX, patch_size: int = 9,
-                  model: Optional[features_cmd.DFFModel] = None,
+                  model: Optional[descriptor_maps.DFFModel] = None,
                   log: Callable[[str], None] = lambda s: None) -> dict:
   """Runs the evaluation described in the module docstring; writes and returns the summary."""
   from dff_jax import matching  # pylint: disable=g-import-not-at-top
@@ -374,7 +374,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
   base = None
   if "dff" in methods:
     if model is None:
-      model = features_cmd.load_dff(checkpoint)
+      model = descriptor_maps.load_dff(checkpoint)
     base = dict(model.meta.get("experiment", {}).get("data", {})) or None
     image_size = image_size or model.image_size
   image_size = int(image_size or (base or {}).get("image_size", DEFAULT_IMAGE_SIZE))
@@ -423,7 +423,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
       seconds=round(time.time() - start, 1))
   summary = finite_or_none(summary)
   file_io.write_json_atomic(out_dir / "summary.json", summary)
-  features_cmd.write_png(out_dir / "pck_curves.png", pck_figure(per_model))
+  descriptor_maps.write_png(out_dir / "pck_curves.png", pck_figure(per_model))
   return summary
 
 
@@ -479,7 +479,7 @@ def main(argv):
     face_models = parse_list(FLAGS.face_model, None, "face_model")
     if "sift" in methods:
       import_cv2()
-    model = features_cmd.load_dff(FLAGS.checkpoint) if "dff" in methods else None
+    model = descriptor_maps.load_dff(FLAGS.checkpoint) if "dff" in methods else None
     summary = eval_matching(FLAGS.out_dir, FLAGS.num_pairs, face_models, methods,
                             seed=FLAGS.seed, image_size=FLAGS.image_size,
                             num_correspondences=FLAGS.num_correspondences,

@@ -16,7 +16,7 @@ between its 1st and 99th percentile over those pixels. A well-trained DFF shows 
 gradients that follow the face (left/right, up/down, nose/eyes/mouth) and the same colours at the
 same face parts in both views.
 
-Crops are made as in :mod:`experiments.extract_features` (square box ``box_scale`` times the face
+Crops are made as in :mod:`dff_jax.descriptor_maps` (square box ``box_scale`` times the face
 box; the descriptors at the encoder's training image size, shown upscaled to ``--panel_size``).
 Bad input: one line on stderr, exit status 1.
 """
@@ -32,7 +32,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import extract_features as features_cmd
+from dff_jax import descriptor_maps
 
 FLAGS = flags.FLAGS
 PANEL_PAD = 4
@@ -55,7 +55,7 @@ def grid_points(box: np.ndarray, bbox: Optional[np.ndarray], size: int, count: i
   fraction of the face box (of the middle ``inset / 1.8`` of the crop without a box)."""
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
   if bbox is None:
-    half = 0.5 * size * inset / features_cmd.DEFAULT_BOX_SCALE
+    half = 0.5 * size * inset / descriptor_maps.DEFAULT_BOX_SCALE
     region = np.asarray([size / 2 - half, size / 2 - half, size / 2 + half, size / 2 + half])
   else:
     corners = np.asarray(geometry.image_to_crop(
@@ -82,8 +82,8 @@ def show_features(image_path: str | os.PathLike, out_path: str | os.PathLike,
                   image_b_path: Optional[str | os.PathLike] = None,
                   bbox: Optional[np.ndarray] = None, bbox_b: Optional[np.ndarray] = None,
                   checkpoint: Optional[str] = None,
-                  box_scale: float = features_cmd.DEFAULT_BOX_SCALE, panel_size: int = 256,
-                  grid: int = 7, model: Optional[features_cmd.DFFModel] = None) -> dict:
+                  box_scale: float = descriptor_maps.DEFAULT_BOX_SCALE, panel_size: int = 256,
+                  grid: int = 7, model: Optional[descriptor_maps.DFFModel] = None) -> dict:
   """Writes the figure described in the module docstring to ``out_path`` (PNG).
 
   Returns:
@@ -96,22 +96,22 @@ def show_features(image_path: str | os.PathLike, out_path: str | os.PathLike,
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
   from dff_jax import matching  # pylint: disable=g-import-not-at-top
 
-  paths = [features_cmd.check_input_file(image_path, "image")]
+  paths = [descriptor_maps.check_input_file(image_path, "image")]
   if image_b_path:
-    paths.append(features_cmd.check_input_file(image_b_path, "image_b"))
+    paths.append(descriptor_maps.check_input_file(image_b_path, "image_b"))
   if panel_size < 16 or grid < 1:
     raise ValueError(f"panel_size must be >= 16 and grid >= 1, got {panel_size}, {grid}")
-  images = [features_cmd.read_image(p) for p in paths]
+  images = [descriptor_maps.read_image(p) for p in paths]
   bboxes = [bbox, bbox_b][:len(images)]
-  boxes = [features_cmd.crop_box_for(im.shape, b, box_scale) for im, b in zip(images, bboxes)]
+  boxes = [descriptor_maps.crop_box_for(im.shape, b, box_scale) for im, b in zip(images, bboxes)]
   if model is None:
-    model = features_cmd.load_dff(checkpoint)
+    model = descriptor_maps.load_dff(checkpoint)
   size = model.image_size
-  maps = [features_cmd.describe_region(model, im, box) for im, box in zip(images, boxes)]
+  maps = [descriptor_maps.describe_region(model, im, box) for im, box in zip(images, boxes)]
   masks = [face_region_mask(box, b, size) for box, b in zip(boxes, bboxes)]
   colours = [upscale_nearest(matching.to_uint8(c), panel_size)
              for c in matching.pca_rgb(maps, masks)]
-  photos = [np.clip(features_cmd.crop(im, box, panel_size) + 0.5, 0, 255).astype(np.uint8)
+  photos = [np.clip(descriptor_maps.crop(im, box, panel_size) + 0.5, 0, 255).astype(np.uint8)
             for im, box in zip(images, boxes)]
   factor = panel_size / size
   document = dict(out=str(out_path), boxes=[[float(v) for v in box] for box in boxes],
@@ -139,7 +139,7 @@ def show_features(image_path: str | os.PathLike, out_path: str | os.PathLike,
         points_a_px=np.asarray(geometry.crop_to_image(points_a, boxes[0], size)).tolist(),
         matches_b_px=np.asarray(geometry.crop_to_image(matched, boxes[1], size)).tolist(),
         similarity=similarity.tolist())
-  features_cmd.write_png(out_path, canvas)
+  descriptor_maps.write_png(out_path, canvas)
   document["shape"] = list(canvas.shape)
   return document
 
@@ -149,7 +149,7 @@ def define_flags() -> None:
   flags.DEFINE_string("image_b", None, "Optional second image (matches are drawn A -> B).")
   flags.DEFINE_string("bbox", None, "Face box of the first image x0,y0,x1,y1 (default: whole).")
   flags.DEFINE_string("bbox_b", None, "Face box of the second image (default: whole image).")
-  flags.DEFINE_float("box_scale", features_cmd.DEFAULT_BOX_SCALE,
+  flags.DEFINE_float("box_scale", descriptor_maps.DEFAULT_BOX_SCALE,
                      "Square crop side / face box side.")
   flags.DEFINE_string("checkpoint", None,
                       "DFF inference bundle or training workdir (default: shipped).")
@@ -164,11 +164,11 @@ def main(argv):
   try:
     if not FLAGS.out:
       raise ValueError("--out=FILE.png is required")
-    features_cmd.check_input_file(FLAGS.image, "image")
+    descriptor_maps.check_input_file(FLAGS.image, "image")
     if FLAGS.image_b:
-      features_cmd.check_input_file(FLAGS.image_b, "image_b")
-    bbox, bbox_b = features_cmd.parse_bbox(FLAGS.bbox), features_cmd.parse_bbox(FLAGS.bbox_b)
-    model = features_cmd.load_dff(FLAGS.checkpoint)
+      descriptor_maps.check_input_file(FLAGS.image_b, "image_b")
+    bbox, bbox_b = descriptor_maps.parse_bbox(FLAGS.bbox), descriptor_maps.parse_bbox(FLAGS.bbox_b)
+    model = descriptor_maps.load_dff(FLAGS.checkpoint)
     document = show_features(FLAGS.image, FLAGS.out, FLAGS.image_b, bbox, bbox_b,
                              box_scale=FLAGS.box_scale, panel_size=FLAGS.panel_size,
                              grid=FLAGS.grid, model=model)

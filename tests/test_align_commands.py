@@ -169,13 +169,13 @@ def _check_document(document, model, image_wh=(CROP, CROP)):
 
 
 def test_align_with_bbox_and_whole_image(setup, tmp_path):
-  from experiments import align
+  from dff_jax.alignment import files
   from dff_jax.alignment import runner
   faces, model = setup["faces"], setup["model"]
   image_path = setup["images"] / "face0.png"
   box = faces["box"][0]
   out = tmp_path / "bbox"
-  summary = align.align_files(str(image_path), out, bbox=",".join(f"{v:.4f}" for v in box),
+  summary = files.align_files(str(image_path), out, bbox=",".join(f"{v:.4f}" for v in box),
                               cascade=str(setup["cascade"]), batch_size=2, progress=False)
   assert summary["written"] == ["face0"] and summary["failed"] == []
   assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png"]
@@ -201,7 +201,7 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   image_io.write_png_atomic(shifted_path, canvas)
   shifted = box + np.array([dx, dy, dx, dy], np.float32)
   out2 = tmp_path / "shifted"
-  align.align_files(str(shifted_path), out2, bbox=",".join(f"{v:.4f}" for v in shifted),
+  files.align_files(str(shifted_path), out2, bbox=",".join(f"{v:.4f}" for v in shifted),
                     cascade=str(setup["cascade"]), batch_size=2, progress=False)
   moved = _check_document(json.loads((out2 / "shifted.json").read_text()), model,
                           (CROP + 80, CROP + 60))
@@ -211,7 +211,7 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
 
   # --bbox=whole: the whole image is the face crop.
   out3 = tmp_path / "whole"
-  align.align_files(str(image_path), out3, bbox="whole", cascade=str(setup["cascade"]),
+  files.align_files(str(image_path), out3, bbox="whole", cascade=str(setup["cascade"]),
                     batch_size=2, progress=False)
   document = json.loads((out3 / "face0.json").read_text())
   whole = _check_document(document, model)
@@ -222,7 +222,7 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   # No box: the detector's faces, with their scores (the detector finds this render).
   from dff_jax import detection
   out4 = tmp_path / "detected"
-  summary = align.align_files(str(image_path), out4, cascade=str(setup["cascade"]),
+  summary = files.align_files(str(image_path), out4, cascade=str(setup["cascade"]),
                               batch_size=2, progress=False)
   assert summary["faces"] == summary["faces_detected"] == 1
   document = json.loads((out4 / "face0.json").read_text())
@@ -280,7 +280,7 @@ def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
   """Every extension of streaming.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
   file gives two faces to one image and none to another; the other files are named once."""
   from PIL import Image
-  from experiments import align
+  from dff_jax.alignment import files
   from dff_jax.alignment import streaming
   assert {".ppm", ".pgm", ".pnm", ".jpg", ".png", ".tif", ".webp"} <= set(streaming.IMAGE_EXTENSIONS)
   faces, model = setup["faces"], setup["model"]
@@ -303,7 +303,7 @@ def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
   boxes_path.write_text(json.dumps(boxes))
   messages = []
   out = tmp_path / "out"
-  summary = align.align_files(str(folder), out, boxes=str(boxes_path),
+  summary = files.align_files(str(folder), out, boxes=str(boxes_path),
                               cascade=str(setup["cascade"]), batch_size=4, progress=False,
                               overlay=False, report=messages.append)
   assert summary["failed"] == [] and len(summary["written"]) == len(streaming.IMAGE_EXTENSIONS)
@@ -469,7 +469,7 @@ def test_align_with_dff_bundle(setup, tmp_path):
   from flax import serialization
   from dff_jax import encoder as encoder_lib
   from dff_jax.alignment import cascade, io as cascade_io
-  from experiments import align
+  from dff_jax.alignment import files
   encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
   module = encoder_lib.encoder_from_config(encoder)
   params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
@@ -485,7 +485,7 @@ def test_align_with_dff_bundle(setup, tmp_path):
                                 dict(features="dff", descriptor_dim=4, face_model="default"))
   out = tmp_path / "out"
   image = setup["images"] / "face1.png"
-  summary = align.align_files(str(image), out, bbox=",".join(map(str, setup["faces"]["box"][1])),
+  summary = files.align_files(str(image), out, bbox=",".join(map(str, setup["faces"]["box"][1])),
                               cascade=str(dff), checkpoint=str(bundle), batch_size=2,
                               progress=False)
   assert summary["written"] == ["face1"]
@@ -496,5 +496,5 @@ def test_align_with_dff_bundle(setup, tmp_path):
   sift_as_dff = cascade_io.save_cascade(tmp_path / "big_dff.npz", sift_params, config,
                                         dict(features="dff", descriptor_dim=128))
   with pytest.raises(ValueError, match="128-d descriptors"):
-    align.align_files(str(image), tmp_path / "out2", cascade=str(sift_as_dff),
+    files.align_files(str(image), tmp_path / "out2", cascade=str(sift_as_dff),
                       checkpoint=str(bundle), progress=False)

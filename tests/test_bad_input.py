@@ -240,11 +240,11 @@ def test_align_refuses(env, tmp_path, case):
 
 def test_extract_features_odd_pngs_work(env, tmp_path):
   """The four PNG variants and the 8 x 8 image (in-process, as the command's main calls it)."""
-  from experiments import extract_features
-  model = extract_features.load_dff(env["bundle"])
+  from dff_jax import descriptor_maps
+  model = descriptor_maps.load_dff(env["bundle"])
   for path in sorted(env["good"].iterdir()):
     out = tmp_path / f"{path.stem}.npy"
-    extract_features.extract_features(path, out, model=model)
+    descriptor_maps.extract_features(path, out, model=model)
     assert np.load(out).shape == (32, 32, 8)
   proc = _run("experiments.extract_features", f"--image={env['good'] / 'gray16.png'}",
               f"--checkpoint={env['bundle']}", f"--out={tmp_path / 'cli.npy'}")

@@ -17,7 +17,7 @@ from conftest import ROOT, SFM_NPZ
 from dff_jax import geometry
 from dff_jax import image_io
 from experiments import eval_matching
-from experiments import extract_features
+from dff_jax import descriptor_maps
 from experiments import show_features
 
 ASTRONAUT = ROOT / "experiments" / "assets" / "astronaut.jpg"
@@ -41,7 +41,7 @@ def _one_error_line(proc, *needles):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_bundle):
-  return extract_features.load_dff(tiny_bundle)
+  return descriptor_maps.load_dff(tiny_bundle)
 
 
 @pytest.fixture()
@@ -55,19 +55,19 @@ def small_image(tmp_path):
 
 
 def test_crop_box_for_whole_image_and_face_box():
-  np.testing.assert_allclose(extract_features.crop_box_for((40, 60, 3), None), [0, -10, 60, 50])
-  np.testing.assert_allclose(extract_features.crop_box_for((40, 60, 3), ASTRONAUT_BOX, 1.8),
+  np.testing.assert_allclose(descriptor_maps.crop_box_for((40, 60, 3), None), [0, -10, 60, 50])
+  np.testing.assert_allclose(descriptor_maps.crop_box_for((40, 60, 3), ASTRONAUT_BOX, 1.8),
                              geometry.square_box(ASTRONAUT_BOX, 1.8), rtol=1e-6)
   with pytest.raises(ValueError, match="x1 > x0"):
-    extract_features.parse_bbox("10,10,5,20")
+    descriptor_maps.parse_bbox("10,10,5,20")
   with pytest.raises(ValueError, match="four numbers"):
-    extract_features.parse_bbox("1,2,3")
-  np.testing.assert_array_equal(extract_features.parse_bbox("1,2,3.5,4"), [1, 2, 3.5, 4])
+    descriptor_maps.parse_bbox("1,2,3")
+  np.testing.assert_array_equal(descriptor_maps.parse_bbox("1,2,3.5,4"), [1, 2, 3.5, 4])
 
 
 def test_extract_features_writes_map_and_box(tmp_path, tiny_model):
   out = tmp_path / "astro.npy"
-  document = extract_features.extract_features(ASTRONAUT, out, ASTRONAUT_BOX, model=tiny_model)
+  document = descriptor_maps.extract_features(ASTRONAUT, out, ASTRONAUT_BOX, model=tiny_model)
   descriptors = np.load(out)
   size, dim = tiny_model.image_size, tiny_model.descriptor_dim
   assert (size, dim) == (32, 8)
@@ -80,13 +80,13 @@ def test_extract_features_writes_map_and_box(tmp_path, tiny_model):
   assert written["shape"] == [size, size, dim]
   # The map is the encoder applied to the crop of that box.
   image = image_io.read_image(ASTRONAUT)
-  expected = extract_features.describe_region(tiny_model, image, np.asarray(written["box"]))
+  expected = descriptor_maps.describe_region(tiny_model, image, np.asarray(written["box"]))
   np.testing.assert_allclose(descriptors, expected, atol=1e-5)
 
 
 def test_extract_features_whole_image_box(tmp_path, tiny_model, small_image):
   out = tmp_path / "small.npy"
-  document = extract_features.extract_features(small_image, out, model=tiny_model)
+  document = descriptor_maps.extract_features(small_image, out, model=tiny_model)
   assert document["box"] == [0.0, -10.0, 60.0, 50.0] and document["bbox"] is None
   assert np.load(out).shape == (32, 32, 8)
 
@@ -192,7 +192,7 @@ def test_commands_missing_checkpoint_give_one_line(tmp_path):
   _one_error_line(_run("experiments.eval_matching", f"--checkpoint={missing}", "--methods=dff",
                        "--num_pairs=1",
                        f"--out_dir={tmp_path / 'eval'}"), "no_checkpoint", "does not exist")
-  if not extract_features.DEFAULT_CHECKPOINT.exists():
+  if not descriptor_maps.DEFAULT_CHECKPOINT.exists():
     _one_error_line(_run("experiments.show_features", f"--image={ASTRONAUT}",
                          f"--out={tmp_path / 'f.png'}"), "--checkpoint", "dff_default")
   _one_error_line(_run("experiments.eval_matching", "--methods=dff,bogus", "--num_pairs=1",

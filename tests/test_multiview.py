@@ -243,10 +243,10 @@ def command_setup(tmp_path_factory):
 
 
 def test_command_writes_json_for_each_view(command_setup, tmp_path):
-  from experiments import align_multiview
+  from dff_jax.alignment import files
   images = command_setup["images"]
   out = tmp_path / "out"
-  summary = align_multiview.align_multiview_files(
+  summary = files.align_multiview_files(
       f"{images / 'view0.png'},{images / 'view1.png'}", out, boxes=str(command_setup["boxes"]),
       cascade=str(command_setup["cascade"]), features="sift")
   assert summary["written"] == ["view0", "view1"] and summary["failed"] == []

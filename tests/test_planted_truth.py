@@ -465,12 +465,12 @@ def test_extract_features_maps_the_documented_region(tiny_encoder, tmp_path):
   copy, mid-grey outside the image), side 32 = 2 S (each crop pixel is the mean of a 2 x 2
   block); no box: the image's enclosing square."""
   from dff_jax import image_io
-  from experiments import extract_features
+  from dff_jax import descriptor_maps
   rng = np.random.default_rng(8)
   image = rng.integers(0, 256, (40, 50, 3), np.uint8)
   path = tmp_path / "image.png"
   image_io.write_png_atomic(path, image)
-  model = extract_features.load_dff(str(tiny_encoder["bundle"]))  # the command's loader, once
+  model = descriptor_maps.load_dff(str(tiny_encoder["bundle"]))  # the command's loader, once
   cases = [
       # (bbox, box_scale, crop box (x0, y0, side) by hand)
       ((10.0, 5.0, 18.0, 13.0), 2.0, (6, 1, 16)),      # side 16 = 2 x 8 around centre (14, 9)
@@ -479,7 +479,7 @@ def test_extract_features_maps_the_documented_region(tiny_encoder, tmp_path):
   ]
   for n, (bbox, box_scale, (x0, y0, side)) in enumerate(cases):
     out = tmp_path / f"map{n}.npy"
-    document = extract_features.extract_features(path, out, bbox=np.asarray(bbox, np.float32),
+    document = descriptor_maps.extract_features(path, out, bbox=np.asarray(bbox, np.float32),
                                                  box_scale=box_scale, model=model)
     np.testing.assert_allclose(document["box"], [x0, y0, x0 + side, y0 + side], atol=1e-5)
     region = _padded_region(image, x0, y0, side)
@@ -493,7 +493,7 @@ def test_extract_features_maps_the_documented_region(tiny_encoder, tmp_path):
   # No box: a 12 x 16 image is the square (0, -2, 16, 14), rows -2, -1, 12, 13 mid-grey.
   small = rng.integers(0, 256, (12, 16, 3), np.uint8)
   image_io.write_png_atomic(tmp_path / "small.png", small)
-  document = extract_features.extract_features(tmp_path / "small.png", tmp_path / "whole.npy",
+  document = descriptor_maps.extract_features(tmp_path / "small.png", tmp_path / "whole.npy",
                                                model=model)
   np.testing.assert_allclose(document["box"], [0, -2, 16, 14])
   np.testing.assert_allclose(np.load(tmp_path / "whole.npy"),

@@ -68,9 +68,9 @@ def env(tmp_path_factory):
 
 
 def _align(env, out, **kwargs):
-  from experiments import align
+  from dff_jax.alignment import files
   messages = []
-  summary = align.align_files(str(env["folder"]), out, boxes=str(env["boxes"]),
+  summary = files.align_files(str(env["folder"]), out, boxes=str(env["boxes"]),
                               cascade=str(env["cascade"]), batch_size=8, progress=False,
                               report=messages.append, **kwargs)
   return summary, messages

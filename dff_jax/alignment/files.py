@@ -1,0 +1,374 @@
+"""Aligning image files and writing their results: the library side of ``experiments.align``
+(:func:`align_files`, streamed) and ``experiments.align --multiview`` /
+``experiments.align_multiview`` (:func:`align_multiview_files`, one person's images jointly).
+
+The outputs (per image ``<stem>.json`` and ``<stem>_overlay.png``, ``run_summary.json``,
+``multiview.json``) are described in those commands' docstrings; every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import threading
+import time
+from concurrent import futures as futures_lib
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from dff_jax import file_io
+
+RUN_SUMMARY = "run_summary.json"
+_COMPILED: Dict[Any, Any] = {}
+
+
+def _given_box(path: Path, common_box: Any, box_map: Optional[Dict[str, Any]],
+               boxes_file: Optional[str]) -> Any:
+  """The box given for one image: its ``--boxes`` entry when a boxes file is given (a
+  ``ValueError`` when it has none), else the common ``--bbox`` (``None``: find the faces)."""
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  if box_map is None:
+    return common_box
+  found, box = streaming.box_for(box_map, path)
+  if not found:
+    raise ValueError(f"{path}: no entry for {path.name} in --boxes file {boxes_file}")
+  return box
+
+
+def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
+                boxes: Optional[str] = None, cascade: Optional[str] = None,
+                features: Optional[str] = None, checkpoint: Optional[str] = None,
+                face_model: Optional[str] = None, batch_size: int = 8, overlay: bool = True,
+                progress: bool = True, report=None, workers: int = 2, writers: int = 2,
+                prefetch_batches: int = 2, run_summary: bool = False) -> Dict[str, Any]:
+  """``experiments.align``: streams the images through the aligner and writes the results.
+
+  Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
+  (:func:`dff_jax.alignment.streaming.run_jobs`), and each face's JSON / overlay is written by
+  ``writers`` threads as soon as its batch is done (at most ``2 * batch_size`` faces queued for
+  writing), so the number of images in memory stays bounded whatever the folder size. Images
+  given no box have their faces found by the detector while they are decoded; each face is its
+  own crop in the batches and each image gets one JSON document listing its faces.
+
+  Args:
+    images, bbox, boxes, cascade, features, checkpoint, face_model, batch_size: as the flags.
+    out_dir: output folder (created).
+    overlay: write the overlay PNGs.
+    progress: show the tqdm bar (on a terminal).
+    report: ``callable(message)`` for per-image failures and the skipped-files warning
+      (default: print to stderr).
+    workers: image decoding threads (``0``: decode in this thread when the image's turn comes).
+    writers: output writing threads (``0``: write in this thread).
+    prefetch_batches: batches decoded ahead (see ``run_jobs``).
+    run_summary: also write the run figures to ``out_dir/run_summary.json``.
+
+  Returns:
+    ``{"out_dir", "written": [stems, input order], "failed": [one-line messages], "images",
+    "failures", "faces", "faces_detected", "images_without_faces", "skipped_files", "wall_s", "images_per_second", "compile_s", "decode_s", "align_s", "wait_decode_s",
+    "write_s", "max_images_in_memory", "batch_size", "workers", "writers", "overlays"}``:
+    ``wall_s`` runs from the first image read to the last file written (the cascade is
+    compiled before, ``compile_s``, ``0`` when this process compiled it already);
+    ``images_per_second = images / wall_s`` counts every input image; ``decode_s`` and
+    ``write_s`` are summed over their threads, ``align_s`` is the time this thread spent in the
+    jitted calls (dispatch and wait), ``wait_decode_s`` the time it waited for decoding.
+
+  Raises:
+    FileNotFoundError / ValueError: bad arguments, missing cascade / checkpoint (nothing written).
+  """
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  if report is None:
+    def report(message):
+      print(message, file=sys.stderr, flush=True)
+  if bbox and boxes:
+    raise ValueError("pass either --bbox or --boxes, not both")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+  if workers < 0 or writers < 0:
+    raise ValueError(f"--workers and --writers must be >= 0, got {workers} and {writers}")
+  if prefetch_batches < 1:
+    raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
+  paths, skipped = streaming.find_images(images)
+  common_box = streaming.parse_bbox(bbox) if bbox else None
+  box_map = streaming.read_boxes_file(boxes) if boxes else None
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
+  aligner = runner.load_aligner(spec)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if skipped:
+    report(f"align: warning: {streaming.skipped_files_line(skipped)}")
+  outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
+
+  def box_source(box) -> str:
+    if box is None or (isinstance(box, str) and box == runner.DETECT):
+      return f"detector: {detection.DETECTOR_NAME}"
+    return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
+
+  def job(index: int, path: Path, stem: str):
+    def load():
+      box = _given_box(path, common_box, box_map, boxes)
+      image = image_io.read_image(path)
+      return streaming.Loaded(image=image, box=box,
+                              truth=dict(index=index, stem=stem, path=str(path),
+                                         size_wh=[image.shape[1], image.shape[0]],
+                                         box_source=box_source(box)))
+    return streaming.Job(name=str(path), load=load)
+
+  lock = threading.Lock()
+  write_seconds = [0.0]
+
+  def write(outcome) -> Optional[str]:
+    """Writes one image's outputs; returns a one-line message on failure."""
+    start = time.perf_counter()
+    truth = outcome.loaded.truth
+    document = results.image_document(
+        truth["path"], truth["size_wh"], outcome.faces, features=aligner.spec.features,
+        cascade=str(aligner.spec.cascade_path), face_model=aligner.face_model.name,
+        box_source=truth["box_source"])
+    try:
+      if overlay:
+        picture = draw.render_faces_overlay(outcome.loaded.image, outcome.faces,
+                                            aligner.face_model, outline)
+        file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture))
+      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document)
+    except OSError as error:
+      return f"{outcome.job.name}: cannot write outputs ({streaming.one_line(error)})"
+    finally:
+      with lock:
+        write_seconds[0] += time.perf_counter() - start
+    return None
+
+  stems = streaming.output_stems(paths)
+  jobs = [job(n, p, s) for n, (p, s) in enumerate(zip(paths, stems))]
+  written: List[Any] = []  # (input index, stem)
+  failed: List[str] = []
+  face_counts = collections.Counter()  # faces written by box source; images without a face
+  queue: collections.deque = collections.deque()  # (outcome, future) in input order
+  max_queued = 2 * batch_size
+
+  def drain(limit: int) -> None:
+    while len(queue) > limit:
+      outcome, future = queue.popleft()
+      message = future.result() if writers else future
+      if message is None:
+        truth = outcome.loaded.truth
+        written.append((truth["index"], truth["stem"]))
+        face_counts[truth["box_source"].split(":")[0]] += len(outcome.faces)
+        face_counts["no face"] += not outcome.faces
+      else:
+        failed.append(message)
+        report(f"align: skipped {message}")
+
+  compile_s = aligner.compile(batch_size)
+  given = list(box_map.values()) if box_map is not None else [common_box]
+  if any(box is None or (isinstance(box, str) and box == runner.DETECT) for box in given):
+    compile_s += warm_up_detector(detection)  # some images are given no box
+  stats = streaming.RunStats()
+  pool = (futures_lib.ThreadPoolExecutor(writers, thread_name_prefix="dff-align-write")
+          if writers else None)
+  start = time.perf_counter()
+  try:
+    for outcome in streaming.run_jobs(aligner, jobs, batch_size, progress=progress,
+                                      total=len(jobs), keep_loaded=overlay, workers=workers,
+                                      prefetch_batches=prefetch_batches, stats=stats):
+      if outcome.error is not None:
+        failed.append(outcome.error)
+        report(f"align: skipped {outcome.error}")
+        continue
+      queue.append((outcome, pool.submit(write, outcome) if pool else write(outcome)))
+      drain(max_queued)
+    drain(0)
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+  wall_s = time.perf_counter() - start
+  summary = {
+      "out_dir": str(out_dir), "written": [stem for _, stem in sorted(written)],
+      "failed": failed, "images": len(jobs), "failures": len(failed),
+      "faces": sum(v for k, v in face_counts.items() if k != "no face"),
+      "faces_detected": face_counts["detector"],
+      "images_without_faces": face_counts["no face"],
+      "skipped_files": [str(p) for p in skipped], "wall_s": round(wall_s, 3),
+      "images_per_second": round(len(jobs) / max(wall_s, 1e-9), 2),
+      "compile_s": round(compile_s, 3), "decode_s": round(stats.prepare_s, 3),
+      "align_s": round(stats.align_s, 3), "wait_decode_s": round(stats.wait_prepare_s, 3),
+      "write_s": round(write_seconds[0], 3), "max_images_in_memory": stats.max_in_memory,
+      "batch_size": batch_size, "workers": workers, "writers": writers, "overlays": overlay,
+      "features": aligner.spec.features,
+  }
+  if run_summary:
+    document = {k: v for k, v in summary.items() if k not in ("written", "failed")}
+    document["failed"] = failed
+    try:
+      file_io.write_json_atomic(out_dir / RUN_SUMMARY, document)
+    except OSError as error:
+      report(f"align: cannot write {out_dir / RUN_SUMMARY} ({file_io.error_line(error)})")
+  return summary
+
+
+def warm_up_detector(detection) -> float:
+  """Compiles the face detector before the timed run; returns the seconds it took."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  detection.detect_faces(np.zeros((detection.INPUT_SIZE, detection.INPUT_SIZE, 3), np.uint8))
+  return time.perf_counter() - start
+
+
+def png_bytes(picture) -> bytes:
+  """``[H, W, 3]`` uint8 as PNG bytes with zlib level 1: about 4x faster to encode than
+  Pillow's default level 6 (the bulk of an overlay's cost) for files ~15% larger."""
+  import io  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(picture, np.uint8)).save(buffer, format="PNG",
+                                                               compress_level=1)
+  return buffer.getvalue()
+
+
+def summary_line(summary: Dict[str, Any]) -> str:
+  """The one-line human summary of :func:`align_files`' result."""
+  found = (f" ({summary['faces_detected']} found by the detector, "
+           f"{summary['images_without_faces']} images without a face)"
+           if summary["faces_detected"] or summary["images_without_faces"] else "")
+  return (f"align: {summary['images']} images, {len(summary['written'])} written, "
+          f"{summary['failures']} failed; {summary['faces']} faces{found} in "
+          f"{summary['wall_s']:.2f} s = {summary['images_per_second']:.1f} images/s (compile "
+          f"{summary['compile_s']:.1f} s; decode + detect {summary['decode_s']:.1f} s, align "
+          f"{summary['align_s']:.1f} s, write {summary['write_s']:.1f} s summed over threads)")
+
+
+def _jitted(aligner, num_views: int, share_expression: bool, prior_per_view: bool):
+  """The jitted multi-view cascade for ``num_views`` working images (cached per aligner)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import multiview  # pylint: disable=g-import-not-at-top
+  key = (id(aligner), num_views, bool(share_expression), bool(prior_per_view))
+  if key not in _COMPILED:
+    describer, config = aligner.describer, aligner.config
+
+    def run(describer_params, alignment_model, params, images, boxes):
+      return multiview.align_multiview_images(
+          lambda crops: describer.apply(describer_params, crops), alignment_model, params, images,
+          boxes, config, share_expression, prior_per_view=prior_per_view)
+    while len(_COMPILED) >= 4:
+      _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = jax.jit(run)
+  return _COMPILED[key]
+
+
+def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
+                          boxes: Optional[str] = None, cascade: Optional[str] = None,
+                          checkpoint: Optional[str] = None, features: Optional[str] = None,
+                          face_model: Optional[str] = None, share_expression: bool = False,
+                          overlay: bool = True, report=None,
+                          prior_per_view: bool = True) -> Dict[str, Any]:
+  """``experiments.align --multiview``: aligns the images of one person jointly and writes the
+  results.
+
+  Args:
+    images, bbox, boxes, cascade, checkpoint, features, face_model: as for
+      :func:`align_files` (``None`` = the defaults there).
+    out_dir: output folder (created).
+    share_expression: one expression vector for all images.
+    prior_per_view: count the identity prior once per image (default) instead of once.
+    overlay: write the overlay PNGs.
+    report: ``callable(message)`` for per-image failures (default: print to stderr).
+
+  Returns:
+    ``{"out_dir", "written": [stems], "failed": [one-line messages], "shape_coefficients":
+    [Ki] list}``.
+
+  Raises:
+    FileNotFoundError / ValueError: bad arguments, no usable image, missing cascade / checkpoint
+      (one-line messages; nothing written).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  if report is None:
+    def report(message):
+      print(message, file=sys.stderr, flush=True)
+  if bbox and boxes:
+    raise ValueError("pass either --bbox or --boxes, not both")
+  paths, skipped = streaming.find_images(images)
+  if skipped:
+    report(f"align_multiview: warning: {streaming.skipped_files_line(skipped)}")
+  common_box = streaming.parse_bbox(bbox) if bbox else None
+  box_map = streaming.read_boxes_file(boxes) if boxes else None
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  aligner = runner.load_aligner(spec)
+  stems = streaming.output_stems(paths)
+
+  failed: List[str] = []
+  views = []  # (path, stem, image, box, crop_box, work_image, work_box)
+  for path, stem in zip(paths, stems):
+    try:
+      box = _given_box(path, common_box, box_map, boxes)
+      image = image_io.read_image(path)
+      found, scores = runner.face_boxes(image, box, aligner.config.box_scale, str(path))
+      if len(found) != 1 and box is not None and not isinstance(box, str):
+        raise ValueError(f"{path}: give one face box per image with --multiview, got "
+                         f"{len(found)}")
+      if not len(found):
+        raise ValueError(f"{path}: no face found (pass its box with --bbox / --boxes)")
+      box, score = found[0], scores[0]  # the detector's best face when no box was given
+      work_image, crop_box, work_box = runner.working_crop(image, box, aligner.config,
+                                                           aligner.work_size)
+    except streaming.READ_ERRORS as error:
+      message = streaming.one_line(error)
+      if str(path) not in message:
+        message = f"{path}: {message}"
+      failed.append(message)
+      report(f"align_multiview: skipped {message}")
+      continue
+    views.append((path, stem, image, box, crop_box, work_image, work_box, score))
+  if not views:
+    raise ValueError(f"--images={images}: none of the {len(paths)} images could be used "
+                     "(see the messages above)")
+
+  run = _jitted(aligner, len(views), share_expression, prior_per_view)
+  result = run(aligner.describer.params, aligner.alignment_model, aligner.params,
+               np.stack([v[5] for v in views]), np.stack([v[6] for v in views]).astype(np.float32))
+  result = {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+  faces = [runner.to_image_frame(result, n, v[4], v[3], aligner.work_size, v[7])
+           for n, v in enumerate(views)]
+  if not all(face.is_finite() for face in faces):
+    raise ValueError(f"--images={images}: the joint alignment diverged (non-finite result)")
+
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
+  common = dict(features=aligner.spec.features, cascade=str(aligner.spec.cascade_path),
+                face_model=aligner.face_model.name)
+  shape = np.asarray(faces[0].shape_coefficients, np.float32)
+  written: List[str] = []
+  entries = []
+  for (path, stem, image, *_), face in zip(views, faces):
+    face = dataclasses.replace(face, shape_coefficients=shape)  # the shared identity
+    document = results.image_document(
+        path, (image.shape[1], image.shape[0]), [face], multiview=True,
+        share_expression=bool(share_expression), prior_per_view=bool(prior_per_view), **common)
+    if overlay:
+      picture = draw.render_faces_overlay(image, [face], aligner.face_model, outline)
+      image_io.write_png_atomic(out_dir / f"{stem}_overlay.png", np.asarray(picture, np.uint8))
+    file_io.write_json_atomic(out_dir / f"{stem}.json", document)
+    written.append(stem)
+    entries.append(dict(stem=stem, image=str(path), json=f"{stem}.json",
+                        expression_coefficients=document["faces"][0]["expression_coefficients"],
+                        pose=document["faces"][0]["pose"]))
+  file_io.write_json_atomic(out_dir / "multiview.json", dict(
+      shape_coefficients=shape.astype(np.float64).tolist(),
+      share_expression=bool(share_expression), prior_per_view=bool(prior_per_view),
+      num_views=len(views), views=entries, skipped=failed, **common))
+  return {"out_dir": str(out_dir), "written": written, "failed": failed,
+          "shape_coefficients": shape.astype(np.float64).tolist()}

@@ -53,6 +53,7 @@ MODULES: Dict[str, tuple] = {
 # (``mutmut results``), with the reason. Counted as killed in the kill rate.
 _G = "dff_jax.geometry.x_"
 _M = "dff_jax.metrics.x_"
+_S = "dff_jax.sampling.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -96,6 +97,14 @@ EQUIVALENT: Dict[str, str] = {
                                      "as the unknown dimension",
     _M + "nme_by_yaw_bin__mutmut_17": "as mutmut_8",
     _M + "nme_by_yaw_bin__mutmut_40": "float('NAN') is float('nan')",
+    _S + "crop_image__mutmut_51": "arange without float32: + 0.5 makes the offsets float32",
+    _S + "crop_image__mutmut_53": "as mutmut_51",
+    _S + "crop_image__mutmut_62": "indexing='xy' is meshgrid's default",
+    _S + "crop_image__mutmut_81": "centres - offsets for + offsets: the k x k offsets are "
+                                  "symmetric about 0, so the same samples are averaged",
+    _S + "crop_image__mutmut_89": "the fill term cast to the default float: values are float32 "
+                                  "or wider already (points are float32), so the sum's dtype is "
+                                  "unchanged",
     "dff_jax.sampling.x_crop_image__mutmut_25": "jnp.asarray(box) without float32: float boxes "
                                                 "are float32 anyway (x64 off) and integer boxes "
                                                 "become float32 in the crop-grid arithmetic",
@@ -112,6 +121,8 @@ _MAX_CHILDREN = flags.DEFINE_integer("max_children", 1, "Mutants tested at once.
 _OUT = flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "mutation_scores.json"),
                            "Scores JSON (merged per module).")
 _FRESH = flags.DEFINE_bool("fresh", False, "Start each module's copy again from the work tree.")
+_COUNT_ONLY = flags.DEFINE_bool("count_only", False,
+                                "Only recount the last run's results (no mutmut run).")
 _RETEST = flags.DEFINE_bool("retest_survivors", False,
                             "Only run the survivors of the last run again (after adding tests).")
 
@@ -206,8 +217,12 @@ def main(argv):
     sys.exit("mutation_testing: error: pip install -r requirements-dev.txt (mutmut)")
   out = Path(_OUT.value)
   for module in _MODULES.value:
-    result = run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value,
-                        _RETEST.value)
+    if _COUNT_ONLY.value:
+      previous = json.loads(out.read_text())["modules"].get(module, {}) if out.exists() else {}
+      result = dict(previous, **count(Path(_WORKDIR.value) / module))
+    else:
+      result = run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value,
+                          _RETEST.value)
     # Read just before writing: runs of other modules may have written meanwhile.
     scores = json.loads(out.read_text()) if out.exists() else {}
     scores.setdefault("target", "kill rate >= 0.85 per module (killed, timed out or shown "

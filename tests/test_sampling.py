@@ -257,3 +257,39 @@ def test_one_pixel_crop_is_the_value_at_the_box_centre():
   assert crop.shape == (1, 1, 3)
   # Box centre (3, 4) in image pixels: between pixel centres, bilinear -> (j, i) = (2.5, 3.5).
   np.testing.assert_allclose(np.asarray(crop)[0, 0], [2.5, 3.5, 37.5], rtol=1e-6)
+
+
+def test_empty_maps_are_refused_and_the_message_names_the_map():
+  for shape in ((0, 4, 3), (4, 0, 3)):
+    with pytest.raises(ValueError, match=rf"^feature_map must have H >= 1 and W >= 1, got shape "
+                                         rf"\({shape[0]}, {shape[1]}, 3\)\.$"):
+      sampling.bilinear_sample(jnp.zeros(shape), jnp.zeros((1, 2)))
+  with pytest.raises(ValueError, match=r"^feature_map must have shape \[H, W, D\]"):
+    sampling.bilinear_sample(jnp.zeros((4, 4)), jnp.zeros((1, 2)))
+
+
+def test_one_point_and_integer_points():
+  feature_map = jnp.asarray(_ramp_map())
+  values, inside = sampling.bilinear_sample(feature_map, jnp.array([2.0, 1.5]))  # shape [2]
+  assert values.shape == (3,) and inside.shape == () and bool(inside)
+  np.testing.assert_allclose(np.asarray(values), [1.5, 1.0, 11.5])
+  from_int, _ = sampling.bilinear_sample(feature_map, jnp.array([[2, 1], [4, 3]], jnp.int32))
+  from_float, _ = sampling.bilinear_sample(feature_map, jnp.array([[2.0, 1.0], [4.0, 3.0]]))
+  assert from_int.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(from_int), np.asarray(from_float))
+
+
+def test_half_precision_map_and_points_stay_half_precision():
+  feature_map = jnp.asarray(_ramp_map(), jnp.float16)
+  values, _ = sampling.bilinear_sample(feature_map, jnp.array([[1.5, 1.5]], jnp.float16))
+  assert values.dtype == jnp.float16
+  values, _ = sampling.bilinear_sample(feature_map, jnp.array([[1.5, 1.5]], jnp.float32))
+  assert values.dtype == jnp.float32
+
+
+def test_supersampled_crop_of_an_offset_box_is_the_block_mean():
+  image = _test_image(24, 24).astype(np.float32)
+  box = jnp.array([4.0, 8.0, 12.0, 16.0])  # 8 x 8 image pixels -> 4 x 4 crop, 2 x 2 blocks
+  crop = np.asarray(sampling.crop_image(jnp.asarray(image), box, 4, supersample=2))
+  block_mean = image[8:16, 4:12].reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
+  np.testing.assert_allclose(crop, block_mean, atol=1e-3)

@@ -33,9 +33,8 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import time
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -45,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dff_jax import encoder as encoder_lib
+from dff_jax.benchmarking import flops as compiled_flops
+from dff_jax.benchmarking import time_call
 from dff_jax.alignment import cascade
 from dff_jax.face_model import load_face_model
 
@@ -57,25 +58,6 @@ def _loadavg() -> float:
 
 def _maxrss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux.
-
-
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> Tuple[float, float]:
-  """``(median wall s, median process CPU s)`` of ``fn()`` after one warm-up call."""
-  jax.block_until_ready(fn())
-  wall, cpu = [], []
-  for _ in range(repeats):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn())
-    wall.append(time.perf_counter() - start)
-    cpu.append(time.process_time() - cpu_start)
-  return statistics.median(wall), statistics.median(cpu)
 
 
 def centred_initial_pose(model, crop_size: int, fill: float = 0.6) -> np.ndarray:
@@ -110,7 +92,7 @@ def _record(mode: str, batch_size: int, compiled, compile_s: float, seconds: flo
           "compile_s": round(compile_s, 2), "step_s": round(seconds, 5),
           "cpu_s": round(cpu_seconds, 5),
           "items_per_cpu_second": round(batch_size / cpu_seconds, 1),
-          "gflop_per_item": round(_flops(compiled) / batch_size / 1e9, 4), **extra,
+          "gflop_per_item": round(compiled_flops(compiled) / batch_size / 1e9, 4), **extra,
           "maxrss_mb": round(_maxrss_mb(), 1), "loadavg": _loadavg()}
 
 
@@ -158,7 +140,7 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
       start = time.perf_counter()
       compiled = loop.lower(alignment_model, params, maps).compile()
       compile_s = time.perf_counter() - start
-      seconds, cpu_seconds = _time(lambda: compiled(alignment_model, params, maps), repeats)  # pylint: disable=cell-var-from-loop
+      seconds, cpu_seconds = time_call(lambda: compiled(alignment_model, params, maps), repeats)  # pylint: disable=cell-var-from-loop
       yield _record("loop", batch_size, compiled, compile_s, seconds, cpu_seconds,
                     descriptor_dim=descriptor_dim, **common)
       del maps
@@ -191,7 +173,7 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
       start = time.perf_counter()
       compiled = end_to_end.lower(*args).compile()
       compile_s = time.perf_counter() - start
-      seconds, cpu_seconds = _time(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
+      seconds, cpu_seconds = time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
       yield _record("end_to_end", batch_size, compiled, compile_s, seconds, cpu_seconds,
                     descriptor_dim=module.descriptor_dim, image_size=image_size,
                     encoder_preset=encoder_preset, features=list(module.features),

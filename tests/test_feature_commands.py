@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, SFM_NPZ
 from dff_jax import geometry
 from dff_jax import image_io
-from experiments import eval_matching
+from dff_jax.evaluation import matching as matching_eval
 from dff_jax import descriptor_maps
 from experiments import show_features
 
@@ -117,15 +117,15 @@ def test_show_features_one_and_two_images(tmp_path, tiny_model, small_image):
 def test_eval_matching_summary_and_outputs(tmp_path, tiny_model):
   methods = ["dff", "dense_sift", "patch"]
   try:
-    eval_matching.import_cv2()
+    matching_eval.import_cv2()
     methods.append("sift")
   except ValueError:
     pass
   face_models = ["default"] + (["sfm"] if SFM_NPZ.exists() else [])
-  summary = eval_matching.eval_matching(tmp_path, num_pairs=2, face_models=face_models,
+  summary = matching_eval.eval_matching(tmp_path, num_pairs=2, face_models=face_models,
                                         methods=methods, model=tiny_model,
                                         num_correspondences=16)
-  assert summary["seed"] == eval_matching.DEFAULT_SEED
+  assert summary["seed"] == matching_eval.DEFAULT_SEED
   assert summary["image_size"] == 32 and summary["num_pairs"] == 2
   written = json.loads((tmp_path / "summary.json").read_text())
   assert written == summary
@@ -153,13 +153,13 @@ def test_eval_matching_summary_and_outputs(tmp_path, tiny_model):
 
 def test_eval_matching_refuses_the_training_seed(tmp_path, tiny_model):
   with pytest.raises(ValueError, match="training data seed"):
-    eval_matching.eval_matching(tmp_path, 1, methods=["dff"], model=tiny_model, seed=0)
+    matching_eval.eval_matching(tmp_path, 1, methods=["dff"], model=tiny_model, seed=0)
 
 
 def test_missing_opencv_gives_a_clear_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "cv2", None)
   with pytest.raises(ValueError, match="opencv-python-headless"):
-    eval_matching.import_cv2()
+    matching_eval.import_cv2()
 
 
 def test_extract_features_command_runs(tmp_path, tiny_bundle):

@@ -525,7 +525,7 @@ def _shifted_pair(rng, size, shift, points_ij, offsets, yaw_difference_deg, inva
 
 def test_eval_matching_on_pairs_with_known_matches(monkeypatch, tmp_path):
   from data_pipeline import pairs
-  from experiments import eval_matching
+  from dff_jax.evaluation import matching as matching_eval
   rng = np.random.default_rng(21)
   size = 48
   points_ij = [(14, 15), (20, 30), (25, 18), (30, 27), (18, 22), (27, 33), (22, 16), (33, 20)]
@@ -546,7 +546,7 @@ def test_eval_matching_on_pairs_with_known_matches(monkeypatch, tmp_path):
       return len(samples)
 
   monkeypatch.setattr(pairs, "PairSource", PlantedPairs)
-  summary = eval_matching.eval_matching(tmp_path, num_pairs=2, methods=["patch"],
+  summary = matching_eval.eval_matching(tmp_path, num_pairs=2, methods=["patch"],
                                         image_size=size, num_correspondences=len(points_ij))
   errors = np.load(tmp_path / "errors_default.npz")
   expected_0 = np.linalg.norm(offsets_0, axis=1)

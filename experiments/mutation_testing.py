@@ -97,6 +97,13 @@ EQUIVALENT: Dict[str, str] = {
                                      "as the unknown dimension",
     _M + "nme_by_yaw_bin__mutmut_17": "as mutmut_8",
     _M + "nme_by_yaw_bin__mutmut_40": "float('NAN') is float('nan')",
+    _M + "nme_by_yaw_bin__mutmut_13": "yaw kept in its own dtype: comparing float32 or integer "
+                                      "angles with the bin edges gives the same bins as in float64",
+    _M + "nme_by_yaw_bin__mutmut_15": "as mutmut_13",
+    _M + "nme__mutmut_5": "box dropped from nme's namespace: it only enters through "
+                          "normaliser_length, which follows it, and dividing by a JAX length makes "
+                          "the NME JAX (also under jit)",
+    _M + "nme__mutmut_9": "as mutmut_5",
     _S + "crop_image__mutmut_51": "arange without float32: + 0.5 makes the offsets float32",
     _S + "crop_image__mutmut_53": "as mutmut_51",
     _S + "crop_image__mutmut_62": "indexing='xy' is meshgrid's default",

@@ -401,7 +401,7 @@ def op_train_alignment(context: Context, config: str, workdir: str,
 def op_finetune_end_to_end(context: Context, config: str, workdir: str,
                            overrides: Optional[Mapping[str, Any]] = None) -> None:
   """``python -m experiments.finetune_end_to_end --config=CONFIG --workdir=WORKDIR ...``."""
-  from dff_jax.alignment import finetune  # pylint: disable=g-import-not-at-top
+  from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
   finetune.finetune_and_evaluate(load_config(config, overrides), workdir, log=context.log)
 
 

@@ -6,7 +6,7 @@ Command (from the repository root)::
   python -m experiments.benchmark_remat --remat_batch_size=8 --remat_repeats=2
 
 Prints one JSON object per line (``what = "remat"``) for the full pipeline of
-:func:`dff_jax.alignment.finetune.pipeline_loss` (images ``[B, 192, 192, 3]`` and boxes -> crop
+:func:`dff_jax.training.finetune.pipeline_loss` (images ``[B, 192, 192, 3]`` and boxes -> crop
 128 -> DFF encoder (the ``dff_cpu`` case of :mod:`experiments.benchmark`, random init) -> 5-stage
 cascade on the default face model (random regressors) -> landmark loss):
 
@@ -49,7 +49,7 @@ from dff_jax.benchmarking import ENCODER_CASES, memory_mb, time_call
 from dff_jax import encoder as encoder_lib
 from dff_jax import geometry
 from dff_jax.alignment import cascade
-from dff_jax.alignment import finetune
+from dff_jax.training import finetune
 from dff_jax.face_model import load_face_model
 
 _BATCH_SIZE = flags.DEFINE_integer("remat_batch_size", 8, "Faces per call.")

@@ -1,5 +1,5 @@
 r"""End-to-end fine-tuning through the alignment loop: a thin absl main over
-``dff_jax.alignment.finetune.finetune_and_evaluate``.
+``dff_jax.training.finetune.finetune_and_evaluate``.
 
   python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_cpu.py \
       --workdir=workdirs/finetune_cpu
@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dff_jax.alignment import finetune  # pylint: disable=g-import-not-at-top
+  from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
   try:
     summary = finetune.finetune_and_evaluate(
         _CONFIG.value, _WORKDIR.value, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -6,7 +6,7 @@ r"""Saliency of the final landmark error, and its derivative with respect to the
 One synthetic face is rendered by the data pipeline (view ``index % 2`` of pair ``index // 2``
 of pipeline seed ``--seed``, 192 px as in ``experiments/configs/align_cpu.py`` but without
 photometric augmentation and occluders), aligned by the
-encoder + cascade (:func:`dff_jax.alignment.finetune.pipeline_loss`: crop, descriptors,
+encoder + cascade (:func:`dff_jax.training.finetune.pipeline_loss`: crop, descriptors,
 ``lax.scan`` cascade, visibility-aware bbox NME against the rendered ground truth), and:
 
 1. **Saliency map** (exact, autodiff): ``g = d err / d image`` ``[H, W, 3]``; ``DIR/saliency.png``
@@ -125,7 +125,7 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import finetune  # pylint: disable=g-import-not-at-top
+  from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top
 

@@ -1,4 +1,4 @@
-"""Tests of dff_jax.alignment.finetune: the loss, gradients through images -> encoder -> cascade
+"""Tests of dff_jax.training.finetune: the loss, gradients through images -> encoder -> cascade
 -> loss, a few optimizer steps, and resume of the fine-tuning command (tiny encoder, 2 stages,
 32 x 32 crops)."""
 
@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dff_jax import metrics
-from dff_jax.alignment import finetune
+from dff_jax.training import finetune
 from experiments.configs import finetune_tiny
 
 # No LLVM optimisation: compiles in seconds instead of tens of seconds on 2 cores (same numbers

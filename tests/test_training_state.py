@@ -1,6 +1,6 @@
 """What training changes and what resuming restores, with answers known without the code.
 
-* End-to-end fine-tuning (:mod:`dff_jax.alignment.finetune`, the command's function on the tiny
+* End-to-end fine-tuning (:mod:`dff_jax.training.finetune`, the command's function on the tiny
   config, a random tiny encoder written as a bundle, zero regressors): after 4 steps both the
   encoder (the exported bundle) and the regressors (the written cascade) differ from the start.
   Weight decay is off, so any change of the encoder comes from the loss's gradient.
@@ -61,7 +61,7 @@ def _config(bundle, num_steps):
 @pytest.fixture(scope="module")
 def finetuned(random_bundle, tmp_path_factory):
   """4 fine-tuning steps from the random encoder and zero regressors (checkpoints 2 and 4)."""
-  from dff_jax.alignment import finetune
+  from dff_jax.training import finetune
   bundle, _ = random_bundle
   workdir = tmp_path_factory.mktemp("finetune") / "workdir"
   summary = finetune.finetune_and_evaluate(_config(bundle, 4), workdir, log=lambda m: None)
@@ -98,7 +98,7 @@ def test_finetuning_changes_the_encoder_and_the_regressors(random_bundle, finetu
 def test_resume_restores_the_latest_checkpoint_and_logs_each_step_once(random_bundle, finetuned):
   from dff_jax import checkpoint as checkpoint_lib
   from dff_jax import progress
-  from dff_jax.alignment import finetune
+  from dff_jax.training import finetune
   bundle, _ = random_bundle
   workdir, _ = finetuned
   assert checkpoint_lib.Checkpointer(workdir, max_to_keep=2).all_steps() == [2, 4]

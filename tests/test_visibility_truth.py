@@ -134,7 +134,7 @@ def test_generated_faces_visibility_matches_the_depth_test(model, faces):
 
 def test_finetuning_batches_carry_the_true_visibility(model, faces):
   """The fine-tuning loss weights landmark errors by the batch's ``landmarks_visible``."""
-  from dff_jax.alignment import finetune
+  from dff_jax.training import finetune
   source, examples = faces
   batch = finetune.step_batch(source, 0, len(examples), len(examples), 0, len(examples))
   for n, example in enumerate(examples):

@@ -104,6 +104,10 @@ EQUIVALENT: Dict[str, str] = {
                           "normaliser_length, which follows it, and dividing by a JAX length makes "
                           "the NME JAX (also under jit)",
     _M + "nme__mutmut_9": "as mutmut_5",
+    _S + "bilinear_sample__mutmut_48": "unreachable: points are float by then, so their result "
+                                       "type with any map dtype is floating",
+    _S + "bilinear_sample__mutmut_51": "points[:, 2] of [N, 2] points: JAX clamps the "
+                                       "out-of-range index to 1, the same column",
     _S + "crop_image__mutmut_51": "arange without float32: + 0.5 makes the offsets float32",
     _S + "crop_image__mutmut_53": "as mutmut_51",
     _S + "crop_image__mutmut_62": "indexing='xy' is meshgrid's default",

@@ -285,6 +285,9 @@ def test_half_precision_map_and_points_stay_half_precision():
   assert values.dtype == jnp.float16
   values, _ = sampling.bilinear_sample(feature_map, jnp.array([[1.5, 1.5]], jnp.float32))
   assert values.dtype == jnp.float32
+  values, _ = sampling.bilinear_sample(feature_map.astype(jnp.float32),
+                                       jnp.array([[1.5, 1.5]], jnp.float16))
+  assert values.dtype == jnp.float32  # the wider of the two
 
 
 def test_supersampled_crop_of_an_offset_box_is_the_block_mean():

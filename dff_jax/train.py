@@ -549,12 +549,18 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or gradient became NaN / Inf; the message names the step."""
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
+def check_steps_and_batch(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` unless ``config.num_steps >= 1`` and ``config.global_batch_size`` is a
+  multiple of the device count (every trainer's first check)."""
   if int(config.num_steps) < 1:
     raise ValueError(f"config.num_steps must be >= 1, got {config.num_steps}.")
   if int(config.global_batch_size) % jax.device_count():
     raise ValueError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
                      f"{jax.device_count()} devices.")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  check_steps_and_batch(config)
   size, stride = int(config.data.image_size), encoder_lib.encoder_stride(config.encoder)
   encoder_lib.check_image_size(size, size, stride)
   if int(config.encoder.channels) not in (1, 3):

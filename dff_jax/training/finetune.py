@@ -466,11 +466,7 @@ def run_training_loop(step_fn: Callable[[Any, Any], Tuple[Any, Mapping[str, Any]
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-  if int(config.num_steps) < 1:
-    raise ValueError(f"config.num_steps must be >= 1, got {config.num_steps}.")
-  if int(config.global_batch_size) % jax.device_count():
-    raise ValueError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices.")
+  train_lib.check_steps_and_batch(config)
   seeds = {int(config.seed), int(config.eval_seed)}
   if len(seeds) < 2 or int(config.seed) in (20_000, 30_000):
     raise ValueError(f"config.seed={config.seed} must differ from config.eval_seed and from the "

@@ -318,3 +318,20 @@ def test_combined_loss_weights_and_metrics():
     losses.combined_loss({"patch_weight": 1.0}, desc_a, desc_b, batch)
   with pytest.raises(ValueError, match="weight"):
     losses.combined_loss(ml_collections.ConfigDict({"patch_weight": 0.0}), desc_a, desc_b, batch)
+
+
+def test_default_loss_config_holds_the_paper_setting():
+  """Every field train.py reads, with the documented defaults (paper loss only)."""
+  assert losses.default_loss_config().to_dict() == dict(
+      patch_weight=1.0, info_nce_weight=0.0, temperature=0.07, logit_scale=10.0,
+      num_pixels_per_image=2048, num_segmentations_per_step=4)
+
+
+def test_segmentation_ids_accept_one_and_all_and_refuse_outside():
+  key = jax.random.PRNGKey(0)
+  assert losses.sample_segmentation_ids(key, 5, 1).shape == (1,)
+  every = np.asarray(losses.sample_segmentation_ids(key, 5, 5))
+  assert every.dtype == np.int32 and sorted(every.tolist()) == [0, 1, 2, 3, 4]
+  for bad in (0, 6):
+    with pytest.raises(ValueError, match=rf"need 1 <= G <= S, got G={bad}, S=5"):
+      losses.sample_segmentation_ids(key, 5, bad)

@@ -120,6 +120,17 @@ EQUIVALENT: Dict[str, str] = {
        "W = 1, where u is 0 and floor(u) = 0 anyway" for k in (118, 135)},
     **{_S + f"bilinear_sample__mutmut_{k}": "right / lower neighbour capped at W + 1: it exceeds "
        "W - 1 only for W = 1 (or H = 1), where its weight fx (fy) is 0" for k in (143, 152)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "the integer-points cast (or the dtype fallback) "
+       "skipped or made to the default float: integer points become float32 in the first "
+       "arithmetic and the result type of float32 points with any map is floating"
+       for k in (32, 37, 44)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "the integer corner index cast to the default "
+       "float32 instead of u's dtype: small integers are exact in both and the difference is "
+       "cast to the result dtype" for k in (157, 161)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "take's out-of-range mode: every corner index is in "
+       "range (i0, i1 < H, j0, j1 < W)" for k in (189, 193)},
+    _S + "bilinear_sample__mutmut_215": "corners[4] of a size-4 axis: JAX clamps the static "
+                                        "index to 3, the same corner",
     _S + "crop_image__mutmut_51": "arange without float32: + 0.5 makes the offsets float32",
     _S + "crop_image__mutmut_53": "as mutmut_51",
     _S + "crop_image__mutmut_62": "indexing='xy' is meshgrid's default",

@@ -292,7 +292,7 @@ def test_half_precision_map_and_points_stay_half_precision():
 
 def test_supersampled_crop_of_an_offset_box_is_the_block_mean():
   image = _test_image(24, 24).astype(np.float32)
-  box = jnp.array([4.0, 8.0, 12.0, 16.0])  # 8 x 8 image pixels -> 4 x 4 crop, 2 x 2 blocks
-  crop = np.asarray(sampling.crop_image(jnp.asarray(image), box, 4, supersample=2))
-  block_mean = image[8:16, 4:12].reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
+  box = jnp.array([4.0, 8.0, 20.0, 24.0])  # 16 x 16 image pixels -> 4 x 4 crop, 4 x 4 blocks
+  crop = np.asarray(sampling.crop_image(jnp.asarray(image), box, 4, supersample=4))
+  block_mean = image[8:24, 4:20].reshape(4, 4, 4, 4, 3).mean(axis=(1, 3))
   np.testing.assert_allclose(crop, block_mean, atol=1e-3)

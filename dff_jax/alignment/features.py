@@ -76,7 +76,8 @@ def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
   """The DFF bundle a cascade was trained with, when no checkpoint is given.
 
   A cascade file may name its encoder in ``meta["encoder_bundle"]``, a folder relative to the
-  cascade file (the shipped, end-to-end fine-tuned ``cascade_dff.npz`` names ``dff_aligned``);
+  cascade file (the shipped ``cascade_dff.npz`` names ``dff_real_aligned``,
+  ``cascade_dff_synthetic.npz`` names ``dff_aligned``);
   otherwise the shipped ``dff_default`` bundle.
   """
   name = meta.get("encoder_bundle")

@@ -5,7 +5,7 @@ Command (from the repository root; re-running it resumes from the last checkpoin
   python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_cpu.py \
       --workdir=workdirs/finetune_cpu
 
-By default starts from the shipped DFF cascade (``dff_jax/assets/cascade_dff.npz``) and the
+By default starts from the shipped DFF cascade (``dff_jax/assets/cascade_dff_synthetic.npz``) and the
 encoder it names: that pair is already the result of this fine-tuning (it continues from there).
 The shipped pair was made from the two-stage model::
 
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Starting point.
   config.features = "dff"          # used only when cascade == "" ("dff" or "sift")
   config.checkpoint = ""           # DFF bundle / training workdir; "" = the shipped default
-  config.cascade = "dff_jax/assets/cascade_dff.npz"  # "" = zero regressors
+  config.cascade = "dff_jax/assets/cascade_dff_synthetic.npz"  # "" = zero regressors
   config.face_model = "default"    # used only when cascade == "" (else the cascade's own)
   config.cascade_config = ml_collections.ConfigDict(dict(
       num_stages=5, crop_size=128, box_scale=1.25, shape_regularisation=10.0,

@@ -36,7 +36,6 @@ Note: the photos, and every texture and render derived from them, are research-u
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -336,7 +335,7 @@ class RealFaces:
 # ----------------------------------------------------------------------------------------------
 
 
-def _annotation_surface(face: Dict[str, object], triangles: np.ndarray):
+def _annotation_surface(face: Dict[str, object]):
   """Surface points (triangle, barycentrics) under the annotated inner landmarks (17-67) in the
   photo; ``triangle -1`` where the fitted mesh does not cover the annotated point."""
   _, tri, bary = rasterizer.front_surface_at(face["photo_raster"], face["landmarks_px"][17:])
@@ -352,7 +351,7 @@ def _landmarks_in_view(face, prepared: params.PreparedModel, view, screen: np.nd
   full = prepared.full_vertices(face["vertices"])
   ids = params.landmark_vertex_ids_for_pose(model, view["rotation"], full)
   landmarks = params.screen_points(full[ids], view)
-  tri, bary = _annotation_surface(face, prepared.triangles)
+  tri, bary = _annotation_surface(face)
   on = tri >= 0
   if on.any():
     corners = screen[prepared.triangles[tri[on]]]

@@ -17,14 +17,15 @@ recomputed per stage (``max_faces_in_memory``). The held-out figures of ``summar
 on 600 synthetic faces of seed 30000; real-photo figures come from ``experiments.eval_alignment``.
 """
 
+import ml_collections
+
 from experiments.configs import align_cpu
 
 
 def get_config():
   config = align_cpu.get_config()
   config.num_train_faces = 2000
-  config.real = dict(fits="/work/runs/real_fits_train.npz", num_faces=7000, photo_fraction=0.6)
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  config.real = ml_collections.ConfigDict(config.real)
+  config.real = ml_collections.ConfigDict(dict(
+      fits="/work/runs/real_fits_train.npz", num_faces=7000, photo_fraction=0.6))
   config.max_faces_in_memory = 4000
   return config

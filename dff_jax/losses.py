@@ -26,7 +26,7 @@ import ml_collections
 import optax
 
 from dff_jax.encoder import l2_normalize
-from dff_jax.sampling import bilinear_sample
+from dff_jax import descriptor_fields
 
 Array = Any
 Metrics = Dict[str, Array]
@@ -115,7 +115,9 @@ def patch_classification_loss(descriptors: Array, vertex_ids: Array, patch_table
   ``num_pixels_per_image``.
 
   Args:
-    descriptors: ``[B, H, W, D]`` descriptors (any float dtype; math in float32).
+    descriptors: ``[B, H, W, D]`` descriptors (any float dtype; math in float32), or a batched
+      :class:`dff_jax.descriptor_fields.PointField` (then only the classified pixels' centres
+      are queried).
     vertex_ids: ``[B, H, W]`` int32 nearest mesh vertex per pixel; ``-1`` = background / ignore.
     patch_table: ``[S, V]`` int32 patch id in ``[0, P)`` of every vertex in each segmentation
       (``-1`` = vertex in no patch, ignored). See ``dff_jax.face_model.segmentation``.
@@ -136,9 +138,14 @@ def patch_classification_loss(descriptors: Array, vertex_ids: Array, patch_table
     over the classified valid pixels and the ``G`` segmentations), ``valid_fraction`` (fraction of
     all ``B * H * W`` pixels with a label), ``num_classified`` (labelled pixels classified).
   """
-  if descriptors.ndim != 4:
-    raise ValueError(f"descriptors must be [B, H, W, D], got shape {descriptors.shape}.")
-  batch, height, width, dim = descriptors.shape
+  is_point_field = isinstance(descriptors, descriptor_fields.PointField)
+  if is_point_field:
+    batch = descriptor_fields.num_faces(descriptors)
+    (height, width), dim = descriptors.image_shape, descriptors.descriptor_dim
+  else:
+    if descriptors.ndim != 4:
+      raise ValueError(f"descriptors must be [B, H, W, D], got shape {descriptors.shape}.")
+    batch, height, width, dim = descriptors.shape
   if vertex_ids.shape != (batch, height, width):
     raise ValueError(f"vertex_ids must be [B, H, W] = {(batch, height, width)}, got "
                      f"{vertex_ids.shape}.")
@@ -153,15 +160,27 @@ def patch_classification_loss(descriptors: Array, vertex_ids: Array, patch_table
   if segmentation_ids.ndim != 1:
     raise ValueError(f"segmentation_ids must be [G], got shape {segmentation_ids.shape}.")
 
-  flat_descriptors = descriptors.reshape(batch, height * width, dim).astype(jnp.float32)
   flat_vertices = vertex_ids.reshape(batch, height * width)
   has_vertex = flat_vertices >= 0
-  if num_pixels_per_image is not None and int(num_pixels_per_image) < height * width:
-    if key is None:
-      raise ValueError("patch_classification_loss: num_pixels_per_image needs a PRNG key.")
-    indices, _ = sample_valid_pixels(key, has_vertex, int(num_pixels_per_image))
-    flat_descriptors = jnp.take_along_axis(flat_descriptors, indices[..., None], axis=1)
+  subsample = num_pixels_per_image is not None and int(num_pixels_per_image) < height * width
+  if subsample and key is None:
+    raise ValueError("patch_classification_loss: num_pixels_per_image needs a PRNG key.")
+  if is_point_field:
+    # Only the classified pixels are described: query the field at their centres.
+    if subsample:
+      indices, _ = sample_valid_pixels(key, has_vertex, int(num_pixels_per_image))
+    else:
+      indices = jnp.broadcast_to(jnp.arange(height * width, dtype=jnp.int32), has_vertex.shape)
+    centres = jnp.stack([(indices % width).astype(jnp.float32) + 0.5,
+                         (indices // width).astype(jnp.float32) + 0.5], axis=-1)
+    flat_descriptors, _ = descriptor_fields.query_batch(descriptors, centres)
     flat_vertices = jnp.take_along_axis(flat_vertices, indices, axis=1)
+  else:
+    flat_descriptors = descriptors.reshape(batch, height * width, dim).astype(jnp.float32)
+    if subsample:
+      indices, _ = sample_valid_pixels(key, has_vertex, int(num_pixels_per_image))
+      flat_descriptors = jnp.take_along_axis(flat_descriptors, indices[..., None], axis=1)
+      flat_vertices = jnp.take_along_axis(flat_vertices, indices, axis=1)
 
   tables = patch_table[segmentation_ids]  # [G, V]
   labels = jnp.take(tables, jnp.maximum(flat_vertices, 0), axis=1)  # [G, B, N]
@@ -191,9 +210,10 @@ def patch_classification_loss(descriptors: Array, vertex_ids: Array, patch_table
 # ----------------------------------------------------------------------------------------------
 
 
-def _sample_points(descriptor_map: Array, points_px: Array) -> Tuple[Array, Array]:
-  """[H, W, D], [K, 2] -> unit descriptors [K, D] float32, inside [K]."""
-  values, inside = bilinear_sample(descriptor_map.astype(jnp.float32), points_px)
+def _sample_points(field: Any, points_px: Array) -> Tuple[Array, Array]:
+  """One face's field (a map [H, W, D] or a PointField), [K, 2] -> unit descriptors [K, D]
+  float32, inside [K]."""
+  values, inside = descriptor_fields.query(field, points_px)
   return l2_normalize(values, axis=-1), inside
 
 
@@ -201,15 +221,16 @@ def info_nce_loss(desc_a: Array, desc_b: Array, points_a_px: Array, points_b_px:
                   valid: Array, temperature: float = 0.07) -> Tuple[Array, Metrics]:
   """Symmetric InfoNCE over the ``K`` correspondences of each image pair.
 
-  Descriptors are sampled at the points with :func:`dff_jax.sampling.bilinear_sample` and
-  re-normalised (bilinear mixing shortens unit vectors). For pair ``b`` the similarity matrix is
+  Descriptors are read at the points with :func:`dff_jax.descriptor_fields.query` (dense maps:
+  bilinear sampling) and re-normalised (bilinear mixing shortens unit vectors). For pair ``b`` the similarity matrix is
   ``L[k, l] = <f_a[k], f_b[l]> / temperature``; the loss of ``k`` in direction a->b is the
   cross-entropy of row ``k`` with target ``k`` (negatives: the other valid points of image b),
   and likewise for b->a with the columns. Points that are not ``valid`` or fall outside either
   image are neither anchors nor negatives.
 
   Args:
-    desc_a, desc_b: ``[B, H, W, D]`` unit descriptors of views a and b.
+    desc_a, desc_b: ``[B, H, W, D]`` unit descriptors of views a and b, or batched
+      :class:`dff_jax.descriptor_fields.PointField` s.
     points_a_px, points_b_px: ``[B, K, 2]`` float ``(x, y)`` pixel positions of the same surface
       points in views a and b (x right, y down, pixel (i, j) centred at (j + 0.5, i + 0.5)).
     valid: ``[B, K]`` bool, the point is visible in both views.
@@ -221,10 +242,13 @@ def info_nce_loss(desc_a: Array, desc_b: Array, points_a_px: Array, points_b_px:
     directions), ``positive_similarity`` (mean cosine of corresponding descriptors),
     ``valid_fraction`` (of the ``B * K`` points).
   """
-  if desc_a.ndim != 4 or desc_a.shape != desc_b.shape:
+  if isinstance(desc_a, descriptor_fields.PointField):
+    batch = descriptor_fields.num_faces(desc_a)
+  elif desc_a.ndim != 4 or desc_a.shape != desc_b.shape:
     raise ValueError(f"desc_a and desc_b must both be [B, H, W, D], got {desc_a.shape} and "
                      f"{desc_b.shape}.")
-  batch = desc_a.shape[0]
+  else:
+    batch = desc_a.shape[0]
   if points_a_px.shape != points_b_px.shape or points_a_px.shape[::2] != (batch, 2):
     raise ValueError(f"points_a_px and points_b_px must both be [B={batch}, K, 2], got "
                      f"{points_a_px.shape} and {points_b_px.shape}.")
@@ -330,7 +354,7 @@ def combined_loss(loss_config: Any, desc_a: Array, desc_b: Optional[Array],
     if desc_b is None:
       descriptors, vertices = desc_a, vertex_ids[:, 0]
     else:
-      descriptors = jnp.concatenate([desc_a, desc_b], axis=0)
+      descriptors = descriptor_fields.concatenate([desc_a, desc_b], axis=0)
       vertices = jnp.concatenate([vertex_ids[:, 0], vertex_ids[:, 1]], axis=0)
     num_pixels = _get(loss_config, "num_pixels_per_image", None) or None
     loss, patch_metrics = patch_classification_loss(

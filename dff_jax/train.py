@@ -44,6 +44,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dff_jax import checkpoint as checkpoint_lib
+from dff_jax import descriptor_fields
 from dff_jax import encoder as encoder_lib
 from dff_jax import losses as losses_lib
 from dff_jax import progress as progress_lib
@@ -121,9 +122,21 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
   params = init_params(config, init_key)
   if config.get("init_encoder", ""):
     # Continue from a trained encoder (a bundle or workdir); the patch classifiers start afresh.
-    encoder_params, _ = checkpoint_lib.load_encoder_params(config.init_encoder,
-                                                          dict(config.encoder))
-    params["encoder"] = jax.tree.map(jnp.asarray, encoder_params)
+    if config.get("init_encoder_scope", "all") == "pyramid":
+      # Another architecture over the same contracting half (e.g. a U-Net's encoder levels
+      # under a point head): copy the encoder_<l> / down_<l> levels, keep the rest fresh.
+      encoder_params, _ = checkpoint_lib.load_encoder_params(config.init_encoder)
+      params["encoder"] = dict(params["encoder"])
+      for name, value in encoder_params.items():
+        if name.startswith(("encoder_", "down_")):
+          checkpoint_lib.check_same_shapes(
+              checkpoint_lib.flat_shapes(params["encoder"][name]),
+              checkpoint_lib.flat_shapes(value), f"Pyramid level {name} of {config.init_encoder}")
+          params["encoder"][name] = jax.tree.map(jnp.asarray, value)
+    else:
+      encoder_params, _ = checkpoint_lib.load_encoder_params(config.init_encoder,
+                                                            dict(config.encoder))
+      params["encoder"] = jax.tree.map(jnp.asarray, encoder_params)
   opt_state = make_optimizer(config).init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     rng=train_key)
@@ -375,13 +388,19 @@ def load_eval_batches(config: ml_collections.ConfigDict) -> list:
 # ----------------------------------------------------------------------------------------------
 
 
-def _descriptors(encoder, encoder_params, images_uint8: Array, channels: int) -> Array:
-  """``[B, 2, H, W, 3]`` uint8 -> ``[B, 2, H, W, D]`` float32 descriptors."""
+def _descriptors(encoder, encoder_params, images_uint8: Array, channels: int) -> Any:
+  """``[B, 2, H, W, 3]`` uint8 -> descriptor fields with leading axes ``[B, 2]`` (a dense
+  map ``[B, 2, H, W, D]`` float32, or a :class:`dff_jax.descriptor_fields.PointField`)."""
   batch, views, height, width, _ = images_uint8.shape
   images = encoder_lib.preprocess_images(images_uint8, channels)
   images = images.reshape(batch * views, height, width, channels)
-  descriptors = encoder.apply({"params": encoder_params}, images)
-  return descriptors.reshape(batch, views, height, width, -1)
+  fields = encoder.apply({"params": encoder_params}, images)
+  return descriptor_fields.map_faces(lambda x: x.reshape((batch, views) + x.shape[1:]), fields)
+
+
+def _view(fields: Any, index: int) -> Any:
+  """View ``index`` of ``[B, 2, ...]`` fields."""
+  return descriptor_fields.map_faces(lambda x: x[:, index], fields)
 
 
 def _loss_and_metrics(config, encoder, params, batch, patch_table, key):
@@ -396,7 +415,8 @@ def _loss_and_metrics(config, encoder, params, batch, patch_table, key):
             key_segments, int(config.loss.num_segmentations),
             int(config.loss.num_segmentations_per_step)))
   loss, metrics = losses_lib.combined_loss(
-      config.loss, descriptors[:, 0], descriptors[:, 1], batch, key=key_pixels, **patch_kwargs)
+      config.loss, _view(descriptors, 0), _view(descriptors, 1), batch, key=key_pixels,
+      **patch_kwargs)
   return loss, (metrics, descriptors)
 
 
@@ -489,7 +509,9 @@ def eval_step(state: TrainState, batch: Mapping[str, Array], patch_table: Array,
                                              key)
   num_pairs = batch["images"].shape[0]
   out = nearest_descriptor_pck(
-      descriptors[:, 0], descriptors[:, 1], batch["points_a_px"], batch["points_b_px"],
+      descriptor_fields.to_dense_batch(_view(descriptors, 0)),
+      descriptor_fields.to_dense_batch(_view(descriptors, 1)), batch["points_a_px"],
+      batch["points_b_px"],
       batch["valid"], batch["vertex_ids"][:, 1] >= 0,
       tuple(float(t) for t in config.eval.pck_thresholds_px))
   out.update(loss_sum=loss * num_pairs, num_pairs=jnp.asarray(num_pairs, jnp.float32))

@@ -1,0 +1,163 @@
+"""Descriptor fields: what an encoder returns for a face crop, and the one way to read it.
+
+A *descriptor field* describes every point of a crop, sub-pixel ones included. Two kinds:
+
+* a **dense map**, a ``[..., H, W, D]`` array (the U-Net :class:`dff_jax.encoder.DFFEncoder`,
+  dense SIFT): a point is read by bilinear interpolation (:func:`dff_jax.sampling.bilinear_sample`),
+  so values between pixel centres are mixtures of unit vectors, slightly shorter than 1;
+* a :class:`PointField` (the :class:`dff_jax.encoder.PointDFFEncoder`): the encoder's feature
+  pyramid, computed once per crop, plus a small head. A point is read by sampling every pyramid
+  level bilinearly at it and passing the concatenation through the head, so descriptors are
+  computed only where they are read (68 landmarks per cascade stage instead of ``H x W`` pixels).
+  Its dense map is the same function at every pixel centre (:func:`to_dense`).
+
+Every leaf of a batched field carries the face axis first (``[B, ...]``): a field can be vmapped,
+indexed, padded and concatenated with ``jax.tree_util`` like an array. A :class:`PointField`'s
+head parameters are therefore broadcast along the batch (:func:`broadcast_head`), which under jit
+costs nothing but a view, and whose gradient is the sum over faces.
+
+Frames (DESIGN.md section 3): points ``(x, y)`` in crop pixels, pixel ``(i, j)`` centred at
+``(j + 0.5, i + 0.5)``; level ``l`` of a pyramid has stride ``2 ** l``, so the crop point ``p``
+is the level point ``p / 2 ** l`` (pixel centres map to pixel centres' averages exactly).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from dff_jax import sampling
+
+Array = Any
+Field = Any  # a dense map [..., H, W, D] or a PointField
+
+
+def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps))
+
+
+@flax.struct.dataclass
+class PointField:
+  """A feature pyramid and the head that turns its samples into descriptors.
+
+  Attributes:
+    levels: ``L`` maps ``[..., H / 2**l, W / 2**l, C_l]`` (finest first, any float dtype).
+    head: ``{"hidden_kernel": [C, M], "hidden_bias": [M], "out_kernel": [M, D],
+      "out_bias": [D]}`` float32, ``C = sum(C_l)``, with the same leading axes as ``levels``
+      (see :func:`broadcast_head`).
+  """
+  levels: Tuple[Array, ...]
+  head: Mapping[str, Array]
+
+  @property
+  def image_shape(self) -> Tuple[int, int]:
+    """``(H, W)`` of the crop (level 0)."""
+    return tuple(self.levels[0].shape[-3:-1])
+
+  @property
+  def descriptor_dim(self) -> int:
+    return int(self.head["out_bias"].shape[-1])
+
+
+def broadcast_head(head: Mapping[str, Array], batch_shape: Sequence[int]) -> dict:
+  """Head parameters with leading axes ``batch_shape`` (a broadcast, no copy under jit)."""
+  return {k: jnp.broadcast_to(v, tuple(batch_shape) + v.shape) for k, v in head.items()}
+
+
+def head_apply(head: Mapping[str, Array], features: Array) -> Array:
+  """The point head: ``[K, C]`` pyramid samples -> ``[K, D]`` float32 unit descriptors
+  (dense -> ReLU -> dense -> L2 normalise, all in float32)."""
+  precision = jax.lax.Precision.HIGHEST
+  features = features.astype(jnp.float32)
+  hidden = jax.nn.relu(jnp.dot(features, head["hidden_kernel"], precision=precision)
+                       + head["hidden_bias"])
+  return _l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
+                       + head["out_bias"])
+
+
+def pyramid_samples(levels: Sequence[Array], points_px: Array) -> Tuple[Array, Array]:
+  """Every level of one face's pyramid sampled at crop points.
+
+  Args:
+    levels: ``L`` maps ``[H / 2**l, W / 2**l, C_l]``.
+    points_px: ``[K, 2]`` crop points ``(x, y)``.
+
+  Returns:
+    ``(features [K, sum C_l] float32, inside [K] bool)``; inside is the crop's (level 0's) rule.
+  """
+  values, inside = [], None
+  for level, level_map in enumerate(levels):
+    sampled, level_inside = sampling.bilinear_sample(level_map, points_px / (2.0 ** level))
+    values.append(sampled.astype(jnp.float32))
+    inside = level_inside if inside is None else inside
+  return jnp.concatenate(values, axis=-1), inside
+
+
+def query(field: Field, points_px: Array) -> Tuple[Array, Array]:
+  """Descriptors of one face's field at crop points.
+
+  Args:
+    field: a dense map ``[H, W, D]`` or an unbatched :class:`PointField`.
+    points_px: ``[..., 2]`` float crop points ``(x, y)``.
+
+  Returns:
+    ``(values [..., D] float32, inside [...] bool)``; values are zero outside the crop. A
+    :class:`PointField` gives unit vectors; a dense map bilinear mixtures of its pixels.
+  """
+  if not isinstance(field, PointField):
+    values, inside = sampling.bilinear_sample(field, points_px)
+    return values.astype(jnp.float32), inside
+  points = jnp.asarray(points_px, jnp.float32)
+  batch_shape = points.shape[:-1]
+  features, inside = pyramid_samples(field.levels, points.reshape(-1, 2))
+  values = jnp.where(inside[:, None], head_apply(field.head, features), 0.0)
+  return values.reshape(batch_shape + (-1,)), inside.reshape(batch_shape)
+
+
+def query_batch(fields: Field, points_px: Array) -> Tuple[Array, Array]:
+  """:func:`query` over a batch: ``[B, ...]`` fields, ``[B, K, 2]`` points ->
+  ``([B, K, D], [B, K])``."""
+  return jax.vmap(query)(fields, points_px)
+
+
+def pixel_centres(height: int, width: int) -> Array:
+  """``[H * W, 2]`` float32 centres ``(j + 0.5, i + 0.5)`` in row-major pixel order."""
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  return jnp.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], axis=-1)
+
+
+def to_dense(field: Field) -> Array:
+  """One face's dense map ``[H, W, D]`` float32: the field read at every pixel centre (a dense
+  map is returned as it is)."""
+  if not isinstance(field, PointField):
+    return field
+  height, width = field.image_shape
+  values, _ = query(field, pixel_centres(height, width))
+  return values.reshape(height, width, -1)
+
+
+def to_dense_batch(fields: Field) -> Array:
+  """:func:`to_dense` over a batch: ``[B, ...]`` fields -> ``[B, H, W, D]``."""
+  if not isinstance(fields, PointField):
+    return fields
+  return jax.vmap(to_dense)(fields)
+
+
+def map_faces(fn: Callable[[Array], Array], fields: Field) -> Field:
+  """``fn`` applied to every leaf (e.g. ``lambda x: x[:n]`` to take faces, a reshape of the
+  leading axes, ``np.asarray``)."""
+  return jax.tree_util.tree_map(fn, fields)
+
+
+def concatenate(fields: Sequence[Field], axis: int = 0) -> Field:
+  """Fields of the same kind joined along a leading axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=axis), *fields)
+
+
+def num_faces(fields: Field) -> int:
+  """The size of the leading (face) axis."""
+  return int(jax.tree_util.tree_leaves(fields)[0].shape[0])

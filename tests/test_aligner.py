@@ -34,7 +34,7 @@ def env(tmp_path_factory):
   from dff_jax import encoder as encoder_lib
   from dff_jax.alignment import cascade, io as cascade_io
   from dff_jax.face_model import load_face_model
-  from experiments import benchmark_align
+  from dff_jax.benchmarking import align as benchmark_align
 
   root = tmp_path_factory.mktemp("aligner")
   encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
@@ -212,7 +212,7 @@ def test_shipped_default_on_the_portrait_and_a_face_free_image():
 
 
 def test_benchmark_aligner_smoke(env):
-  from experiments import benchmark_aligner
+  from dff_jax.benchmarking import aligner as benchmark_aligner
   images = [env["faces"][0], _face_free()]
   records = list(benchmark_aligner.bench_aligner(images, str(env["cascade"]), batch_size=2,
                                                  repeats=1, checkpoint=str(env["bundle"])))

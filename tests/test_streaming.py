@@ -2,7 +2,7 @@
 prefetch, asynchronous dispatch, bounded memory) and experiments.align (writer threads, summary).
 
 The cascade is built without training: SIFT descriptors, 2 stages, crop 32, **small random
-regressors** (experiments.benchmark_align.random_cascade_params), so that the landmarks depend on
+regressors** (dff_jax.benchmarking.align.random_cascade_params), so that the landmarks depend on
 the image content and on the face box (a mix-up of images or results between faces would show).
 The images are small random smooth pictures of different sizes with per-image boxes.
 """
@@ -31,7 +31,7 @@ def env(tmp_path_factory):
   import jax
   from dff_jax.alignment import cascade, io as cascade_io
   from dff_jax.face_model import load_face_model
-  from experiments import benchmark_align
+  from dff_jax.benchmarking import align as benchmark_align
 
   root = tmp_path_factory.mktemp("streaming")
   config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
@@ -218,8 +218,8 @@ def test_align_command_summary_and_no_overlays(env, tmp_path):
 
 
 def test_benchmark_stream_smoke(env, tmp_path):
-  """experiments.benchmark_stream on 5 rendered faces (cached: a second call renders nothing)."""
-  from experiments import benchmark_stream
+  """The stream benchmark on 5 rendered faces (cached: a second call renders nothing)."""
+  from dff_jax.benchmarking import stream as benchmark_stream
   messages = []
   kwargs = dict(data_dir=str(tmp_path / "data"), num_images=5, image_size=64, batch_size=4,
                 cascade=str(env["cascade"]), overlays=(False, True), report=messages.append)
@@ -239,3 +239,59 @@ def test_benchmark_stream_smoke(env, tmp_path):
   paths = benchmark_stream.make_dataset(tmp_path / "data", 3, 64)
   assert [p.name for p in paths] == [f"face_{i:05d}.jpg" for i in range(3)]
   assert (tmp_path / "data" / "images" / "face_00000.jpg").stat().st_mtime_ns == stamp
+
+
+class _FakeDlib:
+  """Stands in for the optional ``dlib`` module: ``rectangle`` and ``shape_predictor``."""
+  __version__ = "fake"
+  calls = []
+
+  @staticmethod
+  def rectangle(x0, y0, x1, y1):
+    return (x0, y0, x1, y1)
+
+  class shape_predictor:  # pylint: disable=invalid-name
+    def __init__(self, path):
+      self.path = path
+
+    def __call__(self, image, rectangle):
+      _FakeDlib.calls.append((image.shape, rectangle))
+      return rectangle
+
+
+def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
+  """A folder of photos with its boxes.json: the same boxes for the jitted call, the streaming
+  run and dlib's predictor (a stand-in module: dlib is optional), which comes as a ratio."""
+  from dff_jax.benchmarking import stream as benchmark_stream
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  names = env["good"][:5]
+  for name in names:
+    (folder / name).write_bytes((env["folder"] / name).read_bytes())
+  (folder / "boxes.json").write_text(json.dumps({n: env["box_map"][n] for n in names}))
+  model = tmp_path / "predictor.dat"
+  model.write_bytes(b"fake")
+  monkeypatch.setitem(sys.modules, "dlib", _FakeDlib)
+  _FakeDlib.calls.clear()
+  records = list(benchmark_stream.bench_stream(
+      data_dir=str(folder), num_images=4, batch_size=4, cascade=str(env["cascade"]),
+      overlays=(False,), dlib_predictor=str(model), report=lambda m: None))
+  assert [r["mode"] for r in records] == ["jitted_call", "end_to_end", "dlib_predictor"]
+  for record in records:
+    assert record["source"] == "photos" and record["num_images"] == 4
+    assert record["ms_per_item"] > 0
+  dlib_record = records[2]
+  assert {"ratio_to_jitted_call", "ratio_to_end_to_end"} <= set(dlib_record)
+  assert len(_FakeDlib.calls) == 5  # one warm-up + the 4 faces
+  box = env["box_map"][sorted(names)[0]]
+  assert _FakeDlib.calls[0][1] == tuple(int(round(v)) for v in box)
+  # Without a model file the record says why it was skipped; without dlib there is none.
+  records = list(benchmark_stream.bench_stream(
+      data_dir=str(folder), num_images=2, batch_size=4, cascade=str(env["cascade"]),
+      overlays=(), report=lambda m: None))
+  assert records[-1]["mode"] == "dlib_predictor" and "skipped" in records[-1]
+  monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
+  records = list(benchmark_stream.bench_stream(
+      data_dir=str(folder), num_images=2, batch_size=4, cascade=str(env["cascade"]),
+      overlays=(), report=lambda m: None))
+  assert [r["mode"] for r in records] == ["jitted_call"]

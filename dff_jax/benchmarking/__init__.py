@@ -1,13 +1,40 @@
-"""Helpers of the benchmark commands (``experiments.benchmark`` and its parts): the encoder
-cases measured, the FLOPs and compiled memory of a call, and timing a call (wall and process CPU
-seconds).
+"""The benchmarks of ``python -m experiments.benchmark --what=...``, as library functions.
+
+Each benchmark is a generator of JSON-able records (one per measurement), registered in
+:data:`BENCHMARKS` (``what`` -> ``"module:function"`` under this package, imported when run):
+
+* ``encoder`` / ``train_step`` (:mod:`.encoder`): the DFF encoder forward and forward+backward,
+  its achieved GFLOP/s as a fraction of the float32 matmul peak measured in the same run; the
+  whole jitted DFF train step.
+* ``align`` (:mod:`.align`): the alignment cascade, the loop alone (faces/s) and end to end.
+* ``pipeline`` (:mod:`.pipeline`): synthetic pairs per second, in-process and with grain workers.
+* ``stream`` (:mod:`.stream`): the streaming align command over a folder (ms per face), the
+  jitted call alone on the same batches, and dlib's predictor on the same boxes when ``dlib`` is
+  importable (a ratio; optional).
+* ``remat`` (:mod:`.remat`): compiled memory of differentiating the pipeline, with and without
+  rematerialisation.
+* ``aligner`` (:mod:`.aligner`): the public ``dff_jax.Aligner.align``, with and without detection.
+
+:func:`run_benchmarks` times the matmul peak first (record ``what = "matmul_peak"``), then runs
+the requested benchmarks; every record names the device it ran on (:func:`device_fields`).
+Nothing here assumes a CPU: timings block on the device's results
+(``jax.block_until_ready``), memory figures come from XLA's compiled memory analysis where the
+backend gives one, and host figures (``cpu_s``, ``loadavg``, ``maxrss_mb``) describe the calling
+process.
+
+This module also holds the helpers the benchmarks share: the encoder cases measured, the FLOPs
+and compiled memory of a call, timing a call (wall and process CPU seconds).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import resource
 import statistics
 import time
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +59,18 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),
+}
+
+# what -> "module:function" (module under dff_jax.benchmarking). Add new benchmarks here: a
+# generator of records whose keyword arguments are the options it takes (see run_benchmarks).
+BENCHMARKS: Mapping[str, str] = {
+    "encoder": "encoder:bench_encoder",
+    "train_step": "encoder:bench_train_step",
+    "align": "align:bench_align",
+    "pipeline": "pipeline:bench_pipeline",
+    "stream": "stream:bench_stream",
+    "remat": "remat:bench_remat",
+    "aligner": "aligner:bench_aligner",
 }
 
 
@@ -73,3 +112,109 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: bool = True,
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
   return reduce(times), reduce(cpu_times)
+
+
+def loadavg() -> float:
+  """The host's 1-minute load average (other load on a shared machine)."""
+  return round(os.getloadavg()[0], 2)
+
+
+def maxrss_mb() -> float:
+  """This process's peak resident memory so far (MB; Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def device_fields() -> Dict[str, Any]:
+  """``device_kind``, ``platform`` and ``device_count`` of the first JAX device (what every
+  record names)."""
+  device = jax.devices()[0]
+  return {"device_kind": device.device_kind, "platform": device.platform,
+          "device_count": jax.device_count()}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 3) -> Tuple[float, Dict[str, Any]]:
+  """Times a float32 ``[size, size] @ [size, size]`` (``jnp.dot``) on the default device.
+
+  The peak is the *best* of at least 10 timed calls (the machine's capability, as little
+  disturbed by other load as possible).
+
+  Returns:
+    ``(FLOP/s, record)``, the record with ``what = "matmul_peak"``, ``achieved_gflops``, ...
+  """
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(key_a, (size, size), jnp.float32)
+  b = jax.random.normal(key_b, (size, size), jnp.float32)
+  start = time.perf_counter()
+  compiled = jax.jit(jnp.dot).lower(a, b).compile()
+  compile_s = time.perf_counter() - start
+  seconds, cpu_seconds = time_call(lambda: compiled(a, b), max(repeats, 10), reduce=min)
+  count = 2.0 * size ** 3
+  record = {"what": "matmul_peak", "batch_size": 1, "size": size,
+            "items_per_second": round(1.0 / seconds, 3), "compile_s": round(compile_s, 3),
+            "step_s": round(seconds, 5), "cpu_s": round(cpu_seconds, 5),
+            "achieved_gflops": round(count / seconds / 1e9, 1),
+            "gflop_per_cpu_s": round(count / cpu_seconds / 1e9, 1),
+            "devices": str(jax.devices()), "cpu_count": os.cpu_count(), "loadavg": loadavg()}
+  return count / seconds, record
+
+
+class PeakFlops:
+  """The best float32 matmul FLOP/s seen so far in a run (re-measured on demand: load on a
+  shared machine changes over time)."""
+
+  def __init__(self, size: int = 2048):
+    self.size = int(size)
+    self.best = 0.0
+
+  def measure(self, repeats: int = 3) -> Dict[str, Any]:
+    """Times the matmul; keeps the best FLOP/s; returns its record."""
+    value, record = matmul_peak(self.size, repeats)
+    self.best = max(self.best, value)
+    return record
+
+  def refresh(self) -> float:
+    """Re-measures (quietly) and returns the best FLOP/s so far."""
+    self.measure(3)
+    return self.best
+
+
+def benchmark_function(what: str) -> Callable[..., Iterator[Dict[str, Any]]]:
+  """The generator registered for ``what`` in :data:`BENCHMARKS`.
+
+  Raises:
+    ValueError: unknown ``what``.
+  """
+  if what not in BENCHMARKS:
+    raise ValueError(f"unknown benchmark {what!r}; known: {sorted(BENCHMARKS)}")
+  module, function = BENCHMARKS[what].split(":")
+  return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
+def run_benchmarks(whats: Iterable[str], options: Optional[Mapping[str, Any]] = None,
+                   matmul_size: int = 2048, repeats: Optional[int] = None
+                   ) -> Iterator[Dict[str, Any]]:
+  """The matmul peak, then every benchmark of ``whats``; yields their records.
+
+  Args:
+    whats: keys of :data:`BENCHMARKS`, run in this order.
+    options: keyword options; each benchmark gets those its function takes (``None`` values are
+      left out: the benchmark's own default applies). ``peak`` (a :class:`PeakFlops`) is added.
+    matmul_size: side of the square float32 peak matmul.
+    repeats: timed calls of the peak matmul (at least 10; default 3 -> 10).
+
+  Yields:
+    Records with at least ``what`` plus :func:`device_fields`.
+
+  Raises:
+    ValueError: an unknown benchmark (before anything runs).
+  """
+  functions = [(what, benchmark_function(what)) for what in whats]
+  options = {k: v for k, v in dict(options or {}).items() if v is not None}
+  peak = PeakFlops(matmul_size)
+  options["peak"] = peak
+  device = device_fields()
+  yield {**peak.measure(repeats or 3), **device}
+  for _, function in functions:
+    accepted = inspect.signature(function).parameters
+    for record in function(**{k: v for k, v in options.items() if k in accepted}):
+      yield {**record, **device}

@@ -1,19 +1,15 @@
-"""Speed of the alignment cascade: the loop alone, and images + boxes in -> results out.
+"""Speed of the alignment cascade (``--what=align``): the loop alone, and images + boxes in ->
+results out.
 
-Command (from the repository root)::
-
-  python -m experiments.benchmark_align
-  python -m experiments.benchmark_align --batch_sizes=64 --modes=loop --repeats=5
-
-Prints one JSON object per line (``what = "align"``), with at least ``what``, ``mode``,
-``batch_size``, ``items_per_second`` (faces/s), ``ms_per_item`` and ``compile_s`` (lower +
-compile of the jitted function):
+One record per (mode, batch size), ``what = "align"``, with at least ``mode``, ``batch_size``,
+``items_per_second`` (faces/s), ``ms_per_item`` and ``compile_s`` (lower + compile of the jitted
+function):
 
 * ``mode = "loop"``: :func:`dff_jax.alignment.cascade.align_crops` on given descriptor maps
   ``[B, crop, crop, D]`` (default 128 x 128 x 64), the default face model (60 identity + 53
-  expression coefficients), ``K = 5`` stages, random regressors.
+  expression coefficients), ``K = 5`` stages, random regressors: the alignment loop alone.
 * ``mode = "end_to_end"``: :func:`dff_jax.alignment.cascade.align_images` on uint8-range images
-  ``[B, 256, 256, 3]`` and face boxes: crop, the DFF encoder (``--encoder_preset``, default the
+  ``[B, 256, 256, 3]`` and face boxes: crop, the DFF encoder (``encoder_preset``, default the
   ``"cpu"`` preset of :mod:`dff_jax.encoder`, grey input, random init), the cascade and the
   mapping back to image pixels, in one jitted function.
 
@@ -23,41 +19,23 @@ Other fields: ``step_s`` / ``cpu_s`` (median wall / process-CPU seconds per call
 
 Targets on a 2-core CPU (the issue): loop >= 20,000 faces/s at batch 64, end to end <= 10 ms per
 face at batch 64, compile <= 20 s.
-
-Note: on a shared machine wall times depend on other load (``loadavg`` is recorded); ``cpu_s`` is
-the steadier figure.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import time
 from typing import Any, Dict, Iterator, Sequence
-
-from absl import app
-from absl import flags
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import benchmarking
 from dff_jax import encoder as encoder_lib
-from dff_jax.benchmarking import flops as compiled_flops
-from dff_jax.benchmarking import time_call
 from dff_jax.alignment import cascade
 from dff_jax.face_model import load_face_model
 
 MODES = ("loop", "end_to_end")
-
-
-def _loadavg() -> float:
-  return round(os.getloadavg()[0], 2)
-
-
-def _maxrss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux.
 
 
 def centred_initial_pose(model, crop_size: int, fill: float = 0.6) -> np.ndarray:
@@ -92,20 +70,20 @@ def _record(mode: str, batch_size: int, compiled, compile_s: float, seconds: flo
           "compile_s": round(compile_s, 2), "step_s": round(seconds, 5),
           "cpu_s": round(cpu_seconds, 5),
           "items_per_cpu_second": round(batch_size / cpu_seconds, 1),
-          "gflop_per_item": round(compiled_flops(compiled) / batch_size / 1e9, 4), **extra,
-          "maxrss_mb": round(_maxrss_mb(), 1), "loadavg": _loadavg()}
+          "gflop_per_item": round(benchmarking.flops(compiled) / batch_size / 1e9, 4), **extra,
+          "maxrss_mb": round(benchmarking.maxrss_mb(), 1), "loadavg": benchmarking.loadavg()}
 
 
-def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str] = MODES,
-                    num_stages: int = 5, crop_size: int = 128, descriptor_dim: int = 64,
-                    image_size: int = 256, encoder_preset: str = "cpu",
-                    face_model: str = "default", repeats: int = 3,
-                    seed: int = 0) -> Iterator[Dict[str, Any]]:
+def bench_align(batch_sizes: Sequence[int] = (1, 8, 64), align_modes: Sequence[str] = MODES,
+                num_stages: int = 5, crop_size: int = 128, descriptor_dim: int = 64,
+                image_size: int = 256, encoder_preset: str = "cpu",
+                face_model: str = "default", repeats: int = 3,
+                seed: int = 0) -> Iterator[Dict[str, Any]]:
   """Times the cascade; yields one JSON-able record per (mode, batch size).
 
   Args:
     batch_sizes: faces per call.
-    modes: ``"loop"`` (descriptor maps in) and / or ``"end_to_end"`` (images + boxes in).
+    align_modes: ``"loop"`` (descriptor maps in) and / or ``"end_to_end"`` (images + boxes in).
     num_stages: K.
     crop_size: crop side (pixels) the descriptors cover.
     descriptor_dim: D of the random descriptor maps (loop mode; end to end uses the encoder's).
@@ -119,9 +97,10 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
     Dicts with ``what = "align"``, ``mode``, ``batch_size``, ``items_per_second`` (faces/s),
     ``ms_per_item``, ``compile_s`` and the fields listed in the module docstring.
   """
-  unknown = [m for m in modes if m not in MODES]
+  unknown = [m for m in align_modes if m not in MODES]
   if unknown:
-    raise ValueError(f"Unknown align modes {unknown}; use some of {MODES}.")
+    raise ValueError(f"unknown align modes {unknown}; use some of {MODES}")
+  batch_sizes = [int(b) for b in batch_sizes]
   model = load_face_model(face_model)
   alignment_model = cascade.make_alignment_model(model)
   config = cascade.CascadeConfig(num_stages=num_stages, crop_size=crop_size)
@@ -131,7 +110,7 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
             "num_coefficients": model.num_identity + model.num_expression,
             "num_vertices": model.num_vertices}
 
-  if "loop" in modes:
+  if "loop" in align_modes:
     params = random_cascade_params(key_params, num_stages, descriptor_dim, pose)
     loop = jax.jit(lambda am, p, maps: cascade.align_crops(am, p, maps, config))
     for batch_size in batch_sizes:
@@ -140,12 +119,13 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
       start = time.perf_counter()
       compiled = loop.lower(alignment_model, params, maps).compile()
       compile_s = time.perf_counter() - start
-      seconds, cpu_seconds = time_call(lambda: compiled(alignment_model, params, maps), repeats)  # pylint: disable=cell-var-from-loop
+      seconds, cpu_seconds = benchmarking.time_call(
+          lambda: compiled(alignment_model, params, maps), repeats)  # pylint: disable=cell-var-from-loop
       yield _record("loop", batch_size, compiled, compile_s, seconds, cpu_seconds,
                     descriptor_dim=descriptor_dim, **common)
       del maps
 
-  if "end_to_end" in modes:
+  if "end_to_end" in align_modes:
     preset = dict(encoder_lib.PRESETS[encoder_preset])
     channels = preset.pop("channels")
     preset.pop("image_size")
@@ -173,39 +153,8 @@ def benchmark_align(batch_sizes: Sequence[int] = (1, 8, 64), modes: Sequence[str
       start = time.perf_counter()
       compiled = end_to_end.lower(*args).compile()
       compile_s = time.perf_counter() - start
-      seconds, cpu_seconds = time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
+      seconds, cpu_seconds = benchmarking.time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
       yield _record("end_to_end", batch_size, compiled, compile_s, seconds, cpu_seconds,
                     descriptor_dim=module.descriptor_dim, image_size=image_size,
                     encoder_preset=encoder_preset, features=list(module.features),
                     encoder_params=encoder_lib.count_params(encoder_params), **common)
-
-
-def _define_flags() -> None:
-  """Flags of the stand-alone command (not defined on import: experiments.benchmark imports
-  this module and has its own)."""
-  flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes (faces).")
-  flags.DEFINE_list("modes", ["loop", "end_to_end"], "loop and/or end_to_end.")
-  flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median reported).")
-  flags.DEFINE_integer("num_stages", 5, "Cascade stages K.")
-  flags.DEFINE_integer("crop_size", 128, "Crop side (pixels).")
-  flags.DEFINE_integer("descriptor_dim", 64, "Descriptor size D (loop mode).")
-  flags.DEFINE_integer("image_size", 256, "Image side (end_to_end mode).")
-  flags.DEFINE_string("encoder_preset", "cpu", "dff_jax.encoder.PRESETS key.")
-  flags.DEFINE_string("face_model", "default", "load_face_model spec.")
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  for record in benchmark_align(
-      batch_sizes=[int(b) for b in f.batch_sizes], modes=f.modes,
-      num_stages=f.num_stages, crop_size=f.crop_size,
-      descriptor_dim=f.descriptor_dim, image_size=f.image_size,
-      encoder_preset=f.encoder_preset, face_model=f.face_model,
-      repeats=f.repeats):
-    print(json.dumps(record), flush=True)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

@@ -1,14 +1,10 @@
-"""Memory and speed of differentiating the whole alignment pipeline, with and without remat.
+"""Memory and speed of differentiating the whole alignment pipeline, with and without remat
+(``--what=remat``).
 
-Command (from the repository root)::
-
-  python -m experiments.benchmark_remat
-  python -m experiments.benchmark_remat --remat_batch_size=8 --remat_repeats=2
-
-Prints one JSON object per line (``what = "remat"``) for the full pipeline of
+One record per measurement (``what = "remat"``) for the full pipeline of
 :func:`dff_jax.training.finetune.pipeline_loss` (images ``[B, 192, 192, 3]`` and boxes -> crop
-128 -> DFF encoder (the ``dff_cpu`` case of :mod:`experiments.benchmark`, random init) -> 5-stage
-cascade on the default face model (random regressors) -> landmark loss):
+128 -> DFF encoder (the ``dff_cpu`` case of :data:`dff_jax.benchmarking.ENCODER_CASES`, random
+init) -> 5-stage cascade on the default face model (random regressors) -> landmark loss):
 
 * ``part = "pipeline"`` (as above) and ``part = "cascade"`` (the cascade alone on fixed
   descriptor maps ``[B, 128, 128, 64]``, gradients w.r.t. the maps and the regressors);
@@ -19,12 +15,12 @@ cascade on the default face model (random regressors) -> landmark loss):
   every conv block of the encoder (``DFFEncoder(remat=True)``: ``nn.remat`` per block, its
   inner activations recomputed instead of stored).
 
-Fields: ``what``, ``part``, ``mode``, ``remat``, ``remat_encoder``, ``batch_size``, ``items_per_second``
-(faces/s), ``step_s`` / ``cpu_s`` (median wall / process CPU seconds per call), ``compile_s``,
-``temp_mb`` / ``argument_mb`` / ``output_mb`` (XLA's compiled memory analysis, via
-``dff_jax.benchmarking.memory_mb``), ``total_mb`` (their sum), and for backward records
-``temp_ratio`` / ``total_ratio`` (over the forward record of the same part). The issue's target: backward memory
-at most 3x forward with remat.
+Fields: ``what``, ``part``, ``mode``, ``remat``, ``remat_encoder``, ``batch_size``,
+``items_per_second`` (faces/s), ``step_s`` / ``cpu_s`` (median wall / process CPU seconds per
+call), ``compile_s``, ``temp_mb`` / ``argument_mb`` / ``output_mb`` (XLA's compiled memory
+analysis, :func:`dff_jax.benchmarking.memory_mb`), ``total_mb`` (their sum), and for backward
+records ``temp_ratio`` / ``total_ratio`` (over the forward record of the same part). The issue's
+target: backward memory at most 3x forward with remat.
 
 Note: the memory figures are XLA's static buffer assignment of the compiled computation, not a
 measured peak RSS; timings on a shared machine vary with other load (``loadavg``).
@@ -33,28 +29,22 @@ measured peak RSS; timings on a shared machine vary with other load (``loadavg``
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 from typing import Any, Dict, Iterator
-
-from absl import app
-from absl import flags
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dff_jax.benchmarking import ENCODER_CASES, memory_mb, time_call
+from dff_jax import benchmarking
 from dff_jax import encoder as encoder_lib
 from dff_jax import geometry
+from dff_jax import sampling
 from dff_jax.alignment import cascade
-from dff_jax.training import finetune
 from dff_jax.face_model import load_face_model
+from dff_jax.training import finetune
 
-_BATCH_SIZE = flags.DEFINE_integer("remat_batch_size", 8, "Faces per call.")
-_REPEATS = flags.DEFINE_integer("remat_repeats", 2, "Timed calls per measurement (median).")
-_IMAGE_SIZE = 192
+IMAGE_SIZE = 192
 
 
 def _inputs(batch_size: int, config: cascade.CascadeConfig, descriptor_dim: int,
@@ -62,8 +52,8 @@ def _inputs(batch_size: int, config: cascade.CascadeConfig, descriptor_dim: int,
   """Random images, centred boxes, random regressors, landmark truth near the start state."""
   key = jax.random.key(0)
   k_img, k_w, k_v, k_lm = jax.random.split(key, 4)
-  images = jax.random.uniform(k_img, (batch_size, _IMAGE_SIZE, _IMAGE_SIZE, 3), maxval=255.0)
-  centre = _IMAGE_SIZE / 2
+  images = jax.random.uniform(k_img, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), maxval=255.0)
+  centre = IMAGE_SIZE / 2
   offsets = jnp.linspace(-8.0, 8.0, batch_size)[:, None]
   boxes = jnp.concatenate([centre - 40.0 + offsets, centre - 40.0 + offsets,
                            centre + 40.0 + offsets, centre + 40.0 + offsets], axis=1)
@@ -89,14 +79,24 @@ def _inputs(batch_size: int, config: cascade.CascadeConfig, descriptor_dim: int,
   return images, boxes, params, truth, visible
 
 
+def cascade_crop(image, box, config: cascade.CascadeConfig):
+  """One face's crop ``[S, S, 3]`` exactly as :func:`cascade.align_images` cuts it."""
+  return sampling.crop_image(image, geometry.square_box(box, config.box_scale), config.crop_size)
 
-def bench_remat(batch_size: int | None = None, repeats: int | None = None, crop_size: int = 128,
+
+def bench_remat(remat_batch_size: int = 8, remat_repeats: int = 2, crop_size: int = 128,
                 num_stages: int = 5, encoder_case: str = "dff_cpu") -> Iterator[Dict[str, Any]]:
   """Forward vs backward of the full pipeline, without and with per-stage remat (see the module
-  docstring); yields one JSON-able record per measurement."""
-  batch_size = int(batch_size or (_BATCH_SIZE.value if flags.FLAGS.is_parsed() else 8))
-  repeats = int(repeats or (_REPEATS.value if flags.FLAGS.is_parsed() else 2))
-  case = dict(ENCODER_CASES[encoder_case])
+  docstring); yields one JSON-able record per measurement.
+
+  Args:
+    remat_batch_size: faces per call.
+    remat_repeats: timed calls per measurement (median).
+    crop_size, num_stages: the cascade's crop side and stage count.
+    encoder_case: key of :data:`dff_jax.benchmarking.ENCODER_CASES`.
+  """
+  batch_size, repeats = int(remat_batch_size), int(remat_repeats)
+  case = dict(benchmarking.ENCODER_CASES[encoder_case])
   case.pop("image_size")
   channels = case.pop("channels")
   module = encoder_lib.DFFEncoder(**case)
@@ -149,8 +149,8 @@ def bench_remat(batch_size: int | None = None, repeats: int | None = None, crop_
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    memory = memory_mb(compiled)
-    step_s, cpu_s = time_call(functools.partial(compiled, *args), repeats)
+    memory = benchmarking.memory_mb(compiled)
+    step_s, cpu_s = benchmarking.time_call(functools.partial(compiled, *args), repeats)
     record = {"what": "remat", "part": part, "mode": mode, "remat": remat,
               "remat_encoder": remat_encoder, "batch_size": batch_size,
               "items_per_second": round(batch_size / step_s, 3),
@@ -167,22 +167,5 @@ def bench_remat(batch_size: int | None = None, repeats: int | None = None, crop_
     elif forward and memory and forward.get("temp_mb"):
       record["temp_ratio"] = round(record["temp_mb"] / forward["temp_mb"], 2)
       record["total_ratio"] = round(record["total_mb"] / forward["total_mb"], 2)
-    record["loadavg"] = round(os.getloadavg()[0], 2)
+    record["loadavg"] = benchmarking.loadavg()
     yield record
-
-
-def cascade_crop(image, box, config: cascade.CascadeConfig):
-  """One face's crop ``[S, S, 3]`` exactly as :func:`cascade.align_images` cuts it."""
-  from dff_jax import sampling  # pylint: disable=g-import-not-at-top
-  return sampling.crop_image(image, geometry.square_box(box, config.box_scale), config.crop_size)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for record in bench_remat():
-    print(json.dumps(record), flush=True)
-
-
-if __name__ == "__main__":
-  app.run(main)

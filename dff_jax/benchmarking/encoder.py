@@ -1,0 +1,143 @@
+"""Encoder benchmarks (``--what=encoder`` and ``--what=train_step``).
+
+``bench_encoder``: forward (``mode = "forward"``) and forward+backward (``mode = "train"``, the
+gradient of a descriptor loss with respect to the parameters, i.e. the encoder part of a train
+step) of :class:`dff_jax.encoder.DFFEncoder` for the cases of
+:data:`dff_jax.benchmarking.ENCODER_CASES` at each batch size. Fields: ``case``, ``mode``,
+``image_size``, ``channels``, ``features``, ``params``, ``step_s`` (median),
+``items_per_second`` (images/s), ``gflop_per_item`` and ``achieved_gflops`` (from XLA's cost
+analysis of the compiled computation), ``utilisation`` (of the matmul peak: the best float32
+``jnp.dot`` seen so far in the run, ``peak_gflops``), ``compile_s`` (lower + compile),
+``cpu_s`` (median process CPU time per step, all threads: robust to other load on a shared
+machine) and ``items_per_cpu_second``, ``temp_mb`` / ``argument_mb`` (compiled memory
+analysis) and ``maxrss_mb`` (process peak so far). Calls whose estimated time exceeds
+``max_run_s`` or whose temporaries exceed ``max_temp_gb`` are reported with ``skipped`` (e.g. the
+paper-size train step at batch 32 on a 2-core CPU).
+
+``bench_train_step``: the whole jitted DFF train step of a config file at each batch size
+(pairs): ``steps_per_second``, ``images_per_second`` (= ``items_per_second``),
+``cpu_seconds_per_step``, ``flops_per_step`` (:func:`dff_jax.train.benchmark_train_step`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import time
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from dff_jax import benchmarking
+from dff_jax import encoder as encoder_lib
+
+MODES = ("forward", "train")
+
+
+def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"),
+                  modes: Sequence[str] = MODES, batch_sizes: Sequence[int] = (1, 32),
+                  repeats: int = 3, max_run_s: float = 150.0, max_temp_gb: float = 8.0,
+                  peak: Optional[benchmarking.PeakFlops] = None) -> Iterator[Dict[str, Any]]:
+  """Forward and forward+backward throughput of the DFF encoder cases (module docstring).
+
+  Args:
+    encoder_cases: keys of :data:`dff_jax.benchmarking.ENCODER_CASES`.
+    modes: ``"forward"`` and / or ``"train"``.
+    batch_sizes: images per call.
+    repeats: timed calls per measurement (median reported; fewer for long calls).
+    max_run_s: time budget per measurement: calls estimated (from their FLOPs at 25% of the
+      matmul peak) to take longer are skipped; long calls get fewer repeats.
+    max_temp_gb: skip a measurement whose compiled temporaries exceed this many GB.
+    peak: the run's matmul peak (re-measured before each measurement; a new one by default).
+  """
+  peak = peak or benchmarking.PeakFlops()
+  unknown = [c for c in encoder_cases if c not in benchmarking.ENCODER_CASES]
+  if unknown:
+    raise ValueError(f"unknown encoder case(s) {unknown}; known: "
+                     f"{sorted(benchmarking.ENCODER_CASES)}")
+  bad_modes = [m for m in modes if m not in MODES]
+  if bad_modes:
+    raise ValueError(f"unknown mode(s) {bad_modes}; use forward or train")
+  for case_name in encoder_cases:
+    case = dict(benchmarking.ENCODER_CASES[case_name])
+    size, channels = case.pop("image_size"), case.pop("channels")
+    module = encoder_lib.DFFEncoder(**case)
+    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, size, size, channels)))
+    num_params = encoder_lib.count_params(params)
+
+    def forward(p, images, module=module):
+      return module.apply(p, images)
+
+    def train(p, images, target, module=module):
+      # Gradient of a descriptor loss: the encoder's share of a train step.
+      def loss(q):
+        return jnp.mean(jnp.sum(module.apply(q, images) * target, axis=-1))
+      return jax.value_and_grad(loss)(p)
+
+    for mode in modes:
+      for batch_size in map(int, batch_sizes):
+        peak_flops = peak.refresh()  # Load on a shared machine changes over time.
+        key = jax.random.key(batch_size)
+        images = jax.random.normal(key, (batch_size, size, size, channels), jnp.float32)
+        args, fn = (params, images), forward
+        if mode == "train":
+          target = jax.random.normal(key, (batch_size, size, size, module.descriptor_dim))
+          args, fn = (params, images, target), train
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        count = benchmarking.flops(compiled)
+        record = {"what": "encoder", "case": case_name, "mode": mode, "batch_size": batch_size,
+                  "image_size": size, "channels": channels, "features": list(module.features),
+                  "convs_per_level": module.convs_per_level,
+                  "descriptor_dim": module.descriptor_dim, "upsample": module.upsample,
+                  "norm": module.norm, "dtype": jnp.dtype(module.dtype).name,
+                  "params": num_params, "compile_s": round(compile_s, 2),
+                  "gflop_per_item": round(count / batch_size / 1e9, 3),
+                  **benchmarking.memory_mb(compiled)}
+        single_s = count / (0.25 * peak_flops)  # Pessimistic estimate of one call.
+        temp_gb = record.get("temp_mb", 0.0) / 1024.0
+        if single_s > max_run_s or temp_gb > max_temp_gb:
+          record.update(items_per_second=None, skipped=(
+              f"estimated {single_s:.0f} s per call (limit --max_run_s={max_run_s:.0f}), "
+              f"{temp_gb:.1f} GB temporaries (limit --max_temp_gb={max_temp_gb:.0f})"))
+          yield record
+          continue
+        # Long calls: skip the warm-up and time fewer repeats to stay within max_run_s.
+        warmup = single_s < 10.0
+        count_repeats = max(1, min(repeats, int(max_run_s / single_s) - int(warmup)))
+        seconds, cpu_seconds = benchmarking.time_call(
+            functools.partial(compiled, *args), count_repeats, warmup)
+        record["repeats"] = count_repeats
+        record.update(step_s=round(seconds, 4), cpu_s=round(cpu_seconds, 4),
+                      items_per_cpu_second=round(batch_size / cpu_seconds, 2),
+                      items_per_second=round(batch_size / seconds, 2),
+                      achieved_gflops=round(count / seconds / 1e9, 1),
+                      utilisation=round(count / seconds / peak_flops, 3),
+                      peak_gflops=round(peak_flops / 1e9, 1),
+                      maxrss_mb=round(benchmarking.maxrss_mb(), 1),
+                      loadavg=benchmarking.loadavg())
+        yield record
+
+
+def bench_train_step(train_config: str = "experiments/configs/dff_cpu.py",
+                     batch_sizes: Sequence[int] = (1, 32),
+                     repeats: int = 3) -> Iterator[Dict[str, Any]]:
+  """The full jitted DFF train step (encoder + patch / InfoNCE loss + AdamW) of the config file
+  ``train_config`` (``get_config()``) on a synthetic batch of each ``batch_sizes`` pairs (2
+  images per pair); ``items_per_second`` is images/s."""
+  from dff_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; only when run.
+  spec = importlib.util.spec_from_file_location("train_config", train_config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for batch_size in map(int, batch_sizes):
+    config = module.get_config()
+    config.global_batch_size = batch_size
+    result = train.benchmark_train_step(config, num_steps=repeats)
+    yield {"what": "train_step", "config": train_config, "batch_size": batch_size,
+           "items_per_second": round(result["images_per_second"], 3),
+           "compile_s": round(result["compile_seconds"], 2),
+           "gflop_per_item": round(result["flops_per_step"] / (2 * batch_size) / 1e9, 3),
+           "loadavg": benchmarking.loadavg(),
+           **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}}

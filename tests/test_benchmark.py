@@ -1,0 +1,39 @@
+"""experiments.benchmark: one command over dff_jax.benchmarking; every line names the device."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.benchmark", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_align_loop_lines_name_the_device():
+  proc = _run("--what=align", "--align_modes=loop", "--batch_sizes=2", "--num_stages=1",
+              "--crop_size=32", "--descriptor_dim=4", "--repeats=1", "--matmul_size=64")
+  assert proc.returncode == 0, proc.stderr
+  records = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert [r["what"] for r in records] == ["matmul_peak", "align"]
+  for record in records:
+    assert {"device_kind", "platform", "device_count", "items_per_second",
+            "compile_s"} <= set(record)
+  assert records[0]["achieved_gflops"] > 0
+  assert records[1]["mode"] == "loop" and records[1]["batch_size"] == 2
+
+
+def test_encoder_utilisation_of_the_matmul_peak():
+  from dff_jax import benchmarking
+  from dff_jax.benchmarking import encoder
+  peak = benchmarking.PeakFlops(64)
+  [record] = encoder.bench_encoder(["cpu_small_1conv"], ["forward"], [1], repeats=1, peak=peak)
+  assert record["achieved_gflops"] > 0 and record["peak_gflops"] > 0
+  assert abs(record["utilisation"] - record["achieved_gflops"] / record["peak_gflops"]) < 0.01
+
+
+def test_unknown_benchmark_is_a_usage_error():
+  proc = _run("--what=bogus")
+  assert proc.returncode != 0 and "bogus" in proc.stderr

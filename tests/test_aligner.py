@@ -195,8 +195,7 @@ def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
 def test_shipped_default_on_the_portrait_and_a_face_free_image():
   """Aligner.load() (the shipped cascade and encoder): the demo portrait has one face, found
   without a box and aligned onto the hand-placed reference points; a face-free image has none."""
-  from dff_jax import Aligner, image_io
-  from experiments import demo
+  from dff_jax import Aligner, demo, image_io
   portrait = image_io.read_image(PORTRAIT)
   aligner = Aligner.load()
   result = aligner.align([portrait, _face_free()])

@@ -10,17 +10,19 @@ import pytest
 
 from conftest import ROOT, SFM_NPZ, require
 from data_pipeline import readers
-from experiments import compare_face_models, demo, fit_landmarks
+from dff_jax import demo, image_io
+from dff_jax.alignment import fit_files
+from dff_jax.evaluation import face_models
 
 
 @pytest.fixture(scope="module")
 def default_model():
-  return fit_landmarks.load_model("default")
+  return fit_files.load_model("default")
 
 
 @pytest.fixture(scope="module")
 def synthetic_face(default_model):
-  return compare_face_models.synthesise_landmarks(default_model, 1, seed=3, image_size=128.0)
+  return face_models.synthesise_landmarks(default_model, 1, seed=3, image_size=128.0)
 
 
 def _run(*args):
@@ -34,9 +36,9 @@ def test_fit_landmarks_writes_json_and_overlay(tmp_path, default_model, syntheti
   readers.write_pts(pts, landmarks)
   image = np.full((128, 128, 3), 90, np.uint8)
   image_path = tmp_path / "face.png"
-  fit_landmarks.write_png_atomic(image_path, image)
+  image_io.write_png_atomic(image_path, image)
   out = tmp_path / "out"
-  document = fit_landmarks.fit_landmarks_file(pts, out, image_path=image_path)
+  document = fit_files.fit_landmarks_file(pts, out, image_path=image_path)
   written = json.loads((out / "face.json").read_text())
   assert written == json.loads(json.dumps(document))
   assert np.asarray(written["landmarks_px"]).shape == (68, 2)
@@ -46,7 +48,7 @@ def test_fit_landmarks_writes_json_and_overlay(tmp_path, default_model, syntheti
   assert len(written["expression_coefficients"]) == default_model.num_expression
   assert written["nme_inter_ocular"] < 0.04
   assert abs(written["pose"]["yaw_deg"] - np.degrees(synthetic_face["yaw_rad"][0])) < 4.0
-  overlay = fit_landmarks.read_image_rgb(out / "face_overlay.png")
+  overlay = image_io.read_image(out / "face_overlay.png")
   assert overlay.shape == (128, 128, 3) and np.any(overlay != 90)
   assert sorted(p.name for p in out.iterdir()) == ["face.json", "face_overlay.png"]
 
@@ -55,7 +57,7 @@ def test_fit_landmarks_bad_content_raises_value_error(tmp_path):
   bad = tmp_path / "bad.npy"
   np.save(bad, np.full((68, 2), np.nan, np.float32))
   with pytest.raises(ValueError):
-    fit_landmarks.fit_landmarks_file(bad, tmp_path / "out")
+    fit_files.fit_landmarks_file(bad, tmp_path / "out")
   assert not (tmp_path / "out" / "bad.json").exists()
 
 
@@ -75,18 +77,18 @@ def test_demo_runs(tmp_path):
   assert set(report["true_pose"]) == set(report["fitted_pose"])
   assert abs(report["true_pose"]["yaw_deg"] - report["fitted_pose"]["yaw_deg"]) < 5.0
   assert report["nme_vs_true_landmarks"] < 0.04
-  picture = fit_landmarks.read_image_rgb(tmp_path / "demo_fit.png")
+  picture = image_io.read_image(tmp_path / "demo_fit.png")
   assert picture.shape[0] >= demo.IMAGE_SIZE and picture.shape[1] >= 2 * demo.IMAGE_SIZE
   assert json.loads((tmp_path / "demo_fit.json").read_text())["seed"] == 1
 
 
 def test_compare_face_models_figures(default_model):
   from dff_jax.face_model import compare  # pylint: disable=g-import-not-at-top
-  sfm = fit_landmarks.load_model(str(require(SFM_NPZ)))
-  nme = compare_face_models.synthetic_fit_nme(default_model, sfm, num_faces=6, seed=0,
+  sfm = fit_files.load_model(str(require(SFM_NPZ)))
+  nme = face_models.synthetic_fit_nme(default_model, sfm, num_faces=6, seed=0,
                                               contours=("nearest",))
   assert 0.0 < nme["nearest"] < 0.05
   assert 0.0 < compare.landmark_distance_ratio(default_model, sfm) < 0.1
-  grid, labels = compare_face_models.model_grid(default_model, cell=40)
+  grid, labels = face_models.model_grid(default_model, cell=40)
   assert grid.dtype == np.uint8 and grid.shape[0] > 80 and len(labels) == 10
   assert grid.std() > 5  # faces were drawn, not a blank canvas

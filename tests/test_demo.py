@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from experiments import demo, fit_landmarks
+from dff_jax import demo, image_io
 
 REFERENCE_PX = demo.REFERENCE_POINTS_PX
 TOLERANCE_PX = 6.0
@@ -50,6 +50,6 @@ def test_demo_aligns_the_portrait_with_the_shipped_defaults(tmp_path):
   # A frontal portrait: small yaw and roll, (almost) every landmark visible.
   assert abs(face["pose"]["yaw_deg"]) < 15 and abs(face["pose"]["roll_deg"]) < 10
   assert report["alignment"]["visible_landmarks"] >= 64
-  overlay = fit_landmarks.read_image_rgb(tmp_path / "astronaut_overlay.png")
+  overlay = image_io.read_image(tmp_path / "astronaut_overlay.png")
   assert overlay.shape == (512, 512, 3)
   assert (tmp_path / "demo_fit.png").exists()

@@ -69,10 +69,11 @@ def broadcast_head(head: Mapping[str, Array], batch_shape: Sequence[int]) -> dic
 
 def head_apply(head: Mapping[str, Array], features: Array) -> Array:
   """The point head: ``[K, C]`` pyramid samples -> ``[K, D]`` float32 unit descriptors
-  (dense -> ReLU -> dense -> L2 normalise, all in float32)."""
+  (dense -> GELU -> dense -> L2 normalise, all in float32). GELU, not ReLU: with ReLU a point
+  whose hidden units are all negative would get an all-zero, not a unit, descriptor."""
   precision = jax.lax.Precision.HIGHEST
   features = features.astype(jnp.float32)
-  hidden = jax.nn.relu(jnp.dot(features, head["hidden_kernel"], precision=precision)
+  hidden = jax.nn.gelu(jnp.dot(features, head["hidden_kernel"], precision=precision)
                        + head["hidden_bias"])
   return _l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
                        + head["out_bias"])

@@ -77,7 +77,8 @@ def load_dff(checkpoint: Optional[str | os.PathLike] = None) -> DFFModel:
 
   @jax.jit
   def describe(crops):
-    return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels))
+    return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels),
+                        method="dense")
 
   return DFFModel(describe=describe, image_size=int(meta["image_size"]),
                   descriptor_dim=int(module.descriptor_dim), source=str(path), meta=meta)

@@ -296,7 +296,7 @@ class PointDFFEncoder(DFFEncoder):
   The contracting half of :class:`DFFEncoder` (same submodules ``encoder_<l>``, so a trained
   U-Net's encoder half loads into it) gives a feature pyramid once per crop; a point's
   descriptor is the pyramid sampled bilinearly at the point on every level, concatenated
-  (``C = sum(features)``) and passed through a two-layer head (``C -> head_hidden -> D``, ReLU,
+  (``C = sum(features)``) and passed through a two-layer head (``C -> head_hidden -> D``, GELU,
   float32), then L2-normalised (:mod:`dff_jax.descriptor_fields`). The decoder, which computed
   ``H x W`` descriptors of which a cascade stage reads 68, is gone: on the ``"cpu"`` widths at
   128 x 128 it held about 60 % of the forward FLOPs.

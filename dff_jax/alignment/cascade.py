@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import descriptor_fields
 from dff_jax import geometry
 from dff_jax import sampling
 from dff_jax.alignment import fitting
@@ -316,7 +317,9 @@ def stage_features(descriptor_map: Array, landmarks_px: Array, visibility: Array
   """The stage's feature vector ``f``.
 
   Args:
-    descriptor_map: ``[H, W, D]`` float32 descriptors of the crop.
+    descriptor_map: the crop's descriptor field (:mod:`dff_jax.descriptor_fields`): a dense
+      map ``[H, W, D]`` float32 (read bilinearly) or a point field (its head is evaluated at
+      the 68 points only).
     landmarks_px: ``[68, 2]`` crop pixels.
     visibility: ``[68]`` float32 0/1.
 
@@ -324,7 +327,7 @@ def stage_features(descriptor_map: Array, landmarks_px: Array, visibility: Array
     ``[68 * D + 1]`` float32: the descriptors at the visible, in-crop landmarks (zeros
     elsewhere), flattened landmark-major, then a constant 1.
   """
-  values, inside = sampling.bilinear_sample(descriptor_map, landmarks_px)
+  values, inside = descriptor_fields.query(descriptor_map, landmarks_px)
   values = values * (visibility * inside.astype(values.dtype))[:, None]
   return jnp.concatenate([values.reshape(-1), jnp.ones((1,), values.dtype)])
 

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dff_jax import descriptor_fields
 from dff_jax import encoder as encoder_lib
 from dff_jax import sift
 
@@ -28,7 +29,8 @@ class Describer:
   Attributes:
     kind: ``"dff"`` or ``"sift"``.
     descriptor_dim: D.
-    apply: ``(params, crops [B, S, S, 3] float32 in [0, 255]) -> [B, S, S, D]``.
+    apply: ``(params, crops [B, S, S, 3] float32 in [0, 255]) -> descriptor fields [B, ...]``
+      (dense maps ``[B, S, S, D]``, or point fields: :mod:`dff_jax.descriptor_fields`).
     params: the pytree ``apply`` differentiates through (encoder parameters; ``None`` for SIFT).
     source: where the parameters came from (a path, or "dense SIFT").
   """
@@ -40,6 +42,10 @@ class Describer:
 
   def __call__(self, crops: Array) -> Array:
     return self.apply(self.params, crops)
+
+  def dense(self, crops: Array) -> Array:
+    """``[B, S, S, D]`` dense maps of the crops (a point field read at every pixel centre)."""
+    return descriptor_fields.to_dense_batch(self(crops))
 
 
 def dff_describer(checkpoint: Optional[str | Path] = None) -> Describer:

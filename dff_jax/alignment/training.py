@@ -24,6 +24,7 @@ import numpy as np
 
 from data_pipeline import faces as faces_lib
 from data_pipeline.config import pipeline_config_from_dict
+from dff_jax import descriptor_fields
 from dff_jax import geometry
 from dff_jax import metrics
 from dff_jax import sampling
@@ -52,7 +53,8 @@ def crop_boxes_for(boxes: np.ndarray, config: cascade.CascadeConfig) -> np.ndarr
 
 
 def make_crop_and_describe(describer: features_lib.Describer, crop_size: int) -> Callable:
-  """A jitted ``(images [B, H, W, 3] uint8, crop_boxes [B, 4]) -> maps [B, S, S, D]``."""
+  """A jitted ``(images [B, H, W, 3] uint8, crop_boxes [B, 4]) -> descriptor fields [B, ...]``
+  (dense maps ``[B, S, S, D]`` or point fields, :mod:`dff_jax.descriptor_fields`)."""
   @jax.jit
   def run(images, crop_boxes):
     crops = jax.vmap(lambda image, box: sampling.crop_image(
@@ -74,26 +76,46 @@ def render_faces(source: faces_lib.FaceSource, count: int,
 
 
 def describe_all(describe: Callable, faces: Dict[str, np.ndarray], crop_boxes: np.ndarray,
-                 batch_size: int) -> np.ndarray:
-  """Descriptor maps of all faces, ``[N, S, S, D]`` float16 (host memory)."""
+                 batch_size: int) -> Any:
+  """Descriptor fields of all faces in host memory: leaves ``[N, ...]``, maps and pyramid
+  levels float16 (a dense ``[N, S, S, D]`` array, or a point field whose head stays float32)."""
   count = len(crop_boxes)
   out = None
   for start in range(0, count, batch_size):
     stop = min(start + batch_size, count)
     images = _pad(faces["image"][start:stop], batch_size)
     boxes = _pad(crop_boxes[start:stop], batch_size)
-    maps = np.asarray(describe(images, boxes))[:stop - start].astype(np.float16)
+    fields = descriptor_fields.map_faces(lambda x: np.asarray(x)[:stop - start],
+                                         describe(images, boxes))
     if out is None:
-      out = np.zeros((count,) + maps.shape[1:], np.float16)
-    out[start:stop] = maps
+      out = descriptor_fields.map_faces(
+          lambda x: np.zeros((count,) + x.shape[1:], _host_dtype(x)), fields)
+    jax.tree_util.tree_map(lambda o, x: o.__setitem__(slice(start, stop), x), out, fields)
   return out
 
 
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-  """Pads the leading axis to ``size`` by repeating the last row (static batch shapes)."""
-  if len(array) == size:
-    return array
-  return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+def _host_dtype(leaf: np.ndarray) -> Any:
+  """float16 for spatial maps ``[N, h, w, C]``, float32 for the rest (a point head)."""
+  return np.float16 if leaf.ndim == 4 else np.float32
+
+
+def _pad(array: Any, size: int) -> Any:
+  """Pads the leading axis of an array (or of every leaf of a field) to ``size`` by repeating
+  the last row (static batch shapes)."""
+  def pad(x):
+    if len(x) == size:
+      return x
+    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+  return descriptor_fields.map_faces(pad, array)
+
+
+def _device(fields: Any) -> Any:
+  """Host fields -> float32 device arrays."""
+  return descriptor_fields.map_faces(lambda x: jnp.asarray(x, jnp.float32), fields)
+
+
+def _take(fields: Any, start: int, stop: int) -> Any:
+  return descriptor_fields.map_faces(lambda x: x[start:stop], fields)
 
 
 def batches_from_images(describe: Callable, faces: Dict[str, np.ndarray], crop_boxes: np.ndarray,
@@ -113,30 +135,35 @@ def batches_from_images(describe: Callable, faces: Dict[str, np.ndarray], crop_b
   return batches
 
 
-def batches_from_maps(maps: np.ndarray, landmarks_crop: np.ndarray, pose_crop: np.ndarray,
+def batches_from_maps(maps: Any, landmarks_crop: np.ndarray, pose_crop: np.ndarray,
                       batch_size: int) -> Callable[[], Iterable[regression.Batch]]:
-  """The ``batches`` callable of :func:`regression.fit_cascade` over in-memory arrays."""
+  """The ``batches`` callable of :func:`regression.fit_cascade` over in-memory fields
+  (:func:`describe_all`)."""
+  count = descriptor_fields.num_faces(maps)
+
   def batches():
-    for start in range(0, len(maps), batch_size):
-      stop = min(start + batch_size, len(maps))
+    for start in range(0, count, batch_size):
+      stop = min(start + batch_size, count)
       weight = np.zeros(batch_size, np.float32)
       weight[:stop - start] = 1.0
-      yield (jnp.asarray(_pad(maps[start:stop], batch_size), jnp.float32),
+      yield (_device(_pad(_take(maps, start, stop), batch_size)),
              jnp.asarray(_pad(landmarks_crop[start:stop], batch_size)),
              jnp.asarray(_pad(pose_crop[start:stop], batch_size)), weight)
   return batches
 
 
 def run_on_maps(alignment_model: cascade.AlignmentModel, params: cascade.CascadeParams,
-                config: cascade.CascadeConfig, maps: np.ndarray,
+                config: cascade.CascadeConfig, maps: Any,
                 batch_size: int) -> cascade.AlignmentState:
-  """The cascade on in-memory maps ``[N, S, S, D]``; returns stacked crop-frame states."""
+  """The cascade on in-memory fields (leaves ``[N, ...]``, :func:`describe_all`); returns
+  stacked crop-frame states."""
   run = jax.jit(cascade.align_crops, static_argnames=("config",))
   states = []
-  for start in range(0, len(maps), batch_size):
-    stop = min(start + batch_size, len(maps))
-    state = run(alignment_model, params, jnp.asarray(_pad(maps[start:stop], batch_size),
-                                                     jnp.float32), config)
+  count = descriptor_fields.num_faces(maps)
+  for start in range(0, count, batch_size):
+    stop = min(start + batch_size, count)
+    state = run(alignment_model, params, _device(_pad(_take(maps, start, stop), batch_size)),
+                config)
     states.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:stop - start], state))
   return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *states)
 

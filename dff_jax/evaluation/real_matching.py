@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import descriptor_fields
 from dff_jax import geometry
 from dff_jax import matching
 from dff_jax import sampling
@@ -62,7 +63,8 @@ def face_crops(images: Sequence[np.ndarray], landmarks_px: np.ndarray, crop_size
 
 def describe(describer: Callable, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
   """``[N, S, S, D]`` float32 descriptor maps of ``crops [N, S, S, 3]`` (last batch padded)."""
-  run = jax.jit(lambda crops: describer(crops))  # parameters closed over
+  # Parameters closed over; a point field is read at every pixel centre.
+  run = jax.jit(lambda crops: descriptor_fields.to_dense_batch(describer(crops)))
   out = []
   for start in range(0, len(crops), batch_size):
     part = crops[start:start + batch_size]

@@ -1,0 +1,111 @@
+"""The point-head encoder and descriptor fields (issue 12): descriptors only where they are read."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dff_jax import descriptor_fields as fields_lib
+from dff_jax import encoder as encoder_lib
+from dff_jax import losses
+
+
+def _ramp_field(size=16):
+  """A planted field: level 0 holds the crop x of its pixel centres, level 1 the crop y of its
+  (stride-2) pixel centres; the head is 100 x identity (GELU(t) = t in float32 for t >= 10),
+  then the identity, so the descriptor at an interior point (x, y) is (x, y) / |(x, y)|
+  (bilinear interpolation of a linear ramp is exact)."""
+  cols = (np.arange(size) + 0.5)[None, :, None] * np.ones((size, 1, 1))
+  half = size // 2
+  rows = 2.0 * (np.arange(half) + 0.5)[:, None, None] * np.ones((1, half, 1))
+  head = {"hidden_kernel": 100 * np.eye(2, dtype=np.float32), "hidden_bias": np.zeros(2, np.float32),
+          "out_kernel": np.eye(2, dtype=np.float32), "out_bias": np.zeros(2, np.float32)}
+  return fields_lib.PointField(levels=(jnp.asarray(cols, jnp.float32),
+                                       jnp.asarray(rows, jnp.float32)),
+                               head={k: jnp.asarray(v) for k, v in head.items()})
+
+
+def test_planted_ramp_field_gives_the_point_direction():
+  field = _ramp_field()
+  points = jnp.asarray([[3.3, 7.9], [10.0, 2.6], [8.25, 8.75], [2.5, 12.1]], jnp.float32)
+  values, inside = fields_lib.query(field, points)
+  expected = np.asarray(points) / np.linalg.norm(np.asarray(points), axis=-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(values), expected, atol=1e-6)
+  assert np.all(np.asarray(inside))
+  # Outside the crop: zero and not inside.
+  values, inside = fields_lib.query(field, jnp.asarray([[-1.0, 3.0], [3.0, 16.5]]))
+  assert not np.any(np.asarray(inside)) and np.all(np.asarray(values) == 0)
+
+
+def _point_encoder_and_field(seed=0, batch=2, size=32):
+  module = encoder_lib.encoder_from_config(dict(features=(8, 16, 16), descriptor_dim=8,
+                                                head="point", head_hidden=16))
+  images = jax.random.normal(jax.random.PRNGKey(seed), (batch, size, size, 1))
+  variables = module.init(jax.random.PRNGKey(seed + 1), images)
+  return module, variables, images
+
+
+def test_point_query_equals_dense_map_at_pixel_centres():
+  module, variables, images = _point_encoder_and_field()
+  field = module.apply(variables, images)
+  dense = module.apply(variables, images, method="dense")
+  assert dense.shape == (2, 32, 32, 8)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(dense), axis=-1), 1.0, atol=1e-5)
+  rng = np.random.default_rng(0)
+  rows, cols = rng.integers(0, 32, size=(2, 50)), rng.integers(0, 32, size=(2, 50))
+  centres = jnp.asarray(np.stack([cols + 0.5, rows + 0.5], -1), jnp.float32)
+  queried, inside = fields_lib.query_batch(field, centres)
+  expected = np.asarray(dense)[np.arange(2)[:, None], rows, cols]
+  np.testing.assert_allclose(np.asarray(queried), expected, atol=1e-5)
+  assert np.all(np.asarray(inside))
+
+
+def test_point_encoder_jit_matches_eager_and_loads_a_unet_pyramid():
+  module, variables, images = _point_encoder_and_field()
+  eager = module.apply(variables, images, method="dense")
+  jitted = jax.jit(lambda v, x: module.apply(v, x, method="dense"))(variables, images)
+  np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5)
+  unet = encoder_lib.encoder_from_config(dict(features=(8, 16, 16), descriptor_dim=8))
+  unet_params = unet.init(jax.random.PRNGKey(5), images)["params"]
+  shared = sorted(k for k in unet_params if k.startswith("encoder_"))
+  assert shared == sorted(k for k in variables["params"] if k.startswith("encoder_"))
+  for name in shared:
+    jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), np.shape(b)),
+                 unet_params[name], variables["params"][name])
+
+
+def test_gradients_through_the_point_head():
+  module, variables, images = _point_encoder_and_field(batch=1, size=16)
+  field = jax.tree.map(lambda x: x[0], module.apply(variables, images))
+  points = jnp.asarray([[3.3, 7.9], [10.2, 2.6], [8.4, 11.7]], jnp.float32)
+
+  def read(levels, head, pts):
+    values, _ = fields_lib.query(fields_lib.PointField(levels=levels, head=head), pts)
+    return jnp.sum(values * jnp.arange(values.shape[-1], dtype=jnp.float32))
+
+  check_grads(read, (field.levels, field.head, points), order=1, modes=("rev",), atol=2e-2,
+              rtol=2e-2, eps=1e-3)
+
+
+def test_patch_loss_on_a_point_field_equals_it_on_its_dense_map():
+  module, variables, images = _point_encoder_and_field(batch=2, size=16)
+  field = module.apply(variables, images)
+  dense = module.apply(variables, images, method="dense")
+  rng = np.random.default_rng(1)
+  vertex_ids = jnp.asarray(rng.integers(-1, 30, size=(2, 16, 16)), jnp.int32)
+  table = jnp.asarray(rng.integers(0, 5, size=(3, 30)), jnp.int32)
+  classifiers = losses.init_patch_classifiers(jax.random.PRNGKey(2), 3, 8, 5)
+  kwargs = dict(segmentation_ids=jnp.asarray([0, 2], jnp.int32), logit_scale=10.0,
+                num_pixels_per_image=64, key=jax.random.PRNGKey(3))
+  loss_field, metrics_field = losses.patch_classification_loss(field, vertex_ids, table,
+                                                               classifiers, **kwargs)
+  loss_dense, metrics_dense = losses.patch_classification_loss(dense, vertex_ids, table,
+                                                               classifiers, **kwargs)
+  np.testing.assert_allclose(float(loss_field), float(loss_dense), rtol=1e-5)
+  assert float(metrics_field["num_classified"]) == float(metrics_dense["num_classified"])
+
+
+def test_unknown_head_is_a_clear_error():
+  with pytest.raises(ValueError, match="head"):
+    encoder_lib.encoder_from_config(dict(features=(8, 16), head="sparse"))

@@ -9,10 +9,12 @@ Neural Face Detection on Mobile GPUs", arXiv 1907.05047): a 128 x 128 single-sho
 (centre offset, width, height) and 6 keypoints (eyes, nose tip, mouth, tragions). Its weights
 (float16, 0.3 MB) and operator graph ship in ``dff_jax/assets/blazeface_short_range.npz``,
 converted unchanged from MediaPipe's ``face_detection_short_range.tflite`` by
-``python -m experiments.convert_blazeface`` (MediaPipe, Apache-2.0,
-``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D,
-DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE) is run by
-:func:`run_graph` with ``jax.lax`` convolutions and compiled once; nothing is downloaded.
+``python -m experiments.convert_blazeface`` (:func:`dff_jax.tflite_graph.convert`; MediaPipe,
+Apache-2.0, ``dff_jax/assets/LICENSE-MediaPipe.txt``). The graph (CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE) is run by
+:func:`dff_jax.tflite_graph.run_graph` with ``jax.lax`` convolutions and compiled once; nothing is
+downloaded. The graph format, its conversion from ``.tflite`` and its interpreter live in
+:mod:`dff_jax.tflite_graph` (a model-independent idea); this module holds BlazeFace's anchors,
+decoding, non-maximum suppression, box correction and pre-processing.
 
 **Pre- and post-processing** follow MediaPipe's face_detection_short_range graph: the image is
 letterboxed into a square (black bars), resized to 128 x 128 (Pillow bilinear, antialiased when
@@ -41,9 +43,7 @@ detections (WORKSPACE.md section 11); tile detections only add faces the whole-i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -52,13 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dff_jax.tflite_graph import load_graph, run_graph
+
 Array = Any
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "blazeface_short_range.npz"
 DETECTOR_NAME = "blazeface_short_range (MediaPipe, Apache-2.0) in JAX"
-SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
-                 "CONCATENATION", "DEQUANTIZE")
 INPUT_SIZE = 128
 # BlazeFace's keypoints, in its output order ("left" / "right" as MediaPipe names them).
 KEYPOINTS = ("left_eye", "right_eye", "nose_tip", "mouth", "left_tragion", "right_tragion")
@@ -82,162 +82,6 @@ MAX_IMAGE_PIXELS = 50_000_000
 BOX_CORRECTION = dict(shift_x=0.0041, shift_y=0.0534, scale_w=0.9152, scale_h=0.9204,
                       shift_x_turn=0.3149, shift_y_turn=-0.07, scale_w_turn=-0.2504,
                       scale_h_turn=0.1025)
-
-
-# ----------------------------------------------------------------------------------------------
-# The graph
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Graph:
-  """A converted TFLite graph: operators in execution order, constants, input / output names.
-
-  Attributes:
-    ops: ``[{"op", "inputs", "outputs", "options"}]`` (see ``experiments/convert_blazeface.py``).
-    constants: tensor name -> float32 / int32 NumPy array.
-    inputs: the input tensor names (one, ``[1, 128, 128, 3]`` float32 in [-1, 1]).
-    outputs: output tensor names (``regressors [B, 896, 16]``, ``classificators [B, 896, 1]``).
-    meta: provenance (source file, sha256, licence).
-  """
-  ops: Tuple[Dict[str, Any], ...]
-  constants: Dict[str, np.ndarray]
-  inputs: Tuple[str, ...]
-  outputs: Tuple[str, ...]
-  meta: Dict[str, Any]
-
-
-def load_graph(path: str | Path = DEFAULT_MODEL) -> Graph:
-  """Reads a graph written by ``experiments/convert_blazeface.py``.
-
-  Raises:
-    FileNotFoundError: no such file. ValueError: not a detector graph file.
-  """
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"detector model {path} does not exist")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      document = json.loads(str(data["graph"]))
-      constants = {}
-      for key in data.files:
-        if key.startswith("tensor:"):
-          value = data[key]
-          constants[key[len("tensor:"):]] = (value.astype(np.float32)
-                                             if np.issubdtype(value.dtype, np.floating) else value)
-  except (OSError, KeyError, ValueError) as error:
-    raise ValueError(f"{path} is not a detector graph file ({error})") from None
-  unsupported = sorted({op["op"] for op in document["ops"]} - set(SUPPORTED_OPS))
-  if unsupported:
-    raise ValueError(f"{path}: unsupported operators {unsupported}")
-  return Graph(ops=tuple(document["ops"]), constants=constants,
-               inputs=tuple(document["inputs"]), outputs=tuple(document["outputs"]),
-               meta=dict(document.get("meta", {})))
-
-
-def _activation(x: Array, name: Optional[str]) -> Array:
-  if name is None:
-    return x
-  if name == "RELU":
-    return jax.nn.relu(x)
-  raise ValueError(f"unsupported fused activation {name!r}")
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
-  """TF / XLA ``SAME`` padding (the odd pixel at the end)."""
-  out = -(-size // stride)
-  total = max((out - 1) * stride + kernel - size, 0)
-  return total // 2, total - total // 2
-
-
-def depthwise_conv(x: Array, kernel: Array, strides: Sequence[int], padding: str,
-                   dilation: Sequence[int] = (1, 1)) -> Array:
-  """Depthwise convolution as a sum of ``kh * kw`` shifted, strided slices times the kernel.
-
-  Same result as ``lax.conv_general_dilated(..., feature_group_count=C)``, but 10-100x faster
-  on XLA:CPU for BlazeFace's 3 x 3 kernels (the grouped convolution is not vectorised there).
-
-  Args:
-    x: ``[B, H, W, C]``. kernel: ``[kh, kw, C]``. strides, dilation: ``(sy, sx)``.
-    padding: ``"SAME"`` or ``"VALID"``.
-  """
-  kh, kw = kernel.shape[:2]
-  sy, sx = strides
-  dy, dx = dilation
-  ekh, ekw = (kh - 1) * dy + 1, (kw - 1) * dx + 1
-  height, width = x.shape[1:3]
-  if padding == "SAME":
-    pad_y, pad_x = _same_padding(height, ekh, sy), _same_padding(width, ekw, sx)
-    x = jnp.pad(x, ((0, 0), pad_y, pad_x, (0, 0)))
-    out_h, out_w = -(-height // sy), -(-width // sx)
-  elif padding == "VALID":
-    out_h, out_w = (height - ekh) // sy + 1, (width - ekw) // sx + 1
-  else:
-    raise ValueError(f"unsupported padding {padding!r}")
-  out = 0.0
-  for i in range(kh):
-    for j in range(kw):
-      window = x[:, i * dy:i * dy + (out_h - 1) * sy + 1:sy,
-                 j * dx:j * dx + (out_w - 1) * sx + 1:sx, :]
-      out = out + window * kernel[i, j]
-  return out
-
-
-def run_graph(graph: Graph, x: Array) -> Dict[str, Array]:
-  """Runs ``graph`` on ``x`` ``[B, H, W, C]`` float32 (NHWC, TFLite's layout).
-
-  TFLite semantics: CONV_2D kernels are ``[O, kh, kw, I]``, DEPTHWISE_CONV_2D kernels
-  ``[1, kh, kw, C]``, ``SAME`` padding puts the odd pixel at the bottom / right (as XLA's
-  ``"SAME"``). RESHAPE keeps the batch dimension. Traceable (jit / vmap).
-
-  Returns:
-    output tensor name -> array.
-  """
-  values: Dict[str, Array] = {graph.inputs[0]: jnp.asarray(x, jnp.float32)}
-
-  def get(name):
-    return values[name] if name in values else jnp.asarray(graph.constants[name])
-
-  for op in graph.ops:
-    kind, options = op["op"], op["options"]
-    args = [get(name) for name in op["inputs"]]
-    if kind == "DEQUANTIZE":
-      out = args[0].astype(jnp.float32)
-    elif kind == "CONV_2D":
-      out = jax.lax.conv_general_dilated(
-          args[0], args[1], window_strides=options["strides"], padding=options["padding"],
-          rhs_dilation=options["dilation"], dimension_numbers=("NHWC", "OHWI", "NHWC"),
-          precision=jax.lax.Precision.HIGHEST)
-      if len(args) > 2:
-        out = out + args[2]
-      out = _activation(out, options["activation"])
-    elif kind == "DEPTHWISE_CONV_2D":
-      out = depthwise_conv(args[0], args[1][0], options["strides"], options["padding"],
-                           options["dilation"])
-      if len(args) > 2:
-        out = out + args[2]
-      out = _activation(out, options["activation"])
-    elif kind == "ADD":
-      out = _activation(args[0] + args[1], options.get("activation"))
-    elif kind == "RELU":
-      out = jax.nn.relu(args[0])
-    elif kind == "PAD":
-      paddings = np.asarray(graph.constants[op["inputs"][1]]).tolist()
-      out = jnp.pad(args[0], paddings)
-    elif kind == "MAX_POOL_2D":
-      window = (1, *options["window"], 1)
-      strides = (1, *options["strides"], 1)
-      out = jax.lax.reduce_window(args[0], -jnp.inf, jax.lax.max, window, strides,
-                                  options["padding"])
-      out = _activation(out, options["activation"])
-    elif kind == "RESHAPE":
-      out = jnp.reshape(args[0], (args[0].shape[0], *options["shape"][1:]))
-    elif kind == "CONCATENATION":
-      out = _activation(jnp.concatenate(args, axis=options["axis"]), options["activation"])
-    else:
-      raise ValueError(f"unsupported operator {kind}")
-    values[op["outputs"][0]] = out
-  return {name: values[name] for name in graph.outputs}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,7 +217,7 @@ class FaceDetector:
   """BlazeFace (short range) with its pre- and post-processing; compiled once per batch size.
 
   Args:
-    model_path: a graph file from ``experiments/convert_blazeface.py`` (default: the shipped one).
+    model_path: a graph file from :func:`dff_jax.tflite_graph.convert` (default: the shipped one).
     correction: the box correction (:func:`correct_boxes`; default :data:`BOX_CORRECTION`).
   """
 

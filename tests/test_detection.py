@@ -12,6 +12,7 @@ import pytest
 from conftest import AFLW_DIR, ROOT, require
 from dff_jax import detection
 from dff_jax import image_io
+from dff_jax import tflite_graph
 from dff_jax.evaluation import detection as evaluation
 
 PORTRAIT = ROOT / "experiments" / "assets" / "astronaut.jpg"
@@ -135,12 +136,12 @@ def test_depthwise_conv_matches_grouped_convolution(strides, padding, size):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
   kernel = rng.normal(size=(3, 3, 5)).astype(np.float32)
-  ours = detection.depthwise_conv(x, kernel, strides, padding)
+  ours = tflite_graph.depthwise_conv(x, kernel, strides, padding)
   reference = jax.lax.conv_general_dilated(
       x, kernel[None], strides, padding, dimension_numbers=("NHWC", "IHWO", "NHWC"),
       feature_group_count=5, precision=jax.lax.Precision.HIGHEST)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
-  jitted = jax.jit(lambda a, b: detection.depthwise_conv(a, b, strides, padding))
+  jitted = jax.jit(lambda a, b: tflite_graph.depthwise_conv(a, b, strides, padding))
   np.testing.assert_allclose(np.asarray(jitted(x, kernel)), np.asarray(ours), atol=1e-6)
 
 

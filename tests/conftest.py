@@ -38,3 +38,25 @@ def tiny_bundle(tmp_path_factory):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (bundle / "config.json").exists()
   return bundle
+
+
+def write_random_bundle(bundle: Path, image_size: int) -> Path:
+  """A tiny random DFF inference bundle (U-Net (4, 8), D = 4, grey input) in ``bundle``: an
+  encoder that runs in a blink, for tests of the DFF path that need no trained weights."""
+  import json  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
+  module = encoder_lib.encoder_from_config(encoder)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  bundle = Path(bundle)
+  bundle.mkdir(parents=True)
+  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(
+      jax.tree.map(lambda x: np.asarray(x, np.float32), params)))
+  (bundle / "config.json").write_text(json.dumps(dict(
+      encoder=dict(encoder, channels=1), image_size=image_size, channels=1, step=0,
+      experiment={})))
+  return bundle

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import AFLW_DIR, ROOT
+from conftest import AFLW_DIR, ROOT, write_random_bundle
 from data_pipeline import readers
 
 CROP = 64
@@ -464,21 +464,9 @@ def test_eval_missing_data_dir_one_line(setup, tmp_path):
 
 def test_align_with_dff_bundle(setup, tmp_path):
   """The DFF path: a tiny random encoder written as an inference bundle, a zero cascade for it."""
-  import jax
-  import jax.numpy as jnp
-  from flax import serialization
-  from dff_jax import encoder as encoder_lib
   from dff_jax.alignment import cascade, io as cascade_io
   from dff_jax.alignment import files
-  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
-  module = encoder_lib.encoder_from_config(encoder)
-  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
-  bundle = tmp_path / "bundle"
-  bundle.mkdir()
-  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(
-      jax.tree.map(lambda x: np.asarray(x, np.float32), params)))
-  (bundle / "config.json").write_text(json.dumps(dict(
-      encoder=dict(encoder, channels=1), image_size=CROP, channels=1, step=0, experiment={})))
+  bundle = write_random_bundle(tmp_path / "bundle", CROP)
   sift_params, config, _ = cascade_io.load_cascade(setup["cascade"])
   dff_params = cascade.zero_params(2, 4, sift_params.initial_pose)
   dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", dff_params, config,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_random_bundle
 
 CROP = 32
 SIZE = 128
@@ -28,24 +28,14 @@ PORTRAIT = ROOT / "experiments" / "assets" / "astronaut.jpg"
 def env(tmp_path_factory):
   """Three renders (two with a detectable face), a tiny random encoder bundle and a random
   cascade for it."""
-  from flax import serialization
   from data_pipeline import faces as faces_lib
   from data_pipeline.config import pipeline_config_from_dict
-  from dff_jax import encoder as encoder_lib
   from dff_jax.alignment import cascade, io as cascade_io
   from dff_jax.face_model import load_face_model
   from dff_jax.benchmarking import align as benchmark_align
 
   root = tmp_path_factory.mktemp("aligner")
-  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
-  module = encoder_lib.encoder_from_config(encoder)
-  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
-  bundle = root / "bundle"
-  bundle.mkdir()
-  (bundle / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(
-      jax.tree.map(lambda x: np.asarray(x, np.float32), params)))
-  (bundle / "config.json").write_text(json.dumps(dict(
-      encoder=dict(encoder, channels=1), image_size=CROP, channels=1, step=0, experiment={})))
+  bundle = write_random_bundle(root / "bundle", CROP)
   config = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
   pose = benchmark_align.centred_initial_pose(load_face_model("default"), CROP)
   cascade_params = benchmark_align.random_cascade_params(jax.random.key(7), 2, 4, pose)

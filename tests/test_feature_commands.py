@@ -18,7 +18,7 @@ from dff_jax import geometry
 from dff_jax import image_io
 from dff_jax.evaluation import matching as matching_eval
 from dff_jax import descriptor_maps
-from experiments import show_features
+from dff_jax import feature_figures as show_features
 
 ASTRONAUT = ROOT / "experiments" / "assets" / "astronaut.jpg"
 ASTRONAUT_BOX = np.asarray(json.loads((ROOT / "experiments" / "assets" / "astronaut.json")

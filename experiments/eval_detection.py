@@ -39,7 +39,6 @@ from typing import Any, Dict
 
 from absl import app
 from absl import flags
-import numpy as np
 
 FLAGS = flags.FLAGS
 
@@ -69,76 +68,27 @@ def define_flags() -> None:
   flags.DEFINE_string("write_face_free", None, "Write the face-free images as PNGs here and stop.")
 
 
-CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "shift_y_turn",
-                   "scale_w_turn", "scale_h_turn")
-
-
-def parse_correction(text: str | None) -> Dict[str, float]:
-  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn]"`` / ``"none"`` / ``None`` -> correction
-  dict (:func:`dff_jax.detection.correct_boxes`)."""
-  if text is None or text == "none":
-    return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
-  try:
-    values = [float(v) for v in text.split(",")]
-  except ValueError:
-    values = []
-  if len(values) not in (4, 8) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
-    raise ValueError(f"--box_correction={text!r}: expected shift_x,shift_y,scale_w,scale_h "
-                     "(positive scales) [+ the four *_turn slopes], or none")
-  return dict(zip(CORRECTION_KEYS, values))
-
-
-def external_detector(path: str, correction: Dict[str, float]):
-  """A ``detect(image, name)`` reading boxes from a JSON file (see the module docstring)."""
-  from dff_jax import detection  # pylint: disable=g-import-not-at-top
-  document = json.loads(Path(path).read_text())
-  table = document.get("results", document)
-
-  def detect(image, name):
-    del image
-    rows = np.asarray(table[name], np.float32).reshape(-1, 5)
-    rows = rows[np.argsort(-rows[:, 4], kind="stable")]
-    return detection.correct_boxes(rows[:, :4], correction), rows[:, 4]
-  return detect, table
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
-  from dff_jax import detection  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import detection as evaluation  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.write_face_free:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-      out = Path(FLAGS.write_face_free)
-      out.mkdir(parents=True, exist_ok=True)
-      for index in range(FLAGS.num_face_free):
-        image, _ = evaluation.face_free_image(index)
-        Image.fromarray(image).save(out / f"face_free_{index:04d}.png")
+      out = evaluation.write_face_free_images(FLAGS.write_face_free, FLAGS.num_face_free)
       print(json.dumps(dict(written=FLAGS.num_face_free, dir=str(out))))
       return
     if not FLAGS.out_dir:
       raise ValueError("--out_dir is required")
-    if FLAGS.detections:
-      correction = parse_correction(FLAGS.box_correction)
-      detect, table = external_detector(FLAGS.detections, correction)
-      name = FLAGS.detector_name or Path(FLAGS.detections).stem
-    else:
-      correction = (dict(detection.BOX_CORRECTION) if FLAGS.box_correction is None
-                    else parse_correction(FLAGS.box_correction))
-      detector = detection.FaceDetector(correction=correction)
-      table = None
-      name = detector.name
-
-      def detect(image, _name, corrected=True, keypoints=False):
-        return detector(image, min_score=FLAGS.min_score, upsample=FLAGS.upsample,
-                        correct=corrected, return_keypoints=keypoints)
+    detect, table, name, correction = evaluation.make_detector(
+        FLAGS.detections, FLAGS.box_correction, FLAGS.detector_name, FLAGS.min_score,
+        FLAGS.upsample)
     if FLAGS.fit_box_correction:
       if FLAGS.fit_on == "faces68" and not FLAGS.faces68_dir:
         raise ValueError("--fit_box_correction needs --faces68_dir (or --fit_on=synthetic)")
       if FLAGS.detections:
-        raw = external_detector(FLAGS.detections, parse_correction("none"))[0]
+        raw = evaluation.external_detector(FLAGS.detections,
+                                           evaluation.parse_correction("none"))[0]
       else:
         raw = lambda image, n: detect(image, n, corrected=False, keypoints=True)  # pylint: disable=unnecessary-lambda-assignment
       if FLAGS.fit_on == "faces68":

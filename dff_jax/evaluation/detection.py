@@ -25,6 +25,7 @@ median and mean, with the load average.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -377,3 +378,78 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
                         note="detector only (JPEG decode excluded, compilation excluded), "
                              "wall clock, one image at a time"),
       per_image=per_image)
+
+
+# ----------------------------------------------------------------------------------------------
+# The eval_detection command's detectors and box corrections
+# ----------------------------------------------------------------------------------------------
+
+
+CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "shift_y_turn",
+                   "scale_w_turn", "scale_h_turn")
+
+
+def parse_correction(text: str | None) -> Dict[str, float]:
+  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn]"`` / ``"none"`` / ``None`` -> correction
+  dict (:func:`dff_jax.detection.correct_boxes`)."""
+  if text is None or text == "none":
+    return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
+  try:
+    values = [float(v) for v in text.split(",")]
+  except ValueError:
+    values = []
+  if len(values) not in (4, 8) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
+    raise ValueError(f"--box_correction={text!r}: expected shift_x,shift_y,scale_w,scale_h "
+                     "(positive scales) [+ the four *_turn slopes], or none")
+  return dict(zip(CORRECTION_KEYS, values))
+
+
+def external_detector(path: str, correction: Dict[str, float]):
+  """A ``detect(image, name)`` reading boxes from a JSON file (see the module docstring)."""
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  document = json.loads(Path(path).read_text())
+  table = document.get("results", document)
+
+  def detect(image, name):
+    del image
+    rows = np.asarray(table[name], np.float32).reshape(-1, 5)
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+    return detection.correct_boxes(rows[:, :4], correction), rows[:, 4]
+  return detect, table
+
+
+def write_face_free_images(out_dir: str | os.PathLike, count: int) -> Path:
+  """Writes the first ``count`` face-free images (:func:`face_free_image`) as
+  ``out_dir/face_free_NNNN.png``; returns the folder."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  for index in range(count):
+    image, _ = face_free_image(index)
+    Image.fromarray(image).save(out / f"face_free_{index:04d}.png")
+  return out
+
+
+def make_detector(detections: Optional[str], box_correction: Optional[str],
+                  detector_name: Optional[str], min_score: float, upsample: int):
+  """The detector evaluated: another detector's boxes from the JSON file ``detections``
+  (:func:`external_detector`), else :class:`dff_jax.detection.FaceDetector`.
+
+  Returns:
+    ``(detect, table, name, correction)``: ``detect(image, name)`` -> ``(boxes, scores)`` (the
+    BlazeFace one also takes ``corrected`` and ``keypoints``), the external JSON table (``None``
+    for BlazeFace), the detector's name and the box correction applied.
+  """
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  if detections:
+    correction = parse_correction(box_correction)
+    detect, table = external_detector(detections, correction)
+    return detect, table, detector_name or Path(detections).stem, correction
+  correction = (dict(detection.BOX_CORRECTION) if box_correction is None
+                else parse_correction(box_correction))
+  detector = detection.FaceDetector(correction=correction)
+
+  def detect(image, _name, corrected=True, keypoints=False):
+    return detector(image, min_score=min_score, upsample=upsample, correct=corrected,
+                    return_keypoints=keypoints)
+  return detect, None, detector.name, correction

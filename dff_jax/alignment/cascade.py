@@ -297,19 +297,22 @@ def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
   highest = jax.lax.Precision.HIGHEST
   flip = jnp.array([1.0, -1.0], jnp.float32)
   projection = rotation[:2] * flip[:, None]  # [2, 3]: model mm -> image direction, unit scale.
-  # Contractions over the 3 model axes are written as broadcast sums: XLA:CPU runs a batched
-  # dot_general with a contraction of size 3 several times slower than the fused elementwise
-  # form (7.5 ms vs ~1 ms per stage for 64 faces with 113 coefficients).
   target = ((landmarks_px - pose[4:6]) / pose[0]
             - jnp.sum(mean[:, None, :] * projection[None], axis=-1))  # [N, 2]
-  num_points, _, num_coefficients = basis.shape
-  jacobian = jnp.sum(projection[None, :, :, None] * basis[:, None, :, :], axis=2)  # [N, 2, K]
-  jacobian = jacobian.reshape(2 * num_points, num_coefficients)
-  weighted = jacobian * jnp.repeat(weights, 2)[:, None]
+  # The Jacobian [2N, K] as two rows of 3-term sums over contiguous [N, K] slices of the basis,
+  # then one [K, 2N] x [2N, K] product: XLA:CPU runs a dot_general with a contraction of size 3,
+  # or a broadcast-and-reduce over that axis, several times slower than these elementwise sums
+  # (see python -m experiments.benchmark --what=loop_profile).
+  axes = [basis[:, axis, :] for axis in range(3)]  # 3 x [N, K]
+  jacobian = jnp.concatenate([
+      projection[row, 0] * axes[0] + projection[row, 1] * axes[1] + projection[row, 2] * axes[2]
+      for row in range(2)], axis=0)  # [2N, K], rows x of all points then y of all points
+  row_weights = jnp.concatenate([weights, weights])
+  weighted = jacobian * row_weights[:, None]
   normal = jnp.dot(weighted.T, jacobian, precision=highest)
   normal = normal + jnp.diag(regularisation * fitting._prior_precision(  # pylint: disable=protected-access
       alignment_model.face_model))
-  rhs = jnp.dot(weighted.T, target.reshape(-1), precision=highest)
+  rhs = jnp.dot(weighted.T, jnp.concatenate([target[:, 0], target[:, 1]]), precision=highest)
   return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(normal), rhs)
 
 

@@ -25,7 +25,7 @@ Measured on the 2-core CPU machine (``--config.checkpoint=/work/runs/dff_snap --
 with zero regressors; same shapes and cost as the real run), ``nice -n 15`` while the encoder's
 own training ran at normal priority (load average ~5): 1.5-2.3 s per step in steady state
 (``seconds_per_step`` in metrics.jsonl; mostly the encoder's backward pass: the cascade's share
-is ~0.25 s, see experiments/benchmark_remat.py), 2.65 s per step averaged over the 12 steps including the ~10 s first compile; rendering
+is ~0.25 s, see dff_jax/benchmarking/remat.py (python -m experiments.benchmark --what=remat)), 2.65 s per step averaged over the 12 steps including the ~10 s first compile; rendering
 the 8 faces takes ~0.2 s of it. So 800 steps take ~25-35 min on an otherwise idle machine, plus
 ~1 min for the evaluation (300 faces rendered once, aligned twice).
 

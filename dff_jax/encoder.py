@@ -77,6 +77,12 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
                 image_size=128, channels=1),
     "paper": dict(features=(64, 128, 256, 512), descriptor_dim=64, convs_per_level=2,
                   image_size=224, channels=1),
+  # The shipped encoders' widths (experiments/configs/dff_cpu.py) and its point-head variant
+  # (experiments/configs/dff_point.py).
+  "dff": dict(features=(16, 32, 64, 128), descriptor_dim=64, convs_per_level=2, image_size=128,
+              channels=1),
+  "dff_point": dict(features=(16, 32, 64, 128), descriptor_dim=64, convs_per_level=2,
+                    image_size=128, channels=1, head="point", head_hidden=128),
 }
 
 
@@ -438,14 +444,16 @@ def encoder_from_config(config: Any) -> DFFEncoder:
     if preset not in PRESETS:
       raise ValueError(f"Unknown encoder preset {preset!r}; known: {sorted(PRESETS)}.")
     kwargs.update({k: v for k, v in PRESETS[preset].items()
-                   if k not in ("image_size", "channels")})
-  head = _field(config, "head", None) or "dense"
+                   if k not in ("image_size", "channels", "head")})
+  head = _field(config, "head", None) or PRESETS.get(preset or "", {}).get("head", "dense")
   if head not in _HEADS:
     raise ValueError(f"Unknown encoder head {head!r}; use one of {_HEADS}.")
   names = ["features", "descriptor_dim", "convs_per_level", "norm", "num_groups", "activation",
            "upsample", "downsample", "dtype", "remat"]
   if head == "point":
     names.append("head_hidden")
+  else:
+    kwargs.pop("head_hidden", None)
   for name in names:
     value = _field(config, name, None)
     if value is not None:

@@ -81,13 +81,15 @@ flags.DEFINE_string("dlib_predictor", None, "stream: dlib's 68-landmark model fi
 flags.DEFINE_integer("remat_batch_size", None, "remat: faces per call (8).")
 flags.DEFINE_integer("remat_repeats", None, "remat: timed calls per measurement (2).")
 flags.DEFINE_string("images", None, "aligner: image folder, glob or list.")
+flags.DEFINE_enum("field", None, ["dense", "point"], "loop_profile: descriptor fields read by "
+                  "the loop (dense).")
 
 _OPTIONS = ("batch_sizes", "repeats", "encoder_cases", "modes", "max_run_s", "max_temp_gb",
             "train_config", "align_modes", "num_stages", "crop_size", "descriptor_dim",
             "image_size", "encoder_preset", "face_model", "seed", "num_pairs", "grain_workers",
             "data_dir", "num_images", "batch_size", "cascade", "features", "checkpoint",
             "workers", "writers", "prefetch_batches", "overlays", "dlib_predictor",
-            "remat_batch_size", "remat_repeats", "images")
+            "remat_batch_size", "remat_repeats", "images", "field")
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 

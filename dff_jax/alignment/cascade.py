@@ -273,15 +273,15 @@ def project_landmarks(alignment_model: AlignmentModel, pose: Array, shape_coeffi
   return landmarks, visible, vertex_ids
 
 
-def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
-                   landmarks_px: Array, pose: Array, rotation: Array, weights: Array,
-                   regularisation: float) -> Array:
-  """Step 4: :func:`dff_jax.alignment.fitting.fit_shape_linear` on pre-gathered rows.
+def shape_normal_equations(alignment_model: AlignmentModel, mean: Array, basis: Array,
+                           landmarks_px: Array, pose: Array, rotation: Array, weights: Array,
+                           regularisation: float) -> Tuple[Array, Array]:
+  """Step 4's linear system ``(J^T W J + lambda P) c = J^T W t`` on pre-gathered rows.
 
-  Same objective and solution (Tikhonov-regularised linear least squares in model millimetres,
-  prior precision 1 for identity and ``1 / expression_std^2`` for expression, Cholesky solve
-  of the ``(Ki + Ke)``-square normal equations), written for the vertex-major rows of
-  :func:`landmark_rows`: the Jacobian is one contiguous ``[2N, Ki + Ke]`` matrix.
+  Tikhonov-regularised linear least squares in model millimetres (prior precision ``P``: 1 for
+  identity and ``1 / expression_std^2`` for expression), the objective of
+  :func:`dff_jax.alignment.fitting.fit_shape_linear`, for the vertex-major rows of
+  :func:`landmark_rows`.
 
   Args:
     alignment_model: model (for the prior).
@@ -292,7 +292,8 @@ def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
     regularisation: lambda (mm^2).
 
   Returns:
-    ``[Ki + Ke]`` float32 coefficients (identity then expression).
+    ``(matrix [K, K], rhs [K])`` float32, ``K = Ki + Ke``; the matrix is symmetric positive
+    definite for ``regularisation > 0``.
   """
   highest = jax.lax.Precision.HIGHEST
   flip = jnp.array([1.0, -1.0], jnp.float32)
@@ -302,18 +303,35 @@ def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
   # The Jacobian [2N, K] as two rows of 3-term sums over contiguous [N, K] slices of the basis,
   # then one [K, 2N] x [2N, K] product: XLA:CPU runs a dot_general with a contraction of size 3,
   # or a broadcast-and-reduce over that axis, several times slower than these elementwise sums
-  # (see python -m experiments.benchmark --what=loop_profile).
+  # (python -m experiments.benchmark --what=loop_profile times this part).
   axes = [basis[:, axis, :] for axis in range(3)]  # 3 x [N, K]
   jacobian = jnp.concatenate([
       projection[row, 0] * axes[0] + projection[row, 1] * axes[1] + projection[row, 2] * axes[2]
       for row in range(2)], axis=0)  # [2N, K], rows x of all points then y of all points
   row_weights = jnp.concatenate([weights, weights])
   weighted = jacobian * row_weights[:, None]
-  normal = jnp.dot(weighted.T, jacobian, precision=highest)
-  normal = normal + jnp.diag(regularisation * fitting._prior_precision(  # pylint: disable=protected-access
+  matrix = jnp.dot(weighted.T, jacobian, precision=highest)
+  matrix = matrix + jnp.diag(regularisation * fitting._prior_precision(  # pylint: disable=protected-access
       alignment_model.face_model))
   rhs = jnp.dot(weighted.T, jnp.concatenate([target[:, 0], target[:, 1]]), precision=highest)
-  return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(normal), rhs)
+  return matrix, rhs
+
+
+def solve_normal_equations(matrix: Array, rhs: Array) -> Array:
+  """``[K, K]`` SPD matrix, ``[K]`` -> ``[K]``: Cholesky factorisation and two triangular
+  solves."""
+  return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(matrix), rhs)
+
+
+def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
+                   landmarks_px: Array, pose: Array, rotation: Array, weights: Array,
+                   regularisation: float) -> Array:
+  """Step 4: :func:`dff_jax.alignment.fitting.fit_shape_linear` on pre-gathered rows (same
+  objective and solution): :func:`shape_normal_equations`, then
+  :func:`solve_normal_equations`. Args as the first; returns ``[Ki + Ke]`` float32
+  coefficients (identity then expression)."""
+  return solve_normal_equations(*shape_normal_equations(
+      alignment_model, mean, basis, landmarks_px, pose, rotation, weights, regularisation))
 
 
 def stage_features(descriptor_map: Array, landmarks_px: Array, visibility: Array) -> Array:

@@ -14,6 +14,8 @@ Each benchmark is a generator of JSON-able records (one per measurement), regist
 * ``remat`` (:mod:`.remat`): compiled memory of differentiating the pipeline, with and without
   rematerialisation.
 * ``aligner`` (:mod:`.aligner`): the public ``dff_jax.Aligner.align``, with and without detection.
+* ``loop_profile`` (:mod:`.loop_profile`): each part of one cascade stage timed alone (where the
+  loop's time goes), then the whole loop, on dense maps or point fields.
 
 :func:`run_benchmarks` times the matmul peak first (record ``what = "matmul_peak"``), then runs
 the requested benchmarks; every record names the device it ran on (:func:`device_fields`).
@@ -56,6 +58,10 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
                             convs_per_level=1),
     "cpu_3level": dict(encoder_lib.PRESETS["cpu"], features=(32, 64, 128)),
     "cpu_nearest": dict(encoder_lib.PRESETS["cpu"], upsample="nearest"),
+    # The point-head encoder of experiments/configs/dff_point.py (its forward is the pyramid;
+    # the head runs where the cascade reads it).
+    "dff_point": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
+                      head_hidden=128),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),
@@ -71,6 +77,7 @@ BENCHMARKS: Mapping[str, str] = {
     "stream": "stream:bench_stream",
     "remat": "remat:bench_remat",
     "aligner": "aligner:bench_aligner",
+    "loop_profile": "loop_profile:bench_loop_profile",
 }
 
 

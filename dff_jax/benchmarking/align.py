@@ -129,7 +129,7 @@ def bench_align(batch_sizes: Sequence[int] = (1, 8, 64), align_modes: Sequence[s
     preset = dict(encoder_lib.PRESETS[encoder_preset])
     channels = preset.pop("channels")
     preset.pop("image_size")
-    module = encoder_lib.DFFEncoder(**preset)
+    module = encoder_lib.encoder_from_config(preset)
     encoder_params = jax.jit(module.init)(key_encoder,
                                           jnp.zeros((1, crop_size, crop_size, channels)))
     params = random_cascade_params(key_params, num_stages, module.descriptor_dim, pose)

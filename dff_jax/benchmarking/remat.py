@@ -99,7 +99,7 @@ def bench_remat(remat_batch_size: int = 8, remat_repeats: int = 2, crop_size: in
   case = dict(benchmarking.ENCODER_CASES[encoder_case])
   case.pop("image_size")
   channels = case.pop("channels")
-  module = encoder_lib.DFFEncoder(**case)
+  module = encoder_lib.encoder_from_config(case)
   encoder_params = jax.jit(module.init)(
       jax.random.key(1), jnp.zeros((1, crop_size, crop_size, channels)))["params"]
   num_params = encoder_lib.count_params(encoder_params)

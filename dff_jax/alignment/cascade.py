@@ -523,9 +523,25 @@ def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descript
   return jax.vmap(one)(descriptor_maps)
 
 
+def describe_in_chunks(describe: Callable[[Array], Any], crops: Array, chunk: int) -> Any:
+  """``describe(crops)`` run ``chunk`` crops at a time (``lax.map``), results joined along the
+  batch axis; the whole batch at once when ``chunk`` does not divide it (or is 0).
+
+  The encoder's activations for 8 crops of 128 x 128 stay in a CPU's caches, those of 64 do not:
+  on a 2-core CPU the encoder costs about 20 % less per crop in chunks of 8
+  (``python -m experiments.benchmark --what=encoder --batch_sizes=8,64``). Same values.
+  """
+  batch = crops.shape[0]
+  if not chunk or chunk >= batch or batch % chunk:
+    return describe(crops)
+  chunked = jax.lax.map(describe, crops.reshape((batch // chunk, chunk) + crops.shape[1:]))
+  return jax.tree_util.tree_map(lambda x: x.reshape((batch,) + x.shape[2:]), chunked)
+
+
 def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                  params: CascadeParams, images: Array, boxes_xyxy: Array,
-                 config: CascadeConfig, remat: bool = False) -> AlignmentResult:
+                 config: CascadeConfig, remat: bool = False,
+                 describe_chunk: int = 8) -> AlignmentResult:
   """Images and face boxes in, landmarks / pose / shape in image pixels out.
 
   Jit this (``config`` and ``describe`` static); it is differentiable with respect to the
@@ -533,13 +549,16 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
 
   Args:
     describe: maps a batch of crops ``[B, crop, crop, 3]`` float32 in [0, 255] to descriptor
-      maps ``[B, crop, crop, D]`` (e.g. the DFF encoder with its parameters, or dense SIFT).
+      fields with a leading ``[B]`` axis (:mod:`dff_jax.descriptor_fields`: dense maps
+      ``[B, crop, crop, D]`` or point fields), e.g. the DFF encoder with its parameters, or
+      dense SIFT.
     alignment_model: model and normals.
     params: cascade regressors.
     images: ``[B, H, W, 3]`` float32 or uint8 (a batch padded to one size).
     boxes_xyxy: ``[B, 4]`` face boxes ``(x0, y0, x1, y1)`` in image pixels.
     config: static settings.
     remat: see :func:`run_cascade`.
+    describe_chunk: crops described at a time (:func:`describe_in_chunks`; 0 = all at once).
 
   Returns:
     :class:`AlignmentResult` with a leading ``[B]`` axis.
@@ -548,6 +567,6 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
   images = jnp.asarray(images, jnp.float32)
   crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
       images, crop_boxes)
-  descriptor_maps = describe(crops)
+  descriptor_maps = describe_in_chunks(describe, crops, describe_chunk)
   states = align_crops(alignment_model, params, descriptor_maps, config, remat=remat)
   return state_to_image(states, crop_boxes, config.crop_size, alignment_model)

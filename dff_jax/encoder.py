@@ -145,6 +145,48 @@ def _group_count(num_features: int, max_groups: int) -> int:
   return math.gcd(num_features, max_groups)
 
 
+class GroupNorm(nn.Module):
+  """Group normalisation of ``[B, H, W, C]`` with per-channel scale and bias.
+
+  The parameters, their names (``scale``, ``bias``), the statistics (per sample and group:
+  mean and ``E[x^2] - E[x]^2``, clipped at 0, epsilon 1e-6, in float32) and hence the values
+  are those of ``flax.linen.GroupNorm``; the computation is laid out for XLA:CPU: the two sums
+  run over ``[B, H * W, C]`` with channels minor, and the normalisation is one fused
+  ``x * a + b`` with per-channel ``a``, ``b``. At 128 x 128 x 16 this is about 10x faster than
+  flax's version, which reshapes to ``[B, H, W, G, C / G]`` and left the GroupNorms at 45 % of
+  the encoder's time (``python -m experiments.benchmark --what=encoder``).
+
+  Attributes:
+    num_groups: ``G``, dividing ``C``.
+    epsilon: added to the variance.
+    dtype: output dtype (statistics always float32).
+    param_dtype: parameter dtype.
+  """
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    batch, height, width, channels = x.shape
+    if channels % self.num_groups:
+      raise ValueError(f"GroupNorm: {self.num_groups} groups do not divide {channels} channels.")
+    scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+    per_group = channels // self.num_groups
+    flat = x.reshape(batch, height * width, channels).astype(jnp.float32)
+    count = float(height * width * per_group)
+    mean = jnp.sum(flat, axis=1).reshape(batch, self.num_groups, per_group).sum(-1) / count
+    mean_sq = (jnp.sum(flat * flat, axis=1).reshape(batch, self.num_groups, per_group).sum(-1)
+               / count)
+    inverse = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + self.epsilon)  # [B, G]
+    gain = jnp.repeat(inverse, per_group, axis=1) * scale.astype(jnp.float32)  # [B, C]
+    offset = bias.astype(jnp.float32) - jnp.repeat(mean, per_group, axis=1) * gain
+    out = x.astype(jnp.float32) * gain[:, None, None, :] + offset[:, None, None, :]
+    return out.astype(self.dtype)
+
+
 class ConvBlock(nn.Module):
   """``num_convs`` x [3x3 conv -> norm -> activation] at constant width.
 
@@ -166,8 +208,8 @@ class ConvBlock(nn.Module):
       x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=self.norm == "none",
                   dtype=self.dtype, param_dtype=self.param_dtype)(x)
       if self.norm == "group":
-        x = nn.GroupNorm(num_groups=_group_count(self.features, self.num_groups),
-                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = GroupNorm(num_groups=_group_count(self.features, self.num_groups),
+                      dtype=self.dtype, param_dtype=self.param_dtype)(x)
       elif self.norm == "layer":
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
       if self.final_activation or index < self.num_convs - 1:

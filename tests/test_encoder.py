@@ -194,3 +194,24 @@ def test_remat_blocks_change_nothing_but_memory():
   for a, b in zip(*map(jax.tree.leaves, grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert enc.encoder_from_config({"features": (8, 16), "remat": True}).remat
+
+
+def test_group_norm_equals_flax_and_a_planted_answer():
+  """The encoder's GroupNorm gives flax.linen.GroupNorm's values (same parameter names), and on a
+  planted input (each group: values +-s around a mean m) exactly (x - m) / s * scale + bias."""
+  encoder_lib = enc
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 8, 32)) * 3.0 + 1.0
+  variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 32), "bias": jnp.linspace(-1, 1, 32)}}
+  ours = encoder_lib.GroupNorm(num_groups=8).apply(variables, x)
+  reference = nn.GroupNorm(num_groups=8).apply(variables, x)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=2e-5)
+  assert set(encoder_lib.GroupNorm(num_groups=8).init(jax.random.PRNGKey(0), x)["params"]) == {
+      "scale", "bias"}
+  # Planted: a checkerboard of m + s and m - s in every channel: mean m, variance s^2.
+  sign = np.where((np.arange(4)[:, None] + np.arange(4)[None]) % 2 == 0, 1.0, -1.0)
+  m, s = 5.0, 2.0
+  planted = jnp.asarray(np.broadcast_to((m + s * sign)[None, :, :, None], (1, 4, 4, 4)),
+                        jnp.float32)
+  out = encoder_lib.GroupNorm(num_groups=2, epsilon=0.0).apply(
+      {"params": {"scale": jnp.full((4,), 3.0), "bias": jnp.full((4,), 0.5)}}, planted)
+  np.testing.assert_allclose(np.asarray(out)[0, :, :, 0], 3.0 * sign + 0.5, atol=1e-5)

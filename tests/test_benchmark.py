@@ -37,3 +37,21 @@ def test_encoder_utilisation_of_the_matmul_peak():
 def test_unknown_benchmark_is_a_usage_error():
   proc = _run("--what=bogus")
   assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
+def test_stream_boxes_come_from_an_aflw_annotation_beside_the_photo(tmp_path):
+  """A photo with an AFLW2000-3D .mat beside it gets its 68 landmarks' box (planted points)."""
+  import imageio.v3 as iio
+  import numpy as np
+  import scipy.io
+  from data_pipeline import readers
+  from dff_jax.benchmarking import stream
+  landmarks = np.stack([np.linspace(20.0, 60.0, 68), np.linspace(30.0, 90.0, 68)], -1)
+  iio.imwrite(tmp_path / "image00001.jpg", np.zeros((100, 100, 3), np.uint8))
+  pt3d = np.concatenate([readers.pixel_centres_to_one_based(landmarks).T, np.zeros((1, 68))])
+  scipy.io.savemat(str(tmp_path / "image00001.mat"),
+                   {"pt3d_68": pt3d, "Pose_Para": np.zeros((1, 7))})
+  boxes, missing = stream.photo_boxes([tmp_path / "image00001.jpg"], None)
+  assert missing == 0
+  np.testing.assert_allclose(boxes[tmp_path / "image00001.jpg"], [20.0, 30.0, 60.0, 90.0],
+                             atol=1e-3)

@@ -5,7 +5,8 @@ The folder (``data_dir``):
 
 * a folder of photos (any image files, no ``dataset.json``): its first ``num_images`` images;
   face boxes from its ``boxes.json`` when present (``{"name": [x0, y0, x1, y1]}``, the first box
-  of a list), else the best face :func:`dff_jax.detection.detect_faces` finds (photos without a
+  of a list), else from an AFLW2000-3D annotation beside the photo (the 68 landmarks' box), else
+  the best face :func:`dff_jax.detection.detect_faces` finds (photos without a
   face are left out: ``images_without_face``). Every measurement uses these same boxes.
 * otherwise (``None``: a folder under the system temp dir named after the settings) the first
   run renders ``num_images`` synthetic faces (:class:`data_pipeline.faces.FaceSource`,
@@ -199,7 +200,8 @@ def photo_paths(data_dir: Optional[str | os.PathLike]) -> List[Path]:
 def photo_boxes(paths: Sequence[Path], boxes_file: Optional[Path]
                 ) -> Tuple[Dict[Path, List[float]], int]:
   """One face box per photo: ``boxes_file``'s (the first of a list) where it has one, else the
-  detector's best face.
+  box of the 68 landmarks of an AFLW2000-3D annotation beside it (``<stem>.mat``, the protocol
+  of ``eval_alignment --dataset=aflw2000``), else the detector's best face.
 
   Returns:
     ``({path: [x0, y0, x1, y1]}, number of photos left out for want of a face)``.
@@ -212,6 +214,11 @@ def photo_boxes(paths: Sequence[Path], boxes_file: Optional[Path]
     _, box = streaming.box_for(given, path)
     if isinstance(box, list) and box and isinstance(box[0], (list, tuple)):
       box = box[0]
+    if not (isinstance(box, list) and len(box) == 4) and path.with_suffix(".mat").is_file():
+      from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+      from dff_jax.evaluation import alignment as evaluation  # pylint: disable=g-import-not-at-top
+      landmarks = readers.read_aflw2000(path.with_suffix(".mat")).landmarks_px
+      box = [float(v) for v in evaluation.landmark_box(landmarks)]
     if not (isinstance(box, list) and len(box) == 4):
       found, _ = detection.detect_faces(image_io.read_image(path))
       box = found[0].tolist() if len(found) else None

@@ -40,8 +40,9 @@ from dff_jax.benchmarking import pipeline as pipeline_benchmark
 _WHAT = flags.DEFINE_list("what", ["encoder"], "Benchmarks to run (comma separated), from: "
                           f"{', '.join(benchmarking.BENCHMARKS)}.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square peak matmul.")
-_RESULTS = flags.DEFINE_string("results", None, "pipeline: also write its records, the load "
-                               "average and the face model's sha256 to this JSON file.")
+_RESULTS = flags.DEFINE_string("results", None, "Also write the records, the load average and the "
+                               "sha256 of the models measured to this JSON file (pipeline alone: "
+                               "its records by mode).")
 # Options passed to the benchmarks that take them (None: the benchmark's own default).
 flags.DEFINE_list("batch_sizes", None, "encoder, train_step: 1,32; align: 1,8,64.")
 flags.DEFINE_integer("repeats", None, "Timed calls per measurement: 3 (aligner: 2).")
@@ -123,9 +124,12 @@ def main(argv):
   except (OSError, ValueError) as error:
     print(f"benchmark: error: {' '.join(str(error).split())}", file=sys.stderr)
     sys.exit(2)
-  if _RESULTS.value and "pipeline" in _WHAT.value:
+  if _RESULTS.value and _WHAT.value == ["pipeline"]:
     pipeline_benchmark.write_results(_RESULTS.value, records,
                                      flags.FLAGS.face_model or "default", loadavg_before)
+  elif _RESULTS.value:
+    benchmarking.write_results(_RESULTS.value, records, loadavg_before,
+                               cascade=flags.FLAGS.cascade, checkpoint=flags.FLAGS.checkpoint)
 
 
 if __name__ == "__main__":

@@ -225,3 +225,16 @@ def run_benchmarks(whats: Iterable[str], options: Optional[Mapping[str, Any]] = 
     accepted = inspect.signature(function).parameters
     for record in function(**{k: v for k, v in options.items() if k in accepted}):
       yield {**record, **device}
+
+
+def write_results(path: str, records: Sequence[Dict[str, Any]], loadavg_before,
+                  cascade: Optional[str] = None, checkpoint: Optional[str] = None) -> None:
+  """Writes ``{"records": [...], "loadavg_before", "loadavg_after"}`` and the provenance (git
+  commit, command, sha256 of the cascade and encoder measured: those given, else the shipped
+  default pair where a record names it) to ``path`` (:func:`dff_jax.provenance.write_results`)."""
+  from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+  cascades = {r["cascade"] for r in records if r.get("cascade")}
+  models = {"cascade": cascade or (cascades.pop() if len(cascades) == 1 else None),
+            "checkpoint": checkpoint}
+  provenance.write_results(path, dict(records=list(records), loadavg_before=loadavg_before,
+                                      loadavg_after=os.getloadavg()), models)

@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
@@ -48,6 +47,7 @@ from dff_jax import descriptor_fields
 from dff_jax import encoder as encoder_lib
 from dff_jax import losses as losses_lib
 from dff_jax import progress as progress_lib
+from dff_jax.training import loop as loop_lib
 
 Array = Any
 PyTree = Any
@@ -567,8 +567,7 @@ def restore_or_init(checkpointer: checkpoint_lib.Checkpointer, abstract: PyTree,
   return state
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss or gradient became NaN / Inf; the message names the step."""
+NonFiniteLossError = loop_lib.NonFiniteLossError  # Raised by the loop; kept here for callers.
 
 
 def check_steps_and_batch(config: ml_collections.ConfigDict) -> None:
@@ -663,42 +662,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   writer = progress_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main)
   bar = progress_lib.ProgressBar(num_steps, start_step,
                                  enabled=is_main and bool(config.progress_bar))
-  batches = make_train_iterator(config, start_step)
-  images_per_step = 2 * int(config.global_batch_size)  # Two views per pair.
-  window_start, window_steps = time.time(), 0
-  try:
-    for step in range(start_step, num_steps):
-      local = next(batches)
-      if step == start_step:
+
+  def checked_batches():
+    for index, local in enumerate(make_train_iterator(config, start_step)):
+      if index == 0:
         _check_vertex_ids(local["vertex_ids"], patch_table.shape[1], config)
-      state, metrics = train(state, to_global_batch(local, mesh), patch_table)
-      metrics = jax.device_get(metrics)
-      window_steps += 1
-      done = step + 1
-      loss = float(metrics["loss"])
-      if not (math.isfinite(loss) and math.isfinite(float(metrics["grad_norm"]))):
-        checkpointer.wait()
-        raise NonFiniteLossError(
-            f"Non-finite loss {loss} (grad norm {float(metrics['grad_norm'])}) at step {step}; "
-            f"stopped. The last good checkpoint (step {checkpointer.latest_step()}) is kept in "
-            f"{checkpointer.directory}. Lower config.learning_rate or check the data.")
-      checkpointer.save(done, state, force=done == num_steps)
-      elapsed = max(time.time() - window_start, 1e-9)
-      images_per_second = window_steps * images_per_step / elapsed
-      bar.update(done, loss=loss, images_per_second=images_per_second)
-      if done % int(config.log_every) == 0 or done == num_steps:
-        writer.write(done, dict(metrics, images_per_second=images_per_second,
-                                steps_per_second=window_steps / elapsed))
-        window_start, window_steps = time.time(), 0
-      if eval_batches and (done % int(config.eval_every) == 0 or done == num_steps):
-        summary = _evaluate(evaluate, state, eval_batches, mesh, patch_table)
-        writer.write(done, summary, kind="eval")
-        bar.write(f"eval step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
-        window_start, window_steps = time.time(), 0
-  finally:
-    bar.close()
-    checkpointer.close()
-  return state
+      yield local
+
+  def step_fn(state_, local):
+    return train(state_, to_global_batch(local, mesh), patch_table)
+
+  def after_step(done, state_):
+    if not eval_batches or (done % int(config.eval_every) and done != num_steps):
+      return False
+    summary = _evaluate(evaluate, state_, eval_batches, mesh, patch_table)
+    writer.write(done, summary, kind="eval")
+    bar.write(f"eval step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    return True
+
+  return loop_lib.run_training_loop(
+      step_fn, state, checked_batches(), start_step=start_step, num_steps=num_steps,
+      checkpointer=checkpointer, writer=writer, bar=bar, log_every=int(config.log_every),
+      items_per_step=2 * int(config.global_batch_size),  # Two views per pair.
+      after_step=after_step)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -169,8 +169,9 @@ def test_training_loop_stops_on_nan_with_the_step_and_keeps_the_last_checkpoint(
   checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_interval_steps=2)
   writer = progress.MetricsWriter(tmp_path / "metrics.jsonl")
   state = {"step": np.zeros((), np.int32), "w": np.zeros(2, np.float32)}
+  from dff_jax.training import loop  # pylint: disable=g-import-not-at-top
   with pytest.raises(train.NonFiniteLossError, match="at step 3"):
-    finetune.run_training_loop(
+    loop.run_training_loop(
         step_fn, state, iter([np.ones(2, np.float32)] * 10), start_step=0, num_steps=10,
         checkpointer=checkpointer, writer=writer, bar=progress.ProgressBar(10, enabled=False),
         log_every=1, items_per_step=2)

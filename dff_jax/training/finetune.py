@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
@@ -60,6 +59,7 @@ from data_pipeline.config import pipeline_config_from_dict
 from dff_jax import checkpoint as checkpoint_lib
 from dff_jax import progress as progress_lib
 from dff_jax import train as train_lib
+from dff_jax.training import loop as loop_lib
 from dff_jax.alignment import cascade
 from dff_jax.alignment import features as features_lib
 from dff_jax.alignment import io as cascade_io
@@ -405,62 +405,6 @@ def render_eval_faces(config: ml_collections.ConfigDict) -> Dict[str, np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
-# A general training loop (NaN guard, checkpoints, progress bar, metrics.jsonl)
-# ----------------------------------------------------------------------------------------------
-
-
-def run_training_loop(step_fn: Callable[[Any, Any], Tuple[Any, Mapping[str, Any]]], state: Any,
-                      batches: Iterator[Any], *, start_step: int, num_steps: int,
-                      checkpointer: checkpoint_lib.Checkpointer,
-                      writer: progress_lib.MetricsWriter, bar: progress_lib.ProgressBar,
-                      log_every: int, items_per_step: int,
-                      after_step: Optional[Callable[[int, Any], None]] = None,
-                      hint: str = "Lower config.learning_rate or check the data.") -> Any:
-  """Steps ``start_step .. num_steps - 1`` of any model; the loop of
-  :func:`dff_jax.train.train_and_evaluate`, written once for every trainer.
-
-  Each step: ``state, metrics = step_fn(state, next(batches))``; a non-finite ``metrics["loss"]``
-  or ``metrics["grad_norm"]`` raises :class:`dff_jax.train.NonFiniteLossError` naming the step
-  (pending checkpoint writes are finished first, so the last good checkpoint is kept); the state
-  is checkpointed (every ``checkpointer.save_interval_steps`` steps and at ``num_steps``); the bar
-  shows loss and items per second; every ``log_every`` steps (and the last) a "train" record with
-  the metrics, ``images_per_second`` and ``seconds_per_step`` goes to ``writer``;
-  ``after_step(done, state)`` (e.g. a periodic evaluation) runs last. The bar and the
-  checkpointer are closed on exit.
-
-  Returns:
-    the final state.
-  """
-  window_start, window_steps = time.time(), 0
-  try:
-    for step, batch in zip(range(start_step, num_steps), batches):
-      state, metrics = step_fn(state, batch)
-      metrics = jax.device_get(metrics)
-      window_steps += 1
-      done = step + 1
-      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        checkpointer.wait()
-        raise train_lib.NonFiniteLossError(
-            f"Non-finite loss {loss} (grad norm {grad_norm}) at step {step}; stopped. The last "
-            f"good checkpoint (step {checkpointer.latest_step()}) is kept in "
-            f"{checkpointer.directory}. {hint}")
-      checkpointer.save(done, state, force=done == num_steps)
-      elapsed = max(time.time() - window_start, 1e-9)
-      bar.update(done, loss=loss, images_per_second=window_steps * items_per_step / elapsed)
-      if done % log_every == 0 or done == num_steps:
-        writer.write(done, dict(metrics, images_per_second=window_steps * items_per_step
-                                / elapsed, seconds_per_step=elapsed / window_steps))
-        window_start, window_steps = time.time(), 0
-      if after_step is not None:
-        after_step(done, state)
-  finally:
-    bar.close()
-    checkpointer.close()
-  return state
-
-
-# ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
 
@@ -538,7 +482,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   bar = progress_lib.ProgressBar(num_steps, start_step,
                                  enabled=is_main and bool(config.progress_bar))
   run_start = time.time()
-  state = run_training_loop(
+  state = loop_lib.run_training_loop(
       lambda state, local: step_fn(state, train_lib.to_global_batch(local, mesh), fixed,
                                    alignment_model),
       state, train_batches(config, start_step), start_step=start_step, num_steps=num_steps,

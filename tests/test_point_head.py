@@ -120,3 +120,19 @@ def test_describe_in_chunks_keeps_every_crop_in_its_place():
     out = cascade.describe_in_chunks(describe, crops, chunk)
     np.testing.assert_array_equal(np.asarray(out.levels[0][:, 0, 0, 0]), np.arange(16))
     assert out.head["out_bias"].shape == (16, 2)
+
+
+def test_point_bundle_loads_for_dense_maps_and_for_the_cascade(tmp_path):
+  """A point-head bundle gives unit dense maps to the feature commands (descriptor_maps) and
+  point fields to the cascade describer, whose dense form is the same maps."""
+  from conftest import write_random_bundle  # pylint: disable=g-import-not-at-top
+  from dff_jax import descriptor_maps  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
+  bundle = write_random_bundle(tmp_path / "bundle", 16, head="point")
+  crops = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3)) * 255.0
+  maps = np.asarray(descriptor_maps.load_dff(bundle).describe(crops))
+  assert maps.shape == (2, 16, 16, 4)
+  np.testing.assert_allclose(np.linalg.norm(maps, axis=-1), 1.0, atol=1e-5)
+  describer = features.dff_describer(bundle)
+  assert isinstance(describer(crops), fields_lib.PointField)
+  np.testing.assert_allclose(np.asarray(describer.dense(crops)), maps, atol=1e-5)

@@ -136,3 +136,19 @@ def test_point_bundle_loads_for_dense_maps_and_for_the_cascade(tmp_path):
   describer = features.dff_describer(bundle)
   assert isinstance(describer(crops), fields_lib.PointField)
   np.testing.assert_allclose(np.asarray(describer.dense(crops)), maps, atol=1e-5)
+
+
+def test_a_cascade_names_the_encoder_it_was_trained_on(tmp_path):
+  """Without --checkpoint a cascade runs on the encoder it names: its bundle beside it, else the
+  existing folder it was trained on (descriptor_source), else the shipped default."""
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
+  cascade_path = tmp_path / "run" / "cascade_dff.npz"
+  trained_on = tmp_path / "encoder_bundle"
+  trained_on.mkdir()
+  assert features.encoder_for_cascade(cascade_path, {"encoder_bundle": "b"}) == (
+      cascade_path.parent / "b")
+  assert features.encoder_for_cascade(cascade_path, {"descriptor_source": str(trained_on)}) == (
+      trained_on)
+  assert features.encoder_for_cascade(
+      cascade_path, {"descriptor_source": "dff_jax/assets/x (fine-tuned)"}) == (
+          features.DEFAULT_DFF_BUNDLE)

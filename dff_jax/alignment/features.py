@@ -83,11 +83,17 @@ def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
 
   A cascade file may name its encoder in ``meta["encoder_bundle"]``, a folder relative to the
   cascade file (the shipped ``cascade_dff.npz`` names ``dff_real_aligned``,
-  ``cascade_dff_synthetic.npz`` names ``dff_aligned``);
-  otherwise the shipped ``dff_default`` bundle.
+  ``cascade_dff_synthetic.npz`` names ``dff_aligned``); else the encoder it was trained on,
+  ``meta["descriptor_source"]``, when that folder exists (a cascade of a training run: its
+  regressors only make sense on those descriptors); else the shipped ``dff_default`` bundle.
   """
   name = meta.get("encoder_bundle")
-  return Path(cascade_path).parent / name if name else DEFAULT_DFF_BUNDLE
+  if name:
+    return Path(cascade_path).parent / name
+  source = meta.get("descriptor_source")
+  if source and Path(str(source)).is_dir():
+    return Path(str(source))
+  return DEFAULT_DFF_BUNDLE
 
 
 def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Describer:

@@ -3,32 +3,11 @@ r"""Saliency of the final landmark error, and its derivative with respect to the
   python -m experiments.saliency --out_dir=/tmp/saliency \
       [--checkpoint=DIR] [--cascade=FILE] [--index=0] [--seed=30000] [--yaw_step_deg=0.5]
 
-One synthetic face is rendered by the data pipeline (view ``index % 2`` of pair ``index // 2``
-of pipeline seed ``--seed``, 192 px as in ``experiments/configs/align_cpu.py`` but without
-photometric augmentation and occluders), aligned by the
-encoder + cascade (:func:`dff_jax.training.finetune.pipeline_loss`: crop, descriptors,
-``lax.scan`` cascade, visibility-aware bbox NME against the rendered ground truth), and:
-
-1. **Saliency map** (exact, autodiff): ``g = d err / d image`` ``[H, W, 3]``; ``DIR/saliency.png``
-   shows ``[image | |g| heat map over the grey image]`` with the true (red) and predicted
-   (green) landmarks.
-2. **Derivative with respect to yaw.** The renderer is NumPy (rasterisation is not
-   differentiable), so ``d err / d yaw`` is computed by the chain rule
-
-     ``d err / d yaw = <d err / d image, d image / d yaw> + <d err / d truth, d truth / d yaw>``
-
-   where the two ``d err / d ...`` factors are exact (``jax.jvp``) and ``d image / d yaw`` and
-   ``d truth / d yaw`` (the image and the true landmarks) are **central finite differences of
-   re-renders** at ``yaw +- h`` (``--yaw_step_deg``). Only the yaw of the view changes: identity,
-   expression, lighting, background, noise and the face box (from the unperturbed render) stay
-   fixed, and so does the visibility mask used in the loss. The check is a plain central
-   difference of the error over the same re-renders, ``(err(yaw + h) - err(yaw - h)) / 2h``.
-
-Note: both numbers share the finite-difference part. They differ by the second-order behaviour
-of ``err`` along the image change (the rasterised image is a non-smooth function of yaw at the
-pixel level: silhouette and occlusion edges jump between pixels; the cascade has kinks), so
-agreement to within a few tens of percent is what to expect at ``h`` ~ 0.5 degrees, not to many
-digits; ``--yaw_step_deg`` several values show how the estimates move with ``h``.
+One synthetic face rendered by the data pipeline and aligned end to end: the saliency map of
+the final landmark error (``d err / d image``, exact) and its derivative with respect to the
+render's yaw (the chain rule over finite-difference re-renders, checked against a plain central
+difference); the method and what agreement to expect are in
+:mod:`dff_jax.evaluation.saliency`.
 
 Writes ``DIR/saliency.png`` and ``DIR/saliency.json`` (all numbers; derivatives per radian and
 per degree) and prints the JSON.

@@ -161,4 +161,17 @@ def concatenate(fields: Sequence[Field], axis: int = 0) -> Field:
 
 def num_faces(fields: Field) -> int:
   """The size of the leading (face) axis."""
-  return int(jax.tree_util.tree_leaves(fields)[0].shape[0])
+  return int(leading_shape(fields, 1)[0])
+
+
+def leading_shape(fields: Field, ndim: int) -> Tuple[int, ...]:
+  """The first ``ndim`` (batch) axes of fields, e.g. ``[B, V]`` of multi-view sets."""
+  reference = fields.levels[0] if isinstance(fields, PointField) else fields
+  return tuple(reference.shape[:ndim])
+
+
+def descriptor_dim(fields: Field) -> int:
+  """``D``, the size of the descriptors the fields give."""
+  if isinstance(fields, PointField):
+    return fields.descriptor_dim
+  return int(fields.shape[-1])

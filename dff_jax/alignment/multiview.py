@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from dff_jax import descriptor_fields
 from dff_jax import geometry
 from dff_jax import sampling
 from dff_jax.alignment import cascade
@@ -248,7 +249,7 @@ def run_multiview_cascade(alignment_model: AlignmentModel, params: CascadeParams
   Returns:
     ``(final_states, per_stage_states)``: leading ``[V]``, resp. ``[K, V]``, on every field.
   """
-  num_views = descriptor_maps.shape[0]
+  num_views = descriptor_fields.num_faces(descriptor_maps)
   if view_mask is None:
     view_mask = jnp.ones((num_views,), jnp.float32)
   view_mask = jnp.asarray(view_mask, jnp.float32)
@@ -273,7 +274,7 @@ def align_multiview_crops(alignment_model: AlignmentModel, params: CascadeParams
   """:func:`run_multiview_cascade` over a batch of sets: ``descriptor_maps [B, V, crop, crop,
   D]``, optional ``view_mask [B, V]``; returns final states with leading ``[B, V]``."""
   if view_mask is None:
-    view_mask = jnp.ones(descriptor_maps.shape[:2], jnp.float32)
+    view_mask = jnp.ones(descriptor_fields.leading_shape(descriptor_maps, 2), jnp.float32)
 
   def one(maps, mask):
     return run_multiview_cascade(alignment_model, params, maps, config, share_expression, mask,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import descriptor_fields
 from dff_jax.alignment import cascade
 
 Array = Any
@@ -219,7 +220,8 @@ def fit_cascade(batches: Callable[[], Iterable[Batch]], alignment_model: cascade
     face_index = 0
     for descriptor_maps, true_landmarks, true_pose, weight in batches():
       if params is None:  # first batch ever: sizes are now known
-        feature_dim = cascade.NUM_LANDMARKS * descriptor_maps.shape[-1] + 1
+        feature_dim = (cascade.NUM_LANDMARKS * descriptor_fields.descriptor_dim(descriptor_maps)
+                       + 1)
         params = cascade.CascadeParams(
             landmark_weights=jnp.zeros((0, feature_dim, num_landmark_targets)),
             pose_weights=jnp.zeros((0, feature_dim, cascade.POSE_DIM)),

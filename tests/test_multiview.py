@@ -287,3 +287,27 @@ def test_command_missing_image_one_line_error(command_setup, tmp_path):
   assert len(lines) == 1 and lines[0].startswith("align: error:"), proc.stderr
   assert "nope.png" in lines[0]
   assert not (tmp_path / "o").exists()
+
+
+def test_point_fields_run_through_the_multiview_cascade():
+  """A set of views described by point fields (the point-head encoder) runs through the joint
+  cascade like dense maps; one view equals the single-view cascade on the same field."""
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
+  am = small_alignment_model()
+  params = random_params(2, jax.random.key(1))
+  levels = (jax.nn.relu(smooth_maps(jax.random.key(2), 2, dim=3)),
+            jax.nn.relu(smooth_maps(jax.random.key(3), 2, size=CROP // 2, dim=5)))
+  head = {"hidden_kernel": jax.random.normal(jax.random.key(4), (8, 6)),
+          "hidden_bias": jnp.zeros(6), "out_kernel": jax.random.normal(jax.random.key(5), (6, DIM)),
+          "out_bias": jnp.zeros(DIM)}
+  fields = descriptor_fields.PointField(levels=levels,
+                                        head=descriptor_fields.broadcast_head(head, (2,)))
+  joint, _ = _run_joint(am, params, fields, CONFIG, share_expression=False)
+  assert joint.landmarks_px.shape == (2, 68, 2)
+  first = jax.tree_util.tree_map(lambda x: x[:1], fields)
+  one, _ = _run_joint(am, params, first, CONFIG, share_expression=False)
+  single, _ = _run_single(am, params, jax.tree_util.tree_map(lambda x: x[0], fields), CONFIG)
+  np.testing.assert_allclose(one.landmarks_px[0], single.landmarks_px, atol=2e-3)
+  batched = multiview.align_multiview_crops(
+      am, params, jax.tree_util.tree_map(lambda x: x[None], fields), CONFIG)
+  assert batched.landmarks_px.shape == (1, 2, 68, 2)

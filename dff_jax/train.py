@@ -2,12 +2,13 @@
 
 One code path for one CPU core, 8 fake devices and a multi-host pod:
 
-* **Mesh.** ``jax.make_mesh((data, fsdp), ("data", "fsdp"))`` over all devices. The batch is
+* **Mesh** (:mod:`dff_jax.training.sharding`). ``jax.make_mesh((data, fsdp), ("data", "fsdp"))``
+  over all devices. The batch is
   split over both axes; parameters and optimizer state are replicated
   (``config.sharding.params = "replicated"``) or each leaf is split along its largest axis that
   divides by the ``fsdp`` size (``"fsdp"``). No ``pmap``.
-* **Data.** ``data_pipeline.pairs.PairSource`` (random access, sample ``i`` a pure function of
-  ``(seed, i)``) through a grain ``MapDataset``: element ``i`` of the global batch of step ``t``
+* **Data** (:mod:`dff_jax.training.data`). ``data_pipeline.pairs.PairSource`` (random access,
+  sample ``i`` a pure function of ``(seed, i)``) through a grain ``MapDataset``: element ``i`` of the global batch of step ``t``
   is sample ``(t * global_batch + i) mod len(source)``, and process ``p`` of ``n`` reads rows
   ``[p * global_batch / n, (p + 1) * global_batch / n)`` of it. The data stream is thus a pure
   function of ``(config.data.seed, step)`` and a resumed run sees exactly the batches it would
@@ -18,7 +19,8 @@ One code path for one CPU core, 8 fake devices and a multi-host pod:
   sum, from ``config.loss``); labels come from the sample's ``vertex_ids`` and a table of random
   mesh segmentations (``dff_jax.face_model.segmentation.random_segmentations``), computed once and
   cached in the workdir.
-* **Checkpoints** (:mod:`dff_jax.checkpoint`): periodic, final, resume from the workdir; a
+* **Loop** (:mod:`dff_jax.training.loop`, shared with end-to-end fine-tuning). **Checkpoints**
+  (:mod:`dff_jax.checkpoint`): periodic, final, resume from the workdir; a
   non-finite loss stops training with the step number and keeps the last good checkpoint.
 * **Progress** (:mod:`dff_jax.progress`): a tqdm bar, ``metrics.jsonl`` and a held-out eval
   (loss and nearest-descriptor PCK) every ``config.eval_every`` steps.
@@ -26,13 +28,11 @@ One code path for one CPU core, 8 fake devices and a multi-host pod:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,9 @@ from dff_jax import descriptor_fields
 from dff_jax import encoder as encoder_lib
 from dff_jax import losses as losses_lib
 from dff_jax import progress as progress_lib
+from dff_jax.training import data as data_lib
 from dff_jax.training import loop as loop_lib
+from dff_jax.training import sharding as sharding_lib
 
 Array = Any
 PyTree = Any
@@ -142,245 +144,15 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
                     rng=train_key)
 
 
-# ----------------------------------------------------------------------------------------------
-# Mesh and shardings
-# ----------------------------------------------------------------------------------------------
-
-
-def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """``("data", "fsdp")`` mesh over all devices.
-
-  ``config.sharding.params == "replicated"``: shape ``(devices, 1)``, pure data parallelism.
-  ``"fsdp"``: ``config.sharding.fsdp`` devices per parameter-sharding group (0 or 1 = all
-  devices), the rest data parallel. The batch is split over both axes either way.
-  """
-  num_devices = jax.device_count()
-  fsdp = int(config.sharding.get("fsdp", 0) or 0)
-  if config.sharding.params == "replicated":
-    fsdp = 1
-  elif fsdp <= 1:
-    fsdp = num_devices  # "fsdp" without a group size: shard over all devices.
-  if num_devices % fsdp:
-    raise ValueError(f"config.sharding.fsdp={fsdp} does not divide the {num_devices} devices.")
-  auto = (jax.sharding.AxisType.Auto,) * 2
-  return jax.make_mesh((num_devices // fsdp, fsdp), ("data", "fsdp"), axis_types=auto)
-
-
-def _leaf_spec(shape: Tuple[int, ...], fsdp: int) -> P:
-  """Shard the largest axis that divides by ``fsdp`` over "fsdp"; replicate small leaves."""
-  if fsdp == 1 or int(np.prod(shape)) < 1024:
-    return P()
-  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-    if shape[axis] % fsdp == 0:
-      spec = [None] * len(shape)
-      spec[axis] = "fsdp"
-      return P(*spec)
-  return P()
-
-
-def state_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                    abstract_state: TrainState) -> TrainState:
-  """A ``NamedSharding`` per leaf of the state: replicated or fsdp (``config.sharding.params``)."""
-  mode = config.sharding.params
-  if mode not in ("replicated", "fsdp"):
-    raise ValueError(f"config.sharding.params must be 'replicated' or 'fsdp', got {mode!r}.")
-  fsdp = mesh.shape["fsdp"] if mode == "fsdp" else 1
-  return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(tuple(x.shape), fsdp)),
-                      abstract_state)
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every device of the mesh."""
-  return NamedSharding(mesh, P(("data", "fsdp")))
-
-
-def compiler_options(config: ml_collections.ConfigDict) -> Optional[Dict[str, Any]]:
-  """XLA options of every jit: ``config.xla_fast_compile`` turns off LLVM optimisation
-  (``xla_backend_optimization_level=0``), which cuts CPU compile time ~8x (tiny nets, tests)
-  at some cost in run time."""
-  if config.get("xla_fast_compile", False):
-    return {"xla_backend_optimization_level": 0}
-  return None
-
-
 def create_sharded_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                          ) -> Tuple[TrainState, TrainState]:
   """``(state, shardings)``: the initial state created directly in its shardings."""
   abstract = jax.eval_shape(lambda: init_train_state(config))
-  shardings = state_shardings(config, mesh, abstract)
+  shardings = sharding_lib.state_shardings(config, mesh, abstract)
   state = jax.jit(lambda: init_train_state(config), out_shardings=shardings,
-                  compiler_options=compiler_options(config))()
+                  compiler_options=sharding_lib.compiler_options(config))()
   return state, shardings
 
-
-def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
-                    ) -> Dict[str, jax.Array]:
-  """Per-process numpy batch (this process's rows) -> global ``jax.Array`` s over the mesh."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Segmentation table (labels of the patch loss)
-# ----------------------------------------------------------------------------------------------
-
-
-def segmentation_table(config: ml_collections.ConfigDict,
-                       cache_dir: Optional[str | Path] = None) -> np.ndarray:
-  """``[S, V]`` int32 patch id of every vertex of the data's face model in each segmentation.
-
-  Computed by ``random_segmentations`` (farthest-point seeds + graph Voronoi) and cached as
-  ``cache_dir/segmentations_<model>_S<S>_P<P>_seed<seed>.npy`` when ``cache_dir`` is given.
-  Time: S = 100, P = 500 on the default model's 16,434 vertices takes ~7 s on one CPU core
-  (S = 4, P = 16: 0.1 s); the cache makes restarts free.
-  """
-  num_segmentations = int(config.loss.num_segmentations)
-  num_patches = int(config.loss.num_patches)
-  seed = int(config.loss.segmentation_seed)
-  model_name = Path(str(config.data.face_model)).stem
-  path = None
-  if cache_dir is not None:
-    path = Path(cache_dir) / (f"segmentations_{model_name}_S{num_segmentations}_P{num_patches}"
-                              f"_seed{seed}.npy")
-    if path.exists():
-      try:
-        table = np.load(path)
-        if table.shape[0] == num_segmentations:
-          return table.astype(np.int32)
-      except (OSError, ValueError):
-        pass  # A truncated cache file: recompute.
-  from dff_jax.face_model import segmentation as segmentation_lib  # pylint: disable=g-import-not-at-top
-  model = _face_model(str(config.data.face_model))
-  start = time.time()
-  table = np.asarray(segmentation_lib.random_segmentations(
-      model, num_segmentations, num_patches, seed), np.int32)
-  logging.info("random_segmentations(S=%d, P=%d) on %d vertices took %.1f s", num_segmentations,
-               num_patches, table.shape[1], time.time() - start)
-  if path is not None and jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, table)
-    tmp.replace(path)
-  return table
-
-
-@functools.lru_cache(maxsize=4)
-def _face_model(spec: str):
-  from dff_jax.face_model import loaders  # pylint: disable=g-import-not-at-top
-  return loaders.load_face_model(spec)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: PairSource -> grain -> per-process numpy batches
-# ----------------------------------------------------------------------------------------------
-
-
-def make_pair_source(data_config: Any, seed: Optional[int] = None):
-  """``data_pipeline.pairs.PairSource`` for ``config.data`` (with ``seed`` overriding its seed)."""
-  from data_pipeline.pairs import PairSource  # pylint: disable=g-import-not-at-top
-  from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
-  values = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
-  if seed is not None:
-    values["seed"] = int(seed)
-  return PairSource(pipeline_config_from_dict(values))
-
-
-def make_training_source(config: ml_collections.ConfigDict, seed: Optional[int] = None):
-  """The training pairs: synthetic (:func:`make_pair_source`) or, when ``config.real.fraction``
-  > 0, a :class:`data_pipeline.faces.Mixture` of real-face pairs
-  (``data_pipeline.real_faces.RealPairSource`` over the fit cache ``config.real.fits``, rendered
-  with ``config.data``) and synthetic pairs in the ratio ``fraction : 1 - fraction``."""
-  synthetic = make_pair_source(config.data, seed)
-  fraction = float(config.real.fraction) if "real" in config else 0.0
-  if fraction <= 0:
-    return synthetic
-  from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
-  from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
-  real = real_faces.RealPairSource(real_faces.RealFacesConfig(
-      fits=str(config.real.fits), pipeline=synthetic.config,
-      pair_kinds=tuple(config.real.pair_kinds)))
-  return faces_lib.Mixture([real, synthetic], [fraction, 1.0 - fraction],
-                           seed=synthetic.config.seed, num_examples=len(synthetic))
-
-
-def select_fields(sample: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """The fields the steps use, views 0 and 1: images ``[2, H, W, 3]`` uint8, vertex_ids
-  ``[2, H, W]`` int32, points_a_px / points_b_px ``[K, 2]`` float32, valid ``[K]`` bool."""
-  return {
-      "images": np.asarray(sample["images"][:2], np.uint8),
-      "vertex_ids": np.asarray(sample["vertex_ids"][:2], np.int32),
-      "points_a_px": np.asarray(sample["points_a_px"], np.float32),
-      "points_b_px": np.asarray(sample["points_b_px"], np.float32),
-      "valid": np.asarray(sample["valid"], bool),
-  }
-
-
-@dataclasses.dataclass(frozen=True)
-class StepIndexToSample:
-  """grain map: local element ``j`` -> sample of global index
-  ``(step * global_batch + process_index * local_batch + i) mod len(source)``,
-  ``(step, i) = divmod(j, local_batch)``. Picklable (grain workers)."""
-  source: Any
-  global_batch: int
-  local_batch: int
-  process_index: int
-
-  def __call__(self, j: int) -> Dict[str, np.ndarray]:
-    step, i = divmod(int(j), self.local_batch)
-    index = step * self.global_batch + self.process_index * self.local_batch + i
-    return select_fields(self.source[index % len(self.source)])
-
-
-def _stack(samples):
-  return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
-
-
-def make_train_iterator(config: ml_collections.ConfigDict, start_step: int,
-                        source: Any = None) -> Iterator[Dict[str, np.ndarray]]:
-  """This process's batches for steps ``start_step, ..., num_steps - 1`` (grain).
-
-  Each batch is a dict of ``[global_batch / process_count, ...]`` numpy arrays (see
-  :func:`select_fields`); a pure function of ``(config.data.seed, step, process_index)``.
-  """
-  import grain  # pylint: disable=g-import-not-at-top
-  process_count, process_index = jax.process_count(), jax.process_index()
-  global_batch = int(config.global_batch_size)
-  if global_batch % process_count:
-    raise ValueError(f"global_batch_size={global_batch} must divide by the number of processes "
-                     f"({process_count}).")
-  local_batch = global_batch // process_count
-  source = make_training_source(config) if source is None else source
-  dataset = grain.MapDataset.range(start_step * local_batch, int(config.num_steps) * local_batch)
-  dataset = dataset.map(StepIndexToSample(source, global_batch, local_batch, process_index))
-  dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=_stack)
-  iterable = dataset.to_iter_dataset()
-  if int(config.num_workers) > 0:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app (tests).
-      flags.FLAGS.mark_as_parsed()
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(config.num_workers), per_worker_buffer_size=2))
-  return iter(iterable)
-
-
-def load_eval_batches(config: ml_collections.ConfigDict) -> list:
-  """The fixed held-out pairs (seed ``config.eval.seed``, samples ``0 .. num_pairs - 1``) as a
-  list of this process's numpy batches of ``eval.batch_size / process_count`` rows."""
-  if int(config.eval.seed) == int(config.data.seed):
-    raise ValueError("config.eval.seed must differ from config.data.seed (held-out pairs).")
-  batch_size, num_pairs = int(config.eval.batch_size), int(config.eval.num_pairs)
-  process_count, process_index = jax.process_count(), jax.process_index()
-  if num_pairs % batch_size or batch_size % process_count:
-    raise ValueError(f"eval.num_pairs={num_pairs} must be a multiple of eval.batch_size="
-                     f"{batch_size}, itself a multiple of the process count {process_count}.")
-  source = make_pair_source(config.data, seed=config.eval.seed)
-  local = batch_size // process_count
-  batches = []
-  for start in range(0, num_pairs, batch_size):
-    first = start + process_index * local
-    batches.append(_stack([select_fields(source[i]) for i in range(first, first + local)]))
-  return batches
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +199,7 @@ def train_step(state: TrainState, batch: Mapping[str, Array], patch_table: Array
 
   Args:
     state: the current :class:`TrainState`.
-    batch: global batch of :func:`select_fields` arrays with a leading ``[B]`` axis.
+    batch: global batch of :func:`dff_jax.training.data.select_fields` arrays with a leading ``[B]`` axis.
     patch_table: ``[S, V]`` int32 segmentation table (``[1, 1]`` dummy when the patch loss is
       off).
     config, encoder, optimizer: static.
@@ -536,14 +308,14 @@ def make_jitted_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   encoder = encoder_lib.encoder_from_config(config.encoder)
   optimizer = make_optimizer(config)
   replicated = NamedSharding(mesh, P())
-  data = batch_sharding(mesh)
+  data = sharding_lib.batch_sharding(mesh)
   train = jax.jit(
       functools.partial(train_step, config=config, encoder=encoder, optimizer=optimizer),
       in_shardings=(shardings, data, replicated), out_shardings=(shardings, replicated),
-      donate_argnums=(0,), compiler_options=compiler_options(config))
+      donate_argnums=(0,), compiler_options=sharding_lib.compiler_options(config))
   evaluate = jax.jit(functools.partial(eval_step, config=config, encoder=encoder),
                      in_shardings=(shardings, data, replicated), out_shardings=replicated,
-                     compiler_options=compiler_options(config))
+                     compiler_options=sharding_lib.compiler_options(config))
   return train, evaluate
 
 
@@ -590,7 +362,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 def _patch_table_array(config, workdir, mesh) -> jax.Array:
   if uses_patch_loss(config):
-    table = segmentation_table(config, cache_dir=workdir)
+    table = data_lib.segmentation_table(config, cache_dir=workdir)
   else:
     table = np.zeros((1, 1), np.int32)
   return jax.device_put(table, NamedSharding(mesh, P()))
@@ -608,7 +380,7 @@ def _check_vertex_ids(vertex_ids: np.ndarray, num_vertices: int, config) -> None
 def _evaluate(evaluate, state, eval_batches, mesh, patch_table) -> Dict[str, float]:
   totals: Dict[str, float] = {}
   for local in eval_batches:
-    sums = jax.device_get(evaluate(state, to_global_batch(local, mesh), patch_table))
+    sums = jax.device_get(evaluate(state, sharding_lib.to_global_batch(local, mesh), patch_table))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   return summarize_eval(totals)
@@ -639,15 +411,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if is_main:
     checkpoint_lib.save_config_json(workdir, config)
 
-  mesh = create_mesh(config)
+  mesh = sharding_lib.create_mesh(config)
   abstract = jax.eval_shape(lambda: init_train_state(config))
-  shardings = state_shardings(config, mesh, abstract)
+  shardings = sharding_lib.state_shardings(config, mesh, abstract)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=int(config.max_checkpoints_to_keep),
       save_interval_steps=int(config.checkpoint_every))
   state = restore_or_init(checkpointer, abstract, shardings, jax.jit(
       lambda: init_train_state(config), out_shardings=shardings,
-      compiler_options=compiler_options(config)))
+      compiler_options=sharding_lib.compiler_options(config)))
   start_step = int(jax.device_get(state.step))
   num_steps = int(config.num_steps)
   if start_step >= num_steps:
@@ -658,19 +430,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   patch_table = _patch_table_array(config, workdir, mesh)
   train, evaluate = make_jitted_steps(config, mesh, shardings)
-  eval_batches = load_eval_batches(config) if int(config.eval_every) > 0 else []
+  eval_batches = data_lib.load_eval_batches(config) if int(config.eval_every) > 0 else []
   writer = progress_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main)
   bar = progress_lib.ProgressBar(num_steps, start_step,
                                  enabled=is_main and bool(config.progress_bar))
 
   def checked_batches():
-    for index, local in enumerate(make_train_iterator(config, start_step)):
+    for index, local in enumerate(data_lib.make_train_iterator(config, start_step)):
       if index == 0:
         _check_vertex_ids(local["vertex_ids"], patch_table.shape[1], config)
       yield local
 
   def step_fn(state_, local):
-    return train(state_, to_global_batch(local, mesh), patch_table)
+    return train(state_, sharding_lib.to_global_batch(local, mesh), patch_table)
 
   def after_step(done, state_):
     if not eval_batches or (done % int(config.eval_every) and done != num_steps):
@@ -685,74 +457,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       checkpointer=checkpointer, writer=writer, bar=bar, log_every=int(config.log_every),
       items_per_step=2 * int(config.global_batch_size),  # Two views per pair.
       after_step=after_step)
-
-
-# ----------------------------------------------------------------------------------------------
-# Benchmark
-# ----------------------------------------------------------------------------------------------
-
-
-def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, num_vertices: int,
-                    seed: int = 0) -> Dict[str, np.ndarray]:
-  """A random batch with the shapes and dtypes of :func:`select_fields` (for benchmarks): a
-  centred disc of face pixels with random vertex ids in ``[0, num_vertices)``."""
-  rng = np.random.default_rng(seed)
-  size, k = int(config.data.image_size), int(config.data.num_correspondences)
-  yy, xx = np.mgrid[:size, :size]
-  face = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2
-  vertex_ids = rng.integers(0, num_vertices, (batch_size, 2, size, size)).astype(np.int32)
-  vertex_ids = np.where(face, vertex_ids, -1)
-  points = rng.uniform(0.3 * size, 0.7 * size, (batch_size, 2, k, 2)).astype(np.float32)
-  return {"images": rng.integers(0, 256, (batch_size, 2, size, size, 3), dtype=np.uint8),
-          "vertex_ids": vertex_ids, "points_a_px": points[:, 0], "points_b_px": points[:, 1],
-          "valid": np.ones((batch_size, k), bool)}
-
-
-def benchmark_train_step(config: ml_collections.ConfigDict, num_steps: int = 10,
-                         num_vertices: int = 4096) -> Dict[str, float]:
-  """Times the jitted train step on a synthetic batch (no data pipeline).
-
-  Returns ``{"compile_seconds", "seconds_per_step", "steps_per_second", "images_per_second",
-  "pairs_per_second", "global_batch_size", "image_size", "num_devices", "flops_per_step",
-  "cpu_seconds_per_step"}`` (``flops_per_step`` from XLA's cost analysis, -1 if unavailable;
-  ``cpu_seconds_per_step`` is process CPU time over all threads, less sensitive than wall time
-  to other load on a shared machine). An image is one view; a pair is two.
-  """
-  mesh = create_mesh(config)
-  state, shardings = create_sharded_state(config, mesh)
-  batch_size = int(config.global_batch_size)
-  if uses_patch_loss(config):
-    table = np.random.default_rng(0).integers(
-        0, int(config.loss.num_patches), (int(config.loss.num_segmentations), num_vertices))
-  else:
-    table = np.zeros((1, 1))
-  patch_table = jax.device_put(table.astype(np.int32), NamedSharding(mesh, P()))
-  train, _ = make_jitted_steps(config, mesh, shardings)
-  local = synthetic_batch(config, batch_size // jax.process_count(), num_vertices)
-  batch = to_global_batch(local, mesh)
-  start = time.time()
-  compiled = train.lower(state, batch, patch_table).compile()
-  flops = -1.0
-  try:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    flops = float(analysis.get("flops", -1.0))
-  except Exception:  # pylint: disable=broad-except
-    pass
-  state, metrics = train(state, batch, patch_table)
-  jax.block_until_ready(metrics)
-  compile_seconds = time.time() - start
-  start, cpu_start = time.time(), time.process_time()
-  for _ in range(num_steps):
-    state, metrics = train(state, batch, patch_table)
-  jax.block_until_ready((state, metrics))
-  seconds = (time.time() - start) / num_steps
-  cpu_seconds = (time.process_time() - cpu_start) / num_steps
-  return {"compile_seconds": compile_seconds, "seconds_per_step": seconds,
-          "steps_per_second": 1.0 / seconds, "images_per_second": 2 * batch_size / seconds,
-          "pairs_per_second": batch_size / seconds, "global_batch_size": batch_size,
-          "image_size": int(config.data.image_size), "num_devices": jax.device_count(),
-          "flops_per_step": flops, "cpu_seconds_per_step": cpu_seconds}
 
 
 def params_digest(params: PyTree) -> str:

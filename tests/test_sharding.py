@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from dff_jax import train
+from dff_jax.benchmarking import train_step
+from dff_jax.training import sharding as sharding_lib
 from experiments.configs import dff_tiny
 
 mode, fsdp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -28,7 +30,7 @@ config = dff_tiny.get_config()
 config.global_batch_size = 8
 config.sharding.params = mode
 config.sharding.fsdp = fsdp
-mesh = train.create_mesh(config)
+mesh = sharding_lib.create_mesh(config)
 state, shardings = train.create_sharded_state(config, mesh)
 step, _ = train.make_jitted_steps(config, mesh, shardings)
 num_vertices = 300
@@ -37,7 +39,7 @@ table = np.random.default_rng(0).integers(0, config.loss.num_patches,
 table = jax.device_put(table.astype(np.int32), NamedSharding(mesh, P()))
 losses = []
 for t in range(2):
-  batch = train.to_global_batch(train.synthetic_batch(config, 8, num_vertices, seed=t), mesh)
+  batch = sharding_lib.to_global_batch(train_step.synthetic_batch(config, 8, num_vertices, seed=t), mesh)
   state, metrics = step(state, batch, table)
   losses.append(float(metrics["loss"]))
 sharded = sum(1 for s in jax.tree.leaves(shardings) if s.spec != P())

@@ -14,6 +14,7 @@ import pytest
 from dff_jax import checkpoint as ckpt
 from dff_jax import progress
 from dff_jax import train
+from dff_jax.training import data as data_lib
 from experiments.configs import dff_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +108,9 @@ def test_info_nce_loss_trains(tmp_path):
 
 def test_data_stream_is_a_pure_function_of_step():
   config = tiny_config(num_steps=4)
-  source = train.make_pair_source(config.data)
-  from_start = list(train.make_train_iterator(config, 0, source))
-  resumed = next(train.make_train_iterator(config, 3, source))
+  source = data_lib.make_pair_source(config.data)
+  from_start = list(data_lib.make_train_iterator(config, 0, source))
+  resumed = next(data_lib.make_train_iterator(config, 3, source))
   assert len(from_start) == 4
   for key, value in resumed.items():
     np.testing.assert_array_equal(value, from_start[3][key])
@@ -122,9 +123,9 @@ def test_data_stream_is_a_pure_function_of_step():
 @pytest.mark.slow
 def test_grain_worker_processes_give_the_same_batches():
   config = tiny_config(num_steps=3)
-  in_process = list(train.make_train_iterator(config, 1))
+  in_process = list(data_lib.make_train_iterator(config, 1))
   config.num_workers = 2
-  workers = list(train.make_train_iterator(config, 1))
+  workers = list(data_lib.make_train_iterator(config, 1))
   assert len(workers) == len(in_process) == 2
   for a, b in zip(in_process, workers):
     for key in a:

@@ -16,7 +16,7 @@ paper-size train step at batch 32 on a 2-core CPU).
 
 ``bench_train_step``: the whole jitted DFF train step of a config file at each batch size
 (pairs): ``steps_per_second``, ``images_per_second`` (= ``items_per_second``),
-``cpu_seconds_per_step``, ``flops_per_step`` (:func:`dff_jax.train.benchmark_train_step`).
+``cpu_seconds_per_step``, ``flops_per_step`` (:func:`dff_jax.benchmarking.train_step.benchmark_train_step`).
 """
 
 from __future__ import annotations
@@ -137,14 +137,14 @@ def bench_train_step(train_config: str = "experiments/configs/dff_cpu.py",
   """The full jitted DFF train step (encoder + patch / InfoNCE loss + AdamW) of the config file
   ``train_config`` (``get_config()``) on a synthetic batch of each ``batch_sizes`` pairs (2
   images per pair); ``items_per_second`` is images/s."""
-  from dff_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; only when run.
+  from dff_jax.benchmarking import train_step  # pylint: disable=g-import-not-at-top  # Heavy.
   spec = importlib.util.spec_from_file_location("train_config", train_config)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   for batch_size in map(int, batch_sizes):
     config = module.get_config()
     config.global_batch_size = batch_size
-    result = train.benchmark_train_step(config, num_steps=repeats)
+    result = train_step.benchmark_train_step(config, num_steps=repeats)
     yield {"what": "train_step", "config": train_config, "batch_size": batch_size,
            "items_per_second": round(result["images_per_second"], 3),
            "compile_s": round(result["compile_seconds"], 2),

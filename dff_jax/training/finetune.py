@@ -60,6 +60,7 @@ from dff_jax import checkpoint as checkpoint_lib
 from dff_jax import progress as progress_lib
 from dff_jax import train as train_lib
 from dff_jax.training import loop as loop_lib
+from dff_jax.training import sharding as sharding_lib
 from dff_jax.alignment import cascade
 from dff_jax.alignment import features as features_lib
 from dff_jax.alignment import io as cascade_io
@@ -459,10 +460,10 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   pipeline = Pipeline(apply=start.describer.apply, config=start.cascade_config,
                       remat=bool(config.remat))
 
-  mesh = train_lib.create_mesh(config)
+  mesh = sharding_lib.create_mesh(config)
   replicated = NamedSharding(mesh, P())
   abstract = jax.eval_shape(lambda: init_state(config, start.params))
-  shardings = train_lib.state_shardings(config, mesh, abstract)
+  shardings = sharding_lib.state_shardings(config, mesh, abstract)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=int(config.max_checkpoints_to_keep),
       save_interval_steps=int(config.checkpoint_every))
@@ -473,17 +474,17 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   alignment_model = jax.device_put(start.alignment_model, replicated)
 
   step_fn = jax.jit(functools.partial(train_step, pipeline=pipeline, config=config),
-                    in_shardings=(shardings, train_lib.batch_sharding(mesh), replicated,
+                    in_shardings=(shardings, sharding_lib.batch_sharding(mesh), replicated,
                                   replicated),
                     out_shardings=(shardings, replicated), donate_argnums=(0,),
-                    compiler_options=train_lib.compiler_options(config))
+                    compiler_options=sharding_lib.compiler_options(config))
   start_step, num_steps = int(jax.device_get(state.step)), int(config.num_steps)
   writer = progress_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main)
   bar = progress_lib.ProgressBar(num_steps, start_step,
                                  enabled=is_main and bool(config.progress_bar))
   run_start = time.time()
   state = loop_lib.run_training_loop(
-      lambda state, local: step_fn(state, train_lib.to_global_batch(local, mesh), fixed,
+      lambda state, local: step_fn(state, sharding_lib.to_global_batch(local, mesh), fixed,
                                    alignment_model),
       state, train_batches(config, start_step), start_step=start_step, num_steps=num_steps,
       checkpointer=checkpointer, writer=writer, bar=bar, log_every=int(config.log_every),

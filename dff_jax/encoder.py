@@ -32,6 +32,10 @@ preset needs 3.6 GFLOP per 128 x 128 image forward and 10.7 GFLOP forward + back
 ``"paper"`` preset 54 and 162 GFLOP per 224 x 224 image. On CPU, per-image throughput is best at
 small batches (4-8): the activations of larger batches no longer fit in cache.
 
+Length: a little over 500 lines: both encoder architectures (the U-Net and the point-head
+variant, which shares its contracting half, parameter names included) with their shared blocks,
+preprocessing and config parsing; splitting them would separate the trunk from its two heads.
+
 Presets (see :data:`PRESETS`): ``"tiny"`` for tests, ``"cpu"`` (features (32, 64, 96, 128) at
 128 x 128) and ``"paper"`` (features (64, 128, 256, 512) at 224 x 224 grey; our choice of width,
 since the paper's backbone is unknown).

@@ -1,4 +1,4 @@
-"""The paper's alignment cascade on dense descriptors, as one ``lax.scan`` over stages.
+"""The paper's alignment cascade on descriptor fields, as one ``lax.scan`` over stages.
 
 State per face (``AlignmentState``): 68 landmarks, pose ``p = (s, pitch, yaw, roll, tx, ty)``,
 identity and expression coefficients, landmark visibility. One stage (``paper.md``, "Alignment"):
@@ -7,8 +7,9 @@ identity and expression coefficients, landmark visibility. One stage (``paper.md
    :func:`dff_jax.face_model.model.landmark_vertex_ids_for_pose`) with the current pose and shape;
    a landmark is visible when its smoothed vertex normal faces the camera (silhouette jaw points
    are visible by construction);
-2. sample the descriptor map at the projected points with :func:`dff_jax.sampling.bilinear_sample`
-   (zero for invisible or out-of-crop points) and stack them into ``f = [d_0, ..., d_67, 1]``;
+2. read the crop's descriptor field at the projected points with
+   :func:`dff_jax.descriptor_fields.query` (a dense map bilinearly, a point field through its
+   head; zero for invisible or out-of-crop points) and stack them into ``f = [d_0, ..., d_67, 1]``;
 3. ``x <- x + W_k f`` (landmarks) and ``p <- p + sigma_p * (V_k f)`` (pose, residuals in units of
    their training standard deviations);
 4. fit identity + expression to the updated landmarks under the updated pose
@@ -23,6 +24,10 @@ and maps the results back to image pixels inside one jitted function.
 
 The stage parameters are stacked on a leading axis ``K`` (``CascadeParams``), so the cascade is a
 ``lax.scan``; one face is a pure function, and batches are ``vmap`` of it.
+
+Length: about 570 lines, kept in one module on purpose: the model precomputation, the five steps
+of a stage, the scan and the crop / uncrop around it are one algorithm whose pieces are read
+together (the multi-view cascade, ridge training and fine-tuning call into each of them).
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ towards the viewer; image points ``(x, y)`` in pixels, x right, y down, pixel ``
 at ``(j + 0.5, i + 0.5)``; camera ``dff_jax.geometry.weak_perspective_project``, Euler angles
 ``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`` (``dff_jax.geometry.euler_to_matrix``).
 
+Length: a little over 500 lines, one algorithm (pose, contour, shape alternation and its
+closed-form pieces) with the rationale of each step beside it.
+
 Units of the regulariser: shape residuals are measured in model millimetres (pixel residuals
 divided by the current scale), so ``regularisation`` is a landmark noise variance in mm^2 relative
 to the prior (identity ~N(0, 1), expression ~N(0, expression_std^2)) and does not depend on the

@@ -3,7 +3,7 @@
 The two-stage model (the DFF encoder trained on correspondences, then the cascade's regressors
 fitted stage by stage by ridge regression, :mod:`dff_jax.alignment.training`) is fine-tuned as
 one network: images and face boxes go in, :func:`dff_jax.alignment.cascade.align_images` crops
-them, runs the encoder and the ``lax.scan`` cascade (bilinear sampling, linear regressors,
+them, runs the encoder and the ``lax.scan`` cascade (descriptor reads, linear regressors,
 closed-form shape fits) and the loss is the landmark error after the last stage
 (:func:`landmark_loss`). Optax updates the encoder parameters and the regressors
 ``landmark_weights`` and ``pose_weights`` of every stage; ``pose_std`` and ``initial_pose`` stay
@@ -15,11 +15,12 @@ the training process. The batch of step ``t`` holds faces ``t * B, ..., t * B + 
 ``config.num_train_faces``), so the data stream is a pure function of ``(seed, step)`` and a
 resumed run sees the batches it would have seen.
 
-Machinery reused from :mod:`dff_jax.train` (by import): ``create_mesh`` / ``state_shardings`` /
-``batch_sharding`` / ``to_global_batch`` (a ``("data", "fsdp")`` mesh and ``NamedSharding`` s),
-``compiler_options``, ``NonFiniteLossError`` and ``params_digest``; from :mod:`dff_jax.checkpoint`
-the Orbax ``Checkpointer`` and ``export_inference_bundle``; from :mod:`dff_jax.progress` the tqdm
-bar and ``metrics.jsonl`` writer.
+Machinery shared with the encoder's trainer: the training loop (:mod:`dff_jax.training.loop`:
+NaN guard, checkpoints, progress, ``metrics.jsonl``), meshes and shardings
+(:mod:`dff_jax.training.sharding`), ``params_digest`` (:mod:`dff_jax.train`); from
+:mod:`dff_jax.checkpoint` the Orbax ``Checkpointer`` and ``export_inference_bundle``.
+
+Length: a little over 500 lines: the model, the data, the step and the command of one trainer.
 
 Work directory of :func:`finetune_and_evaluate`::
 

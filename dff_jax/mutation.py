@@ -1,0 +1,226 @@
+"""Mutation testing of the core modules with mutmut: the library side of
+``python -m experiments.mutation_testing`` (a development tool: mutmut is in
+requirements-dev.txt; nothing in the package imports this module).
+
+For each module, copies the repository's code (``dff_jax``, ``data_pipeline``, ``experiments``,
+``tests``, ``pytest.ini``) into ``WORKDIR/<module>``, writes a ``setup.cfg`` ``[mutmut]`` section
+there that mutates only that module's files and runs only its own test files (:data:`MODULES`),
+runs ``mutmut run`` in that copy (the work tree is never touched; re-running continues where
+the last run stopped) and merges the module's counts into ``--out``: mutants ``killed``,
+``survived``, ``timeout``, ``no_tests`` (no test of the module's files reaches the mutated
+function), ``equivalent`` (survivors listed in :data:`EQUIVALENT` with the reason, e.g. a
+mutated default that every caller overrides) and ``kill_rate`` =
+(killed + timeout + equivalent) / (all checked mutants). ``mutmut results`` /
+``mutmut show NAME`` inside ``WORKDIR/<module>`` list and print the survivors.
+
+Each mutant runs its module's tests that call the mutated function (mutmut's per-function test
+selection) in a child of one fork server (``process_isolation = forkserver``, warmed up by
+collecting the tests: JAX and the test modules are imported once, but no test has run there, so
+no XLA client threads or warm jit caches are forked). Cost on the 2-core machine: a few seconds
+per mutant (the jit compiles of the selected tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+
+# module -> (files to mutate, the module's own test files)
+MODULES: Dict[str, tuple] = {
+    "geometry": (["dff_jax/geometry.py"], ["tests/test_geometry.py"]),
+    "sampling": (["dff_jax/sampling.py"], ["tests/test_sampling.py"]),
+    "metrics": (["dff_jax/metrics.py"], ["tests/test_metrics.py"]),
+    "losses": (["dff_jax/losses.py"], ["tests/test_losses.py"]),
+    "face_model": (["dff_jax/face_model/*"], ["tests/test_face_model.py",
+                                              "tests/test_segmentation.py"]),
+    "alignment": (["dff_jax/alignment/*"], ["tests/test_fitting.py", "tests/test_cascade.py",
+                                            "tests/test_regression.py", "tests/test_multiview.py"]),
+}
+
+# Survivors shown equivalent (no input can tell them apart from the original), by mutant name
+# (``mutmut results``), with the reason. Counted as killed in the kill rate.
+_G = "dff_jax.geometry.x_"
+_M = "dff_jax.metrics.x_"
+_S = "dff_jax.sampling.x_"
+EQUIVALENT: Dict[str, str] = {
+    _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
+                                       "angles at the boundary (the lock formula is exact there)",
+    _G + "matrix_to_euler__mutmut_48": "arctan2(0, 2) == arctan2(0, 1): the locked branch's safe "
+                                       "denominator only needs to be positive",
+    _G + "matrix_to_euler__mutmut_62": "roll_free is discarded where lock holds (roll_locked is "
+                                       "used); arctan2(1, 1) stays finite, as its gradient",
+    _G + "matrix_to_euler__mutmut_71": "arctan2(0, 2) == arctan2(0, 1) (as mutmut_48)",
+    _G + "rotate__mutmut_8": "einsum labels in upper case name the same contraction",
+    _G + "perspective_project__mutmut_30": "|depth| <= 1e-6 for < 1e-6: at exactly 1e-6 the "
+                                           "guarded and the raw depth are equal",
+    _G + "perspective_project__mutmut_32": "the guard value of points at the camera (depth 0); "
+                                           "their image position is documented as meaningless",
+    _G + "crop_pixel_centres_in_image__mutmut_16": "indexing='xy' is meshgrid's default",
+    _G + "estimate_similarity__mutmut_51": "target + mean_t for target - mean_t: the covariance "
+                                           "sum w (t +- m) cs^T is the same because the weighted "
+                                           "source deviations cs sum to zero",
+    _G + "estimate_similarity__mutmut_62": "einsum labels in upper case",
+    _G + "estimate_similarity__mutmut_70": "det(U) / det(V^T) for det(U) det(V^T): both are +-1",
+    _G + "estimate_similarity__mutmut_81": "det_sign is never 0 (U and V^T are orthogonal, "
+                                           "det +-1): the where's condition is unreachable",
+    _G + "estimate_similarity__mutmut_82": "as mutmut_81: the replaced value is unreachable",
+    _G + "estimate_similarity__mutmut_109": "einsum labels in upper case",
+    _G + "estimate_similarity__mutmut_132": "sigma / correction for sigma * correction: the "
+                                            "correction is +-1",
+    _G + "apply_similarity__mutmut_20": "einsum labels in upper case",
+    _G + "estimate_similarity__mutmut_150": "einsum labels in upper case",
+    **{_G + f"{name}__mutmut_{k}": "points / rotation dropped from the namespace choice: they "
+       "only enter through rotate / einsum, which follow their own operands, and a JAX product "
+       "there makes the result JAX anyway (also under jit)"
+       for name in ("weak_perspective_project", "apply_similarity") for k in (2, 4, 6, 8)},
+    _G + "weak_perspective_project__mutmut_26": "/ flip for * flip: flip is (1, -1)",
+    _G + "crop_pixel_centres_in_image__mutmut_2": "NumPy grid of static pixel centres: "
+                                                  "crop_to_image follows the box's namespace",
+    _M + "normaliser_length__mutmut_65": "visible cast to bool or not: xp.where treats any "
+                                         "non-zero flag as True either way",
+    _M + "normaliser_length__mutmut_67": "as mutmut_65",
+    _M + "pck__mutmut_43": "count >= 0 for count > 0: with no valid entry the sum is 0 too, and "
+                           "0 / 0 is NaN as documented",
+    _M + "nme_by_yaw_bin__mutmut_8": "reshape(-2) for reshape(-1): NumPy takes any negative size "
+                                     "as the unknown dimension",
+    _M + "nme_by_yaw_bin__mutmut_17": "as mutmut_8",
+    _M + "nme_by_yaw_bin__mutmut_40": "float('NAN') is float('nan')",
+    _M + "nme_by_yaw_bin__mutmut_13": "yaw kept in its own dtype: comparing float32 or integer "
+                                      "angles with the bin edges gives the same bins as in float64",
+    _M + "nme_by_yaw_bin__mutmut_15": "as mutmut_13",
+    _M + "nme__mutmut_5": "box dropped from nme's namespace: it only enters through "
+                          "normaliser_length, which follows it, and dividing by a JAX length makes "
+                          "the NME JAX (also under jit)",
+    _M + "nme__mutmut_9": "as mutmut_5",
+    _S + "bilinear_sample__mutmut_48": "unreachable: points are float by then, so their result "
+                                       "type with any map dtype is floating",
+    _S + "bilinear_sample__mutmut_51": "points[:, 2] of [N, 2] points: JAX clamps the "
+                                       "out-of-range index to 1, the same column",
+    **{_S + f"bilinear_sample__mutmut_{k}": "the safe point of outside samples (0.5 -> 1.5): "
+       "their values are zeroed and the where passes no gradient to them" for k in (69, 77)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "lower clip of floor(u) dropped: u is clipped to "
+       ">= 0 just before" for k in (104, 121)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "upper clip of the left / top neighbour dropped or "
+       "widened: only u = W - 1 (or v = H - 1) reaches it, where the weighted form gives the "
+       "last column's value either way (fx = 0 instead of 1), and u is clipped there so no "
+       "gradient flows" for k in (105, 108, 116, 122, 125, 133)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "max(W - 2, 1) for max(W - 2, 0): differs only for "
+       "W = 1, where u is 0 and floor(u) = 0 anyway" for k in (118, 135)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "right / lower neighbour capped at W + 1: it exceeds "
+       "W - 1 only for W = 1 (or H = 1), where its weight fx (fy) is 0" for k in (143, 152)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "the integer-points cast (or the dtype fallback) "
+       "skipped or made to the default float: integer points become float32 in the first "
+       "arithmetic and the result type of float32 points with any map is floating"
+       for k in (32, 37, 44)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "the integer corner index cast to the default "
+       "float32 instead of u's dtype: small integers are exact in both and the difference is "
+       "cast to the result dtype" for k in (157, 161)},
+    **{_S + f"bilinear_sample__mutmut_{k}": "take's out-of-range mode: every corner index is in "
+       "range (i0, i1 < H, j0, j1 < W)" for k in (189, 193)},
+    _S + "bilinear_sample__mutmut_215": "corners[4] of a size-4 axis: JAX clamps the static "
+                                        "index to 3, the same corner",
+    _S + "crop_image__mutmut_51": "arange without float32: + 0.5 makes the offsets float32",
+    _S + "crop_image__mutmut_53": "as mutmut_51",
+    _S + "crop_image__mutmut_62": "indexing='xy' is meshgrid's default",
+    _S + "crop_image__mutmut_81": "centres - offsets for + offsets: the k x k offsets are "
+                                  "symmetric about 0, so the same samples are averaged",
+    _S + "crop_image__mutmut_89": "the fill term cast to the default float: values are float32 "
+                                  "or wider already (points are float32), so the sum's dtype is "
+                                  "unchanged",
+    "dff_jax.sampling.x_crop_image__mutmut_25": "jnp.asarray(box) without float32: float boxes "
+                                                "are float32 anyway (x64 off) and integer boxes "
+                                                "become float32 in the crop-grid arithmetic",
+    "dff_jax.sampling.x_crop_image__mutmut_27": "as mutmut_25",
+}
+
+_COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "assets_cache")
+
+def setup_cfg(module: str) -> str:
+  paths, tests = MODULES[module]
+  lines = ["[mutmut]", "source_paths = dff_jax", "only_mutate = " + "\n  ".join(paths),
+           "tests_dir = " + "\n  ".join(tests),
+           "also_copy = data_pipeline\n  experiments\n  tests\n  pytest.ini",
+           "pytest_add_cli_args = -p no:cacheprovider -q -x",
+           "process_isolation = forkserver", "forkserver_warmup = collect", ""]
+  return "\n".join(lines)
+
+
+def prepare(module: str, workdir: Path, fresh: bool) -> Path:
+  """``workdir/module``: a copy of the code with the module's ``setup.cfg``."""
+  root = workdir / module
+  if fresh and root.exists():
+    shutil.rmtree(root)
+  root.mkdir(parents=True, exist_ok=True)
+  for name in _COPY:
+    source, target = REPO / name, root / name
+    if source.is_dir():
+      shutil.copytree(source, target, ignore=_IGNORE, dirs_exist_ok=True)
+    else:
+      shutil.copy2(source, target)
+  (root / "setup.cfg").write_text(setup_cfg(module))
+  return root
+
+
+def count(root: Path) -> Dict[str, Any]:
+  """Counts of the module's mutants by status from mutmut's ``mutants/**/*.meta`` files."""
+  from mutmut.stats import status_by_exit_code  # pylint: disable=g-import-not-at-top
+  counts: Dict[str, int] = {}
+  survivors: List[str] = []
+  equivalent: List[str] = []
+  for meta in sorted((root / "mutants").rglob("*.meta")):
+    data = json.loads(meta.read_text())
+    for name, code in data.get("exit_code_by_key", {}).items():
+      status = status_by_exit_code[code]
+      if status == "survived" and name in EQUIVALENT:
+        status = "equivalent"
+        equivalent.append(name)
+      elif status == "survived":
+        survivors.append(name)
+      counts[status] = counts.get(status, 0) + 1
+  checked = sum(v for k, v in counts.items() if k not in ("not checked",))
+  caught = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("equivalent", 0)
+  result = dict(counts=counts, mutants=sum(counts.values()), checked=checked,
+                kill_rate=round(caught / checked, 4) if checked else None,
+                survivors=survivors, equivalent={n: EQUIVALENT[n] for n in equivalent})
+  if counts.get("not checked"):
+    result["partial"] = (f"only {checked} of {result['mutants']} mutants checked (run stopped); "
+                         "the kill rate is over those")
+  return result
+
+
+def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
+               retest_survivors: bool = False) -> Dict[str, Any]:
+  names: List[str] = []
+  if retest_survivors and (workdir / module / "mutants").exists():
+    names = count(workdir / module)["survivors"]
+  root = prepare(module, workdir, fresh)
+  if retest_survivors:
+    # The copies of the tests changed: mutmut must not reuse its per-test timing / coverage.
+    (root / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+  start = time.time()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
+  proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                         str(max_children), *names], cwd=root, env=env, check=False,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if proc.returncode:
+    print(proc.stderr[-3000:], file=sys.stderr)
+  result = count(root)
+  paths, tests = MODULES[module]
+  result.update(files=paths, tests=tests, tool=f"mutmut {_mutmut_version()}",
+                seconds=round(time.time() - start, 1), exit_code=proc.returncode,
+                command=f"python -m experiments.mutation_testing --modules={module}")
+  return result
+
+
+def _mutmut_version() -> str:
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  return importlib.metadata.version("mutmut")

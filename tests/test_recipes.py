@@ -59,7 +59,7 @@ def test_recipes_use_known_ops_existing_configs_and_expandable_arguments(tmp_pat
   assert recipes.upstream_recipes(MANIFEST, "cascade_dff_synthetic") == ["dff_default"]
   assert recipes.recipe_for(MANIFEST, "dff_aligned") == "cascade_dff_synthetic"
   assert recipes.recipe_for(MANIFEST, "cascade_dff_synthetic.npz") == "cascade_dff_synthetic"
-  assert recipes.recipe_for(MANIFEST, "dff_real_aligned") == "cascade_dff"
+  assert recipes.recipe_for(MANIFEST, "dff_point_aligned") == "cascade_dff"
   assert recipes.recipe_for(MANIFEST, "cascade_dff.npz") == "cascade_dff"
 
 

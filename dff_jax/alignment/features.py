@@ -82,7 +82,7 @@ def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
   """The DFF bundle a cascade was trained with, when no checkpoint is given.
 
   A cascade file may name its encoder in ``meta["encoder_bundle"]``, a folder relative to the
-  cascade file (the shipped ``cascade_dff.npz`` names ``dff_real_aligned``,
+  cascade file (the shipped ``cascade_dff.npz`` names ``dff_point_aligned``,
   ``cascade_dff_synthetic.npz`` names ``dff_aligned``); else the encoder it was trained on,
   ``meta["descriptor_source"]``, when that folder exists (a cascade of a training run: its
   regressors only make sense on those descriptors); else the shipped ``dff_default`` bundle.

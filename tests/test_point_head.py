@@ -152,3 +152,26 @@ def test_a_cascade_names_the_encoder_it_was_trained_on(tmp_path):
   assert features.encoder_for_cascade(
       cascade_path, {"descriptor_source": "dff_jax/assets/x (fine-tuned)"}) == (
           features.DEFAULT_DFF_BUNDLE)
+
+
+def test_ridge_training_keeps_point_fields_in_host_memory():
+  """describe_all stores a point field per face (pyramid levels float16, head float32) in order,
+  and batches_from_maps pads the last batch by repeating its last face."""
+  from dff_jax.alignment import training  # pylint: disable=g-import-not-at-top
+
+  def describe(images, boxes):  # a field whose level 0 holds each face's index
+    index = images[:, :1, :1, :1].astype(jnp.float32) * jnp.ones((1, 4, 4, 2))
+    head = {"out_bias": boxes[:, :2]}
+    return fields_lib.PointField(levels=(index,), head=head)
+
+  faces = {"image": np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((5, 8, 8, 3),
+                                                                               np.uint8)}
+  boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+  stored = training.describe_all(describe, faces, boxes, batch_size=2)
+  assert stored.levels[0].dtype == np.float16 and stored.head["out_bias"].dtype == np.float32
+  np.testing.assert_array_equal(stored.levels[0][:, 0, 0, 0], np.arange(5))
+  np.testing.assert_array_equal(stored.head["out_bias"], boxes[:, :2])
+  batches = list(training.batches_from_maps(stored, np.zeros((5, 68, 2)), np.zeros((5, 6)), 4)())
+  last_fields, _, _, weight = batches[-1]
+  np.testing.assert_array_equal(np.asarray(last_fields.levels[0][:, 0, 0, 0]), [4, 4, 4, 4])
+  np.testing.assert_array_equal(weight, [1, 0, 0, 0])

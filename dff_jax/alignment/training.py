@@ -90,7 +90,8 @@ def describe_all(describe: Callable, faces: Dict[str, np.ndarray], crop_boxes: n
     if out is None:
       out = descriptor_fields.map_faces(
           lambda x: np.zeros((count,) + x.shape[1:], _host_dtype(x)), fields)
-    jax.tree_util.tree_map(lambda o, x: o.__setitem__(slice(start, stop), x), out, fields)
+    for target, part in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(fields)):
+      target[start:stop] = part
   return out
 
 

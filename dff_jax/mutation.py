@@ -50,6 +50,7 @@ MODULES: Dict[str, tuple] = {
 _G = "dff_jax.geometry.x_"
 _M = "dff_jax.metrics.x_"
 _S = "dff_jax.sampling.x_"
+_L = "dff_jax.losses.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -139,6 +140,10 @@ EQUIVALENT: Dict[str, str] = {
                                                 "are float32 anyway (x64 off) and integer boxes "
                                                 "become float32 in the crop-grid arithmetic",
     "dff_jax.sampling.x_crop_image__mutmut_27": "as mutmut_25",
+    _L + "combined_loss__mutmut_19": "info_nce_weight's default None for 0.0: `or 0.0` turns both "
+                                     "into 0.0",
+    _L + "combined_loss__mutmut_37": "jnp.zeros((), None) for float32: the default dtype is "
+                                     "float32 (x64 off), and the weighted terms are float32",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

@@ -335,3 +335,26 @@ def test_segmentation_ids_accept_one_and_all_and_refuse_outside():
   for bad in (0, 6):
     with pytest.raises(ValueError, match=rf"need 1 <= G <= S, got G={bad}, S=5"):
       losses.sample_segmentation_ids(key, 5, bad)
+
+
+def test_combined_loss_fields_left_out_take_their_documented_defaults():
+  """A config without a field (a dict, or an object with attributes) gets the documented
+  default: patch_weight 1, info_nce_weight 0, logit_scale 1, all pixels; and the error for two
+  zero weights names both."""
+  import types  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(7)
+  desc_a, desc_b, pa, pb, valid = _pair(key)
+  vertex_ids = jnp.stack([_vertex_ids(key, 2, H, W), _vertex_ids(key, 2, H, W)], axis=1)
+  batch = {"vertex_ids": vertex_ids, "points_a_px": pa, "points_b_px": pb, "valid": valid}
+  params = losses.init_patch_classifiers(jax.random.key(8), S, desc_a.shape[-1], P)
+  table, seg = jnp.asarray(PATCH_TABLE), jnp.array([0, 1])
+  expected, _ = patch_loss(
+      jnp.concatenate([desc_a, desc_b]), jnp.concatenate([vertex_ids[:, 0], vertex_ids[:, 1]]),
+      table, params, seg, logit_scale=1.0)
+  for config in ({}, types.SimpleNamespace()):
+    total, metrics = losses.combined_loss(config, desc_a, desc_b, batch, patch_table=table,
+                                          classifier_params=params, segmentation_ids=seg)
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    assert total.dtype == jnp.float32 and not any(k.startswith("info_nce/") for k in metrics)
+  with pytest.raises(ValueError, match=r"^combined_loss: set patch_weight and/or info_nce_weight"):
+    losses.combined_loss({"patch_weight": 0.0}, desc_a, desc_b, batch)

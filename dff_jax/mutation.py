@@ -144,6 +144,11 @@ EQUIVALENT: Dict[str, str] = {
                                      "into 0.0",
     _L + "combined_loss__mutmut_37": "jnp.zeros((), None) for float32: the default dtype is "
                                      "float32 (x64 off), and the weighted terms are float32",
+    _L + "combined_loss__mutmut_39": "as mutmut_37 (the dtype argument left out)",
+    _L + "combined_loss__mutmut_63": "concatenate without axis=0: 0 is the default axis",
+    _L + "combined_loss__mutmut_69": "as mutmut_63",
+    _L + "combined_loss__mutmut_71": "vertex_ids[:, 2] of a [B, 2, ...] array: JAX clamps the "
+                                     "static out-of-range index to 1, the same view",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

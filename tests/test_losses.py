@@ -358,3 +358,38 @@ def test_combined_loss_fields_left_out_take_their_documented_defaults():
     assert total.dtype == jnp.float32 and not any(k.startswith("info_nce/") for k in metrics)
   with pytest.raises(ValueError, match=r"^combined_loss: set patch_weight and/or info_nce_weight"):
     losses.combined_loss({"patch_weight": 0.0}, desc_a, desc_b, batch)
+
+
+def test_combined_loss_one_view_subsampling_and_its_errors():
+  """desc_b=None trains the patch loss on view 0 alone; config.num_pixels_per_image reaches the
+  patch loss (with the key); each missing patch input and a missing second view for InfoNCE are
+  refused with their own message."""
+  key = jax.random.key(9)
+  desc_a, desc_b, pa, pb, valid = _pair(key)
+  vertex_ids = jnp.stack([_vertex_ids(key, 2, H, W),
+                          _vertex_ids(jax.random.fold_in(key, 1), 2, H, W)], axis=1)
+  batch = {"vertex_ids": vertex_ids, "points_a_px": pa, "points_b_px": pb, "valid": valid}
+  params = losses.init_patch_classifiers(jax.random.key(10), S, desc_a.shape[-1], P)
+  table, seg = jnp.asarray(PATCH_TABLE), jnp.array([0, 1])
+  inputs = dict(patch_table=table, classifier_params=params, segmentation_ids=seg)
+  total, _ = losses.combined_loss({"logit_scale": 1.0}, desc_a, None, batch, **inputs)
+  expected, _ = patch_loss(desc_a, vertex_ids[:, 0], table, params, seg, logit_scale=1.0)
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  # Subsampling: 3 pixels per image (4 images) instead of every face pixel.
+  sub_key = jax.random.key(11)
+  total, metrics = losses.combined_loss({"num_pixels_per_image": 3}, desc_a, desc_b, batch,
+                                        key=sub_key, **inputs)
+  expected, expected_metrics = patch_loss(
+      jnp.concatenate([desc_a, desc_b]), jnp.concatenate([vertex_ids[:, 0], vertex_ids[:, 1]]),
+      table, params, seg, num_pixels_per_image=3, key=sub_key)
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  assert float(metrics["patch/num_classified"]) == float(expected_metrics["num_classified"]) <= 12
+  message = r"^combined_loss: patch_weight > 0 needs patch_table, classifier_params and " \
+            r"segmentation_ids\.$"
+  for missing in inputs:
+    with pytest.raises(ValueError, match=message):
+      losses.combined_loss({}, desc_a, desc_b, batch,
+                           **{k: v for k, v in inputs.items() if k != missing})
+  with pytest.raises(ValueError, match=r"^combined_loss: info_nce_weight > 0 needs desc_b "
+                                       r"\(the second view\)\.$"):
+    losses.combined_loss({"patch_weight": 0.0, "info_nce_weight": 1.0}, desc_a, None, batch)

@@ -38,7 +38,7 @@ MODULES: Dict[str, tuple] = {
     "geometry": (["dff_jax/geometry.py"], ["tests/test_geometry.py"]),
     "sampling": (["dff_jax/sampling.py"], ["tests/test_sampling.py"]),
     "metrics": (["dff_jax/metrics.py"], ["tests/test_metrics.py"]),
-    "losses": (["dff_jax/losses.py"], ["tests/test_losses.py"]),
+    "losses": (["dff_jax/losses.py"], ["tests/test_losses.py", "tests/test_point_head.py"]),
     "face_model": (["dff_jax/face_model/*"], ["tests/test_face_model.py",
                                               "tests/test_segmentation.py"]),
     "alignment": (["dff_jax/alignment/*"], ["tests/test_fitting.py", "tests/test_cascade.py",

@@ -149,6 +149,11 @@ EQUIVALENT: Dict[str, str] = {
     _L + "combined_loss__mutmut_69": "as mutmut_63",
     _L + "combined_loss__mutmut_71": "vertex_ids[:, 2] of a [B, 2, ...] array: JAX clamps the "
                                      "static out-of-range index to 1, the same view",
+    _L + "sample_valid_pixels__mutmut_5": "valid.shape[+1] for [-1]: valid is [B, H * W], "
+                                          "axis 1 is the last",
+    _L + "sample_valid_pixels__mutmut_8": "as mutmut_5, in the error message",
+    _L + "_sample_points__mutmut_9": "l2_normalize's default axis is -1",
+    _L + "_sample_points__mutmut_10": "axis=+1 of the [K, D] values is the last axis",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

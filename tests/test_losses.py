@@ -393,3 +393,38 @@ def test_combined_loss_one_view_subsampling_and_its_errors():
   with pytest.raises(ValueError, match=r"^combined_loss: info_nce_weight > 0 needs desc_b "
                                        r"\(the second view\)\.$"):
     losses.combined_loss({"patch_weight": 0.0, "info_nce_weight": 1.0}, desc_a, None, batch)
+
+
+def test_sample_valid_pixels_is_random_among_valid_and_accepts_one():
+  """Different keys pick different valid pixels (the draw is uniform, not the first N), one pixel
+  is a valid request, and the mask marks the valid ones."""
+  valid = jnp.asarray(np.arange(40) % 3 != 0)[None].repeat(2, axis=0)  # [2, 40]
+  picks = {tuple(np.asarray(losses.sample_valid_pixels(jax.random.key(s), valid, 5)[0][0]))
+           for s in range(6)}
+  assert len(picks) > 1
+  indices, mask = losses.sample_valid_pixels(jax.random.key(0), valid, 1)
+  assert indices.shape == (2, 1) and bool(jnp.all(mask))
+  assert bool(jnp.all(jnp.take_along_axis(valid, indices, axis=-1)))
+
+
+def test_info_nce_default_temperature_and_point_fields():
+  """The default temperature is 0.07; a point field gives the loss of its dense map when the
+  correspondences sit at pixel centres."""
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
+  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(12)
+  desc_a, desc_b, pa, pb, valid = _pair(key)
+  default, _ = info_nce(desc_a, desc_b, pa, pb, valid)
+  explicit, _ = info_nce(desc_a, desc_b, pa, pb, valid, 0.07)
+  np.testing.assert_allclose(default, explicit, rtol=1e-6)
+  module = encoder_lib.encoder_from_config(dict(features=(4, 8), descriptor_dim=4, head="point",
+                                                head_hidden=8, num_groups=2))
+  images = jax.random.normal(key, (2, 16, 16, 1))
+  variables = module.init(jax.random.key(13), images)
+  fields = module.apply(variables, images)
+  dense = descriptor_fields.to_dense_batch(fields)
+  centres = jnp.floor(jax.random.uniform(key, (2, 6, 2), minval=0, maxval=16)) + 0.5
+  ok = jnp.ones((2, 6), bool)
+  from_fields, _ = info_nce(fields, fields, centres, centres[:, ::-1], ok, 0.1)
+  from_dense, _ = info_nce(dense, dense, centres, centres[:, ::-1], ok, 0.1)
+  np.testing.assert_allclose(from_fields, from_dense, rtol=1e-5)

@@ -35,8 +35,11 @@ Array = Any
 Field = Any  # a dense map [..., H, W, D] or a PointField
 
 
-def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps))
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+  """``x / max(||x||, sqrt(eps))`` along ``axis``; finite value and gradient at ``x = 0`` (a zero
+  vector maps to zero). Any shape and float dtype; returns ``x``'s shape and dtype."""
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, eps))
 
 
 @flax.struct.dataclass
@@ -75,7 +78,7 @@ def head_apply(head: Mapping[str, Array], features: Array) -> Array:
   features = features.astype(jnp.float32)
   hidden = jax.nn.gelu(jnp.dot(features, head["hidden_kernel"], precision=precision)
                        + head["hidden_bias"])
-  return _l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
+  return l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
                        + head["out_bias"])
 
 

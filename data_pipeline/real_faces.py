@@ -7,6 +7,9 @@ re-rendered from new viewpoints with exact correspondence between the views and 
 * The fits come from a cache written by ``python -m experiments.fit_real_faces``
   (:mod:`dff_jax.real_fits`; pose, identity and expression per face, a reprojection residual and a
   ``keep`` flag). :class:`RealFaces` serves the kept faces: photo, fitted mesh, lifted texture.
+  The lift is a pure function of the fit and the photo; ``python -m experiments.lift_real_faces``
+  stores it for every kept face (:func:`save_lifts`, ``RealFacesConfig.lifts``) so that the
+  generators skip it (about 60 % of a pair's cost otherwise).
 * **Texture lifting** (:func:`lift_texture`): every vertex of the (decimated) rendered mesh gets
   a position in the photo: its own projection where the fitted mesh shows it there (depth test on
   the photo's raster, surface facing the camera), else the projection of its left-right mirror
@@ -83,10 +86,14 @@ class RealFacesConfig:
       re-render + re-render, photo + warp)``.
     relight_strength: strength of the random directional relighting of re-rendered views.
     warp_rotation_deg, warp_scale: the photo + warp pairs' similarity warp ranges.
+    lifts: optional lift cache of these fits (:func:`save_lifts`): textures and annotation
+      surfaces are read from it instead of being lifted per face (same views, up to the float16
+      rounding of the stored colours).
   """
 
   fits: str
   image_dir: str = ""
+  lifts: str = ""
   pipeline: PipelineConfig = PipelineConfig(image_size=128)
   photo_fraction: float = 0.5
   pair_kinds: Tuple[float, float, float] = (0.5, 0.25, 0.25)
@@ -258,6 +265,7 @@ class RealFaces:
       raise ValueError(f"the fits in {path} are of face model {self.meta.get('face_model')!r} but "
                        f"the pipeline renders {config.pipeline.face_model!r}")
     self._cache = None
+    self._lift_cache = None
     self._last = (-1, None)
 
   def __len__(self) -> int:
@@ -266,6 +274,7 @@ class RealFaces:
   def __getstate__(self):
     state = dict(self.__dict__)
     state["_cache"] = None
+    state["_lift_cache"] = None
     state["_last"] = (-1, None)
     return state
 
@@ -305,8 +314,9 @@ class RealFaces:
 
   def face(self, j: int) -> Dict[str, object]:
     """Face ``j``: ``photo``, ``vertices [U, 3]``, ``normals [U, 3]`` (model frame),
-    ``photo_view``, ``photo_screen [U, 3]``, ``photo_raster``, ``texture``, ``landmarks_px``
-    (annotation) and the coefficients."""
+    ``photo_view``, ``photo_screen [U, 3]``, ``photo_raster`` (``None`` when the lift comes from
+    ``config.lifts``), ``texture``, ``annotation_surface`` (:func:`annotation_surface`),
+    ``landmarks_px`` (annotation) and the coefficients."""
     j = int(j)
     if self._last[0] == j:
       return self._last[1]
@@ -318,28 +328,126 @@ class RealFaces:
     normals = shading.vertex_normals(vertices, prepared.triangles)
     view = self.view_of_fit(j)
     screen = params.screen_points(vertices, view)
-    raster = rasterizer.rasterize(screen, prepared.triangles, photo.shape[0], photo.shape[1])
-    texture = lift_texture(photo, screen, raster, normals @ view["rotation"].T, static["mirror"],
-                           static["adjacency"], static["albedo"])
+    lifts = self._lifts()
+    if lifts is None:
+      raster = rasterizer.rasterize(screen, prepared.triangles, photo.shape[0], photo.shape[1])
+      texture = lift_texture(photo, screen, raster, normals @ view["rotation"].T,
+                             static["mirror"], static["adjacency"], static["albedo"])
+      surface = annotation_surface(raster, self.landmarks_px[j])
+    else:
+      raster = None
+      source = lifts["source"][j]
+      texture = Texture(photo_px=texture_positions(screen, source, static["mirror"]),
+                        source=source, colour=lifts["colour"][j].astype(np.float32))
+      surface = (lifts["annotation_triangles"][j],
+                 lifts["annotation_barycentrics"][j].astype(np.float64))
     face = dict(photo=photo, vertices=vertices, normals=normals, photo_view=view,
                 photo_screen=screen, photo_raster=raster, texture=texture,
-                landmarks_px=self.landmarks_px[j],
+                annotation_surface=surface, landmarks_px=self.landmarks_px[j],
                 shape_coefficients=self.shape_coefficients[j],
                 expression_coefficients=self.expression_coefficients[j])
     self._last = (j, face)
     return face
 
+  def _lifts(self) -> Optional[Dict[str, np.ndarray]]:
+    """The lift cache's arrays (loaded and checked against these fits once), or ``None``."""
+    if not self.config.lifts:
+      return None
+    if self._lift_cache is None:
+      self._lift_cache = load_lifts(self.config.lifts, self)
+    return self._lift_cache
+
+
+def texture_positions(screen: np.ndarray, source: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+  """``[U, 2]`` float64 photo position of each vertex's colour: its own projection
+  (``SOURCE_OWN``), its mirror vertex's (``SOURCE_MIRROR``), zeros where ``SOURCE_NONE``
+  (as :func:`lift_texture` sets them). ``screen [U, 3]`` photo frame, ``mirror [U]``."""
+  positions = np.zeros((screen.shape[0], 2))
+  own, mirrored = source == SOURCE_OWN, source == SOURCE_MIRROR
+  positions[own] = screen[own, :2]
+  positions[mirrored] = screen[mirror[mirrored], :2]
+  return positions
+
+
+def annotation_surface(photo_raster: rasterizer.Raster, landmarks_px: np.ndarray):
+  """Surface points ``(triangle [51] int, barycentrics [51, 3] float64)`` under the annotated
+  inner landmarks (17-67, ``landmarks_px [68, 2]`` photo pixels) on the fitted mesh's photo
+  raster; ``triangle -1`` where the mesh does not cover the annotated point."""
+  _, tri, bary = rasterizer.front_surface_at(photo_raster, landmarks_px[17:])
+  return tri, bary
+
+
+LIFT_VERSION = 1
+
+
+def lift_cache_key(bank: "RealFaces") -> Dict[str, object]:
+  """What a lift cache must agree with: the fits file's bytes, the rendered mesh and the faces."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(Path(bank.config.fits).read_bytes()).hexdigest()
+  return dict(version=LIFT_VERSION, fits_sha256=digest,
+              face_model=bank.config.pipeline.face_model,
+              render_max_triangles=int(bank.config.pipeline.render_max_triangles),
+              num_faces=len(bank), num_vertices=int(bank.prepared.mean.reshape(-1, 3).shape[0]))
+
+
+def compute_lifts(bank: "RealFaces", log=None) -> Dict[str, np.ndarray]:
+  """Every kept face's lift: ``source [N, U] int8``, ``colour [N, U, 3] float16`` (display RGB),
+  ``annotation_triangles [N, 51] int32``, ``annotation_barycentrics [N, 51, 3] float32``.
+  ``bank`` must lift per face (no ``config.lifts``)."""
+  if bank.config.lifts:
+    raise ValueError("compute_lifts needs a bank that lifts its faces (config.lifts empty)")
+  n, u = len(bank), bank.prepared.mean.reshape(-1, 3).shape[0]
+  out = dict(source=np.zeros((n, u), np.int8), colour=np.zeros((n, u, 3), np.float16),
+             annotation_triangles=np.zeros((n, 51), np.int32),
+             annotation_barycentrics=np.zeros((n, 51, 3), np.float32))
+  for j in range(n):
+    face = bank.face(j)
+    out["source"][j] = face["texture"].source
+    out["colour"][j] = face["texture"].colour
+    out["annotation_triangles"][j], out["annotation_barycentrics"][j] = face["annotation_surface"]
+    if log is not None and (j + 1) % 500 == 0:
+      log(f"lifted {j + 1} / {n} faces")
+  return out
+
+
+def save_lifts(path, bank: "RealFaces", log=None) -> Dict[str, object]:
+  """Writes the lift cache of ``bank``'s fits to ``path`` (``.npz``, atomically; keep it outside
+  the repository: it holds colours of research-use photos). Returns its meta (:func:`lift_cache_key`)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from dff_jax import file_io  # pylint: disable=g-import-not-at-top
+  meta = lift_cache_key(bank)
+  arrays = compute_lifts(bank, log)
+  buffer = io.BytesIO()
+  np.savez(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  file_io.write_bytes_atomic(path, buffer.getvalue())
+  return meta
+
+
+def load_lifts(path, bank: "RealFaces") -> Dict[str, np.ndarray]:
+  """The arrays of the lift cache ``path``, checked against ``bank`` (:func:`lift_cache_key`);
+  a cache of other fits, mesh or face model is refused with the command that rebuilds it."""
+  path = Path(path)
+  rebuild = (f"rebuild it with python -m experiments.lift_real_faces --fits={bank.config.fits} "
+             f"--out={path}")
+  if not path.is_file():
+    raise FileNotFoundError(f"lift cache {path} not found: {rebuild}")
+  with np.load(path) as data:
+    meta = json.loads(str(data["meta"]))
+    arrays = {k: data[k] for k in ("source", "colour", "annotation_triangles",
+                                   "annotation_barycentrics")}
+  expected = lift_cache_key(bank)
+  differ = sorted(k for k in expected if meta.get(k) != expected[k])
+  if differ:
+    raise ValueError(f"lift cache {path} does not belong to these fits and settings (differs in "
+                     f"{', '.join(differ)}): {rebuild}")
+  return arrays
+
 
 # ----------------------------------------------------------------------------------------------
 # Views
 # ----------------------------------------------------------------------------------------------
-
-
-def _annotation_surface(face: Dict[str, object]):
-  """Surface points (triangle, barycentrics) under the annotated inner landmarks (17-67) in the
-  photo; ``triangle -1`` where the fitted mesh does not cover the annotated point."""
-  _, tri, bary = rasterizer.front_surface_at(face["photo_raster"], face["landmarks_px"][17:])
-  return tri, bary
 
 
 def _landmarks_in_view(face, prepared: params.PreparedModel, view, screen: np.ndarray):
@@ -351,7 +459,7 @@ def _landmarks_in_view(face, prepared: params.PreparedModel, view, screen: np.nd
   full = prepared.full_vertices(face["vertices"])
   ids = params.landmark_vertex_ids_for_pose(model, view["rotation"], full)
   landmarks = params.screen_points(full[ids], view)
-  tri, bary = _annotation_surface(face)
+  tri, bary = face["annotation_surface"]
   on = tri >= 0
   if on.any():
     corners = screen[prepared.triangles[tri[on]]]

@@ -44,6 +44,8 @@ flags.DEFINE_integer("seed", 0, "pipeline seed")
 flags.DEFINE_integer("start", 0, "first index")
 flags.DEFINE_string("real_fits", None, "validate real-face pairs (data_pipeline.real_faces."
                     "RealPairSource) over this fit cache instead of synthetic pairs")
+flags.DEFINE_string("real_lifts", None, "with --real_fits: its lift cache "
+                    "(experiments.lift_real_faces), read instead of lifting every face")
 
 
 def brute_force_front_depth(screen: np.ndarray, triangles: np.ndarray, points_px: np.ndarray,
@@ -121,15 +123,16 @@ def arrays_identical(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool
              and np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes() for k in a)
 
 
-def validate(config, num_pairs: int, start: int = 0, real_fits: Optional[str] = None
-             ) -> Dict[str, object]:
+def validate(config, num_pairs: int, start: int = 0, real_fits: Optional[str] = None,
+             real_lifts: Optional[str] = None) -> Dict[str, object]:
   """Generates ``num_pairs`` samples and returns the JSON-able report of the module docstring
   (with ``real_fits``: real-face pairs, whose geometric checks cover the pairs with a surface
   correspondence, ``photo_render`` and ``render_render``; ``photo_warp`` pairs are exact by
   construction and checked for determinism only)."""
   if real_fits:
     from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
-    real_config = real_faces.RealFacesConfig(fits=real_fits, pipeline=config)
+    real_config = real_faces.RealFacesConfig(fits=real_fits, pipeline=config,
+                                             lifts=real_lifts or "")
 
     def make_source():
       return real_faces.RealPairSource(real_config)
@@ -166,7 +169,7 @@ def validate(config, num_pairs: int, start: int = 0, real_fits: Optional[str] = 
       mean_valid_correspondences=float(np.mean(valid_counts)),
       min_valid_correspondences=int(np.min(valid_counts)),
       landmarks_visible_fraction=float(np.mean(lm_visible)) if lm_visible else None,
-      real_fits=real_fits,
+      real_fits=real_fits, real_lifts=real_lifts,
       ok=bool(max_error <= 0.5 and occluded == 0 and deterministic))
 
 
@@ -175,7 +178,8 @@ def main(argv):
   config = pipeline_config_from_dict(
       seed=FLAGS.seed, face_model=FLAGS.face_model, image_size=FLAGS.image_size,
       num_views=FLAGS.num_views, num_correspondences=FLAGS.num_correspondences)
-  print(json.dumps(validate(config, FLAGS.num_pairs, FLAGS.start, FLAGS.real_fits), indent=2))
+  print(json.dumps(validate(config, FLAGS.num_pairs, FLAGS.start, FLAGS.real_fits,
+                            FLAGS.real_lifts), indent=2))
 
 
 if __name__ == "__main__":

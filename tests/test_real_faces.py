@@ -6,6 +6,7 @@ lifted from the photo, and the face is re-rendered: at the photo's pose the pixe
 and at a new pose every surface point must land where the true mesh puts it.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -247,3 +248,47 @@ def test_validate_rederives_real_pair_correspondences(planted):
                              real_fits=planted["bank"].config.fits)
   assert report["ok"], report
   assert report["max_reprojection_error_px"] < 1e-3 and report["occluded_matches"] == 0
+
+
+def test_lift_cache_serves_the_same_views_and_refuses_other_fits(planted, tmp_path):
+  """The stored lift (experiments.lift_real_faces) replaces the per-face lift: same texture
+  sources, colours within float16 rounding, same annotation surface; the generators' views and
+  correspondences are the same. A cache of other fits is refused, naming the rebuild command."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  bank = planted["bank"]
+  path = tmp_path / "lifts.npz"
+  meta = real_faces.save_lifts(path, bank)
+  assert meta["num_faces"] == 1 and meta["num_vertices"] == bank.prepared.mean.reshape(-1, 3).shape[0]
+  config = dataclasses.replace(bank.config, lifts=str(path))
+  cached = real_faces.RealFaces(config)
+  face, stored = bank.face(0), cached.face(0)
+  assert stored["photo_raster"] is None
+  np.testing.assert_array_equal(stored["texture"].source, face["texture"].source)
+  np.testing.assert_array_equal(stored["texture"].photo_px, face["texture"].photo_px)
+  np.testing.assert_allclose(stored["texture"].colour, face["texture"].colour, atol=5e-4)
+  for a, b in zip(stored["annotation_surface"], face["annotation_surface"]):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert (face["texture"].source == real_faces.SOURCE_MIRROR).any()  # the mirror path is covered
+  for kinds in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
+    pair_config = dataclasses.replace(bank.config, pair_kinds=kinds)
+    fresh = real_faces.RealPairSource(pair_config, num_examples=3)[1]
+    again = real_faces.RealPairSource(dataclasses.replace(pair_config, lifts=str(path)),
+                                      num_examples=3)[1]
+    for key in ("points_a_px", "points_b_px", "valid", "vertex_ids"):
+      np.testing.assert_array_equal(again[key], fresh[key])
+    diff = np.abs(again["images"].astype(int) - fresh["images"].astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+  view_config = dataclasses.replace(bank.config, photo_fraction=0.0)
+  fresh = real_faces.RealFaceSource(view_config, num_examples=2)[1]
+  again = real_faces.RealFaceSource(dataclasses.replace(view_config, lifts=str(path)),
+                                    num_examples=2)[1]
+  np.testing.assert_allclose(again["landmarks_px"], fresh["landmarks_px"], atol=1e-4)
+  np.testing.assert_array_equal(again["landmarks_visible"], fresh["landmarks_visible"])
+  # Pickles without the loaded arrays (grain workers load their own).
+  assert pickle.loads(pickle.dumps(cached))._lift_cache is None
+  # The cache belongs to the fits it was made from.
+  other = dataclasses.replace(planted["exact_bank"].config, lifts=str(path))
+  with pytest.raises(ValueError, match="fits_sha256.*lift_real_faces"):
+    real_faces.RealFaces(other).face(0)
+  with pytest.raises(FileNotFoundError, match="lift_real_faces --fits="):
+    real_faces.RealFaces(dataclasses.replace(config, lifts=str(tmp_path / "none.npz"))).face(0)

@@ -199,7 +199,8 @@ def real_face_source(config: Any, seed: int, count: int):
   real = config.real
   pipeline = pipeline_config_from_dict(dict(config.data), seed=seed)
   real_config = real_faces.RealFacesConfig(fits=str(real.fits), pipeline=pipeline,
-                                           photo_fraction=float(real.photo_fraction))
+                                           photo_fraction=float(real.photo_fraction),
+                                           lifts=str(real.get("lifts", "") or ""))
   return real_faces.RealFaceSource(real_config, faces_lib.BoxJitter(**dict(config.box_jitter)),
                                    num_examples=count)
 

@@ -96,7 +96,7 @@ def make_training_source(config: ml_collections.ConfigDict, seed: Optional[int] 
   from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
   real = real_faces.RealPairSource(real_faces.RealFacesConfig(
       fits=str(config.real.fits), pipeline=synthetic.config,
-      pair_kinds=tuple(config.real.pair_kinds)))
+      pair_kinds=tuple(config.real.pair_kinds), lifts=str(config.real.get("lifts", "") or "")))
   return faces_lib.Mixture([real, synthetic], [fraction, 1.0 - fraction],
                            seed=synthetic.config.seed, num_examples=len(synthetic))
 

@@ -428,3 +428,155 @@ def test_info_nce_default_temperature_and_point_fields():
   from_fields, _ = info_nce(fields, fields, centres, centres[:, ::-1], ok, 0.1)
   from_dense, _ = info_nce(dense, dense, centres, centres[:, ::-1], ok, 0.1)
   np.testing.assert_allclose(from_fields, from_dense, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planted answers computed from the documented formulas (NumPy), and every guard's message
+# ----------------------------------------------------------------------------------------------
+
+
+def _np_log_softmax(x, axis):
+  x = x - x.max(axis=axis, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def _np_info_nce(fa, fb, valid, temperature):
+  """Symmetric InfoNCE of one pair from its definition: fa, fb [K, D] unit, valid [K]."""
+  fa, fb = fa[valid], fb[valid]
+  logits = fa @ fb.T / temperature
+  ce_ab = -np.diag(_np_log_softmax(logits, 1))
+  ce_ba = -np.diag(_np_log_softmax(logits, 0))
+  target = np.arange(len(fa))
+  correct = (logits.argmax(1) == target).sum() + (logits.argmax(0) == target).sum()
+  return ce_ab.sum() + ce_ba.sum(), correct, np.diag(fa @ fb.T).sum(), len(fa)
+
+
+def test_info_nce_equals_its_definition_in_both_directions():
+  """Random unit descriptors at pixel centres: loss, accuracy and positive similarity equal the
+  documented symmetric InfoNCE (a->b over rows, b->a over columns), with a masked point and an
+  image whose a->b and b->a accuracies differ; one valid point alone is its own match."""
+  rng = np.random.default_rng(1)  # a seed whose image 0 has different a->b and b->a matches
+  batch, height, width, dim, k = 2, 5, 7, 3, 6
+  desc = rng.normal(size=(2, batch, height, width, dim)).astype(np.float32)
+  desc /= np.linalg.norm(desc, axis=-1, keepdims=True)
+  cells = np.stack([rng.permutation(height * width)[:k] for _ in range(2 * batch)])
+  cells = cells.reshape(2, batch, k)
+  points = np.stack([cells % width + 0.5, cells // width + 0.5], axis=-1).astype(np.float32)
+  valid = np.ones((batch, k), bool)
+  valid[1, 4] = False
+  temperature = 0.3
+  loss, metrics = info_nce(jnp.asarray(desc[0]), jnp.asarray(desc[1]), jnp.asarray(points[0]),
+                           jnp.asarray(points[1]), jnp.asarray(valid), temperature)
+  total, correct, positive, count = 0.0, 0, 0.0, 0
+  directional = []
+  for b in range(batch):
+    fa = desc[0, b][cells[0, b] // width, cells[0, b] % width]
+    fb = desc[1, b][cells[1, b] // width, cells[1, b] % width]
+    t, c, p, n = _np_info_nce(fa, fb, valid[b], temperature)
+    total, correct, positive, count = total + t, correct + c, positive + p, count + n
+    logits = fa[valid[b]] @ fb[valid[b]].T
+    directional.append(((logits.argmax(1) == np.arange(n)).sum(),
+                        (logits.argmax(0) == np.arange(n)).sum()))
+  assert any(ab != ba for ab, ba in directional)  # the planted pairs tell the directions apart
+  np.testing.assert_allclose(loss, total / (2 * count), rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], correct / (2 * count), rtol=1e-6)
+  np.testing.assert_allclose(metrics["positive_similarity"], positive / count, rtol=1e-5)
+  np.testing.assert_allclose(metrics["valid_fraction"], count / (batch * k), rtol=1e-6)
+  # One valid point: no negatives, so it is matched both ways (accuracy 1, loss 0), and the
+  # positive similarity is its own cosine.
+  one = np.zeros((batch, k), bool)
+  one[0, 2] = True
+  loss1, metrics1 = info_nce(jnp.asarray(desc[0]), jnp.asarray(desc[1]), jnp.asarray(points[0]),
+                             jnp.asarray(points[1]), jnp.asarray(one), temperature)
+  fa = desc[0, 0][cells[0, 0, 2] // width, cells[0, 0, 2] % width]
+  fb = desc[1, 0][cells[1, 0, 2] // width, cells[1, 0, 2] % width]
+  np.testing.assert_allclose(loss1, 0.0, atol=1e-6)
+  np.testing.assert_allclose(metrics1["accuracy"], 1.0)
+  np.testing.assert_allclose(metrics1["positive_similarity"], fa @ fb, rtol=1e-5)
+
+
+def test_info_nce_messages_name_the_expected_shapes():
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(0))
+  with pytest.raises(ValueError, match=r"desc_a and desc_b must both be \[B, H, W, D\], got"):
+    losses.info_nce_loss(desc_a, desc_b[:, :, :-1], pa, pb, valid)
+  with pytest.raises(ValueError, match=r"points_a_px and points_b_px must both be \[B=2, K, 2\]"):
+    losses.info_nce_loss(desc_a, desc_b, pa, pb[:, :-1], valid)
+  with pytest.raises(ValueError, match=r"valid must be \[B, K\] = \(2, 6\), got \(2, 3\)"):
+    losses.info_nce_loss(desc_a, desc_b, pa, pb, valid[:, :3])
+
+
+def test_init_patch_classifiers_refuses_empty_sizes_and_honours_stddev():
+  for sizes in ((0, 4, 5), (3, 0, 5), (3, 4, 0)):
+    with pytest.raises(ValueError, match=r"init_patch_classifiers needs positive sizes, got "
+                       rf"S={sizes[0]}, D={sizes[1]}, P={sizes[2]}\."):
+      losses.init_patch_classifiers(jax.random.key(0), *sizes)
+  smallest = losses.init_patch_classifiers(jax.random.key(0), 1, 1, 1)
+  assert smallest["weight"].shape == (1, 1, 1) and smallest["bias"].dtype == jnp.float32
+  chosen = losses.init_patch_classifiers(jax.random.key(1), 4, 64, 16, stddev=0.01)
+  assert chosen["weight"].dtype == jnp.float32
+  np.testing.assert_allclose(np.std(chosen["weight"]), 0.01, rtol=0.1)
+
+
+def test_sample_valid_pixels_takes_every_pixel_per_image_and_names_the_limit():
+  """N = H * W is allowed (every pixel, valid ones first, per image); N > H * W is refused."""
+  valid = jnp.asarray(np.array([[True] * 6, [False, False, True, False, True, False]]))
+  indices, mask = losses.sample_valid_pixels(jax.random.key(3), valid, 6)
+  for b in range(2):
+    assert sorted(np.asarray(indices[b]).tolist()) == list(range(6))
+    np.testing.assert_array_equal(mask[b], np.asarray(valid)[b][np.asarray(indices[b])])
+  assert set(np.asarray(indices[1, :2]).tolist()) == {2, 4}
+  with pytest.raises(ValueError, match=r"num_pixels must be in \[1, H\*W=6\], got 7"):
+    losses.sample_valid_pixels(jax.random.key(3), valid, 7)
+
+
+def test_patch_loss_equals_its_definition_and_counts_vertex_zero():
+  """Random descriptors and heads: the loss and accuracy are the documented cross-entropy over
+  labelled pixels and the selected segmentations (NumPy), with the default logit scale 1; a
+  face labelled only with vertex 0 is a labelled face."""
+  rng = np.random.default_rng(1)
+  batch, height, width = 2, 3, 4
+  vertex_ids = rng.integers(-1, V, size=(batch, height, width)).astype(np.int32)
+  desc = rng.normal(size=(batch, height, width, D)).astype(np.float32)
+  weight = rng.normal(size=(S, D, P)).astype(np.float32)
+  bias = rng.normal(size=(S, P)).astype(np.float32)
+  seg = np.array([2, 0], np.int32)
+  params = {"weight": jnp.asarray(weight), "bias": jnp.asarray(bias)}
+  loss, metrics = losses.patch_classification_loss(
+      jnp.asarray(desc), jnp.asarray(vertex_ids), jnp.asarray(PATCH_TABLE), params,
+      jnp.asarray(seg))
+  total, correct, count = 0.0, 0, 0
+  for g in seg:
+    for b, i, j in np.ndindex(batch, height, width):
+      v = vertex_ids[b, i, j]
+      if v < 0 or PATCH_TABLE[g, v] < 0:
+        continue
+      logits = desc[b, i, j] @ weight[g] + bias[g]
+      total -= _np_log_softmax(logits, 0)[PATCH_TABLE[g, v]]
+      correct += int(logits.argmax() == PATCH_TABLE[g, v])
+      count += 1
+  np.testing.assert_allclose(loss, total / count, rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], correct / count, rtol=1e-6)
+  np.testing.assert_allclose(metrics["num_classified"], count / len(seg), rtol=1e-6)
+  assert float(metrics["loss"]) == float(loss)
+  zeros = np.full((1, height, width), -1, np.int32)
+  zeros[0, 1, 2] = 0
+  _, only_zero = losses.patch_classification_loss(
+      jnp.asarray(desc[:1]), jnp.asarray(zeros), jnp.asarray(PATCH_TABLE), params,
+      jnp.array([0]))
+  assert float(only_zero["num_classified"]) == 1.0
+
+
+def test_patch_loss_messages_name_the_problem():
+  params = losses.init_patch_classifiers(jax.random.key(0), S, D, P)
+  table, desc, ids = jnp.asarray(PATCH_TABLE), jnp.zeros((1, 4, 4, D)), jnp.zeros((1, 4, 4), jnp.int32)
+  with pytest.raises(ValueError, match=r"descriptors must be \[B, H, W, D\], got shape \(4, 4, 4\)"):
+    losses.patch_classification_loss(desc[0], ids, table, params, jnp.array([0]))
+  bad_bias = dict(params, bias=jnp.zeros((S, P + 1)))
+  with pytest.raises(ValueError, match=r"classifier bias must be \[S, P\] = \(3, 4\), got \(3, 5\)"):
+    losses.patch_classification_loss(desc, ids, table, bad_bias, jnp.array([0]))
+  with pytest.raises(ValueError, match=r"segmentation_ids must be \[G\], got shape \(1, 1\)"):
+    losses.patch_classification_loss(desc, ids, table, params, jnp.array([[0]]))
+  with pytest.raises(ValueError, match="^patch_classification_loss: num_pixels_per_image needs a "
+                     "PRNG key.$"):
+    losses.patch_classification_loss(desc, ids, table, params, jnp.array([0]),
+                                     num_pixels_per_image=3)

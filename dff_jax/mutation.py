@@ -158,6 +158,16 @@ EQUIVALENT: Dict[str, str] = {
     _L + "sample_valid_pixels__mutmut_8": "as mutmut_5, in the error message",
     _L + "_sample_points__mutmut_9": "l2_normalize's default axis is -1",
     _L + "_sample_points__mutmut_10": "axis=+1 of the [K, D] values is the last axis",
+    **{_L + f"init_patch_classifiers__mutmut_{k}": "dtype None or left out: the default float "
+       "dtype is float32 (x64 off), as the documented one" for k in (24, 27, 33, 35)},
+    _L + "sample_valid_pixels__mutmut_16": "valid.astype(None): the default float dtype is "
+                                          "float32 (x64 off)",
+    _L + "sample_valid_pixels__mutmut_29": "axis=+1 of the [B, H * W] mask is its last axis",
+    **{_L + f"info_nce_loss__mutmut_{k}": "astype(None): the default float dtype is float32 "
+       "(x64 off), the points' / masks' documented dtype" for k in (31, 38, 97, 129, 132, 167)},
+    _L + "info_nce_loss__mutmut_51": "einsum labels in upper case",
+    **{_L + f"info_nce_loss__mutmut_{k}": "logits are [B, K, K]: shape[1] and shape[-2] are K as "
+       "shape[-1]" for k in (55, 56)},
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

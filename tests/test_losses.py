@@ -580,3 +580,18 @@ def test_patch_loss_messages_name_the_problem():
                      "PRNG key.$"):
     losses.patch_classification_loss(desc, ids, table, params, jnp.array([0]),
                                      num_pixels_per_image=3)
+
+
+def test_combined_loss_infonce_only_defaults_to_temperature_0_07_and_reports_its_total():
+  """A config giving only info_nce_weight: the total is weight x InfoNCE at the documented
+  default temperature 0.07 (not 0.1, not 1), and metrics["loss"] is that total."""
+  desc_a, desc_b, pa, pb, valid = _pair(jax.random.key(21))
+  desc_b = desc_b + 0.3 * jax.random.normal(jax.random.key(22), desc_b.shape)
+  batch = {"points_a_px": pa, "points_b_px": pb, "valid": valid}
+  total, metrics = losses.combined_loss({"patch_weight": 0.0, "info_nce_weight": 2.0},
+                                        desc_a, desc_b, batch)
+  at_default, _ = losses.info_nce_loss(desc_a, desc_b, pa, pb, valid, temperature=0.07)
+  elsewhere, _ = losses.info_nce_loss(desc_a, desc_b, pa, pb, valid, temperature=1.07)
+  assert abs(float(at_default) - float(elsewhere)) > 1e-3  # the planted pair tells them apart
+  np.testing.assert_allclose(total, 2.0 * at_default, rtol=1e-6)
+  assert float(metrics["loss"]) == float(total)

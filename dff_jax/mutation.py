@@ -166,6 +166,15 @@ EQUIVALENT: Dict[str, str] = {
     **{_L + f"info_nce_loss__mutmut_{k}": "astype(None): the default float dtype is float32 "
        "(x64 off), the points' / masks' documented dtype" for k in (31, 38, 97, 129, 132, 167)},
     _L + "info_nce_loss__mutmut_51": "einsum labels in upper case",
+    _L + "sample_valid_pixels__mutmut_28": "take_along_axis's default axis is -1",
+    **{_L + f"patch_classification_loss__mutmut_{k}": "take_along_axis's default axis is -1, "
+       "axis 1 of the [B, N] vertex ids" for k in (97, 130)},
+    **{_L + f"patch_classification_loss__mutmut_{k}": "astype(None): the default float dtype is "
+       "float32 (x64 off), the documented math dtype" for k in (77, 81, 100, 153, 155, 180, 215,
+                                                              219)},
+    _L + "patch_classification_loss__mutmut_165": "einsum labels in upper case",
+    **{_L + f"info_nce_loss__mutmut_{k}": "argmax over the other axis in both directions swaps "
+       "the a->b and b->a counts, and only their sum (the accuracy) is reported" for k in (80, 81)},
     **{_L + f"info_nce_loss__mutmut_{k}": "logits are [B, K, K]: shape[1] and shape[-2] are K as "
        "shape[-1]" for k in (55, 56)},
 }

@@ -564,6 +564,39 @@ def test_patch_loss_equals_its_definition_and_counts_vertex_zero():
       jnp.asarray(desc[:1]), jnp.asarray(zeros), jnp.asarray(PATCH_TABLE), params,
       jnp.array([0]))
   assert float(only_zero["num_classified"]) == 1.0
+  # One labelled pixel: the loss is its own cross-entropy (the mean over one, not halved).
+  logits = desc[0, 1, 2] @ weight[0] + bias[0]
+  np.testing.assert_allclose(only_zero["loss"], -_np_log_softmax(logits, 0)[PATCH_TABLE[0, 0]],
+                             rtol=1e-5)
+  # Subsampling one pixel per image finds that vertex-0 pixel too.
+  _, sampled = losses.patch_classification_loss(
+      jnp.asarray(desc[:1]), jnp.asarray(zeros), jnp.asarray(PATCH_TABLE), params,
+      jnp.array([0]), num_pixels_per_image=1, key=jax.random.key(4))
+  assert float(sampled["num_classified"]) == 1.0
+  # Asking for every pixel is no subsampling: no key needed, the full loss.
+  every, _ = losses.patch_classification_loss(
+      jnp.asarray(desc), jnp.asarray(vertex_ids), jnp.asarray(PATCH_TABLE), params,
+      jnp.asarray(seg), num_pixels_per_image=height * width)
+  np.testing.assert_allclose(every, loss, rtol=1e-6)
+
+
+def test_patch_loss_on_a_point_field_equals_its_dense_map_without_subsampling():
+  """A point field classified at every pixel (no subsampling) gives the loss of its dense map."""
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
+  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(30)
+  module = encoder_lib.encoder_from_config(dict(features=(4, 8), descriptor_dim=D, head="point",
+                                                head_hidden=8, num_groups=2))
+  images = jax.random.normal(key, (2, 8, 12, 1))
+  fields = module.apply(module.init(jax.random.key(31), images), images)
+  dense = descriptor_fields.to_dense_batch(fields)
+  vertex_ids = _vertex_ids(key, 2, 8, 12)
+  params = losses.init_patch_classifiers(jax.random.key(32), S, D, P)
+  args = (vertex_ids, jnp.asarray(PATCH_TABLE), params, jnp.array([0, 2]))
+  from_field, field_metrics = losses.patch_classification_loss(fields, *args, logit_scale=5.0)
+  from_dense, dense_metrics = losses.patch_classification_loss(dense, *args, logit_scale=5.0)
+  np.testing.assert_allclose(from_field, from_dense, rtol=1e-5)
+  np.testing.assert_allclose(field_metrics["num_classified"], dense_metrics["num_classified"])
 
 
 def test_patch_loss_messages_name_the_problem():

@@ -205,6 +205,11 @@ def prepare(module: str, workdir: Path, fresh: bool) -> Path:
     else:
       shutil.copy2(source, target)
   (root / "setup.cfg").write_text(setup_cfg(module))
+  # mutmut runs the tests inside root/mutants, whose ../shared is root/shared: link the real one,
+  # or every test that needs ../shared data would skip and its mutants count as untested.
+  shared, link = REPO.parent / "shared", root / "shared"
+  if shared.is_dir() and not link.exists():
+    link.symlink_to(shared)
   return root
 
 
@@ -213,6 +218,7 @@ def count(root: Path) -> Dict[str, Any]:
   from mutmut.stats import status_by_exit_code  # pylint: disable=g-import-not-at-top
   counts: Dict[str, int] = {}
   survivors: List[str] = []
+  untested: List[str] = []
   equivalent: List[str] = []
   for meta in sorted((root / "mutants").rglob("*.meta")):
     data = json.loads(meta.read_text())
@@ -223,12 +229,15 @@ def count(root: Path) -> Dict[str, Any]:
         equivalent.append(name)
       elif status == "survived":
         survivors.append(name)
+      elif status == "no tests":
+        untested.append(name)
       counts[status] = counts.get(status, 0) + 1
   checked = sum(v for k, v in counts.items() if k not in ("not checked",))
   caught = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("equivalent", 0)
   result = dict(counts=counts, mutants=sum(counts.values()), checked=checked,
                 kill_rate=round(caught / checked, 4) if checked else None,
-                survivors=survivors, equivalent={n: EQUIVALENT[n] for n in equivalent})
+                survivors=survivors, untested=untested,
+                equivalent={n: EQUIVALENT[n] for n in equivalent})
   if counts.get("not checked"):
     result["partial"] = (f"only {checked} of {result['mutants']} mutants checked (run stopped); "
                          "the kill rate is over those")
@@ -239,7 +248,8 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
                retest_survivors: bool = False) -> Dict[str, Any]:
   names: List[str] = []
   if retest_survivors and (workdir / module / "mutants").exists():
-    names = count(workdir / module)["survivors"]
+    counted = count(workdir / module)
+    names = counted["survivors"] + counted["untested"]
   root = prepare(module, workdir, fresh)
   if retest_survivors:
     # The copies of the tests changed: mutmut must not reuse its per-test timing / coverage.

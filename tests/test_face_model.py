@@ -437,3 +437,50 @@ def test_landmark_distance_ratio():
   assert len(compare.FIXED_LANDMARKS) == 50
   assert compare.landmark_distance_ratio(sfm, sfm) < 1e-6
   assert compare.landmark_distance_ratio(default, sfm) <= 0.04
+
+
+def test_bfm_loader_albedo_basis_and_every_guard(tmp_path, default):
+  """The albedo basis is texPC scaled by texEV, in [0, 1] units; every malformed array is named
+  in the error with what was expected (planted one at a time in the tiny BFM fixture)."""
+  good = tmp_path / "good.mat"
+  mat, keep_ids, _ = _bfm_fixture(good, default)
+  n = len(keep_ids)
+  bfm = loaders.load_face_model(good)
+  for k in range(2):
+    expected = (mat["texPC"][:, k] * mat["texEV"][k, 0] / 255.0).reshape(n, 3)
+    np.testing.assert_allclose(bfm.albedo_basis[k], expected, atol=1e-6)
+  np.testing.assert_allclose(bfm.identity_basis[0],
+                             (mat["shapePC"][:, 0] * 60.0).reshape(n, 3), atol=1e-4)
+
+  def fails(change, pattern):
+    bad = dict(mat)
+    change(bad)
+    path = tmp_path / "bad.mat"
+    scipy.io.savemat(path, bad)
+    with pytest.raises(ValueError, match=pattern):
+      loaders.load_face_model(path)
+
+  fails(lambda m: m.update(shapeMU=m["shapeMU"][:-1]),
+        rf"shapeMU has {3 * n - 1} values, expected 3 \* V")
+  fails(lambda m: m.update(texMU=m["texMU"][:-3]), rf"texMU has shape \[{3 * n - 3}\], "
+        rf"expected \[{3 * n}\]")
+  fails(lambda m: m.update(texPC=m["texPC"][:, :1]), rf"texPC has shape \[{3 * n}, 1\], "
+        rf"expected \[{3 * n}, 2\]")
+  fails(lambda m: m.update(tl=m["tl"][:, :2]), r"tl has shape \[\d+, 2\], expected \[\*, 3\]")
+  fails(lambda m: m.update(tl=m["tl"] - 1), rf"tl must hold 1-based vertex ids in \[1, {n}\]")
+  fails(lambda m: m.update(tl=np.where(m["tl"] == m["tl"].max(), n + 1, m["tl"])),
+        rf"tl must hold 1-based vertex ids in \[1, {n}\]")
+  for key in ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV"):
+    def poison(m, key=key):
+      value = np.array(m[key], np.float64)
+      value.flat[0] = np.nan
+      m[key] = value
+    fails(poison, rf"{key} contains NaN or infinite values")
+  fails(lambda m: m.pop("texEV"), r"Basel Face Model 2009 .* lacks keys \['texEV'\]")
+  with pytest.raises(ValueError, match="landmark_vertex_ids"):
+    loaders.load_face_model(good, landmark_vertex_ids=np.arange(67))
+  # Triangles given back to front come out facing the viewer (as the fixture's own winding).
+  flipped = dict(mat, tl=mat["tl"][:, ::-1].copy())
+  scipy.io.savemat(tmp_path / "flipped.mat", flipped)
+  np.testing.assert_array_equal(loaders.load_face_model(tmp_path / "flipped.mat").triangles,
+                                bfm.triangles)

@@ -484,3 +484,20 @@ def test_bfm_loader_albedo_basis_and_every_guard(tmp_path, default):
   scipy.io.savemat(tmp_path / "flipped.mat", flipped)
   np.testing.assert_array_equal(loaders.load_face_model(tmp_path / "flipped.mat").triangles,
                                 bfm.triangles)
+
+
+def test_rebuilding_the_default_from_ict_gives_the_shipped_arrays(tmp_path):
+  """build_default_model on ../shared's ICT Face Model Light, saved compact, holds exactly the
+  arrays of the shipped asset (made once by the face_model_ict recipe): every step of the build
+  (cm -> mm, blendshapes, the 60 strongest identity modes in order, triangle winding, contour
+  candidates, landmarks, the seeded procedural albedo) is pinned by those bytes."""
+  source = require(ICT_NPZ)
+  model, energy, keep = loaders.build_default_model(source, 60)
+  assert energy.shape == (100,) and len(keep) == 60
+  assert np.all(np.diff(energy[keep]) <= 0)  # strongest first
+  path = loaders.save_face_model(model, tmp_path / "face_model_ict.npz", compact=True)
+  with np.load(path) as rebuilt, np.load(ROOT / "dff_jax" / "assets" / "face_model_ict.npz") as shipped:
+    assert sorted(rebuilt.files) == sorted(shipped.files)
+    for name in shipped.files:
+      assert rebuilt[name].dtype == shipped[name].dtype, name
+      np.testing.assert_array_equal(rebuilt[name], shipped[name], err_msg=name)

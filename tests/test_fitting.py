@@ -238,3 +238,39 @@ def test_silhouette_selection_matches_face_model_rule(model):
                                               1.0, jnp.asarray(rotation), np.zeros(2),
                                               jnp.zeros((68, 2)))
     np.testing.assert_array_equal(ours, fm.landmark_vertex_ids_for_pose(model, rotation, mesh))
+
+
+def test_pose_and_shape_fits_broadcast_shared_and_batched_arguments(model):
+  """The public fits take leading batch dims on any argument and broadcast the rest: shared
+  model points with per-face image points and weights, or per-face poses with shared vertex
+  ids, recover each planted face as its own single call does."""
+  points = np.asarray(model.mean_vertices)[np.asarray(model.landmark_vertex_ids)]
+  poses = [(2.5, (0.2, -0.9, 0.3), (10.0, -4.0)), (1.2, (-0.1, 0.4, 0.0), (50.0, 60.0)),
+           (0.8, (0.0, 1.1, -0.2), (-5.0, 7.0))]
+  projected = np.stack([geometry.weak_perspective_project(
+      points, np.float32(s), geometry.euler_to_matrix(*angles).astype(np.float32),
+      np.array(t, np.float32)) for s, angles, t in poses])  # [3, 68, 2]
+  weights = np.ones((3, 68), np.float32)
+  weights[1, :17] = 0.0  # face 1 without its jaw
+  scale, rotation, translation = fitting.estimate_pose_weak_perspective(points, projected,
+                                                                        weights)
+  assert scale.shape == (3,) and rotation.shape == (3, 3, 3) and translation.shape == (3, 2)
+  for k, (s, angles, t) in enumerate(poses):
+    np.testing.assert_allclose(scale[k], s, rtol=1e-4)
+    np.testing.assert_allclose(rotation[k], geometry.euler_to_matrix(*angles), atol=1e-4)
+    np.testing.assert_allclose(translation[k], t, atol=1e-2)
+  # Shape under known poses: per-face landmarks and poses, shared vertex ids and weights.
+  faces = [_synthesise(model, yaw, "fixed", seed=s) for s, yaw in enumerate([-20.0, 10.0])]
+  landmarks = np.stack([f[0] for f in faces])
+  truths = [f[1] for f in faces]
+  rotations = np.stack([geometry.euler_to_matrix(t["pitch"], t["yaw"], t["roll"])
+                        for t in truths]).astype(np.float32)
+  shape, expression = fitting.fit_shape_linear(
+      model, landmarks, np.array([t["scale"] for t in truths]), rotations,
+      np.stack([t["translation"] for t in truths]),
+      vertex_ids=np.asarray(model.landmark_vertex_ids), weights=np.ones(68, np.float32),
+      regularisation=1e-6)
+  assert shape.shape == (2, model.num_identity)
+  for k, truth in enumerate(truths):
+    np.testing.assert_allclose(shape[k], truth["shape"], atol=1e-2)
+    np.testing.assert_allclose(expression[k], truth["expression"], atol=1e-2)

@@ -39,6 +39,8 @@ Note: the photos, and every texture and render derived from them, are research-u
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -49,7 +51,7 @@ from scipy import ndimage
 from scipy import sparse
 from scipy import spatial
 
-from dff_jax import geometry
+from dff_jax import file_io, geometry
 
 from data_pipeline import augment, backgrounds, faces, pairs, params, rasterizer, shading
 from data_pipeline.config import PipelineConfig
@@ -181,12 +183,9 @@ def lift_texture(photo: np.ndarray, screen: np.ndarray, raster: rasterizer.Raste
   seen = np.isfinite(depth) & (depth <= screen[:, 2] + depth_tolerance_mm)
   seen &= camera_normals[:, 2] >= MIN_FACING
   source = np.full(screen.shape[0], SOURCE_NONE, np.int8)
-  photo_px = np.zeros((screen.shape[0], 2))
-  use_mirror = ~seen & seen[mirror]
   source[seen] = SOURCE_OWN
-  photo_px[seen] = screen[seen, :2]
-  source[use_mirror] = SOURCE_MIRROR
-  photo_px[use_mirror] = screen[mirror[use_mirror], :2]
+  source[~seen & seen[mirror]] = SOURCE_MIRROR
+  photo_px = texture_positions(screen, source, mirror)
   known = source != SOURCE_NONE
   colour = np.zeros((screen.shape[0], 3), np.float32)
   colour[known] = sample_image(photo, photo_px[known])
@@ -382,7 +381,6 @@ LIFT_VERSION = 1
 
 def lift_cache_key(bank: "RealFaces") -> Dict[str, object]:
   """What a lift cache must agree with: the fits file's bytes, the rendered mesh and the faces."""
-  import hashlib  # pylint: disable=g-import-not-at-top
   digest = hashlib.sha256(Path(bank.config.fits).read_bytes()).hexdigest()
   return dict(version=LIFT_VERSION, fits_sha256=digest,
               face_model=bank.config.pipeline.face_model,
@@ -413,8 +411,6 @@ def compute_lifts(bank: "RealFaces", log=None) -> Dict[str, np.ndarray]:
 def save_lifts(path, bank: "RealFaces", log=None) -> Dict[str, object]:
   """Writes the lift cache of ``bank``'s fits to ``path`` (``.npz``, atomically; keep it outside
   the repository: it holds colours of research-use photos). Returns its meta (:func:`lift_cache_key`)."""
-  import io  # pylint: disable=g-import-not-at-top
-  from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   meta = lift_cache_key(bank)
   arrays = compute_lifts(bank, log)
   buffer = io.BytesIO()

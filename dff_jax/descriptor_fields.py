@@ -79,7 +79,7 @@ def head_apply(head: Mapping[str, Array], features: Array) -> Array:
   hidden = jax.nn.gelu(jnp.dot(features, head["hidden_kernel"], precision=precision)
                        + head["hidden_bias"])
   return l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
-                       + head["out_bias"])
+                      + head["out_bias"])
 
 
 def pyramid_samples(levels: Sequence[Array], points_px: Array) -> Tuple[Array, Array]:

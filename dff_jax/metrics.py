@@ -30,6 +30,9 @@ NORMALISERS = ("inter_ocular", "bbox")
 # iBUG 68, 0-based: outer corner of the subject's right eye (image left when frontal), then left.
 OUTER_EYE_CORNERS = (36, 45)
 YAW_BINS_DEG = (("0-30", 0.0, 30.0), ("30-60", 30.0, 60.0), ("60-90", 60.0, 90.0))
+# iBUG 68, 0-based: the face regions of :func:`region_nme`.
+REGIONS = (("jaw", 0, 17), ("brows", 17, 27), ("nose", 27, 36), ("eyes", 36, 48),
+           ("mouth", 48, 68))
 
 
 def normaliser_length(target: Array, normaliser: str, box: Array | None = None,
@@ -200,6 +203,28 @@ def pck(errors_px: Array, thresholds_px: Array, valid: Array | None = None) -> A
                      f"{xp.asarray(valid).shape}.")
   count = xp.sum(weight)
   return xp.sum(correct * weight[:, None], axis=0) / xp.where(count > 0, count, xp.nan)
+
+
+def region_nme(pred: Array, target: Array, normaliser: str) -> Dict[str, Array]:
+  """NME per face region (:data:`REGIONS`: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth
+  48-67): the mean error of the region's points over the normaliser of the whole face
+  (:func:`normaliser_length` of all 68 target points), so the regions' values weighted by their
+  point counts average to :func:`nme`.
+
+  Args:
+    pred, target: ``[..., 68, 2]`` landmarks, same frame.
+    normaliser: ``"inter_ocular"`` or ``"bbox"``.
+
+  Returns:
+    ``{region: [...] NME}``.
+  """
+  xp = namespace(pred, target)
+  errors = point_errors(pred, target)
+  if errors.shape[-1] != REGIONS[-1][2]:
+    raise ValueError(f"region_nme needs the 68 iBUG points, got {errors.shape[-1]}.")
+  length = normaliser_length(target, normaliser)
+  return {name: xp.mean(errors[..., start:stop], axis=-1) / length
+          for name, start, stop in REGIONS}
 
 
 def nme_by_yaw_bin(errors: Array, yaw_deg: Array) -> Dict[str, float]:

@@ -38,7 +38,9 @@ Outputs in ``DIR`` (atomically written):
   * ``summary.json``: ``dataset``, ``normaliser``, ``yaw_source``, ``box_protocol``, and for the
     first method at the top level ``nme_mean``, ``nme_by_yaw_bin`` (``"0-30"``, ``"30-60"``,
     ``"60-90"`` on |yaw| in degrees, [0, 30), [30, 60), [60, 90]), ``nme_yaw_bin_mean``,
-    ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``, ``num_faces``; every method's
+    ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``, ``num_faces``, ``nme_by_region``
+    (jaw, brows, nose, eyes, mouth: each region's points over the whole face's normaliser, mean
+    and by yaw bin); every method's
     figures under ``methods``; ``skipped`` (one-line messages of unreadable faces).
   * ``errors.jsonl``: one line per face and method: ``image``, ``method``, ``nme``, ``yaw_deg``.
   * ``ced.png``: cumulative error distribution of each method up to NME 0.10 (dashed line at 0.08).

@@ -293,3 +293,24 @@ def test_nme_by_yaw_bin_flattens_means_in_float64_and_warns_for_no_empty_bin():
     warnings.simplefilter("error")  # an empty bin is NaN without numpy's "mean of empty slice"
     empty = metrics.nme_by_yaw_bin([0.1, 0.2], [10.0, 20.0])
   assert math.isnan(empty["60-90"]) and math.isnan(empty["mean"])
+
+
+def test_region_nme_planted_offsets():
+  """Each region moved by its own known offset: its NME is offset / normaliser, and the regions
+  weighted by their point counts give the face's NME."""
+  target = np.zeros((68, 2))
+  target[:, 0] = np.linspace(0, 99, 68)          # box 99 x 49 -> sqrt(99 * 49)
+  target[:, 1] = np.linspace(0, 49, 68)[::-1]
+  pred = target.copy()
+  offsets = dict(jaw=3.0, brows=0.0, nose=1.5, eyes=4.0, mouth=2.0)
+  for name, start, stop in metrics.REGIONS:
+    pred[start:stop, 1] += offsets[name]
+  length = np.sqrt(99.0 * 49.0)
+  regions = metrics.region_nme(pred, target, "bbox")
+  for name, value in regions.items():
+    np.testing.assert_allclose(value, offsets[name] / length, rtol=1e-12)
+  counts = {name: stop - start for name, start, stop in metrics.REGIONS}
+  weighted = sum(regions[n] * counts[n] for n in regions) / 68
+  np.testing.assert_allclose(weighted, metrics.nme(pred, target, "bbox"), rtol=1e-12)
+  with pytest.raises(ValueError, match="68 iBUG points"):
+    metrics.region_nme(pred[:51], target[:51], "bbox")

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from dff_jax import metrics
 
 CROP = 48
 BOX_SCALE = 1.25
@@ -412,6 +413,15 @@ def test_eval_alignment_aflw2000_reports_the_planted_nme_in_its_yaw_bin(planted,
   assert summary["nme_by_yaw_bin"]["0-30"] is None and summary["nme_by_yaw_bin"]["30-60"] is None
   record = json.loads((out / "errors.jsonl").read_text().splitlines()[0])
   np.testing.assert_allclose(record["yaw_deg"], 70.0, atol=1e-6)
+  # Where the error is: each region's points over the whole face's normaliser, and the jaw's
+  # mean x offset signed by the yaw (+70 degrees here).
+  regions = summary["nme_by_region"]
+  point_errors = np.linalg.norm(prediction_3d - truth, axis=1) / math.sqrt(size[0] * size[1])
+  for name, start, stop in metrics.REGIONS:
+    np.testing.assert_allclose(regions[name]["60-90"], point_errors[start:stop].mean(),
+                               atol=2e-4, err_msg=name)
+  jaw_dx = (prediction_3d[:17, 0] - truth[:17, 0]).mean() / math.sqrt(size[0] * size[1])
+  np.testing.assert_allclose(regions["jaw_offset_along_turn"]["60-90"], jaw_dx, atol=2e-4)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -267,6 +267,33 @@ def summarise_errors(errors: np.ndarray, yaw_deg: Optional[np.ndarray],
   })
 
 
+def region_summary(regions: List[Dict[str, float]],
+                   yaw_deg: Optional[np.ndarray]) -> Dict[str, Any]:
+  """Where on the face the error is, from per-face :func:`dff_jax.metrics.region_nme` values
+  (plus ``jaw_dx``: the jaw points' mean x error, prediction - truth, over the normaliser).
+
+  Returns:
+    ``{region: {"mean": m, "0-30": ..., "30-60": ..., "60-90": ...}}`` (no bins without yaw)
+    and ``jaw_offset_along_turn``: the mean of ``jaw_dx * sign(yaw)`` by bin (positive: the
+    predicted jaw sits towards the side the face turns to; a systematic offset, not scatter).
+  """
+  out = {}
+
+  def by_bins(values):
+    entry = {"mean": float(np.mean(values)) if len(values) else None}
+    if yaw_deg is not None and len(values):
+      by_bin = metrics.nme_by_yaw_bin(values, yaw_deg)
+      entry.update({b: by_bin[b] for b, _, _ in metrics.YAW_BINS_DEG})
+    return entry
+
+  for name, _, _ in metrics.REGIONS:
+    out[name] = by_bins(np.array([r[name] for r in regions], np.float64))
+  if yaw_deg is not None:
+    offsets = np.array([r["jaw_dx"] for r in regions], np.float64) * np.sign(yaw_deg)
+    out["jaw_offset_along_turn"] = by_bins(offsets)
+  return json_safe(out)
+
+
 def _method_names(specs) -> List[str]:
   """Method names: the features, plus the cascade's stem (or parent/stem, or a number) when two
   methods share features."""
@@ -341,6 +368,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   for spec, name in zip(specs, names):
     aligner = runner.load_aligner(spec)
     errors: Dict[str, float] = {}
+    regions: Dict[str, Dict[str, float]] = {}
     for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
                                       total=len(eval_set.jobs), keep_loaded=False):
       if outcome.error is not None:
@@ -351,10 +379,16 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       truth = outcome.loaded.truth
       truth_by_name[outcome.job.name] = truth
       predicted = predicted_landmarks(outcome.face, eval_set.landmark_convention)
-      errors[outcome.job.name] = float(metrics.nme(
-          predicted.astype(np.float64),
-          np.asarray(truth["landmarks_px"], np.float64), eval_set.normaliser))
-    methods[name] = dict(errors=errors, aligner=aligner)
+      target = np.asarray(truth["landmarks_px"], np.float64)
+      errors[outcome.job.name] = float(metrics.nme(predicted.astype(np.float64), target,
+                                                   eval_set.normaliser))
+      regions[outcome.job.name] = {
+          k: float(v) for k, v in metrics.region_nme(predicted.astype(np.float64), target,
+                                                     eval_set.normaliser).items()}
+      regions[outcome.job.name]["jaw_dx"] = float(
+          np.mean(predicted[:17, 0] - target[:17, 0])
+          / metrics.normaliser_length(target, eval_set.normaliser))
+    methods[name] = dict(errors=errors, regions=regions, aligner=aligner)
 
   # Faces every method aligned (a face one method could not read is skipped for all).
   common = [job.name for job in eval_set.jobs
@@ -370,6 +404,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     values = np.array([methods[name]["errors"][n] for n in common], np.float64)
     summaries[name] = summarise_errors(values, yaw if len(common) else None,
                                        eval_set.normaliser)
+    summaries[name]["nme_by_region"] = region_summary(
+        [methods[name]["regions"][n] for n in common], yaw if len(common) else None)
     aligner = methods[name]["aligner"]
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),

@@ -20,6 +20,7 @@ from dff_jax.alignment import cascade
 from dff_jax.alignment import fitting
 from dff_jax.alignment import regression
 from dff_jax.face_model import load_face_model
+from dff_jax.face_model import model as face_model_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 32
@@ -455,3 +456,137 @@ def test_align_images_is_translation_equivariant():
   start = cascade.initial_state(am, params, CONFIG)
   crop_landmarks = geometry.image_to_crop(result.landmarks_px[0], result.crop_box[0], CROP)
   assert float(jnp.abs(crop_landmarks - start.landmarks_px).max()) > 0.5  # Regressors acted.
+
+
+def test_describe_in_chunks_gives_the_whole_batch_answer():
+  """``describe_in_chunks`` calls ``describe`` on ``chunk`` crops at a time when ``chunk``
+  divides the batch (else on the whole batch) and returns what one call on all crops returns,
+  for a pytree of outputs of different ranks."""
+  crops = jax.random.uniform(jax.random.key(21), (8, 6, 6, 3), maxval=255.0)
+  seen = []
+
+  def describe(batch):
+    seen.append(batch.shape[0])
+    return {"map": jnp.tanh(batch / 100.0) * 2.0, "mean": batch.mean(axis=(1, 2))}
+
+  expected = describe(crops)
+  for chunk, calls in ((4, 4), (2, 2), (3, 8), (0, 8), (8, 8), (16, 8)):
+    seen.clear()
+    got = cascade.describe_in_chunks(describe, crops, chunk)
+    assert seen == [calls], (chunk, seen)
+    assert got["map"].shape == (8, 6, 6, 3) and got["mean"].shape == (8, 3)
+    for key in expected:
+      np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=f"{key} {chunk}")
+
+
+def test_align_images_integer_boxes_and_uint8_images_and_3d_landmarks():
+  """Integer boxes and uint8 images give the float answer; at a 60-degree starting yaw the
+  3D-jaw landmarks are the fixed landmark vertices (not the silhouette jaw of landmarks_px)."""
+  am = small_alignment_model()
+  params = zero_params(2, DIM, yaw_deg=60.0)
+  images = np.asarray(jax.random.uniform(jax.random.key(22), (2, 40, 44, 3), maxval=255.0))
+  images = np.round(images).astype(np.uint8)
+  boxes = np.array([[6, 5, 31, 30], [9, 8, 37, 36]], np.int32)
+  as_int = _align_images(_fixed_conv_describe, am, params, images, boxes, CONFIG)
+  as_float = _align_images(_fixed_conv_describe, am, params, images.astype(np.float32),
+                           boxes.astype(np.float32), CONFIG)
+  for field in ("landmarks_px", "landmarks_3d_px", "crop_box"):
+    np.testing.assert_allclose(getattr(as_int, field), getattr(as_float, field), atol=1e-4,
+                               err_msg=field)
+  start = cascade.initial_state(am, params, CONFIG)
+  fixed = cascade.fixed_landmarks(am, start.pose, start.shape_coefficients,
+                                  start.expression_coefficients)
+  side = np.asarray(as_int.crop_box[:, 2] - as_int.crop_box[:, 0])
+  expected = (np.asarray(fixed)[None] * (side / CROP)[:, None, None]
+              + np.asarray(as_int.crop_box)[:, None, :2])
+  np.testing.assert_allclose(as_int.landmarks_3d_px, expected, atol=2e-3)
+  jaw_gap = np.abs(np.asarray(as_int.landmarks_3d_px - as_int.landmarks_px)[:, :17]).max()
+  assert jaw_gap > 0.5   # the silhouette jaw and the fixed jaw differ at 60 degrees
+  np.testing.assert_allclose(as_int.landmarks_3d_px[:, 17:], as_int.landmarks_px[:, 17:],
+                             atol=1e-4)
+
+
+def _sphere_model(radius=60.0, rings=24, segments=48, skin_below_z=None):
+  """A UV sphere as a FaceModel (outward triangles); landmark and contour-candidate vertices
+  spread over it. ``skin_below_z``: vertices above that z are eyeball (not skin)."""
+  theta = np.linspace(0, np.pi, rings + 1)[1:-1]
+  phi = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+  t, p = np.meshgrid(theta, phi, indexing="ij")
+  points = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3)
+  points = np.concatenate([points, [[0, 0, 1], [0, 0, -1]]]) * radius
+  north, south = len(points) - 2, len(points) - 1
+  index = np.arange((rings - 1) * segments).reshape(rings - 1, segments)
+  triangles = []
+  for i in range(rings - 2):
+    for j in range(segments):
+      a, b = index[i, j], index[i, (j + 1) % segments]
+      c, d = index[i + 1, j], index[i + 1, (j + 1) % segments]
+      triangles += [(a, c, b), (b, c, d)]
+  for j in range(segments):
+    triangles += [(north, index[0, j], index[0, (j + 1) % segments]),
+                  (south, index[-1, (j + 1) % segments], index[-1, j])]
+  triangles = np.asarray(triangles, np.int32)
+  v = points[triangles]
+  outward = np.einsum("tj,tj->t", np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), v.mean(1))
+  triangles[outward < 0] = triangles[outward < 0][:, ::-1]
+  num = len(points)
+  part = np.zeros(num, np.int32)
+  if skin_below_z is not None:
+    part[points[:, 2] > skin_below_z] = face_model_lib.PART_EYEBALL_LEFT
+  rng = np.random.default_rng(0)
+  band = np.flatnonzero(np.abs(points[:, 2]) < 0.8 * radius)   # away from the poles' fans
+  landmarks = rng.choice(band, 68, replace=False).astype(np.int32)
+  candidates = rng.choice(band, (17, 6)).astype(np.int32)
+  candidates[:, 0] = landmarks[:17]
+  return face_model_lib.FaceModel(
+      mean_vertices=points.astype(np.float32),
+      identity_basis=np.zeros((1, num, 3), np.float32),
+      expression_basis=np.zeros((1, num, 3), np.float32), expression_std=np.ones(1, np.float32),
+      triangles=triangles, vertex_part=part, landmark_vertex_ids=landmarks,
+      contour_candidates=candidates, albedo_mean=np.full((num, 3), 0.5, np.float32),
+      albedo_basis=np.zeros((1, num, 3), np.float32), name="sphere", expression_names=("e",))
+
+
+def test_alignment_model_normals_of_a_sphere_are_radial():
+  """On a sphere every smoothed normal (mesh rounds and the Gaussian window of the landmark
+  vertices) is the outward radius, unit length."""
+  model = _sphere_model()
+  normals = np.asarray(cascade.make_alignment_model(model).normals)
+  radial = model.mean_vertices / np.linalg.norm(model.mean_vertices, axis=1, keepdims=True)
+  np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+  ids = np.unique(np.concatenate([model.landmark_vertex_ids, model.contour_candidates.ravel()]))
+  assert len(ids) > 128   # several chunks of 64
+  np.testing.assert_allclose(normals[ids], radial[ids], atol=6e-3)
+  band = np.abs(radial[:, 2]) < 0.8   # (the UV triangulation twists mesh normals by ~0.01)
+  np.testing.assert_allclose(normals[band], radial[band], atol=1.2e-2)
+
+
+def test_alignment_model_landmark_normals_average_only_skin():
+  """With the top cap marked eyeball, a landmark vertex's normal is the normalised Gaussian-
+  weighted sum (sigma 8 mm) of the skin vertices' area-weighted normals, computed here by brute
+  force; the other vertices keep mesh-smoothed radial normals."""
+  model = _sphere_model(skin_below_z=30.0)
+  sigma = 8.0
+  normals = np.asarray(cascade.make_alignment_model(model, smoothing_sigma_mm=sigma).normals)
+  v = model.mean_vertices.astype(np.float64)
+  tri = model.triangles
+  area_normals = np.zeros_like(v)
+  face = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+  for k in range(3):
+    np.add.at(area_normals, tri[:, k], face)
+  skin = model.vertex_part == face_model_lib.PART_FACE
+  ids = np.unique(np.concatenate([model.landmark_vertex_ids, model.contour_candidates.ravel()]))
+  for i in ids:
+    weight = np.exp(-0.5 * np.sum((v[skin] - v[i]) ** 2, axis=1) / sigma**2)
+    expected = weight @ area_normals[skin]
+    np.testing.assert_allclose(normals[i], expected / np.linalg.norm(expected), atol=1e-5,
+                               err_msg=str(i))
+  # Near the cap's edge the window is lopsided: normals tilt away from the cap.
+  edge = [i for i in ids if 20.0 < v[i, 2] < 30.0]
+  assert edge and all(normals[i, 2] < v[i, 2] / 60.0 - 0.02 for i in edge)
+  radial = v / np.linalg.norm(v, axis=1, keepdims=True)
+  others = np.setdiff1d(np.flatnonzero(np.abs(radial[:, 2]) < 0.8), ids)
+  np.testing.assert_allclose(normals[others], radial[others], atol=1.2e-2)
+  # sigma 0: no window; every vertex keeps the mesh-smoothed normal.
+  plain = np.asarray(cascade.make_alignment_model(model, smoothing_sigma_mm=0.0).normals)
+  np.testing.assert_allclose(plain[ids], radial[ids], atol=1.2e-2)

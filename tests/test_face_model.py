@@ -501,3 +501,229 @@ def test_rebuilding_the_default_from_ict_gives_the_shipped_arrays(tmp_path):
     for name in shipped.files:
       assert rebuilt[name].dtype == shipped[name].dtype, name
       np.testing.assert_array_equal(rebuilt[name], shipped[name], err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pytree registration, namespaces, shapes (mutation-testing survivors)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_pytree_registration_in_a_fresh_process():
+  """In a new interpreter, importing the JAX support registers FaceModel as a pytree whose leaves
+  are the array fields and whose name / expression names are static; registering again is a
+  no-op (a second registration would raise in JAX)."""
+  code = (
+      "import jax, jax.numpy as jnp, numpy as np\n"
+      "from dff_jax.face_model import jax_support, loaders\n"
+      "from dff_jax.face_model import model as m\n"
+      "m.register_pytree(); m.register_pytree()\n"
+      "face = loaders.default_face_model()\n"
+      "leaves, treedef = jax.tree_util.tree_flatten(face)\n"
+      "assert len(leaves) == len(m.DATA_FIELDS) == 10, len(leaves)\n"
+      "back = jax.tree_util.tree_unflatten(treedef, leaves)\n"
+      "assert back.name == face.name and back.expression_names == face.expression_names\n"
+      "total = jax.jit(lambda f: f.mean_vertices.sum())(face)\n"
+      "np.testing.assert_allclose(float(total), face.mean_vertices.sum(), rtol=1e-4)\n"
+      "print('ok')\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_each_argument_can_be_the_traced_one(default):
+  """Under jit, any one argument may be the JAX one (the others NumPy): the functions pick the
+  namespace from all of them, so they trace instead of failing on a tracer, and give the NumPy
+  answer."""
+  rng = np.random.default_rng(5)
+  shape = rng.normal(size=(2, default.num_identity)).astype(np.float32)
+  expression = rng.uniform(0, 0.5, (2, default.num_expression)).astype(np.float32)
+  ids = default.landmark_vertex_ids[17:40]
+  rotation = _rotation(50.0, 10.0, 5.0)
+  verts = model_lib.vertices(default, shape[0], expression[0])
+  albedo_coefficients = rng.normal(size=(2, default.num_albedo)).astype(np.float32)
+  cases = {
+      "landmarks_3d": (model_lib.landmarks_3d, (default, shape, expression, ids)),
+      "albedo": (model_lib.albedo, (default, albedo_coefficients)),
+      "contour_vertex_ids": (model_lib.contour_vertex_ids, (default, rotation, verts)),
+      "landmark_vertex_ids_for_pose": (model_lib.landmark_vertex_ids_for_pose,
+                                       (default, rotation, verts)),
+  }
+  for name, (function, args) in cases.items():
+    expected = function(*args)
+    for k in range(len(args)):
+      def traced(x, k=k):
+        return function(*args[:k], x, *args[k + 1:])
+      value = args[k] if k else _to_jax(args[k])
+      got = jax.jit(traced)(value)
+      np.testing.assert_allclose(np.asarray(got), expected, atol=2e-3, err_msg=f"{name} arg {k}")
+
+
+def test_albedo_is_clipped_to_the_unit_range(default):
+  """Coefficients far outside the model's range give colours clipped to exactly [0, 1], and equal
+  the unclipped linear model wherever that is inside."""
+  coefficients = np.full((default.num_albedo,), 40.0, np.float32)
+  coefficients[1::2] = -40.0
+  raw = default.albedo_mean + np.einsum("k,kvd->vd", coefficients, default.albedo_basis)
+  assert raw.min() < -0.1 and raw.max() > 1.1
+  colours = model_lib.albedo(default, coefficients)
+  np.testing.assert_allclose(colours, np.clip(raw, 0.0, 1.0), atol=1e-5)
+  assert colours.min() == 0.0 and colours.max() == 1.0
+
+
+def test_contour_choice_is_roll_invariant_for_any_roll(default):
+  """Roll is an in-plane rotation: the outline vertices of a 50-degree yaw are the same for a
+  roll of -60, 120 and 170 degrees (the image direction of the model's x axis then points down,
+  left or up-left, not right)."""
+  yaw = geometry.euler_to_matrix(0.0, np.deg2rad(50.0), 0.0)
+  expected = model_lib.contour_vertex_ids(default, yaw.astype(np.float32))
+  for roll_deg in (-60.0, 120.0, 170.0):
+    c, s = np.cos(np.deg2rad(roll_deg)), np.sin(np.deg2rad(roll_deg))
+    in_plane = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    rotation = (in_plane @ yaw).astype(np.float32)
+    np.testing.assert_array_equal(model_lib.contour_vertex_ids(default, rotation), expected,
+                                  err_msg=f"roll {roll_deg}")
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(model_lib.contour_vertex_ids)(_to_jax(default), rotation)), expected)
+
+
+def test_contour_follows_the_given_mesh(default):
+  """A mesh whose candidate 5 of jaw row 12 sticks out 40 mm sideways: turned so that side is
+  away from the camera, that candidate is the outline (it is not for the mean face), for a single
+  rotation, a batch, and through landmark_vertex_ids_for_pose."""
+  row, column = 12, 5
+  mesh = default.mean_vertices.copy()
+  mesh[default.contour_candidates[row, column], 0] += 40.0
+  rotation = _rotation(55.0)
+  mean_ids = model_lib.contour_vertex_ids(default, rotation)
+  planted = default.contour_candidates[row, column]
+  assert mean_ids[row] != planted
+  np.testing.assert_array_equal(model_lib.contour_vertex_ids(default, rotation, mesh)[row], planted)
+  ids = model_lib.landmark_vertex_ids_for_pose(default, rotation, mesh)
+  assert ids.shape == (68,) and ids[row] == planted
+  np.testing.assert_array_equal(np.delete(ids, row), np.delete(
+      model_lib.landmark_vertex_ids_for_pose(default, rotation), row))
+  batched = model_lib.landmark_vertex_ids_for_pose(
+      default, np.stack([rotation, rotation]), np.stack([default.mean_vertices, mesh]))
+  assert batched.shape == (2, 68)
+  assert batched[0, row] == mean_ids[row] and batched[1, row] == planted
+
+
+def test_landmark_vertex_ids_for_pose_shapes(default):
+  """[3, 3] -> [68]; [2, 3, 3] -> [2, 68]; [2, 3, 2, 3, 3]-style leading axes -> [..., 68]: the
+  jaw from the contour, the rest the fixed landmark ids."""
+  rotations = np.stack([_rotation(y) for y in (-70.0, -30.0, 0.0, 30.0, 70.0, 85.0)])
+  for shape in ((), (6,), (2, 3)):
+    r = rotations[0] if shape == () else rotations.reshape(shape + (3, 3))
+    ids = model_lib.landmark_vertex_ids_for_pose(default, r)
+    assert ids.shape == shape + (68,)
+    np.testing.assert_array_equal(ids[..., :17], model_lib.contour_vertex_ids(default, r))
+    np.testing.assert_array_equal(ids[..., 17:], np.broadcast_to(default.landmark_vertex_ids[17:],
+                                                                 shape + (51,)))
+    jit_ids = jax.jit(model_lib.landmark_vertex_ids_for_pose)(_to_jax(default), jnp.asarray(r))
+    np.testing.assert_array_equal(np.asarray(jit_ids), ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and saving: names, dtypes, messages that say what is wrong and where
+# ----------------------------------------------------------------------------------------------
+
+
+def test_default_spec_and_name():
+  """``load_face_model()`` is the embedded default, named ``ict_default``; a path given as a
+  string loads that file under its own name."""
+  model = loaders.load_face_model()
+  assert model.name == "ict_default"
+  np.testing.assert_array_equal(model.mean_vertices, loaders.default_face_model().mean_vertices)
+  assert loaders.load_face_model(str(loaders.DEFAULT_ASSET)).name == "ict_default"  # file's name
+
+
+def test_shorthand_without_shared_says_what_to_do(tmp_path, monkeypatch):
+  """A shorthand whose file is absent raises FileNotFoundError naming the file, $DFF_SHARED_DIR
+  and the embedded default."""
+  monkeypatch.setitem(loaders.SHORTHANDS, "sfm", tmp_path / "absent" / "sfm.npz")
+  with pytest.raises(FileNotFoundError, match=r"absent.*DFF_SHARED_DIR.*load_face_model\('default'\)"):
+    loaders.load_face_model("sfm")
+
+
+def test_shorthand_name(tmp_path, monkeypatch):
+  """A model loaded by shorthand carries the shorthand as its name."""
+  path = loaders.save_face_model(_tiny_model(np.random.default_rng(2)), tmp_path / "m.npz")
+  monkeypatch.setitem(loaders.SHORTHANDS, "ict", path)
+  assert loaders.load_face_model("ict").name == "ict"
+
+
+def test_save_into_a_new_folder_and_types_on_load(tmp_path):
+  """save_face_model creates missing folders; loading our layout gives float32 / int32 arrays
+  whatever the file stored (int64 ids, float64 bases), and the expression names back."""
+  model = _tiny_model(np.random.default_rng(3))
+  path = loaders.save_face_model(model, tmp_path / "a" / "b" / "m.npz")
+  assert path.exists()
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files}
+  for field in model_lib.DATA_FIELDS:
+    arrays[field] = arrays[field].astype(np.int64 if arrays[field].dtype.kind == "i"
+                                         else np.float64)
+  np.savez(tmp_path / "wide.npz", **arrays)
+  loaded = loaders.load_face_model(tmp_path / "wide.npz")
+  for field in model_lib.DATA_FIELDS:
+    value = getattr(loaded, field)
+    assert value.dtype == (np.int32 if field in loaders._INT_FIELDS else np.float32), field
+  assert loaded.expression_names == ("e0", "e1")
+
+
+def test_bad_models_are_refused_with_the_path_and_the_problem(tmp_path):
+  """Each inconsistency is a ValueError naming the file and what is wrong (saving validates too)."""
+  good = _tiny_model(np.random.default_rng(4))
+  v = good.mean_vertices.shape[0]
+  ids = good.landmark_vertex_ids.copy()
+  cases = {
+      "negative_id": (good.replace(triangles=np.where(np.arange(90).reshape(30, 3) == 4, -1,
+                                                      good.triangles)),
+                      r"negative_id.npz: triangles must hold vertex ids in \[0, 24\), found \[-1,"),
+      "id_equal_to_v": (good.replace(triangles=np.where(np.arange(90).reshape(30, 3) == 4, v,
+                                                        good.triangles)),
+                        r"id_equal_to_v.npz: triangles must hold vertex ids in \[0, 24\), found "
+                        r"\[\d+, 24\]"),
+      "contour": (good.replace(contour_candidates=np.roll(good.contour_candidates, 1, axis=1)),
+                  r"contour.npz: contour_candidates\[:, 0\] must equal landmark_vertex_ids\[:17\]"),
+      "names": (good.replace(expression_names=("only_one",)),
+                r"names.npz: 1 expression_names for 2 expression modes"),
+      "shape": (good.replace(vertex_part=good.vertex_part[:-1]),
+                r"shape.npz: vertex_part has shape \[23\], expected \[24\]"),
+  }
+  assert ids.min() >= 0
+  for stem, (bad, message) in cases.items():
+    with pytest.raises(ValueError, match=message):
+      loaders.save_face_model(bad, tmp_path / f"{stem}.npz")
+  # No expression names at all is allowed (a model without named modes).
+  loaders.save_face_model(good.replace(expression_names=()), tmp_path / "unnamed.npz")
+
+
+def test_loading_refuses_bad_files_with_the_path(tmp_path):
+  """Loading: a wrong format version, our layout lacking fields, an npz holding Python objects
+  (never unpickled) and non-finite bases each name the file and the problem."""
+  model = _tiny_model(np.random.default_rng(6))
+  path = loaders.save_face_model(model, tmp_path / "m.npz")
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files}
+  np.savez(tmp_path / "v9.npz", **{**arrays, "format_version": np.asarray(9)})
+  with pytest.raises(ValueError, match=r"v9.npz: format_version 9 is not supported \(this code "
+                                       r"reads 1\)"):
+    loaders.load_face_model(tmp_path / "v9.npz")
+  np.savez(tmp_path / "lacking.npz", **{k: a for k, a in arrays.items() if k != "albedo_basis"})
+  with pytest.raises(ValueError, match=r"lacking.npz looks like the dff_jax \(ours\) layout but "
+                                       r"lacks keys \['albedo_basis'\]"):
+    loaders.load_face_model(tmp_path / "lacking.npz")
+  np.savez(tmp_path / "objects.npz", **{**arrays, "name": np.array([{"a": 1}], dtype=object)})
+  with pytest.raises(ValueError, match=r"objects.npz is not a readable .npz face model"):
+    loaders.load_face_model(tmp_path / "objects.npz")
+  for field, what in (("identity_modes", "identity basis"), ("expression_modes",
+                                                            "expression basis")):
+    ict = dict(mean_vertices=model.mean_vertices, identity_modes=model.identity_basis.copy(),
+               expression_modes=model.expression_basis.copy(), expression_names=np.array(["a", "b"]),
+               triangles=model.triangles, vertex_part=model.vertex_part,
+               landmark_vertex_ids=model.landmark_vertex_ids)
+    ict[field][0, 0, 0] = np.inf
+    np.savez(tmp_path / f"ict_{field}.npz", **ict)
+    with pytest.raises(ValueError, match=rf"ict_{field}.npz: the {what} contains NaN or infinite"):
+      loaders.load_face_model(tmp_path / f"ict_{field}.npz")

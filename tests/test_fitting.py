@@ -274,3 +274,70 @@ def test_pose_and_shape_fits_broadcast_shared_and_batched_arguments(model):
   for k, truth in enumerate(truths):
     np.testing.assert_allclose(shape[k], truth["shape"], atol=1e-2)
     np.testing.assert_allclose(expression[k], truth["expression"], atol=1e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: what is accepted, what is refused and what the message says
+# ----------------------------------------------------------------------------------------------
+
+
+def test_validate_landmarks_types_broadcast_and_masking():
+  """float64 landmarks and integer weights come back float32; shared weights broadcast over the
+  batch; a NaN landmark of weight 0 becomes exactly 0 and is not reported."""
+  rng = np.random.default_rng(3)
+  landmarks = rng.uniform(10, 90, (2, 68, 2))
+  landmarks[1, 4] = np.nan
+  weights = np.ones(68, np.int64)
+  weights[4] = 0
+  out, w = fitting.validate_landmarks(landmarks, weights)
+  assert out.dtype == np.float32 and w.dtype == np.float32
+  assert w.shape == (2, 68) and np.all(w[:, 4] == 0) and np.all(np.delete(w, 4, axis=1) == 1)
+  np.testing.assert_array_equal(out[1, 4], [0.0, 0.0])
+  np.testing.assert_allclose(out[0], landmarks[0], rtol=1e-6)
+  out, w = fitting.validate_landmarks(landmarks[0])
+  assert out.dtype == np.float32 and w.dtype == np.float32 and w.shape == (68,)
+
+
+def test_validate_landmarks_messages():
+  landmarks = np.random.default_rng(4).uniform(10, 90, (2, 68, 2))
+  with pytest.raises(ValueError, match=r"weights must broadcast to \(2, 68\) \(one per landmark\), "
+                                       r"got shape \(67,\)"):
+    fitting.validate_landmarks(landmarks, np.ones(67))
+  with pytest.raises(ValueError, match=r"^weights must be finite and >= 0 \(0 marks an unseen "
+                                       r"landmark\)$"):
+    fitting.validate_landmarks(landmarks, -np.ones(68))
+  # Seven bad points of positive weight (the first five are named) and one of weight 0 (not).
+  bad = landmarks.copy()
+  weights = np.ones((2, 68))
+  for k in (3, 7, 9, 11, 20, 30, 40):
+    bad[1, k, 0] = np.nan
+  bad[0, 2, 1] = np.inf
+  weights[0, 2] = 0.0
+  with pytest.raises(ValueError, match=r"at \(batch\.\.\., landmark\) \[\[1, 3\], \[1, 7\], "
+                                       r"\[1, 9\], \[1, 11\], \[1, 20\]\]; give those landmarks "
+                                       r"weight 0 or fix the input$"):
+    fitting.validate_landmarks(bad, weights)
+  # Face 1 has only 5 landmarks of positive weight (face 0 has 68: a count over the whole
+  # batch would pass).
+  few = np.ones((2, 68))
+  few[1, 5:] = 0.0
+  with pytest.raises(ValueError, match=r"^need at least 6 landmarks with positive weight per "
+                                       r"face to fit a pose$"):
+    fitting.validate_landmarks(landmarks, few)
+  few[1, 5] = 0.5   # six: enough
+  fitting.validate_landmarks(landmarks, few)
+
+
+def test_fit_landmarks_argument_limits(model):
+  """One iteration and no regularisation are valid; 0 iterations, a float count and a negative
+  regularisation are refused with the value in the message."""
+  landmarks, _ = _synthesise(model, 10.0, "fixed", seed=2)
+  result = fitting.fit_landmarks(model, landmarks, regularisation=0.0, num_iterations=1,
+                                 contour="fixed")
+  assert np.all(np.isfinite(result.landmarks_px))
+  for bad, message in ((0, r"num_iterations must be an int >= 1, got 0"),
+                       (2.0, r"num_iterations must be an int >= 1, got 2\.0")):
+    with pytest.raises(ValueError, match=message):
+      fitting.fit_landmarks(model, landmarks, num_iterations=bad)
+  with pytest.raises(ValueError, match=r"regularisation must be finite and >= 0, got -1\.0"):
+    fitting.fit_landmarks(model, landmarks, regularisation=-1.0)

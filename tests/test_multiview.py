@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dff_jax import geometry
+from dff_jax import sampling
 from dff_jax.alignment import cascade
 from dff_jax.alignment import multiview
 from dff_jax.face_model import model as face_model_lib
@@ -311,3 +312,62 @@ def test_point_fields_run_through_the_multiview_cascade():
   batched = multiview.align_multiview_crops(
       am, params, jax.tree_util.tree_map(lambda x: x[None], fields), CONFIG)
   assert batched.landmarks_px.shape == (1, 2, 68, 2)
+
+
+def test_batched_wrappers_forward_every_option():
+  """align_multiview_crops (a batch of sets) and align_multiview_images (one set of images) give
+  what run_multiview_cascade gives for each option: shared expression, a padded view, one prior
+  per view; the images path also maps to image pixels with the 3D-jaw landmarks."""
+  am = small_alignment_model()
+  params = random_params(2, jax.random.key(31))
+  maps = smooth_maps(jax.random.key(32), 3)
+  crops_fn = jax.jit(multiview.align_multiview_crops,
+                     static_argnames=("config", "share_expression", "remat", "prior_per_view"))
+  mask = jnp.array([1.0, 0.0, 1.0])
+  for options in (dict(share_expression=True), dict(view_mask=mask),
+                  dict(prior_per_view=True), dict(share_expression=True, view_mask=mask,
+                                                  prior_per_view=True)):
+    expected, _ = multiview.run_multiview_cascade(
+        am, params, maps, CONFIG, options.get("share_expression", False),
+        options.get("view_mask", jnp.ones(3)), prior_per_view=options.get("prior_per_view", False))
+    batch_options = dict(options)
+    if "view_mask" in batch_options:
+      batch_options["view_mask"] = batch_options["view_mask"][None]
+    got = crops_fn(am, params, maps[None], CONFIG, **batch_options)
+    for field in ("landmarks_px", "pose", "shape_coefficients", "expression_coefficients"):
+      np.testing.assert_allclose(getattr(got, field)[0], getattr(expected, field), atol=2e-3,
+                                 err_msg=f"{field} {sorted(options)}")
+  # The options change the answer (else the comparison above would prove nothing).
+  plain, _ = multiview.run_multiview_cascade(am, params, maps, CONFIG, False, jnp.ones(3))
+  shared, _ = multiview.run_multiview_cascade(am, params, maps, CONFIG, True, jnp.ones(3))
+  per_view, _ = multiview.run_multiview_cascade(am, params, maps, CONFIG, False, jnp.ones(3),
+                                                prior_per_view=True)
+  padded, _ = multiview.run_multiview_cascade(am, params, maps, CONFIG, False, mask)
+  for other in (shared, per_view, padded):
+    assert float(jnp.abs(other.shape_coefficients - plain.shape_coefficients).max()) > 1e-4
+
+  # Images: uint8 images and integer boxes, a fixed stand-in encoder.
+  def describe(crops):
+    kernel = jax.random.normal(jax.random.key(33), (3, 3, 3, DIM)) / 255.0
+    return jax.lax.conv_general_dilated(crops, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  images = np.round(np.asarray(jax.random.uniform(jax.random.key(34), (3, 40, 44, 3),
+                                                  maxval=255.0))).astype(np.uint8)
+  boxes = np.array([[6, 5, 31, 30], [9, 8, 37, 36], [4, 6, 30, 32]], np.int32)
+  images_fn = jax.jit(multiview.align_multiview_images,
+                      static_argnames=("describe", "config", "share_expression", "prior_per_view"))
+  result = images_fn(describe, am, params, images, boxes, CONFIG, share_expression=True,
+                     view_mask=mask, prior_per_view=True)
+  crop_boxes = geometry.square_box(jnp.asarray(boxes, jnp.float32), CONFIG.box_scale)
+  crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, CROP))(
+      jnp.asarray(images, jnp.float32), crop_boxes)
+  expected, _ = multiview.run_multiview_cascade(am, params, describe(crops), CONFIG, True, mask,
+                                                prior_per_view=True)
+  np.testing.assert_allclose(result.crop_box, crop_boxes, atol=1e-5)
+  np.testing.assert_allclose(
+      result.landmarks_px, geometry.crop_to_image(expected.landmarks_px, crop_boxes, CROP),
+      atol=2e-3)
+  fixed = jax.vmap(cascade.fixed_landmarks, in_axes=(None, 0, 0, 0))(
+      am, expected.pose, expected.shape_coefficients, expected.expression_coefficients)
+  np.testing.assert_allclose(result.landmarks_3d_px,
+                             geometry.crop_to_image(fixed, crop_boxes, CROP), atol=2e-3)

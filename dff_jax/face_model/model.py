@@ -162,7 +162,7 @@ def landmarks_3d(model: FaceModel, shape_coefficients: Array, expression_coeffic
   if vertex_ids is None:
     vertex_ids = model.landmark_vertex_ids
   xp = namespace(shape_coefficients, expression_coefficients, vertex_ids, model.mean_vertices)
-  mean = model.mean_vertices[vertex_ids]                      # [..., N, 3]
+  mean = xp.take(model.mean_vertices, vertex_ids, axis=0)    # [..., N, 3]
   identity = xp.take(model.identity_basis, vertex_ids, axis=1)  # [Ki, ..., N, 3]
   expression = xp.take(model.expression_basis, vertex_ids, axis=1)
   return (mean + einsum("...k,k...nd->...nd", shape_coefficients, identity)
@@ -193,11 +193,9 @@ def contour_vertex_ids(model: FaceModel, rotation: Array, vertices_mm: Array | N
   xp = namespace(rotation, model.contour_candidates, vertices_mm)
   candidates = model.contour_candidates                       # [17, M]
   if vertices_mm is None:
-    points = model.mean_vertices[candidates]                  # [17, M, 3]
-  elif vertices_mm.ndim == 2:
-    points = vertices_mm[candidates]
-  else:
-    points = vertices_mm[..., candidates, :]                  # [..., 17, M, 3]
+    points = xp.take(model.mean_vertices, candidates, axis=0)  # [17, M, 3]
+  else:                                                        # [(...,) 17, M, 3]
+    points = xp.take(vertices_mm, candidates, axis=vertices_mm.ndim - 2)
   camera_xy = einsum("...ij,...rmj->...rmi", rotation[..., :2, :], points)  # [..., 17, M, 2]
   # Image direction of the model's +x axis (the subject's left) in camera x, y.
   x_axis = rotation[..., :2, 0]                               # [..., 2]

@@ -55,6 +55,8 @@ _G = "dff_jax.geometry.x_"
 _M = "dff_jax.metrics.x_"
 _S = "dff_jax.sampling.x_"
 _L = "dff_jax.losses.x_"
+_FM = "dff_jax.face_model.model.x_"
+_FL = "dff_jax.face_model.loaders.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -177,6 +179,34 @@ EQUIVALENT: Dict[str, str] = {
        "the a->b and b->a counts, and only their sum (the accuracy) is reported" for k in (80, 81)},
     **{_L + f"info_nce_loss__mutmut_{k}": "logits are [B, K, K]: shape[1] and shape[-2] are K as "
        "shape[-1]" for k in (55, 56)},
+    # face_model (model.py: the 3DMM math; loaders.py)
+    **{_FM + k: "einsum labels in upper case" for k in (
+        "vertices__mutmut_10", "vertices__mutmut_18", "albedo__mutmut_15",
+        "landmarks_3d__mutmut_45", "landmarks_3d__mutmut_53", "contour_vertex_ids__mutmut_35",
+        "contour_vertex_ids__mutmut_67")},
+    **{_FM + f"landmarks_3d__mutmut_{k}": "a coefficient array dropped from the namespace choice: "
+       "the coefficients only enter through einsum, which follows its own operands (a JAX "
+       "product makes the result JAX, also under jit)" for k in (4, 5, 8, 9)},
+    **{_FM + f"contour_vertex_ids__mutmut_{k}": "the image direction of the model x axis rescaled "
+       "by a positive factor (its norm, a batch-wide norm or ~1 instead of its own norm, which is "
+       "<= 1): every candidate's outward value of a row is scaled alike, argmax unchanged"
+       for k in (41, 48, 51, 58)},
+    **{_FM + f"contour_vertex_ids__mutmut_{k}": "the side signs (+-1, 0) in float64 or with a "
+       "magnitude of 2: a positive rescale of a row (argmax unchanged) and the same signs for "
+       "turned_away" for k in (71, 73, 78, 82)},
+    **{_FM + f"contour_vertex_ids__mutmut_{k}": "only the chin row (8) can change, and its "
+       "candidates are one vertex repeated (build_contour_candidates), so any choice is that "
+       "vertex" for k in (80, 89, 115, 120, 121)},
+    _FM + "contour_vertex_ids__mutmut_98": "take_along_axis's default axis is -1 (NumPy 2, JAX)",
+    _FM + "contour_vertex_ids__mutmut_104": "candidates is [17, M]: shape[+1:] == shape[-1:]",
+    **{_FL + f"load_face_model__mutmut_{k}": "the default asset's own name is ict_default (the "
+       "face_model_ict recipe writes it), so not renaming it gives the same name"
+       for k in (8, 10)},
+    **{_FL + f"save_face_model__mutmut_{k}": "the expression names are a tuple of str: asarray "
+       "infers a str array without dtype=str, and reshape(None) / reshape(-2) of a 1-d array keep "
+       "it (an empty tuple reads back as () either way)" for k in (45, 47, 49, 51)},
+    **{_FL + f"_load_path__mutmut_{k}": "allow_pickle None or left out: np.load's default is "
+       "False" for k in (16, 18)},
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

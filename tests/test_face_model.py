@@ -457,7 +457,7 @@ def test_bfm_loader_albedo_basis_and_every_guard(tmp_path, default):
     change(bad)
     path = tmp_path / "bad.mat"
     scipy.io.savemat(path, bad)
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(ValueError, match=r"bad\.mat.*" + pattern):   # the file is named
       loaders.load_face_model(path)
 
   fails(lambda m: m.update(shapeMU=m["shapeMU"][:-1]),
@@ -525,6 +525,7 @@ def test_pytree_registration_in_a_fresh_process():
       "total = jax.jit(lambda f: f.mean_vertices.sum())(face)\n"
       "np.testing.assert_allclose(float(total), face.mean_vertices.sum(), rtol=1e-4)\n"
       "print('ok')\n")
+  model_lib.register_pytree()   # here too: already registered on import, so a no-op
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
@@ -717,6 +718,29 @@ def test_loading_refuses_bad_files_with_the_path(tmp_path):
   np.savez(tmp_path / "objects.npz", **{**arrays, "name": np.array([{"a": 1}], dtype=object)})
   with pytest.raises(ValueError, match=r"objects.npz is not a readable .npz face model"):
     loaders.load_face_model(tmp_path / "objects.npz")
+  # Our layout whose contour candidates disagree with the landmarks: refused on load, named.
+  np.savez(tmp_path / "contour.npz", **{**arrays, "contour_candidates": np.roll(
+      arrays["contour_candidates"], 1, axis=1)})
+  with pytest.raises(ValueError, match=r"contour.npz: contour_candidates\[:, 0\] must equal"):
+    loaders.load_face_model(tmp_path / "contour.npz")
+  # No known layout: the message lists each layout's keys.
+  np.savez(tmp_path / "unknown.npz", foo=np.zeros(2))
+  with pytest.raises(ValueError, match=r"unknown.npz has keys \['foo'\], which match no known "
+                                       r"face-model layout: expected ours \(format_version, "
+                                       r"mean_vertices, identity_basis, .*\), ICT \(mean_vertices, "
+                                       r"identity_modes, expression_modes, .*\) or SFM "
+                                       r"\(mean_vertices, shape_basis, shape_eigenvalues, "):
+    loaders.load_face_model(tmp_path / "unknown.npz")
+  # The SFM layout with a negative variance.
+  sfm = dict(mean_vertices=model.mean_vertices, shape_basis=model.identity_basis,
+             shape_eigenvalues=np.array([1.0, -1.0, 1.0]), expression_basis=model.expression_basis,
+             expression_names=np.array(["a", "b"]), triangles=model.triangles,
+             landmark_vertex_ids=model.landmark_vertex_ids,
+             right_contour_vertex_ids=np.arange(5), left_contour_vertex_ids=np.arange(5, 10))
+  np.savez(tmp_path / "sfm_bad.npz", **sfm)
+  with pytest.raises(ValueError, match=r"sfm_bad.npz: shape_eigenvalues must be finite variances "
+                                       r">= 0"):
+    loaders.load_face_model(tmp_path / "sfm_bad.npz")
   for field, what in (("identity_modes", "identity basis"), ("expression_modes",
                                                             "expression basis")):
     ict = dict(mean_vertices=model.mean_vertices, identity_modes=model.identity_basis.copy(),

@@ -57,6 +57,10 @@ _S = "dff_jax.sampling.x_"
 _L = "dff_jax.losses.x_"
 _FM = "dff_jax.face_model.model.x_"
 _FL = "dff_jax.face_model.loaders.x_"
+_AC = "dff_jax.alignment.cascade.x_"
+_AF = "dff_jax.alignment.fitting.x_"
+_AM = "dff_jax.alignment.multiview.x_"
+_AR = "dff_jax.alignment.regression.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -207,6 +211,72 @@ EQUIVALENT: Dict[str, str] = {
        "it (an empty tuple reads back as () either way)" for k in (45, 47, 49, 51)},
     **{_FL + f"_load_path__mutmut_{k}": "allow_pickle None or left out: np.load's default is "
        "False" for k in (16, 18)},
+    # alignment (cascade.py, fitting.py, regression.py, multiview.py)
+    **{_AC + f"zero_params__mutmut_{k}": "jnp.zeros / ones / asarray without float32: the default "
+       "dtype is float32 (x64 off) and the initial pose is a float [6]"
+       for k in (14, 16, 20, 22, 24, 26, 28, 30)},
+    **{_AC + f"make_alignment_model__mutmut_{k}": "a dtype left to NumPy's choice where the value "
+       "is cast to float32 / int32 anyway (jnp.asarray with x64 off; np.arange assigned into the "
+       "int32 row table; the model's bases are float32)"
+       for k in (140, 142, 149, 151, 153, 155, 173, 175, 178, 180)},
+    _AC + "make_alignment_model__mutmut_147": "concatenate's default axis is 0",
+    _AC + "make_alignment_model__mutmut_89": "chunks of 65 with a step of 64 overlap by one "
+                                             "vertex, which gets the same normal twice",
+    **{_AC + f"{name}__mutmut_{k}": "remat only changes what the backward pass stores "
+       "(jax.checkpoint), never a value; None is falsy like False"
+       for name, ks in (("align_crops", (1, 6, 11)), ("align_images", (1, 42, 47)))
+       for k in ks},
+    **{_AC + f"align_images__mutmut_{k}": "describe_chunk (8, 9 or None) only groups the encoder "
+       "calls; describe_in_chunks gives the same values for any chunk" for k in (2, 33)},
+    _AC + "describe_in_chunks__mutmut_6": "chunk == batch then runs lax.map over one chunk of "
+                                          "the whole batch: the same call and values",
+    _AC + "describe_in_chunks__mutmut_7": "batch / chunk and batch % chunk are truthy for the "
+                                          "same (positive) chunks: zero exactly when it divides",
+    **{_AF + f"{name}__mutmut_{k}": "jnp.asarray / ones without float32: float inputs become "
+       "float32 with x64 off, integer ones are promoted to float32 by the first float arithmetic"
+       for name, ks in (("estimate_pose_weak_perspective", (3, 5, 8, 10, 14, 16, 21, 23)),
+                        ("fit_shape_linear", (3, 5, 16, 18, 27, 29, 31, 33, 35, 37, 39, 41, 50,
+                                              52)))
+       for k in ks},
+    **{_AF + f"fit_shape_linear__mutmut_{k}": "jnp.asarray(vertex_ids) without int32: integer ids "
+       "are int32 with x64 off" for k in (10, 12)},
+    **{_AF + f"_fit_shape_single__mutmut_{k}": "the flip vector without float32: the default "
+       "float dtype (x64 off)" for k in (8, 10)},
+    _AF + "_fit_shape_single__mutmut_15": "/ flip for * flip: flip is (1, -1)",
+    **{_AF + f"_fit_shape_single__mutmut_{k}": "einsum labels in upper case"
+       for k in (28, 37, 48, 64)},
+    **{_AM + f"align_multiview_crops__mutmut_{k}": "remat (True / None) never changes a value"
+       for k in (2, 21, 29)},
+    **{_AM + f"{name}__mutmut_{k}": "asarray / ones without float32: float32 with x64 off (the "
+       "mask is 0 / 1, boxes and images are promoted by the first float arithmetic)"
+       for name, ks in (("align_multiview_crops", (7, 9, 38, 40)),
+                        ("align_multiview_images", (9, 11, 14, 16)))
+       for k in ks},
+    **{_AC + f"align_images__mutmut_{k}": "boxes / images without float32: integer boxes and "
+       "uint8 images give the float answer (tests/test_cascade.py checks it), promoted by the "
+       "first float arithmetic" for k in (9, 11, 14, 16)},
+    **{_AF + f"validate_landmarks__mutmut_{k}": "the landmarks kept in float64 until the final "
+       "astype(float32): one rounding either way" for k in (3, 5)},
+    **{_AF + f"{name}__mutmut_{k}": "_vmap_leading only tells None (not batched) from a rank: "
+       "2 -> 3 or 1 -> 2 there maps the same axes"
+       for name, ks in (("estimate_pose_weak_perspective", (40, 41, 42)),
+                        ("fit_shape_linear", (68, 69, 70, 71, 72, 73)))
+       for k in ks},
+    _AC + "make_alignment_model__mutmut_48": "the mesh rounds' summed normals have norms far "
+                                             "above 1 (sums of many unit normals): max(norm, "
+                                             "1.000000000001) is the norm",
+    _AC + "make_alignment_model__mutmut_49": "sigma >= 0 at sigma 0: every window weight is "
+                                             "exp(-inf) = 0 or NaN, so the where keeps the mesh "
+                                             "normal, as the skipped branch does",
+    _AC + "make_alignment_model__mutmut_61": "cross(a, c - b) with a = b - v0: cross(b - v0, "
+                                             "(c - v0) - (b - v0)) = cross(b - v0, c - v0)",
+    _AC + "make_alignment_model__mutmut_84": "range(0, n) instead of step 64: overlapping "
+                                             "chunks give every vertex the same normal again",
+    _AC + "make_alignment_model__mutmut_124": "norm >= 1e-12 for > 1e-12 differs only for a "
+                                              "window sum of norm exactly 1e-12 (unreachable "
+                                              "in practice: sums are 0 or far larger)",
+    _AR + "select_regularisation__mutmut_2": "the shared spectrum is spectrum(train, held_out) "
+                                             "of the same statistics: recomputing it is the same",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

@@ -566,8 +566,7 @@ def test_alignment_model_landmark_normals_average_only_skin():
   weighted sum (sigma 8 mm) of the skin vertices' area-weighted normals, computed here by brute
   force; the other vertices keep mesh-smoothed radial normals."""
   model = _sphere_model(skin_below_z=30.0)
-  sigma = 8.0
-  normals = np.asarray(cascade.make_alignment_model(model, smoothing_sigma_mm=sigma).normals)
+  normals = np.asarray(cascade.make_alignment_model(model).normals)   # default: 8 mm
   v = model.mean_vertices.astype(np.float64)
   tri = model.triangles
   area_normals = np.zeros_like(v)
@@ -577,10 +576,22 @@ def test_alignment_model_landmark_normals_average_only_skin():
   skin = model.vertex_part == face_model_lib.PART_FACE
   ids = np.unique(np.concatenate([model.landmark_vertex_ids, model.contour_candidates.ravel()]))
   for i in ids:
-    weight = np.exp(-0.5 * np.sum((v[skin] - v[i]) ** 2, axis=1) / sigma**2)
+    weight = np.exp(-0.5 * np.sum((v[skin] - v[i]) ** 2, axis=1) / 8.0**2)
     expected = weight @ area_normals[skin]
     np.testing.assert_allclose(normals[i], expected / np.linalg.norm(expected), atol=1e-5,
                                err_msg=str(i))
+  # A 0.9 mm window: vertices on skin keep (about) their own area normal; in the cap, far from
+  # any skin vertex, the window's sum underflows and the mesh-smoothed normal is kept.
+  narrow = np.asarray(cascade.make_alignment_model(model, smoothing_sigma_mm=0.9).normals)
+  kept = 0
+  for i in ids:
+    expected = np.exp(-0.5 * np.sum((v[skin] - v[i]) ** 2, axis=1) / 0.9**2) @ area_normals[skin]
+    if np.linalg.norm(expected) > 1e-12:
+      np.testing.assert_allclose(narrow[i], expected / np.linalg.norm(expected), atol=1e-5)
+    else:
+      kept += 1
+      np.testing.assert_allclose(narrow[i], v[i] / np.linalg.norm(v[i]), atol=1.2e-2)
+  assert kept > 0
   # Near the cap's edge the window is lopsided: normals tilt away from the cap.
   edge = [i for i in ids if 20.0 < v[i, 2] < 30.0]
   assert edge and all(normals[i, 2] < v[i, 2] / 60.0 - 0.02 for i in edge)

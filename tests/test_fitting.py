@@ -341,3 +341,34 @@ def test_fit_landmarks_argument_limits(model):
       fitting.fit_landmarks(model, landmarks, num_iterations=bad)
   with pytest.raises(ValueError, match=r"regularisation must be finite and >= 0, got -1\.0"):
     fitting.fit_landmarks(model, landmarks, regularisation=-1.0)
+
+
+def test_batched_fits_with_default_weights_and_per_face_ids(model):
+  """Batched calls without weights, with per-face vertex ids and weights and with different
+  scales per face give each face's own single-call answer (and the planted truth)."""
+  faces = [_synthesise(model, yaw, "fixed", seed=s) for s, yaw in enumerate([-25.0, 15.0])]
+  truths = [f[1] for f in faces]
+  zoom = np.float32(2.0)   # face 1 drawn twice as large: scale and translation double
+  landmarks = np.stack([faces[0][0], faces[1][0] * zoom])
+  scales = np.array([truths[0]["scale"], truths[1]["scale"] * zoom], np.float32)
+  translations = np.stack([truths[0]["translation"], truths[1]["translation"] * zoom])
+  rotations = np.stack([geometry.euler_to_matrix(t["pitch"], t["yaw"], t["roll"])
+                        for t in truths]).astype(np.float32)
+  points = np.stack([fm.vertices(model, t["shape"], t["expression"])[t["ids"]] for t in truths])
+  scale, rotation, translation = fitting.estimate_pose_weak_perspective(points, landmarks)
+  np.testing.assert_allclose(scale, scales, rtol=1e-3)
+  np.testing.assert_allclose(rotation, rotations, atol=1e-3)
+  np.testing.assert_allclose(translation, translations, atol=0.05)
+  ids = np.stack([t["ids"] for t in truths]).astype(np.int32)
+  weights = np.ones((2, 68), np.float32)
+  weights[0, 60:] = 0.0
+  for kwargs in (dict(vertex_ids=ids), dict(vertex_ids=ids, weights=weights)):
+    shape, expression = fitting.fit_shape_linear(model, landmarks, scales, rotations,
+                                                 translations, regularisation=1e-6, **kwargs)
+    for k, truth in enumerate(truths):
+      single = fitting.fit_shape_linear(
+          model, landmarks[k], scales[k], rotations[k], translations[k], vertex_ids=ids[k],
+          weights=None if "weights" not in kwargs else weights[k], regularisation=1e-6)
+      np.testing.assert_allclose(shape[k], single[0], atol=1e-4)
+      np.testing.assert_allclose(shape[k], truth["shape"], atol=1e-2)
+      np.testing.assert_allclose(expression[k], truth["expression"], atol=1e-2)

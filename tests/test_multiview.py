@@ -356,18 +356,26 @@ def test_batched_wrappers_forward_every_option():
   boxes = np.array([[6, 5, 31, 30], [9, 8, 37, 36], [4, 6, 30, 32]], np.int32)
   images_fn = jax.jit(multiview.align_multiview_images,
                       static_argnames=("describe", "config", "share_expression", "prior_per_view"))
-  result = images_fn(describe, am, params, images, boxes, CONFIG, share_expression=True,
-                     view_mask=mask, prior_per_view=True)
+  # Start at 60 degrees of yaw, where the 3D-jaw landmarks differ from the silhouette jaw.
+  turned = params.replace(initial_pose=jnp.asarray(centred_pose(60.0)))
   crop_boxes = geometry.square_box(jnp.asarray(boxes, jnp.float32), CONFIG.box_scale)
   crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, CROP))(
       jnp.asarray(images, jnp.float32), crop_boxes)
-  expected, _ = multiview.run_multiview_cascade(am, params, describe(crops), CONFIG, True, mask,
-                                                prior_per_view=True)
-  np.testing.assert_allclose(result.crop_box, crop_boxes, atol=1e-5)
-  np.testing.assert_allclose(
-      result.landmarks_px, geometry.crop_to_image(expected.landmarks_px, crop_boxes, CROP),
-      atol=2e-3)
-  fixed = jax.vmap(cascade.fixed_landmarks, in_axes=(None, 0, 0, 0))(
-      am, expected.pose, expected.shape_coefficients, expected.expression_coefficients)
-  np.testing.assert_allclose(result.landmarks_3d_px,
-                             geometry.crop_to_image(fixed, crop_boxes, CROP), atol=2e-3)
+  for options, args in ((dict(share_expression=True, view_mask=mask, prior_per_view=True),
+                         (True, mask, True)),
+                        ({}, (False, jnp.ones(3), False))):   # the defaults
+    result = images_fn(describe, am, turned, images, boxes, CONFIG, **options)
+    expected, _ = multiview.run_multiview_cascade(am, turned, describe(crops), CONFIG, args[0],
+                                                  args[1], prior_per_view=args[2])
+    np.testing.assert_allclose(result.crop_box, crop_boxes, atol=1e-5)
+    np.testing.assert_allclose(
+        result.landmarks_px, geometry.crop_to_image(expected.landmarks_px, crop_boxes, CROP),
+        atol=2e-3)
+    np.testing.assert_allclose(result.shape_coefficients, expected.shape_coefficients,
+                               atol=2e-3)
+    fixed = jax.vmap(cascade.fixed_landmarks, in_axes=(None, 0, 0, 0))(
+        am, expected.pose, expected.shape_coefficients, expected.expression_coefficients)
+    np.testing.assert_allclose(result.landmarks_3d_px,
+                               geometry.crop_to_image(fixed, crop_boxes, CROP), atol=2e-3)
+    jaw_gap = np.abs(np.asarray(result.landmarks_3d_px - result.landmarks_px)[:, :17]).max()
+    assert jaw_gap > 0.5

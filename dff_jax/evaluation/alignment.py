@@ -275,7 +275,8 @@ def region_summary(regions: List[Dict[str, float]],
   Returns:
     ``{region: {"mean": m, "0-30": ..., "30-60": ..., "60-90": ...}}`` (no bins without yaw)
     and ``jaw_offset_along_turn``: the mean of ``jaw_dx * sign(yaw)`` by bin (positive: the
-    predicted jaw sits towards the side the face turns to; a systematic offset, not scatter).
+    predicted jaw sits towards the side turned away from the camera, image +x for a positive
+    yaw; a systematic offset, not scatter).
   """
   out = {}
 

@@ -1,4 +1,5 @@
-"""Landmark and matching metrics: NME, CED/AUC, failure rate, PCK, NME by yaw bin.
+"""Landmark and matching metrics: NME (per face and per face region), CED/AUC, failure rate, PCK,
+NME by yaw bin.
 
 The array functions are namespace-generic (NumPy in -> NumPy out, JAX in -> JAX out, jit-able);
 this module does not import JAX. :func:`nme_by_yaw_bin` is a reporting helper (NumPy, Python

@@ -365,7 +365,9 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
   paths, tests = MODULES[module]
   result.update(files=paths, tests=tests, tool=f"mutmut {_mutmut_version()}",
                 seconds=round(time.time() - start, 1), exit_code=proc.returncode,
-                command=f"python -m experiments.mutation_testing --modules={module}")
+                command=(f"python -m experiments.mutation_testing --modules={module} "
+                         f"--max_children={max_children}" + (" --fresh" if fresh else "")
+                         + (" --retest_survivors" if retest_survivors else "")))
   return result
 
 

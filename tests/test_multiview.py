@@ -22,7 +22,8 @@ from dff_jax.alignment import cascade
 from dff_jax.alignment import multiview
 from dff_jax.face_model import model as face_model_lib
 
-from test_cascade import centred_pose, small_alignment_model, small_face_model
+from test_cascade import (_fixed_conv_describe, centred_pose, small_alignment_model,
+                          small_face_model)
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 32
@@ -347,10 +348,7 @@ def test_batched_wrappers_forward_every_option():
     assert float(jnp.abs(other.shape_coefficients - plain.shape_coefficients).max()) > 1e-4
 
   # Images: uint8 images and integer boxes, a fixed stand-in encoder.
-  def describe(crops):
-    kernel = jax.random.normal(jax.random.key(33), (3, 3, 3, DIM)) / 255.0
-    return jax.lax.conv_general_dilated(crops, kernel, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  describe = _fixed_conv_describe
   images = np.round(np.asarray(jax.random.uniform(jax.random.key(34), (3, 40, 44, 3),
                                                   maxval=255.0))).astype(np.uint8)
   boxes = np.array([[6, 5, 31, 30], [9, 8, 37, 36], [4, 6, 30, 32]], np.int32)

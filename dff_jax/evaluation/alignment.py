@@ -380,15 +380,14 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       truth = outcome.loaded.truth
       truth_by_name[outcome.job.name] = truth
       predicted = predicted_landmarks(outcome.face, eval_set.landmark_convention)
+      predicted = predicted.astype(np.float64)
       target = np.asarray(truth["landmarks_px"], np.float64)
-      errors[outcome.job.name] = float(metrics.nme(predicted.astype(np.float64), target,
-                                                   eval_set.normaliser))
-      regions[outcome.job.name] = {
-          k: float(v) for k, v in metrics.region_nme(predicted.astype(np.float64), target,
-                                                     eval_set.normaliser).items()}
-      regions[outcome.job.name]["jaw_dx"] = float(
-          np.mean(predicted[:17, 0] - target[:17, 0])
-          / metrics.normaliser_length(target, eval_set.normaliser))
+      errors[outcome.job.name] = float(metrics.nme(predicted, target, eval_set.normaliser))
+      per_region = metrics.region_nme(predicted, target, eval_set.normaliser)
+      _, start, stop = metrics.REGIONS[0]   # the jaw
+      per_region["jaw_dx"] = (np.mean(predicted[start:stop, 0] - target[start:stop, 0])
+                              / metrics.normaliser_length(target, eval_set.normaliser))
+      regions[outcome.job.name] = {k: float(v) for k, v in per_region.items()}
     methods[name] = dict(errors=errors, regions=regions, aligner=aligner)
 
   # Faces every method aligned (a face one method could not read is skipped for all).

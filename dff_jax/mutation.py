@@ -228,9 +228,9 @@ EQUIVALENT: Dict[str, str] = {
        for k in ks},
     **{_AC + f"align_images__mutmut_{k}": "describe_chunk (8, 9 or None) only groups the encoder "
        "calls; describe_in_chunks gives the same values for any chunk" for k in (2, 33)},
-    _AC + "describe_in_chunks__mutmut_6": "chunk == batch then runs lax.map over one chunk of "
+    _AC + "map_in_chunks__mutmut_6": "chunk == batch then runs lax.map over one chunk of "
                                           "the whole batch: the same call and values",
-    _AC + "describe_in_chunks__mutmut_7": "batch / chunk and batch % chunk are truthy for the "
+    _AC + "map_in_chunks__mutmut_7": "batch / chunk and batch % chunk are truthy for the "
                                           "same (positive) chunks: zero exactly when it divides",
     **{_AF + f"{name}__mutmut_{k}": "jnp.asarray / ones without float32: float inputs become "
        "float32 with x64 off, integer ones are promoted to float32 by the first float arithmetic"

@@ -458,8 +458,8 @@ def test_align_images_is_translation_equivariant():
   assert float(jnp.abs(crop_landmarks - start.landmarks_px).max()) > 0.5  # Regressors acted.
 
 
-def test_describe_in_chunks_gives_the_whole_batch_answer():
-  """``describe_in_chunks`` calls ``describe`` on ``chunk`` crops at a time when ``chunk``
+def test_map_in_chunks_gives_the_whole_batch_answer():
+  """``map_in_chunks`` calls ``describe`` on ``chunk`` crops at a time when ``chunk``
   divides the batch (else on the whole batch) and returns what one call on all crops returns,
   for a pytree of outputs of different ranks."""
   crops = jax.random.uniform(jax.random.key(21), (8, 6, 6, 3), maxval=255.0)
@@ -472,11 +472,47 @@ def test_describe_in_chunks_gives_the_whole_batch_answer():
   expected = describe(crops)
   for chunk, calls in ((4, 4), (2, 2), (3, 8), (0, 8), (8, 8), (16, 8)):
     seen.clear()
-    got = cascade.describe_in_chunks(describe, crops, chunk)
+    got = cascade.map_in_chunks(describe, crops, chunk)
     assert seen == [calls], (chunk, seen)
     assert got["map"].shape == (8, 6, 6, 3) and got["mean"].shape == (8, 3)
     for key in expected:
       np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=f"{key} {chunk}")
+
+
+def test_working_images_to_crops_is_the_block_mean():
+  """Pixel (i, j) of a working image holds 10 i + j (+ 100 c in channel c): crop pixel (I, J) of
+  an m-times larger image is the mean over its m x m block, 10 (m I + (m - 1) / 2) +
+  (m J + (m - 1) / 2) (+ 100 c), for m = 1, 2, 3; a side that is not a multiple is refused."""
+  crop = 5
+  for m in (1, 2, 3):
+    side = m * crop
+    i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    image = (10.0 * i + j)[None, :, :, None] + 100.0 * np.arange(3)
+    got = np.asarray(cascade.working_images_to_crops(jnp.asarray(image, jnp.float32), crop))
+    big_i, big_j = np.meshgrid(np.arange(crop), np.arange(crop), indexing="ij")
+    want = (10.0 * (m * big_i + (m - 1) / 2) + (m * big_j + (m - 1) / 2))[None, :, :, None]
+    np.testing.assert_allclose(got, want + 100.0 * np.arange(3), atol=1e-4, err_msg=str(m))
+  with pytest.raises(ValueError, match="multiple of the crop size 5"):
+    cascade.working_images_to_crops(jnp.zeros((1, 12, 12, 3)), crop)
+
+
+def test_align_working_images_returns_the_planted_start_in_working_pixels():
+  """Zero regressors and a planted 30-degree starting pose: align_working_images on 2x-size
+  working images returns the starting landmarks, pose and crop box scaled by 2 (working pixels),
+  whatever the chunk."""
+  am = small_alignment_model()
+  params = zero_params(2, DIM, yaw_deg=30.0)
+  start = cascade.initial_state(am, params, CONFIG)
+  images = jax.random.uniform(jax.random.key(23), (4, 2 * CROP, 2 * CROP, 3), maxval=255.0)
+  for chunk in (0, 2):
+    result = jax.jit(cascade.align_working_images, static_argnums=(0, 4),
+                     static_argnames="chunk")(_fixed_conv_describe, am, params, images, CONFIG,
+                                              chunk=chunk)
+    np.testing.assert_allclose(result.landmarks_px, np.broadcast_to(
+        2.0 * np.asarray(start.landmarks_px), (4, 68, 2)), atol=1e-3)
+    np.testing.assert_allclose(result.crop_box, np.tile([[0, 0, 2 * CROP, 2 * CROP]], (4, 1)))
+    np.testing.assert_allclose(result.yaw_rad, np.full(4, np.deg2rad(30.0)), atol=1e-6)
+    np.testing.assert_allclose(result.scale, np.full(4, 2.0 * float(start.pose[0])), rtol=1e-6)
 
 
 def test_align_images_integer_boxes_and_uint8_images_and_3d_landmarks():

@@ -111,13 +111,13 @@ def test_unknown_head_is_a_clear_error():
     encoder_lib.encoder_from_config(dict(features=(8, 16), head="sparse"))
 
 
-def test_describe_in_chunks_keeps_every_crop_in_its_place():
+def test_map_in_chunks_keeps_every_crop_in_its_place():
   from dff_jax.alignment import cascade
   crops = jnp.arange(16, dtype=jnp.float32)[:, None, None, None] * jnp.ones((16, 4, 4, 3))
   describe = lambda c: fields_lib.PointField(  # noqa: E731  (a field whose level 0 is the crop)
       levels=(c[..., :1],), head={"out_bias": jnp.zeros((c.shape[0], 2))})
   for chunk in (0, 3, 4, 8, 16):
-    out = cascade.describe_in_chunks(describe, crops, chunk)
+    out = cascade.map_in_chunks(describe, crops, chunk)
     np.testing.assert_array_equal(np.asarray(out.levels[0][:, 0, 0, 0]), np.arange(16))
     assert out.head["out_bias"].shape == (16, 2)
 

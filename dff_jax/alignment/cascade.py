@@ -25,7 +25,7 @@ and maps the results back to image pixels inside one jitted function.
 The stage parameters are stacked on a leading axis ``K`` (``CascadeParams``), so the cascade is a
 ``lax.scan``; one face is a pure function, and batches are ``vmap`` of it.
 
-Length: about 570 lines, kept in one module on purpose: the model precomputation, the five steps
+Length: about 650 lines, kept in one module on purpose: the model precomputation, the five steps
 of a stage, the scan and the crop / uncrop around it are one algorithm whose pieces are read
 together (the multi-view cascade, ridge training and fine-tuning call into each of them).
 """
@@ -530,25 +530,52 @@ def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descript
   return jax.vmap(one)(descriptor_maps)
 
 
-def describe_in_chunks(describe: Callable[[Array], Any], crops: Array, chunk: int) -> Any:
-  """``describe(crops)`` run ``chunk`` crops at a time (``lax.map``), results joined along the
-  batch axis; the whole batch at once when ``chunk`` does not divide it (or is 0).
+def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: int) -> Any:
+  """``fn(xs)`` run ``chunk`` items at a time (``lax.map``), results (any pytree with a leading
+  batch axis) joined along the batch axis; the whole batch at once when ``chunk`` does not
+  divide it (or is 0).
 
   The encoder's activations for 8 crops of 128 x 128 stay in a CPU's caches, those of 64 do not:
   on the 2-core CPU the point encoder runs 402.6 crops/s at batch 8 and 291.2 at 64
   (``experiments/results/benchmark_encoder_point.json``). Same values.
   """
-  batch = crops.shape[0]
+  batch = xs.shape[0]
   if not chunk or chunk >= batch or batch % chunk:
-    return describe(crops)
-  chunked = jax.lax.map(describe, crops.reshape((batch // chunk, chunk) + crops.shape[1:]))
+    return fn(xs)
+  chunked = jax.lax.map(fn, xs.reshape((batch // chunk, chunk) + xs.shape[1:]))
   return jax.tree_util.tree_map(lambda x: x.reshape((batch,) + x.shape[2:]), chunked)
+
+
+def describe_and_align(describe: Callable[[Array], Any], alignment_model: AlignmentModel,
+                       params: CascadeParams, crops: Array, config: CascadeConfig,
+                       remat: bool = False, chunk: int = 8) -> AlignmentState:
+  """Descriptor fields and the cascade for a batch of crops, ``chunk`` crops at a time.
+
+  Each chunk's fields are read by its cascade while they are still in cache: a point field holds
+  the encoder's whole pyramid (about 2 MB per 128-px crop), so describing all 64 crops of a batch
+  before the first stage reads them costs more in memory traffic than the cascade's smaller
+  batches do (``python -m experiments.benchmark --what=stream`` measures both).
+
+  Args:
+    describe: crops ``[b, crop, crop, 3]`` float32 in [0, 255] -> descriptor fields with a
+      leading ``[b]`` axis (see :func:`align_images`).
+    alignment_model, params, config: as :func:`run_cascade`.
+    crops: ``[B, crop, crop, 3]`` float32.
+    remat: see :func:`run_cascade`.
+    chunk: crops per step (:func:`map_in_chunks`; 0 = the whole batch at once). Same values for
+      any chunk.
+
+  Returns:
+    the final crop-frame :class:`AlignmentState` with a leading ``[B]`` axis.
+  """
+  return map_in_chunks(
+      lambda part: align_crops(alignment_model, params, describe(part), config, remat=remat),
+      crops, chunk)
 
 
 def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                  params: CascadeParams, images: Array, boxes_xyxy: Array,
-                 config: CascadeConfig, remat: bool = False,
-                 describe_chunk: int = 8) -> AlignmentResult:
+                 config: CascadeConfig, remat: bool = False, chunk: int = 8) -> AlignmentResult:
   """Images and face boxes in, landmarks / pose / shape in image pixels out.
 
   Jit this (``config`` and ``describe`` static); it is differentiable with respect to the
@@ -565,7 +592,7 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
     boxes_xyxy: ``[B, 4]`` face boxes ``(x0, y0, x1, y1)`` in image pixels.
     config: static settings.
     remat: see :func:`run_cascade`.
-    describe_chunk: crops described at a time (:func:`describe_in_chunks`; 0 = all at once).
+    chunk: crops described and aligned at a time (:func:`describe_and_align`).
 
   Returns:
     :class:`AlignmentResult` with a leading ``[B]`` axis.
@@ -574,6 +601,56 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
   images = jnp.asarray(images, jnp.float32)
   crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
       images, crop_boxes)
-  descriptor_maps = describe_in_chunks(describe, crops, describe_chunk)
-  states = align_crops(alignment_model, params, descriptor_maps, config, remat=remat)
+  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk)
+  return state_to_image(states, crop_boxes, config.crop_size, alignment_model)
+
+
+def working_images_to_crops(work_images: Array, crop_size: int) -> Array:
+  """``[B, S, S, C]`` -> ``[B, crop, crop, C]`` float32: each crop pixel the mean of its
+  ``m x m`` block, ``S = m * crop_size``.
+
+  For ``m = 2`` this is exactly :func:`dff_jax.sampling.crop_image` of the whole image (every crop
+  pixel centre falls midway between 2 x 2 pixel centres, so bilinear reading is their mean),
+  without the gathers; for ``m = 1`` the image itself.
+
+  Raises:
+    ValueError: ``S`` is not a multiple of ``crop_size``, or the images are not square.
+  """
+  batch, height, width = work_images.shape[:3]
+  if height != width or height % crop_size:
+    raise ValueError(f"working images must be square with a side that is a multiple of the crop "
+                     f"size {crop_size}, got {height} x {width}")
+  factor, channels = height // crop_size, work_images.shape[-1]
+  # Explicit sums of slices: XLA:CPU's reduce over the two block axes of the 6-D reshape ran
+  # about 40x slower (0.4 ms per 256-px image, more than the cascade's loop).
+  blocks = jnp.asarray(work_images, jnp.float32).reshape(
+      batch, crop_size, factor, crop_size, factor * channels)
+  rows = sum(blocks[:, :, a] for a in range(1, factor)) + blocks[:, :, 0]
+  summed = sum(rows[..., b * channels:(b + 1) * channels] for b in range(1, factor))
+  return (summed + rows[..., :channels]) / float(factor * factor)
+
+
+def align_working_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
+                         params: CascadeParams, work_images: Array, config: CascadeConfig,
+                         remat: bool = False, chunk: int = 8) -> AlignmentResult:
+  """:func:`align_images` for images that are already their face's crop box.
+
+  The host cuts each face's crop box (``geometry.square_box(box, config.box_scale)``) out of its
+  photo at ``m * crop_size`` pixels (:func:`dff_jax.alignment.runner.working_crop`, ``m = 2``);
+  here each is reduced to the crop by :func:`working_images_to_crops` and aligned. Jit this
+  (``config`` and ``describe`` static); differentiable as :func:`align_images`.
+
+  Args:
+    describe, alignment_model, params, config, remat, chunk: as :func:`align_images`.
+    work_images: ``[B, S, S, 3]`` uint8 or float32 in [0, 255], ``S = m * crop_size``.
+
+  Returns:
+    :class:`AlignmentResult` with a leading ``[B]`` axis in working-image pixels (crop box
+    ``[0, 0, S, S]``).
+  """
+  crops = working_images_to_crops(work_images, config.crop_size)
+  side = float(work_images.shape[1])
+  crop_boxes = jnp.broadcast_to(jnp.array([0.0, 0.0, side, side], jnp.float32),
+                                (work_images.shape[0], 4))
+  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk)
   return state_to_image(states, crop_boxes, config.crop_size, alignment_model)

@@ -8,13 +8,13 @@ lists, boxes files) is :mod:`dff_jax.alignment.streaming`; evaluation sets and t
 host**: its square crop box ``geometry.square_box(box, config.box_scale)`` (the frame the cascade
 works in) is resampled with Pillow's antialiasing bilinear filter to a *working image* of
 ``work_size = WORK_SCALE * crop_size`` pixels (area outside the image is black, as in
-:func:`dff_jax.sampling.crop_image`). The face box is mapped into that working image, so inside
-the jitted :func:`dff_jax.alignment.cascade.align_images` the crop box is the whole working image
-and its resampling to ``crop_size`` is an exact 2 x 2 mean. Every batch is then
-``[batch_size, work_size, work_size, 3]`` uint8 (the last one padded by repeating its last face),
-so the function compiles once per run whatever the image sizes. Results are mapped back from the
-working image to the original image pixels on the host (landmarks, crop box, pose scale and
-translation; the rotation and the shape coefficients do not change).
+:func:`dff_jax.sampling.crop_image`). Each working image is its face's crop box, so the jitted
+:func:`dff_jax.alignment.cascade.align_working_images` reduces it to the crop by an exact 2 x 2
+mean (what :func:`dff_jax.sampling.crop_image` reads there, without its gathers). Every batch is
+then ``[batch_size, work_size, work_size, 3]`` uint8 (the last one padded by repeating its last
+face), so the function compiles once per run whatever the image sizes. Results are mapped back
+from the working image to the original image pixels on the host (landmarks, crop box, pose scale
+and translation; the rotation and the shape coefficients do not change).
 
 **Face boxes.** ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel ``(i, j)`` centred
 at ``(j + 0.5, i + 0.5)``), the bounding box of the face's 68 landmarks, as the cascade was
@@ -204,25 +204,25 @@ class CompiledCascade:
     if self._jitted is None:
       describer, config = self.describer, self.config
 
-      def run(describer_params, alignment_model, params, images, boxes):
-        return cascade.align_images(lambda crops: describer.apply(describer_params, crops),
-                                    alignment_model, params, images, boxes, config)
+      def run(describer_params, alignment_model, params, images):
+        return cascade.align_working_images(
+            lambda crops: describer.apply(describer_params, crops), alignment_model, params,
+            images, config)
       self._jitted = jax.jit(run)
     size = self.work_size
     start = time.perf_counter()
     self._compiled[batch_size] = self._jitted.lower(
         self.describer.params, self.alignment_model, self.params,
-        jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
-        jax.ShapeDtypeStruct((batch_size, 4), jnp.float32)).compile()
+        jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8)).compile()
     self.compile_seconds[batch_size] = time.perf_counter() - start
     return self.compile_seconds[batch_size]
 
-  def dispatch(self, work_images: np.ndarray, work_boxes: np.ndarray) -> Any:
+  def dispatch(self, work_images: np.ndarray) -> Any:
     """Starts the jitted cascade on one batch and returns at once (JAX's asynchronous dispatch).
 
     Args:
-      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
-      work_boxes: ``[B, 4]`` float32 face boxes in working-image pixels.
+      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``: each face's crop box at the working
+        resolution (:func:`working_crop`).
 
     Returns:
       The device-side :class:`dff_jax.alignment.cascade.AlignmentResult` (not yet computed);
@@ -236,25 +236,23 @@ class CompiledCascade:
     batch_size = work_images.shape[0]
     self.compile(batch_size)
     return self._compiled[batch_size](self.describer.params, self.alignment_model, self.params,
-                                      jnp.asarray(work_images),
-                                      jnp.asarray(work_boxes, jnp.float32))
+                                      jnp.asarray(work_images))
 
   @staticmethod
   def fetch(result: Any) -> Dict[str, np.ndarray]:
     """Waits for a :meth:`dispatch` result; its fields as NumPy arrays (working frame)."""
     return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
 
-  def align_working(self, work_images: np.ndarray, work_boxes: np.ndarray) -> Dict[str, np.ndarray]:
+  def align_working(self, work_images: np.ndarray) -> Dict[str, np.ndarray]:
     """The jitted cascade on one batch of working images (:meth:`dispatch` + :meth:`fetch`).
 
     Args:
       work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
-      work_boxes: ``[B, 4]`` float32 face boxes in working-image pixels.
 
     Returns:
       :class:`dff_jax.alignment.cascade.AlignmentResult` fields as NumPy arrays (working frame).
     """
-    return self.fetch(self.dispatch(work_images, work_boxes))
+    return self.fetch(self.dispatch(work_images))
 
 
 _ALIGNER_CACHE: Dict[Tuple, CompiledCascade] = {}

@@ -107,7 +107,7 @@ def one_line(error: BaseException) -> str:
 def _prepare(aligner: CompiledCascade, job: Job, detect=None):
   """Loads a job and cuts the working crop of each of its faces.
 
-  Returns ``(loaded, [(box, score, work_image, crop_box, work_box), ...])``."""
+  Returns ``(loaded, [(box, score, work_image, crop_box), ...])``."""
   loaded = job.load()
   image = np.asarray(loaded.image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -117,8 +117,8 @@ def _prepare(aligner: CompiledCascade, job: Job, detect=None):
                              loaded.scores, detect)
   entries = []
   for box, score in zip(boxes, scores):
-    work_image, crop_box, work_box = working_crop(image, box, aligner.config, aligner.work_size)
-    entries.append((box, score, work_image, crop_box, work_box))
+    work_image, crop_box, _ = working_crop(image, box, aligner.config, aligner.work_size)
+    entries.append((box, score, work_image, crop_box))
   return loaded, entries
 
 
@@ -275,15 +275,13 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
       stats.in_memory -= 1
 
   def dispatch(entries):
-    """``entries``: ``(record, index, box, score, work_image, crop_box, work_box)`` per face."""
+    """``entries``: ``(record, index, box, score, work_image, crop_box)`` per face."""
     images = np.stack([e[4] for e in entries])
-    boxes = np.stack([e[6] for e in entries])
     count = len(entries)
     if count < batch_size:
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, 0)])
-      boxes = np.concatenate([boxes, np.repeat(boxes[-1:], batch_size - count, 0)])
     start = time.perf_counter()
-    result = aligner.dispatch(images, boxes)
+    result = aligner.dispatch(images)
     stats.align_s += time.perf_counter() - start
     stats.batches += 1
     return [e[:4] + (e[5],) for e in entries], result
@@ -337,8 +335,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
         continue
       record = _Record(job=job, loaded=loaded, faces=[None] * len(entries),
                        remaining=len(entries))
-      for index, (box, score, work_image, crop_box, work_box) in enumerate(entries):
-        pending.append((record, index, box, score, work_image, crop_box, work_box))
+      for index, (box, score, work_image, crop_box) in enumerate(entries):
+        pending.append((record, index, box, score, work_image, crop_box))
         if len(pending) == batch_size:
           started = dispatch(pending)
           pending = []

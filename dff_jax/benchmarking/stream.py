@@ -264,30 +264,25 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  crops, work_boxes = [], []
+  crops = []
   for path in paths:
     image = image_io.read_image(path)
     box = runner.check_box(boxes[path], *image.shape[:2], where=str(path))
-    work, _, work_box = runner.working_crop(image, box, aligner.config, aligner.work_size)
-    crops.append(work)
-    work_boxes.append(work_box)
+    crops.append(runner.working_crop(image, box, aligner.config, aligner.work_size)[0])
   prepare_s = time.perf_counter() - start
   batches = []
   for first in range(0, len(crops), batch_size):
     images = np.stack(crops[first:first + batch_size])
-    batch_boxes = np.stack(work_boxes[first:first + batch_size])
     if len(images) < batch_size:
-      extra = batch_size - len(images)
-      images = np.concatenate([images, np.repeat(images[-1:], extra, 0)])
-      batch_boxes = np.concatenate([batch_boxes, np.repeat(batch_boxes[-1:], extra, 0)])
-    batches.append((images, batch_boxes))
-  del crops, work_boxes
-  aligner.align_working(*batches[0])  # warm-up
+      images = np.concatenate([images, np.repeat(images[-1:], batch_size - len(images), 0)])
+    batches.append(images)
+  del crops
+  aligner.align_working(batches[0])  # warm-up
   steps = []
   start, cpu_start = time.perf_counter(), time.process_time()
-  for images, batch_boxes in batches:
+  for images in batches:
     step_start = time.perf_counter()
-    aligner.align_working(images, batch_boxes)  # Returns host arrays: the device has finished.
+    aligner.align_working(images)  # Returns host arrays: the device has finished.
     steps.append(time.perf_counter() - step_start)
   wall_s = time.perf_counter() - start
   cpu_s = time.process_time() - cpu_start

@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
   """Writes ``data`` to ``path`` atomically (creating the parent folder); returns the Path.
 
-  The file gets the mode of the file it replaces, or ``rw-r--r--``.
+  The file gets the mode of the file it replaces, or ``rw-r--r--``. Readers see the old file or
+  the whole new one, never a part (a temporary file renamed over it). ``durable`` also flushes the
+  data to the disk before the rename (``fsync``: the file survives a power cut); per-image outputs
+  of a large run skip it (``False``), where it cost 0.45 ms of CPU and 3.5 ms of waiting per file
+  on the 2-core machine.
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +35,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
   try:
     with os.fdopen(handle, "wb") as stream:
       stream.write(data)
-      stream.flush()
-      os.fsync(stream.fileno())
+      if durable:
+        stream.flush()
+        os.fsync(stream.fileno())
     os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644)
     os.replace(temporary, path)
   except BaseException:
@@ -44,9 +49,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
   return path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-  """UTF-8 text, atomically."""
-  return write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
+  """UTF-8 text, atomically (see :func:`write_bytes_atomic`)."""
+  return write_bytes_atomic(path, text.encode("utf-8"), durable)
 
 
 def json_safe(value: Any) -> Any:
@@ -64,9 +69,10 @@ def json_safe(value: Any) -> Any:
   return value
 
 
-def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
-  """A JSON document (see :func:`json_safe`), indented, atomically."""
-  return write_text_atomic(path, json.dumps(json_safe(document), indent=1) + "\n")
+def write_json_atomic(path: str | os.PathLike, document: Any, durable: bool = True) -> Path:
+  """A JSON document (see :func:`json_safe`), indented, atomically (see
+  :func:`write_bytes_atomic`)."""
+  return write_text_atomic(path, json.dumps(json_safe(document), indent=1) + "\n", durable)
 
 
 def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:

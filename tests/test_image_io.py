@@ -188,3 +188,20 @@ def test_write_png_atomic_rejects_bad_input(tmp_path):
 def test_image_io_does_not_import_jax():
   code = "import sys, dff_jax.image_io; assert 'jax' not in sys.modules, 'jax imported'"
   subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_atomic_writes_sync_to_disk_only_when_durable(tmp_path, monkeypatch):
+  """``durable=True`` (default) fsyncs the data once before the rename, ``durable=False`` never;
+  both leave exactly the written bytes and no temporary file."""
+  from dff_jax import file_io  # pylint: disable=g-import-not-at-top
+  synced = []
+  real_fsync = os.fsync
+  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+  file_io.write_json_atomic(tmp_path / "a.json", {"x": [1, 2]})
+  assert len(synced) == 1
+  file_io.write_json_atomic(tmp_path / "b.json", {"x": [1, 2]}, durable=False)
+  file_io.write_bytes_atomic(tmp_path / "c.bin", b"\x00\x01", durable=False)
+  assert len(synced) == 1
+  assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
+  assert (tmp_path / "c.bin").read_bytes() == b"\x00\x01"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.bin"]

@@ -135,8 +135,9 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
       if overlay:
         picture = draw.render_faces_overlay(outcome.loaded.image, outcome.faces,
                                             aligner.face_model, outline)
-        file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture))
-      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document)
+        file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture),
+                                   durable=False)
+      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document, durable=False)
     except OSError as error:
       return f"{outcome.job.name}: cannot write outputs ({streaming.one_line(error)})"
     finally:

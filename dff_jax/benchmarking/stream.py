@@ -21,6 +21,10 @@ installed), one record per measurement, ``what = "align_stream"``:
 * ``mode = "jitted_call"``: the aligner's compiled cascade alone on the same batches of
   ``batch_size`` working images, already decoded and cropped in memory (the last batch
   padded): the ceiling for the streaming run.
+* ``mode = "jitted_call_describe_all_first"``: the same batches through the previous layout of
+  the call (:func:`describe_all_first`: sampled crops, every crop described before the cascade
+  starts), timed in turns with ``jitted_call`` (median of ``passes``); ``ratio_to_jitted_call``
+  is its faces/s over the current call's.
 * ``mode = "end_to_end"`` (once per ``overlays`` value):
   :func:`dff_jax.alignment.files.align_files` on the images with the boxes file: decoding in
   ``workers`` threads, the jitted batches, JSON (and overlay PNG) writing in ``writers``
@@ -258,39 +262,89 @@ def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
         "too: pass --cascade=FILE (and --features=sift for a SIFT cascade)") from None
 
 
+def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
+  """The previous layout of the jitted call, for comparison (``mode =
+  "jitted_call_describe_all_first"``): crops read from the working images by bilinear sampling
+  (:func:`dff_jax.sampling.crop_image`), every crop of the batch described (8 at a time) before
+  the cascade runs on all of them. Same results as the aligner's call within float rounding.
+
+  Returns:
+    ``(work_images [B, S, S, 3] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dff_jax import geometry, sampling  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+  describer, config = aligner.describer, aligner.config
+
+  @jax.jit
+  def run(describer_params, alignment_model, params, images, boxes):
+    crop_boxes = geometry.square_box(boxes, config.box_scale)
+    crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
+        jnp.asarray(images, jnp.float32), crop_boxes)
+    fields = cascade.map_in_chunks(lambda c: describer.apply(describer_params, c), crops, 8)
+    states = cascade.align_crops(alignment_model, params, fields, config)
+    return cascade.state_to_image(states, crop_boxes, config.crop_size, alignment_model)
+
+  def call(images, boxes):
+    return aligner.fetch(run(describer.params, aligner.alignment_model, aligner.params,
+                             jnp.asarray(images), jnp.asarray(boxes, jnp.float32)))
+  return call
+
+
 def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
-                 batch_size: int) -> Dict[str, Any]:
-  """The compiled cascade alone on batches of images decoded and cropped beforehand."""
+                 batch_size: int, passes: int = 3) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """The compiled cascade alone on batches of images decoded and cropped beforehand, and the
+  previous layout (:func:`describe_all_first`) on the same batches, the two timed in turns
+  (``passes`` times each over all batches; the median pass counts), so that both see the same
+  machine. Returns the two records' fields."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  crops = []
+  crops, work_boxes = [], []
   for path in paths:
     image = image_io.read_image(path)
     box = runner.check_box(boxes[path], *image.shape[:2], where=str(path))
-    crops.append(runner.working_crop(image, box, aligner.config, aligner.work_size)[0])
+    work, _, work_box = runner.working_crop(image, box, aligner.config, aligner.work_size)
+    crops.append(work)
+    work_boxes.append(work_box)
   prepare_s = time.perf_counter() - start
   batches = []
   for first in range(0, len(crops), batch_size):
     images = np.stack(crops[first:first + batch_size])
+    batch_boxes = np.stack(work_boxes[first:first + batch_size])
     if len(images) < batch_size:
-      images = np.concatenate([images, np.repeat(images[-1:], batch_size - len(images), 0)])
-    batches.append(images)
-  del crops
-  aligner.align_working(batches[0])  # warm-up
-  steps = []
-  start, cpu_start = time.perf_counter(), time.process_time()
-  for images in batches:
-    step_start = time.perf_counter()
-    aligner.align_working(images)  # Returns host arrays: the device has finished.
-    steps.append(time.perf_counter() - step_start)
-  wall_s = time.perf_counter() - start
-  cpu_s = time.process_time() - cpu_start
-  rate = len(paths) / wall_s
-  return {"mode": "jitted_call", "items_per_second": round(rate, 2),
-          "ms_per_item": round(1e3 / rate, 3), "wall_s": round(wall_s, 3),
-          "cpu_s": round(cpu_s, 3), "items_per_cpu_second": round(len(paths) / cpu_s, 2),
-          "step_s": round(statistics.median(steps), 4), "prepare_s": round(prepare_s, 3)}
+      extra = batch_size - len(images)
+      images = np.concatenate([images, np.repeat(images[-1:], extra, 0)])
+      batch_boxes = np.concatenate([batch_boxes, np.repeat(batch_boxes[-1:], extra, 0)])
+    batches.append((images, batch_boxes))
+  del crops, work_boxes
+  previous = describe_all_first(aligner)
+  calls = {"jitted_call": lambda images, _: aligner.align_working(images),
+           "jitted_call_describe_all_first": previous}
+  timings: Dict[str, List[Tuple[float, float, List[float]]]] = {name: [] for name in calls}
+  for name, call in calls.items():
+    call(*batches[0])  # warm-up (compiles)
+  for _ in range(max(1, int(passes))):
+    for name, call in calls.items():
+      steps = []
+      start, cpu_start = time.perf_counter(), time.process_time()
+      for images, batch_boxes in batches:
+        step_start = time.perf_counter()
+        call(images, batch_boxes)  # Returns host arrays: the device has finished.
+        steps.append(time.perf_counter() - step_start)
+      timings[name].append((time.perf_counter() - start, time.process_time() - cpu_start, steps))
+  out = []
+  for name in calls:
+    wall_s, cpu_s, steps = sorted(timings[name], key=lambda t: t[0])[len(timings[name]) // 2]
+    rate = len(paths) / wall_s
+    out.append({"mode": name, "items_per_second": round(rate, 2),
+                "ms_per_item": round(1e3 / rate, 3), "wall_s": round(wall_s, 3),
+                "cpu_s": round(cpu_s, 3), "items_per_cpu_second": round(len(paths) / cpu_s, 2),
+                "step_s": round(statistics.median(steps), 4), "prepare_s": round(prepare_s, 3),
+                "passes": max(1, int(passes))})
+  out[1]["ratio_to_jitted_call"] = round(out[1]["items_per_second"] / out[0]["items_per_second"], 3)
+  return out[0], out[1]
 
 
 def dlib_predictor_record(paths: Sequence[Path], boxes: Dict[Path, List[float]],
@@ -390,9 +444,10 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               "compile_s": round(compile_s, 2)}
 
     # 1. The jitted call alone on the same batches, images decoded and cropped beforehand.
-    jitted = _jitted_call(aligner, paths, boxes, batch_size)
-    yield {**common, **jitted, "maxrss_mb": round(benchmarking.maxrss_mb(), 1),
-           "loadavg": benchmarking.loadavg()}
+    jitted, previous = _jitted_call(aligner, paths, boxes, batch_size)
+    for record in (jitted, previous):
+      yield {**common, **record, "maxrss_mb": round(benchmarking.maxrss_mb(), 1),
+             "loadavg": benchmarking.loadavg()}
     jitted_rate = len(paths) / jitted["wall_s"]
     jitted_cpu_rate = len(paths) / jitted["cpu_s"]
 

@@ -625,9 +625,9 @@ def working_images_to_crops(work_images: Array, crop_size: int) -> Array:
   # crop_image's bilinear gathers) ran tens of times slower (measured ad hoc while profiling).
   blocks = jnp.asarray(work_images, jnp.float32).reshape(
       batch, crop_size, factor, crop_size, factor * channels)
-  rows = sum(blocks[:, :, a] for a in range(1, factor)) + blocks[:, :, 0]
-  summed = sum(rows[..., b * channels:(b + 1) * channels] for b in range(1, factor))
-  return (summed + rows[..., :channels]) / float(factor * factor)
+  rows = sum(blocks[:, :, a] for a in range(factor))  # [B, crop, crop, factor * C]
+  summed = sum(rows[..., b * channels:(b + 1) * channels] for b in range(factor))
+  return summed / float(factor * factor)
 
 
 def align_working_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,

@@ -20,12 +20,13 @@ identity and expression coefficients, landmark visibility. One stage (``paper.md
 Everything runs in the **crop frame**: a square ``crop_size`` image cut from the face box
 (:func:`dff_jax.geometry.square_box`), points ``(x, y)`` in crop pixels with pixel ``(i, j)``
 centred at ``(j + 0.5, i + 0.5)``. :func:`align_images` crops, runs the encoder and the cascade
-and maps the results back to image pixels inside one jitted function.
+and maps the results back to image pixels inside one jitted function; :func:`align_working_images`
+does the same for images that already are their face's crop box (the runner's working images).
 
 The stage parameters are stacked on a leading axis ``K`` (``CascadeParams``), so the cascade is a
 ``lax.scan``; one face is a pure function, and batches are ``vmap`` of it.
 
-Length: about 650 lines, kept in one module on purpose: the model precomputation, the five steps
+Length: about 670 lines, kept in one module on purpose: the model precomputation, the five steps
 of a stage, the scan and the crop / uncrop around it are one algorithm whose pieces are read
 together (the multi-view cascade, ridge training and fine-tuning call into each of them).
 """
@@ -597,12 +598,27 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
   Returns:
     :class:`AlignmentResult` with a leading ``[B]`` axis.
   """
-  crop_boxes = geometry.square_box(jnp.asarray(boxes_xyxy, jnp.float32), config.box_scale)
-  images = jnp.asarray(images, jnp.float32)
-  crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
-      images, crop_boxes)
+  crops, crop_boxes = crop_faces(images, boxes_xyxy, config)
   states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk)
   return state_to_image(states, crop_boxes, config.crop_size, alignment_model)
+
+
+def crop_faces(images: Array, boxes_xyxy: Array, config: CascadeConfig) -> Tuple[Array, Array]:
+  """Each face's square crop box, resampled to the crop.
+
+  Args:
+    images: ``[B, H, W, 3]`` float32 or uint8 (one size for the batch).
+    boxes_xyxy: ``[B, 4]`` face boxes ``(x0, y0, x1, y1)``, image pixels.
+    config: ``box_scale`` and ``crop_size``.
+
+  Returns:
+    ``(crops [B, crop, crop, 3] float32 in the images' value range, crop_boxes [B, 4] float32)``:
+    :func:`dff_jax.sampling.crop_image` of ``geometry.square_box(box, config.box_scale)``.
+  """
+  crop_boxes = geometry.square_box(jnp.asarray(boxes_xyxy, jnp.float32), config.box_scale)
+  crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
+      jnp.asarray(images, jnp.float32), crop_boxes)
+  return crops, crop_boxes
 
 
 def working_images_to_crops(work_images: Array, crop_size: int) -> Array:

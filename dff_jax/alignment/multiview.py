@@ -36,8 +36,6 @@ import jax
 import jax.numpy as jnp
 
 from dff_jax import descriptor_fields
-from dff_jax import geometry
-from dff_jax import sampling
 from dff_jax.alignment import cascade
 from dff_jax.alignment import fitting
 from dff_jax.face_model import jax_support  # noqa: F401  (FaceModel pytree)
@@ -304,10 +302,7 @@ def align_multiview_images(describe: Callable[[Array], Array], alignment_model: 
   Returns:
     :class:`dff_jax.alignment.cascade.AlignmentResult` with a leading ``[V]`` axis.
   """
-  crop_boxes = geometry.square_box(jnp.asarray(boxes_xyxy, jnp.float32), config.box_scale)
-  images = jnp.asarray(images, jnp.float32)
-  crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
-      images, crop_boxes)
+  crops, crop_boxes = cascade.crop_faces(images, boxes_xyxy, config)
   states, _ = run_multiview_cascade(alignment_model, params, describe(crops), config,
                                     share_expression, view_mask, prior_per_view=prior_per_view)
   return cascade.state_to_image(states, crop_boxes, config.crop_size, alignment_model)

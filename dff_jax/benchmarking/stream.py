@@ -273,15 +273,12 @@ def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from dff_jax import geometry, sampling  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   describer, config = aligner.describer, aligner.config
 
   @jax.jit
   def run(describer_params, alignment_model, params, images, boxes):
-    crop_boxes = geometry.square_box(boxes, config.box_scale)
-    crops = jax.vmap(lambda image, box: sampling.crop_image(image, box, config.crop_size))(
-        jnp.asarray(images, jnp.float32), crop_boxes)
+    crops, crop_boxes = cascade.crop_faces(images, boxes, config)
     fields = cascade.map_in_chunks(lambda c: describer.apply(describer_params, c), crops, 8)
     states = cascade.align_crops(alignment_model, params, fields, config)
     return cascade.state_to_image(states, crop_boxes, config.crop_size, alignment_model)

@@ -6,8 +6,8 @@ Command (from the repository root, needs ../shared/face_models/ict/ict_face_ligh
 
 What it does (deterministic; re-running gives the same file):
   1. ``load_face_model("ict")``: cm -> mm, 53 ARKit blendshapes with prior std 0.3, contour
-     candidates (``dff_jax.face_model.contour``) and the per-region albedo model
-     (``dff_jax.face_model.albedo``, seed 0).
+     candidates and the 3D-convention jaw on ICT's jawline (``dff_jax.face_model.contour``) and
+     the per-region albedo model (``dff_jax.face_model.albedo``, seed 0).
   2. Keeps the identity modes with the largest energy, ``--num_identity`` of them (60 by default:
      99 % of the identity variance of the 100 ICT modes), ordered by decreasing energy; they are
      already scaled so coefficients are ~N(0, 1).

@@ -107,6 +107,7 @@ def main(argv):
       return
     if not FLAGS.data_dir:
       raise ValueError("--data_dir is required (an AFLW2000-3D folder)")
+    from dff_jax import provenance  # pylint: disable=g-import-not-at-top
     from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
     aligner = runner.load_aligner(runner.resolve_aligner(FLAGS.cascade, None, FLAGS.checkpoint))
     num_face_free = FLAGS.num_face_free
@@ -117,6 +118,9 @@ def main(argv):
         upsample=FLAGS.upsample if table is None else None,
         data_dir=FLAGS.data_dir, cascade=str(aligner.spec.cascade_path),
         cascade_sha256=hashlib.sha256(Path(aligner.spec.cascade_path).read_bytes()).hexdigest(),
+        models=provenance.model_files({
+            "cascade": aligner.spec.cascade_path, "encoder": aligner.describer.source,
+            "face_model": provenance.face_model_path(aligner.spec.face_model)}),
         command=" ".join(["python -m experiments.eval_detection"] + sys.argv[1:]))
     summary.update(evaluation.evaluate_detection(
         FLAGS.data_dir, detect, aligner, num_images=FLAGS.num_images,

@@ -579,6 +579,7 @@ def _sphere_model(radius=60.0, rings=24, segments=48, skin_below_z=None):
       identity_basis=np.zeros((1, num, 3), np.float32),
       expression_basis=np.zeros((1, num, 3), np.float32), expression_std=np.ones(1, np.float32),
       triangles=triangles, vertex_part=part, landmark_vertex_ids=landmarks,
+      landmark_3d_vertex_ids=landmarks,
       contour_candidates=candidates, albedo_mean=np.full((num, 3), 0.5, np.float32),
       albedo_basis=np.zeros((1, num, 3), np.float32), name="sphere", expression_names=("e",))
 

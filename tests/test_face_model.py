@@ -41,7 +41,8 @@ def _tiny_model(rng, num_vertices=24, ki=3, ke=2, ka=2):
       expression_std=np.full(ke, 0.3, np.float32),
       triangles=rng.integers(0, num_vertices, (30, 3)).astype(np.int32),
       vertex_part=rng.integers(0, 5, num_vertices).astype(np.int32),
-      landmark_vertex_ids=landmarks, contour_candidates=candidates,
+      landmark_vertex_ids=landmarks, landmark_3d_vertex_ids=landmarks[::-1].copy(),
+      contour_candidates=candidates,
       albedo_mean=rng.uniform(0, 1, (num_vertices, 3)).astype(np.float32),
       albedo_basis=rng.normal(0, 0.05, (ka, num_vertices, 3)).astype(np.float32),
       name="tiny", expression_names=tuple(f"e{k}" for k in range(ke)))
@@ -205,6 +206,10 @@ def test_bfm_loader_tiny_fixture(tmp_path, default):
   if np.all(given >= 0):
     explicit = loaders.load_face_model(path, landmark_vertex_ids=given)
     np.testing.assert_array_equal(explicit.landmark_vertex_ids, given)
+    # BFM's own ids are its fixed vertices: the 3D convention too.
+    np.testing.assert_array_equal(explicit.landmark_3d_vertex_ids, given)
+  # Transferred, the 3D convention differs from the frontal one on the jaw only.
+  np.testing.assert_array_equal(bfm.landmark_3d_vertex_ids[17:], bfm.landmark_vertex_ids[17:])
 
 
 def test_bfm_loader_rejects_bad_shapes(tmp_path, default):
@@ -226,6 +231,81 @@ def test_own_layout_round_trip(tmp_path):
   compact = loaders.load_face_model(loaders.save_face_model(model, tmp_path / "c.npz", True))
   assert compact.identity_basis.dtype == np.float32
   np.testing.assert_allclose(compact.identity_basis, model.identity_basis, rtol=2e-3, atol=2e-3)
+
+
+def test_file_of_our_layout_without_3d_landmarks_uses_the_frontal_ones(tmp_path):
+  """Files saved before the 3D-convention landmarks existed still load: their 3D landmarks are
+  the frontal ones."""
+  model = _tiny_model(np.random.default_rng(1))
+  path = loaders.save_face_model(model, tmp_path / "tiny.npz")
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files if k != "landmark_3d_vertex_ids"}
+  np.savez(tmp_path / "old.npz", **arrays)
+  old = loaders.load_face_model(tmp_path / "old.npz")
+  np.testing.assert_array_equal(old.landmark_3d_vertex_ids, model.landmark_vertex_ids)
+  bad = dict(arrays, landmark_3d_vertex_ids=np.full(68, 10_000, np.int32))
+  np.savez(tmp_path / "bad.npz", **bad)
+  with pytest.raises(ValueError, match="bad.npz.*landmark_3d_vertex_ids must hold vertex ids"):
+    loaders.load_face_model(tmp_path / "bad.npz")
+
+
+def test_jaw_line_at_landmark_heights_planted():
+  """Planted: a vertical jaw line 30 mm behind the frontal jaw on each side, with skin vertices
+  every 5 mm of height on it; each jaw landmark takes the line's vertex at its own height, one the
+  line does not reach (above its top) and the chin keep their frontal vertices."""
+  heights = np.arange(40.0, -41.0, -5.0)                              # 17 heights, top down
+  line_right = np.stack([np.full(17, -70.0), heights, np.full(17, 20.0)], 1)
+  line_left = line_right * np.array([-1.0, 1.0, 1.0])
+  jaw_heights = np.array([55.0, 30.0, 20.0, 10.0, 0.0, -10.0, -20.0, -30.0])  # rows 0..7
+  frontal_right = np.stack([np.full(8, -72.0), jaw_heights, np.full(8, 50.0)], 1)
+  frontal_left = frontal_right[::-1] * np.array([-1.0, 1.0, 1.0])     # rows 9..16
+  chin = np.array([[0.0, -75.0, 100.0]])
+  vertices = np.concatenate([line_right, line_left, frontal_right, chin, frontal_left])
+  # Decoy skin vertices 3 mm off the line (never nearer than the line's own vertices).
+  decoys = line_right[::2] + np.array([0.0, 2.5, 3.0])
+  vertices = np.concatenate([vertices, decoys])
+  jaw_ids = np.arange(34, 51)
+  line_r, line_l = np.arange(0, 17), np.arange(17, 34)
+  snap = np.concatenate([line_r, line_l, np.arange(51, 51 + len(decoys))])
+  got = contour.jaw_line_at_landmark_heights(vertices, snap, line_r, line_l, jaw_ids)
+  assert got.dtype == np.int32 and got.shape == (17,)
+  assert got[0] == jaw_ids[0] and got[8] == jaw_ids[8] and got[16] == jaw_ids[16]  # not reached
+  for row in list(range(1, 8)) + list(range(9, 16)):
+    line = line_r if row < 8 else line_l
+    expected = line[np.flatnonzero(heights == vertices[jaw_ids[row], 1])[0]]
+    assert got[row] == expected, row
+  # Between two line vertices: the interpolated point snaps to the nearer one.
+  vertices_mid = vertices.copy()
+  vertices_mid[jaw_ids[3], 1] = 11.0                                  # 1 mm above 10
+  got = contour.jaw_line_at_landmark_heights(vertices_mid, snap, line_r, line_l, jaw_ids)
+  assert got[3] == line_r[np.flatnonzero(heights == 10.0)[0]]
+
+
+def test_default_3d_jaw_lies_on_the_ict_jawline_at_the_frontal_heights(default):
+  """The shipped 3D-convention landmarks: the 51 inner points and the chin are the frontal
+  ones; every other jaw point keeps its frontal height (within the mesh spacing) and sits on
+  ICT's extended jawline, behind the frontal (silhouette) vertex at ear level."""
+  frontal = np.asarray(default.landmark_vertex_ids)
+  jaw3d = np.asarray(default.landmark_3d_vertex_ids)
+  np.testing.assert_array_equal(jaw3d[17:], frontal[17:])
+  assert jaw3d[8] == frontal[8]
+  v = np.asarray(default.mean_vertices, np.float64)
+  moved = [j for j in range(17) if j != 8]
+  assert np.abs(v[jaw3d[moved], 1] - v[frontal[moved], 1]).max() < 3.5
+  for rows in (range(0, 5), range(12, 17)):   # ear level to the jaw's angle
+    depth = v[frontal[list(rows)], 2] - v[jaw3d[list(rows)], 2]
+    assert depth.min() > 5.0, depth
+  if ICT_NPZ.exists():
+    with np.load(ICT_NPZ) as ict:
+      lines = [ict["right_contour_vertex_ids"], ict["left_contour_vertex_ids"]]
+    for rows, line in ((range(0, 8), lines[0]), (range(9, 17), lines[1])):
+      points = v[line]
+      segments = [(points[k], points[k + 1]) for k in range(len(points) - 1)]
+      for j in rows:
+        p = v[jaw3d[j]]
+        distance = min(np.linalg.norm(p - (a + np.clip(np.dot(p - a, b - a) / np.dot(b - a, b - a),
+                                                         0, 1) * (b - a))) for a, b in segments)
+        assert distance < 2.5, (j, distance)
 
 
 def test_missing_file_error(tmp_path):
@@ -519,7 +599,7 @@ def test_pytree_registration_in_a_fresh_process():
       "m.register_pytree(); m.register_pytree()\n"
       "face = loaders.default_face_model()\n"
       "leaves, treedef = jax.tree_util.tree_flatten(face)\n"
-      "assert len(leaves) == len(m.DATA_FIELDS) == 10, len(leaves)\n"
+      "assert len(leaves) == len(m.DATA_FIELDS) == 11, len(leaves)\n"
       "back = jax.tree_util.tree_unflatten(treedef, leaves)\n"
       "assert back.name == face.name and back.expression_names == face.expression_names\n"
       "total = jax.jit(lambda f: f.mean_vertices.sum())(face)\n"

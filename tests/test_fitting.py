@@ -32,15 +32,17 @@ def _full_model():
 
 @functools.lru_cache(maxsize=1)
 def _small_model():
-  """The default model cut to its landmark and contour-candidate vertices (ids remapped), 6
-  identity and 4 expression components: the same fitting problem, fast and well determined."""
+  """The default model cut to its landmark (both conventions) and contour-candidate vertices
+  (ids remapped), 6 identity and 4 expression components: the same fitting problem, fast and
+  well determined."""
   model = _full_model()
   names = tuple(model.expression_names)
   keep = [names.index(n) for n in _EXPRESSIONS if n in names]
   keep = keep or list(range(min(4, model.num_expression)))
   landmark_ids = np.asarray(model.landmark_vertex_ids)
   candidates = np.asarray(model.contour_candidates)
-  used, inverse = np.unique(np.concatenate([landmark_ids, candidates.reshape(-1)]),
+  used, inverse = np.unique(np.concatenate([landmark_ids, candidates.reshape(-1),
+                                            np.asarray(model.landmark_3d_vertex_ids)]),
                             return_inverse=True)
   return model.replace(
       mean_vertices=np.asarray(model.mean_vertices, np.float32)[used],
@@ -50,7 +52,8 @@ def _small_model():
       triangles=np.zeros((0, 3), np.int32),
       vertex_part=np.asarray(model.vertex_part)[used],
       landmark_vertex_ids=inverse[:68].astype(np.int32),
-      contour_candidates=inverse[68:].reshape(candidates.shape).astype(np.int32),
+      contour_candidates=inverse[68:-68].reshape(candidates.shape).astype(np.int32),
+      landmark_3d_vertex_ids=inverse[-68:].astype(np.int32),
       albedo_mean=np.asarray(model.albedo_mean, np.float32)[used],
       albedo_basis=np.asarray(model.albedo_basis, np.float32)[:, used],
       expression_names=tuple(names[i] for i in keep) if names else ())
@@ -115,12 +118,14 @@ def test_fit_shape_linear_under_known_pose(model):
   landmarks, truth = _synthesise(model, 20.0, "fixed", seed=2)
   rotation = geometry.euler_to_matrix(truth["pitch"], truth["yaw"], truth["roll"])
   shape, expression = fitting.fit_shape_linear(
-      model, landmarks, truth["scale"], rotation, truth["translation"], regularisation=1e-6)
+      model, landmarks, truth["scale"], rotation, truth["translation"], regularisation=1e-6,
+      vertex_ids=truth["ids"])
   np.testing.assert_allclose(shape, truth["shape"], atol=1e-2)
   np.testing.assert_allclose(expression, truth["expression"], atol=1e-2)
   # Strong regularisation pulls towards the prior mean (zero).
   shape_reg, _ = fitting.fit_shape_linear(
-      model, landmarks, truth["scale"], rotation, truth["translation"], regularisation=1e4)
+      model, landmarks, truth["scale"], rotation, truth["translation"], regularisation=1e4,
+      vertex_ids=truth["ids"])
   assert np.linalg.norm(shape_reg) < 0.5 * np.linalg.norm(truth["shape"])
 
 
@@ -268,7 +273,7 @@ def test_pose_and_shape_fits_broadcast_shared_and_batched_arguments(model):
   shape, expression = fitting.fit_shape_linear(
       model, landmarks, np.array([t["scale"] for t in truths]), rotations,
       np.stack([t["translation"] for t in truths]),
-      vertex_ids=np.asarray(model.landmark_vertex_ids), weights=np.ones(68, np.float32),
+      vertex_ids=np.asarray(model.landmark_3d_vertex_ids), weights=np.ones(68, np.float32),
       regularisation=1e-6)
   assert shape.shape == (2, model.num_identity)
   for k, truth in enumerate(truths):

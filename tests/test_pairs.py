@@ -101,6 +101,7 @@ def cube_face_model():
       expression_basis=np.zeros((0, n, 3), np.float32), expression_std=np.zeros(0, np.float32),
       triangles=tris.astype(np.int32), vertex_part=np.zeros(n, np.int32),
       landmark_vertex_ids=np.arange(68, dtype=np.int32) % n,
+      landmark_3d_vertex_ids=np.arange(68, dtype=np.int32) % n,
       contour_candidates=(np.arange(17, dtype=np.int32) % n)[:, None],
       albedo_mean=np.full((n, 3), 0.5, np.float32), albedo_basis=np.zeros((0, n, 3), np.float32),
       name="cube")

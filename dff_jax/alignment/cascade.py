@@ -89,7 +89,8 @@ class AlignmentModel:
     face_model: the 3DMM.
     normals: ``[V, 3]`` float32 smoothed unit vertex normals of the mean shape (model space).
     landmark_mean: ``[R, 3]`` float32 mean-shape positions (mm) of the R vertices that can be
-      landmarks (``landmark_vertex_ids`` and ``contour_candidates``), vertex-major copies made
+      landmarks (``landmark_vertex_ids``, ``landmark_3d_vertex_ids`` and
+      ``contour_candidates``), vertex-major copies made
       once so that a stage gathers 68 contiguous rows instead of strided basis columns.
     landmark_basis: ``[R, 3, Ki + Ke]`` float32 identity then expression basis of those vertices.
     row_of_vertex: ``[V]`` int32 row of each of those vertices in ``landmark_mean`` /
@@ -167,8 +168,8 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
   """Precomputes (NumPy) the smoothed mean-shape vertex normals used for visibility.
 
   Every vertex gets its area-weighted normal averaged ``smoothing_rounds`` times with its mesh
-  neighbours. The vertices that can be landmarks (``landmark_vertex_ids`` and
-  ``contour_candidates``) then get a geometric smoothing instead: the normalised sum of the
+  neighbours. The vertices that can be landmarks (``landmark_vertex_ids``,
+  ``landmark_3d_vertex_ids`` and ``contour_candidates``) then get a geometric smoothing instead: the normalised sum of the
   area-weighted normals of all face / head vertices within a Gaussian window of
   ``smoothing_sigma_mm`` around them. Mesh-neighbour rounds smooth over a few millimetres only
   on a dense mesh (ICT: ~1 mm spacing), and the eye landmarks sit on the eyelid margins, whose
@@ -186,9 +187,11 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
   """
   vertices = np.asarray(model.mean_vertices, np.float64)
   triangles = np.asarray(model.triangles)
-  # The vertices that can be landmarks: the frontal 68 and every jaw contour candidate.
+  # The vertices that can be landmarks: the frontal 68, every jaw contour candidate and the
+  # 3D-convention jaw.
   ids = np.unique(np.concatenate([np.asarray(model.landmark_vertex_ids).ravel(),
-                                  np.asarray(model.contour_candidates).ravel()]))
+                                  np.asarray(model.contour_candidates).ravel(),
+                                  np.asarray(model.landmark_3d_vertex_ids).ravel()]))
   normals = vertex_normals(vertices, triangles)
   for _ in range(smoothing_rounds):
     summed = np.zeros_like(normals)
@@ -460,9 +463,10 @@ class AlignmentResult:
   Attributes:
     landmarks_px: ``[B, 68, 2]`` float32 image points (x, y); the jaw (0-16) follows the
       silhouette of the turned face (300-W "visible outline" convention).
-    landmarks_3d_px: ``[B, 68, 2]`` float32 image points of the 68 fixed landmark vertices of the
-      fitted shape under the fitted pose, hidden ones included (AFLW2000-3D "3D jaw line"
-      convention; equal to ``landmarks_px`` except on the jaw of turned faces).
+    landmarks_3d_px: ``[B, 68, 2]`` float32 image points of the 68 fixed vertices of the 3D
+      convention (``landmark_3d_vertex_ids``) of the fitted shape under the fitted pose, hidden
+      ones included (AFLW2000-3D: the jaw on the jaw line, which a turned face shows from the
+      side; the other 51 points equal ``landmarks_px``).
     visibility: ``[B, 68]`` float32 0/1.
     pitch_rad, yaw_rad, roll_rad: ``[B]`` float32.
     scale: ``[B]`` float32 image pixels per mm.
@@ -485,11 +489,12 @@ class AlignmentResult:
 
 def fixed_landmarks(alignment_model: AlignmentModel, pose: Array, shape_coefficients: Array,
                     expression_coefficients: Array) -> Array:
-  """``[68, 2]`` the model's 68 fixed (frontal) landmark vertices of the given shape projected
-  under ``pose [6]`` (same frame as the pose), hidden ones included: the 3D-jaw convention."""
+  """``[68, 2]`` the model's 68 fixed landmark vertices of the 3D convention
+  (``landmark_3d_vertex_ids``: the jaw on the model's jaw line) of the given shape projected
+  under ``pose [6]`` (same frame as the pose), hidden ones included."""
   model = alignment_model.face_model
   rotation = pose_rotation(pose)
-  vertex_ids = jnp.asarray(model.landmark_vertex_ids, jnp.int32)
+  vertex_ids = jnp.asarray(model.landmark_3d_vertex_ids, jnp.int32)
   mean, basis = landmark_rows(alignment_model, vertex_ids)
   coefficients = jnp.concatenate([shape_coefficients, expression_coefficients])
   points = mean + jnp.einsum("njk,k->nj", basis, coefficients, precision="highest")

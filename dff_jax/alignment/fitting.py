@@ -329,7 +329,7 @@ def select_landmark_vertex_ids(model: FaceModel, contour: str, coefficients: Arr
                                landmarks_px: Array) -> Array:
   """The 68 landmark vertices for one face, with the jaw re-selected by ``contour``.
 
-  * ``"fixed"``: the model's frontal ``landmark_vertex_ids`` (right for projected 3D landmark
+  * ``"fixed"``: the model's ``landmark_3d_vertex_ids`` (right for projected 3D landmark
     annotations such as AFLW2000-3D, whose jaw follows the 3D jaw line).
   * ``"silhouette"``: ``dff_jax.face_model.landmark_vertex_ids_for_pose`` for the current
     rotation and shape ("landmark marching": frontal positions on the side facing the camera, the
@@ -349,9 +349,9 @@ def select_landmark_vertex_ids(model: FaceModel, contour: str, coefficients: Arr
   Returns:
     ``[68]`` int32 vertex ids.
   """
-  ids = jnp.asarray(model.landmark_vertex_ids, jnp.int32)
   if contour == "fixed":
-    return ids
+    return jnp.asarray(model.landmark_3d_vertex_ids, jnp.int32)
+  ids = jnp.asarray(model.landmark_vertex_ids, jnp.int32)
   candidates = jnp.asarray(model.contour_candidates, jnp.int32)  # [17, M]
   if contour == "silhouette":
     flat = candidates.reshape(-1)
@@ -380,7 +380,8 @@ def select_landmark_vertex_ids(model: FaceModel, contour: str, coefficients: Arr
 def _fit_single(model, landmarks_px, weights, regularisation, num_iterations, contour):
   num_coefficients = model.num_identity + model.num_expression
   coefficients = jnp.zeros((num_coefficients,), jnp.float32)
-  frontal_ids = jnp.asarray(model.landmark_vertex_ids, jnp.int32)
+  frontal_ids = jnp.asarray(model.landmark_3d_vertex_ids if contour == "fixed"
+                            else model.landmark_vertex_ids, jnp.int32)
   # Initial pose from the mean face; the jaw correspondences are unknown until a pose exists
   # (eos fits the first pose without the contour), so they get weight 0 unless fixed.
   jaw = jnp.arange(NUM_LANDMARKS) < NUM_JAW

@@ -410,8 +410,10 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),
                            descriptor_source=aligner.describer.source,
-                           models=provenance.model_files({"cascade": aligner.spec.cascade_path,
-                                                          "encoder": aligner.describer.source}))
+                           models=provenance.model_files({
+                               "cascade": aligner.spec.cascade_path,
+                               "encoder": aligner.describer.source,
+                               "face_model": provenance.face_model_path(aligner.spec.face_model)}))
     curves.append((name, values))
     for n, value, yaw_deg in zip(common, values, yaw):
       records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))

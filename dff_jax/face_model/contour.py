@@ -159,6 +159,52 @@ def frontal_jaw_from_contour_polylines(vertices: np.ndarray, triangles: np.ndarr
   return np.asarray(right + [chin_vertex_id] + left[::-1], np.int32)
 
 
+def jaw_line_at_landmark_heights(vertices: np.ndarray, snap_ids: np.ndarray,
+                                 right_line_ids: np.ndarray, left_line_ids: np.ndarray,
+                                 jaw_vertex_ids: np.ndarray) -> np.ndarray:
+  """Jaw landmark vertices (iBUG 0..16) of the 3D convention: on a jaw line, at the heights of
+  the frontal jaw landmarks.
+
+  The frontal jaw vertices (``jaw_vertex_ids``) are where a 2D annotator marks the outline of a
+  frontal face: on the cheeks' yaw-0 silhouette, which at ear level lies in front of the
+  mandible. A 3D annotation (AFLW2000-3D: fixed vertices of a fitted 3DMM) keeps its jaw points on
+  the jaw itself, which a turned face shows from the side. The model's own jaw line (ICT-FaceKit's
+  "extended jawline", SFM's contour polylines: top to bottom, along the back of the jaw from the
+  ear to the chin) gives that path; each jaw landmark takes the point of its side's line at its
+  frontal vertex's height (model y; linear between the line's vertices, the first crossing from
+  the top), snapped to the nearest of ``snap_ids``. A landmark whose height the line does not
+  reach, and the chin (8), keep the frontal vertex.
+
+  Args:
+    vertices: ``[V, 3]`` float mean mesh (model space, mm; y up).
+    snap_ids: ``[S]`` int vertices a landmark may take (e.g. the skin of face and head).
+    right_line_ids, left_line_ids: ``[C]`` int jaw-line vertex ids of the subject's right (iBUG
+      0-7) and left (9-16) side, in order along the line (top to bottom or bottom to top).
+    jaw_vertex_ids: ``[17]`` int frontal jaw vertex ids.
+
+  Returns:
+    ``[17]`` int32 vertex ids.
+  """
+  v = np.asarray(vertices, np.float64)
+  snap_ids = np.asarray(snap_ids)
+  out = np.asarray(jaw_vertex_ids, np.int64).copy()
+  for rows, line_ids in ((range(0, 8), right_line_ids), (range(9, 17), left_line_ids)):
+    line = v[np.asarray(line_ids)]
+    if line[0, 1] < line[-1, 1]:   # ordered bottom to top (ICT's left line): turn it round
+      line = line[::-1]
+    for j in rows:
+      height = v[out[j], 1]
+      crossing = np.flatnonzero((line[:-1, 1] >= height) & (line[1:, 1] <= height))
+      if not crossing.size:
+        continue
+      k = crossing[0]
+      span = line[k, 1] - line[k + 1, 1]
+      w = (line[k, 1] - height) / span if span > 0 else 0.0
+      point = line[k] + w * (line[k + 1] - line[k])
+      out[j] = snap_ids[np.argmin(np.sum((v[snap_ids] - point) ** 2, axis=1))]
+  return out.astype(np.int32)
+
+
 def inner_mouth_corner(vertices: np.ndarray, outer_corner_id: int, mouth_centre: np.ndarray,
                        inset_mm: float = 4.0, exclude=()) -> int:
   """A vertex for an inner mouth corner (iBUG 60/64) when the model has none (SFM).

@@ -63,7 +63,11 @@ _SFM_KEYS = ("mean_vertices", "shape_basis", "shape_eigenvalues", "expression_ba
 _BFM_KEYS = ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV", "tl")
 _FLOAT_FIELDS = ("mean_vertices", "identity_basis", "expression_basis", "expression_std",
                  "albedo_mean", "albedo_basis")
-_INT_FIELDS = ("triangles", "vertex_part", "landmark_vertex_ids", "contour_candidates")
+_INT_FIELDS = ("triangles", "vertex_part", "landmark_vertex_ids", "landmark_3d_vertex_ids",
+               "contour_candidates")
+# Files of our layout written before the 3D-convention landmarks existed lack this key: their
+# 3D landmarks are the frontal ones.
+_OPTIONAL_FIELDS = ("landmark_3d_vertex_ids",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,8 +219,13 @@ def _check_shape(value: np.ndarray, shape, what: str, path: Path) -> None:
 def _finalise(path: Path, name: str, mean: np.ndarray, identity: np.ndarray,
               expression: np.ndarray, expression_std: np.ndarray, triangles: np.ndarray,
               vertex_part: np.ndarray, landmark_vertex_ids: np.ndarray,
-              expression_names, albedo=None, contour_candidates=None) -> FaceModel:
-  """Adds contour candidates and albedo where missing; casts dtypes."""
+              expression_names, albedo=None, contour_candidates=None,
+              jaw_lines=None, landmark_3d_vertex_ids=None) -> FaceModel:
+  """Adds contour candidates, 3D-convention landmarks and albedo where missing; casts dtypes.
+
+  ``jaw_lines``: optional ``(right_ids, left_ids)`` jaw-line vertex ids, in order, from
+  which the 3D-convention jaw is made (:func:`contour.jaw_line_at_landmark_heights`); without
+  them (and without ``landmark_3d_vertex_ids``) the 3D landmarks are the frontal ones."""
   for what, value in (("mean vertices", mean), ("identity basis", identity),
                       ("expression basis", expression)):
     if not np.all(np.isfinite(value)):
@@ -226,6 +235,12 @@ def _finalise(path: Path, name: str, mean: np.ndarray, identity: np.ndarray,
         mean, vertex_part, landmark_vertex_ids[:17])
   if albedo is None:
     albedo = build_albedo_model(mean, triangles, vertex_part, landmark_vertex_ids)
+  if landmark_3d_vertex_ids is None:
+    landmark_3d_vertex_ids = np.asarray(landmark_vertex_ids).copy()
+    if jaw_lines is not None:
+      skin = np.flatnonzero(np.isin(vertex_part, (model_lib.PART_FACE, model_lib.PART_HEAD_NECK)))
+      landmark_3d_vertex_ids[:17] = contour_lib.jaw_line_at_landmark_heights(
+          mean, skin, jaw_lines[0], jaw_lines[1], landmark_vertex_ids[:17])
   return FaceModel(
       mean_vertices=np.asarray(mean, np.float32),
       identity_basis=np.asarray(identity, np.float32),
@@ -234,6 +249,7 @@ def _finalise(path: Path, name: str, mean: np.ndarray, identity: np.ndarray,
       triangles=np.asarray(triangles, np.int32),
       vertex_part=np.asarray(vertex_part, np.int32),
       landmark_vertex_ids=np.asarray(landmark_vertex_ids, np.int32),
+      landmark_3d_vertex_ids=np.asarray(landmark_3d_vertex_ids, np.int32),
       contour_candidates=np.asarray(contour_candidates, np.int32),
       albedo_mean=np.asarray(albedo[0], np.float32),
       albedo_basis=np.asarray(albedo[1], np.float32),
@@ -242,7 +258,10 @@ def _finalise(path: Path, name: str, mean: np.ndarray, identity: np.ndarray,
 
 
 def _from_ours(arrays: dict, path: Path) -> FaceModel:
-  _require(arrays, model_lib.DATA_FIELDS + ("name", "expression_names"), path, "dff_jax (ours)")
+  _require(arrays, tuple(f for f in model_lib.DATA_FIELDS if f not in _OPTIONAL_FIELDS)
+           + ("name", "expression_names"), path, "dff_jax (ours)")
+  if "landmark_3d_vertex_ids" not in arrays:
+    arrays = dict(arrays, landmark_3d_vertex_ids=arrays["landmark_vertex_ids"])
   if int(arrays["format_version"]) != FORMAT_VERSION:
     raise ValueError(f"{path}: format_version {int(arrays['format_version'])} is not supported "
                      f"(this code reads {FORMAT_VERSION})")
@@ -272,7 +291,8 @@ def _from_ict(arrays: dict, path: Path) -> FaceModel:
       arrays["identity_modes"].astype(np.float32) * cm_to_mm,
       arrays["expression_modes"].astype(np.float32) * cm_to_mm,
       np.full(num_expression, ICT_EXPRESSION_STD), arrays["triangles"], arrays["vertex_part"],
-      arrays["landmark_vertex_ids"], arrays["expression_names"])
+      arrays["landmark_vertex_ids"], arrays["expression_names"],
+      jaw_lines=_jaw_lines(arrays, num_vertices, path))
 
 
 def _from_sfm(arrays: dict, path: Path) -> FaceModel:
@@ -296,7 +316,23 @@ def _from_sfm(arrays: dict, path: Path) -> FaceModel:
   num_expression = arrays["expression_basis"].shape[0]
   return _finalise(path, "sfm", mean, identity, arrays["expression_basis"],
                    np.full(num_expression, SFM_EXPRESSION_STD), arrays["triangles"], vertex_part,
-                   landmarks, arrays["expression_names"])
+                   landmarks, arrays["expression_names"],
+                   jaw_lines=_jaw_lines(arrays, num_vertices, path))
+
+
+def _jaw_lines(arrays: dict, num_vertices: int, path: Path):
+  """``(right, left)`` jaw-line vertex ids in order along the line (ICT's "extended jawline",
+  SFM's contour polylines) or ``None`` when the file has none."""
+  keys = ("right_contour_vertex_ids", "left_contour_vertex_ids")
+  if not all(key in arrays for key in keys):
+    return None
+  lines = []
+  for key in keys:
+    ids = np.asarray(arrays[key]).reshape(-1)
+    if ids.size < 2 or ids.min() < 0 or ids.max() >= num_vertices:
+      raise ValueError(f"{path}: {key} must hold at least 2 vertex ids in [0, {num_vertices})")
+    lines.append(ids)
+  return tuple(lines)
 
 
 def fill_sfm_landmarks(mean: np.ndarray, triangles: np.ndarray, landmark_vertex_ids: np.ndarray,
@@ -371,14 +407,21 @@ def _from_bfm(mat: dict, path: Path, landmark_vertex_ids: Optional[np.ndarray]) 
   albedo_mean = np.clip(tex_mu.reshape(num_vertices, 3) / 255.0, 0, 1)
   albedo_basis = (tex_pc * tex_ev[None, :]).T.reshape(-1, num_vertices, 3) / 255.0
   triangles = orient_triangles_front(mean, triangles)
+  # Given ids are BFM's own 68 fixed vertices (e.g. 3DDFA's), i.e. both conventions at once;
+  # transferred ones take each convention from the embedded default.
+  landmark_3d_vertex_ids = landmark_vertex_ids
   if landmark_vertex_ids is None:
-    landmark_vertex_ids = transfer_landmarks(default_face_model(), mean)
+    default = default_face_model()
+    landmark_vertex_ids, landmark_3d_vertex_ids = transfer_landmarks(
+        default, mean, vertex_ids=np.stack([default.landmark_vertex_ids,
+                                            default.landmark_3d_vertex_ids]))
   landmark_vertex_ids = np.asarray(landmark_vertex_ids)
   _check_shape(landmark_vertex_ids, (model_lib.NUM_LANDMARKS,), "landmark_vertex_ids", path)
   vertex_part = np.full(num_vertices, model_lib.PART_FACE, np.int32)
   return _finalise(path, "bfm2009", mean, identity.astype(np.float32),
                    np.zeros((0, num_vertices, 3), np.float32), np.zeros(0), triangles,
-                   vertex_part, landmark_vertex_ids, (), albedo=(albedo_mean, albedo_basis))
+                   vertex_part, landmark_vertex_ids, (), albedo=(albedo_mean, albedo_basis),
+                   landmark_3d_vertex_ids=np.asarray(landmark_3d_vertex_ids))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +444,8 @@ def orient_triangles_front(vertices: np.ndarray, triangles: np.ndarray) -> np.nd
 
 
 def transfer_landmarks(source: FaceModel, target_vertices: np.ndarray,
-                       iterations: int = 30) -> np.ndarray:
+                       iterations: int = 30, vertex_ids: Optional[np.ndarray] = None
+                       ) -> np.ndarray:
   """Transfers the 68 landmark vertices of ``source`` to another mesh of a face.
 
   Similarity ICP (Umeyama per iteration) of the source mean's face vertices within 80 mm of its
@@ -413,9 +457,11 @@ def transfer_landmarks(source: FaceModel, target_vertices: np.ndarray,
     source: model with landmarks (e.g. the embedded default).
     target_vertices: ``[V, 3]`` target mean mesh (mm).
     iterations: ICP iterations.
+    vertex_ids: ``[..., N]`` source vertex ids to transfer (default: its 68
+      ``landmark_vertex_ids``).
 
   Returns:
-    ``[68]`` int32 target vertex ids.
+    ``[..., N]`` (default ``[68]``) int32 target vertex ids.
   """
   from scipy.spatial import cKDTree  # pylint: disable=g-import-not-at-top
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
@@ -434,9 +480,12 @@ def transfer_landmarks(source: FaceModel, target_vertices: np.ndarray,
     inliers = distance < max(np.percentile(distance, 80), 1e-6)
     scale, rotation, translation = geometry.estimate_similarity(src[inliers],
                                                                 target[nearest[inliers]])
-  landmarks = geometry.apply_similarity(src_all[source.landmark_vertex_ids], scale, rotation,
-                                        translation)
-  return tree.query(landmarks)[1].astype(np.int32)
+  if vertex_ids is None:
+    vertex_ids = source.landmark_vertex_ids
+  vertex_ids = np.asarray(vertex_ids)
+  points = geometry.apply_similarity(src_all[vertex_ids.reshape(-1)], scale, rotation,
+                                     translation)
+  return tree.query(points)[1].astype(np.int32).reshape(vertex_ids.shape)
 
 
 def _validate(model: FaceModel, path: Path) -> None:
@@ -447,11 +496,13 @@ def _validate(model: FaceModel, path: Path) -> None:
       ("expression_basis", (None, v, 3)),
       ("expression_std", (np.asarray(model.expression_basis).shape[0],)),
       ("triangles", (None, 3)), ("vertex_part", (v,)),
-      ("landmark_vertex_ids", (model_lib.NUM_LANDMARKS,)), ("contour_candidates", (17, None)),
+      ("landmark_vertex_ids", (model_lib.NUM_LANDMARKS,)),
+      ("landmark_3d_vertex_ids", (model_lib.NUM_LANDMARKS,)), ("contour_candidates", (17, None)),
       ("albedo_mean", (v, 3)), ("albedo_basis", (None, v, 3)))
   for field, shape in checks:
     _check_shape(np.asarray(getattr(model, field)), shape, field, path)
-  for field in ("triangles", "landmark_vertex_ids", "contour_candidates"):
+  for field in ("triangles", "landmark_vertex_ids", "landmark_3d_vertex_ids",
+                "contour_candidates"):
     ids = np.asarray(getattr(model, field))
     if ids.size and (ids.min() < 0 or ids.max() >= v):
       raise ValueError(f"{path}: {field} must hold vertex ids in [0, {v}), found "

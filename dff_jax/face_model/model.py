@@ -47,6 +47,11 @@ class FaceModel:
     vertex_part: ``[V]`` int32 index into ``PART_NAMES``.
     landmark_vertex_ids: ``[68]`` int32 iBUG-68 (0-based) -> vertex id, the frontal-view
       positions; contour points move with the pose (see ``contour_candidates``).
+    landmark_3d_vertex_ids: ``[68]`` int32 the fixed vertices of the 3D-landmark convention
+      (AFLW2000-3D: the fitted shape's 68 landmark vertices projected, hidden ones included):
+      ``landmark_vertex_ids`` with the jaw (0-16) moved onto the model's jaw line at the same
+      heights (:func:`dff_jax.face_model.contour.jaw_line_at_landmark_heights`); equal to
+      ``landmark_vertex_ids`` for a model without a jaw line.
     contour_candidates: ``[17, M]`` int32, for each jaw landmark 0..16 a row of M vertex ids from
       its frontal position (column 0 == ``landmark_vertex_ids[:17]``) along the face surface at
       roughly the same height (a "parallel"), marching inwards across the cheek towards the nose,
@@ -65,6 +70,7 @@ class FaceModel:
   triangles: Array
   vertex_part: Array
   landmark_vertex_ids: Array
+  landmark_3d_vertex_ids: Array
   contour_candidates: Array
   albedo_mean: Array
   albedo_basis: Array

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,31 +311,60 @@ def prepare(module: str, workdir: Path, fresh: bool) -> Path:
   return root
 
 
-def count(root: Path) -> Dict[str, Any]:
-  """Counts of the module's mutants by status from mutmut's ``mutants/**/*.meta`` files."""
+def exit_codes(root: Path) -> Dict[str, Any]:
+  """``{mutant name: mutmut exit code (None: not checked)}`` from ``mutants/**/*.meta``."""
+  codes: Dict[str, Any] = {}
+  for meta in sorted((root / "mutants").rglob("*.meta")):
+    codes.update(json.loads(meta.read_text()).get("exit_code_by_key", {}))
+  return codes
+
+
+def sample_names(names: List[str], size: int, seed: int) -> List[str]:
+  """``size`` of ``names`` drawn uniformly without replacement (seeded; order-independent)."""
+  import random  # pylint: disable=g-import-not-at-top
+  names = sorted(names)
+  return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> List[float]:
+  """95 % Wilson score interval of a binomial proportion (``[low, high]``)."""
+  if trials == 0:
+    return [0.0, 1.0]
+  p = successes / trials
+  centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+  half = z * (p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5 / (1 + z * z / trials)
+  return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def count(root: Path, names: Optional[List[str]] = None) -> Dict[str, Any]:
+  """Counts of the module's mutants by status from mutmut's ``mutants/**/*.meta`` files (only
+  ``names`` when given: a sample)."""
   from mutmut.stats import status_by_exit_code  # pylint: disable=g-import-not-at-top
   counts: Dict[str, int] = {}
   survivors: List[str] = []
   untested: List[str] = []
   equivalent: List[str] = []
-  for meta in sorted((root / "mutants").rglob("*.meta")):
-    data = json.loads(meta.read_text())
-    for name, code in data.get("exit_code_by_key", {}).items():
-      status = status_by_exit_code[code]
-      if status == "survived" and name in EQUIVALENT:
-        status = "equivalent"
-        equivalent.append(name)
-      elif status == "survived":
-        survivors.append(name)
-      elif status == "no tests":
-        untested.append(name)
-      counts[status] = counts.get(status, 0) + 1
+  codes = exit_codes(root)
+  if names is not None:
+    codes = {name: codes[name] for name in names}
+  for name, code in codes.items():
+    status = status_by_exit_code[code]
+    if status == "survived" and name in EQUIVALENT:
+      status = "equivalent"
+      equivalent.append(name)
+    elif status == "survived":
+      survivors.append(name)
+    elif status == "no tests":
+      untested.append(name)
+    counts[status] = counts.get(status, 0) + 1
   checked = sum(v for k, v in counts.items() if k not in ("not checked",))
   caught = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("equivalent", 0)
   result = dict(counts=counts, mutants=sum(counts.values()), checked=checked,
                 kill_rate=round(caught / checked, 4) if checked else None,
                 survivors=survivors, untested=untested,
                 equivalent={n: EQUIVALENT[n] for n in equivalent})
+  if checked:
+    result["kill_rate_95ci"] = wilson_interval(caught, checked)
   if counts.get("not checked"):
     result["partial"] = (f"only {checked} of {result['mutants']} mutants checked (run stopped); "
                          "the kill rate is over those")
@@ -343,7 +372,16 @@ def count(root: Path) -> Dict[str, Any]:
 
 
 def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
-               retest_survivors: bool = False) -> Dict[str, Any]:
+               retest_survivors: bool = False, sample: int = 0,
+               seed: int = 0) -> Dict[str, Any]:
+  """Runs mutmut on ``module``'s copy and counts its mutants (:func:`count`).
+
+  With ``sample > 0`` only a seeded uniform sample of ``sample`` of the module's mutants is run
+  (those of it not checked yet) and counted: an estimate of the kill rate with its 95 %
+  interval, for a module too slow to run in full. ``retest_survivors`` re-runs the survivors
+  and untested mutants (of the sample, when given) after tests were added.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
   names: List[str] = []
   if retest_survivors and (workdir / module / "mutants").exists():
     counted = count(workdir / module)
@@ -352,19 +390,37 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
   if retest_survivors:
     # The copies of the tests changed: mutmut must not reuse its per-test timing / coverage.
     (root / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+  chosen: Optional[List[str]] = None
+  if sample:
+    if not exit_codes(root):   # mutants not generated yet: generate them, run none
+      subprocess.run([sys.executable, "-m", "mutmut", "run", "no_such_mutant"], cwd=root,
+                     env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chosen = sample_names(list(exit_codes(root)), sample, seed)
+    if retest_survivors:
+      names = [name for name in names if name in set(chosen)]
+    else:
+      codes = exit_codes(root)
+      names = [name for name in chosen if codes.get(name) is None]
   start = time.time()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
-  proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                         str(max_children), *names], cwd=root, env=env, check=False,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  if proc.returncode:
-    print(proc.stderr[-3000:], file=sys.stderr)
-  result = count(root)
+  returncode = 0
+  if names or chosen is None:
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                           str(max_children), *names], cwd=root, env=env, check=False,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    returncode = proc.returncode
+    if proc.returncode:
+      print(proc.stderr[-3000:], file=sys.stderr)
+  result = count(root, chosen)
+  if chosen is not None:
+    result["sample"] = dict(size=len(chosen), seed=seed, of=len(exit_codes(root)),
+                            how="uniform without replacement over all of the module's mutants "
+                                "(dff_jax.mutation.sample_names)")
   paths, tests = MODULES[module]
   result.update(files=paths, tests=tests, tool=f"mutmut {_mutmut_version()}",
-                seconds=round(time.time() - start, 1), exit_code=proc.returncode,
+                seconds=round(time.time() - start, 1), exit_code=returncode,
                 command=(f"python -m experiments.mutation_testing --modules={module} "
                          f"--max_children={max_children}" + (" --fresh" if fresh else "")
+                         + (f" --sample={sample} --seed={seed}" if sample else "")
                          + (" --retest_survivors" if retest_survivors else "")))
   return result
 

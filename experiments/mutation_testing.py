@@ -1,7 +1,8 @@
 r"""Mutation testing of the core modules with mutmut (a development tool: requirements-dev.txt).
 
   python -m experiments.mutation_testing --modules=geometry,sampling,metrics \
-      [--workdir=/tmp/dff_mutation] [--max_children=1] [--out=experiments/results/mutation_scores.json]
+      [--workdir=/tmp/dff_mutation] [--max_children=1] [--sample=N --seed=S] \
+      [--out=experiments/results/mutation_scores.json]
 
 Runs mutmut on each module's own copy of the code and merges its scores into ``--out``; what
 is copied, which tests run, how mutants are counted and the list of survivors shown equivalent
@@ -31,6 +32,9 @@ _COUNT_ONLY = flags.DEFINE_bool("count_only", False,
                                 "Only recount the last run's results (no mutmut run).")
 _RETEST = flags.DEFINE_bool("retest_survivors", False,
                             "Only run the survivors of the last run again (after adding tests).")
+_SAMPLE = flags.DEFINE_integer("sample", 0, "Run and count only a seeded uniform sample of this "
+                               "many of each module's mutants (0: all).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of --sample.")
 
 
 def main(argv):
@@ -48,10 +52,13 @@ def main(argv):
   for module in _MODULES.value:
     if _COUNT_ONLY.value:
       previous = json.loads(out.read_text())["modules"].get(module, {}) if out.exists() else {}
-      result = dict(previous, **mutation.count(Path(_WORKDIR.value) / module))
+      root = Path(_WORKDIR.value) / module
+      names = (mutation.sample_names(list(mutation.exit_codes(root)), _SAMPLE.value, _SEED.value)
+               if _SAMPLE.value else None)
+      result = dict(previous, **mutation.count(root, names))
     else:
       result = mutation.run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value,
-                          _RETEST.value)
+                                   _RETEST.value, _SAMPLE.value, _SEED.value)
     # Read just before writing: runs of other modules may have written meanwhile.
     scores = json.loads(out.read_text()) if out.exists() else {}
     scores.setdefault("target", "kill rate >= 0.85 per module (killed, timed out or shown "

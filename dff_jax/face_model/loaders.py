@@ -24,7 +24,10 @@ Layouts understood by :func:`load_face_model` (detected from the file's keys):
   readable by SciPy: re-save them as v7 in MATLAB/Octave.
 
 Models without albedo (ICT, SFM) get the per-region albedo of :mod:`dff_jax.face_model.albedo`;
-models without contour candidates get them from :mod:`dff_jax.face_model.contour`.
+models without contour candidates get them from :mod:`dff_jax.face_model.contour`, and so do
+the 3D-convention landmarks (``landmark_3d_vertex_ids``: the jaw on the model's jaw line, from
+ICT's ``right/left_contour_vertex_ids`` or SFM's contour polylines; BFM: transferred from the
+default; the frontal ids when a model has no jaw line).
 """
 
 from __future__ import annotations

@@ -320,10 +320,13 @@ def exit_codes(root: Path) -> Dict[str, Any]:
 
 
 def sample_names(names: List[str], size: int, seed: int) -> List[str]:
-  """``size`` of ``names`` drawn uniformly without replacement (seeded; order-independent)."""
+  """``size`` of ``names`` drawn uniformly without replacement: the first ``size`` of a seeded
+  shuffle of the sorted names, so the samples of one seed are nested (a larger sample extends a
+  smaller one and a later run can continue it); returned sorted."""
   import random  # pylint: disable=g-import-not-at-top
-  names = sorted(names)
-  return sorted(random.Random(seed).sample(names, min(size, len(names))))
+  order = sorted(names)
+  random.Random(seed).shuffle(order)
+  return sorted(order[:size])
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> List[float]:

@@ -27,6 +27,7 @@ def test_sample_names_is_seeded_uniform_and_order_free():
   assert len(set(first)) == 100 and set(first) <= set(names) and first == sorted(first)
   assert first != mutation.sample_names(names, 100, seed=4)
   assert mutation.sample_names(names[:5], 100, seed=3) == names[:5]  # clipped to what exists
+  assert set(mutation.sample_names(names, 40, seed=3)) <= set(first)  # nested: a prefix
   # Uniform: over many seeds every decile of the names is drawn about equally often.
   hits = [0] * 10
   for seed in range(200):

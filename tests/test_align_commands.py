@@ -121,6 +121,18 @@ def test_summarise_errors_known_values():
   assert json.loads(json.dumps(no_pose)) == no_pose  # strict JSON (no NaN)
 
 
+def test_yaw_error_summary_known_values():
+  """Planted: the aligner turns a 45-degree face 5 degrees too far and an 80-degree one 10
+  degrees too little, and gets a frontal one's sign wrong."""
+  from dff_jax.evaluation import alignment as alignment_eval
+  true = np.array([10.0, -45.0, 80.0])
+  predicted = np.array([-10.0, -50.0, 70.0])
+  summary = alignment_eval.yaw_error_summary(predicted, true)
+  assert summary["bias"] == {"mean": -5.0 / 3, "0-30": 0.0, "30-60": 5.0, "60-90": -10.0}
+  assert summary["abs_error"] == {"mean": 35.0 / 3, "0-30": 20.0, "30-60": 5.0, "60-90": 10.0}
+  assert alignment_eval.yaw_error_summary(predicted, None) is None
+
+
 def test_ced_plot_and_overlay_draw_something(setup):
   from dff_jax.alignment import draw
   plot = draw.render_ced_plot([("dff", np.array([0.01, 0.03, np.nan])),

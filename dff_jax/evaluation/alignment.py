@@ -295,6 +295,29 @@ def region_summary(regions: List[Dict[str, float]],
   return json_safe(out)
 
 
+def yaw_error_summary(predicted_deg: np.ndarray,
+                      yaw_deg: Optional[np.ndarray]) -> Optional[Dict[str, Any]]:
+  """How far the aligner's yaw is from the set's, by ``|yaw|`` bin (degrees; the set's yaw as
+  its ``yaw_source`` says: a rendering pose, an annotation's pose, or a fit to the points).
+
+  Returns:
+    ``None`` without yaw, else ``{"bias": {"mean", "0-30", "30-60", "60-90"}, "abs_error":
+    {...}}``: ``bias`` is the mean of ``|predicted| - |true|`` (negative: the aligner turns the
+    faces less than they are), ``abs_error`` the mean of ``|predicted - true|``.
+  """
+  if yaw_deg is None or not len(predicted_deg):
+    return None
+  predicted_deg = np.asarray(predicted_deg, np.float64)
+  yaw_deg = np.asarray(yaw_deg, np.float64)
+  out = {}
+  for key, values in (("bias", np.abs(predicted_deg) - np.abs(yaw_deg)),
+                      ("abs_error", np.abs(predicted_deg - yaw_deg))):
+    by_bin = metrics.nme_by_yaw_bin(values, yaw_deg)
+    out[key] = {"mean": float(np.mean(values)),
+                **{b: by_bin[b] for b, _, _ in metrics.YAW_BINS_DEG}}
+  return json_safe(out)
+
+
 def _method_names(specs) -> List[str]:
   """Method names: the features, plus the cascade's stem (or parent/stem, or a number) when two
   methods share features."""
@@ -369,6 +392,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   for spec, name in zip(specs, names):
     aligner = runner.load_aligner(spec)
     errors: Dict[str, float] = {}
+    yaw_pred: Dict[str, float] = {}
     regions: Dict[str, Dict[str, float]] = {}
     for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
                                       total=len(eval_set.jobs), keep_loaded=False):
@@ -388,7 +412,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       per_region["jaw_dx"] = (np.mean(predicted[start:stop, 0] - target[start:stop, 0])
                               / metrics.normaliser_length(target, eval_set.normaliser))
       regions[outcome.job.name] = {k: float(v) for k, v in per_region.items()}
-    methods[name] = dict(errors=errors, regions=regions, aligner=aligner)
+      yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
+    methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred)
 
   # Faces every method aligned (a face one method could not read is skipped for all).
   common = [job.name for job in eval_set.jobs
@@ -404,6 +429,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     values = np.array([methods[name]["errors"][n] for n in common], np.float64)
     summaries[name] = summarise_errors(values, yaw if len(common) else None,
                                        eval_set.normaliser)
+    summaries[name]["yaw_error_deg"] = yaw_error_summary(
+        np.array([methods[name]["yaw_pred"][n] for n in common], np.float64),
+        yaw if len(common) else None)
     summaries[name]["nme_by_region"] = region_summary(
         [methods[name]["regions"][n] for n in common], yaw if len(common) else None)
     aligner = methods[name]["aligner"]

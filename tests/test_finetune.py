@@ -66,6 +66,46 @@ def test_landmark_loss_is_visible_bbox_nme():
   assert float(empty) == 0.0
 
 
+def test_pose_loss_known_values_and_wrap():
+  """Planted: errors of 3, 6 and 9 degrees average to 6; 179 and -179 degrees are 2 apart."""
+  true = np.zeros((2, 3), np.float32)
+  predicted = np.radians([[3.0, -6.0, 9.0], [179.0, 0.0, 0.0]]).astype(np.float32)
+  true[1, 0] = np.radians(-179.0)
+  loss, error = finetune.pose_loss(predicted, true, epsilon_rad=0.0)
+  np.testing.assert_allclose(error, np.radians([6.0, 2.0 / 3.0]), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.radians(6.0 + 2.0 / 3.0) / 2, rtol=1e-5)
+  grad = jax.grad(lambda p: finetune.pose_loss(p, true)[0])(jnp.asarray(true))
+  assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) < 1e-3  # smooth at zero
+
+
+def test_pose_term_adds_its_weight_times_the_angle_error(start, batch):
+  """The pose term adds exactly pose_weight * pose_loss of the pipeline's own angles; weight 0
+  leaves the landmark loss alone (old configs unchanged)."""
+  pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False)
+  args = (pipeline, start.params, start.fixed, start.alignment_model, batch["image"],
+          batch["box"], batch["landmarks_px"], batch["landmarks_visible"])
+  plain, aux = finetune.pipeline_loss(*args)
+  unchanged, _ = finetune.pipeline_loss(*args, batch["pose"], 0.0)
+  assert float(unchanged) == float(plain) and "pose_error_rad" not in aux
+  # A true pose 10 degrees of yaw away from the prediction: the term is 0.5 * 10/3 degrees.
+  from dff_jax.alignment import cascade as cascade_lib
+  result = cascade_lib.align_images(functools.partial(pipeline.apply, start.params["encoder"]),
+                                    start.alignment_model,
+                                    finetune.join_cascade(start.params["cascade"], start.fixed),
+                                    batch["image"], batch["box"], pipeline.config)
+  pose = np.zeros((len(batch["box"]), 6), np.float32)
+  pose[:, 1] = result.pitch_rad
+  pose[:, 2] = np.asarray(result.yaw_rad) + np.radians(10.0)
+  pose[:, 3] = result.roll_rad
+  total, aux = finetune.pipeline_loss(*args, pose, 0.5)
+  np.testing.assert_allclose(aux["pose_error_rad"], np.radians(10.0 / 3.0), atol=1e-3)
+  d, eps = np.radians(10.0), 1e-3   # pose_loss smooths every angle error: sqrt(d^2 + eps^2)
+  np.testing.assert_allclose(float(total) - float(plain),
+                             0.5 * (np.sqrt(d * d + eps * eps) + 2 * eps) / 3, rtol=2e-3)
+  with pytest.raises(ValueError, match="pose_weight > 0 needs the true pose"):
+    finetune.pipeline_loss(*args, None, 0.5)
+
+
 def _loss_fn(start, config, batch):
   pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=True)
 

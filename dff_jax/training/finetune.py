@@ -5,7 +5,8 @@ fitted stage by stage by ridge regression, :mod:`dff_jax.alignment.training`) is
 one network: images and face boxes go in, :func:`dff_jax.alignment.cascade.align_images` crops
 them, runs the encoder and the ``lax.scan`` cascade (descriptor reads, linear regressors,
 closed-form shape fits) and the loss is the landmark error after the last stage
-(:func:`landmark_loss`). Optax updates the encoder parameters and the regressors
+(:func:`landmark_loss`; with ``config.pose_loss_weight > 0`` plus that weight times the head
+rotation's error, :func:`pose_loss`). Optax updates the encoder parameters and the regressors
 ``landmark_weights`` and ``pose_weights`` of every stage; ``pose_std`` and ``initial_pose`` stay
 fixed. ``config.remat`` rematerialises each stage in the backward pass (``jax.checkpoint``).
 
@@ -70,7 +71,7 @@ from dff_jax.face_model import load_face_model
 
 Array = Any
 PyTree = Any
-BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible")
+BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose")
 TRAINED = ("landmark_weights", "pose_weights")
 
 
@@ -106,6 +107,27 @@ def landmark_loss(predicted_px: Array, true_px: Array, visible: Array,
   nme = jnp.sum(weight * errors, axis=-1) / jnp.maximum(jnp.sum(weight, axis=-1), 1.0)
   nme = nme / normaliser
   return jnp.mean(nme), nme
+
+
+def pose_loss(predicted_rad: Array, true_rad: Array, epsilon_rad: float = 1e-3
+              ) -> Tuple[Array, Array]:
+  """Mean absolute head-rotation error: the optional pose term of the fine-tuning loss.
+
+  Per face, the mean over (pitch, yaw, roll) of ``sqrt(wrap(d)^2 + epsilon^2)`` with ``d`` the
+  angle difference wrapped to (-pi, pi] (smoothed so that its gradient is finite at zero).
+
+  Args:
+    predicted_rad: ``[B, 3]`` float32 (pitch, yaw, roll) radians.
+    true_rad: ``[B, 3]`` float32, same convention (:mod:`dff_jax.geometry`).
+    epsilon_rad: smoothing (radians).
+
+  Returns:
+    ``(loss [] float32 mean over faces, error [B] float32 per face, radians)``.
+  """
+  difference = jnp.asarray(predicted_rad, jnp.float32) - jnp.asarray(true_rad, jnp.float32)
+  wrapped = jnp.arctan2(jnp.sin(difference), jnp.cos(difference))
+  error = jnp.mean(jnp.sqrt(wrapped * wrapped + epsilon_rad ** 2), axis=-1)
+  return jnp.mean(error), error
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,8 +167,10 @@ def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
 
 def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
                   alignment_model: cascade.AlignmentModel, images: Array, boxes_xyxy: Array,
-                  landmarks_px: Array, visible: Array) -> Tuple[Array, Dict[str, Array]]:
-  """Images -> encoder -> cascade -> :func:`landmark_loss` (differentiable in every float input).
+                  landmarks_px: Array, visible: Array, pose: Optional[Array] = None,
+                  pose_weight: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+  """Images -> encoder -> cascade -> :func:`landmark_loss`, plus ``pose_weight`` times
+  :func:`pose_loss` when it is positive (differentiable in every float input).
 
   Args:
     pipeline: static parts.
@@ -158,15 +182,27 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     boxes_xyxy: ``[B, 4]`` float32 face boxes, image pixels.
     landmarks_px: ``[B, 68, 2]`` float32 true landmarks, image pixels.
     visible: ``[B, 68]`` bool true visibility.
+    pose: ``[B, 6]`` float32 true ``(scale, pitch, yaw, roll, tx, ty)`` (only the angles are
+      read; needed when ``pose_weight > 0``).
+    pose_weight: weight of the pose term (static; 0 leaves the loss as the landmark term alone).
 
   Returns:
-    ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``.
+    ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``, plus ``"pose_error_rad"
+    [B]`` with the pose term.
   """
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
                                 images, boxes_xyxy, pipeline.config, remat=pipeline.remat)
   loss, nme = landmark_loss(result.landmarks_px, landmarks_px, visible)
-  return loss, {"loss": loss, "nme": nme, "landmarks_px": result.landmarks_px}
+  aux = {"nme": nme, "landmarks_px": result.landmarks_px}
+  if pose_weight > 0:
+    if pose is None:
+      raise ValueError("pose_weight > 0 needs the true pose of every face")
+    predicted = jnp.stack([result.pitch_rad, result.yaw_rad, result.roll_rad], axis=-1)
+    angle_loss, aux["pose_error_rad"] = pose_loss(predicted, jnp.asarray(pose)[..., 1:4])
+    loss = loss + pose_weight * angle_loss
+  aux["loss"] = loss
+  return loss, aux
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +263,8 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
   """
   def loss_fn(params):
     loss, aux = pipeline_loss(pipeline, params, fixed, alignment_model, batch["image"],
-                              batch["box"], batch["landmarks_px"], batch["landmarks_visible"])
+                              batch["box"], batch["landmarks_px"], batch["landmarks_visible"],
+                              batch.get("pose"), float(config.get("pose_loss_weight", 0.0)))
     if int(config.get("debug_nan_step", -1)) >= 0:  # Test hook: poison one step's loss.
       loss = loss * jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
     return loss, aux
@@ -331,11 +368,13 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
 
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """The fields a step uses: image ``[H, W, 3]`` uint8, box ``[4]`` float32, landmarks_px
-  ``[68, 2]`` float32, landmarks_visible ``[68]`` bool."""
+  ``[68, 2]`` float32, landmarks_visible ``[68]`` bool, pose ``[6]`` float32 (the view's
+  ``(scale, pitch, yaw, roll, tx, ty)``: rendering pose, or the fit's for a photo)."""
   return {"image": np.asarray(example["image"], np.uint8),
           "box": np.asarray(example["box"], np.float32),
           "landmarks_px": np.asarray(example["landmarks_px"], np.float32),
-          "landmarks_visible": np.asarray(example["landmarks_visible"], bool)}
+          "landmarks_visible": np.asarray(example["landmarks_visible"], bool),
+          "pose": np.asarray(example["pose"], np.float32)}
 
 
 def step_batch(source: Any, step: int, global_batch: int, local_batch: int, process_index: int,

@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.end_learning_rate_fraction = 0.1
   config.weight_decay = 1e-4
   config.grad_clip_norm = 1.0
+  config.pose_loss_weight = 0.0    # > 0: add this times the mean |angle error| (rad) to the loss
 
   # Machinery (dff_jax.train's mesh / checkpoints / progress).
   config.sharding = ml_collections.ConfigDict(dict(params="replicated", fsdp=1))

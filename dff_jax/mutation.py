@@ -273,6 +273,15 @@ EQUIVALENT: Dict[str, str] = {
     _AC + "make_alignment_model__mutmut_124": "norm >= 1e-12 for > 1e-12 differs only for a "
                                               "window sum of norm exactly 1e-12 (unreachable "
                                               "in practice: sums are 0 or far larger)",
+    _AC + "make_alignment_model__mutmut_181": "np.asarray(mean_vertices) without float32 before "
+                                              "jnp.asarray: loaded models hold float32, and "
+                                              "jnp.asarray makes float32 without jax x64",
+    "dff_jax.alignment.regression.xǁStatisticsǁadd_sums__mutmut_10": "np.asarray(cross) without float64 added in place "
+                                              "to a float64 sum: NumPy promotes float32 exactly",
+    _AF + "_fit_scale_translation_shape_single__mutmut_34": "einsum labels in upper case name "
+                                                          "the same contraction",
+    _AF + "_fit_scale_translation_shape_single__mutmut_43": "jnp.eye(2) without float32 is "
+                                                          "float32 without jax x64",
     _AR + "select_regularisation__mutmut_2": "the shared spectrum is spectrum(train, held_out) "
                                              "of the same statistics: recomputing it is the same",
 }

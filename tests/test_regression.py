@@ -165,6 +165,11 @@ def test_fit_cascade_recovers_known_function(training_faces):
     assert errors[0] > 1.0, errors  # The start is visibly off ...
     assert errors[-1] < 0.1 * errors[0], errors  # ... and the cascade fixes it,
     assert np.all(np.diff(errors) < 0), errors  # improving at every stage.
+  # Stage 0's pose scale is the population standard deviation of its pose targets (truth minus
+  # the initial pose; the constant angles get the 1e-6 floor).
+  poses = training_faces[2]
+  np.testing.assert_allclose(params.pose_std[0], np.maximum(np.std(poses, axis=0), 1e-6),
+                             rtol=1e-3, atol=1e-7)
   # The pose was learned too: the translation residual of a held-out batch shrinks.
   maps, _, poses, _ = synthetic_faces(seed=2, num_faces=BATCH)
   final = jax.jit(jax.vmap(lambda m: cascade.run_cascade(
@@ -191,6 +196,17 @@ def test_fit_cascade_ignores_zero_weight_faces(training_faces):
   padded = fit((padded_maps, padded_landmarks, padded_poses, zero_last))
   for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(padded)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_cascade_default_lambdas_are_the_papers():
+  """The ridge lambdas a caller gets by default are the paper's (landmarks 20, pose 10), as the
+  alignment recipe (experiments/configs/align_cpu.py) sets them."""
+  import inspect
+  from experiments.configs import align_cpu
+  parameters = inspect.signature(regression.fit_cascade).parameters
+  config = align_cpu.get_config()
+  assert parameters["landmark_regularisation"].default == config.landmark_regularisation == 20.0
+  assert parameters["pose_regularisation"].default == config.pose_regularisation == 10.0
 
 
 def test_fit_cascade_without_faces_raises():

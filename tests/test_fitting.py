@@ -114,6 +114,21 @@ def test_pose_estimate_exact_on_rigid_points(model):
   np.testing.assert_allclose(np.linalg.det(np.asarray(r)), 1.0, atol=1e-5)
 
 
+def test_pose_estimate_exact_for_a_tiny_object_and_small_weights():
+  """Planted: the pose is recovered whatever the object's size (a 0.4 mm object: its projected
+  spread is far below 1 mm^2) and whatever the weights' sum (all 0.01: they sum to 0.3)."""
+  rng = np.random.default_rng(5)
+  points = rng.normal(0.0, 0.2, (30, 3)).astype(np.float32) + np.float32([0.05, -0.1, 0.3])
+  rotation = geometry.euler_to_matrix(-0.3, 0.7, 0.2).astype(np.float32)
+  projected = geometry.weak_perspective_project(points, np.float32(400.0), rotation,
+                                                np.array([60.0, 40.0], np.float32))
+  for weights in (None, np.full(30, 0.01, np.float32)):
+    scale, r, t = fitting.estimate_pose_weak_perspective(points, projected, weights)
+    np.testing.assert_allclose(scale, 400.0, rtol=1e-3)
+    np.testing.assert_allclose(r, rotation, atol=2e-3)
+    np.testing.assert_allclose(t, [60.0, 40.0], atol=0.05)
+
+
 def test_fit_shape_linear_under_known_pose(model):
   landmarks, truth = _synthesise(model, 20.0, "fixed", seed=2)
   rotation = geometry.euler_to_matrix(truth["pitch"], truth["yaw"], truth["roll"])

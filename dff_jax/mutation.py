@@ -308,6 +308,9 @@ EQUIVALENT: Dict[str, str] = {
     _AC + "fixed_landmarks__mutmut_25": "einsum without precision='highest': XLA:CPU (the tests' "
                                         "platform) computes float32 in full precision at every "
                                         "setting (not so on TPU)",
+    _AM + "fit_joint_shape_rows__mutmut_152": "einsum without precision='highest': XLA:CPU "
+                                              "(the tests' platform) computes float32 in full "
+                                              "precision at every setting (not so on TPU)",
     _AM + "run_multiview_cascade__mutmut_9": "jnp.ones without float32 is float32 without jax "
                                              "x64, and the next line casts to float32 anyway",
     _AR + "select_regularisation__mutmut_2": "the shared spectrum is spectrum(train, held_out) "

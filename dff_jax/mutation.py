@@ -305,6 +305,12 @@ EQUIVALENT: Dict[str, str] = {
     **{_AC + f"crop_faces__mutmut_{k}": "boxes without float32: integer boxes give the float "
        "answer (tests/test_cascade.py checks it through align_images), promoted by square_box's "
        "first float arithmetic" for k in (7, 9)},
+    _AC + "regress__mutmut_14": "jnp.dot without precision=HIGHEST: XLA:CPU (the tests' "
+                                "platform) computes float32 in full precision at every setting "
+                                "(not so on TPU)",
+    _AC + "stage_features__mutmut_17": "the constant 1 as jnp.ones without the descriptors' "
+                                       "dtype: float32 without jax x64, as the float32 "
+                                       "descriptors the docstring requires",
     _AC + "fixed_landmarks__mutmut_25": "einsum without precision='highest': XLA:CPU (the tests' "
                                         "platform) computes float32 in full precision at every "
                                         "setting (not so on TPU)",

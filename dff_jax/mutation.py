@@ -375,6 +375,13 @@ def sample_names(names: List[str], size: int, seed: int) -> List[str]:
   return sorted(order[:size])
 
 
+def sample_record(names: List[str], seed: int, total: int) -> Dict[str, Any]:
+  """The ``sample`` entry of a module's scores: its size, seed and the number sampled from."""
+  return dict(size=len(names), seed=seed, of=total,
+              how="uniform without replacement over all of the module's mutants "
+                  "(dff_jax.mutation.sample_names)")
+
+
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> List[float]:
   """95 % Wilson score interval of a binomial proportion (``[low, high]``)."""
   if trials == 0:
@@ -461,9 +468,7 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
       print(proc.stderr[-3000:], file=sys.stderr)
   result = count(root, chosen)
   if chosen is not None:
-    result["sample"] = dict(size=len(chosen), seed=seed, of=len(exit_codes(root)),
-                            how="uniform without replacement over all of the module's mutants "
-                                "(dff_jax.mutation.sample_names)")
+    result["sample"] = sample_record(chosen, seed, len(exit_codes(root)))
   paths, tests = MODULES[module]
   result.update(files=paths, tests=tests, tool=f"mutmut {_mutmut_version()}",
                 seconds=round(time.time() - start, 1), exit_code=returncode,

@@ -53,9 +53,17 @@ def main(argv):
     if _COUNT_ONLY.value:
       previous = json.loads(out.read_text())["modules"].get(module, {}) if out.exists() else {}
       root = Path(_WORKDIR.value) / module
-      names = (mutation.sample_names(list(mutation.exit_codes(root)), _SAMPLE.value, _SEED.value)
+      codes = mutation.exit_codes(root)
+      names = (mutation.sample_names(list(codes), _SAMPLE.value, _SEED.value)
                if _SAMPLE.value else None)
-      result = dict(previous, **mutation.count(root, names))
+      # A recount keeps what describes the module, not the last run's time or command.
+      result = {k: v for k, v in previous.items() if k in ("files", "tests", "tool")}
+      result.update(mutation.count(root, names))
+      if names is not None:
+        result["sample"] = mutation.sample_record(names, _SEED.value, len(codes))
+      result["command"] = (f"python -m experiments.mutation_testing --modules={module} "
+                           "--count_only" + (f" --sample={_SAMPLE.value} --seed={_SEED.value}"
+                                             if _SAMPLE.value else ""))
     else:
       result = mutation.run_module(module, Path(_WORKDIR.value), _MAX_CHILDREN.value, _FRESH.value,
                                    _RETEST.value, _SAMPLE.value, _SEED.value)

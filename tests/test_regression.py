@@ -198,15 +198,23 @@ def test_fit_cascade_ignores_zero_weight_faces(training_faces):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_fit_cascade_default_lambdas_are_the_papers():
+def test_fit_cascade_default_lambdas_are_the_papers(training_faces):
   """The ridge lambdas a caller gets by default are the paper's (landmarks 20, pose 10), as the
-  alignment recipe (experiments/configs/align_cpu.py) sets them."""
-  import inspect
+  alignment recipe (experiments/configs/align_cpu.py) sets them: a fit with the defaults equals
+  one given 20 and 10, and differs from one given other values."""
   from experiments.configs import align_cpu
-  parameters = inspect.signature(regression.fit_cascade).parameters
   config = align_cpu.get_config()
-  assert parameters["landmark_regularisation"].default == config.landmark_regularisation == 20.0
-  assert parameters["pose_regularisation"].default == config.pose_regularisation == 10.0
+  assert (config.landmark_regularisation, config.pose_regularisation) == (20.0, 10.0)
+  one_stage = cascade.CascadeConfig(num_stages=1, crop_size=CROP)
+  fit = lambda *lambdas: regression.fit_cascade(  # noqa: E731
+      _batches(training_faces), small_alignment_model(), centred_pose(), one_stage, *lambdas,
+      log=lambda _: None)[0]
+  default, paper, other = fit(), fit(20.0, 10.0), fit(20.0, 11.0)
+  for name in ("landmark_weights", "pose_weights", "pose_std"):
+    np.testing.assert_array_equal(getattr(default, name), getattr(paper, name))
+  assert not np.allclose(default.pose_weights, other.pose_weights, rtol=1e-4, atol=0)
+  assert not np.allclose(default.landmark_weights, fit(21.0, 10.0).landmark_weights, rtol=1e-4,
+                         atol=0)
 
 
 def test_fit_cascade_without_faces_raises():

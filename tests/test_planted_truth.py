@@ -70,13 +70,14 @@ def unit_projection(points, rotation):
 def landmark_points(model, pitch, yaw, roll, outline=True):
   """``[68, 3]`` mean-shape model points (mm) of the landmarks for this pose: with ``outline``
   the jaw of the side turned away follows the silhouette (300-W convention), else the 68 fixed
-  landmark vertices (the 3D jaw line, AFLW2000-3D convention)."""
+  vertices of the 3D convention (``landmark_3d_vertex_ids``: the jaw on the jaw line,
+  AFLW2000-3D)."""
   assert yaw > 0, "the rule below is written for positive yaw"
   rotation = rotation_matrix(pitch, yaw, roll)
   mean = np.asarray(model.mean_vertices, np.float64)
-  ids = np.asarray(model.landmark_vertex_ids, np.int64).copy()
   if not outline:
-    return mean[ids]
+    return mean[np.asarray(model.landmark_3d_vertex_ids, np.int64)]
+  ids = np.asarray(model.landmark_vertex_ids, np.int64).copy()
   # Image direction of the model +x axis (the subject's left): for positive yaw that side is
   # turned away, and its jaw points sit on the silhouette, outermost along this direction.
   outward = unit_projection(np.eye(3)[:1], rotation)[0]

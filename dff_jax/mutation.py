@@ -451,12 +451,12 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
     if not exit_codes(root):   # mutants not generated yet: generate them, run none
       subprocess.run([sys.executable, "-m", "mutmut", "run", "no_such_mutant"], cwd=root,
                      env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    chosen = sample_names(list(exit_codes(root)), sample, seed)
+    codes = exit_codes(root)
+    chosen = sample_names(list(codes), sample, seed)
     if retest_survivors:
       names = [name for name in names if name in set(chosen)]
     else:
-      codes = exit_codes(root)
-      names = [name for name in chosen if codes.get(name) is None]
+      names = [name for name in chosen if codes[name] is None]
   start = time.time()
   returncode = 0
   if names or chosen is None:
@@ -468,7 +468,7 @@ def run_module(module: str, workdir: Path, max_children: int, fresh: bool,
       print(proc.stderr[-3000:], file=sys.stderr)
   result = count(root, chosen)
   if chosen is not None:
-    result["sample"] = sample_record(chosen, seed, len(exit_codes(root)))
+    result["sample"] = sample_record(chosen, seed, len(codes))
   paths, tests = MODULES[module]
   result.update(files=paths, tests=tests, tool=f"mutmut {_mutmut_version()}",
                 seconds=round(time.time() - start, 1), exit_code=returncode,

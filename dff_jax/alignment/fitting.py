@@ -380,8 +380,9 @@ def select_landmark_vertex_ids(model: FaceModel, contour: str, coefficients: Arr
 def _fit_single(model, landmarks_px, weights, regularisation, num_iterations, contour):
   num_coefficients = model.num_identity + model.num_expression
   coefficients = jnp.zeros((num_coefficients,), jnp.float32)
-  frontal_ids = jnp.asarray(model.landmark_3d_vertex_ids if contour == "fixed"
-                            else model.landmark_vertex_ids, jnp.int32)
+  # The first pose reads the fixed ids of the convention ("fixed": the 3D one), else the frontal.
+  start_ids = jnp.asarray(model.landmark_3d_vertex_ids if contour == "fixed"
+                          else model.landmark_vertex_ids, jnp.int32)
   # Initial pose from the mean face; the jaw correspondences are unknown until a pose exists
   # (eos fits the first pose without the contour), so they get weight 0 unless fixed.
   jaw = jnp.arange(NUM_LANDMARKS) < NUM_JAW
@@ -389,7 +390,7 @@ def _fit_single(model, landmarks_px, weights, regularisation, num_iterations, co
   # Only jaw landmarks seen: start from their frontal vertices rather than from nothing.
   initial_weights = jnp.where(jnp.sum(initial_weights > 0) >= 6, initial_weights, weights)
   scale, rotation, translation = _estimate_pose_single(
-      _points(model, coefficients, frontal_ids), landmarks_px, initial_weights)
+      _points(model, coefficients, start_ids), landmarks_px, initial_weights)
 
   def one_pass(_, state):
     scale, rotation, translation, coefficients = state

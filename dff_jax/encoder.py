@@ -52,11 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dff_jax import descriptor_fields
+from dff_jax import image_io
 
 Array = Any
 
 # ITU-R BT.601 luma weights (R, G, B).
-BT601_WEIGHTS = (0.299, 0.587, 0.114)
+BT601_WEIGHTS = image_io.BT601_WEIGHTS  # ITU-R BT.601 luma weights of (R, G, B)
 # preprocess_images maps [0, 255] to (x / 255 - PIXEL_MEAN) / PIXEL_STD, roughly zero mean and
 # unit variance for face crops.
 PIXEL_MEAN = 0.5
@@ -420,14 +421,17 @@ def _upsample_bilinear_2x(x: Array) -> Array:
 
 
 def preprocess_images(images_uint8: Array, channels: int = 1) -> Array:
-  """uint8 RGB images -> normalised float32 network input.
+  """uint8 RGB (or grey) images -> normalised float32 network input.
 
   Grey conversion (``channels=1``) uses ITU-R BT.601 luma weights (0.299, 0.587, 0.114), as a
-  greyscale JPEG decoder would. Values are scaled as ``(x / 255 - 0.5) / 0.25`` so that typical
-  face crops are roughly zero-mean, unit-variance ([0, 255] maps to [-2, 2]).
+  greyscale JPEG decoder would; a grey input (``[..., 1]``, e.g. ``read_image(path,
+  grey=True)``) is that luma already and is used as is (replicated for ``channels=3``). Values
+  are scaled as ``(x / 255 - 0.5) / 0.25`` so that typical face crops are roughly zero-mean,
+  unit-variance ([0, 255] maps to [-2, 2]).
 
   Args:
-    images_uint8: ``[..., H, W, 3]`` uint8 (or float in [0, 255]) RGB images.
+    images_uint8: ``[..., H, W, 3]`` RGB or ``[..., H, W, 1]`` grey, uint8 (or float in
+      [0, 255]).
     channels: 1 (grey, as in the paper) or 3 (RGB).
 
   Returns:
@@ -435,12 +439,13 @@ def preprocess_images(images_uint8: Array, channels: int = 1) -> Array:
   """
   if channels not in (1, 3):
     raise ValueError(f"preprocess_images: channels must be 1 (grey) or 3 (RGB), got {channels}.")
-  if images_uint8.shape[-1] != 3:
-    raise ValueError("preprocess_images expects RGB images [..., H, W, 3], got shape "
-                     f"{images_uint8.shape}.")
+  if images_uint8.shape[-1] not in (1, 3):
+    raise ValueError("preprocess_images expects RGB images [..., H, W, 3] or grey ones "
+                     f"[..., H, W, 1], got shape {images_uint8.shape}.")
   x = jnp.asarray(images_uint8).astype(jnp.float32)
-  if channels == 1:
-    x = jnp.sum(x * jnp.asarray(BT601_WEIGHTS, jnp.float32), axis=-1, keepdims=True)
+  if x.shape[-1] != channels:
+    x = (jnp.sum(x * jnp.asarray(BT601_WEIGHTS, jnp.float32), axis=-1, keepdims=True)
+         if channels == 1 else jnp.broadcast_to(x, x.shape[:-1] + (3,)))
   return (x / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 

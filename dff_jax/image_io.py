@@ -17,6 +17,11 @@ Problems raise :class:`ImageReadError` (a ``ValueError``) with a one-line messag
 file and says what to do: a missing file, a directory, a file that is not an image (e.g. text
 named ``.jpg``), a truncated or corrupt file, and an image above the pixel limit. The limit
 (default 50 megapixels) is checked from the header, before the pixels are decoded.
+
+``read_image(path, grey=True)`` returns ``[H, W, 1]`` uint8 luma instead (ITU-R BT.601,
+:data:`BT601_WEIGHTS`, what a grey DFF encoder reads): a JPEG is then decoded to its luma plane
+alone (the decoder skips the two chroma planes and the colour conversion, about 3x less work on
+450 px photos), any other file is read as above and converted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from PIL import Image
 from dff_jax import file_io
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# ITU-R BT.601 luma weights of (R, G, B): the luma plane of a JPEG, and the grey conversion of
+# the DFF encoder's input (dff_jax.encoder.preprocess_images).
+BT601_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class ImageReadError(ValueError):
@@ -118,8 +126,31 @@ def _to_rgb(image: Image.Image, background: Tuple[int, int, int]) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+  """``[..., 3]`` uint8 RGB -> ``[..., 1]`` uint8 BT.601 luma, rounded to the nearest level.
+
+  Pillow's own conversion (``Image.convert("L")``), in the same 16-bit fixed point:
+  ``(19595 R + 38470 G + 7471 B + 2 ** 15) >> 16``, the weights :data:`BT601_WEIGHTS` to within
+  1e-5.
+  """
+  rgb = np.asarray(rgb)
+  if rgb.shape[-1:] != (3,) or rgb.dtype != np.uint8:
+    raise ValueError(f"rgb_to_grey needs [..., 3] uint8 RGB, got {rgb.shape} {rgb.dtype}")
+  weights = np.asarray([19595, 38470, 7471], np.uint32)
+  luma = (rgb.astype(np.uint32) * weights).sum(axis=-1, dtype=np.uint32) + (1 << 15)
+  return (luma >> 16).astype(np.uint8)[..., None]
+
+
+def _to_grey(image: Image.Image, background: Tuple[int, int, int]) -> np.ndarray:
+  """Decoded PIL image -> ``[H, W, 1]`` uint8 luma (an 8-bit grey image as stored)."""
+  if image.mode == "L":
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))[..., None]
+  return rgb_to_grey(_to_rgb(image, background))
+
+
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               background: Tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+               background: Tuple[int, int, int] = (255, 255, 255),
+               grey: bool = False) -> np.ndarray:
   """Reads any common image file as RGB uint8 (see the module docstring for the conversions).
 
   Args:
@@ -128,10 +159,12 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
       decoding); ``None`` disables the check. Pillow's own decompression-bomb guard (about
       179 megapixels by default, ``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top.
     background: RGB colour under transparent pixels.
+    grey: return BT.601 luma ``[H, W, 1]`` instead of RGB (a colour JPEG is decoded to its
+      luma plane only; see the module docstring).
 
   Returns:
-    ``[H, W, 3]`` uint8 RGB, row ``i`` / column ``j`` is the pixel centred at ``(j + 0.5,
-    i + 0.5)`` in the image frame.
+    ``[H, W, 3]`` uint8 RGB (``[H, W, 1]`` luma with ``grey``), row ``i`` / column ``j`` is the
+    pixel centred at ``(j + 0.5, i + 0.5)`` in the image frame.
 
   Raises:
     ImageReadError: missing file, directory, not an image, truncated/corrupt data, too large.
@@ -140,8 +173,10 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
   image = _open(path, max_pixels)
   try:
     try:
+      if grey:
+        image.draft("L", image.size)  # JPEG: decode the luma plane alone; others: no-op
       image.load()
-      return _to_rgb(image, background)
+      return _to_grey(image, background) if grey else _to_rgb(image, background)
     except (OSError, SyntaxError, ValueError, EOFError) as error:
       message = str(error) or type(error).__name__
       raise ImageReadError(f"{path}: image data is truncated or corrupt ({message}); "

@@ -41,7 +41,9 @@ Outputs in ``DIR`` (atomically written):
     ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``, ``num_faces``, ``nme_by_region``
     (jaw, brows, nose, eyes, mouth: each region's points over the whole face's normaliser, mean
     and by yaw bin); every method's
-    figures under ``methods``; ``skipped`` (one-line messages of unreadable faces).
+    figures under ``methods``; ``skipped`` (one-line messages of unreadable faces);
+    ``image_decode`` (photos decoded as ``align`` decodes them: ``grey`` luma when every method
+    reads only the luma, else ``rgb``).
   * ``errors.jsonl``: one line per face and method: ``image``, ``method``, ``nme``, ``yaw_deg``.
   * ``ced.png``: cumulative error distribution of each method up to NME 0.10 (dashed line at 0.08).
 

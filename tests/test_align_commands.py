@@ -8,12 +8,14 @@ budget; these tests check the commands' plumbing (frames, batching, outputs, fai
 accuracy. The faces are rendered with data_pipeline.faces.FaceSource at 64 x 64.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io
@@ -87,6 +89,25 @@ def test_working_crop_aligned_box_copies_pixels():
   # Outside the image is black.
   work, _, _ = runner.working_crop(image, np.array([-8, -8, 8, 8.0]), config, 16)
   assert np.all(work[:8, :8] == 0) and np.array_equal(work[8:, 8:], image[:8, :8])
+
+
+def test_working_crop_grey_channels():
+  from dff_jax import image_io
+  from dff_jax.alignment import cascade, runner
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  config = cascade.CascadeConfig(crop_size=8, box_scale=1.0)
+  box = np.array([5, 3, 21, 19.0])  # a 16 px square at integer corners: the region itself
+  work, _, _ = runner.working_crop(image, box, config, 16, channels=1)
+  assert work.shape == (16, 16, 1) and work.dtype == np.uint8
+  np.testing.assert_array_equal(work, image_io.rgb_to_grey(image[3:19, 5:21]))
+  grey = image_io.rgb_to_grey(image)
+  np.testing.assert_array_equal(runner.working_crop(grey, box, config, 16, channels=1)[0], work)
+  np.testing.assert_array_equal(runner.working_crop(grey, box, config, 16, channels=3)[0],
+                                np.repeat(work, 3, -1))
+  for bad in (image[..., :2], image.astype(np.float32)):
+    with pytest.raises(ValueError, match="uint8 image"):
+      runner.working_crop(bad, box, config, 16)
 
 
 def test_check_box_rejects_bad_boxes():
@@ -492,6 +513,28 @@ def test_align_with_dff_bundle(setup, tmp_path):
   document = json.loads((out / "face1.json").read_text())
   _check_document(document, setup["model"])
   assert document["features"] == "dff"
+  # Regressors that read the pixels: a PNG decoded grey (no overlay: nothing needs colour) and
+  # in colour (an overlay is drawn; the working crop is converted to luma on the host) gives
+  # the same working images, so the same faces; and the pixels did move the landmarks.
+  rng = np.random.default_rng(0)
+  moving = dataclasses.replace(
+      dff_params, landmark_weights=jnp.asarray(
+          rng.normal(0, 0.5, dff_params.landmark_weights.shape), jnp.float32))
+  moving_path = cascade_io.save_cascade(tmp_path / "cascade_moving.npz", moving, config,
+                                        dict(features="dff", descriptor_dim=4,
+                                             face_model="default"))
+  landmarks = {}
+  for overlay in (True, False):
+    out_decode = tmp_path / f"decode_{overlay}"
+    files.align_files(str(image), out_decode, bbox=",".join(map(str, setup["faces"]["box"][1])),
+                      cascade=str(moving_path), checkpoint=str(bundle), batch_size=2,
+                      progress=False, overlay=overlay)
+    assert (out_decode / "face1_overlay.png").exists() == overlay
+    landmarks[overlay] = np.asarray(json.loads((out_decode / "face1.json").read_text())
+                                    ["faces"][0]["landmarks_px"])
+  np.testing.assert_allclose(landmarks[False], landmarks[True], atol=1e-4)
+  still = json.loads((out / "face1.json").read_text())["faces"][0]["landmarks_px"]
+  assert np.abs(landmarks[False] - np.asarray(still)).max() > 0.5
   # The SIFT-sized cascade with this 4-d encoder: a clear error before anything is written.
   sift_as_dff = cascade_io.save_cascade(tmp_path / "big_dff.npz", sift_params, config,
                                         dict(features="dff", descriptor_dim=128))

@@ -145,6 +145,14 @@ def test_preprocess_images_gray_and_rgb():
   np.testing.assert_allclose(rgb[0, 0, 0], [2.0, -2.0, -2.0])
   with pytest.raises(ValueError, match="channels"):
     enc.preprocess_images(images, channels=2)
+  # Grey input [..., 1] is the luma already: used as is, replicated for RGB networks.
+  levels = np.array([0, 51, 128, 255], np.uint8).reshape(1, 2, 2, 1)
+  expected = (levels / 255.0 - 0.5) / 0.25
+  np.testing.assert_allclose(enc.preprocess_images(levels, channels=1), expected, atol=1e-6)
+  np.testing.assert_allclose(enc.preprocess_images(levels, channels=3),
+                             np.repeat(expected, 3, -1), atol=1e-6)
+  with pytest.raises(ValueError, match="grey"):
+    enc.preprocess_images(np.zeros((1, 4, 4, 2), np.uint8), channels=1)
 
 
 def test_encoder_from_config_dict_and_configdict(tiny):

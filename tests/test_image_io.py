@@ -40,6 +40,57 @@ def test_rgb_png_and_jpeg(tmp_path):
   np.testing.assert_allclose(image_io.read_image(str(tmp_path / "a.jpg")), smooth, atol=3)
 
 
+def test_rgb_to_grey_planted_luma():
+  # BT.601: R 0.299, G 0.587, B 0.114 of 255 -> 76.2, 149.7, 29.1; rounded to the nearest level.
+  pure = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0],
+                   [200, 100, 50]], np.uint8)
+  got = image_io.rgb_to_grey(pure)
+  assert got.shape == (6, 1) and got.dtype == np.uint8
+  np.testing.assert_array_equal(got[:, 0], [76, 150, 29, 255, 0, 124])
+  # Pillow's own convert("L") (its C fixed point) on every pixel of a random image.
+  image = _rgb(64, 48, seed=3)
+  np.testing.assert_array_equal(image_io.rgb_to_grey(image)[..., 0],
+                                np.asarray(Image.fromarray(image).convert("L")))
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    image_io.rgb_to_grey(np.zeros((4, 4), np.uint8))
+
+
+def test_read_image_grey(tmp_path):
+  # A flat colour JPEG: its luma plane is the colour's BT.601 luma (124.2) up to the JPEG's own
+  # rounding; only the luma plane is decoded.
+  flat = np.full((32, 32, 3), (200, 100, 50), np.uint8)
+  Image.fromarray(flat).save(tmp_path / "flat.jpg", quality=95)
+  grey = image_io.read_image(tmp_path / "flat.jpg", grey=True)
+  assert grey.shape == (32, 32, 1) and grey.dtype == np.uint8
+  assert np.all(np.abs(grey.astype(int) - 124) <= 1)
+  # Colour gradients: the JPEG's luma plane and the luma of its RGB decode differ by rounding
+  # only (where the RGB decode clips, at sharp saturated edges, they may differ more).
+  yy, xx = np.mgrid[0:96, 0:128]
+  detailed = np.stack([xx * 2, yy * 2, (xx + yy) + 16 * np.sin(xx / 3.0) + 16],
+                      -1).astype(np.uint8)
+  Image.fromarray(detailed).save(tmp_path / "detailed.jpg", quality=90)
+  plane = image_io.read_image(tmp_path / "detailed.jpg", grey=True)[..., 0].astype(int)
+  luma = image_io.rgb_to_grey(image_io.read_image(tmp_path / "detailed.jpg"))[..., 0]
+  assert plane.shape == (96, 128) and np.abs(plane - luma).max() <= 2
+  # PNGs: RGB converted exactly; an 8-bit grey PNG as stored; alpha composited on white first.
+  image = _rgb(7, 9, seed=1)
+  Image.fromarray(image).save(tmp_path / "rgb.png")
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "rgb.png", grey=True),
+                                image_io.rgb_to_grey(image))
+  levels = np.arange(63, dtype=np.uint8).reshape(7, 9) * 4
+  Image.fromarray(levels).save(tmp_path / "grey.png")
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "grey.png", grey=True)[..., 0],
+                                levels)
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[0, 0] = (255, 0, 0, 255)  # opaque red; the rest transparent -> white
+  Image.fromarray(rgba).save(tmp_path / "rgba.png")
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "rgba.png", grey=True)[..., 0],
+                                [[76, 255], [255, 255]])
+  # Errors are the same one-line errors.
+  with pytest.raises(image_io.ImageReadError, match="not found"):
+    image_io.read_image(tmp_path / "missing.jpg", grey=True)
+
+
 def test_grayscale_and_bilevel_become_rgb(tmp_path):
   gray = _rgb()[..., 0]
   Image.fromarray(gray).save(tmp_path / "g.png")

@@ -1,8 +1,8 @@
 """Descriptor maps for the cascade: the DFF encoder or dense SIFT, behind one signature.
 
 A ``Describer`` maps face crops ``[B, crop, crop, 3]`` float32 in [0, 255] (RGB, the output of
-:func:`dff_jax.sampling.crop_image`) to unit-norm descriptor maps ``[B, crop, crop, D]`` in the
-same pixel frame. It is a pure function of its inputs (parameters are closed over), so it can be
+:func:`dff_jax.sampling.crop_image`; or ``[B, crop, crop, 1]`` BT.601 luma when its
+``channels`` is 1) to unit-norm descriptor maps ``[B, crop, crop, D]`` in the same pixel frame. It is a pure function of its inputs (parameters are closed over), so it can be
 jitted, vmapped and differentiated together with the cascade.
 """
 
@@ -30,15 +30,19 @@ class Describer:
     kind: ``"dff"`` or ``"sift"``.
     descriptor_dim: D.
     apply: ``(params, crops [B, S, S, 3] float32 in [0, 255]) -> descriptor fields [B, ...]``
-      (dense maps ``[B, S, S, D]``, or point fields: :mod:`dff_jax.descriptor_fields`).
+      (dense maps ``[B, S, S, D]``, or point fields: :mod:`dff_jax.descriptor_fields`); crops
+      may also be grey, ``[B, S, S, 1]`` BT.601 luma.
     params: the pytree ``apply`` differentiates through (encoder parameters; ``None`` for SIFT).
     source: where the parameters came from (a path, or "dense SIFT").
+    channels: the colour channels the descriptor reads: 1 (it sees only the luma, so grey
+      crops give the same descriptors as RGB ones, and a grey decode is enough) or 3.
   """
   kind: str
   descriptor_dim: int
   apply: Callable[[Any, Array], Array]
   params: Any
   source: str
+  channels: int = 3
 
   def __call__(self, crops: Array) -> Array:
     return self.apply(self.params, crops)
@@ -68,14 +72,14 @@ def dff_describer(checkpoint: Optional[str | Path] = None) -> Describer:
     return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels))
 
   return Describer(kind="dff", descriptor_dim=int(module.descriptor_dim), apply=apply,
-                   params=params, source=str(path))
+                   params=params, source=str(path), channels=channels)
 
 
 def sift_describer(cell_px: int = 4) -> Describer:
   """Dense upright SIFT at one fixed scale (:func:`dff_jax.sift.dense_sift`)."""
   return Describer(kind="sift", descriptor_dim=sift.DESCRIPTOR_DIM,
                    apply=lambda _, crops: sift.dense_sift(crops, cell_px=cell_px), params=None,
-                   source=f"dense SIFT, cell {cell_px} px")
+                   source=f"dense SIFT, cell {cell_px} px", channels=1)
 
 
 def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:

@@ -113,7 +113,10 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   def job(index: int, path: Path, stem: str):
     def load():
       box = _given_box(path, common_box, box_map, boxes)
-      image = image_io.read_image(path)
+      # Decode grey when nothing needs colour: the descriptor reads only the luma, no overlay
+      # is drawn and no detector runs (a JPEG's luma plane alone is about 3x cheaper to decode).
+      detect = box is None or (isinstance(box, str) and box == runner.DETECT)
+      image = image_io.read_image(path, grey=aligner.channels == 1 and not overlay and not detect)
       return streaming.Loaded(image=image, box=box,
                               truth=dict(index=index, stem=stem, path=str(path),
                                          size_wh=[image.shape[1], image.shape[0]],
@@ -137,7 +140,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                                             aligner.face_model, outline)
         file_io.write_bytes_atomic(out_dir / f"{truth['stem']}_overlay.png", png_bytes(picture),
                                    durable=False)
-      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document, durable=False)
+      file_io.write_json_atomic(out_dir / f"{truth['stem']}.json", document, durable=False,
+                                indent=None)
     except OSError as error:
       return f"{outcome.job.name}: cannot write outputs ({streaming.one_line(error)})"
     finally:
@@ -324,7 +328,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
         raise ValueError(f"{path}: no face found (pass its box with --bbox / --boxes)")
       box, score = found[0], scores[0]  # the detector's best face when no box was given
       work_image, crop_box, work_box = runner.working_crop(image, box, aligner.config,
-                                                           aligner.work_size)
+                                                           aligner.work_size, aligner.channels)
     except streaming.READ_ERRORS as error:
       message = streaming.one_line(error)
       if str(path) not in message:

@@ -11,8 +11,11 @@ works in) is resampled with Pillow's antialiasing bilinear filter to a *working 
 :func:`dff_jax.sampling.crop_image`). Each working image is its face's crop box, so the jitted
 :func:`dff_jax.alignment.cascade.align_working_images` reduces it to the crop by an exact 2 x 2
 mean (what :func:`dff_jax.sampling.crop_image` reads there, without its gathers). Every batch is
-then ``[batch_size, work_size, work_size, 3]`` uint8 (the last one padded by repeating its last
-face), so the function compiles once per run whatever the image sizes. Results are mapped back
+then ``[batch_size, work_size, work_size, C]`` uint8 (the last one padded by repeating its last
+face), so the function compiles once per run whatever the image sizes. ``C`` is the number of
+colour channels the descriptor reads (:attr:`CompiledCascade.channels`): 1 for the grey DFF
+encoders and SIFT, whose working images are cut as BT.601 luma (from an RGB photo, or from a
+photo decoded grey, ``read_image(path, grey=True)``, which is cheaper for JPEGs), 3 otherwise. Results are mapped back
 from the working image to the original image pixels on the host (landmarks, crop box, pose scale
 and translation; the rotation and the shape coefficients do not change).
 
@@ -43,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from dff_jax import geometry
+from dff_jax import image_io
 from dff_jax.alignment import cascade
 from dff_jax.alignment import features as features_lib
 from dff_jax.alignment import io as cascade_io
@@ -191,6 +195,12 @@ class CompiledCascade:
   def name(self) -> str:
     return self.spec.features
 
+  @property
+  def channels(self) -> int:
+    """Colour channels of the working images (:func:`working_crop`): the descriptor's
+    (``describer.channels``: 1 when it reads only the luma, as the shipped encoders do)."""
+    return self.describer.channels
+
   def compile(self, batch_size: int) -> float:
     """Compiles the jitted cascade for ``batch_size`` faces (once per aligner and batch size).
 
@@ -213,7 +223,7 @@ class CompiledCascade:
     start = time.perf_counter()
     self._compiled[batch_size] = self._jitted.lower(
         self.describer.params, self.alignment_model, self.params,
-        jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8)).compile()
+        jax.ShapeDtypeStruct((batch_size, size, size, self.channels), jnp.uint8)).compile()
     self.compile_seconds[batch_size] = time.perf_counter() - start
     return self.compile_seconds[batch_size]
 
@@ -221,18 +231,19 @@ class CompiledCascade:
     """Starts the jitted cascade on one batch and returns at once (JAX's asynchronous dispatch).
 
     Args:
-      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``: each face's crop box at the working
-        resolution (:func:`working_crop`).
+      work_images: ``[B, S, S, C]`` uint8, ``S = work_size``, ``C =`` :attr:`channels`: each
+        face's crop box at the working resolution (:func:`working_crop`).
 
     Returns:
       The device-side :class:`dff_jax.alignment.cascade.AlignmentResult` (not yet computed);
       pass it to :meth:`fetch`. The function is compiled on the first batch of each size.
     """
     work_images = np.asarray(work_images)
-    if (work_images.ndim != 4 or work_images.shape[1:] != (self.work_size, self.work_size, 3)
-        or work_images.dtype != np.uint8):
-      raise ValueError(f"expected [B, {self.work_size}, {self.work_size}, 3] uint8 working "
-                       f"images, got {work_images.shape} {work_images.dtype}")
+    shape = (self.work_size, self.work_size, self.channels)
+    if work_images.ndim != 4 or work_images.shape[1:] != shape or work_images.dtype != np.uint8:
+      raise ValueError(f"expected [B, {', '.join(map(str, shape))}] uint8 working images "
+                       f"(working_crop(..., channels={self.channels})), got {work_images.shape} "
+                       f"{work_images.dtype}")
     batch_size = work_images.shape[0]
     self.compile(batch_size)
     return self._compiled[batch_size](self.describer.params, self.alignment_model, self.params,
@@ -247,7 +258,7 @@ class CompiledCascade:
     """The jitted cascade on one batch of working images (:meth:`dispatch` + :meth:`fetch`).
 
     Args:
-      work_images: ``[B, S, S, 3]`` uint8, ``S = work_size``.
+      work_images: ``[B, S, S, C]`` uint8, ``S = work_size``, ``C =`` :attr:`channels`.
 
     Returns:
       :class:`dff_jax.alignment.cascade.AlignmentResult` fields as NumPy arrays (working frame).
@@ -337,30 +348,45 @@ def check_box(box: Any, height: int, width: int, where: str = "") -> np.ndarray:
 
 
 def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.CascadeConfig,
-                 work_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 work_size: int, channels: int = 3) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Cuts a face's crop box out of the image at the working resolution (host, Pillow).
 
   Args:
-    image: ``[H, W, 3]`` uint8 RGB.
+    image: ``[H, W, 3]`` uint8 RGB, or ``[H, W, 1]`` uint8 grey (BT.601 luma).
     box_xyxy: ``[4]`` face box, image pixels.
     config: the cascade settings (``box_scale``).
     work_size: side of the working image.
+    channels: 3 (RGB; a grey image is replicated) or 1 (BT.601 luma: an RGB image's region is
+      converted before it is resampled, :func:`dff_jax.image_io.rgb_to_grey`).
 
   Returns:
-    ``(work_image [S, S, 3] uint8, crop_box [4] float64 image pixels, work_box [4] float32)``:
-    the crop box resampled (antialiased bilinear, black outside the image), the square crop box,
-    and the face box in working-image pixels.
+    ``(work_image [S, S, channels] uint8, crop_box [4] float64 image pixels, work_box [4]
+    float32)``: the crop box resampled (antialiased bilinear, black outside the image), the
+    square crop box, and the face box in working-image pixels.
   """
+  if channels not in (1, 3):
+    raise ValueError(f"working_crop: channels must be 1 or 3, got {channels}")
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.dtype != np.uint8:
+    raise ValueError(f"working_crop: expected an [H, W, 3] or [H, W, 1] uint8 image, got "
+                     f"{image.shape} {image.dtype}")
   box = np.asarray(box_xyxy, np.float64)
   crop_box = np.asarray(geometry.square_box(box, config.box_scale), np.float64)
   x0, y0, x1, y1 = crop_box
   ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
   ix1, iy1 = max(int(math.ceil(x1)), ix0 + 1), max(int(math.ceil(y1)), iy0 + 1)
-  region = Image.fromarray(np.ascontiguousarray(image, np.uint8)).crop((ix0, iy0, ix1, iy1))
-  work = region.resize((work_size, work_size), Image.BILINEAR,
-                       box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
+  pixels = image[..., 0] if image.shape[-1] == 1 else image
+  region = Image.fromarray(np.ascontiguousarray(pixels)).crop((ix0, iy0, ix1, iy1))
+  if channels == 1 and region.mode == "RGB":
+    region = region.convert("L")  # = image_io.rgb_to_grey (Pillow's BT.601 fixed point)
+  work = np.asarray(region.resize((work_size, work_size), Image.BILINEAR,
+                                  box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)), np.uint8)
+  if work.ndim == 2:
+    work = work[..., None]
+  if work.shape[-1] != channels:
+    work = np.repeat(work, channels, axis=-1)
   work_box = geometry.image_to_crop(box.reshape(2, 2), crop_box, work_size).reshape(4)
-  return np.asarray(work, np.uint8), crop_box, work_box.astype(np.float32)
+  return np.ascontiguousarray(work), crop_box, work_box.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +430,7 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
   ``box``) and their scores.
 
   Args:
-    image: ``[H, W, 3]`` uint8.
+    image: ``[H, W, 3]`` uint8 (or ``[H, W, 1]`` grey, replicated for the detector).
     box: ``[4]``, ``[N, 4]``, ``None`` / :data:`DETECT` or :data:`WHOLE_IMAGE`.
     box_scale: the cascade's ``box_scale`` (for the whole-image box).
     where: prefix of error messages (the image's name).
@@ -424,7 +450,7 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
     if detect is None:
       from dff_jax import detection  # pylint: disable=g-import-not-at-top
       detect = detection.detect_faces
-    found, found_scores = detect(image)
+    found, found_scores = detect(image if image.shape[-1] == 3 else np.repeat(image, 3, -1))
     found = np.asarray(found, np.float32).reshape(-1, 4)
     return found, [float(v) for v in np.asarray(found_scores).reshape(-1)]
   if isinstance(box, str):

@@ -64,7 +64,8 @@ class Loaded:
   """What a job's loader returns.
 
   Attributes:
-    image: ``[H, W, 3]`` uint8 RGB.
+    image: ``[H, W, 3]`` uint8 RGB, or ``[H, W, 1]`` uint8 grey (BT.601 luma) when the aligner
+      reads only the luma and nothing else needs colour (no overlay, no detection).
     box: the face box(es) in image pixels: ``[4]`` one face, ``[N, 4]`` several (``N = 0``:
       none), ``None`` / :data:`DETECT` every face the detector finds, :data:`WHOLE_IMAGE` the
       whole image as the face crop.
@@ -110,14 +111,15 @@ def _prepare(aligner: CompiledCascade, job: Job, detect=None):
   Returns ``(loaded, [(box, score, work_image, crop_box), ...])``."""
   loaded = job.load()
   image = np.asarray(loaded.image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"{job.name}: expected an [H, W, 3] uint8 image, got {image.shape} "
-                     f"{image.dtype}")
+  if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.dtype != np.uint8:
+    raise ValueError(f"{job.name}: expected an [H, W, 3] (or grey [H, W, 1]) uint8 image, got "
+                     f"{image.shape} {image.dtype}")
   boxes, scores = face_boxes(image, loaded.box, aligner.config.box_scale, job.name,
                              loaded.scores, detect)
   entries = []
   for box, score in zip(boxes, scores):
-    work_image, crop_box, _ = working_crop(image, box, aligner.config, aligner.work_size)
+    work_image, crop_box, _ = working_crop(image, box, aligner.config, aligner.work_size,
+                                           aligner.channels)
     entries.append((box, score, work_image, crop_box))
   return loaded, entries
 

@@ -25,6 +25,9 @@ installed), one record per measurement, ``what = "align_stream"``:
   the call (:func:`describe_all_first`: sampled crops, every crop described before the cascade
   starts), timed in turns with ``jitted_call`` (median of ``passes``); ``ratio_to_jitted_call``
   is its faces/s over the current call's.
+* ``mode = "host_costs"`` (photos only, :func:`host_costs`): the host's per-image work in one
+  thread, decoding, working crop and JSON, each the way ``align`` does it now (grey decode,
+  one-line JSON) and the way it did before (RGB, indented JSON).
 * ``mode = "end_to_end"`` (once per ``overlays`` value):
   :func:`dff_jax.alignment.files.align_files` on the images with the boxes file: decoding in
   ``workers`` threads, the jitted batches, JSON (and overlay PNG) writing in ``writers``
@@ -289,6 +292,64 @@ def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
   return call
 
 
+def host_costs(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
+               batch_size: int, count: int = 200) -> Dict[str, Any]:
+  """The host's share of ``align`` per image, one thread, in milliseconds (``mode =
+  "host_costs"``), on the first ``count`` photos: decoding (``decode_rgb_ms``, and
+  ``decode_grey_ms``: the luma plane alone, what ``align`` decodes for a grey descriptor when no
+  overlay is drawn and no detector runs), cutting the working crop (``crop_rgb_ms``: RGB, the
+  layout before grey decoding; ``crop_grey_ms``: one channel from the grey decode) and writing
+  the image's JSON (``write_indented_ms``: indented, the layout before; ``write_one_line_ms``:
+  one line, as ``align`` writes it now). ``rgb_path_ms`` / ``grey_path_ms`` are the sums of the
+  old and the current path; each figure is the median of 3 passes. The JSON is that of the first
+  photo's face, aligned in one batch of ``batch_size`` (the size compiled already)."""
+  from dff_jax import file_io, image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import results, runner  # pylint: disable=g-import-not-at-top
+  paths = list(paths)[:int(count)]
+  work = [runner.working_crop(image_io.read_image(p, grey=True), boxes[p], aligner.config,
+                              aligner.work_size, aligner.channels) for p in paths[:1]]
+  result = aligner.align_working(np.repeat(work[0][0][None], batch_size, axis=0))
+  face = runner.to_image_frame(result, 0, work[0][1], np.asarray(boxes[paths[0]]),
+                               aligner.work_size)
+  document = results.image_document(str(paths[0]), [1, 1], [face],
+                                    features=aligner.spec.features,
+                                    cascade=str(aligner.spec.cascade_path),
+                                    face_model=aligner.face_model.name, box_source="given")
+  rgb = [image_io.read_image(p) for p in paths]
+  grey = [image_io.read_image(p, grey=True) for p in paths]
+  out = Path(tempfile.mkdtemp(prefix="dff_jax_bench_host_"))
+  steps = {
+      "decode_rgb_ms": lambda i: image_io.read_image(paths[i]),
+      "decode_grey_ms": lambda i: image_io.read_image(paths[i], grey=True),
+      "crop_rgb_ms": lambda i: runner.working_crop(rgb[i], boxes[paths[i]], aligner.config,
+                                                   aligner.work_size, 3),
+      "crop_grey_ms": lambda i: runner.working_crop(grey[i], boxes[paths[i]], aligner.config,
+                                                    aligner.work_size, aligner.channels),
+      "write_indented_ms": lambda i: file_io.write_json_atomic(out / f"{i}.json", document,
+                                                               durable=False),
+      "write_one_line_ms": lambda i: file_io.write_json_atomic(out / f"{i}.json", document,
+                                                               durable=False, indent=None),
+  }
+  record: Dict[str, Any] = {"mode": "host_costs", "num_images": len(paths),
+                            "channels": aligner.channels}
+  try:
+    for name, step in steps.items():
+      passes = []
+      for _ in range(3):
+        start = time.perf_counter()
+        for i in range(len(paths)):
+          step(i)
+        passes.append((time.perf_counter() - start) / len(paths) * 1e3)
+      record[name] = round(float(np.median(passes)), 3)
+  finally:
+    shutil.rmtree(out, ignore_errors=True)
+  record["rgb_path_ms"] = round(record["decode_rgb_ms"] + record["crop_rgb_ms"]
+                                + record["write_indented_ms"], 3)
+  record["grey_path_ms"] = round(record["decode_grey_ms"] + record["crop_grey_ms"]
+                                 + record["write_one_line_ms"], 3)
+  return record
+
+
 def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                  batch_size: int, passes: int = 3) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """The compiled cascade alone on batches of images decoded and cropped beforehand, and the
@@ -300,9 +361,10 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
   start = time.perf_counter()
   crops, work_boxes = [], []
   for path in paths:
-    image = image_io.read_image(path)
+    image = image_io.read_image(path, grey=aligner.channels == 1)  # as `align` reads them
     box = runner.check_box(boxes[path], *image.shape[:2], where=str(path))
-    work, _, work_box = runner.working_crop(image, box, aligner.config, aligner.work_size)
+    work, _, work_box = runner.working_crop(image, box, aligner.config, aligner.work_size,
+                                            aligner.channels)
     crops.append(work)
     work_boxes.append(work_box)
   prepare_s = time.perf_counter() - start
@@ -447,6 +509,9 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
              "loadavg": benchmarking.loadavg()}
     jitted_rate = len(paths) / jitted["wall_s"]
     jitted_cpu_rate = len(paths) / jitted["cpu_s"]
+    if photos:
+      yield {**common, **host_costs(aligner, paths, boxes, batch_size),
+             "loadavg": benchmarking.loadavg()}
 
     # 2. The align command end to end, with and without overlays.
     stream_rate = None

@@ -126,10 +126,13 @@ def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] 
                  pipeline=dict(dataclasses.asdict(config)))
 
 
-def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None,
+                 grey: bool = False) -> EvalSet:
   """AFLW2000-3D (``imageNNNNN.jpg`` + ``.mat``): 68 projected 3D landmarks, yaw from
   ``Pose_Para`` in our convention (:func:`data_pipeline.readers.read_aflw2000`); the face box is
-  the ground-truth landmark bounding box (the usual protocol)."""
+  the ground-truth landmark bounding box (the usual protocol). ``grey``: photos decoded to
+  BT.601 luma (``read_image(path, grey=True)``), as ``align`` decodes them for a grey
+  descriptor."""
   from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   pairs = readers.list_aflw2000(data_dir)
@@ -139,7 +142,7 @@ def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -
   def job(image_path, mat_path):
     def load():
       annotation = readers.read_aflw2000(mat_path)
-      return Loaded(image=image_io.read_image(image_path),
+      return Loaded(image=image_io.read_image(image_path, grey=grey),
                     box=landmark_box(annotation.landmarks_px),
                     truth=dict(landmarks_px=annotation.landmarks_px,
                                yaw_deg=float(annotation.yaw_deg)))
@@ -152,11 +155,12 @@ def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -
 
 def faces68_set(data_dir: str | os.PathLike, split: str = "val",
                 json_path: Optional[str | os.PathLike] = None,
-                num_faces: Optional[int] = None) -> EvalSet:
+                num_faces: Optional[int] = None, grey: bool = False) -> EvalSet:
   """A faces68-layout folder (``images/<name>.jpg`` + ``<split>.json`` or ``json_path``):
   300-W-convention landmarks (the jaw on the visible outline), NME by the outer-eye-corner
   distance, the ground-truth landmark box as the face box; the yaw of the bins is estimated by
-  fitting the 3DMM to the annotation (as for ``300w``)."""
+  fitting the 3DMM to the annotation (as for ``300w``). ``grey``: as for
+  :func:`aflw2000_set`."""
   from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   entries = readers.read_faces68(data_dir, split, json_path)
@@ -165,7 +169,7 @@ def faces68_set(data_dir: str | os.PathLike, split: str = "val",
 
   def job(entry):
     def load():
-      return Loaded(image=image_io.read_image(entry.image_path),
+      return Loaded(image=image_io.read_image(entry.image_path, grey=grey),
                     box=landmark_box(entry.landmarks_px),
                     truth=dict(landmarks_px=entry.landmarks_px, yaw_deg=None))
     return Job(name=str(entry.image_path), load=load)
@@ -176,11 +180,12 @@ def faces68_set(data_dir: str | os.PathLike, split: str = "val",
                  box_protocol="ground-truth landmark bounding box")
 
 
-def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None) -> EvalSet:
+def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None,
+                    grey: bool = False) -> EvalSet:
   """A 300W-style folder (images + same-stem 1-based ``.pts``, searched recursively); NME by the
   outer-eye-corner distance; the face box is the ground-truth landmark bounding box. 300W has no
   pose: the yaw of the bins is estimated by fitting the 3DMM to the ground truth
-  (:func:`estimate_yaw_deg`)."""
+  (:func:`estimate_yaw_deg`). ``grey``: as for :func:`aflw2000_set`."""
   from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   pairs = readers.list_300w(data_dir)
@@ -190,7 +195,7 @@ def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None
   def job(image_path, pts_path):
     def load():
       landmarks = readers.read_pts(pts_path)
-      return Loaded(image=image_io.read_image(image_path), box=landmark_box(landmarks),
+      return Loaded(image=image_io.read_image(image_path, grey=grey), box=landmark_box(landmarks),
                     truth=dict(landmarks_px=landmarks, yaw_deg=None, pts_path=str(pts_path)))
     return Job(name=str(image_path), load=load)
 
@@ -364,6 +369,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
   specs = [runner.resolve_aligner(c, features, checkpoint, face_model) for c in cascades]
   names = _method_names(specs)
+  # Photos decoded as `align` decodes them: grey when every method reads only the luma.
+  grey = all(runner.load_aligner(spec).channels == 1 for spec in specs)
 
   if dataset == "synthetic":
     meta = specs[0].header.get("meta", {})
@@ -373,11 +380,11 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                              render_face_model or specs[0].face_model,
                              data=meta.get("data"), box_jitter=meta.get("box_jitter"))
   elif dataset == "aflw2000":
-    eval_set = aflw2000_set(data_dir, num_faces)
+    eval_set = aflw2000_set(data_dir, num_faces, grey)
   elif dataset == "faces68":
-    eval_set = faces68_set(data_dir, split, faces_json, num_faces)
+    eval_set = faces68_set(data_dir, split, faces_json, num_faces, grey)
   else:
-    eval_set = folder_300w_set(data_dir, num_faces)
+    eval_set = folder_300w_set(data_dir, num_faces, grey)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -447,6 +454,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
 
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
+                                 image_decode=("grey: BT.601 luma (a JPEG's luma plane)"
+                                               if grey and dataset != "synthetic" else "rgb"),
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  landmark_convention=eval_set.landmark_convention,

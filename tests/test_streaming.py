@@ -281,7 +281,15 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
       data_dir=str(folder), num_images=4, batch_size=4, cascade=str(env["cascade"]),
       overlays=(False,), dlib_predictor=str(model), report=lambda m: None))
   assert [r["mode"] for r in records] == ["jitted_call", "jitted_call_describe_all_first",
-                                          "end_to_end", "dlib_predictor"]
+                                          "host_costs", "end_to_end", "dlib_predictor"]
+  host = records.pop(2)  # the host's per-image work, one thread
+  steps = ("decode_rgb_ms", "decode_grey_ms", "crop_rgb_ms", "crop_grey_ms",
+           "write_indented_ms", "write_one_line_ms")
+  assert host["num_images"] == 4 and host["channels"] == 1 and all(host[k] > 0 for k in steps)
+  assert host["rgb_path_ms"] == pytest.approx(
+      host["decode_rgb_ms"] + host["crop_rgb_ms"] + host["write_indented_ms"], abs=2e-3)
+  assert host["grey_path_ms"] == pytest.approx(
+      host["decode_grey_ms"] + host["crop_grey_ms"] + host["write_one_line_ms"], abs=2e-3)
   for record in records:
     assert record["source"] == "photos" and record["num_images"] == 4
     assert record["ms_per_item"] > 0
@@ -299,4 +307,5 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
   records = list(benchmark_stream.bench_stream(
       data_dir=str(folder), num_images=2, batch_size=4, cascade=str(env["cascade"]),
       overlays=(), report=lambda m: None))
-  assert [r["mode"] for r in records] == ["jitted_call", "jitted_call_describe_all_first"]
+  assert [r["mode"] for r in records] == ["jitted_call", "jitted_call_describe_all_first",
+                                          "host_costs"]

@@ -192,12 +192,13 @@ def test_remat_blocks_change_nothing_but_memory():
   module = enc.DFFEncoder(features=(8, 16), descriptor_dim=8)
   rematerialised = module.clone(remat=True)
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
-  params = module.init(jax.random.key(0), images)
+  params = jax.jit(module.init)(jax.random.key(0), images)
   assert (jax.tree.structure(params)
-          == jax.tree.structure(rematerialised.init(jax.random.key(0), images)))
-  np.testing.assert_array_equal(module.apply(params, images),
-                                rematerialised.apply(params, images))
-  grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, images)**3))(params)
+          == jax.tree.structure(jax.eval_shape(rematerialised.init, jax.random.key(0), images)))
+  np.testing.assert_array_equal(jax.jit(module.apply)(params, images),
+                                jax.jit(rematerialised.apply)(params, images))
+  # Jitted: eager op-by-op dispatch of init, apply and grad costs most of a minute on 2 cores.
+  grads = [jax.jit(jax.grad(lambda p, m=m: jnp.sum(m.apply(p, images)**3)))(params)
            for m in (module, rematerialised)]
   for a, b in zip(*map(jax.tree.leaves, grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -87,7 +87,7 @@ class Aligner:
     again reuses the compiled cascade).
 
     Args:
-      cascade: a shipped cascade by name (``"default"``, ``"synthetic"``:
+      cascade: a shipped cascade by name (``"default"``, ``"synthetic"``, ``"fast"``:
         :data:`dff_jax.alignment.runner.NAMED_CASCADES`), a cascade ``.npz`` path, or ``None``
         for the shipped default.
       checkpoint: the DFF encoder bundle / training workdir; ``None`` = the one the cascade

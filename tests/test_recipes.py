@@ -154,11 +154,15 @@ def test_tiny_cascade_recipe_ships_a_float16_cascade_naming_its_encoder(tiny_cas
 
 
 @pytest.mark.parametrize("recipe, file", [("cascade_dff", "cascade_dff.npz"),
-                                          ("cascade_dff_synthetic", "cascade_dff_synthetic.npz")])
+                                          ("cascade_dff_synthetic", "cascade_dff_synthetic.npz"),
+                                          ("cascade_dff_fast", "cascade_dff_fast.npz")])
 def test_the_shipped_cascade_has_the_form_the_ship_step_writes(recipe, file):
   from dff_jax.alignment import io as cascade_io
+  from dff_jax.alignment import runner
   path = recipes.ASSETS_DIR / file
-  _, _, meta = cascade_io.load_cascade(path)
+  assert file in runner.NAMED_CASCADES.values()  # selectable by name
+  _, config, meta = cascade_io.load_cascade(path)
+  assert config.crop_size == (96 if recipe == "cascade_dff_fast" else 128)
   ship = next(s for s in MANIFEST["recipes"][recipe]["steps"] if s["op"] == "ship_cascade")
   for key in ("encoder_bundle", "two_stage_cascade", "descriptor_source"):
     assert meta[key] == ship["args"]["meta"][key], key

@@ -217,7 +217,9 @@ class DFFEncoder(nn.Module):
     features: width of each level, finest first; ``depth = len(features)`` levels, so the
       input's height and width must be multiples of ``2 ** (depth - 1)``.
     descriptor_dim: ``D``, the descriptor size (64 in the paper).
-    convs_per_level: 3x3 convolutions per level, in the encoder and again in the decoder.
+    convs_per_level: 3x3 convolutions per level, in the encoder and again in the decoder: one
+      count for every level, or one per level, finest first (e.g. ``(1, 1, 1, 2)``: a thinner
+      pyramid, ``experiments/configs/finetune_thin.py``).
     norm: ``"group"`` (GroupNorm, default), ``"layer"`` or ``"none"`` (then convs have biases).
     num_groups: GroupNorm groups (the largest divisor of each width not above this is used).
     activation: ``"relu"``, ``"gelu"``, ``"silu"`` or ``"leaky_relu"``.
@@ -233,7 +235,7 @@ class DFFEncoder(nn.Module):
   """
   features: Sequence[int] = (32, 64, 96, 128)
   descriptor_dim: int = 64
-  convs_per_level: int = 2
+  convs_per_level: int | Sequence[int] = 2
   norm: str = "group"
   num_groups: int = 8
   activation: str = "relu"
@@ -257,13 +259,24 @@ class DFFEncoder(nn.Module):
                                  ("downsample", self.downsample, _DOWNSAMPLES)):
       if value not in allowed:
         raise ValueError(f"DFFEncoder.{name}={value!r} is not one of {allowed}.")
-    if self.convs_per_level < 1 or self.descriptor_dim < 1:
+    counts = self.convs_per_level
+    if not isinstance(counts, int) and len(counts) != len(self.features):
+      raise ValueError(f"DFFEncoder.convs_per_level {tuple(counts)} needs one count per level "
+                       f"({len(self.features)}), or a single count.")
+    if min(self._convs(level) for level in range(len(self.features))) < 1 or (
+        self.descriptor_dim < 1):
       raise ValueError("DFFEncoder.convs_per_level and descriptor_dim must be >= 1, got "
                        f"{self.convs_per_level} and {self.descriptor_dim}.")
 
-  def _block(self, width: int, name: str, final_activation: bool = True) -> nn.Module:
+  def _convs(self, level: int) -> int:
+    """3x3 convolutions of each block at ``level`` (0 = finest)."""
+    counts = self.convs_per_level
+    return int(counts) if isinstance(counts, int) else int(counts[level])
+
+  def _block(self, width: int, name: str, level: int, final_activation: bool = True
+             ) -> nn.Module:
     block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
-    return block_class(width, self.convs_per_level, self.norm, self.num_groups, self.activation,
+    return block_class(width, self._convs(level), self.norm, self.num_groups, self.activation,
                        self.dtype, self.param_dtype, final_activation, name=name)
 
   def _pyramid(self, images: Array) -> list:
@@ -278,7 +291,8 @@ class DFFEncoder(nn.Module):
         else:
           x = nn.Conv(width_, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"down_{level}")(x)
-      x = self._block(width_, f"encoder_{level}", final_activation=len(self.features) > 1)(x)
+      x = self._block(width_, f"encoder_{level}", level,
+                      final_activation=len(self.features) > 1)(x)
       levels.append(x)
     return levels
 
@@ -324,7 +338,7 @@ class DFFEncoder(nn.Module):
       x = jnp.concatenate([x, skips[level]], axis=-1)
       # The head reads the last block's normalised pre-activations: after a ReLU a pixel can have
       # all features zero, which would give a zero (not unit) descriptor.
-      x = self._block(width_, f"decoder_{level}", final_activation=level > 0)(x)
+      x = self._block(width_, f"decoder_{level}", level, final_activation=level > 0)(x)
 
     x = nn.Conv(self.descriptor_dim, (1, 1), dtype=jnp.float32, param_dtype=self.param_dtype,
                 name="head")(x.astype(jnp.float32))
@@ -500,6 +514,8 @@ def encoder_from_config(config: Any) -> DFFEncoder:
       kwargs[name] = value
   if "features" in kwargs:
     kwargs["features"] = tuple(int(f) for f in kwargs["features"])
+  if not isinstance(kwargs.get("convs_per_level", 2), int):  # a list from JSON: keep it hashable
+    kwargs["convs_per_level"] = tuple(int(c) for c in kwargs["convs_per_level"])
   if isinstance(kwargs.get("dtype"), str):
     if kwargs["dtype"] not in _DTYPES:
       raise ValueError(f"Unknown encoder dtype {kwargs['dtype']!r}; use one of {sorted(_DTYPES)}.")

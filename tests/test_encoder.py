@@ -224,3 +224,27 @@ def test_group_norm_equals_flax_and_a_planted_answer():
   out = encoder_lib.GroupNorm(num_groups=2, epsilon=0.0).apply(
       {"params": {"scale": jnp.full((4,), 3.0), "bias": jnp.full((4,), 0.5)}}, planted)
   np.testing.assert_allclose(np.asarray(out)[0, :, :, 0], 3.0 * sign + 0.5, atol=1e-5)
+
+
+def test_convs_per_level_per_level_counts():
+  """One count per level gives that many convolutions (and norms) in each level's blocks, the
+  same module from a JSON list; a wrong length or a zero names the field."""
+  module = enc.PointDFFEncoder(features=(4, 8, 8), descriptor_dim=4, head_hidden=8,
+                               convs_per_level=(1, 2, 1))
+  shapes = jax.eval_shape(module.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))["params"]
+  convs = {name: sorted(k for k in shapes[name] if k.startswith("Conv"))
+           for name in ("encoder_0", "encoder_1", "encoder_2")}
+  assert convs == {"encoder_0": ["Conv_0"], "encoder_1": ["Conv_0", "Conv_1"],
+                   "encoder_2": ["Conv_0"]}
+  assert shapes["encoder_1"]["Conv_1"]["kernel"].shape == (3, 3, 8, 8)
+  from_json = enc.encoder_from_config(dict(features=[4, 8, 8], descriptor_dim=4, head="point",
+                                           head_hidden=8, convs_per_level=[1, 2, 1]))
+  assert from_json == module and hash(from_json) == hash(module)
+  dense = enc.DFFEncoder(features=(4, 8), descriptor_dim=4, convs_per_level=(2, 1))
+  shapes = jax.eval_shape(dense.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))["params"]
+  assert sorted(k for k in shapes["decoder_0"] if k.startswith("Conv")) == ["Conv_0", "Conv_1"]
+  for bad in ((1, 2), (1, 0, 1)):
+    with pytest.raises(ValueError, match="convs_per_level"):
+      enc.encoder_from_config(dict(features=(4, 8, 8), convs_per_level=bad))

@@ -217,3 +217,85 @@ def test_training_loop_stops_on_nan_with_the_step_and_keeps_the_last_checkpoint(
         log_every=1, items_per_step=2)
   assert checkpoint_lib.Checkpointer(tmp_path).latest_step() == 2
   assert [r["step"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_distill_loss_planted_values():
+  """Equal pyramids give 0, a student of zeros 1, and a level 10 % too large 0.01 (averaged
+  with an exact level: 0.005), whatever the levels' scales."""
+  rng = np.random.default_rng(0)
+  teacher = [rng.normal(0, 3, (2, 8, 8, 4)), rng.normal(0, 0.1, (2, 4, 4, 8))]
+  assert float(finetune.distill_loss(teacher, teacher)) == 0.0
+  np.testing.assert_allclose(finetune.distill_loss([np.zeros_like(t) for t in teacher], teacher),
+                             1.0, rtol=1e-6)
+  np.testing.assert_allclose(finetune.distill_loss([1.1 * teacher[0], teacher[1]], teacher),
+                             0.005, rtol=1e-4)
+  with pytest.raises(ValueError, match="differ"):
+    finetune.distill_loss([teacher[0][:, :4]], [teacher[0]])
+
+
+def test_transfer_params_copies_same_path_and_shape_only():
+  source = {"a": {"kernel": np.ones((3, 3, 1, 4)), "bias": np.ones(4)}, "b": np.ones(2)}
+  target = {"a": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(5)}, "c": np.zeros(2)}
+  params, copied = finetune.transfer_params(source, target)
+  assert copied == 1
+  np.testing.assert_array_equal(params["a"]["kernel"], 1.0)
+  np.testing.assert_array_equal(params["a"]["bias"], np.zeros(5))
+  np.testing.assert_array_equal(params["c"], np.zeros(2))
+
+
+def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start, batch):
+  """A student of the teacher's own shape starts as the teacher (distillation term exactly 0, the
+  loss unchanged); a student with a second convolution at level 1 keeps every other parameter of
+  the teacher, and its distillation term is positive and has gradients."""
+  same, same_config = finetune.make_student(start.describer, {}, 32, seed=3)
+  assert same_config["convs_per_level"] == 1
+  jax.tree.map(np.testing.assert_array_equal, same.params, start.describer.params)
+  fixed = dict(start.fixed, teacher=start.describer.params)
+  args = (start.params, fixed, start.alignment_model, batch["image"], batch["box"],
+          batch["landmarks_px"], batch["landmarks_visible"])
+  plain, _ = finetune.pipeline_loss(
+      finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False), *args)
+  taught = finetune.Pipeline(same.apply, start.cascade_config, remat=False,
+                             teacher_apply=start.describer.apply, distill_weight=2.0)
+  loss, aux = finetune.pipeline_loss(taught, *args)
+  assert float(aux["distill"]) == 0.0
+  np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6)
+
+  thicker, thicker_config = finetune.make_student(start.describer, {"convs_per_level": (1, 2)},
+                                                  32, seed=3)
+  assert thicker_config["convs_per_level"] == [1, 2]
+  assert "Conv_1" in thicker.params["encoder_1"]
+  from flax.traverse_util import flatten_dict  # pylint: disable=g-import-not-at-top
+  theirs, ours = flatten_dict(start.describer.params), flatten_dict(thicker.params)
+  assert set(ours) - set(theirs) == {("encoder_1", "Conv_1", "kernel"),
+                                     ("encoder_1", "GroupNorm_1", "scale"),
+                                     ("encoder_1", "GroupNorm_1", "bias")}
+  for path, value in theirs.items():
+    np.testing.assert_array_equal(ours[path], value)
+  taught = finetune.Pipeline(thicker.apply, start.cascade_config, remat=False,
+                             teacher_apply=start.describer.apply, distill_weight=1.0)
+  params = dict(start.params, encoder=thicker.params)
+
+  def distill(encoder):
+    return finetune.pipeline_loss(taught, dict(params, encoder=encoder), *args[1:])[1]["distill"]
+
+  value, grads = jax.value_and_grad(distill)(thicker.params)
+  assert float(value) > 0.0
+  assert float(jnp.abs(grads["encoder_1"]["Conv_1"]["kernel"]).max()) > 0.0
+
+
+def test_finetuning_a_student_exports_its_own_encoder(config, tmp_path):
+  """The command with ``config.student``: the bundle holds the student's configuration and
+  loads as a describer; the distillation term is logged."""
+  c = config.copy_and_resolve_references()
+  c.num_steps, c.num_eval_faces = 2, 0
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c.student = ml_collections.ConfigDict(dict(convs_per_level=(1, 2)))
+  c.distill_weight = 1.0
+  finetune.finetune_and_evaluate(c, tmp_path, log=lambda m: None)
+  from dff_jax import progress  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
+  records = progress.read_metrics(tmp_path / "metrics.jsonl")
+  assert all(r["distill"] > 0 for r in records)
+  describer = features.dff_describer(tmp_path / "bundle")
+  assert "Conv_1" in describer.params["encoder_1"] and describer.descriptor_dim == 8

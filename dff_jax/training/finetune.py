@@ -144,10 +144,44 @@ class Pipeline:
       :class:`dff_jax.alignment.features.Describer`'s ``apply``).
     config: the cascade's static settings.
     remat: rematerialise each cascade stage in the backward pass.
+    teacher_apply: with ``distill_weight > 0``, the frozen teacher encoder's ``apply`` (its
+      parameters are ``fixed["teacher"]``): the trained encoder's feature pyramid (a dense
+      encoder's descriptor map) is pulled towards the teacher's on the same crops
+      (:func:`distill_loss`).
+    distill_weight: weight of :func:`distill_loss` in the loss (0: no teacher).
   """
   apply: Callable[[Any, Array], Array]
   config: cascade.CascadeConfig
   remat: bool = True
+  teacher_apply: Optional[Callable[[Any, Array], Any]] = None
+  distill_weight: float = 0.0
+
+
+def distill_loss(student_levels: Any, teacher_levels: Any) -> Array:
+  """Relative squared error between two feature pyramids, averaged over levels.
+
+  Args:
+    student_levels, teacher_levels: sequences of ``[B, h_l, w_l, C_l]`` float maps, pairwise the
+      same shapes (e.g. the ``levels`` of two :class:`~dff_jax.descriptor_fields.PointField`).
+
+  Returns:
+    ``[]`` float32: ``mean_l sum((s_l - t_l)^2) / sum(t_l^2)`` (0 when the pyramids agree; 1
+    for a student of zeros), so every level counts alike whatever its scale.
+  """
+  terms = []
+  for student, teacher in zip(student_levels, teacher_levels, strict=True):
+    student = jnp.asarray(student, jnp.float32)
+    teacher = jnp.asarray(teacher, jnp.float32)
+    if student.shape != teacher.shape:
+      raise ValueError(f"student level {student.shape} and teacher level {teacher.shape} differ")
+    terms.append(jnp.sum(jnp.square(student - teacher)) /
+                 jnp.maximum(jnp.sum(jnp.square(teacher)), 1e-12))
+  return jnp.mean(jnp.stack(terms))
+
+
+def _levels(field: Any) -> Tuple[Array, ...]:
+  """What distillation compares: a point field's pyramid levels, or a dense map as one level."""
+  return tuple(field.levels) if hasattr(field, "levels") else (field,)
 
 
 def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
@@ -161,8 +195,9 @@ def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict
 
 def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
                  ) -> cascade.CascadeParams:
-  """Inverse of :func:`split_cascade`."""
-  return cascade.CascadeParams(**dict(trained), **dict(fixed))
+  """Inverse of :func:`split_cascade` (``fixed`` may also hold the teacher's ``"teacher"``)."""
+  return cascade.CascadeParams(**dict(trained), pose_std=fixed["pose_std"],
+                               initial_pose=fixed["initial_pose"])
 
 
 def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
@@ -176,7 +211,8 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     pipeline: static parts.
     params: ``{"encoder": encoder params (``{}`` for SIFT), "cascade": {"landmark_weights"
       [K, F, 136], "pose_weights" [K, F, 6]}}`` float32.
-    fixed: ``{"pose_std" [K, 6], "initial_pose" [6]}`` float32 (not trained).
+    fixed: ``{"pose_std" [K, 6], "initial_pose" [6]}`` float32 (not trained), and with a
+      teacher its parameters under ``"teacher"``.
     alignment_model: the face model and its precomputed geometry.
     images: ``[B, H, W, 3]`` uint8 or float32 in [0, 255].
     boxes_xyxy: ``[B, 4]`` float32 face boxes, image pixels.
@@ -188,7 +224,7 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
 
   Returns:
     ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``, plus ``"pose_error_rad"
-    [B]`` with the pose term.
+    [B]`` with the pose term and ``"distill" []`` with a teacher (``pipeline.distill_weight``).
   """
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
@@ -201,6 +237,11 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     predicted = jnp.stack([result.pitch_rad, result.yaw_rad, result.roll_rad], axis=-1)
     angle_loss, aux["pose_error_rad"] = pose_loss(predicted, jnp.asarray(pose)[..., 1:4])
     loss = loss + pose_weight * angle_loss
+  if pipeline.distill_weight > 0:
+    crops, _ = cascade.crop_faces(images, boxes_xyxy, pipeline.config)
+    teacher = jax.lax.stop_gradient(_levels(pipeline.teacher_apply(fixed["teacher"], crops)))
+    aux["distill"] = distill_loss(_levels(pipeline.apply(params["encoder"], crops)), teacher)
+    loss = loss + pipeline.distill_weight * aux["distill"]
   aux["loss"] = loss
   return loss, aux
 
@@ -269,7 +310,7 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
       loss = loss * jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
     return loss, aux
 
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   optimizer = make_optimizer(config)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -277,6 +318,8 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
              "grad_norm_encoder": optax.global_norm(grads["encoder"]),
              "grad_norm_cascade": optax.global_norm(grads["cascade"]),
              "learning_rate": make_schedule(config, float(config.learning_rate))(state.step)}
+  if "distill" in aux:
+    metrics["distill"] = aux["distill"]
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -296,6 +339,9 @@ class StartingPoint:
     cascade_config: the cascade's static settings.
     alignment_model: face model + geometry.
     source: a description of where the pieces came from (JSON-able).
+    teacher: with ``config.student``, the loaded encoder, frozen (``describer`` is then the
+      student: see :func:`make_student`).
+    encoder_config: the student's encoder config (``None``: the loaded encoder's own).
   """
   describer: features_lib.Describer
   params: PyTree
@@ -303,6 +349,8 @@ class StartingPoint:
   cascade_config: cascade.CascadeConfig
   alignment_model: cascade.AlignmentModel
   source: Dict[str, Any]
+  teacher: Optional[features_lib.Describer] = None
+  encoder_config: Optional[Dict[str, Any]] = None
 
 
 def face_source(config: ml_collections.ConfigDict, seed: int,
@@ -350,12 +398,21 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
     describer = features_lib.make_describer(kind, config.checkpoint or None)
   if cascade_params is None:
     cascade_params = zero_cascade(config, cascade_config, describer.descriptor_dim)
+  teacher, encoder_config = None, None
+  if config.get("student"):
+    if describer.kind != "dff":
+      raise ValueError("config.student needs a DFF encoder to learn from (features = dff)")
+    teacher = describer
+    describer, encoder_config = make_student(teacher, config.student,
+                                             cascade_config.crop_size, int(config.seed))
   if cascade_params.descriptor_dim != describer.descriptor_dim:
     raise ValueError(
         f"the cascade {config.cascade or '(zero)'} expects {cascade_params.descriptor_dim}-d "
         f"descriptors but the {kind} describer {describer.source} gives "
         f"{describer.descriptor_dim}: pass a cascade trained on these features")
   trained, fixed = split_cascade(cascade_params)
+  if teacher is not None:
+    fixed["teacher"] = teacher.params
   encoder_params = describer.params if describer.params is not None else {}
   alignment_model = cascade.make_alignment_model(load_face_model(face_model))
   return StartingPoint(
@@ -363,7 +420,61 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
       cascade_config=cascade_config, alignment_model=alignment_model,
       source=dict(features=kind, descriptor_source=describer.source,
                   descriptor_dim=describer.descriptor_dim, face_model=face_model,
-                  cascade=str(config.cascade or "zero regressors")))
+                  cascade=str(config.cascade or "zero regressors")),
+      teacher=teacher, encoder_config=encoder_config)
+
+
+def transfer_params(source: Mapping[str, Any], target: Mapping[str, Any]
+                    ) -> Tuple[Dict[str, Any], int]:
+  """``target`` with every leaf replaced by ``source``'s leaf at the same path when the shapes
+  agree; returns ``(params, number of leaves copied)``."""
+  copied = 0
+
+  def merge(source, target):
+    nonlocal copied
+    out = {}
+    for key, value in target.items():
+      theirs = source.get(key) if isinstance(source, Mapping) else None
+      if isinstance(value, Mapping):
+        out[key] = merge(theirs if isinstance(theirs, Mapping) else {}, value)
+      elif theirs is not None and np.shape(theirs) == np.shape(value):
+        out[key], copied = jnp.asarray(theirs, jnp.float32), copied + 1
+      else:
+        out[key] = value
+    return out
+
+  return merge(source, target), copied
+
+
+def make_student(teacher: features_lib.Describer, overrides: Mapping[str, Any], crop_size: int,
+                 seed: int) -> Tuple[features_lib.Describer, Dict[str, Any]]:
+  """A new DFF encoder, the teacher's config with ``overrides`` (e.g. ``convs_per_level``), its
+  parameters initialised from ``seed`` and then copied from the teacher wherever a parameter of
+  the same path and shape exists (for a thinner pyramid: the first convolution and norm of each
+  level, and the point head).
+
+  Returns:
+    ``(describer, encoder_config)``: the student (``source`` names the teacher) and its config.
+  """
+  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  _, meta = checkpoint_lib.load_encoder_params(teacher.source)
+  encoder_config = dict(meta["encoder"], **{
+      k: list(v) if isinstance(v, (tuple, list)) else v for k, v in dict(overrides).items()})
+  module = encoder_lib.encoder_from_config(encoder_config)
+  channels = teacher.channels
+  images = jnp.zeros((1, crop_size, crop_size, channels), jnp.float32)
+  fresh = module.init(jax.random.PRNGKey(int(seed)), images)["params"]
+  params, copied = transfer_params(teacher.params, fresh)
+  logging.info("student encoder: %d of %d parameter arrays copied from the teacher %s", copied,
+               len(jax.tree.leaves(fresh)), teacher.source)
+
+  def apply(params, crops):
+    return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels))
+
+  describer = features_lib.Describer(
+      kind="dff", descriptor_dim=int(module.descriptor_dim), apply=apply, params=params,
+      source=f"student of {teacher.source}", channels=channels)
+  return describer, encoder_config
 
 
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -463,9 +574,12 @@ def _workdir_config(config: ml_collections.ConfigDict, start: StartingPoint) -> 
   :mod:`dff_jax.checkpoint` reads to rebuild the encoder) plus this run's under ``finetune``."""
   experiment: Dict[str, Any] = {}
   if start.describer.kind == "dff":
-    _, meta = checkpoint_lib.load_encoder_params(start.describer.source)
+    encoder = start.teacher or start.describer
+    _, meta = checkpoint_lib.load_encoder_params(encoder.source)
     experiment = dict(meta.get("experiment") or {})
     experiment.setdefault("encoder", dict(meta["encoder"]))
+    if start.encoder_config is not None:
+      experiment["encoder"] = dict(start.encoder_config)
     experiment.setdefault("data", {"image_size": int(meta["image_size"])})
     experiment["encoder"] = dict(experiment["encoder"], channels=int(meta["channels"]))
   experiment["finetune"] = config.to_dict()
@@ -498,7 +612,10 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
     (workdir / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(
         _workdir_config(config, start), indent=2, sort_keys=True, default=str))
   pipeline = Pipeline(apply=start.describer.apply, config=start.cascade_config,
-                      remat=bool(config.remat))
+                      remat=bool(config.remat),
+                      teacher_apply=start.teacher.apply if start.teacher else None,
+                      distill_weight=float(config.get("distill_weight", 0.0)) if start.teacher
+                      else 0.0)
 
   mesh = sharding_lib.create_mesh(config)
   replicated = NamedSharding(mesh, P())

@@ -25,9 +25,11 @@ score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5).
 
 **Box convention.** BlazeFace's box is a square box around the eyes, nose and mouth; the
 cascade wants the bounding box of the 68 landmarks it was trained around (brows to chin, jaw to
-jaw). :data:`BOX_CORRECTION` maps one to the other: a per-axis affine map (centre shift and size
-scale as fractions of the detector box) whose terms vary linearly with a head-turn proxy from
-BlazeFace's keypoints (:func:`head_turn`), fitted on synthetic training renders
+jaw). :data:`BOX_CORRECTION` maps one to the other: in the face's own frame (turned by the eye
+line's roll, :func:`head_roll`) a per-axis affine map (centre shift and size scale as fractions
+of the detector box) whose terms vary linearly with a head-turn proxy from BlazeFace's keypoints
+(:func:`head_turn`), then the axis-aligned box around the turned face; fitted on synthetic
+training renders
 (``python -m experiments.eval_detection --fit_box_correction --fit_on=synthetic``; WORKSPACE.md
 section 11), never on AFLW2000-3D.
 
@@ -71,17 +73,21 @@ MIN_SCORE = 0.6
 MAX_IMAGE_PIXELS = 50_000_000
 
 # Detector box -> landmark bounding box (the box the cascade was trained around), see
-# correct_boxes: centre shift and size scale as fractions of the detector box, each a straight
-# line in the head turn t (head_turn: nose tip vs eye midpoint). Fitted (robust least squares) on
-# 373 of 400 synthetic *training* renders of the cascade (seed 20000, full yaw range, the jaw on
-# the silhouette as in training; 27 renders had no matching detection) by
+# correct_boxes: in the face's own frame (turned by the eye line's roll, head_roll), centre shift
+# and size scale as fractions of the detector box, each a straight line in the head turn t
+# (head_turn: nose tip vs eye midpoint along the eye line), then the axis-aligned box around the
+# turned face (rotated_extent, roll_fill). Fitted (robust least squares) on 373 of 400 synthetic
+# *training* renders of the cascade (seed 20000, full yaw range, roll up to 20 degrees, the jaw
+# on the silhouette as in training; 27 renders had no matching detection) by
 #   python -m experiments.eval_detection --fit_box_correction --fit_on=synthetic \
 #       --num_fit_faces=400 --out_dir=DIR
-# (never on AFLW2000-3D). At large turn the detector box sits towards the back of the head and is
-# too wide: shift_x_turn > 0 moves it towards the nose, scale_w_turn < 0 narrows it.
-BOX_CORRECTION = dict(shift_x=0.0041, shift_y=0.0534, scale_w=0.9152, scale_h=0.9204,
-                      shift_x_turn=0.3149, shift_y_turn=-0.07, scale_w_turn=-0.2504,
-                      scale_h_turn=0.1025)
+# (never on AFLW2000-3D; experiments/results/box_correction_synthetic_roll.json). At large turn
+# the detector box sits towards the back of the head and is too wide: shift_x_turn > 0 moves it
+# towards the nose, scale_w_turn < 0 narrows it. roll_fill near 0: the 68 points turn like an
+# ellipse, not like the corners of their box.
+BOX_CORRECTION = dict(shift_x=-0.0017, shift_y=0.0502, scale_w=0.98, scale_h=0.9102,
+                      shift_x_turn=0.3613, shift_y_turn=0.1517, scale_w_turn=-0.84,
+                      scale_h_turn=0.1576, roll_fill=0.0841)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,37 +181,75 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray,
           np.asarray(kept_scores, np.float32))
 
 
+def head_roll(keypoints: np.ndarray) -> np.ndarray:
+  """``[N]`` float32 in-plane rotation (radians, in ``(-pi/2, pi/2]``) of the line through the
+  eyes: ``atan2(dy, dx)`` of the eye-to-eye vector taken left to right in the image (image
+  frame, y down, so positive when the face is turned clockwise on screen).
+  ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
+  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
+  vector = keypoints[:, 1] - keypoints[:, 0]
+  vector = np.where(vector[:, :1] < 0, -vector, vector)
+  return np.arctan2(vector[:, 1], vector[:, 0]).astype(np.float32)
+
+
 def head_turn(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
-  """``[N]`` signed head-turn proxy: (nose tip x - eye midpoint x) / box width (image x, so
-  positive when the nose points to the image right). ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
+  """``[N]`` signed head-turn proxy: (nose tip - eye midpoint) / box width along the eye line
+  (:func:`head_roll`; for an upright face the image x, so positive when the nose points to the
+  image right). ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
-  eyes = (keypoints[:, 0, 0] + keypoints[:, 1, 0]) / 2
+  roll = head_roll(keypoints)
+  offset = keypoints[:, 2] - (keypoints[:, 0] + keypoints[:, 1]) / 2
+  along = offset[:, 0] * np.cos(roll) + offset[:, 1] * np.sin(roll)
   width = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
-  return (keypoints[:, 2, 0] - eyes) / width
+  return along / width
+
+
+def rotated_extent(half_w: np.ndarray, half_h: np.ndarray, roll: np.ndarray, fill: float
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """Half sizes of the axis-aligned box around a face whose own (upright) landmark box has half
+  sizes ``(half_w, half_h)``, turned in the image plane by ``roll`` radians.
+
+  The 68 points fill neither their box (the chin is round) nor an ellipse: the result is
+  ``fill`` of the way from the inscribed ellipse's extent ``sqrt(w^2 cos^2 + h^2 sin^2)`` to the
+  rectangle's ``w |cos| + h |sin|`` (equal, and the box itself, at zero roll).
+  """
+  c, s = np.abs(np.cos(roll)), np.abs(np.sin(roll))
+  ellipse = (np.sqrt((half_w * c) ** 2 + (half_h * s) ** 2),
+             np.sqrt((half_w * s) ** 2 + (half_h * c) ** 2))
+  rectangle = (half_w * c + half_h * s, half_w * s + half_h * c)
+  return tuple(e + fill * (r - e) for e, r in zip(ellipse, rectangle))
 
 
 def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = None,
-                  turn: Optional[np.ndarray] = None) -> np.ndarray:
+                  turn: Optional[np.ndarray] = None, roll: Optional[np.ndarray] = None
+                  ) -> np.ndarray:
   """Detector boxes ``[N, 4]`` -> landmark-box convention (:data:`BOX_CORRECTION`).
 
-  With ``t = turn`` (:func:`head_turn`; 0 when ``None``) and ``a = |t|``:
-  ``centre' = centre + ((shift_x + shift_x_turn * t) * w, (shift_y + shift_y_turn * a) * h)``,
-  ``w' = (scale_w + scale_w_turn * a) * w``, ``h' = (scale_h + scale_h_turn * a) * h``
-  (missing ``*_turn`` keys count as 0).
+  In the face's own frame (the image turned by ``-roll``, :func:`head_roll`; 0 when ``None``),
+  with ``t = turn`` (:func:`head_turn`; 0 when ``None``) and ``a = |t|``: the centre moves by
+  ``((shift_x + shift_x_turn * t) * w, (shift_y + shift_y_turn * a) * h)`` and the landmark box
+  is ``w' = (scale_w + scale_w_turn * a) * w`` by ``h' = (scale_h + scale_h_turn * a) * h``
+  (missing ``*_turn`` keys count as 0). Back in the image, the shift turns by ``roll`` and the
+  box is the axis-aligned box around the turned face (:func:`rotated_extent` with
+  ``roll_fill``, default 1). At zero roll this is a per-axis affine map of the box.
   """
   c = BOX_CORRECTION if correction is None else correction
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   t = np.zeros(len(boxes), np.float32) if turn is None else np.asarray(turn, np.float32)
+  r = np.zeros(len(boxes), np.float32) if roll is None else np.asarray(roll, np.float32)
   a = np.abs(t)
   size = boxes[:, 2:] - boxes[:, :2]
-  shift = np.stack([c["shift_x"] + c.get("shift_x_turn", 0.0) * t,
-                    c["shift_y"] + c.get("shift_y_turn", 0.0) * a], axis=1)
+  shift = size * np.stack([c["shift_x"] + c.get("shift_x_turn", 0.0) * t,
+                           c["shift_y"] + c.get("shift_y_turn", 0.0) * a], axis=1)
+  shift = np.stack([shift[:, 0] * np.cos(r) - shift[:, 1] * np.sin(r),
+                    shift[:, 0] * np.sin(r) + shift[:, 1] * np.cos(r)], axis=1)
   scale = np.stack([c["scale_w"] + c.get("scale_w_turn", 0.0) * a,
                     c["scale_h"] + c.get("scale_h_turn", 0.0) * a], axis=1)
-  centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * shift
-  size = size * scale
-  return np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
+  half = np.stack(rotated_extent(size[:, 0] * scale[:, 0] / 2, size[:, 1] * scale[:, 1] / 2, r,
+                                 float(c.get("roll_fill", 1.0))), axis=1)
+  return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +320,8 @@ class FaceDetector:
       scores = np.concatenate([scores, tile_scores[new]])[order]
     boxes, keypoints = rows[:, :4], rows[:, 4:].reshape(-1, 6, 2)
     if correct:
-      boxes = correct_boxes(boxes, self.correction, turn=head_turn(boxes, keypoints))
+      boxes = correct_boxes(boxes, self.correction, turn=head_turn(boxes, keypoints),
+                            roll=head_roll(keypoints))
     if return_keypoints:
       return boxes.astype(np.float32), scores.astype(np.float32), keypoints.astype(np.float32)
     return boxes.astype(np.float32), scores.astype(np.float32)

@@ -59,7 +59,8 @@ def define_flags() -> None:
   flags.DEFINE_string("detections", None, "JSON of another detector's boxes (see docstring).")
   flags.DEFINE_string("detector_name", None, "Name of the --detections detector.")
   flags.DEFINE_string("box_correction", None, "shift_x,shift_y,scale_w,scale_h[,4 *_turn "
-                      "slopes] or none (default: the shipped one; none for --detections).")
+                      "slopes[,roll_fill]] or none (default: the shipped one; none for "
+                      "--detections).")
   flags.DEFINE_bool("fit_box_correction", False, "Fit the box correction on faces68 train.")
   flags.DEFINE_enum("fit_on", "faces68", ["faces68", "synthetic"], "--fit_box_correction data: "
                     "the faces68 train split or synthetic training renders (seed 20000).")

@@ -64,7 +64,9 @@ def test_uncorrected_box_and_correction_round_trip(portrait):
   raw, _, keypoints = detection.detect_faces(portrait, correct=False, return_keypoints=True)
   corrected, _ = detection.detect_faces(portrait)
   turn = detection.head_turn(raw, keypoints)
-  np.testing.assert_allclose(detection.correct_boxes(raw, turn=turn), corrected, atol=1e-3)
+  np.testing.assert_allclose(detection.correct_boxes(raw, turn=turn,
+                                                   roll=detection.head_roll(keypoints)),
+                             corrected, atol=1e-3)
   identity = dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
   np.testing.assert_allclose(detection.correct_boxes(raw, identity), raw, atol=1e-4)
 
@@ -272,3 +274,71 @@ def test_fit_box_correction_recovers_turn_slopes():
   fit = evaluation.fit_box_correction(faces, lambda image, name: detections[name])
   for key, value in planted.items():
     assert fit[key] == pytest.approx(value, abs=2e-3), key
+
+
+def _rotate(points, angle, centre):
+  c, s = np.cos(angle), np.sin(angle)
+  offset = np.asarray(points, np.float64) - centre
+  return centre + np.stack([offset[..., 0] * c - offset[..., 1] * s,
+                            offset[..., 0] * s + offset[..., 1] * c], axis=-1)
+
+
+def test_head_roll_and_turn_in_the_face_frame():
+  """Planted keypoints of an upright face (turn 0.2 of a 100 px box), turned by 30 degrees about
+  the box centre: the roll is 30 degrees whichever eye comes first, the turn still 0.2."""
+  box = np.array([[0, 0, 100, 100]], np.float32)
+  upright = np.zeros((6, 2))
+  upright[:3] = [[40, 45], [60, 45], [70, 60]]  # eyes, nose tip 20 px right of their midpoint
+  turned = _rotate(upright, np.radians(30), np.array([50.0, 50.0]))[None]
+  assert detection.head_roll(turned)[0] == pytest.approx(np.radians(30), abs=1e-5)
+  assert detection.head_roll(turned[:, [1, 0, 2, 3, 4, 5]])[0] == pytest.approx(np.radians(30),
+                                                                                 abs=1e-5)
+  assert detection.head_turn(box, turned)[0] == pytest.approx(0.2, abs=1e-5)
+  assert detection.head_turn(box, upright[None])[0] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_correction_with_roll_planted_boxes():
+  """Identity scales on a 100 x 60 box: at 90 degrees the box turns into 60 x 100 and a shift
+  down the face moves it left; at 45 degrees the half sizes are the rectangle's (a + b) / sqrt 2
+  with roll_fill 1 and the ellipse's sqrt((a^2 + b^2) / 2) with roll_fill 0; zero roll is the
+  old affine map."""
+  box = np.array([[0, 0, 100, 60]], np.float32)
+  base = dict(shift_x=0.0, shift_y=0.1, scale_w=1.0, scale_h=1.0)
+  out = detection.correct_boxes(box, base, roll=np.array([np.pi / 2]))
+  np.testing.assert_allclose(out[0], [50 - 6 - 30, 30 - 50, 50 - 6 + 30, 30 + 50], atol=1e-3)
+  for fill, half in ((1.0, (50 + 30) / np.sqrt(2)), (0.0, np.sqrt((50 ** 2 + 30 ** 2) / 2))):
+    out = detection.correct_boxes(box, dict(base, shift_y=0.0, roll_fill=fill),
+                                  roll=np.array([np.pi / 4]))
+    np.testing.assert_allclose(out[0], [50 - half, 30 - half, 50 + half, 30 + half], atol=1e-3)
+  np.testing.assert_allclose(detection.correct_boxes(box, base, roll=np.zeros(1)),
+                             detection.correct_boxes(box, base), atol=1e-5)
+
+
+@pytest.mark.parametrize("outline, fill", [("rectangle", 1.0), ("ellipse", 0.0)])
+def test_fit_box_correction_recovers_terms_on_turned_faces(outline, fill):
+  """Planted faces whose own landmark box follows the planted lines in the turn, turned in the
+  image by up to 35 degrees: the fit recovers every line and the roll fill of the outline (1
+  for a rectangle of points, 0 for an ellipse)."""
+  planted = dict(shift_x=0.01, shift_x_turn=0.3, shift_y=0.05, shift_y_turn=-0.1, scale_w=0.9,
+                 scale_w_turn=-0.25, scale_h=0.95, scale_h_turn=0.1)
+  rng = np.random.default_rng(3)
+  angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
+  shape = (np.stack([np.cos(angles), np.sin(angles)], 1) if outline == "ellipse" else
+           np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64))
+  faces, detections = [], {}
+  for k in range(40):
+    box = np.array([100, 100, 200, 220], np.float64) + rng.uniform(-20, 20, 4)
+    centre = (box[:2] + box[2:]) / 2
+    turn, roll = rng.uniform(-0.3, 0.3), rng.uniform(-0.6, 0.6)
+    upright = np.zeros((6, 2))
+    upright[:2] = [[centre[0] - 10, centre[1] - 10], [centre[0] + 10, centre[1] - 10]]
+    upright[2] = [centre[0] + turn * (box[2] - box[0]), centre[1] + 10]
+    face = detection.correct_boxes(box[None], planted, turn=np.array([turn]))[0]
+    points = (face[:2] + face[2:]) / 2 + shape * (face[2:] - face[:2]) / 2
+    faces.append((f"f{k}", np.zeros((8, 8, 3), np.uint8),
+                  _rotate(points, roll, centre).astype(np.float32)))
+    detections[f"f{k}"] = (box[None], np.ones(1), _rotate(upright, roll, centre)[None])
+  fit = evaluation.fit_box_correction(faces, lambda image, name: detections[name])
+  for key, value in planted.items():
+    assert fit[key] == pytest.approx(value, abs=2e-3), key
+  assert fit["roll_fill"] == pytest.approx(fill, abs=0.02)

@@ -141,7 +141,10 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
   ``scale = landmark size / detector size`` per axis. Without keypoints the fit is the median of
   each (no ``*_turn`` terms). With keypoints (``detect`` returning a third array ``[N, 6, 2]``)
   each is a robust straight line in the head-turn proxy ``t``
-  (:func:`dff_jax.detection.head_turn`): ``shift_x`` in ``t``, the others in ``|t|``.
+  (:func:`dff_jax.detection.head_turn`): ``shift_x`` in ``t``, the others in ``|t|``, all
+  measured in the face's own frame (the landmarks turned by ``-roll``,
+  :func:`dff_jax.detection.head_roll`), and ``roll_fill`` is fitted to the image boxes of the
+  turned faces (:func:`dff_jax.detection.rotated_extent`).
 
   Args:
     faces: ``(name, image [H, W, 3] uint8, landmarks_px [68, 2])`` (training faces only).
@@ -153,7 +156,7 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
     ``num_used``, the quartiles of each quantity and of ``|t|``.
   """
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
-  rows, turns = [], []
+  rows, turns, rolls, extents = [], [], [], []
   count = 0
   with_keypoints = None
   for name, image, landmarks in faces:
@@ -170,11 +173,23 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
       continue
     det = boxes[best]
     det_size = det[2:] - det[:2]
-    shift = ((truth[:2] + truth[2:]) - (det[:2] + det[2:])) / 2 / det_size
-    scale = (truth[2:] - truth[:2]) / det_size
-    rows.append(np.concatenate([shift, scale]))
+    det_centre = (det[:2] + det[2:]) / 2
+    roll = 0.0
     if with_keypoints:
-      turns.append(float(detection.head_turn(det[None], np.asarray(result[2])[best][None])[0]))
+      keypoints = np.asarray(result[2])[best][None]
+      roll = float(detection.head_roll(keypoints)[0])
+      turns.append(float(detection.head_turn(det[None], keypoints)[0]))
+    # The landmarks in the face's own frame (turned by -roll about the detector box's centre).
+    c, s = np.cos(roll), np.sin(roll)
+    offset = np.asarray(landmarks, np.float64) - det_centre
+    upright = np.stack([offset[:, 0] * c + offset[:, 1] * s,
+                        -offset[:, 0] * s + offset[:, 1] * c], axis=1)
+    face_box = np.concatenate([upright.min(0), upright.max(0)])
+    rows.append(np.concatenate([(face_box[:2] + face_box[2:]) / 2 / det_size,
+                                (face_box[2:] - face_box[:2]) / det_size]))
+    rolls.append(roll)
+    extents.append(np.concatenate([(face_box[2:] - face_box[:2]) / 2,
+                                   (truth[2:] - truth[:2]) / 2]))
   if not rows:
     raise ValueError("no detection matched a landmark box: cannot fit a box correction")
   rows = np.asarray(rows)
@@ -187,6 +202,17 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
       fit[n], fit[n + "_turn"] = round(a, 4), round(b, 4)
     fit["abs_turn_quartiles"] = [round(float(q), 4) for q in np.percentile(np.abs(turn),
                                                                            [25, 50, 75, 95])]
+    # roll_fill: least squares of the image box's half sizes between the ellipse's and the
+    # rectangle's extents of the face's own box (rotated_extent; only turned faces inform it).
+    extents, roll = np.asarray(extents), np.asarray(rolls)
+    ellipse = np.stack(detection.rotated_extent(extents[:, 0], extents[:, 1], roll, 0.0), 1)
+    rectangle = np.stack(detection.rotated_extent(extents[:, 0], extents[:, 1], roll, 1.0), 1)
+    gap = (rectangle - ellipse).ravel()
+    if float(np.sum(gap * gap)) > 1e-6:
+      fill = float(np.sum(gap * (extents[:, 2:] - ellipse).ravel()) / np.sum(gap * gap))
+      fit["roll_fill"] = round(float(np.clip(fill, 0.0, 1.0)), 4)
+    fit["abs_roll_deg_quartiles"] = [round(float(q), 2) for q in
+                                     np.degrees(np.percentile(np.abs(roll), [25, 50, 75, 95]))]
   else:
     fit.update({n: round(float(np.median(rows[:, i])), 4) for i, n in enumerate(names)})
   fit["quartiles"] = {n: [round(float(q), 4) for q in np.percentile(rows[:, i], [25, 50, 75])]
@@ -386,11 +412,12 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
 
 
 CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "shift_y_turn",
-                   "scale_w_turn", "scale_h_turn")
+                   "scale_w_turn", "scale_h_turn", "roll_fill")
 
 
 def parse_correction(text: str | None) -> Dict[str, float]:
-  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn]"`` / ``"none"`` / ``None`` -> correction
+  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn[,roll_fill]]"`` / ``"none"`` / ``None`` ->
+  correction
   dict (:func:`dff_jax.detection.correct_boxes`)."""
   if text is None or text == "none":
     return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
@@ -398,9 +425,9 @@ def parse_correction(text: str | None) -> Dict[str, float]:
     values = [float(v) for v in text.split(",")]
   except ValueError:
     values = []
-  if len(values) not in (4, 8) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
+  if len(values) not in (4, 8, 9) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
     raise ValueError(f"--box_correction={text!r}: expected shift_x,shift_y,scale_w,scale_h "
-                     "(positive scales) [+ the four *_turn slopes], or none")
+                     "(positive scales) [+ the four *_turn slopes [+ roll_fill]], or none")
   return dict(zip(CORRECTION_KEYS, values))
 
 

@@ -27,9 +27,9 @@ score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5).
 cascade wants the bounding box of the 68 landmarks it was trained around (brows to chin, jaw to
 jaw). :data:`BOX_CORRECTION` maps one to the other: in the face's own frame (turned by the eye
 line's roll, :func:`head_roll`) a per-axis affine map (centre shift and size scale as fractions
-of the detector box) whose terms vary linearly with a head-turn proxy from BlazeFace's keypoints
-(:func:`head_turn`), then the axis-aligned box around the turned face; fitted on synthetic
-training renders
+of the detector box) whose terms vary linearly with head-turn and nod proxies from BlazeFace's
+keypoints (:func:`head_turn`, :func:`head_nod`), then the axis-aligned box around the turned
+face; fitted on synthetic training renders
 (``python -m experiments.eval_detection --fit_box_correction --fit_on=synthetic``; WORKSPACE.md
 section 11), never on AFLW2000-3D.
 
@@ -75,19 +75,22 @@ MAX_IMAGE_PIXELS = 50_000_000
 # Detector box -> landmark bounding box (the box the cascade was trained around), see
 # correct_boxes: in the face's own frame (turned by the eye line's roll, head_roll), centre shift
 # and size scale as fractions of the detector box, each a straight line in the head turn t
-# (head_turn: nose tip vs eye midpoint along the eye line), then the axis-aligned box around the
-# turned face (rotated_extent, roll_fill). Fitted (robust least squares) on 373 of 400 synthetic
-# *training* renders of the cascade (seed 20000, full yaw range, roll up to 20 degrees, the jaw
-# on the silhouette as in training; 27 renders had no matching detection) by
+# (head_turn: nose tip vs eye midpoint along the eye line) and in the nod (head_nod: the same
+# across it), then the axis-aligned box around the turned face (rotated_extent, roll_fill).
+# Fitted (robust least squares) on 941 of 1000 synthetic *training* renders of the cascade
+# (seed 20000, full yaw range, roll up to 20 and pitch up to 25 degrees, the jaw on the
+# silhouette as in training; the other renders had no matching detection) by
 #   python -m experiments.eval_detection --fit_box_correction --fit_on=synthetic \
-#       --num_fit_faces=400 --out_dir=DIR
-# (never on AFLW2000-3D; experiments/results/box_correction_synthetic_roll.json). At large turn
+#       --num_fit_faces=1000 --out_dir=DIR
+# (never on AFLW2000-3D; experiments/results/box_correction_synthetic_nod.json). At large turn
 # the detector box sits towards the back of the head and is too wide: shift_x_turn > 0 moves it
-# towards the nose, scale_w_turn < 0 narrows it. roll_fill near 0: the 68 points turn like an
-# ellipse, not like the corners of their box.
-BOX_CORRECTION = dict(shift_x=-0.0017, shift_y=0.0502, scale_w=0.98, scale_h=0.9102,
-                      shift_x_turn=0.3613, shift_y_turn=0.1517, scale_w_turn=-0.84,
-                      scale_h_turn=0.1576, roll_fill=0.0841)
+# towards the nose (shift_x is odd in the turn: a mirrored face gets the mirrored box),
+# scale_w_turn < 0 narrows it; a raised chin (small nod) needs a larger box (scale_*_nod < 0). roll_fill near 0: the 68 points turn like an ellipse, not like the corners
+# of their box.
+BOX_CORRECTION = dict(shift_x=0.0, shift_y=-0.1575, scale_w=1.2178, scale_h=0.9659,
+                      shift_x_turn=0.3563, shift_y_turn=0.2581, scale_w_turn=-1.0565,
+                      scale_h_turn=0.124, roll_fill=0.0825, shift_y_nod=0.818,
+                      scale_w_nod=-0.8969, scale_h_nod=-0.2445)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +208,19 @@ def head_turn(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
   return along / width
 
 
+def head_nod(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+  """``[N]`` nod proxy: (nose tip - eye midpoint) / box height across the eye line
+  (:func:`head_roll`), positive downwards on the face; smaller when the chin is raised, larger
+  when the head bows. ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
+  roll = head_roll(keypoints)
+  offset = keypoints[:, 2] - (keypoints[:, 0] + keypoints[:, 1]) / 2
+  across = -offset[:, 0] * np.sin(roll) + offset[:, 1] * np.cos(roll)
+  height = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
+  return across / height
+
+
 def rotated_extent(half_w: np.ndarray, half_h: np.ndarray, roll: np.ndarray, fill: float
                    ) -> Tuple[np.ndarray, np.ndarray]:
   """Half sizes of the axis-aligned box around a face whose own (upright) landmark box has half
@@ -222,15 +238,16 @@ def rotated_extent(half_w: np.ndarray, half_h: np.ndarray, roll: np.ndarray, fil
 
 
 def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = None,
-                  turn: Optional[np.ndarray] = None, roll: Optional[np.ndarray] = None
-                  ) -> np.ndarray:
+                  turn: Optional[np.ndarray] = None, roll: Optional[np.ndarray] = None,
+                  nod: Optional[np.ndarray] = None) -> np.ndarray:
   """Detector boxes ``[N, 4]`` -> landmark-box convention (:data:`BOX_CORRECTION`).
 
   In the face's own frame (the image turned by ``-roll``, :func:`head_roll`; 0 when ``None``),
   with ``t = turn`` (:func:`head_turn`; 0 when ``None``) and ``a = |t|``: the centre moves by
   ``((shift_x + shift_x_turn * t) * w, (shift_y + shift_y_turn * a) * h)`` and the landmark box
   is ``w' = (scale_w + scale_w_turn * a) * w`` by ``h' = (scale_h + scale_h_turn * a) * h``
-  (missing ``*_turn`` keys count as 0). Back in the image, the shift turns by ``roll`` and the
+  (missing ``*_turn`` keys count as 0), each plus ``<name>_nod * nod`` (:func:`head_nod`; 0
+  when ``None``, missing keys 0). Back in the image, the shift turns by ``roll`` and the
   box is the axis-aligned box around the turned face (:func:`rotated_extent` with
   ``roll_fill``, default 1). At zero roll this is a per-axis affine map of the box.
   """
@@ -238,14 +255,17 @@ def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = No
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   t = np.zeros(len(boxes), np.float32) if turn is None else np.asarray(turn, np.float32)
   r = np.zeros(len(boxes), np.float32) if roll is None else np.asarray(roll, np.float32)
+  n = np.zeros(len(boxes), np.float32) if nod is None else np.asarray(nod, np.float32)
   a = np.abs(t)
+
+  def term(name, turn_value):
+    return c[name] + c.get(name + "_turn", 0.0) * turn_value + c.get(name + "_nod", 0.0) * n
+
   size = boxes[:, 2:] - boxes[:, :2]
-  shift = size * np.stack([c["shift_x"] + c.get("shift_x_turn", 0.0) * t,
-                           c["shift_y"] + c.get("shift_y_turn", 0.0) * a], axis=1)
+  shift = size * np.stack([term("shift_x", t), term("shift_y", a)], axis=1)
   shift = np.stack([shift[:, 0] * np.cos(r) - shift[:, 1] * np.sin(r),
                     shift[:, 0] * np.sin(r) + shift[:, 1] * np.cos(r)], axis=1)
-  scale = np.stack([c["scale_w"] + c.get("scale_w_turn", 0.0) * a,
-                    c["scale_h"] + c.get("scale_h_turn", 0.0) * a], axis=1)
+  scale = np.stack([term("scale_w", a), term("scale_h", a)], axis=1)
   centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
   half = np.stack(rotated_extent(size[:, 0] * scale[:, 0] / 2, size[:, 1] * scale[:, 1] / 2, r,
                                  float(c.get("roll_fill", 1.0))), axis=1)
@@ -321,7 +341,7 @@ class FaceDetector:
     boxes, keypoints = rows[:, :4], rows[:, 4:].reshape(-1, 6, 2)
     if correct:
       boxes = correct_boxes(boxes, self.correction, turn=head_turn(boxes, keypoints),
-                            roll=head_roll(keypoints))
+                            roll=head_roll(keypoints), nod=head_nod(boxes, keypoints))
     if return_keypoints:
       return boxes.astype(np.float32), scores.astype(np.float32), keypoints.astype(np.float32)
     return boxes.astype(np.float32), scores.astype(np.float32)

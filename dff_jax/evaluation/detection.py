@@ -120,20 +120,23 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   return detection.box_iou(np.asarray(box, np.float64), np.asarray(boxes, np.float64).reshape(-1, 4))
 
 
-def _robust_line(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-  """Least-squares ``y ~ a + b x`` refitted twice without residuals beyond 3 MADs."""
-  keep = np.ones(len(x), bool)
+def _robust_fit(x: np.ndarray, y: np.ndarray, intercept: bool = True) -> np.ndarray:
+  """Least-squares ``y ~ c_0 + x @ c_1..`` (``x [N, K]``; without ``c_0`` unless ``intercept``)
+  refitted twice without residuals beyond 3 MADs; returns the ``K + 1`` (``K``) coefficients."""
+  design = np.asarray(x, np.float64).reshape(len(y), -1)
+  if intercept:
+    design = np.concatenate([np.ones((len(y), 1)), design], axis=1)
+  keep = np.ones(len(y), bool)
   for _ in range(3):
-    design = np.stack([np.ones(keep.sum()), x[keep]], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, y[keep], rcond=None)
-    residual = y - (a + b * x)
+    coefficients, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
+    residual = y - design @ coefficients
     mad = np.median(np.abs(residual[keep] - np.median(residual[keep]))) + 1e-9
     keep = np.abs(residual) <= 3 * 1.4826 * mad
-  return float(a), float(b)
+  return coefficients
 
 
 def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], detect: Detect,
-                       min_iou: float = 0.3) -> Dict[str, Any]:
+                       min_iou: float = 0.3, with_nod: bool = True) -> Dict[str, Any]:
   """Fits :data:`dff_jax.detection.BOX_CORRECTION` on annotated faces.
 
   For each face, the uncorrected detection overlapping its landmark box most (IoU >= ``min_iou``)
@@ -141,7 +144,9 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
   ``scale = landmark size / detector size`` per axis. Without keypoints the fit is the median of
   each (no ``*_turn`` terms). With keypoints (``detect`` returning a third array ``[N, 6, 2]``)
   each is a robust straight line in the head-turn proxy ``t``
-  (:func:`dff_jax.detection.head_turn`): ``shift_x`` in ``t``, the others in ``|t|``, all
+  (:func:`dff_jax.detection.head_turn`): ``shift_x`` proportional to ``t`` (no intercept: a
+  mirrored face gets the mirrored box), the others lines in ``|t|`` and, with ``with_nod``, in
+  the nod proxy (:func:`dff_jax.detection.head_nod`, ``*_nod``), all
   measured in the face's own frame (the landmarks turned by ``-roll``,
   :func:`dff_jax.detection.head_roll`), and ``roll_fill`` is fitted to the image boxes of the
   turned faces (:func:`dff_jax.detection.rotated_extent`).
@@ -156,7 +161,7 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
     ``num_used``, the quartiles of each quantity and of ``|t|``.
   """
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
-  rows, turns, rolls, extents = [], [], [], []
+  rows, turns, nods, rolls, extents = [], [], [], [], []
   count = 0
   with_keypoints = None
   for name, image, landmarks in faces:
@@ -179,6 +184,7 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
       keypoints = np.asarray(result[2])[best][None]
       roll = float(detection.head_roll(keypoints)[0])
       turns.append(float(detection.head_turn(det[None], keypoints)[0]))
+      nods.append(float(detection.head_nod(det[None], keypoints)[0]))
     # The landmarks in the face's own frame (turned by -roll about the detector box's centre).
     c, s = np.cos(roll), np.sin(roll)
     offset = np.asarray(landmarks, np.float64) - det_centre
@@ -196,10 +202,20 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
   names = ("shift_x", "shift_y", "scale_w", "scale_h")
   fit: Dict[str, Any] = {}
   if with_keypoints:
-    turn = np.asarray(turns)
-    for i, n in enumerate(names):
-      a, b = _robust_line(turn if n == "shift_x" else np.abs(turn), rows[:, i])
+    turn, nod = np.asarray(turns), np.asarray(nods)
+    # A face is left-right symmetric: the sideways shift is odd in the turn (mirroring the image
+    # mirrors the corrected box), so shift_x has neither an intercept nor a nod term.
+    fit["shift_x"] = 0.0
+    fit["shift_x_turn"] = round(float(_robust_fit(turn[:, None], rows[:, 0], False)[0]), 4)
+    for i, n in enumerate(names[1:], start=1):
+      x = np.stack([np.abs(turn), nod], axis=1)
+      a, b, c = _robust_fit(x if with_nod else x[:, :1], rows[:, i]).tolist() + (
+          [] if with_nod else [0.0])
       fit[n], fit[n + "_turn"] = round(a, 4), round(b, 4)
+      if with_nod:
+        fit[n + "_nod"] = round(c, 4)
+    if with_nod:
+      fit["nod_quartiles"] = [round(float(q), 4) for q in np.percentile(nod, [5, 25, 50, 75, 95])]
     fit["abs_turn_quartiles"] = [round(float(q), 4) for q in np.percentile(np.abs(turn),
                                                                            [25, 50, 75, 95])]
     # roll_fill: least squares of the image box's half sizes between the ellipse's and the
@@ -412,12 +428,13 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
 
 
 CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "shift_y_turn",
-                   "scale_w_turn", "scale_h_turn", "roll_fill")
+                   "scale_w_turn", "scale_h_turn", "roll_fill", "shift_x_nod", "shift_y_nod",
+                   "scale_w_nod", "scale_h_nod")
 
 
 def parse_correction(text: str | None) -> Dict[str, float]:
-  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn[,roll_fill]]"`` / ``"none"`` / ``None`` ->
-  correction
+  """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn[,roll_fill[,sx_nod,sy_nod,sw_nod,sh_nod]]]"``
+  / ``"none"`` / ``None`` -> correction
   dict (:func:`dff_jax.detection.correct_boxes`)."""
   if text is None or text == "none":
     return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
@@ -425,9 +442,10 @@ def parse_correction(text: str | None) -> Dict[str, float]:
     values = [float(v) for v in text.split(",")]
   except ValueError:
     values = []
-  if len(values) not in (4, 8, 9) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
+  if len(values) not in (4, 8, 9, 13) or not all(np.isfinite(values)) or min(values[2:4]) <= 0:
     raise ValueError(f"--box_correction={text!r}: expected shift_x,shift_y,scale_w,scale_h "
-                     "(positive scales) [+ the four *_turn slopes [+ roll_fill]], or none")
+                     "(positive scales) [+ the four *_turn slopes [+ roll_fill [+ the four "
+                     "*_nod slopes]]], or none")
   return dict(zip(CORRECTION_KEYS, values))
 
 

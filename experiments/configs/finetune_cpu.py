@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
   config.grad_clip_norm = 1.0
   config.pose_loss_weight = 0.0    # > 0: add this times the mean |angle error| (rad) to the loss
+  # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
+  # to train a new encoder (started from the loaded one where shapes agree) with this weight
+  # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).
+  config.distill_weight = 0.0
 
   # Machinery (dff_jax.train's mesh / checkpoints / progress).
   config.sharding = ml_collections.ConfigDict(dict(params="replicated", fsdp=1))

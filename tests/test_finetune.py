@@ -81,29 +81,36 @@ def test_pose_loss_known_values_and_wrap():
 def test_pose_term_adds_its_weight_times_the_angle_error(start, batch):
   """The pose term adds exactly pose_weight * pose_loss of the pipeline's own angles; weight 0
   leaves the landmark loss alone (old configs unchanged)."""
+  from dff_jax.alignment import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
   pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False)
-  args = (pipeline, start.params, start.fixed, start.alignment_model, batch["image"],
-          batch["box"], batch["landmarks_px"], batch["landmarks_visible"])
-  plain, aux = finetune.pipeline_loss(*args)
-  unchanged, _ = finetune.pipeline_loss(*args, batch["pose"], 0.0)
-  assert float(unchanged) == float(plain) and "pose_error_rad" not in aux
-  # A true pose 10 degrees of yaw away from the prediction: the term is 0.5 * 10/3 degrees.
-  from dff_jax.alignment import cascade as cascade_lib
-  result = cascade_lib.align_images(functools.partial(pipeline.apply, start.params["encoder"]),
-                                    start.alignment_model,
-                                    finetune.join_cascade(start.params["cascade"], start.fixed),
-                                    batch["image"], batch["box"], pipeline.config)
-  pose = np.zeros((len(batch["box"]), 6), np.float32)
-  pose[:, 1] = result.pitch_rad
-  pose[:, 2] = np.asarray(result.yaw_rad) + np.radians(10.0)
-  pose[:, 3] = result.roll_rad
-  total, aux = finetune.pipeline_loss(*args, pose, 0.5)
-  np.testing.assert_allclose(aux["pose_error_rad"], np.radians(10.0 / 3.0), atol=1e-3)
+  args = (start.params, start.fixed, start.alignment_model, batch["image"], batch["box"],
+          batch["landmarks_px"], batch["landmarks_visible"])
+
+  @_jit  # one compiled program for all four (each compile costs seconds)
+  def losses(params, fixed, model, images, boxes, landmarks, visible, pose):
+    plain, aux = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes, landmarks,
+                                        visible)
+    unchanged, _ = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes,
+                                          landmarks, visible, pose, 0.0)
+    # A true pose 10 degrees of yaw away from the prediction: the term is 0.5 * 10/3 degrees.
+    result = cascade_lib.align_images(
+        functools.partial(pipeline.apply, params["encoder"]), model,
+        finetune.join_cascade(params["cascade"], fixed), images, boxes, pipeline.config)
+    shifted = jnp.stack([pose[:, 0], result.pitch_rad, result.yaw_rad + jnp.radians(10.0),
+                         result.roll_rad, pose[:, 4], pose[:, 5]], axis=1)
+    total, taught = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes,
+                                           landmarks, visible, shifted, 0.5)
+    return plain, aux, unchanged, total, taught
+
+  plain, aux, unchanged, total, taught = losses(*args, batch["pose"])
+  np.testing.assert_allclose(float(unchanged), float(plain), rtol=1e-6)
+  assert "pose_error_rad" not in aux
+  np.testing.assert_allclose(taught["pose_error_rad"], np.radians(10.0 / 3.0), atol=1e-3)
   d, eps = np.radians(10.0), 1e-3   # pose_loss smooths every angle error: sqrt(d^2 + eps^2)
   np.testing.assert_allclose(float(total) - float(plain),
                              0.5 * (np.sqrt(d * d + eps * eps) + 2 * eps) / 3, rtol=2e-3)
   with pytest.raises(ValueError, match="pose_weight > 0 needs the true pose"):
-    finetune.pipeline_loss(*args, None, 0.5)
+    finetune.pipeline_loss(pipeline, *args, None, 0.5)
 
 
 def _loss_fn(start, config, batch):
@@ -253,11 +260,12 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
   fixed = dict(start.fixed, teacher=start.describer.params)
   args = (start.params, fixed, start.alignment_model, batch["image"], batch["box"],
           batch["landmarks_px"], batch["landmarks_visible"])
-  plain, _ = finetune.pipeline_loss(
-      finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False), *args)
-  taught = finetune.Pipeline(same.apply, start.cascade_config, remat=False,
-                             teacher_apply=start.describer.apply, distill_weight=2.0)
-  loss, aux = finetune.pipeline_loss(taught, *args)
+  def loss_of(pipeline):  # jitted: eager dispatch of the whole pipeline costs tens of seconds
+    return _jit(lambda *a: finetune.pipeline_loss(pipeline, *a))(*args)
+
+  plain, _ = loss_of(finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False))
+  loss, aux = loss_of(finetune.Pipeline(same.apply, start.cascade_config, remat=False,
+                                        teacher_apply=start.describer.apply, distill_weight=2.0))
   assert float(aux["distill"]) == 0.0
   np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6)
 
@@ -279,7 +287,7 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
   def distill(encoder):
     return finetune.pipeline_loss(taught, dict(params, encoder=encoder), *args[1:])[1]["distill"]
 
-  value, grads = jax.value_and_grad(distill)(thicker.params)
+  value, grads = _jit(jax.value_and_grad(distill))(thicker.params)
   assert float(value) > 0.0
   assert float(jnp.abs(grads["encoder_1"]["Conv_1"]["kernel"]).max()) > 0.0
 

@@ -226,14 +226,14 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``, plus ``"pose_error_rad"
     [B]`` with the pose term and ``"distill" []`` with a teacher (``pipeline.distill_weight``).
   """
+  if pose_weight > 0 and pose is None:
+    raise ValueError("pose_weight > 0 needs the true pose of every face")
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
                                 images, boxes_xyxy, pipeline.config, remat=pipeline.remat)
   loss, nme = landmark_loss(result.landmarks_px, landmarks_px, visible)
   aux = {"nme": nme, "landmarks_px": result.landmarks_px}
   if pose_weight > 0:
-    if pose is None:
-      raise ValueError("pose_weight > 0 needs the true pose of every face")
     predicted = jnp.stack([result.pitch_rad, result.yaw_rad, result.roll_rad], axis=-1)
     angle_loss, aux["pose_error_rad"] = pose_loss(predicted, jnp.asarray(pose)[..., 1:4])
     loss = loss + pose_weight * angle_loss

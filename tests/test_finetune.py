@@ -11,6 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dff_jax import metrics
+from dff_jax.training import distill
 from dff_jax.training import finetune
 from experiments.configs import finetune_tiny
 
@@ -231,19 +232,19 @@ def test_distill_loss_planted_values():
   with an exact level: 0.005), whatever the levels' scales."""
   rng = np.random.default_rng(0)
   teacher = [rng.normal(0, 3, (2, 8, 8, 4)), rng.normal(0, 0.1, (2, 4, 4, 8))]
-  assert float(finetune.distill_loss(teacher, teacher)) == 0.0
-  np.testing.assert_allclose(finetune.distill_loss([np.zeros_like(t) for t in teacher], teacher),
+  assert float(distill.distill_loss(teacher, teacher)) == 0.0
+  np.testing.assert_allclose(distill.distill_loss([np.zeros_like(t) for t in teacher], teacher),
                              1.0, rtol=1e-6)
-  np.testing.assert_allclose(finetune.distill_loss([1.1 * teacher[0], teacher[1]], teacher),
+  np.testing.assert_allclose(distill.distill_loss([1.1 * teacher[0], teacher[1]], teacher),
                              0.005, rtol=1e-4)
   with pytest.raises(ValueError, match="differ"):
-    finetune.distill_loss([teacher[0][:, :4]], [teacher[0]])
+    distill.distill_loss([teacher[0][:, :4]], [teacher[0]])
 
 
 def test_transfer_params_copies_same_path_and_shape_only():
   source = {"a": {"kernel": np.ones((3, 3, 1, 4)), "bias": np.ones(4)}, "b": np.ones(2)}
   target = {"a": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(5)}, "c": np.zeros(2)}
-  params, copied = finetune.transfer_params(source, target)
+  params, copied = distill.transfer_params(source, target)
   assert copied == 1
   np.testing.assert_array_equal(params["a"]["kernel"], 1.0)
   np.testing.assert_array_equal(params["a"]["bias"], np.zeros(5))
@@ -254,7 +255,7 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
   """A student of the teacher's own shape starts as the teacher (distillation term exactly 0, the
   loss unchanged); a student with a second convolution at level 1 keeps every other parameter of
   the teacher, and its distillation term is positive and has gradients."""
-  same, same_config = finetune.make_student(start.describer, {}, 32, seed=3)
+  same, same_config = distill.make_student(start.describer, {}, 32, seed=3)
   assert same_config["convs_per_level"] == 1
   jax.tree.map(np.testing.assert_array_equal, same.params, start.describer.params)
   fixed = dict(start.fixed, teacher=start.describer.params)
@@ -269,7 +270,7 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
   assert float(aux["distill"]) == 0.0
   np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6)
 
-  thicker, thicker_config = finetune.make_student(start.describer, {"convs_per_level": (1, 2)},
+  thicker, thicker_config = distill.make_student(start.describer, {"convs_per_level": (1, 2)},
                                                   32, seed=3)
   assert thicker_config["convs_per_level"] == [1, 2]
   assert "Conv_1" in thicker.params["encoder_1"]
@@ -284,10 +285,10 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
                              teacher_apply=start.describer.apply, distill_weight=1.0)
   params = dict(start.params, encoder=thicker.params)
 
-  def distill(encoder):
+  def distill_term(encoder):
     return finetune.pipeline_loss(taught, dict(params, encoder=encoder), *args[1:])[1]["distill"]
 
-  value, grads = _jit(jax.value_and_grad(distill))(thicker.params)
+  value, grads = _jit(jax.value_and_grad(distill_term))(thicker.params)
   assert float(value) > 0.0
   assert float(jnp.abs(grads["encoder_1"]["Conv_1"]["kernel"]).max()) > 0.0
 

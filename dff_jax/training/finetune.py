@@ -21,7 +21,8 @@ NaN guard, checkpoints, progress, ``metrics.jsonl``), meshes and shardings
 (:mod:`dff_jax.training.sharding`), ``params_digest`` (:mod:`dff_jax.train`); from
 :mod:`dff_jax.checkpoint` the Orbax ``Checkpointer`` and ``export_inference_bundle``.
 
-Length: a little over 500 lines: the model, the data, the step and the command of one trainer.
+Length: about 600 lines: the model, the data, the step and the command of one trainer (the
+student's construction and the distillation term live in :mod:`dff_jax.training.distill`).
 
 Work directory of :func:`finetune_and_evaluate`::
 
@@ -61,6 +62,7 @@ from data_pipeline.config import pipeline_config_from_dict
 from dff_jax import checkpoint as checkpoint_lib
 from dff_jax import progress as progress_lib
 from dff_jax import train as train_lib
+from dff_jax.training import distill as distill_lib
 from dff_jax.training import loop as loop_lib
 from dff_jax.training import sharding as sharding_lib
 from dff_jax.alignment import cascade
@@ -147,41 +149,14 @@ class Pipeline:
     teacher_apply: with ``distill_weight > 0``, the frozen teacher encoder's ``apply`` (its
       parameters are ``fixed["teacher"]``): the trained encoder's feature pyramid (a dense
       encoder's descriptor map) is pulled towards the teacher's on the same crops
-      (:func:`distill_loss`).
-    distill_weight: weight of :func:`distill_loss` in the loss (0: no teacher).
+      (:func:`dff_jax.training.distill.distill_loss`).
+    distill_weight: weight of that term in the loss (0: no teacher).
   """
   apply: Callable[[Any, Array], Array]
   config: cascade.CascadeConfig
   remat: bool = True
   teacher_apply: Optional[Callable[[Any, Array], Any]] = None
   distill_weight: float = 0.0
-
-
-def distill_loss(student_levels: Any, teacher_levels: Any) -> Array:
-  """Relative squared error between two feature pyramids, averaged over levels.
-
-  Args:
-    student_levels, teacher_levels: sequences of ``[B, h_l, w_l, C_l]`` float maps, pairwise the
-      same shapes (e.g. the ``levels`` of two :class:`~dff_jax.descriptor_fields.PointField`).
-
-  Returns:
-    ``[]`` float32: ``mean_l sum((s_l - t_l)^2) / sum(t_l^2)`` (0 when the pyramids agree; 1
-    for a student of zeros), so every level counts alike whatever its scale.
-  """
-  terms = []
-  for student, teacher in zip(student_levels, teacher_levels, strict=True):
-    student = jnp.asarray(student, jnp.float32)
-    teacher = jnp.asarray(teacher, jnp.float32)
-    if student.shape != teacher.shape:
-      raise ValueError(f"student level {student.shape} and teacher level {teacher.shape} differ")
-    terms.append(jnp.sum(jnp.square(student - teacher)) /
-                 jnp.maximum(jnp.sum(jnp.square(teacher)), 1e-12))
-  return jnp.mean(jnp.stack(terms))
-
-
-def _levels(field: Any) -> Tuple[Array, ...]:
-  """What distillation compares: a point field's pyramid levels, or a dense map as one level."""
-  return tuple(field.levels) if hasattr(field, "levels") else (field,)
 
 
 def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
@@ -239,8 +214,10 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     loss = loss + pose_weight * angle_loss
   if pipeline.distill_weight > 0:
     crops, _ = cascade.crop_faces(images, boxes_xyxy, pipeline.config)
-    teacher = jax.lax.stop_gradient(_levels(pipeline.teacher_apply(fixed["teacher"], crops)))
-    aux["distill"] = distill_loss(_levels(pipeline.apply(params["encoder"], crops)), teacher)
+    teacher = jax.lax.stop_gradient(
+        distill_lib.pyramid_levels(pipeline.teacher_apply(fixed["teacher"], crops)))
+    aux["distill"] = distill_lib.distill_loss(
+        distill_lib.pyramid_levels(pipeline.apply(params["encoder"], crops)), teacher)
     loss = loss + pipeline.distill_weight * aux["distill"]
   aux["loss"] = loss
   return loss, aux
@@ -340,7 +317,7 @@ class StartingPoint:
     alignment_model: face model + geometry.
     source: a description of where the pieces came from (JSON-able).
     teacher: with ``config.student``, the loaded encoder, frozen (``describer`` is then the
-      student: see :func:`make_student`).
+      student: see :func:`dff_jax.training.distill.make_student`).
     encoder_config: the student's encoder config (``None``: the loaded encoder's own).
   """
   describer: features_lib.Describer
@@ -403,8 +380,9 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
     if describer.kind != "dff":
       raise ValueError("config.student needs a DFF encoder to learn from (features = dff)")
     teacher = describer
-    describer, encoder_config = make_student(teacher, config.student,
-                                             cascade_config.crop_size, int(config.seed))
+    describer, encoder_config = distill_lib.make_student(teacher, config.student,
+                                                         cascade_config.crop_size,
+                                                         int(config.seed))
   if cascade_params.descriptor_dim != describer.descriptor_dim:
     raise ValueError(
         f"the cascade {config.cascade or '(zero)'} expects {cascade_params.descriptor_dim}-d "
@@ -422,59 +400,6 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
                   descriptor_dim=describer.descriptor_dim, face_model=face_model,
                   cascade=str(config.cascade or "zero regressors")),
       teacher=teacher, encoder_config=encoder_config)
-
-
-def transfer_params(source: Mapping[str, Any], target: Mapping[str, Any]
-                    ) -> Tuple[Dict[str, Any], int]:
-  """``target`` with every leaf replaced by ``source``'s leaf at the same path when the shapes
-  agree; returns ``(params, number of leaves copied)``."""
-  copied = 0
-
-  def merge(source, target):
-    nonlocal copied
-    out = {}
-    for key, value in target.items():
-      theirs = source.get(key) if isinstance(source, Mapping) else None
-      if isinstance(value, Mapping):
-        out[key] = merge(theirs if isinstance(theirs, Mapping) else {}, value)
-      elif theirs is not None and np.shape(theirs) == np.shape(value):
-        out[key], copied = jnp.asarray(theirs, jnp.float32), copied + 1
-      else:
-        out[key] = value
-    return out
-
-  return merge(source, target), copied
-
-
-def make_student(teacher: features_lib.Describer, overrides: Mapping[str, Any], crop_size: int,
-                 seed: int) -> Tuple[features_lib.Describer, Dict[str, Any]]:
-  """A new DFF encoder, the teacher's config with ``overrides`` (e.g. ``convs_per_level``), its
-  parameters initialised from ``seed`` and then copied from the teacher wherever a parameter of
-  the same path and shape exists (for a thinner pyramid: the first convolution and norm of each
-  level, and the point head).
-
-  Returns:
-    ``(describer, encoder_config)``: the student (``source`` names the teacher) and its config.
-  """
-  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
-  _, meta = checkpoint_lib.load_encoder_params(teacher.source)
-  encoder_config = dict(meta["encoder"], **{
-      k: list(v) if isinstance(v, (tuple, list)) else v for k, v in dict(overrides).items()})
-  module = encoder_lib.encoder_from_config(encoder_config)
-  channels = teacher.channels
-  images = jnp.zeros((1, crop_size, crop_size, channels), jnp.float32)
-  fresh = module.init(jax.random.PRNGKey(int(seed)), images)["params"]
-  params, copied = transfer_params(teacher.params, fresh)
-  logging.info("student encoder: %d of %d parameter arrays copied from the teacher %s", copied,
-               len(jax.tree.leaves(fresh)), teacher.source)
-
-  def apply(params, crops):
-    return module.apply({"params": params}, encoder_lib.preprocess_images(crops, channels))
-
-  describer = features_lib.Describer(
-      kind="dff", descriptor_dim=int(module.descriptor_dim), apply=apply, params=params,
-      source=f"student of {teacher.source}", channels=channels)
-  return describer, encoder_config
 
 
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:

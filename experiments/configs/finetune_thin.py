@@ -15,7 +15,7 @@ fast encoder's parameters where they fit (all of levels 2-3 and the head, the fi
 and norm of levels 0-1) and the shipped fast cascade (``cascade_dff_fast.npz``); the loss is the fine-tuning's (landmarks,
 the pose term at 0.1) plus ``distill_weight`` times the relative squared error between its
 feature pyramid and the frozen fast encoder's on the same crops
-(:func:`dff_jax.training.finetune.distill_loss`), so the cascade's regressors keep reading the
+(:func:`dff_jax.training.distill.distill_loss`), so the cascade's regressors keep reading the
 features they were fitted on. 2,000 steps of ``finetune_fast``'s mix with fresh faces (pipeline
 seed 120000, used nowhere else); the encoder's learning rate is 5x ``finetune_fast``'s (layers
 it must re-learn).

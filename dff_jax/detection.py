@@ -85,8 +85,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 # (never on AFLW2000-3D; experiments/results/box_correction_synthetic_nod.json). At large turn
 # the detector box sits towards the back of the head and is too wide: shift_x_turn > 0 moves it
 # towards the nose (shift_x is odd in the turn: a mirrored face gets the mirrored box),
-# scale_w_turn < 0 narrows it; a raised chin (small nod) needs a larger box (scale_*_nod < 0). roll_fill near 0: the 68 points turn like an ellipse, not like the corners
-# of their box.
+# scale_w_turn < 0 narrows it; a raised chin (small nod) needs a larger box (scale_*_nod < 0).
+# roll_fill near 0: the 68 points turn like an ellipse, not like the corners of their box.
 BOX_CORRECTION = dict(shift_x=0.0, shift_y=-0.1575, scale_w=1.2178, scale_h=0.9659,
                       shift_x_turn=0.3563, shift_y_turn=0.2581, scale_w_turn=-1.0565,
                       scale_h_turn=0.124, roll_fill=0.0825, shift_y_nod=0.818,
@@ -195,17 +195,29 @@ def head_roll(keypoints: np.ndarray) -> np.ndarray:
   return np.arctan2(vector[:, 1], vector[:, 0]).astype(np.float32)
 
 
+def to_face_frame(offsets: np.ndarray, roll: np.ndarray) -> np.ndarray:
+  """Image offsets ``[N, ..., 2]`` (pixels, x right, y down) turned by ``-roll [N]`` radians:
+  their components along and across the eye line (:func:`head_roll`). ``-roll`` turns back."""
+  offsets = np.asarray(offsets)
+  shape = (-1,) + (1,) * (offsets.ndim - 2)
+  c, s = np.cos(roll).reshape(shape), np.sin(roll).reshape(shape)
+  x, y = offsets[..., 0], offsets[..., 1]
+  return np.stack([x * c + y * s, -x * s + y * c], axis=-1)
+
+
+def _nose_in_face_frame(keypoints: np.ndarray) -> np.ndarray:
+  """``[N, 2]`` nose tip minus eye midpoint along and across the eye line, pixels."""
+  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
+  offset = keypoints[:, 2] - (keypoints[:, 0] + keypoints[:, 1]) / 2
+  return to_face_frame(offset, head_roll(keypoints))
+
+
 def head_turn(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
   """``[N]`` signed head-turn proxy: (nose tip - eye midpoint) / box width along the eye line
   (:func:`head_roll`; for an upright face the image x, so positive when the nose points to the
   image right). ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
-  roll = head_roll(keypoints)
-  offset = keypoints[:, 2] - (keypoints[:, 0] + keypoints[:, 1]) / 2
-  along = offset[:, 0] * np.cos(roll) + offset[:, 1] * np.sin(roll)
-  width = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
-  return along / width
+  return _nose_in_face_frame(keypoints)[:, 0] / np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
 
 
 def head_nod(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
@@ -213,12 +225,7 @@ def head_nod(boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
   (:func:`head_roll`), positive downwards on the face; smaller when the chin is raised, larger
   when the head bows. ``keypoints [N, 6, 2]`` (:data:`KEYPOINTS`)."""
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  keypoints = np.asarray(keypoints, np.float32).reshape(-1, 6, 2)
-  roll = head_roll(keypoints)
-  offset = keypoints[:, 2] - (keypoints[:, 0] + keypoints[:, 1]) / 2
-  across = -offset[:, 0] * np.sin(roll) + offset[:, 1] * np.cos(roll)
-  height = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
-  return across / height
+  return _nose_in_face_frame(keypoints)[:, 1] / np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
 
 
 def rotated_extent(half_w: np.ndarray, half_h: np.ndarray, roll: np.ndarray, fill: float
@@ -262,9 +269,7 @@ def correct_boxes(boxes: np.ndarray, correction: Optional[Dict[str, float]] = No
     return c[name] + c.get(name + "_turn", 0.0) * turn_value + c.get(name + "_nod", 0.0) * n
 
   size = boxes[:, 2:] - boxes[:, :2]
-  shift = size * np.stack([term("shift_x", t), term("shift_y", a)], axis=1)
-  shift = np.stack([shift[:, 0] * np.cos(r) - shift[:, 1] * np.sin(r),
-                    shift[:, 0] * np.sin(r) + shift[:, 1] * np.cos(r)], axis=1)
+  shift = to_face_frame(size * np.stack([term("shift_x", t), term("shift_y", a)], axis=1), -r)
   scale = np.stack([term("scale_w", a), term("scale_h", a)], axis=1)
   centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
   half = np.stack(rotated_extent(size[:, 0] * scale[:, 0] / 2, size[:, 1] * scale[:, 1] / 2, r,

@@ -136,7 +136,7 @@ def _robust_fit(x: np.ndarray, y: np.ndarray, intercept: bool = True) -> np.ndar
 
 
 def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], detect: Detect,
-                       min_iou: float = 0.3, with_nod: bool = True) -> Dict[str, Any]:
+                       min_iou: float = 0.3) -> Dict[str, Any]:
   """Fits :data:`dff_jax.detection.BOX_CORRECTION` on annotated faces.
 
   For each face, the uncorrected detection overlapping its landmark box most (IoU >= ``min_iou``)
@@ -145,11 +145,10 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
   each (no ``*_turn`` terms). With keypoints (``detect`` returning a third array ``[N, 6, 2]``)
   each is a robust straight line in the head-turn proxy ``t``
   (:func:`dff_jax.detection.head_turn`): ``shift_x`` proportional to ``t`` (no intercept: a
-  mirrored face gets the mirrored box), the others lines in ``|t|`` and, with ``with_nod``, in
-  the nod proxy (:func:`dff_jax.detection.head_nod`, ``*_nod``), all
-  measured in the face's own frame (the landmarks turned by ``-roll``,
-  :func:`dff_jax.detection.head_roll`), and ``roll_fill`` is fitted to the image boxes of the
-  turned faces (:func:`dff_jax.detection.rotated_extent`).
+  mirrored face gets the mirrored box), the others lines in ``|t|`` and in the nod proxy
+  (:func:`dff_jax.detection.head_nod`, ``*_nod``), all measured in the face's own frame (the
+  landmarks turned by ``-roll``, :func:`dff_jax.detection.to_face_frame`), and ``roll_fill`` is
+  fitted to the image boxes of the turned faces (:func:`dff_jax.detection.rotated_extent`).
 
   Args:
     faces: ``(name, image [H, W, 3] uint8, landmarks_px [68, 2])`` (training faces only).
@@ -157,8 +156,9 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
       *uncorrected* detector boxes.
 
   Returns:
-    ``shift_x, shift_y, scale_w, scale_h`` (and ``*_turn`` with keypoints) plus ``num_faces``,
-    ``num_used``, the quartiles of each quantity and of ``|t|``.
+    ``shift_x, shift_y, scale_w, scale_h`` (with keypoints also the ``*_turn`` and ``*_nod``
+    slopes and ``roll_fill``) plus ``num_faces``, ``num_used``, the quartiles of each quantity
+    and of ``|t|``, the nod and ``|roll|`` (degrees).
   """
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
   rows, turns, nods, rolls, extents = [], [], [], [], []
@@ -186,10 +186,8 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
       turns.append(float(detection.head_turn(det[None], keypoints)[0]))
       nods.append(float(detection.head_nod(det[None], keypoints)[0]))
     # The landmarks in the face's own frame (turned by -roll about the detector box's centre).
-    c, s = np.cos(roll), np.sin(roll)
-    offset = np.asarray(landmarks, np.float64) - det_centre
-    upright = np.stack([offset[:, 0] * c + offset[:, 1] * s,
-                        -offset[:, 0] * s + offset[:, 1] * c], axis=1)
+    upright = detection.to_face_frame(
+        (np.asarray(landmarks, np.float64) - det_centre)[None], np.array([roll]))[0]
     face_box = np.concatenate([upright.min(0), upright.max(0)])
     rows.append(np.concatenate([(face_box[:2] + face_box[2:]) / 2 / det_size,
                                 (face_box[2:] - face_box[:2]) / det_size]))
@@ -208,14 +206,9 @@ def fit_box_correction(faces: Sequence[Tuple[str, np.ndarray, np.ndarray]], dete
     fit["shift_x"] = 0.0
     fit["shift_x_turn"] = round(float(_robust_fit(turn[:, None], rows[:, 0], False)[0]), 4)
     for i, n in enumerate(names[1:], start=1):
-      x = np.stack([np.abs(turn), nod], axis=1)
-      a, b, c = _robust_fit(x if with_nod else x[:, :1], rows[:, i]).tolist() + (
-          [] if with_nod else [0.0])
-      fit[n], fit[n + "_turn"] = round(a, 4), round(b, 4)
-      if with_nod:
-        fit[n + "_nod"] = round(c, 4)
-    if with_nod:
-      fit["nod_quartiles"] = [round(float(q), 4) for q in np.percentile(nod, [5, 25, 50, 75, 95])]
+      a, b, c = _robust_fit(np.stack([np.abs(turn), nod], axis=1), rows[:, i]).tolist()
+      fit[n], fit[n + "_turn"], fit[n + "_nod"] = round(a, 4), round(b, 4), round(c, 4)
+    fit["nod_quartiles"] = [round(float(q), 4) for q in np.percentile(nod, [5, 25, 50, 75, 95])]
     fit["abs_turn_quartiles"] = [round(float(q), 4) for q in np.percentile(np.abs(turn),
                                                                            [25, 50, 75, 95])]
     # roll_fill: least squares of the image box's half sizes between the ellipse's and the
@@ -434,8 +427,7 @@ CORRECTION_KEYS = ("shift_x", "shift_y", "scale_w", "scale_h", "shift_x_turn", "
 
 def parse_correction(text: str | None) -> Dict[str, float]:
   """``"sx,sy,sw,sh[,sx_turn,sy_turn,sw_turn,sh_turn[,roll_fill[,sx_nod,sy_nod,sw_nod,sh_nod]]]"``
-  / ``"none"`` / ``None`` -> correction
-  dict (:func:`dff_jax.detection.correct_boxes`)."""
+  / ``"none"`` / ``None`` -> correction dict (:func:`dff_jax.detection.correct_boxes`)."""
   if text is None or text == "none":
     return dict(shift_x=0.0, shift_y=0.0, scale_w=1.0, scale_h=1.0)
   try:

@@ -114,6 +114,87 @@ def test_pose_term_adds_its_weight_times_the_angle_error(start, batch):
     finetune.pipeline_loss(pipeline, *args, None, 0.5)
 
 
+def test_landmarks_3d_targets_planted_poses(start):
+  """Planted: the jaw of the 3D convention is the model's jaw-line vertices under the pose.
+  Frontal, mean face: (tx + s X, ty - s Y); turned by 90 degrees of yaw the height is kept and
+  the image x is the depth, s |Z| from tx; one unit of an identity mode moves the frontal jaw by
+  s times that mode's rows. The inner 51 points are the annotation's, untouched."""
+  model = start.alignment_model
+  face_model = model.face_model
+  ids = np.asarray(face_model.landmark_3d_vertex_ids)[:17]
+  mean = np.asarray(face_model.mean_vertices)[ids]                     # [17, 3] mm
+  s, t = 2.0, np.array([100.0, 120.0])
+  ki = face_model.identity_basis.shape[0]
+  ke = face_model.expression_basis.shape[0]
+  shape = np.zeros((4, ki), np.float32)
+  shape[3, 5] = 1.0
+  yaw = np.radians([0.0, 90.0, -90.0, 0.0])
+  pose = np.stack([np.full(4, s), np.zeros(4), yaw, np.zeros(4), np.full(4, t[0]),
+                   np.full(4, t[1])], axis=1).astype(np.float32)
+  annotated = np.random.default_rng(0).uniform(0, 200, (4, 68, 2)).astype(np.float32)
+  targets = np.asarray(finetune.landmarks_3d_targets(model, annotated, pose, shape,
+                                                     np.zeros((4, ke), np.float32)))
+  np.testing.assert_array_equal(targets[:, 17:], annotated[:, 17:])
+  frontal = np.stack([t[0] + s * mean[:, 0], t[1] - s * mean[:, 1]], axis=1)
+  np.testing.assert_allclose(targets[0, :17], frontal, atol=1e-3)
+  for turned in targets[1:3, :17]:
+    np.testing.assert_allclose(turned[:, 1], frontal[:, 1], atol=1e-3)
+    np.testing.assert_allclose(np.abs(turned[:, 0] - t[0]), s * np.abs(mean[:, 2]), atol=1e-3)
+  # The two turns see the jaw from opposite sides: mirrored about tx.
+  np.testing.assert_allclose(targets[1, :17, 0] - t[0], t[0] - targets[2, :17, 0], atol=1e-3)
+  mode = np.asarray(face_model.identity_basis)[5, ids]                # [17, 3]
+  np.testing.assert_allclose(targets[3, :17] - targets[0, :17],
+                             s * mode[:, :2] * np.array([1.0, -1.0]), atol=1e-3)
+
+
+def test_landmarks_3d_term_scores_the_3d_points(start, batch):
+  """Planted: with the truth made of the prediction's own pose, coefficients and 3D points, the
+  3D term is only the loss's smoothing; moving the true pose's translation by (3, 4) px moves
+  the 17 jaw targets by 5 px and nothing else, so the term is exactly (17 * 5 + 51 * eps) / 68
+  over the targets' box; weight 0 leaves the loss alone."""
+  pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False)
+  from dff_jax.alignment import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
+
+  @_jit
+  def losses(params, fixed, model, images, boxes, visible, move):
+    result = cascade_lib.align_images(
+        functools.partial(pipeline.apply, params["encoder"]), model,
+        finetune.join_cascade(params["cascade"], fixed), images, boxes, pipeline.config)
+    truth = jax.lax.stop_gradient(result.landmarks_3d_px)
+    pose = jnp.stack([result.scale, result.pitch_rad, result.yaw_rad, result.roll_rad,
+                      result.translation_px[:, 0] + move[0],
+                      result.translation_px[:, 1] + move[1]], axis=1)
+    coefficients = (result.shape_coefficients, result.expression_coefficients)
+    plain, _ = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes, truth,
+                                      visible)
+    unchanged, _ = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes, truth,
+                                          visible, pose, 0.0, coefficients, 0.0)
+    total, aux = finetune.pipeline_loss(pipeline, params, fixed, model, images, boxes, truth,
+                                        visible, pose, 0.0, coefficients, 0.5)
+    targets = finetune.landmarks_3d_targets(model, truth, pose, *coefficients)
+    return plain, unchanged, total, aux["nme_3d"], targets, truth
+
+  args = (start.params, start.fixed, start.alignment_model, batch["image"], batch["box"],
+          batch["landmarks_visible"])
+  _, _, _, nme_same, _, _ = losses(*args, jnp.zeros(2))
+  plain, unchanged, total, nme_moved, targets, truth = losses(*args, jnp.array([3.0, 4.0]))
+  targets, truth = np.asarray(targets), np.asarray(truth)
+  size = np.sqrt(np.prod(targets.max(1) - targets.min(1), axis=-1))
+  eps = 1e-3
+  assert np.all(np.asarray(nme_same) < 2 * eps / size)
+  np.testing.assert_allclose(targets[:, :17] - truth[:, :17], np.broadcast_to([3.0, 4.0],
+                                                                              (2, 17, 2)),
+                             atol=1e-3)
+  expected = (17 * np.sqrt(25 + eps ** 2) + 51 * eps) / 68 / size
+  np.testing.assert_allclose(nme_moved, expected, rtol=1e-3)
+  np.testing.assert_allclose(float(unchanged), float(plain), rtol=1e-6)
+  np.testing.assert_allclose(float(total) - float(plain), 0.5 * expected.mean(), rtol=1e-3)
+  with pytest.raises(ValueError, match="landmarks_3d_weight > 0 needs"):
+    finetune.pipeline_loss(pipeline, start.params, start.fixed, start.alignment_model,
+                           batch["image"], batch["box"], batch["landmarks_px"],
+                           batch["landmarks_visible"], batch["pose"], 0.0, (None, None), 0.5)
+
+
 def _loss_fn(start, config, batch):
   pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=True)
 

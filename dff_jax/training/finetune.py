@@ -6,7 +6,9 @@ one network: images and face boxes go in, :func:`dff_jax.alignment.cascade.align
 them, runs the encoder and the ``lax.scan`` cascade (descriptor reads, linear regressors,
 closed-form shape fits) and the loss is the landmark error after the last stage
 (:func:`landmark_loss`; with ``config.pose_loss_weight > 0`` plus that weight times the head
-rotation's error, :func:`pose_loss`). Optax updates the encoder parameters and the regressors
+rotation's error, :func:`pose_loss`; with ``config.landmarks_3d_loss_weight > 0`` plus that weight
+times the same landmark error of the 3D convention's points, ``landmarks_3d_px``, against
+:func:`landmarks_3d_targets`). Optax updates the encoder parameters and the regressors
 ``landmark_weights`` and ``pose_weights`` of every stage; ``pose_std`` and ``initial_pose`` stay
 fixed. ``config.remat`` rematerialises each stage in the backward pass (``jax.checkpoint``).
 
@@ -73,7 +75,8 @@ from dff_jax.face_model import load_face_model
 
 Array = Any
 PyTree = Any
-BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose")
+BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose", "shape_coefficients",
+                "expression_coefficients")
 TRAINED = ("landmark_weights", "pose_weights")
 
 
@@ -132,6 +135,33 @@ def pose_loss(predicted_rad: Array, true_rad: Array, epsilon_rad: float = 1e-3
   return jnp.mean(error), error
 
 
+def landmarks_3d_targets(alignment_model: cascade.AlignmentModel, landmarks_px: Array,
+                         pose: Array, shape_coefficients: Array,
+                         expression_coefficients: Array) -> Array:
+  """The true points of the 3D convention (AFLW2000-3D's, scored on ``landmarks_3d_px``).
+
+  The 51 inner points (17-67) are the annotation's (they are the same points in both
+  conventions); the 17 jaw points are the model's fixed jaw-line vertices
+  (``landmark_3d_vertex_ids``) of the view's true shape projected under its true pose, hidden
+  ones included (:func:`dff_jax.alignment.cascade.fixed_landmarks`): exact for a render, the
+  fit's for an annotated photo.
+
+  Args:
+    alignment_model: the face model of the data (same identity and expression modes).
+    landmarks_px: ``[B, 68, 2]`` float32 annotated points, image pixels (outline convention).
+    pose: ``[B, 6]`` float32 ``(scale px/mm, pitch, yaw, roll, tx, ty)``, image pixels.
+    shape_coefficients: ``[B, Ki]`` float32; expression_coefficients: ``[B, Ke]`` float32.
+
+  Returns:
+    ``[B, 68, 2]`` float32, image pixels.
+  """
+  as_float = functools.partial(jnp.asarray, dtype=jnp.float32)
+  jaw = jax.vmap(cascade.fixed_landmarks, in_axes=(None, 0, 0, 0))(
+      alignment_model, as_float(pose), as_float(shape_coefficients),
+      as_float(expression_coefficients))[:, :17]
+  return jnp.concatenate([jaw, jnp.asarray(landmarks_px, jnp.float32)[:, 17:]], axis=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # The model: describer + cascade, and the differentiable pipeline
 # ----------------------------------------------------------------------------------------------
@@ -178,9 +208,12 @@ def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
 def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
                   alignment_model: cascade.AlignmentModel, images: Array, boxes_xyxy: Array,
                   landmarks_px: Array, visible: Array, pose: Optional[Array] = None,
-                  pose_weight: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+                  pose_weight: float = 0.0, coefficients: Optional[Tuple[Array, Array]] = None,
+                  landmarks_3d_weight: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
   """Images -> encoder -> cascade -> :func:`landmark_loss`, plus ``pose_weight`` times
-  :func:`pose_loss` when it is positive (differentiable in every float input).
+  :func:`pose_loss` and ``landmarks_3d_weight`` times :func:`landmark_loss` of
+  ``landmarks_3d_px`` against :func:`landmarks_3d_targets` (all 68 points) when they are
+  positive (differentiable in every float input).
 
   Args:
     pipeline: static parts.
@@ -193,16 +226,23 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     boxes_xyxy: ``[B, 4]`` float32 face boxes, image pixels.
     landmarks_px: ``[B, 68, 2]`` float32 true landmarks, image pixels.
     visible: ``[B, 68]`` bool true visibility.
-    pose: ``[B, 6]`` float32 true ``(scale, pitch, yaw, roll, tx, ty)`` (only the angles are
-      read; needed when ``pose_weight > 0``).
+    pose: ``[B, 6]`` float32 true ``(scale, pitch, yaw, roll, tx, ty)`` (the angles are read
+      by the pose term, all of it by the 3D-landmark term).
     pose_weight: weight of the pose term (static; 0 leaves the loss as the landmark term alone).
+    coefficients: ``(shape [B, Ki], expression [B, Ke])`` float32 true coefficients (needed
+      when ``landmarks_3d_weight > 0``).
+    landmarks_3d_weight: weight of the 3D-convention landmark term (static).
 
   Returns:
     ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``, plus ``"pose_error_rad"
-    [B]`` with the pose term and ``"distill" []`` with a teacher (``pipeline.distill_weight``).
+    [B]`` with the pose term, ``"nme_3d" [B]`` with the 3D-landmark term and ``"distill" []``
+    with a teacher (``pipeline.distill_weight``).
   """
   if pose_weight > 0 and pose is None:
     raise ValueError("pose_weight > 0 needs the true pose of every face")
+  if landmarks_3d_weight > 0 and (pose is None or coefficients is None
+                                  or any(c is None for c in coefficients)):
+    raise ValueError("landmarks_3d_weight > 0 needs the true pose and coefficients of every face")
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
                                 images, boxes_xyxy, pipeline.config, remat=pipeline.remat)
@@ -212,6 +252,11 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     predicted = jnp.stack([result.pitch_rad, result.yaw_rad, result.roll_rad], axis=-1)
     angle_loss, aux["pose_error_rad"] = pose_loss(predicted, jnp.asarray(pose)[..., 1:4])
     loss = loss + pose_weight * angle_loss
+  if landmarks_3d_weight > 0:
+    targets = landmarks_3d_targets(alignment_model, landmarks_px, pose, *coefficients)
+    loss_3d, aux["nme_3d"] = landmark_loss(result.landmarks_3d_px, targets,
+                                           jnp.ones(targets.shape[:2], bool))
+    loss = loss + landmarks_3d_weight * loss_3d
   if pipeline.distill_weight > 0:
     crops, _ = cascade.crop_faces(images, boxes_xyxy, pipeline.config)
     teacher = jax.lax.stop_gradient(
@@ -282,7 +327,10 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
   def loss_fn(params):
     loss, aux = pipeline_loss(pipeline, params, fixed, alignment_model, batch["image"],
                               batch["box"], batch["landmarks_px"], batch["landmarks_visible"],
-                              batch.get("pose"), float(config.get("pose_loss_weight", 0.0)))
+                              batch.get("pose"), float(config.get("pose_loss_weight", 0.0)),
+                              (batch.get("shape_coefficients"),
+                               batch.get("expression_coefficients")),
+                              float(config.get("landmarks_3d_loss_weight", 0.0)))
     if int(config.get("debug_nan_step", -1)) >= 0:  # Test hook: poison one step's loss.
       loss = loss * jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
     return loss, aux
@@ -297,6 +345,8 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
              "learning_rate": make_schedule(config, float(config.learning_rate))(state.step)}
   if "distill" in aux:
     metrics["distill"] = aux["distill"]
+  if "nme_3d" in aux:
+    metrics["nme_3d"] = jnp.mean(aux["nme_3d"])
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -405,12 +455,16 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """The fields a step uses: image ``[H, W, 3]`` uint8, box ``[4]`` float32, landmarks_px
   ``[68, 2]`` float32, landmarks_visible ``[68]`` bool, pose ``[6]`` float32 (the view's
-  ``(scale, pitch, yaw, roll, tx, ty)``: rendering pose, or the fit's for a photo)."""
+  ``(scale, pitch, yaw, roll, tx, ty)``: rendering pose, or the fit's for a photo),
+  shape_coefficients ``[Ki]`` and expression_coefficients ``[Ke]`` float32 (the rendered or
+  fitted face's)."""
   return {"image": np.asarray(example["image"], np.uint8),
           "box": np.asarray(example["box"], np.float32),
           "landmarks_px": np.asarray(example["landmarks_px"], np.float32),
           "landmarks_visible": np.asarray(example["landmarks_visible"], bool),
-          "pose": np.asarray(example["pose"], np.float32)}
+          "pose": np.asarray(example["pose"], np.float32),
+          "shape_coefficients": np.asarray(example["shape_coefficients"], np.float32),
+          "expression_coefficients": np.asarray(example["expression_coefficients"], np.float32)}
 
 
 def step_batch(source: Any, step: int, global_batch: int, local_batch: int, process_index: int,

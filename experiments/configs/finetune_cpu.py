@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
   config.grad_clip_norm = 1.0
   config.pose_loss_weight = 0.0    # > 0: add this times the mean |angle error| (rad) to the loss
+  # > 0: add this times the landmark error of landmarks_3d_px against the 3D convention's truth
+  # (finetune.landmarks_3d_targets: annotated inner points, the true shape's jaw line).
+  config.landmarks_3d_loss_weight = 0.0
   # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
   # to train a new encoder (started from the loaded one where shapes agree) with this weight
   # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).

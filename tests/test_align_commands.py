@@ -154,6 +154,31 @@ def test_yaw_error_summary_known_values():
   assert alignment_eval.yaw_error_summary(predicted, None) is None
 
 
+def test_systematic_error_summary_planted_bias():
+  """Planted: every frontal face's chin sits 0.03 low and its mouth 0.01 low, plus noise of a
+  known size that is +-d in x on alternate faces (mean zero): with the bias removed only the
+  noise is left, and the offsets come back."""
+  from dff_jax.evaluation import alignment as alignment_eval
+  offsets = np.zeros((4, 68, 2))
+  offsets[:, 8, 1] += 0.03
+  offsets[:, 48:68, 1] += 0.01
+  offsets[:, :, 0] += 0.02 * np.array([1, -1, 1, -1])[:, None]
+  yaw = np.array([5.0, 10.0, 20.0, 25.0])
+  summary = alignment_eval.systematic_error_summary(offsets, yaw)
+  np.testing.assert_allclose(summary["nme_after_removing_point_bias"]["0-30"], 0.02)
+  assert summary["nme_after_removing_point_bias"]["30-60"] is None
+  np.testing.assert_allclose(summary["chin_vertical_offset"]["0-30"], 0.03)
+  np.testing.assert_allclose(summary["vertical_offset"]["mouth"]["0-30"], 0.01)
+  np.testing.assert_allclose(summary["vertical_offset"]["jaw"]["0-30"], 0.03 / 17)
+  # Turned faces are grouped by the sign of the yaw: opposite x biases on the two sides (a
+  # mirrored convention) are both removed.
+  turned = np.zeros((4, 68, 2))
+  turned[:2, :, 0], turned[2:, :, 0] = 0.05, -0.05
+  summary = alignment_eval.systematic_error_summary(turned, np.array([70.0, 80.0, -70.0, -80.0]))
+  np.testing.assert_allclose(summary["nme_after_removing_point_bias"]["60-90"], 0.0, atol=1e-12)
+  assert alignment_eval.systematic_error_summary(offsets, None) is None
+
+
 def test_ced_plot_and_overlay_draw_something(setup):
   from dff_jax.alignment import draw
   plot = draw.render_ced_plot([("dff", np.array([0.01, 0.03, np.nan])),

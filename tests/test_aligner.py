@@ -21,6 +21,9 @@ from conftest import ROOT, write_random_bundle
 
 CROP = 32
 SIZE = 128
+# No LLVM optimisation for the test's own programs: they compile in seconds instead of tens of
+# seconds on 2 cores (same numbers up to float rounding).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 PORTRAIT = ROOT / "experiments" / "assets" / "astronaut.jpg"
 
 
@@ -143,7 +146,8 @@ def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
   np.testing.assert_allclose(result.landmarks_3d_px[0], face.landmarks_3d_px, atol=2e-3)
   np.testing.assert_allclose(result.yaw_rad[0], face.pose.yaw_rad, atol=1e-4)
   np.testing.assert_allclose(result.scale[0], face.pose.scale, rtol=1e-4)
-  jitted = jax.jit(align_faces, static_argnames=("aligner", "remat"))
+  jitted = jax.jit(align_faces, static_argnames=("aligner", "remat"),
+                   compiler_options=FAST_COMPILE)
   again = jitted(aligner.encoder_params, aligner.cascade_params, images, boxes, aligner=aligner)
   np.testing.assert_allclose(again.landmarks_px, result.landmarks_px, atol=1e-3)
 
@@ -154,8 +158,8 @@ def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
                       remat=True)
     return jnp.mean(jnp.sum((out.landmarks_px - target) ** 2, axis=-1))
 
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(aligner.encoder_params,
-                                                     aligner.cascade_params, images)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), compiler_options=FAST_COMPILE)(
+      aligner.encoder_params, aligner.cascade_params, images)
   for grad in jax.tree.leaves(grads):
     assert np.all(np.isfinite(grad))
   assert float(jnp.abs(grads[2]).max()) > 0  # the pixels matter
@@ -163,7 +167,7 @@ def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
   # Directional derivatives against central differences (float64 would be exact; float32 and
   # the piecewise-smooth sampling leave a few per cent).
   rng = np.random.default_rng(0)
-  value = jax.jit(loss)
+  value = jax.jit(loss, compiler_options=FAST_COMPILE)
   direction = rng.normal(size=image.shape).astype(np.float32)[None]
   epsilon = 0.5
   numeric = (value(aligner.encoder_params, aligner.cascade_params, images + epsilon * direction)

@@ -193,6 +193,61 @@ def test_shape_fit_recovers_planted_coefficients_and_has_true_gradients():
   check_grads(fit, (landmarks, pose), order=1, modes=("rev",), atol=5e-2, rtol=5e-2, eps=1e-2)
 
 
+def test_hidden_layer_planted_step_and_no_op_start(tmp_path):
+  """Planted: a hidden unit fed only by the constant feature (pre-activation 1) with output
+  weights 2 / gelu(1) on every landmark's x and 1 / gelu(1) on the pose's tx moves every
+  landmark by exactly 2 px right and the pose by one ``pose_std`` in tx. A freshly added layer
+  (zero output weights) changes nothing; the file keeps it."""
+  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  am = small_alignment_model()
+  linear = random_params(2, DIM, jax.random.key(11))
+  params = cascade.add_hidden_layer(linear, 3, jax.random.key(12))
+  assert params.hidden_units == 3 and len(params.stages()) == 5
+  descriptor_map = smooth_maps(jax.random.key(13), 1)[0]
+  plain, _ = _run_cascade(am, linear, descriptor_map, CONFIG)
+  added, _ = _run_cascade(am, params, descriptor_map, CONFIG)
+  for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(added)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="already has a hidden layer"):
+    cascade.add_hidden_layer(params, 3, jax.random.key(0))
+
+  feature_dim = 68 * DIM + 1
+  gelu_1 = 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (1.0 + 0.044715)))  # tanh form, x = 1
+  hidden = np.zeros((feature_dim, 3), np.float32)
+  hidden[-1, 0] = 1.0                                   # the constant feature
+  output = np.zeros((3, 142), np.float32)
+  output[0, 0:136:2] = 2.0 / gelu_1                      # every landmark's x
+  output[0, 136 + 4] = 1.0 / gelu_1                      # the pose's tx (units of pose_std)
+  pose_std = np.array([0.002, 0.02, 0.02, 0.02, 0.3, 0.3], np.float32)
+  stage = (jnp.zeros((feature_dim, 136)), jnp.zeros((feature_dim, 6)), jnp.asarray(pose_std),
+           jnp.asarray(hidden), jnp.asarray(output))
+  start = cascade.initial_state(am, linear, CONFIG)
+  features = cascade.stage_features(descriptor_map, start.landmarks_px, start.visibility)
+  landmarks, pose = cascade.regress(stage, start, features)
+  np.testing.assert_allclose(landmarks - start.landmarks_px,
+                             np.broadcast_to([2.0, 0.0], (68, 2)), atol=1e-4)
+  np.testing.assert_allclose(pose - start.pose, pose_std * np.eye(6)[4], atol=1e-5)
+
+  trained = params.replace(output_weights=params.output_weights + 0.01)
+  path = cascade_io.save_cascade(tmp_path / "hidden.npz", trained, CONFIG,
+                                 dict(features="dff", face_model="default"), compact=False)
+  loaded, _, _ = cascade_io.load_cascade(path)
+  np.testing.assert_array_equal(loaded.hidden_weights, trained.hidden_weights)
+  np.testing.assert_array_equal(loaded.output_weights, trained.output_weights)
+  compact = cascade_io.save_cascade(tmp_path / "compact.npz", trained, CONFIG,
+                                    dict(features="dff", face_model="default"))
+  np.testing.assert_allclose(cascade_io.load_cascade(compact)[0].hidden_weights,
+                             trained.hidden_weights, rtol=1e-3, atol=1e-4)
+  broken = trained.replace(output_weights=trained.output_weights[:, :, :140])
+  path = cascade_io.save_cascade(tmp_path / "broken.npz", broken, CONFIG,
+                                 dict(features="dff", face_model="default"), compact=False)
+  with pytest.raises(ValueError, match="inconsistent cascade arrays"):
+    cascade_io.load_cascade(path)
+  # Truncating keeps the hidden layer's stages in step.
+  first = regression.truncate(trained, 1)
+  assert first.hidden_weights.shape[0] == first.output_weights.shape[0] == 1
+
+
 def test_stage_features_layout_and_masking():
   descriptor_map = smooth_maps(jax.random.key(2), 1)[0]
   landmarks = jnp.tile(jnp.asarray([[5.5, 7.5]]), (68, 1)).at[3].set(jnp.asarray([-4.0, 5.0]))

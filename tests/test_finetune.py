@@ -195,6 +195,31 @@ def test_landmarks_3d_term_scores_the_3d_points(start, batch):
                            batch["landmarks_visible"], batch["pose"], 0.0, (None, None), 0.5)
 
 
+def test_hidden_layer_is_added_and_learns_at_its_own_rate(config):
+  """``config.hidden_units`` adds a no-op hidden layer to the starting cascade; the optimizer
+  gives it ``hidden_learning_rate`` (planted: Adam's second step under a constant gradient moves
+  every weight by exactly the learning rate, here 1e-2 for the hidden layer and 1e-3 for the
+  linear regressors; without the setting the hidden layer takes the regressors' rate)."""
+  hidden_config = config.copy_and_resolve_references()
+  hidden_config.hidden_units = 4
+  hidden_config.hidden_learning_rate = 1e-2
+  start = finetune.load_starting_point(hidden_config)
+  trained = start.params["cascade"]
+  assert trained["hidden_weights"].shape[-1] == 4
+  np.testing.assert_array_equal(trained["output_weights"], 0.0)
+  params = {"encoder": {}, "cascade": trained}
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+  for rate, expected_hidden in ((1e-2, 1e-2), (0.0, 1e-3)):
+    hidden_config.hidden_learning_rate = rate
+    optimizer = finetune.make_optimizer(hidden_config)
+    state = optimizer.init(params)
+    for _ in range(2):  # step 0 is the warm-up's zero learning rate
+      updates, state = optimizer.update(grads, state, params)
+    for name, value in updates["cascade"].items():
+      want = expected_hidden if name in finetune.HIDDEN else 1e-3
+      np.testing.assert_allclose(np.abs(np.asarray(value)), want, rtol=1e-3)
+
+
 def _loss_fn(start, config, batch):
   pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=True)
 

@@ -131,11 +131,18 @@ class CascadeParams:
     pose_weights: ``[K, F, 6]`` float32; maps features to pose offsets in units of ``pose_std``.
     pose_std: ``[K, 6]`` float32 standard deviation of each stage's training pose residuals.
     initial_pose: ``[6]`` float32 mean training pose in the crop frame (the starting point).
+    hidden_weights: optional ``[K, F, H]`` float32: a residual hidden layer beside the linear
+      regressors (``None``: a purely linear cascade, as the two-stage training makes it).
+    output_weights: ``[K, H, 142]`` float32 with ``hidden_weights``: maps
+      ``gelu(features @ hidden_weights)`` to 136 more landmark offsets and 6 more pose offsets
+      (units of ``pose_std``), added to the linear ones (:func:`regress`).
   """
   landmark_weights: Array
   pose_weights: Array
   pose_std: Array
   initial_pose: Array
+  hidden_weights: Optional[Array] = None
+  output_weights: Optional[Array] = None
 
   @property
   def num_stages(self) -> int:
@@ -144,6 +151,45 @@ class CascadeParams:
   @property
   def descriptor_dim(self) -> int:
     return (self.landmark_weights.shape[1] - 1) // NUM_LANDMARKS
+
+  @property
+  def hidden_units(self) -> int:
+    """H of the residual hidden layer (0 without one)."""
+    return 0 if self.hidden_weights is None else int(self.hidden_weights.shape[-1])
+
+  def stages(self) -> Tuple[Array, ...]:
+    """The per-stage arrays with a leading ``[K]`` axis, in the order :func:`regress` reads one
+    stage: ``(landmark_weights, pose_weights, pose_std[, hidden_weights, output_weights])``
+    (what ``lax.scan`` runs over)."""
+    linear = (self.landmark_weights, self.pose_weights, self.pose_std)
+    return linear if self.hidden_weights is None else linear + (self.hidden_weights,
+                                                                self.output_weights)
+
+
+STAGE_FIELDS = ("landmark_weights", "pose_weights", "pose_std", "hidden_weights",
+                "output_weights")
+
+
+def add_hidden_layer(params: CascadeParams, units: int, key: Array) -> CascadeParams:
+  """``params`` with a residual hidden layer of ``units`` units in every stage that changes
+  nothing yet: ``output_weights`` are zero (so the cascade's results are exactly the linear
+  ones), ``hidden_weights`` are normal with standard deviation ``1 / sqrt(69)`` (the features
+  are 68 unit-length descriptors and a constant 1, so the pre-activations start near unit
+  scale). End-to-end training (:mod:`dff_jax.training.finetune`) then learns both.
+
+  Raises:
+    ValueError: ``units < 1`` or ``params`` already has a hidden layer.
+  """
+  if units < 1:
+    raise ValueError(f"add_hidden_layer: units must be >= 1, got {units}")
+  if params.hidden_weights is not None:
+    raise ValueError(f"the cascade already has a hidden layer of {params.hidden_units} units")
+  num_stages, feature_dim, _ = params.landmark_weights.shape
+  hidden = jax.random.normal(key, (num_stages, feature_dim, int(units)), jnp.float32)
+  return params.replace(
+      hidden_weights=hidden / np.sqrt(NUM_LANDMARKS + 1.0),
+      output_weights=jnp.zeros((num_stages, int(units), 2 * NUM_LANDMARKS + POSE_DIM),
+                               jnp.float32))
 
 
 def zero_params(num_stages: int, descriptor_dim: int, initial_pose: Array) -> CascadeParams:
@@ -374,17 +420,26 @@ def initial_state(alignment_model: AlignmentModel, params: CascadeParams,
                         shape_coefficients=shape, expression_coefficients=expression)
 
 
-def regress(stage: Tuple[Array, Array, Array], state: AlignmentState,
+def regress(stage: Tuple[Array, ...], state: AlignmentState,
             features: Array) -> Tuple[Array, Array]:
   """Step 3: the regressed landmarks ``[68, 2]`` and pose ``[6]`` of a stage.
 
-  ``stage`` is one stage's ``(landmark_weights [F, 136], pose_weights [F, 6], pose_std [6])``.
+  ``stage`` is one stage's ``(landmark_weights [F, 136], pose_weights [F, 6], pose_std [6])``,
+  optionally followed by ``(hidden_weights [F, H], output_weights [H, 142])``: then
+  ``gelu(features @ hidden_weights) @ output_weights`` adds its first 136 values to the landmark
+  offsets and its last 6 to the pose offsets (:meth:`CascadeParams.stages`).
   """
-  landmark_weights, pose_weights, pose_std = stage
+  landmark_weights, pose_weights, pose_std = stage[:3]
   precision = jax.lax.Precision.HIGHEST
-  landmarks = state.landmarks_px + jnp.dot(features, landmark_weights,
-                                           precision=precision).reshape(NUM_LANDMARKS, 2)
-  pose = state.pose + pose_std * jnp.dot(features, pose_weights, precision=precision)
+  landmark_step = jnp.dot(features, landmark_weights, precision=precision)
+  pose_step = jnp.dot(features, pose_weights, precision=precision)
+  if len(stage) == 5:
+    hidden = jax.nn.gelu(jnp.dot(features, stage[3], precision=precision))
+    extra = jnp.dot(hidden, stage[4], precision=precision)
+    landmark_step = landmark_step + extra[:2 * NUM_LANDMARKS]
+    pose_step = pose_step + extra[2 * NUM_LANDMARKS:]
+  landmarks = state.landmarks_px + landmark_step.reshape(NUM_LANDMARKS, 2)
+  pose = state.pose + pose_std * pose_step
   return landmarks, pose
 
 
@@ -408,7 +463,7 @@ def refit(alignment_model: AlignmentModel, landmarks_px: Array, pose: Array, wei
                         expression_coefficients=coefficients[model.num_identity:])
 
 
-def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, Array, Array],
+def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
                 state: AlignmentState, descriptor_map: Array,
                 config: CascadeConfig) -> Tuple[AlignmentState, Array]:
   """One cascade stage for one face (``stage`` as in :func:`regress`).
@@ -447,8 +502,7 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, state, (params.landmark_weights, params.pose_weights,
-                                    params.pose_std))
+  return jax.lax.scan(body, state, params.stages())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dff_jax.alignment import cascade
 
 FORMAT = "dff_jax.cascade/1"
 _ARRAYS = ("landmark_weights", "pose_weights", "pose_std", "initial_pose")
+_OPTIONAL = ("hidden_weights", "output_weights")  # a residual hidden layer (CascadeParams)
 
 
 def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascade.CascadeConfig,
@@ -37,14 +38,16 @@ def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascad
       optionally ``encoder_bundle`` (the DFF bundle folder, relative to this file, used when no
       checkpoint is given: :func:`dff_jax.alignment.features.encoder_for_cascade`) and ``data`` /
       ``box_jitter`` (the training renders, reused by ``eval_alignment --dataset=synthetic``).
-    compact: store the two weight matrices as float16 (halves the size; the regressors'
+    compact: store the weight matrices as float16 (halves the size; the regressors'
       relative error stays below 1e-3).
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   header = dict(format=FORMAT, config=dataclasses.asdict(config), meta=dict(meta))
   arrays = {}
-  for name in _ARRAYS:
+  for name in _ARRAYS + _OPTIONAL:
+    if getattr(params, name) is None:
+      continue
     value = np.asarray(getattr(params, name), np.float32)
     if compact and name.endswith("_weights"):
       value = value.astype(np.float16)
@@ -54,8 +57,10 @@ def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascad
   return file_io.write_bytes_atomic(path, buffer.getvalue())
 
 
-def _read(path: str | Path, names: Tuple[str, ...]) -> Tuple[dict, Dict[str, np.ndarray]]:
-  """The JSON header and the named arrays of a cascade file (NumPy only, checked)."""
+def _read(path: str | Path, names: Tuple[str, ...],
+          optional: Tuple[str, ...] = ()) -> Tuple[dict, Dict[str, np.ndarray]]:
+  """The JSON header and the named arrays of a cascade file (NumPy only, checked), plus those
+  of ``optional`` that the file has."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"cascade file {path} does not exist (pass --cascade=FILE; train one "
@@ -63,7 +68,8 @@ def _read(path: str | Path, names: Tuple[str, ...]) -> Tuple[dict, Dict[str, np.
   try:
     with np.load(path, allow_pickle=False) as data:
       header = json.loads(str(data["header"]))
-      arrays = {name: np.asarray(data[name], np.float32) for name in names}
+      arrays = {name: np.asarray(data[name], np.float32) for name in names
+                + tuple(n for n in optional if n in data.files)}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} is not a readable cascade file ({type(error).__name__}); pass a "
                      "cascade_<features>.npz written by experiments.train_alignment") from None
@@ -89,12 +95,18 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
     FileNotFoundError: no such file.
     ValueError: not a cascade file, truncated, or inconsistent shapes (the message names it).
   """
-  header, arrays = _read(path, _ARRAYS)
+  header, arrays = _read(path, _ARRAYS, _OPTIONAL)
   config = cascade.CascadeConfig(**header["config"])
   k, f, t = arrays["landmark_weights"].shape
+  hidden_ok = True
+  if any(name in arrays for name in _OPTIONAL):
+    h = arrays["hidden_weights"].shape[-1] if "hidden_weights" in arrays else -1
+    hidden_ok = (arrays.get("hidden_weights", np.zeros(0)).shape == (k, f, h)
+                 and arrays.get("output_weights", np.zeros(0)).shape
+                 == (k, h, t + cascade.POSE_DIM))
   if (t != 2 * cascade.NUM_LANDMARKS or arrays["pose_weights"].shape != (k, f, cascade.POSE_DIM)
       or arrays["pose_std"].shape != (k, cascade.POSE_DIM) or (f - 1) % cascade.NUM_LANDMARKS
-      or k != config.num_stages):
+      or k != config.num_stages or not hidden_ok):
     raise ValueError(f"{path}: inconsistent cascade arrays "
                      f"{ {n: a.shape for n, a in arrays.items()} } for {k} stages")
   params = cascade.CascadeParams(**{n: jnp.asarray(a) for n, a in arrays.items()})

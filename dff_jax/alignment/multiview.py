@@ -193,7 +193,7 @@ def joint_refit(alignment_model: AlignmentModel, landmarks_px: Array, pose: Arra
 # ----------------------------------------------------------------------------------------------
 
 
-def apply_joint_stage(alignment_model: AlignmentModel, stage: Tuple[Array, Array, Array],
+def apply_joint_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
                       states: AlignmentState, descriptor_maps: Array, view_mask: Array,
                       config: CascadeConfig, share_expression: bool = False,
                       prior_per_view: bool = False) -> Tuple[AlignmentState, Array]:
@@ -201,8 +201,8 @@ def apply_joint_stage(alignment_model: AlignmentModel, stage: Tuple[Array, Array
 
   Args:
     alignment_model: model and normals.
-    stage: one stage's ``(landmark_weights, pose_weights, pose_std)`` (see
-      :func:`dff_jax.alignment.cascade.regress`).
+    stage: one stage's arrays (:meth:`dff_jax.alignment.cascade.CascadeParams.stages`, read
+      by :func:`dff_jax.alignment.cascade.regress`).
     states: current estimates, leading ``[V]``.
     descriptor_maps: ``[V, crop, crop, D]``.
     view_mask: ``[V]`` float32 1 for real views, 0 for padding.
@@ -261,8 +261,7 @@ def run_multiview_cascade(alignment_model: AlignmentModel, params: CascadeParams
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, states, (params.landmark_weights, params.pose_weights,
-                                     params.pose_std))
+  return jax.lax.scan(body, states, params.stages())
 
 
 def align_multiview_crops(alignment_model: AlignmentModel, params: CascadeParams,

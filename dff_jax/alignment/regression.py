@@ -139,9 +139,8 @@ def select_regularisation(train: Statistics, held_out: Statistics, candidates: S
 
 def truncate(params: cascade.CascadeParams, num_stages: int) -> cascade.CascadeParams:
   """The first ``num_stages`` stages of ``params`` (``num_stages`` may be 0)."""
-  return params.replace(landmark_weights=params.landmark_weights[:num_stages],
-                        pose_weights=params.pose_weights[:num_stages],
-                        pose_std=params.pose_std[:num_stages])
+  return params.replace(**{name: getattr(params, name)[:num_stages]
+                           for name in cascade.STAGE_FIELDS if getattr(params, name) is not None})
 
 
 def _stage_inputs(alignment_model, params, config, descriptor_maps, true_landmarks, true_pose,

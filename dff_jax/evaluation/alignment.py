@@ -300,6 +300,50 @@ def region_summary(regions: List[Dict[str, float]],
   return json_safe(out)
 
 
+def systematic_error_summary(offsets: np.ndarray,
+                             yaw_deg: Optional[np.ndarray]) -> Optional[Dict[str, Any]]:
+  """How much of the error is one systematic offset per point (a label convention the training
+  data does not share, or a bias of the aligner) rather than scatter.
+
+  Faces are grouped by ``|yaw|`` bin and the sign of the yaw (a turned face's bias is mirrored);
+  within a group each point's mean signed error is its bias.
+
+  Args:
+    offsets: ``[M, 68, 2]`` per-face ``(prediction - truth) / normaliser`` (x right, y down).
+    yaw_deg: ``[M]`` the set's yaw (degrees); ``None``: no summary.
+
+  Returns:
+    ``None`` without yaw, else ``{"nme_after_removing_point_bias": {"0-30", "30-60", "60-90"},
+    "vertical_offset": {region: {bins}}, "chin_vertical_offset": {bins}}``: the NME left once
+    every point's bias in its group is subtracted (what a perfect per-point convention shift
+    could reach, an oracle that reads the set's own labels: a diagnostic, not a method), each
+    region's mean signed y error (positive: the prediction sits lower in the image) and that of
+    the chin (point 8).
+  """
+  if yaw_deg is None or not len(offsets):
+    return None
+  offsets = np.asarray(offsets, np.float64)
+  yaw = np.asarray(yaw_deg, np.float64)
+  residual = np.full(len(offsets), np.nan)
+  out: Dict[str, Any] = {"nme_after_removing_point_bias": {}, "vertical_offset": {},
+                         "chin_vertical_offset": {}}
+  for name, low, high in metrics.YAW_BINS_DEG:
+    in_bin = (np.abs(yaw) >= low) & ((np.abs(yaw) < high) if high < 90 else (np.abs(yaw) <= 90))
+    for sign in (-1.0, 1.0):
+      group = in_bin & (np.where(yaw < 0, -1.0, 1.0) == sign)
+      if group.any():
+        centred = offsets[group] - offsets[group].mean(axis=0)
+        residual[group] = np.linalg.norm(centred, axis=-1).mean(axis=-1)
+    out["nme_after_removing_point_bias"][name] = (float(np.mean(residual[in_bin]))
+                                                  if in_bin.any() else None)
+    out["chin_vertical_offset"][name] = (float(np.mean(offsets[in_bin, 8, 1]))
+                                         if in_bin.any() else None)
+    for region, start, stop in metrics.REGIONS:
+      out["vertical_offset"].setdefault(region, {})[name] = (
+          float(np.mean(offsets[in_bin, start:stop, 1])) if in_bin.any() else None)
+  return json_safe(out)
+
+
 def yaw_error_summary(predicted_deg: np.ndarray,
                       yaw_deg: Optional[np.ndarray]) -> Optional[Dict[str, Any]]:
   """How far the aligner's yaw is from the set's, by ``|yaw|`` bin (degrees; the set's yaw as
@@ -401,6 +445,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     errors: Dict[str, float] = {}
     yaw_pred: Dict[str, float] = {}
     regions: Dict[str, Dict[str, float]] = {}
+    offsets: Dict[str, np.ndarray] = {}
     for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
                                       total=len(eval_set.jobs), keep_loaded=False):
       if outcome.error is not None:
@@ -419,8 +464,11 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       per_region["jaw_dx"] = (np.mean(predicted[start:stop, 0] - target[start:stop, 0])
                               / metrics.normaliser_length(target, eval_set.normaliser))
       regions[outcome.job.name] = {k: float(v) for k, v in per_region.items()}
+      offsets[outcome.job.name] = ((predicted - target)
+                                   / metrics.normaliser_length(target, eval_set.normaliser))
       yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
-    methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred)
+    methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred,
+                         offsets=offsets)
 
   # Faces every method aligned (a face one method could not read is skipped for all).
   common = [job.name for job in eval_set.jobs
@@ -441,6 +489,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
         yaw if len(common) else None)
     summaries[name]["nme_by_region"] = region_summary(
         [methods[name]["regions"][n] for n in common], yaw if len(common) else None)
+    summaries[name]["systematic_error"] = systematic_error_summary(
+        np.array([methods[name]["offsets"][n] for n in common], np.float64).reshape(-1, 68, 2),
+        yaw if len(common) else None)
     aligner = methods[name]["aligner"]
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),

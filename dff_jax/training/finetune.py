@@ -77,7 +77,8 @@ Array = Any
 PyTree = Any
 BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose", "shape_coefficients",
                 "expression_coefficients")
-TRAINED = ("landmark_weights", "pose_weights")
+TRAINED = ("landmark_weights", "pose_weights", "hidden_weights", "output_weights")
+HIDDEN = ("hidden_weights", "output_weights")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,9 +191,11 @@ class Pipeline:
 
 
 def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
-  """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` and
-  ``{"pose_std", "initial_pose"}`` of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
-  trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED}
+  """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` (plus ``"hidden_weights",
+  "output_weights"`` with a hidden layer) and ``{"pose_std", "initial_pose"}`` of a
+  :class:`~dff_jax.alignment.cascade.CascadeParams`."""
+  trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED
+             if getattr(params, name) is not None}
   fixed = {name: jnp.asarray(getattr(params, name), jnp.float32)
            for name in ("pose_std", "initial_pose")}
   return trained, fixed
@@ -298,15 +301,22 @@ def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Sched
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW on the encoder (``learning_rate``, weight decay on kernels)
-  and Adam on the regressors (``cascade_learning_rate``)."""
+  """Global-norm clipping, then AdamW on the encoder (``learning_rate``, weight decay on kernels),
+  Adam on the linear regressors (``cascade_learning_rate``) and on a hidden layer's weights
+  (``hidden_learning_rate``, default ``cascade_learning_rate``)."""
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
   encoder = optax.adamw(make_schedule(config, float(config.learning_rate)),
                         weight_decay=float(config.weight_decay), mask=decay_mask)
   regressors = optax.adam(make_schedule(config, float(config.cascade_learning_rate)))
-  labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa
+  hidden_rate = float(config.get("hidden_learning_rate", 0.0) or config.cascade_learning_rate)
+  hidden = optax.adam(make_schedule(config, hidden_rate))
+
+  def labels(params):
+    return {"encoder": jax.tree.map(lambda _: "encoder", params["encoder"]),
+            "cascade": {k: "hidden" if k in HIDDEN else "cascade" for k in params["cascade"]}}
   return optax.chain(optax.clip_by_global_norm(float(config.grad_clip_norm)),
-                     optax.multi_transform({"encoder": encoder, "cascade": regressors}, labels))
+                     optax.multi_transform({"encoder": encoder, "cascade": regressors,
+                                            "hidden": hidden}, labels))
 
 
 def init_state(config: ml_collections.ConfigDict, params: PyTree) -> FinetuneState:
@@ -425,6 +435,11 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
     describer = features_lib.make_describer(kind, config.checkpoint or None)
   if cascade_params is None:
     cascade_params = zero_cascade(config, cascade_config, describer.descriptor_dim)
+  units = int(config.get("hidden_units", 0))
+  if units and cascade_params.hidden_weights is None:
+    # A residual hidden layer that starts as a no-op (cascade.add_hidden_layer).
+    cascade_params = cascade.add_hidden_layer(cascade_params, units,
+                                              jax.random.key(int(config.seed)))
   teacher, encoder_config = None, None
   if config.get("student"):
     if describer.kind != "dff":

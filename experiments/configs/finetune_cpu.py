@@ -75,6 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: add this times the landmark error of landmarks_3d_px against the 3D convention's truth
   # (finetune.landmarks_3d_targets: annotated inner points, the true shape's jaw line).
   config.landmarks_3d_loss_weight = 0.0
+  # > 0: add a residual hidden layer of this many GELU units to every stage of the starting
+  # cascade (cascade.add_hidden_layer; a no-op at step 0), trained at hidden_learning_rate
+  # (0 = cascade_learning_rate).
+  config.hidden_units = 0
+  config.hidden_learning_rate = 0.0
   # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
   # to train a new encoder (started from the loaded one where shapes agree) with this weight
   # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).

@@ -11,8 +11,10 @@ Why: the shipped pair's AFLW2000-3D error is scored on ``landmarks_3d_px``, the 
 jaw-line vertices under the fitted pose, which the fine-tuning loss never read (the landmark
 term reads the visible outline, the pose term only the three angles): the 3D jaw's error was
 still the largest region at every yaw (``nme_by_region`` of
-``experiments/results/eval_aflw_pose_summary.json``). This run starts from the shipped files
-(``cascade_dff.npz`` and the ``dff_point_aligned`` encoder it names) and adds
+``experiments/results/eval_aflw_pose_summary.json``). This run starts from the pose-term pair
+(the files shipped at commit bab921c, ``cascade_dff.npz`` and the ``dff_point_aligned`` encoder
+it names; the manifest's ``finetune_3d`` step passes them explicitly, since this run's own result
+is the shipped default now) and adds
 ``landmarks_3d_loss_weight`` times the landmark error of ``landmarks_3d_px`` against
 :func:`dff_jax.training.finetune.landmarks_3d_targets` (the annotated inner points, and the jaw
 line of each view's true shape and pose: exact for renders, the fit's for a photo). 1,500 steps

@@ -228,6 +228,13 @@ def region_nme(pred: Array, target: Array, normaliser: str) -> Dict[str, Array]:
           for name, start, stop in REGIONS}
 
 
+def in_yaw_bin(yaw_deg: Array, low: float, high: float) -> np.ndarray:
+  """``[M]`` bool: ``low <= |yaw| < high`` (``<= 90`` for the last bin, :data:`YAW_BINS_DEG`);
+  NaN yaws are in no bin."""
+  yaw = np.abs(np.asarray(yaw_deg, dtype=np.float64).reshape(-1))
+  return (yaw >= low) & ((yaw < high) if high < 90.0 else (yaw <= high))
+
+
 def nme_by_yaw_bin(errors: Array, yaw_deg: Array) -> Dict[str, float]:
   """Mean error in the AFLW2000-3D yaw bins, and the mean of the bin means.
 
@@ -250,7 +257,7 @@ def nme_by_yaw_bin(errors: Array, yaw_deg: Array) -> Dict[str, float]:
                      f"and {yaw.shape[0]} yaws.")
   result = {}
   for name, low, high in YAW_BINS_DEG:
-    in_bin = (yaw >= low) & ((yaw < high) if high < 90.0 else (yaw <= high))
+    in_bin = in_yaw_bin(yaw, low, high)
     result[name] = float(np.mean(errors[in_bin])) if np.any(in_bin) else float("nan")
   result["mean"] = float(np.mean([result[name] for name, _, _ in YAW_BINS_DEG]))
   return result

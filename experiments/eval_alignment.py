@@ -40,7 +40,9 @@ Outputs in ``DIR`` (atomically written):
     ``"60-90"`` on |yaw| in degrees, [0, 30), [30, 60), [60, 90]), ``nme_yaw_bin_mean``,
     ``failure_rate_0.08``, ``failure_rate_0.10``, ``auc_0.08``, ``num_faces``, ``nme_by_region``
     (jaw, brows, nose, eyes, mouth: each region's points over the whole face's normaliser, mean
-    and by yaw bin); every method's
+    and by yaw bin), ``yaw_error_deg`` and ``systematic_error`` (the NME left once each point's
+    mean offset is removed, and regions' mean vertical offsets, by yaw bin:
+    ``dff_jax.evaluation.alignment.systematic_error_summary``); every method's
     figures under ``methods``; ``skipped`` (one-line messages of unreadable faces);
     ``image_decode`` (photos decoded as ``align`` decodes them: ``grey`` luma when every method
     reads only the luma, else ``rgb``).

@@ -166,8 +166,8 @@ class CascadeParams:
                                                                 self.output_weights)
 
 
-STAGE_FIELDS = ("landmark_weights", "pose_weights", "pose_std", "hidden_weights",
-                "output_weights")
+HIDDEN_FIELDS = ("hidden_weights", "output_weights")  # optional: a residual hidden layer
+STAGE_FIELDS = ("landmark_weights", "pose_weights", "pose_std") + HIDDEN_FIELDS
 
 
 def add_hidden_layer(params: CascadeParams, units: int, key: Array) -> CascadeParams:

@@ -23,7 +23,7 @@ from dff_jax.alignment import cascade
 
 FORMAT = "dff_jax.cascade/1"
 _ARRAYS = ("landmark_weights", "pose_weights", "pose_std", "initial_pose")
-_OPTIONAL = ("hidden_weights", "output_weights")  # a residual hidden layer (CascadeParams)
+_OPTIONAL = cascade.HIDDEN_FIELDS  # a residual hidden layer (CascadeParams)
 
 
 def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascade.CascadeConfig,

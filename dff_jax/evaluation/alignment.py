@@ -328,7 +328,7 @@ def systematic_error_summary(offsets: np.ndarray,
   out: Dict[str, Any] = {"nme_after_removing_point_bias": {}, "vertical_offset": {},
                          "chin_vertical_offset": {}}
   for name, low, high in metrics.YAW_BINS_DEG:
-    in_bin = (np.abs(yaw) >= low) & ((np.abs(yaw) < high) if high < 90 else (np.abs(yaw) <= 90))
+    in_bin = metrics.in_yaw_bin(yaw, low, high)
     for sign in (-1.0, 1.0):
       group = in_bin & (np.where(yaw < 0, -1.0, 1.0) == sign)
       if group.any():
@@ -461,11 +461,10 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       errors[outcome.job.name] = float(metrics.nme(predicted, target, eval_set.normaliser))
       per_region = metrics.region_nme(predicted, target, eval_set.normaliser)
       _, start, stop = metrics.REGIONS[0]   # the jaw
-      per_region["jaw_dx"] = (np.mean(predicted[start:stop, 0] - target[start:stop, 0])
-                              / metrics.normaliser_length(target, eval_set.normaliser))
+      offset = (predicted - target) / metrics.normaliser_length(target, eval_set.normaliser)
+      per_region["jaw_dx"] = np.mean(offset[start:stop, 0])
       regions[outcome.job.name] = {k: float(v) for k, v in per_region.items()}
-      offsets[outcome.job.name] = ((predicted - target)
-                                   / metrics.normaliser_length(target, eval_set.normaliser))
+      offsets[outcome.job.name] = offset
       yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
     methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred,
                          offsets=offsets)

@@ -9,7 +9,8 @@ closed-form shape fits) and the loss is the landmark error after the last stage
 rotation's error, :func:`pose_loss`; with ``config.landmarks_3d_loss_weight > 0`` plus that weight
 times the same landmark error of the 3D convention's points, ``landmarks_3d_px``, against
 :func:`landmarks_3d_targets`). Optax updates the encoder parameters and the regressors
-``landmark_weights`` and ``pose_weights`` of every stage; ``pose_std`` and ``initial_pose`` stay
+``landmark_weights`` and ``pose_weights`` of every stage (and a hidden layer's weights when the
+cascade has one, ``config.hidden_units``); ``pose_std`` and ``initial_pose`` stay
 fixed. ``config.remat`` rematerialises each stage in the backward pass (``jax.checkpoint``).
 
 Data: synthetic faces of :class:`data_pipeline.faces.FaceSource` (seed ``config.seed``, default
@@ -77,8 +78,8 @@ Array = Any
 PyTree = Any
 BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose", "shape_coefficients",
                 "expression_coefficients")
-TRAINED = ("landmark_weights", "pose_weights", "hidden_weights", "output_weights")
-HIDDEN = ("hidden_weights", "output_weights")
+HIDDEN = cascade.HIDDEN_FIELDS
+TRAINED = ("landmark_weights", "pose_weights") + HIDDEN
 
 
 # ----------------------------------------------------------------------------------------------

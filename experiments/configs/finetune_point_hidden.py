@@ -18,6 +18,10 @@ terms of ``finetune_point_3d`` (landmarks, pose 0.1, 3D-convention points 0.5). 
 learns at ``hidden_learning_rate`` (the linear regressors' rate would take thousands of steps to
 grow its output weights from zero). 2,000 steps from ``finetune_point_3d``'s pair, fresh faces
 (pipeline seed 140000, used nowhere else).
+
+Result (WORKSPACE.md section 14; not shipped): against the same command with
+``--config.hidden_units=0`` the layer changes nothing measurable, and both runs are worse on the
+photo sets than the pair they start from.
 """
 
 from experiments.configs import finetune_point_3d

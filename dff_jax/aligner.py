@@ -61,15 +61,22 @@ class Aligner:
     detect: ``image -> (boxes [N, 4], scores [N])`` for images without a box (default:
       :func:`dff_jax.detection.detect_faces` with ``min_score`` and ``upsample``).
     min_score, upsample: the detector's settings (see :func:`dff_jax.detection.detect_faces`).
+    refine: extra passes for each face the detector found, each from the bounding box of the
+      previous pass's ``landmarks_px`` (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`;
+      0: align once from the detector's box).
   """
 
   def __init__(self, cascade: runner.CompiledCascade, batch_size: int = 8,
                detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None,
-               min_score: Optional[float] = None, upsample: int = 1):
+               min_score: Optional[float] = None, upsample: int = 1,
+               refine: int = streaming.REFINE_DETECTED):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if refine < 0:
+      raise ValueError(f"refine must be >= 0, got {refine}")
     self.cascade = cascade
     self.batch_size = int(batch_size)
+    self.refine = int(refine)
     if detect is None:
       from dff_jax import detection  # pylint: disable=g-import-not-at-top
       score = detection.MIN_SCORE if min_score is None else float(min_score)
@@ -82,7 +89,8 @@ class Aligner:
   def load(cls, cascade: Optional[str | os.PathLike] = None,
            checkpoint: Optional[str | os.PathLike] = None, face_model: Optional[str] = None,
            features: Optional[str] = None, batch_size: int = 8,
-           min_score: Optional[float] = None, upsample: int = 1) -> "Aligner":
+           min_score: Optional[float] = None, upsample: int = 1,
+           refine: int = streaming.REFINE_DETECTED) -> "Aligner":
     """Loads a cascade, its descriptor and its face model (cached: loading the same files
     again reuses the compiled cascade).
 
@@ -95,14 +103,14 @@ class Aligner:
       face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a face-model file; ``None`` = the
         cascade's.
       features: ``"dff"`` / ``"sift"``; ``None`` = the cascade's.
-      batch_size, min_score, upsample: see :class:`Aligner`.
+      batch_size, min_score, upsample, refine: see :class:`Aligner`.
 
     Raises:
       FileNotFoundError / ValueError: a missing or unreadable file (one-line message).
     """
     spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
     return cls(runner.load_aligner(spec), batch_size=batch_size, min_score=min_score,
-               upsample=upsample)
+               upsample=upsample, refine=refine)
 
   # --- what was loaded -------------------------------------------------------------------------
 
@@ -189,7 +197,7 @@ class Aligner:
                            image=image, box=found, scores=scores))
             for index, (image, found, scores) in enumerate(prepared) if len(found)]
     for outcome in streaming.run_jobs(self.cascade, jobs, batch_size=batch_size, progress=False,
-                                      keep_loaded=False, workers=0):
+                                      keep_loaded=False, workers=0, refine=self.refine):
       if outcome.error is not None:
         raise ValueError(outcome.error)
       out[int(outcome.job.name.split()[-1])] = outcome.faces

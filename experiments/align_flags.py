@@ -27,6 +27,8 @@ def define_flags() -> None:
   flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "
                       "(default: the cascade's).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
+  flags.DEFINE_integer("refine", 1, "Extra passes for each face the detector found, each from "
+                       "the box of the previous pass's landmarks (0: align once).")
   flags.DEFINE_boolean("overlay", True, "Write <stem>_overlay.png (also --overlays).")
   flags.DEFINE_alias("overlays", "overlay")
   flags.DEFINE_integer("workers", 2, "Threads decoding images and cutting crops (0: none).")

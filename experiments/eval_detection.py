@@ -54,6 +54,8 @@ def define_flags() -> None:
   flags.DEFINE_float("min_score", 0.6, "Detector score threshold (dff_jax.detection.MIN_SCORE).")
   flags.DEFINE_integer("upsample", 1, "1: whole image; 2: also 3x3 half-size tiles.")
   flags.DEFINE_integer("batch_size", 16, "Faces per jitted alignment call.")
+  flags.DEFINE_integer("refine", 1, "Extra passes for each detected face, each from the box of "
+                       "the previous pass's landmarks, as dff_jax.Aligner makes them (0: none).")
   flags.DEFINE_string("cascade", None, "Cascade .npz (default: the shipped one).")
   flags.DEFINE_string("checkpoint", None, "DFF bundle (default: the cascade's encoder).")
   flags.DEFINE_string("detections", None, "JSON of another detector's boxes (see docstring).")
@@ -126,7 +128,7 @@ def main(argv):
     summary.update(evaluation.evaluate_detection(
         FLAGS.data_dir, detect, aligner, num_images=FLAGS.num_images,
         num_face_free=num_face_free, max_faces_per_image=FLAGS.max_faces_per_image,
-        threshold=FLAGS.threshold, batch_size=FLAGS.batch_size))
+        threshold=FLAGS.threshold, batch_size=FLAGS.batch_size, refine=FLAGS.refine))
   except (OSError, ValueError, KeyError) as error:
     print(f"eval_detection: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)

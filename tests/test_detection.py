@@ -218,11 +218,12 @@ def test_eval_detection_command(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.eval_detection", f"--data_dir={data}",
        f"--out_dir={tmp_path / 'out'}", f"--detections={tmp_path / 'dets.json'}",
-       "--num_face_free=2", "--batch_size=2", "--detector_name=truth"],
+       "--num_face_free=2", "--batch_size=2", "--detector_name=truth", "--refine=0"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert summary["detector"] == "truth" and summary["num_images"] == 3
+  assert summary["refine_passes"] == 0  # so a truth box as detection scores as the truth box
   assert summary["face_free"]["false_detections_per_image"] == 0.5
   assert summary["detections_per_photo"] == pytest.approx(2 / 3, abs=1e-3)
   rows = [json.loads(line) for line in (tmp_path / "out" / "per_image.jsonl").read_text().splitlines()]

@@ -182,6 +182,104 @@ def test_run_jobs_bounds_images_in_memory(env, workers):
   assert 4 in aligner.compile_seconds  # one program for batches of 4 (the last padded)
 
 
+class _PlantedCascade:
+  """A stand-in for a compiled cascade whose answer is planted: every face's landmarks are the
+  same points in working pixels (a box from 0.3 to 0.7 of the working side), whatever the image;
+  it records the batch size of each call."""
+
+  name = "planted"
+  channels = 3
+  work_size = 64
+
+  def __init__(self, box_scale: float = 1.25):
+    from dff_jax.alignment import cascade
+    self.config = cascade.CascadeConfig(num_stages=1, crop_size=32, box_scale=box_scale)
+    t = np.linspace(0.0, 1.0, 68, dtype=np.float32)
+    corner = np.stack([0.3 + 0.4 * t, 0.3 + 0.4 * (t ** 2)], axis=1)  # spans [0.3, 0.7]^2
+    self.points = corner * self.work_size
+    self.calls = []
+
+  def dispatch(self, work_images):
+    self.calls.append(len(work_images))
+    return len(work_images)
+
+  def fetch(self, count):
+    zeros = np.zeros((count,), np.float32)
+    return dict(landmarks_px=np.repeat(self.points[None], count, 0),
+                landmarks_3d_px=np.repeat(self.points[None], count, 0),
+                visibility=np.ones((count, 68), np.float32), yaw_rad=zeros, pitch_rad=zeros,
+                roll_rad=zeros, scale=zeros + 1, translation_px=np.zeros((count, 2), np.float32),
+                shape_coefficients=np.zeros((count, 3), np.float32),
+                expression_coefficients=np.zeros((count, 2), np.float32))
+
+
+def _planted_image_frame(box, box_scale, work_size, points):
+  """Where the planted working-frame points land in the image for a face box (by hand: the
+  square crop of side ``box_scale * max(w, h)`` centred on the box, scaled to ``work_size``)."""
+  centre = (np.asarray(box[:2]) + np.asarray(box[2:])) / 2
+  side = box_scale * max(box[2] - box[0], box[3] - box[1])
+  return centre - side / 2 + points * side / work_size
+
+
+@pytest.mark.parametrize("passes", [0, 1, 2])
+def test_detected_faces_are_refined_from_their_own_landmark_box(passes):
+  """Planted truth: a stand-in cascade answers the same working-frame points for every crop.
+  A detected face is aligned 1 + ``refine`` times, each pass from the bounding box of the
+  previous pass's landmarks (worked out by hand here), keeping the detector's box and score;
+  a given box is aligned once; outcomes still arrive for every job."""
+  from dff_jax.alignment import streaming
+  from dff_jax import geometry
+  planted = _PlantedCascade()
+  detected = np.array([[40.0, 30.0, 100.0, 110.0], [120.0, 20.0, 150.0, 50.0]], np.float32)
+
+  def detect(image):
+    return detected, np.array([0.9, 0.8], np.float32)
+
+  image = np.full((160, 200, 3), 90, np.uint8)
+  jobs = [streaming.Job(name="detected", load=lambda: streaming.Loaded(image=image)),
+          streaming.Job(name="given", load=lambda: streaming.Loaded(
+              image=image, box=[10.0, 10.0, 50.0, 60.0]))]
+  outcomes = {o.job.name: o for o in streaming.run_jobs(
+      planted, jobs, batch_size=3, progress=False, workers=0, detect=detect, refine=passes)}
+  # The first batch holds all three faces, each later one the two detected faces again.
+  assert planted.calls == [3] * (1 + passes)
+  assert len(outcomes["detected"].faces) == 2 and len(outcomes["given"].faces) == 1
+  for face, box, score in zip(outcomes["detected"].faces, detected, (0.9, 0.8)):
+    expected = _planted_image_frame(box, 1.25, 64, planted.points)
+    for _ in range(passes):
+      start = np.concatenate([expected.min(0), expected.max(0)])
+      expected = _planted_image_frame(start, 1.25, 64, planted.points)
+    np.testing.assert_allclose(face.landmarks_px, expected, atol=1e-3)
+    np.testing.assert_allclose(face.box, box)  # the box it started from stays reported
+    assert face.score == pytest.approx(score)
+    np.testing.assert_allclose(face.crop_box, geometry.square_box(start if passes else box, 1.25),
+                               atol=1e-3)
+  given = outcomes["given"].face
+  np.testing.assert_allclose(given.landmarks_px, _planted_image_frame(
+      [10.0, 10.0, 50.0, 60.0], 1.25, 64, planted.points), atol=1e-3)
+
+
+def test_refinement_per_job_and_degenerate_boxes():
+  """``Loaded.refine`` asks for passes on a given box; a pass whose landmark box lies outside
+  the image is not run (the face keeps its last result)."""
+  from dff_jax.alignment import streaming
+  planted = _PlantedCascade()
+  image = np.zeros((100, 100, 3), np.uint8)
+  job = streaming.Job(name="given", load=lambda: streaming.Loaded(
+      image=image, box=[20.0, 20.0, 60.0, 60.0], refine=1))
+  outcome = next(streaming.run_jobs(planted, [job], batch_size=1, progress=False, workers=0))
+  assert planted.calls == [1, 1]
+  first = _planted_image_frame([20.0, 20.0, 60.0, 60.0], 1.25, 64, planted.points)
+  np.testing.assert_allclose(outcome.face.landmarks_px, _planted_image_frame(
+      np.concatenate([first.min(0), first.max(0)]), 1.25, 64, planted.points), atol=1e-3)
+  import dataclasses
+  outside = dataclasses.replace(outcome.face, landmarks_px=outcome.face.landmarks_px + 500.0)
+  assert streaming.refined_box(outside, 100, 100) is None  # its box is outside the image
+  assert streaming.refined_box(outcome.face, 100, 100) is not None
+  with pytest.raises(ValueError, match="refine"):
+    list(streaming.run_jobs(planted, [], progress=False, refine=-1))
+
+
 def test_run_jobs_rejects_bad_settings(env):
   from dff_jax.alignment import runner
   from dff_jax.alignment import streaming

@@ -42,7 +42,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                 features: Optional[str] = None, checkpoint: Optional[str] = None,
                 face_model: Optional[str] = None, batch_size: int = 8, overlay: bool = True,
                 progress: bool = True, report=None, workers: int = 2, writers: int = 2,
-                prefetch_batches: int = 2, run_summary: bool = False) -> Dict[str, Any]:
+                prefetch_batches: int = 2, run_summary: bool = False,
+                refine: Optional[int] = None) -> Dict[str, Any]:
   """``experiments.align``: streams the images through the aligner and writes the results.
 
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
@@ -63,6 +64,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     writers: output writing threads (``0``: write in this thread).
     prefetch_batches: batches decoded ahead (see ``run_jobs``).
     run_summary: also write the run figures to ``out_dir/run_summary.json``.
+    refine: extra passes for each detected face (:func:`dff_jax.alignment.streaming.run_jobs`;
+      ``None``: :data:`dff_jax.alignment.streaming.REFINE_DETECTED`).
 
   Returns:
     ``{"out_dir", "written": [stems, input order], "failed": [one-line messages], "images",
@@ -181,7 +184,9 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   try:
     for outcome in streaming.run_jobs(aligner, jobs, batch_size, progress=progress,
                                       total=len(jobs), keep_loaded=overlay, workers=workers,
-                                      prefetch_batches=prefetch_batches, stats=stats):
+                                      prefetch_batches=prefetch_batches, stats=stats,
+                                      refine=(streaming.REFINE_DETECTED if refine is None
+                                              else refine)):
       if outcome.error is not None:
         failed.append(outcome.error)
         report(f"align: skipped {outcome.error}")

@@ -82,7 +82,9 @@ class Face:
     box: ``[4]`` float32 ``(x0, y0, x1, y1)`` the face box the cascade started from (the
       detector's box, corrected to the landmark-box convention, or the one given).
     score: the detector's score in (0, 1], or ``None`` when the box was given.
-    crop_box: ``[4]`` float32 the square crop box around ``box`` the cascade worked in.
+    crop_box: ``[4]`` float32 the square crop box the cascade worked in: around ``box``, or,
+      for a refined detection (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`), around the
+      bounding box of the previous pass's ``landmarks_px``.
   """
   landmarks_px: np.ndarray
   landmarks_3d_px: np.ndarray

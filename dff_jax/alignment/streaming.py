@@ -12,6 +12,12 @@ asynchronously, waiting for a batch's results only after the next one has been d
 number of decoded images in memory is bounded (``(prefetch_batches + 2) * batch_size``) whatever
 the number of images, and :class:`RunStats` records the time split.
 
+**Refinement.** A face the detector found is aligned again from the box of its own
+``landmarks_px`` (:func:`refined_box`: the landmark bounding box, the box convention the cascade
+was trained around), ``refine`` times (:data:`REFINE_DETECTED`); a detector's box, even
+corrected, is a cruder start than that (WORKSPACE.md section 13). Given boxes are aligned once
+unless their :class:`Loaded` asks for passes.
+
 **Failures.** Loading a job (reading the image, its box, its annotation) that raises a
 ``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
 produces a non-finite result yields an :class:`Outcome` with a one-line ``error`` and no face;
@@ -39,6 +45,8 @@ from dff_jax.alignment.runner import to_image_frame, working_crop
 
 Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
 READ_ERRORS = (ValueError, OSError)
+# Extra passes for a face the detector found, each from the box of the last pass's landmarks.
+REFINE_DETECTED = 1
 
 def _readable_extensions(candidates: Sequence[str]) -> Tuple[str, ...]:
   """The candidates Pillow (imageio's reader for these formats) can open in this install."""
@@ -72,11 +80,15 @@ class Loaded:
     truth: optional ground truth (e.g. ``landmarks_px [68, 2]``, ``yaw_deg``) passed through.
     scores: optional ``[N]`` scores of given boxes (e.g. from an earlier detection), reported
       as each face's ``score``.
+    refine: extra passes for each face of this image, each from the box of the previous pass's
+      ``landmarks_px`` (:func:`refined_box`); ``None``: :func:`run_jobs`'s ``refine`` for
+      detected faces, 0 for given boxes.
   """
   image: np.ndarray
   box: Any = None
   truth: Optional[Dict[str, Any]] = None
   scores: Optional[Sequence[float]] = None
+  refine: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -105,15 +117,32 @@ def one_line(error: BaseException) -> str:
   return " ".join(str(error).split()) or type(error).__name__
 
 
-def _prepare(aligner: CompiledCascade, job: Job, detect=None):
+def refined_box(face: Face, height: int, width: int) -> Optional[np.ndarray]:
+  """The box a refinement pass starts from: the bounding box ``[4]`` of ``face.landmarks_px``
+  (image pixels), or ``None`` when it is degenerate (under 2 px) or outside the image."""
+  points = np.asarray(face.landmarks_px, np.float32)
+  box = np.concatenate([points.min(0), points.max(0)])
+  if not np.all(np.isfinite(box)) or np.any(box[2:] - box[:2] < 2):
+    return None
+  if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
+    return None
+  return box
+
+
+def _prepare(aligner: CompiledCascade, job: Job, detect=None, refine: int = REFINE_DETECTED):
   """Loads a job and cuts the working crop of each of its faces.
 
-  Returns ``(loaded, [(box, score, work_image, crop_box), ...])``."""
+  Returns ``(loaded, passes, [(box, score, work_image, crop_box), ...])``: ``passes`` is the
+  number of refinement passes of each face (:class:`Loaded`'s ``refine``)."""
   loaded = job.load()
   image = np.asarray(loaded.image)
   if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.dtype != np.uint8:
     raise ValueError(f"{job.name}: expected an [H, W, 3] (or grey [H, W, 1]) uint8 image, got "
                      f"{image.shape} {image.dtype}")
+  detected = loaded.box is None or (isinstance(loaded.box, str) and loaded.box == DETECT)
+  passes = int(loaded.refine) if loaded.refine is not None else (refine if detected else 0)
+  if passes < 0:
+    raise ValueError(f"{job.name}: refine must be >= 0, got {passes}")
   boxes, scores = face_boxes(image, loaded.box, aligner.config.box_scale, job.name,
                              loaded.scores, detect)
   entries = []
@@ -121,7 +150,7 @@ def _prepare(aligner: CompiledCascade, job: Job, detect=None):
     work_image, crop_box, _ = working_crop(image, box, aligner.config, aligner.work_size,
                                            aligner.channels)
     entries.append((box, score, work_image, crop_box))
-  return loaded, entries
+  return loaded, passes, entries
 
 
 @dataclasses.dataclass
@@ -175,19 +204,21 @@ _END = object()
 
 @dataclasses.dataclass
 class _Record:
-  """An image whose faces are in the batches: its outcome is yielded when the last is done."""
+  """An image whose faces are in the batches: its outcome is yielded when the last is done.
+  ``image`` is kept while one of its faces still has a refinement pass to run."""
   job: Job
   loaded: Loaded
   faces: List[Optional[Face]]
   remaining: int
+  image: Optional[np.ndarray] = None
 
 
 def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
              progress: bool = True, total: Optional[int] = None,
              keep_loaded: bool = True, workers: int = 2, prefetch_batches: int = 2,
              stats: Optional[RunStats] = None,
-             detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None
-             ) -> Iterator[Outcome]:
+             detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None,
+             refine: int = REFINE_DETECTED) -> Iterator[Outcome]:
   """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
 
   **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
@@ -205,6 +236,12 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
   **Several faces.** Each face of a job is its own crop in the batches (the faces of one image
   may span two batches); the job's outcome comes when its last face is done, with ``faces`` in
   box order (detections best first).
+
+  **Refinement.** A face with passes left (``refine`` for detected faces, or its
+  :class:`Loaded`'s ``refine``) goes back into the batches, cut again around
+  :func:`refined_box` of its result, when its batch is done; its ``box`` stays the one it
+  started from and its ``crop_box`` is the last pass's. Its job's outcome comes after the last
+  pass, so jobs with refined faces may come later than jobs given after them.
 
   A job whose loading raises ``ValueError`` / ``OSError`` (unreadable image, bad box, bad
   annotation) yields an outcome with ``error`` set as soon as its turn comes, and so does a job
@@ -226,9 +263,11 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
     stats: a :class:`RunStats` to fill in (counts, time split, peak jobs in memory).
     detect: the face detector for jobs without a box, ``image -> (boxes [N, 4], scores [N])``
       (default :func:`dff_jax.detection.detect_faces`).
+    refine: refinement passes of each detected face (:data:`REFINE_DETECTED`; 0: none).
 
   Raises:
-    ValueError: ``batch_size < 1``, ``workers < 0`` or ``prefetch_batches < 1``.
+    ValueError: ``batch_size < 1``, ``workers < 0``, ``prefetch_batches < 1`` or
+      ``refine < 0``.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -236,6 +275,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
     raise ValueError(f"workers must be >= 0, got {workers}")
   if prefetch_batches < 1:
     raise ValueError(f"prefetch_batches must be >= 1, got {prefetch_batches}")
+  if refine < 0:
+    raise ValueError(f"refine must be >= 0, got {refine}")
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   stats = RunStats() if stats is None else stats
   lock = threading.Lock()
@@ -251,7 +292,7 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
   def prepare(job: Job):
     start = time.perf_counter()
     try:
-      prepared = _prepare(aligner, job, detect)
+      prepared = _prepare(aligner, job, detect, refine)
     finally:
       elapsed = time.perf_counter() - start
       with lock:
@@ -277,7 +318,7 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
       stats.in_memory -= 1
 
   def dispatch(entries):
-    """``entries``: ``(record, index, box, score, work_image, crop_box)`` per face."""
+    """``entries``: ``(record, index, box, score, work_image, crop_box, passes)`` per face."""
     images = np.stack([e[4] for e in entries])
     count = len(entries)
     if count < batch_size:
@@ -286,18 +327,28 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
     result = aligner.dispatch(images)
     stats.align_s += time.perf_counter() - start
     stats.batches += 1
-    return [e[:4] + (e[5],) for e in entries], result
+    return [e[:4] + e[5:] for e in entries], result
 
   def collect(batch):
+    """Yields the outcomes the batch completes; faces with passes left go back to ``pending``."""
     entries, device_result = batch
     start = time.perf_counter()
     result = aligner.fetch(device_result)
     stats.align_s += time.perf_counter() - start
-    for n, (record, index, box, score, crop_box) in enumerate(entries):
-      record.faces[index] = to_image_frame(result, n, crop_box, box, aligner.work_size, score)
+    for n, (record, index, box, score, crop_box, passes) in enumerate(entries):
+      face = to_image_frame(result, n, crop_box, box, aligner.work_size, score)
+      again = (refined_box(face, *record.image.shape[:2])
+               if passes and face.is_finite() else None)
+      if again is not None:
+        work_image, crop_box, _ = working_crop(record.image, again, aligner.config,
+                                               aligner.work_size, aligner.channels)
+        pending.append((record, index, box, score, work_image, crop_box, passes - 1))
+        continue
+      record.faces[index] = face
       record.remaining -= 1
       if record.remaining:
         continue
+      record.image = None
       release()
       bar.update(1)
       if all(face.is_finite() for face in record.faces):
@@ -308,6 +359,19 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
         yield Outcome(job=record.job, loaded=record.loaded,
                       error=f"{record.job.name}: alignment diverged (non-finite result)")
 
+  def pump(final: bool):
+    """Dispatches full batches (every remaining face when ``final``), each time collecting the
+    batch before it."""
+    nonlocal pending, in_flight
+    while len(pending) >= batch_size or (final and (pending or in_flight is not None)):
+      started = None
+      if pending:
+        started = dispatch(pending[:batch_size])
+        pending = pending[batch_size:]
+      if in_flight is not None:
+        yield from collect(in_flight)
+      in_flight = started
+
   pending: List[Tuple[Any, ...]] = []
   in_flight = None
   try:
@@ -317,7 +381,7 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
       fill()
       start = time.perf_counter()
       try:
-        loaded, entries = future.result()
+        loaded, passes, entries = future.result()
       except READ_ERRORS as error:
         stats.wait_prepare_s += time.perf_counter() - start
         message = one_line(error)
@@ -328,6 +392,7 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
         yield Outcome(job=job, error=message)
         continue
       stats.wait_prepare_s += time.perf_counter() - start
+      image = loaded.image if passes and entries else None
       if not keep_loaded:
         loaded = Loaded(image=np.zeros((0, 0, 3), np.uint8), truth=loaded.truth)
       if not entries:  # no face in this image
@@ -336,24 +401,11 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
         yield Outcome(job=job, faces=[], loaded=loaded)
         continue
       record = _Record(job=job, loaded=loaded, faces=[None] * len(entries),
-                       remaining=len(entries))
+                       remaining=len(entries), image=image)
       for index, (box, score, work_image, crop_box) in enumerate(entries):
-        pending.append((record, index, box, score, work_image, crop_box))
-        if len(pending) == batch_size:
-          started = dispatch(pending)
-          pending = []
-          if in_flight is not None:
-            yield from collect(in_flight)
-          in_flight = started
-    if pending:
-      started = dispatch(pending)
-      pending = []
-      if in_flight is not None:
-        yield from collect(in_flight)
-      in_flight = started
-    if in_flight is not None:
-      batch, in_flight = in_flight, None
-      yield from collect(batch)
+        pending.append((record, index, box, score, work_image, crop_box, passes))
+        yield from pump(final=False)
+    yield from pump(final=True)
   finally:
     bar.close()
     if pool is not None:

@@ -181,23 +181,25 @@ class Aligner:
     elif len(boxes) != len(images):
       raise ValueError(f"got {len(boxes)} box entries for {len(images)} images: give one per "
                        "image (None to find its faces)")
-    prepared = []  # (image, boxes [N, 4], scores) per image; detection happens here
+    prepared = []  # (image, boxes [N, 4], scores, refinement passes) per image
     for index, (image, box) in enumerate(zip(images, boxes)):
       where = f"image {index}"
       found, scores = runner.face_boxes(image, box, self.config.box_scale, where,
-                                        detect=self._detect)
-      prepared.append((image, found, scores))
-    total = sum(len(found) for _, found, _ in prepared)
+                                        detect=self._detect)  # detection happens here
+      detected = box is None or (isinstance(box, str) and box == runner.DETECT)
+      prepared.append((image, found, scores, self.refine if detected else 0))
+    total = sum(len(found) for _, found, _, _ in prepared)
     out: List[List[Face]] = [[] for _ in images]
     if not total:
       return out
     batch_size = min(self.batch_size, 1 << (total - 1).bit_length())
     jobs = [streaming.Job(name=f"image {index}",
-                          load=lambda image=image, found=found, scores=scores: streaming.Loaded(
-                           image=image, box=found, scores=scores))
-            for index, (image, found, scores) in enumerate(prepared) if len(found)]
+                          load=lambda image=image, found=found, scores=scores, passes=passes: (
+                              streaming.Loaded(image=image, box=found, scores=scores,
+                                               refine=passes)))
+            for index, (image, found, scores, passes) in enumerate(prepared) if len(found)]
     for outcome in streaming.run_jobs(self.cascade, jobs, batch_size=batch_size, progress=False,
-                                      keep_loaded=False, workers=0, refine=self.refine):
+                                      keep_loaded=False, workers=0):
       if outcome.error is not None:
         raise ValueError(outcome.error)
       out[int(outcome.job.name.split()[-1])] = outcome.faces

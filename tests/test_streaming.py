@@ -259,6 +259,30 @@ def test_detected_faces_are_refined_from_their_own_landmark_box(passes):
       [10.0, 10.0, 50.0, 60.0], 1.25, 64, planted.points), atol=1e-3)
 
 
+def test_aligner_refines_detected_faces_only():
+  """``dff_jax.Aligner`` (planted stand-in cascade and detector): a face it finds gets
+  1 + ``refine`` passes, a given box one."""
+  from dff_jax import Aligner
+  image = np.full((160, 200, 3), 90, np.uint8)
+  detected = np.array([[40.0, 30.0, 100.0, 110.0]], np.float32)
+  for passes in (0, 1):
+    planted = _PlantedCascade()
+    aligner = Aligner(planted, batch_size=2, refine=passes,
+                      detect=lambda im: (detected, np.array([0.9], np.float32)))
+    found, given = aligner.align([image, image], boxes=[None, [10.0, 10.0, 50.0, 60.0]])
+    expected = _planted_image_frame(detected[0], 1.25, 64, planted.points)
+    for _ in range(passes):
+      expected = _planted_image_frame(np.concatenate([expected.min(0), expected.max(0)]), 1.25,
+                                      64, planted.points)
+    np.testing.assert_allclose(found[0].landmarks_px, expected, atol=1e-3)
+    np.testing.assert_allclose(found[0].box, detected[0])
+    np.testing.assert_allclose(given[0].landmarks_px, _planted_image_frame(
+        [10.0, 10.0, 50.0, 60.0], 1.25, 64, planted.points), atol=1e-3)
+    assert planted.calls == [2] * (1 + passes)
+  with pytest.raises(ValueError, match="refine"):
+    Aligner(planted, refine=-1)
+
+
 def test_refinement_per_job_and_degenerate_boxes():
   """``Loaded.refine`` asks for passes on a given box; a pass whose landmark box lies outside
   the image is not run (the face keeps its last result)."""

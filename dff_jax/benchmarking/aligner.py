@@ -5,8 +5,10 @@ Loads ``Aligner.load(cascade=...)``, compiles everything once (batch sizes 1 to 
 the detector), then times, ``repeats`` times each (the best run is reported):
 
 * ``detect_only``: :func:`dff_jax.detection.detect_faces` on every image, one at a time;
-* ``align_detect``: one ``aligner.align(images)`` call (every face found by the detector);
-* ``align_given_boxes``: the same with those faces' boxes given (no detection);
+* ``align_detect``: one ``aligner.align(images)`` call (every face found by the detector and
+  aligned twice, the second pass from its own landmark box: ``refine=1``, the default);
+* ``align_detect_one_pass``: the same with ``refine=0`` (one pass from the detector's box);
+* ``align_given_boxes``: the detector's boxes of those faces given (no detection, one pass);
 * ``align_one_per_call``: ``aligner.align([image])`` per image (detection included).
 
 One record per mode: ``what``, ``mode``, ``images``, ``faces``, ``ms_per_image``,
@@ -52,6 +54,7 @@ def bench_aligner(images: List[Any] | str | None = None, cascade: Optional[str] 
     images = read_images(images, num_images)
   start = time.perf_counter()
   aligner = Aligner.load(cascade=cascade, checkpoint=checkpoint, batch_size=batch_size)
+  once = Aligner.load(cascade=cascade, checkpoint=checkpoint, batch_size=batch_size, refine=0)
   height, width = images[0].shape[:2]
   box = [0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height]
   size = 1
@@ -68,6 +71,7 @@ def bench_aligner(images: List[Any] | str | None = None, cascade: Optional[str] 
   modes = {
       "detect_only": lambda: [detection.detect_faces(image) for image in images],
       "align_detect": lambda: aligner.align(images),
+      "align_detect_one_pass": lambda: once.align(images),
       "align_given_boxes": lambda: aligner.align(images, boxes=boxes),
       "align_one_per_call": lambda: [aligner.align([image]) for image in images],
   }

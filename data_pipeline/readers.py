@@ -21,6 +21,9 @@ Our convention (DESIGN.md section 3): points are ``(x, y)``, x right, y down, pi
 
 Every problem (missing file, wrong point count, NaN/Inf coordinates, unparsable content) raises
 :class:`LandmarkReadError`, a ``ValueError`` whose message names the file and the problem.
+
+Length: a little over 500 lines: one reader per annotation format, each short, with the
+error type they share.
 """
 
 from __future__ import annotations

@@ -131,11 +131,12 @@ def validate(config, num_pairs: int, start: int = 0, real_fits: Optional[str] = 
   construction and checked for determinism only)."""
   if real_fits:
     from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
+    from data_pipeline import real_views  # pylint: disable=g-import-not-at-top
     real_config = real_faces.RealFacesConfig(fits=real_fits, pipeline=config,
                                              lifts=real_lifts or "")
 
     def make_source():
-      return real_faces.RealPairSource(real_config)
+      return real_views.RealPairSource(real_config)
   else:
     def make_source():
       return PairSource(config)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import params, rasterizer, real_faces, readers, shading
+from data_pipeline import params, rasterizer, real_faces, real_views, readers, shading
 from data_pipeline.config import PipelineConfig
 from dff_jax import geometry
 
@@ -165,7 +165,7 @@ def test_real_face_source_views_are_deterministic_and_annotated(planted):
   bank = planted["bank"]
   config = real_faces.RealFacesConfig(fits=bank.config.fits, pipeline=bank.config.pipeline,
                                       photo_fraction=0.5)
-  source = real_faces.RealFaceSource(config, num_examples=12)
+  source = real_views.RealFaceSource(config, num_examples=12)
   kinds = []
   for i in range(12):
     example = source[i]
@@ -175,7 +175,7 @@ def test_real_face_source_views_are_deterministic_and_annotated(planted):
     if example["kind"] == 0:  # the photo: annotation mapped by the placement, all visible
       assert example["landmarks_visible"].all()
   assert set(kinds) == {0, 1}
-  again = real_faces.RealFaceSource(config, num_examples=12)
+  again = real_views.RealFaceSource(config, num_examples=12)
   for i in (0, 5):
     np.testing.assert_array_equal(source[i]["image"], again[i]["image"])
     np.testing.assert_array_equal(source[i]["landmarks_px"], again[i]["landmarks_px"])
@@ -188,11 +188,11 @@ def test_photo_view_maps_the_annotation_with_its_placement(planted):
   config = real_faces.RealFacesConfig(fits=bank.config.fits, pipeline=bank.config.pipeline)
   face = bank.face(0)
   rng = np.random.default_rng(1)
-  a, b = real_faces.photo_placement(rng, config.pipeline, face, bank.prepared)
+  a, b = real_views.photo_placement(rng, config.pipeline, face, bank.prepared)
   photo = np.full_like(face["photo"], 0.8)
   x, y = face["landmarks_px"][30]
   photo[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2] = 0.0  # 3 x 3 dot around pixel (x, y)
-  placed = real_faces.place_photo(photo, a, b, 128)
+  placed = real_views.place_photo(photo, a, b, 128)
   centre = (np.floor([x, y]) + 0.5) * a + b  # the dot's centre pixel, mapped
   darkness = 1.0 - placed.mean(-1)
   ys, xs = np.nonzero(darkness > 0.5 * darkness.max())
@@ -206,7 +206,7 @@ def test_real_pair_source_correspondences(planted):
     config = real_faces.RealFacesConfig(fits=bank.config.fits,
                                         pipeline=bank.config.pipeline.replace(
                                             num_correspondences=64), pair_kinds=kinds)
-    sample = real_faces.RealPairSource(config, num_examples=4)[2]
+    sample = real_views.RealPairSource(config, num_examples=4)[2]
     assert sample["images"].shape == (2, 128, 128, 3)
     assert sample["points_a_px"].shape == (64, 2) and sample["valid"].any()
     valid = sample["valid"]
@@ -271,16 +271,16 @@ def test_lift_cache_serves_the_same_views_and_refuses_other_fits(planted, tmp_pa
   assert (face["texture"].source == real_faces.SOURCE_MIRROR).any()  # the mirror path is covered
   for kinds in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
     pair_config = dataclasses.replace(bank.config, pair_kinds=kinds)
-    fresh = real_faces.RealPairSource(pair_config, num_examples=3)[1]
-    again = real_faces.RealPairSource(dataclasses.replace(pair_config, lifts=str(path)),
+    fresh = real_views.RealPairSource(pair_config, num_examples=3)[1]
+    again = real_views.RealPairSource(dataclasses.replace(pair_config, lifts=str(path)),
                                       num_examples=3)[1]
     for key in ("points_a_px", "points_b_px", "valid", "vertex_ids"):
       np.testing.assert_array_equal(again[key], fresh[key])
     diff = np.abs(again["images"].astype(int) - fresh["images"].astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.01
   view_config = dataclasses.replace(bank.config, photo_fraction=0.0)
-  fresh = real_faces.RealFaceSource(view_config, num_examples=2)[1]
-  again = real_faces.RealFaceSource(dataclasses.replace(view_config, lifts=str(path)),
+  fresh = real_views.RealFaceSource(view_config, num_examples=2)[1]
+  again = real_views.RealFaceSource(dataclasses.replace(view_config, lifts=str(path)),
                                     num_examples=2)[1]
   np.testing.assert_allclose(again["landmarks_px"], fresh["landmarks_px"], atol=1e-4)
   np.testing.assert_array_equal(again["landmarks_visible"], fresh["landmarks_visible"])

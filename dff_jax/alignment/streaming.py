@@ -22,6 +22,9 @@ unless their :class:`Loaded` asks for passes.
 ``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
 produces a non-finite result yields an :class:`Outcome` with a one-line ``error`` and no face;
 the other jobs go on.
+
+Length: a little over 500 lines: :func:`run_jobs` (the batching loop, its threads and the
+refinement passes) with the jobs and image lists it consumes.
 """
 from __future__ import annotations
 

@@ -190,18 +190,19 @@ def summarise(errors: np.ndarray, yaw_rad: np.ndarray) -> Dict[str, Any]:
 
 
 def real_face_source(config: Any, seed: int, count: int):
-  """The real-face views of ``config.real`` (``data_pipeline.real_faces.RealFaceSource`` over
+  """The real-face views of ``config.real`` (``data_pipeline.real_views.RealFaceSource`` over
   the fit cache ``config.real.fits``, rendered with ``config.data`` and pipeline seed ``seed``),
   or ``None`` when ``count`` is 0."""
   if not count:
     return None
   from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
+  from data_pipeline import real_views  # pylint: disable=g-import-not-at-top
   real = config.real
   pipeline = pipeline_config_from_dict(dict(config.data), seed=seed)
   real_config = real_faces.RealFacesConfig(fits=str(real.fits), pipeline=pipeline,
                                            photo_fraction=float(real.photo_fraction),
                                            lifts=str(real.get("lifts", "") or ""))
-  return real_faces.RealFaceSource(real_config, faces_lib.BoxJitter(**dict(config.box_jitter)),
+  return real_views.RealFaceSource(real_config, faces_lib.BoxJitter(**dict(config.box_jitter)),
                                    num_examples=count)
 
 

@@ -55,6 +55,9 @@ and ``items_per_cpu_second``; end to end also ``cpu_ratio_to_jitted_call``, the 
 which stays meaningful on a shared machine (when the cascade keeps both cores busy, the
 wall-time ratio on a quiet machine approaches it; when it does not, decoding and writing run on
 the idle core and the wall ratio is higher). Every record has ``loadavg``.
+
+Length: a little over 500 lines: the stream's modes (jitted call, end to end, host costs,
+optional dlib) measured on the same photos and boxes in one run, as they must be compared.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ models without contour candidates get them from :mod:`dff_jax.face_model.contour
 the 3D-convention landmarks (``landmark_3d_vertex_ids``: the jaw on the model's jaw line, from
 ICT's ``right/left_contour_vertex_ids`` or SFM's contour polylines; BFM: transferred from the
 default; the frontal ids when a model has no jaw line).
+
+Length: a little over 500 lines: one loader per face-model format (ICT, SFM, BFM) and the
+landmark and contour transfers they share.
 """
 
 from __future__ import annotations

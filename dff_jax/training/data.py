@@ -86,7 +86,7 @@ def make_pair_source(data_config: Any, seed: Optional[int] = None):
 def make_training_source(config: ml_collections.ConfigDict, seed: Optional[int] = None):
   """The training pairs: synthetic (:func:`make_pair_source`) or, when ``config.real.fraction``
   > 0, a :class:`data_pipeline.faces.Mixture` of real-face pairs
-  (``data_pipeline.real_faces.RealPairSource`` over the fit cache ``config.real.fits``, rendered
+  (``data_pipeline.real_views.RealPairSource`` over the fit cache ``config.real.fits``, rendered
   with ``config.data``) and synthetic pairs in the ratio ``fraction : 1 - fraction``."""
   synthetic = make_pair_source(config.data, seed)
   fraction = float(config.real.fraction) if "real" in config else 0.0
@@ -94,7 +94,8 @@ def make_training_source(config: ml_collections.ConfigDict, seed: Optional[int] 
     return synthetic
   from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
-  real = real_faces.RealPairSource(real_faces.RealFacesConfig(
+  from data_pipeline import real_views  # pylint: disable=g-import-not-at-top
+  real = real_views.RealPairSource(real_faces.RealFacesConfig(
       fits=str(config.real.fits), pipeline=synthetic.config,
       pair_kinds=tuple(config.real.pair_kinds), lifts=str(config.real.get("lifts", "") or "")))
   return faces_lib.Mixture([real, synthetic], [fraction, 1.0 - fraction],

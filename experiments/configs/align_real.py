@@ -9,7 +9,7 @@ Needs the real-face fit cache (research-use data: keep it outside the repository
       --workdir=/work/runs/align_real --config.real.fits=/work/runs/real_fits_train.npz
 
 Training faces (pipeline seed 20000): ``real.num_faces`` views of the faces68 training faces
-(``data_pipeline.real_faces.RealFaceSource``: the annotated photo with probability
+(``data_pipeline.real_views.RealFaceSource``: the annotated photo with probability
 ``real.photo_fraction``, else the fitted, textured face re-rendered at a random pose of
 ``data``, yaw uniform in +-90 degrees, over a real background) followed by
 ``num_train_faces`` synthetic faces, all with detector-like jittered boxes. Descriptor maps are

@@ -9,7 +9,7 @@ Command (needs the real-face fit cache, research-use data kept outside the repos
 
 Starts from the shipped ``dff_default`` encoder (``init_encoder``; the 100 patch classifiers start
 afresh, hence the warm-up) and trains on pairs drawn 70 % from
-``data_pipeline.real_faces.RealPairSource`` (kinds photo + re-render 50 %, two re-renders 25 %,
+``data_pipeline.real_views.RealPairSource`` (kinds photo + re-render 50 %, two re-renders 25 %,
 photo + random similarity warp 25 %) and 30 % from the synthetic pipeline, same loss and sizes as
 ``dff_cpu``. Why this mix: the real pairs carry what renders lack (real skin, hair, glasses,
 backgrounds), the synthetic ones keep exact labels over the whole yaw range and keep the

@@ -8,7 +8,7 @@ Command (after ``experiments/configs/align_real.py``; needs the real-face fit ca
 
 As ``finetune_cpu`` (AdamW 1e-4 for the encoder the cascade names, Adam 3e-5 for the regressors,
 800 steps of 8 faces, pipeline seed 60000) but each training face is, with probability
-``real.fraction``, a view of a faces68 training face (``data_pipeline.real_faces.RealFaceSource``:
+``real.fraction``, a view of a faces68 training face (``data_pipeline.real_views.RealFaceSource``:
 the annotated photo with probability ``real.photo_fraction``, else the fitted, textured face
 re-rendered at a random pose), else a synthetic face. ``summary.json`` holds the held-out
 synthetic figures before and after; real-photo figures come from ``experiments.eval_alignment``.

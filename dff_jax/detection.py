@@ -21,7 +21,12 @@ letterboxed into a square (black bars), resized to 128 x 128 (Pillow bilinear, a
 shrinking), scaled to [-1, 1]; scores are ``sigmoid(clip(logit, -80, 80))``; boxes above
 ``min_score`` are merged by *weighted* non-maximum suppression (MediaPipe's: every box overlapping
 the best remaining one by IoU > ``iou_threshold`` is averaged into it, weighted by score); the
-score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5).
+score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5). With ``mirror=True`` (an
+option) each anchor's score is the mean of its score on the input and its mirror anchor's
+(:func:`mirror_anchor_ids`) on the left-right flipped input, one batched call; the boxes are the
+input's own. A face scores about the same both ways, a chance pattern often does not: on the
+generated face-free images this halves the false detections at the same threshold, for twice
+the detector's time and no gain in recall (WORKSPACE.md section 11).
 
 **Box convention.** BlazeFace's box is a square box around the eyes, nose and mouth; the
 cascade wants the bounding box of the 68 landmarks it was trained around (brows to chin, jaw to
@@ -117,6 +122,21 @@ def ssd_anchors(input_size: int = INPUT_SIZE,
         anchors += [((x + 0.5) / cells, (y + 0.5) / cells)] * repeats
     layer = last
   return np.asarray(anchors, np.float32)
+
+
+def mirror_anchor_ids(anchors: np.ndarray) -> np.ndarray:
+  """``[A]`` int: the anchor at the left-right mirror position of each anchor (centre
+  ``(1 - x, y)``; anchors sharing a centre are paired in their order), an involution."""
+  groups: Dict[Tuple[float, float], List[int]] = {}
+  for k, (x, y) in enumerate(np.asarray(anchors, np.float64)):
+    groups.setdefault((round(float(x), 6), round(float(y), 6)), []).append(k)
+  mirror = np.empty(len(anchors), np.int64)
+  for (x, y), ids in groups.items():
+    partners = groups.get((round(1.0 - x, 6), y))
+    if partners is None or len(partners) != len(ids):
+      raise ValueError(f"anchors are not left-right symmetric at ({x}, {y})")
+    mirror[ids] = partners
+  return mirror
 
 
 def decode(regressors: Array, logits: Array, anchors: Array,
@@ -297,6 +317,7 @@ class FaceDetector:
     self.correction = dict(BOX_CORRECTION if correction is None else correction)
     self.graph = load_graph(model_path)
     self.anchors = ssd_anchors()
+    self.mirror_ids = mirror_anchor_ids(self.anchors)
     graph, anchors = self.graph, jnp.asarray(self.anchors)
 
     def forward(images):
@@ -311,7 +332,8 @@ class FaceDetector:
     return np.asarray(boxes), np.asarray(scores)
 
   def __call__(self, image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold: float = 0.3,
-               upsample: int = 1, correct: bool = True, return_keypoints: bool = False):
+               upsample: int = 1, correct: bool = True, return_keypoints: bool = False,
+               mirror: bool = False):
     """See :func:`detect_faces`."""
     image = check_image(image)
     height, width = image.shape[:2]
@@ -326,7 +348,12 @@ class FaceDetector:
         for col in range(3):
           windows.append((windows[0][0] + col * tile / 2, windows[0][1] + row * tile / 2, tile))
     inputs = np.stack([_network_input(image, *w) for w in windows])
-    boxes, scores = self.raw(inputs)
+    if mirror:
+      boxes, scores = self.raw(np.concatenate([inputs, inputs[:, :, ::-1]]))
+      boxes = boxes[:len(windows)]
+      scores = (scores[:len(windows)] + scores[len(windows):, self.mirror_ids]) / 2
+    else:
+      boxes, scores = self.raw(inputs)
     all_boxes, all_scores = [], []
     for (x0, y0, size), b, s in zip(windows, boxes, scores):
       keep = s >= min_score
@@ -399,7 +426,8 @@ def default_detector(model_path: str = str(DEFAULT_MODEL)) -> FaceDetector:
 
 
 def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold: float = 0.3,
-                 upsample: int = 1, correct: bool = True, return_keypoints: bool = False):
+                 upsample: int = 1, correct: bool = True, return_keypoints: bool = False,
+                 mirror: bool = False):
   """Finds every face in ``image``.
 
   Args:
@@ -412,6 +440,9 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
       alignment cascade expects; ``False`` gives BlazeFace's own boxes.
     return_keypoints: also return BlazeFace's 6 keypoints ``[N, 6, 2]`` (image pixels,
       :data:`KEYPOINTS` order).
+    mirror: score each anchor by the mean of its scores on the image and on its left-right
+      mirror (:func:`mirror_anchor_ids`; the boxes are the image's own; twice the time);
+      ``False`` (default): the image's scores alone.
 
   Returns:
     ``boxes [N, 4]`` float32 ``(x0, y0, x1, y1)`` in image pixels (pixel ``(i, j)`` centred at
@@ -422,4 +453,5 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
     ValueError: ``image`` is not an ``[H, W, 3]`` uint8 array (or is empty / over 50 MP).
   """
   return default_detector()(image, min_score=min_score, iou_threshold=iou_threshold,
-                            upsample=upsample, correct=correct, return_keypoints=return_keypoints)
+                            upsample=upsample, correct=correct, return_keypoints=return_keypoints,
+                            mirror=mirror)

@@ -53,6 +53,7 @@ def define_flags() -> None:
   flags.DEFINE_float("threshold", 0.10, "NME (bbox) at or below which a face counts as found.")
   flags.DEFINE_float("min_score", 0.6, "Detector score threshold (dff_jax.detection.MIN_SCORE).")
   flags.DEFINE_integer("upsample", 1, "1: whole image; 2: also 3x3 half-size tiles.")
+  flags.DEFINE_bool("mirror", False, "Scores averaged with the mirrored image's (detect_faces).")
   flags.DEFINE_integer("batch_size", 16, "Faces per jitted alignment call.")
   flags.DEFINE_integer("refine", 1, "Extra passes for each detected face, each from the box of "
                        "the previous pass's landmarks, as dff_jax.Aligner makes them (0: none).")
@@ -85,7 +86,7 @@ def main(argv):
       raise ValueError("--out_dir is required")
     detect, table, name, correction = evaluation.make_detector(
         FLAGS.detections, FLAGS.box_correction, FLAGS.detector_name, FLAGS.min_score,
-        FLAGS.upsample)
+        FLAGS.upsample, FLAGS.mirror)
     if FLAGS.fit_box_correction:
       if FLAGS.fit_on == "faces68" and not FLAGS.faces68_dir:
         raise ValueError("--fit_box_correction needs --faces68_dir (or --fit_on=synthetic)")
@@ -119,6 +120,7 @@ def main(argv):
     summary: Dict[str, Any] = dict(
         detector=name, box_correction=correction, min_score=FLAGS.min_score,
         upsample=FLAGS.upsample if table is None else None,
+        mirror=FLAGS.mirror if table is None else None,
         data_dir=FLAGS.data_dir, cascade=str(aligner.spec.cascade_path),
         cascade_sha256=hashlib.sha256(Path(aligner.spec.cascade_path).read_bytes()).hexdigest(),
         models=provenance.model_files({

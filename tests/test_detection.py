@@ -123,6 +123,27 @@ def test_anchors_and_decode():
   np.testing.assert_allclose(np.asarray(scores), 0.5)
 
 
+def test_mirror_anchor_ids_pair_mirror_positions():
+  anchors = detection.ssd_anchors()
+  mirror = detection.mirror_anchor_ids(anchors)
+  np.testing.assert_array_equal(mirror[mirror], np.arange(len(anchors)))  # an involution
+  np.testing.assert_allclose(anchors[mirror], np.stack([1 - anchors[:, 0], anchors[:, 1]], 1),
+                             atol=1e-6)
+  np.testing.assert_array_equal(mirror[:2], [30, 31])  # stride 8, 2 per cell: row 0, cell 15
+  with pytest.raises(ValueError, match="symmetric"):
+    detection.mirror_anchor_ids(np.array([[0.25, 0.5]]))
+
+
+def test_mirror_averaged_scores_are_mirror_invariant(portrait):
+  """Planted symmetry: with mirror averaging an image and its mirror image score each face the
+  same (each is the other's flipped input)."""
+  flipped = portrait[:, ::-1].copy()
+  _, a = detection.detect_faces(portrait, min_score=0.3, mirror=True)
+  _, b = detection.detect_faces(flipped, min_score=0.3, mirror=True)
+  assert len(a) >= 1 and a[0] > 0.8
+  np.testing.assert_allclose(np.sort(a), np.sort(b), atol=2e-3)
+
+
 def test_weighted_nms_merges_overlaps_and_sorts():
   boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10]], float)
   scores = np.array([0.6, 0.9, 0.7, 0.3])

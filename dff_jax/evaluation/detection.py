@@ -474,9 +474,11 @@ def write_face_free_images(out_dir: str | os.PathLike, count: int) -> Path:
 
 
 def make_detector(detections: Optional[str], box_correction: Optional[str],
-                  detector_name: Optional[str], min_score: float, upsample: int):
+                  detector_name: Optional[str], min_score: float, upsample: int,
+                  mirror: bool = False):
   """The detector evaluated: another detector's boxes from the JSON file ``detections``
-  (:func:`external_detector`), else :class:`dff_jax.detection.FaceDetector`.
+  (:func:`external_detector`), else :class:`dff_jax.detection.FaceDetector` (``mirror``: its
+  mirror-averaged scores, :func:`dff_jax.detection.detect_faces`).
 
   Returns:
     ``(detect, table, name, correction)``: ``detect(image, name)`` -> ``(boxes, scores)`` (the
@@ -494,5 +496,5 @@ def make_detector(detections: Optional[str], box_correction: Optional[str],
 
   def detect(image, _name, corrected=True, keypoints=False):
     return detector(image, min_score=min_score, upsample=upsample, correct=corrected,
-                    return_keypoints=keypoints)
+                    return_keypoints=keypoints, mirror=mirror)
   return detect, None, detector.name, correction

@@ -63,7 +63,7 @@ def _face_free():
 
 
 def test_one_face_two_faces_and_none(env, aligner):
-  from dff_jax import Face, Pose, detection
+  from dff_jax import Aligner, Face, Pose, detection
   one = env["faces"][0]
   two = np.concatenate(env["faces"], axis=1)  # 128 x 256: two people side by side
   none = _face_free()
@@ -89,19 +89,29 @@ def test_one_face_two_faces_and_none(env, aligner):
     document = face.to_json()
     assert json.loads(json.dumps(document)) == document
   # Each face of the two-face image is what aligning it alone with its box gives (the batch,
-  # its padding and the order of the crops change nothing).
-  for face in result[1]:
+  # its padding and the order of the crops change nothing): the first pass from the detector's
+  # box (refine=0), then the second from the box of the first pass's landmarks.
+  once = Aligner(aligner.cascade, batch_size=aligner.batch_size, refine=0)
+  first = once.align([two])[0]
+  assert len(first) == len(result[1])
+  for face, start in zip(result[1], first):
+    np.testing.assert_allclose(start.box, face.box)
     alone = aligner.align([two], boxes=[face.box])[0]
     assert len(alone) == 1 and alone[0].score is None
-    np.testing.assert_allclose(alone[0].landmarks_px, face.landmarks_px, atol=1e-3)
-    np.testing.assert_allclose(alone[0].shape_coefficients, face.shape_coefficients, atol=1e-3)
+    np.testing.assert_allclose(alone[0].landmarks_px, start.landmarks_px, atol=1e-3)
+    np.testing.assert_allclose(alone[0].shape_coefficients, start.shape_coefficients, atol=1e-3)
+    points = start.landmarks_px
+    again = aligner.align([two], boxes=[np.concatenate([points.min(0), points.max(0)])])[0][0]
+    np.testing.assert_allclose(again.landmarks_px, face.landmarks_px, atol=1e-3)
+    np.testing.assert_allclose(again.crop_box, face.crop_box, atol=1e-3)
   # The right half's face shifted back is the second render's face, aligned on its own.
-  right = max(result[1], key=lambda f: f.box[0])
+  right = max(first, key=lambda f: f.box[0])
   shifted = aligner.align([env["faces"][1]], boxes=[right.box - [SIZE, 0, SIZE, 0]])[0][0]
   np.testing.assert_allclose(shifted.landmarks_px + [SIZE, 0], right.landmarks_px, atol=2e-2)
 
 
 def test_input_forms_boxes_and_errors(env, aligner):
+  from dff_jax import Aligner
   one = env["faces"][0]
   single = aligner.align(one)  # one [H, W, 3] array: one image
   batch = aligner.align(np.stack([one, one]))  # [B, H, W, 3]
@@ -112,8 +122,11 @@ def test_input_forms_boxes_and_errors(env, aligner):
                          boxes=[None, "detect", box, [box, box + 3], []])
   assert [len(faces) for faces in result] == [1, 1, 1, 2, 0]
   assert result[0][0].score == result[1][0].score == single[0][0].score
-  assert result[2][0].score is None
-  np.testing.assert_allclose(result[2][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
+  np.testing.assert_allclose(result[1][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
+  assert result[2][0].score is None  # a given box: one pass, as a detection with refine=0
+  once = Aligner(aligner.cascade, batch_size=aligner.batch_size, refine=0)
+  np.testing.assert_allclose(result[2][0].landmarks_px, once.align(one)[0][0].landmarks_px,
+                             atol=1e-4)
   np.testing.assert_allclose(result[3][1].box, box + 3)
   whole = aligner.align([one], boxes=["whole"])[0][0]
   np.testing.assert_allclose(whole.crop_box, [0, 0, SIZE, SIZE], atol=1e-4)
@@ -209,8 +222,8 @@ def test_benchmark_aligner_smoke(env):
   images = [env["faces"][0], _face_free()]
   records = list(benchmark_aligner.bench_aligner(images, str(env["cascade"]), batch_size=2,
                                                  repeats=1, checkpoint=str(env["bundle"])))
-  assert [r["mode"] for r in records] == ["detect_only", "align_detect", "align_given_boxes",
-                                          "align_one_per_call"]
+  assert [r["mode"] for r in records] == ["detect_only", "align_detect", "align_detect_one_pass",
+                                          "align_given_boxes", "align_one_per_call"]
   for record in records:
     assert record["images"] == 2 and record["faces"] == 1 and record["ms_per_image"] > 0
     assert json.loads(json.dumps(record)) == record

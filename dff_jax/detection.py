@@ -25,8 +25,8 @@ score threshold is :data:`MIN_SCORE` (0.6, MediaPipe uses 0.5). With ``mirror=Tr
 option) each anchor's score is the mean of its score on the input and its mirror anchor's
 (:func:`mirror_anchor_ids`) on the left-right flipped input, one batched call; the boxes are the
 input's own. A face scores about the same both ways, a chance pattern often does not: on the
-generated face-free images this halves the false detections at the same threshold, for twice
-the detector's time and no gain in recall (WORKSPACE.md section 11).
+generated face-free images this halves the false detections at the same threshold, for about
+1.3x the detector's time and no gain in recall (WORKSPACE.md section 11).
 
 **Box convention.** BlazeFace's box is a square box around the eyes, nose and mouth; the
 cascade wants the bounding box of the 68 landmarks it was trained around (brows to chin, jaw to
@@ -441,7 +441,7 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
     return_keypoints: also return BlazeFace's 6 keypoints ``[N, 6, 2]`` (image pixels,
       :data:`KEYPOINTS` order).
     mirror: score each anchor by the mean of its scores on the image and on its left-right
-      mirror (:func:`mirror_anchor_ids`; the boxes are the image's own; twice the time);
+      mirror (:func:`mirror_anchor_ids`; the boxes are the image's own; two network inputs);
       ``False`` (default): the image's scores alone.
 
   Returns:

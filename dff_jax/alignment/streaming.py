@@ -15,8 +15,8 @@ the number of images, and :class:`RunStats` records the time split.
 **Refinement.** A face the detector found is aligned again from the box of its own
 ``landmarks_px`` (:func:`refined_box`: the landmark bounding box, the box convention the cascade
 was trained around), ``refine`` times (:data:`REFINE_DETECTED`); a detector's box, even
-corrected, is a cruder start than that (WORKSPACE.md section 13). Given boxes are aligned once
-unless their :class:`Loaded` asks for passes.
+corrected, is a cruder start than that (WORKSPACE.md sections 11 and 13). Given boxes are
+aligned once unless their :class:`Loaded` asks for passes.
 
 **Failures.** Loading a job (reading the image, its box, its annotation) that raises a
 ``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
@@ -244,7 +244,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
   :class:`Loaded`'s ``refine``) goes back into the batches, cut again around
   :func:`refined_box` of its result, when its batch is done; its ``box`` stays the one it
   started from and its ``crop_box`` is the last pass's. Its job's outcome comes after the last
-  pass, so jobs with refined faces may come later than jobs given after them.
+  pass, so jobs with refined faces may come later than jobs given after them, and their images
+  stay in memory for those passes (a batch more each, beyond the bound above).
 
   A job whose loading raises ``ValueError`` / ``OSError`` (unreadable image, bad box, bad
   annotation) yields an outcome with ``error`` set as soon as its turn comes, and so does a job

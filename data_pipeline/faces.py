@@ -17,6 +17,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from dff_jax.geometry import landmark_box  # the face box of a face's points, as everywhere
+
 from data_pipeline import pairs
 from data_pipeline.config import PipelineConfig
 
@@ -38,11 +40,6 @@ class BoxJitter:
 
 
 NO_JITTER = BoxJitter(0.0, 0.0, 0.0)
-
-
-def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
-  """``[..., 68, 2]`` -> ``[..., 4]`` bounding box ``(x0, y0, x1, y1)`` of the points."""
-  return np.concatenate([landmarks_px.min(-2), landmarks_px.max(-2)], axis=-1)
 
 
 def jitter_box(rng: np.random.Generator, box_xyxy: np.ndarray, jitter: BoxJitter) -> np.ndarray:

@@ -186,8 +186,7 @@ class Aligner:
       where = f"image {index}"
       found, scores = runner.face_boxes(image, box, self.config.box_scale, where,
                                         detect=self._detect)  # detection happens here
-      detected = box is None or (isinstance(box, str) and box == runner.DETECT)
-      prepared.append((image, found, scores, self.refine if detected else 0))
+      prepared.append((image, found, scores, self.refine if runner.asks_detection(box) else 0))
     total = sum(len(found) for _, found, _, _ in prepared)
     out: List[List[Face]] = [[] for _ in images]
     if not total:

@@ -205,6 +205,14 @@ def apply_similarity(points: Array, scale: Array, rotation: Array, translation: 
 # ----------------------------------------------------------------------------------------------
 
 
+def landmark_box(points_px: Array) -> Array:
+  """``[..., N, 2]`` points -> ``[..., 4]`` their bounding box ``(x0, y0, x1, y1)``, same frame
+  and dtype: the face-box convention the alignment cascade is trained around (of a face's 68
+  ``landmarks_px``)."""
+  xp = namespace(points_px)
+  return xp.concatenate([points_px.min(axis=-2), points_px.max(axis=-2)], axis=-1)
+
+
 def square_box(box_xyxy: Array, scale: float = 1.0) -> Array:
   """The square with the box's centre and side ``scale * max(w, h)``.
 

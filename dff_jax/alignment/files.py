@@ -109,7 +109,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 
   def box_source(box) -> str:
-    if box is None or (isinstance(box, str) and box == runner.DETECT):
+    if runner.asks_detection(box):
       return f"detector: {detection.DETECTOR_NAME}"
     return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
 
@@ -118,7 +118,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
       box = _given_box(path, common_box, box_map, boxes)
       # Decode grey when nothing needs colour: the descriptor reads only the luma, no overlay
       # is drawn and no detector runs (a JPEG's luma plane alone is about 3x cheaper to decode).
-      detect = box is None or (isinstance(box, str) and box == runner.DETECT)
+      detect = runner.asks_detection(box)
       image = image_io.read_image(path, grey=aligner.channels == 1 and not overlay and not detect)
       return streaming.Loaded(image=image, box=box,
                               truth=dict(index=index, stem=stem, path=str(path),
@@ -175,7 +175,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
 
   compile_s = aligner.compile(batch_size)
   given = list(box_map.values()) if box_map is not None else [common_box]
-  if any(box is None or (isinstance(box, str) and box == runner.DETECT) for box in given):
+  if any(runner.asks_detection(box) for box in given):
     compile_s += warm_up_detector(detection)  # some images are given no box
   stats = streaming.RunStats()
   pool = (futures_lib.ThreadPoolExecutor(writers, thread_name_prefix="dff-align-write")

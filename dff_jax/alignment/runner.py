@@ -61,6 +61,12 @@ DETECT = "detect"
 WHOLE_IMAGE = "whole"
 
 
+def asks_detection(box: Any) -> bool:
+  """Whether a face-box entry (see :func:`face_boxes`) asks for the detector: ``None`` or
+  :data:`DETECT`."""
+  return box is None or (isinstance(box, str) and box == DETECT)
+
+
 # Shipped cascades by name (``--cascade=NAME``); each file names its encoder in its meta.
 NAMED_CASCADES = {
     # Trained on real photos (faces68: research-use terms) and synthetic renders: the default.
@@ -449,7 +455,7 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
     ValueError: a bad box, an unknown word, or ``scores`` of another length.
   """
   height, width = image.shape[:2]
-  if box is None or (isinstance(box, str) and box == DETECT):
+  if asks_detection(box):
     if detect is None:
       from dff_jax import detection  # pylint: disable=g-import-not-at-top
       detect = detection.detect_faces

@@ -42,9 +42,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 from PIL import Image
 
+from dff_jax import geometry
 from dff_jax.alignment import results
-from dff_jax.alignment.runner import DETECT, WHOLE_IMAGE, CompiledCascade, face_boxes
-from dff_jax.alignment.runner import to_image_frame, working_crop
+from dff_jax.alignment.runner import DETECT, WHOLE_IMAGE, CompiledCascade, asks_detection
+from dff_jax.alignment.runner import face_boxes, to_image_frame, working_crop
 
 Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
 READ_ERRORS = (ValueError, OSError)
@@ -123,8 +124,7 @@ def one_line(error: BaseException) -> str:
 def refined_box(face: Face, height: int, width: int) -> Optional[np.ndarray]:
   """The box a refinement pass starts from: the bounding box ``[4]`` of ``face.landmarks_px``
   (image pixels), or ``None`` when it is degenerate (under 2 px) or outside the image."""
-  points = np.asarray(face.landmarks_px, np.float32)
-  box = np.concatenate([points.min(0), points.max(0)])
+  box = geometry.landmark_box(np.asarray(face.landmarks_px, np.float32))
   if not np.all(np.isfinite(box)) or np.any(box[2:] - box[:2] < 2):
     return None
   if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
@@ -142,8 +142,8 @@ def _prepare(aligner: CompiledCascade, job: Job, detect=None, refine: int = REFI
   if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.dtype != np.uint8:
     raise ValueError(f"{job.name}: expected an [H, W, 3] (or grey [H, W, 1]) uint8 image, got "
                      f"{image.shape} {image.dtype}")
-  detected = loaded.box is None or (isinstance(loaded.box, str) and loaded.box == DETECT)
-  passes = int(loaded.refine) if loaded.refine is not None else (refine if detected else 0)
+  passes = (int(loaded.refine) if loaded.refine is not None
+            else refine if asks_detection(loaded.box) else 0)
   if passes < 0:
     raise ValueError(f"{job.name}: refine must be >= 0, got {passes}")
   boxes, scores = face_boxes(image, loaded.box, aligner.config.box_scale, job.name,

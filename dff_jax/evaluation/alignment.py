@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import numpy as np
 
 from dff_jax import file_io
+from dff_jax import geometry
 from dff_jax import image_io
 from dff_jax import metrics
 from dff_jax.file_io import json_safe
@@ -81,9 +82,9 @@ def predicted_landmarks(face: Face, convention: str) -> np.ndarray:
 
 
 def landmark_box(landmarks_px: np.ndarray) -> np.ndarray:
-  """``[68, 2]`` -> ``[4]`` bounding box of the points (x0, y0, x1, y1)."""
-  landmarks_px = np.asarray(landmarks_px, np.float32)
-  return np.concatenate([landmarks_px.min(0), landmarks_px.max(0)])
+  """``[68, 2]`` -> ``[4]`` float32 bounding box of the points (x0, y0, x1, y1):
+  :func:`dff_jax.geometry.landmark_box` of an annotation."""
+  return geometry.landmark_box(np.asarray(landmarks_px, np.float32))
 
 
 def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] = 128,

@@ -49,6 +49,7 @@ from scipy import ndimage
 from scipy import sparse
 from scipy import spatial
 
+from dff_jax import face_model as face_model_lib
 from dff_jax import file_io, geometry
 
 from data_pipeline import params, rasterizer, shading
@@ -59,10 +60,7 @@ SOURCE_OWN, SOURCE_MIRROR, SOURCE_NONE = 0, 1, 2
 # camera-facing component (grazing surfaces stretch a few pixels over the whole triangle).
 MIN_FACING = 0.3
 # iBUG-68 left-right permutation (index i of a mirrored face is landmark MIRROR_68[i]).
-MIRROR_68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65])
+MIRROR_68 = np.array(face_model_lib.MIRROR_LANDMARKS)
 
 
 # ----------------------------------------------------------------------------------------------

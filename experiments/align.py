@@ -89,7 +89,8 @@ def main(argv):
                                 FLAGS.face_model, FLAGS.batch_size, FLAGS.overlay,
                                 workers=FLAGS.workers, writers=FLAGS.writers,
                                 prefetch_batches=FLAGS.prefetch_batches,
-                                run_summary=FLAGS.run_summary, refine=FLAGS.refine)
+                                run_summary=FLAGS.run_summary, refine=FLAGS.refine,
+                                mirror=FLAGS.mirror)
   except (OSError, ValueError) as error:
     print(f"align: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)

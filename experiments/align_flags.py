@@ -29,6 +29,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
   flags.DEFINE_integer("refine", 1, "Extra passes for each face the detector found, each from "
                        "the box of the previous pass's landmarks (0: align once).")
+  flags.DEFINE_boolean("mirror", False, "Test-time mirroring: align each face and its left-right "
+                       "mirror image, averaging every stage's two steps (more accurate, about "
+                       "twice the alignment time).")
   flags.DEFINE_boolean("overlay", True, "Write <stem>_overlay.png (also --overlays).")
   flags.DEFINE_alias("overlays", "overlay")
   flags.DEFINE_integer("workers", 2, "Threads decoding images and cutting crops (0: none).")

@@ -86,6 +86,8 @@ def define_flags() -> None:
   flags.DEFINE_string("render_face_model", None, "Synthetic: the face model the faces are "
                       "rendered with (default: the aligner's; e.g. sfm for a model it never saw).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
+  flags.DEFINE_bool("mirror", False, "Test-time mirroring: align each face and its left-right "
+                    "mirror image and combine the two (twice the work).")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
@@ -100,7 +102,7 @@ def main(argv):
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
                        FLAGS.seed, FLAGS.image_size, FLAGS.batch_size,
                        render_face_model=FLAGS.render_face_model, split=FLAGS.split,
-                       faces_json=FLAGS.faces_json)
+                       faces_json=FLAGS.faces_json, mirror=FLAGS.mirror)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

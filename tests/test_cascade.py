@@ -308,10 +308,11 @@ def test_gradients_match_finite_differences():
     state, _ = cascade.run_cascade(am, p, descriptor_map, CONFIG)
     return state.landmarks_px, state.pose, state.shape_coefficients
 
-  check_grads(jax.jit(final), (descriptor_map, params.landmark_weights, params.pose_weights),
-              order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-4)
   # A scalar loss: reverse-mode directional derivatives against central differences along
-  # random directions (the check above projects on one random cotangent only).
+  # random directions. (jax.test_util.check_grads at eps 1e-4 was dominated by float32 rounding
+  # of the ~50 px outputs, about 50 * 6e-8 / 1e-4 per output before its random cotangent sums
+  # them, and failed on one CPU and passed on another; these loss weights keep every term's
+  # derivative well above that noise.)
   args = (descriptor_map, params.landmark_weights, params.pose_weights)
 
   def loss(*args):
@@ -322,7 +323,7 @@ def test_gradients_match_finite_differences():
   loss = jax.jit(loss)
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
   assert float(jnp.abs(grads[0]).max()) > 1e-3  # Not trivially zero.
-  for seed in range(2):
+  for seed in range(4):
     keys = jax.random.split(jax.random.key(100 + seed), 3)
     direction = [jax.random.normal(k, a.shape) for k, a in zip(keys, args)]
     eps = 1e-3

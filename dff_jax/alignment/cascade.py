@@ -463,21 +463,73 @@ def refit(alignment_model: AlignmentModel, landmarks_px: Array, pose: Array, wei
                         expression_coefficients=coefficients[model.num_identity:])
 
 
+def mirror_estimate(landmarks_px: Array, visibility: Array, pose: Array,
+                    crop_size: int) -> Tuple[Array, Array, Array]:
+  """An estimate on a left-right mirrored crop, read back in the crop itself.
+
+  A crop mirrored about its vertical centre line maps crop point ``(x, y)`` to
+  ``(crop_size - x, y)`` (pixel centres at ``j + 0.5``) and shows the face's mirror image. For a
+  face model symmetric about its ``x = 0`` plane, the mirror image under pose
+  ``(s, pitch, yaw, roll, tx, ty)`` is the face under ``(s, pitch, -yaw, -roll,
+  crop_size - tx, ty)`` (``S R S`` with ``S = diag(-1, 1, 1)`` negates yaw and roll in any Euler
+  order), and its landmark ``i`` is the face's landmark ``MIRROR_LANDMARKS[i]``. Its own inverse:
+  it also maps an estimate on the crop to the mirrored crop.
+
+  Args:
+    landmarks_px: ``[..., 68, 2]`` crop pixels; visibility: ``[..., 68]``; pose: ``[..., 6]``.
+    crop_size: crop side (pixels).
+
+  Returns:
+    ``(landmarks_px, visibility, pose)`` of the same shapes, in the unmirrored crop.
+  """
+  order = jnp.asarray(face_model_lib.MIRROR_LANDMARKS, jnp.int32)
+  landmarks = landmarks_px[..., order, :]
+  landmarks = jnp.stack([crop_size - landmarks[..., 0], landmarks[..., 1]], axis=-1)
+  sign = jnp.array([1.0, 1.0, -1.0, -1.0, -1.0, 1.0], jnp.float32)
+  offset = jnp.array([0.0, 0.0, 0.0, 0.0, float(crop_size), 0.0], jnp.float32)
+  return landmarks, visibility[..., order], pose * sign + offset
+
+
+def mirrored_regression(stage: Tuple[Array, ...], state: AlignmentState, mirrored_map: Array,
+                        crop_size: int) -> Tuple[Array, Array]:
+  """Step 3 on the left-right mirrored crop, read back in the crop.
+
+  ``state`` (crop frame) is mirrored into the mirrored crop (:func:`mirror_estimate`), the stage
+  regresses there from ``mirrored_map`` (the mirrored crop's descriptor field) and its landmarks
+  ``[68, 2]`` and pose ``[6]`` are mirrored back.
+  """
+  landmarks, visibility, pose = mirror_estimate(state.landmarks_px, state.visibility, state.pose,
+                                                crop_size)
+  mirrored = state.replace(landmarks_px=landmarks, visibility=visibility, pose=pose)
+  landmarks, pose = regress(stage, mirrored, stage_features(mirrored_map, landmarks, visibility))
+  landmarks, _, pose = mirror_estimate(landmarks, visibility, pose, crop_size)
+  return landmarks, pose
+
+
 def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
-                state: AlignmentState, descriptor_map: Array,
-                config: CascadeConfig) -> Tuple[AlignmentState, Array]:
+                state: AlignmentState, descriptor_map: Array, config: CascadeConfig,
+                mirrored_map: Optional[Array] = None) -> Tuple[AlignmentState, Array]:
   """One cascade stage for one face (``stage`` as in :func:`regress`).
+
+  With ``mirrored_map`` (the descriptor field of the crop mirrored left-right: test-time
+  mirroring) the stage also regresses on the mirrored crop (:func:`mirrored_regression`) and
+  steps 4-5 fit the mean of the two regressed landmark sets under the mean of the two poses.
 
   Returns ``(next_state, regressed_landmarks_px [68, 2])``.
   """
   features = stage_features(descriptor_map, state.landmarks_px, state.visibility)
   landmarks, pose = regress(stage, state, features)
+  if mirrored_map is not None:
+    other_landmarks, other_pose = mirrored_regression(stage, state, mirrored_map,
+                                                      config.crop_size)
+    landmarks, pose = (landmarks + other_landmarks) / 2, (pose + other_pose) / 2
   return refit(alignment_model, landmarks, pose, state.visibility, config), landmarks
 
 
 def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descriptor_map: Array,
                 config: CascadeConfig, state: AlignmentState | None = None,
-                remat: bool = False) -> Tuple[AlignmentState, AlignmentState]:
+                remat: bool = False, mirrored_map: Optional[Array] = None
+                ) -> Tuple[AlignmentState, AlignmentState]:
   """All K stages for one face as a ``lax.scan``.
 
   Args:
@@ -489,6 +541,8 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
     state: the starting estimate (default :func:`initial_state`).
     remat: rematerialise each stage in the backward pass (``jax.checkpoint``), trading compute
       for memory when differentiating through the cascade.
+    mirrored_map: the field of the crop mirrored left-right: every stage also regresses there
+      (test-time mirroring, :func:`apply_stage`).
 
   Returns:
     ``(final_state, per_stage_states)``; the second has a leading ``[K]`` axis on every field.
@@ -497,7 +551,8 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
     state = initial_state(alignment_model, params, config)
 
   def body(carry, stage):
-    new_state, _ = apply_stage(alignment_model, stage, carry, descriptor_map, config)
+    new_state, _ = apply_stage(alignment_model, stage, carry, descriptor_map, config,
+                               mirrored_map)
     return new_state, new_state
 
   if remat:
@@ -581,13 +636,15 @@ def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,
 
 
 def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descriptor_maps: Array,
-                config: CascadeConfig, remat: bool = False) -> AlignmentState:
+                config: CascadeConfig, remat: bool = False,
+                mirrored_maps: Optional[Array] = None) -> AlignmentState:
   """The cascade over a batch of descriptor fields (leaves ``[B, ...]``: dense maps
-  ``[B, crop, crop, D]`` or point fields); returns the final
-  crop-frame states with a leading ``[B]`` axis (vmap of :func:`run_cascade`)."""
-  def one(descriptor_map):
-    return run_cascade(alignment_model, params, descriptor_map, config, remat=remat)[0]
-  return jax.vmap(one)(descriptor_maps)
+  ``[B, crop, crop, D]`` or point fields), with the mirrored crops' fields if given; returns the
+  final crop-frame states with a leading ``[B]`` axis (vmap of :func:`run_cascade`)."""
+  def one(descriptor_map, mirrored_map):
+    return run_cascade(alignment_model, params, descriptor_map, config, remat=remat,
+                       mirrored_map=mirrored_map)[0]
+  return jax.vmap(one)(descriptor_maps, mirrored_maps)
 
 
 def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: int) -> Any:
@@ -608,7 +665,8 @@ def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: int) -> Any:
 
 def describe_and_align(describe: Callable[[Array], Any], alignment_model: AlignmentModel,
                        params: CascadeParams, crops: Array, config: CascadeConfig,
-                       remat: bool = False, chunk: int = 8) -> AlignmentState:
+                       remat: bool = False, chunk: int = 8, mirror: bool = False
+                       ) -> AlignmentState:
   """Descriptor fields and the cascade for a batch of crops, ``chunk`` crops at a time.
 
   Each chunk's fields are read by its cascade while they are still in cache: a point field holds
@@ -624,18 +682,30 @@ def describe_and_align(describe: Callable[[Array], Any], alignment_model: Alignm
     remat: see :func:`run_cascade`.
     chunk: crops per step (:func:`map_in_chunks`; 0 = the whole batch at once). Same values for
       any chunk.
+    mirror: test-time mirroring: every crop is also described mirrored left-right and each
+      stage regresses on both (:func:`apply_stage`); twice the descriptor work and the
+      regressions (not the fits); the encoder then describes ``2 * chunk`` crops per step.
 
   Returns:
     the final crop-frame :class:`AlignmentState` with a leading ``[B]`` axis.
   """
-  return map_in_chunks(
-      lambda part: align_crops(alignment_model, params, describe(part), config, remat=remat),
-      crops, chunk)
+  def run(part):
+    return align_crops(alignment_model, params, describe(part), config, remat=remat)
+
+  def run_mirrored(part):
+    size = part.shape[0]
+    fields = describe(jnp.concatenate([part, part[:, :, ::-1]], axis=0))
+    own, mirrored = [jax.tree_util.tree_map(lambda x, k=k: x[k * size:(k + 1) * size], fields)
+                     for k in range(2)]
+    return align_crops(alignment_model, params, own, config, remat=remat, mirrored_maps=mirrored)
+
+  return map_in_chunks(run_mirrored if mirror else run, crops, chunk)
 
 
 def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                  params: CascadeParams, images: Array, boxes_xyxy: Array,
-                 config: CascadeConfig, remat: bool = False, chunk: int = 8) -> AlignmentResult:
+                 config: CascadeConfig, remat: bool = False, chunk: int = 8,
+                 mirror: bool = False) -> AlignmentResult:
   """Images and face boxes in, landmarks / pose / shape in image pixels out.
 
   Jit this (``config`` and ``describe`` static); it is differentiable with respect to the
@@ -653,12 +723,14 @@ def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentM
     config: static settings.
     remat: see :func:`run_cascade`.
     chunk: crops described and aligned at a time (:func:`describe_and_align`).
+    mirror: test-time mirroring (:func:`describe_and_align`).
 
   Returns:
     :class:`AlignmentResult` with a leading ``[B]`` axis.
   """
   crops, crop_boxes = crop_faces(images, boxes_xyxy, config)
-  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk)
+  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk,
+                              mirror)
   return state_to_image(states, crop_boxes, config.crop_size, alignment_model)
 
 
@@ -707,7 +779,8 @@ def working_images_to_crops(work_images: Array, crop_size: int) -> Array:
 
 def align_working_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                          params: CascadeParams, work_images: Array, config: CascadeConfig,
-                         remat: bool = False, chunk: int = 8) -> AlignmentResult:
+                         remat: bool = False, chunk: int = 8,
+                         mirror: bool = False) -> AlignmentResult:
   """:func:`align_images` for images that are already their face's crop box.
 
   The host cuts each face's crop box (``geometry.square_box(box, config.box_scale)``) out of its
@@ -716,7 +789,7 @@ def align_working_images(describe: Callable[[Array], Array], alignment_model: Al
   (``config`` and ``describe`` static); differentiable as :func:`align_images`.
 
   Args:
-    describe, alignment_model, params, config, remat, chunk: as :func:`align_images`.
+    describe, alignment_model, params, config, remat, chunk, mirror: as :func:`align_images`.
     work_images: ``[B, S, S, 3]`` uint8 or float32 in [0, 255], ``S = m * crop_size``.
 
   Returns:
@@ -727,5 +800,6 @@ def align_working_images(describe: Callable[[Array], Array], alignment_model: Al
   side = float(work_images.shape[1])
   crop_boxes = jnp.broadcast_to(jnp.array([0.0, 0.0, side, side], jnp.float32),
                                 (work_images.shape[0], 4))
-  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk)
+  states = describe_and_align(describe, alignment_model, params, crops, config, remat, chunk,
+                              mirror)
   return state_to_image(states, crop_boxes, config.crop_size, alignment_model)

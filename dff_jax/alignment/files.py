@@ -43,7 +43,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                 face_model: Optional[str] = None, batch_size: int = 8, overlay: bool = True,
                 progress: bool = True, report=None, workers: int = 2, writers: int = 2,
                 prefetch_batches: int = 2, run_summary: bool = False,
-                refine: Optional[int] = None) -> Dict[str, Any]:
+                refine: Optional[int] = None, mirror: bool = False) -> Dict[str, Any]:
   """``experiments.align``: streams the images through the aligner and writes the results.
 
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
@@ -66,6 +66,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     run_summary: also write the run figures to ``out_dir/run_summary.json``.
     refine: extra passes for each detected face (:func:`dff_jax.alignment.streaming.run_jobs`;
       ``None``: :data:`dff_jax.alignment.streaming.REFINE_DETECTED`).
+    mirror: test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
 
   Returns:
     ``{"out_dir", "written": [stems, input order], "failed": [one-line messages], "images",
@@ -96,7 +97,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   paths, skipped = streaming.find_images(images)
   common_box = streaming.parse_bbox(bbox) if bbox else None
   box_map = streaming.read_boxes_file(boxes) if boxes else None
-  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top

@@ -106,18 +106,21 @@ class AlignerSpec:
     checkpoint: the DFF bundle / workdir (``None`` for SIFT).
     face_model: face-model spec for :func:`dff_jax.face_model.load_face_model`.
     header: the cascade file's header.
+    mirror: align every face also mirrored left-right and combine the two estimates
+      (test-time mirroring, :func:`dff_jax.alignment.cascade.apply_stage`): about twice the work.
   """
   features: str
   cascade_path: Path
   checkpoint: Optional[Path]
   face_model: str
   header: Dict[str, Any]
+  mirror: bool = False
 
 
 def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
                     features: Optional[str] = None,
                     checkpoint: Optional[str | os.PathLike] = None,
-                    face_model: Optional[str] = None) -> AlignerSpec:
+                    face_model: Optional[str] = None, mirror: bool = False) -> AlignerSpec:
   """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX).
 
   Args:
@@ -129,6 +132,7 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
       (:func:`dff_jax.alignment.features.encoder_for_cascade`), else the shipped
       ``dff_default`` bundle. Ignored for SIFT.
     face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
+    mirror: test-time mirroring (:class:`AlignerSpec`).
 
   Raises:
     FileNotFoundError / ValueError: with one-line messages naming the missing file and the flag
@@ -169,7 +173,7 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
     raise FileNotFoundError(f"face model {model_spec} does not exist: pass --face_model=default "
                             "or the path of a face model file")
   return AlignerSpec(features=kind, cascade_path=path, checkpoint=bundle, face_model=model_spec,
-                     header=header)
+                     header=header, mirror=bool(mirror))
 
 
 @dataclasses.dataclass
@@ -221,12 +225,12 @@ class CompiledCascade:
     if batch_size in self._compiled:
       return 0.0
     if self._jitted is None:
-      describer, config = self.describer, self.config
+      describer, config, mirror = self.describer, self.config, self.spec.mirror
 
       def run(describer_params, alignment_model, params, images):
         return cascade.align_working_images(
             lambda crops: describer.apply(describer_params, crops), alignment_model, params,
-            images, config)
+            images, config, mirror=mirror)
       self._jitted = jax.jit(run)
     size = self.work_size
     start = time.perf_counter()
@@ -296,7 +300,7 @@ def load_aligner(spec: AlignerSpec, cache: bool = True) -> CompiledCascade:
     ValueError: unreadable files, or a cascade whose descriptor size differs from the encoder's.
   """
   key = (spec.features, _file_stamp(spec.cascade_path), _file_stamp(spec.checkpoint),
-         spec.face_model)
+         spec.face_model, spec.mirror)
   if cache and key in _ALIGNER_CACHE:
     return _ALIGNER_CACHE[key]
   aligner = _load_aligner(spec)

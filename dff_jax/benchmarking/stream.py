@@ -244,7 +244,7 @@ def photo_boxes(paths: Sequence[Path], boxes_file: Optional[Path]
 
 def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
                           checkpoint: Optional[str], face_model: Optional[str],
-                          report: Callable[[str], None]):
+                          report: Callable[[str], None], mirror: bool = False):
   """:func:`dff_jax.alignment.runner.resolve_aligner`; with no ``cascade`` and the shipped DFF
   assets missing, falls back to the shipped SIFT cascade (with a message).
 
@@ -253,7 +253,7 @@ def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
   """
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   try:
-    return runner.resolve_aligner(cascade, features, checkpoint, face_model)
+    return runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
   except FileNotFoundError as error:
     if cascade is not None or features == "sift":
       raise
@@ -261,7 +261,7 @@ def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
   report(f"benchmark stream: {first}; falling back to the shipped SIFT cascade "
          f"{runner.default_cascade_path('sift')}")
   try:
-    return runner.resolve_aligner(None, "sift", None, face_model)
+    return runner.resolve_aligner(None, "sift", None, face_model, mirror=mirror)
   except FileNotFoundError:
     raise FileNotFoundError(
         f"{first}; the shipped SIFT cascade {runner.default_cascade_path('sift')} is missing "
@@ -451,7 +451,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
                  face_model: Optional[str] = None, workers: int = 2, writers: int = 2,
                  prefetch_batches: int = 2, overlays: Sequence[bool] = (False, True),
                  seed: int = 50_000, dlib_predictor: Optional[str] = None,
-                 report: Optional[Callable[[str], None]] = None) -> Iterator[Dict[str, Any]]:
+                 report: Optional[Callable[[str], None]] = None,
+                 mirror: bool = False) -> Iterator[Dict[str, Any]]:
   """Times the jitted cascade alone, then the streaming align command end to end, then dlib's
   predictor (when importable), on one folder.
 
@@ -465,6 +466,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     overlays: one end-to-end run per value (with / without overlay PNGs).
     dlib_predictor: dlib's landmark model file (used only when ``dlib`` is importable).
     report: progress messages (default: stderr).
+    mirror: the aligner with test-time mirroring (``align --mirror``).
 
   Yields:
     One record per measurement (see the module docstring).
@@ -498,11 +500,12 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
       given = json.loads(boxes_path.read_text())
       boxes = {p: given[p.name] for p in paths}
       extra["image_size"] = image_size
-    spec = resolve_with_fallback(cascade, features, checkpoint, face_model, report)
+    spec = resolve_with_fallback(cascade, features, checkpoint, face_model, report, mirror)
     aligner = runner.load_aligner(spec)
     compile_s = aligner.compile(batch_size) or aligner.compile_seconds[batch_size]
     common = {"what": "align_stream", "batch_size": batch_size, "num_images": len(paths),
               **extra, "features": spec.features, "cascade": str(spec.cascade_path),
+              "mirror": spec.mirror,
               "compile_s": round(compile_s, 2)}
 
     # 1. The jitted call alone on the same batches, images decoded and cropped beforehand.
@@ -530,7 +533,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               checkpoint=None if spec.checkpoint is None else str(spec.checkpoint),
               face_model=spec.face_model, batch_size=batch_size, overlay=bool(overlay),
               progress=False, report=messages.append, workers=workers, writers=writers,
-              prefetch_batches=prefetch_batches)
+              prefetch_batches=prefetch_batches, mirror=spec.mirror)
         cpu_s = time.process_time() - cpu_start
       finally:
         shutil.rmtree(out_dir, ignore_errors=True)

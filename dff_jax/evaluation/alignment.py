@@ -394,9 +394,10 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
              image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
              report=None, render_face_model: Optional[str] = None, split: str = "val",
-             faces_json: Optional[str] = None) -> Dict[str, Any]:
+             faces_json: Optional[str] = None, mirror: bool = False) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
-  the outputs); returns the summary written to ``out_dir/summary.json``.
+  the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
+  method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
@@ -415,7 +416,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   if num_faces is not None and num_faces < 1:
     raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
-  specs = [runner.resolve_aligner(c, features, checkpoint, face_model) for c in cascades]
+  specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror)
+           for c in cascades]
   names = _method_names(specs)
   # Photos decoded as `align` decodes them: grey when every method reads only the luma.
   grey = all(runner.load_aligner(spec).channels == 1 for spec in specs)
@@ -510,6 +512,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
                                  image_decode=("grey: BT.601 luma (a JPEG's luma plane)"
                                                if grey and dataset != "synthetic" else "rgb"),
+                                 test_time_mirror=bool(mirror),
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  landmark_convention=eval_set.landmark_convention,

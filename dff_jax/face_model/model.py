@@ -27,6 +27,12 @@ PART_FACE, PART_HEAD_NECK, PART_MOUTH_SOCKET, PART_EYEBALL_LEFT, PART_EYEBALL_RI
 RIGHT_JAW_LANDMARKS = tuple(range(0, 8))
 LEFT_JAW_LANDMARKS = tuple(range(9, 17))
 JAW_LANDMARKS = RIGHT_JAW_LANDMARKS + (8,) + LEFT_JAW_LANDMARKS
+# iBUG-68 left-right permutation: landmark i of a mirrored face is landmark MIRROR_LANDMARKS[i]
+# of the face itself (jaw 0 <-> 16, brows, eyes, nose wings, mouth; the midline maps to itself).
+MIRROR_LANDMARKS = (tuple(range(16, -1, -1)) + tuple(range(26, 16, -1)) + (27, 28, 29, 30)
+                    + (35, 34, 33, 32, 31) + (45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40)
+                    + (54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66,
+                       65))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -51,6 +51,10 @@ def run_multiview(flag_values, command: str) -> None:
   """Runs :func:`dff_jax.alignment.files.align_multiview_files` from parsed flags
   (``experiments.align_multiview`` or ``experiments.align --multiview``); prints the JSON line,
   exits 1 if an image failed and 2 (one line ``<command>: error: ...``) on bad arguments."""
+  if flag_values.mirror:
+    print(f"{command}: error: --mirror is not available for multi-view alignment: drop it, or "
+          "align the views one by one without --multiview", file=sys.stderr)
+    sys.exit(2)
   try:
     from dff_jax.alignment import files  # pylint: disable=g-import-not-at-top
     summary = files.align_multiview_files(

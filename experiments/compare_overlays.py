@@ -1,7 +1,8 @@
 r"""Side-by-side overlays of several cascades on real photos spread over the yaw bins.
 
   python -m experiments.compare_overlays --data_dir=../shared/datasets/aflw2000_3d_dev \
-      --cascade=A.npz,B.npz [--checkpoint=DIR,DIR] --num_faces=20 --out=grid.png
+      --cascade=A.npz,B.npz [--checkpoint=DIR,DIR] [--mirror=false,true] --num_faces=20 \
+      --out=grid.png
 
 Picks ``--num_faces`` AFLW2000-3D photos spread evenly over |yaw| in the bins 0-30, 30-60 and
 60-90 degrees (by ``Pose_Para``, sorted, evenly spaced within each bin: deterministic), aligns
@@ -25,6 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "../shared/datasets/aflw2000_3d_dev", "AFLW2000-3D folder.")
 flags.DEFINE_string("cascade", None, "Comma-separated cascades ('' = the shipped default).")
 flags.DEFINE_string("checkpoint", "", "Comma-separated encoders, one per cascade ('' = named).")
+flags.DEFINE_string("mirror", "", "Comma-separated true/false, one per cascade: test-time "
+                    "mirroring ('' = off for all).")
 flags.DEFINE_integer("num_faces", 20, "Photos in the grid.")
 flags.DEFINE_integer("tile", 180, "Tile side in pixels.")
 flags.DEFINE_string("out", None, "Output PNG.")
@@ -56,8 +59,12 @@ def main(argv):
     annotations = [readers.read_aflw2000(mat) for _, mat in pairs]
     cascades = (FLAGS.cascade or "").split(",")
     checkpoints = (FLAGS.checkpoint or "").split(",") + [""] * len(cascades)
-    specs = [runner.resolve_aligner(c or None, None, k or None)
-             for c, k in zip(cascades, checkpoints)]
+    mirrors = [m.strip().lower() for m in (FLAGS.mirror or "").split(",") if m.strip()]
+    if any(m not in ("true", "false") for m in mirrors) or len(mirrors) > len(cascades):
+      raise ValueError(f"--mirror={FLAGS.mirror}: give true or false, at most one per cascade")
+    mirrors += ["false"] * (len(cascades) - len(mirrors))
+    specs = [runner.resolve_aligner(c or None, None, k or None, mirror=m == "true")
+             for c, k, m in zip(cascades, checkpoints, mirrors)]
   except (OSError, ValueError) as error:
     print(f"compare_overlays: error: {error}", file=sys.stderr)
     return 1
@@ -87,6 +94,7 @@ def main(argv):
                      (255, 255, 0))
       column.append(crop)
       table.append(dict(image=outcome.job.name, cascade=str(spec.cascade_path),
+                        mirror=spec.mirror,
                         yaw_deg=annotations[chosen[k]].yaw_deg, nme=error))
     columns.append(np.concatenate(column, axis=0))
   grid = np.concatenate(columns, axis=1)

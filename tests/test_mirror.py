@@ -2,6 +2,8 @@
 cancellations of a stage's antisymmetric steps, the mirrored crop's descriptors, and the option
 through the public paths."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from dff_jax.alignment import cascade
 from dff_jax.face_model import MIRROR_LANDMARKS
+from test_align_commands import _run, _stderr_lines, setup  # noqa: F401  (setup: a fixture)
 from test_cascade import CROP, centred_pose, small_alignment_model, zero_params
 
 CONFIG = cascade.CascadeConfig(num_stages=2, crop_size=CROP)
@@ -148,5 +151,38 @@ def test_mirroring_chunks_jit_and_gradients():
 @pytest.mark.parametrize("mirror", [False, True])
 def test_aligner_spec_carries_the_mirror_option(mirror):
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax import Aligner  # pylint: disable=g-import-not-at-top
   spec = runner.resolve_aligner("default", mirror=mirror)
   assert spec.mirror is mirror
+  aligner = Aligner.load("default", mirror=mirror)
+  assert aligner.cascade.spec.mirror is mirror
+  assert aligner.cascade is not Aligner.load("default", mirror=not mirror).cascade
+
+
+def test_align_files_and_eval_with_mirror_on_a_zero_regressor_cascade(setup, tmp_path):
+  """The commands' mirror option, through a zero-regressor cascade: every stage's two steps are
+  nothing, so the mirrored run must return the plain run's landmarks (what a wrong flip of the
+  crop, the pose or the landmark order would break is pinned by the planted tests above)."""
+  from dff_jax.alignment import files
+  from experiments import eval_alignment
+  image_path = setup["images"] / "face0.png"
+  bbox = ",".join(f"{v:.4f}" for v in setup["faces"]["box"][0])
+  documents = {}
+  for mirror in (False, True):
+    out = tmp_path / f"mirror_{mirror}"
+    files.align_files(str(image_path), out, bbox=bbox, cascade=str(setup["cascade"]),
+                      batch_size=2, progress=False, overlay=False, mirror=mirror)
+    documents[mirror] = json.loads((out / "face0.json").read_text())["faces"][0]
+  for key in ("landmarks_px", "landmarks_3d_px"):
+    np.testing.assert_allclose(documents[True][key], documents[False][key], atol=1e-3)
+  summary = eval_alignment.evaluate("synthetic", tmp_path / "eval", cascade=str(setup["cascade"]),
+                                    num_faces=2, batch_size=2, progress=False, mirror=True)
+  assert summary["test_time_mirror"] is True and np.isfinite(summary["nme_mean"])
+
+
+def test_align_multiview_with_mirror_is_a_one_line_error(setup, tmp_path):
+  proc = _run("experiments.align", f"--images={setup['images']}", f"--out_dir={tmp_path}",
+              f"--cascade={setup['cascade']}", "--multiview", "--mirror")
+  lines = _stderr_lines(proc)
+  assert proc.returncode == 2 and len(lines) == 1
+  assert lines[0].startswith("align: error: --mirror is not available for multi-view")

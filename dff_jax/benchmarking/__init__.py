@@ -161,8 +161,23 @@ def matmul_peak(size: int = 2048, repeats: int = 3) -> Tuple[float, Dict[str, An
             "step_s": round(seconds, 5), "cpu_s": round(cpu_seconds, 5),
             "achieved_gflops": round(count / seconds / 1e9, 1),
             "gflop_per_cpu_s": round(count / cpu_seconds / 1e9, 1),
-            "devices": str(jax.devices()), "cpu_count": os.cpu_count(), "loadavg": loadavg()}
+            "devices": str(jax.devices()), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "loadavg": loadavg()}
   return count / seconds, record
+
+
+def cpu_model() -> Optional[str]:
+  """The host CPU's model name (Linux ``/proc/cpuinfo``; ``None`` elsewhere). The machines this
+  project is measured on change between sessions (an AMD EPYC, an Intel Xeon), so timings
+  compare only within one model."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
 
 
 class PeakFlops:

@@ -272,7 +272,8 @@ def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
   """The previous layout of the jitted call, for comparison (``mode =
   "jitted_call_describe_all_first"``): crops read from the working images by bilinear sampling
   (:func:`dff_jax.sampling.crop_image`), every crop of the batch described (8 at a time) before
-  the cascade runs on all of them. Same results as the aligner's call within float rounding.
+  the cascade runs on all of them (with the aligner's mirroring). Same results as the aligner's
+  call within float rounding.
 
   Returns:
     ``(work_images [B, S, S, 3] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
@@ -280,13 +281,16 @@ def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
-  describer, config = aligner.describer, aligner.config
+  describer, config, mirror = aligner.describer, aligner.config, aligner.spec.mirror
 
   @jax.jit
   def run(describer_params, alignment_model, params, images, boxes):
     crops, crop_boxes = cascade.crop_faces(images, boxes, config)
     fields = cascade.map_in_chunks(lambda c: describer.apply(describer_params, c), crops, 8)
-    states = cascade.align_crops(alignment_model, params, fields, config)
+    mirrored = (cascade.map_in_chunks(lambda c: describer.apply(describer_params, c),
+                                      crops[:, :, ::-1], 8) if mirror else None)
+    states = cascade.align_crops(alignment_model, params, fields, config,
+                                 mirrored_maps=mirrored)
     return cascade.state_to_image(states, crop_boxes, config.crop_size, alignment_model)
 
   def call(images, boxes):

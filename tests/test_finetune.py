@@ -414,3 +414,24 @@ def test_finetuning_a_student_exports_its_own_encoder(config, tmp_path):
   assert all(r["distill"] > 0 for r in records)
   describer = features.dff_describer(tmp_path / "bundle")
   assert "Conv_1" in describer.params["encoder_1"] and describer.descriptor_dim == 8
+
+
+def test_training_through_mirroring_has_gradients(start, batch):
+  """``Pipeline.mirror`` (``config.mirror``) trains through test-time mirroring: the loss
+  differs from the plain one and its gradients reach the encoder and every regressor, finite."""
+  params = dict(start.params, cascade=random_cascade(start, jax.random.key(3)))
+  args = (params, start.fixed, start.alignment_model, batch["image"], batch["box"],
+          batch["landmarks_px"], batch["landmarks_visible"])
+
+  def loss(mirror, params, *rest):
+    pipeline = finetune.Pipeline(start.describer.apply, start.cascade_config, remat=False,
+                                 mirror=mirror)
+    return finetune.pipeline_loss(pipeline, params, *rest)[0]
+
+  mirrored, grads = _jit(jax.value_and_grad(functools.partial(loss, True)))(*args)
+  plain = _jit(functools.partial(loss, False))(*args)
+  assert np.isfinite(float(mirrored)) and abs(float(mirrored) - float(plain)) > 1e-6
+  for name, tree in (("encoder", grads["encoder"]), ("cascade", grads["cascade"])):
+    leaves = jax.tree_util.tree_leaves(tree)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves), name
+    assert max(float(jnp.abs(g).max()) for g in leaves) > 0, name

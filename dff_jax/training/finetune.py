@@ -12,6 +12,7 @@ times the same landmark error of the 3D convention's points, ``landmarks_3d_px``
 ``landmark_weights`` and ``pose_weights`` of every stage (and a hidden layer's weights when the
 cascade has one, ``config.hidden_units``); ``pose_std`` and ``initial_pose`` stay
 fixed. ``config.remat`` rematerialises each stage in the backward pass (``jax.checkpoint``).
+``config.mirror`` trains through test-time mirroring (``Pipeline.mirror``).
 
 Data: synthetic faces of :class:`data_pipeline.faces.FaceSource` (seed ``config.seed``, default
 60 000, disjoint from the cascade's training seed 20 000 and evaluation seed 30 000), rendered in
@@ -183,12 +184,15 @@ class Pipeline:
       encoder's descriptor map) is pulled towards the teacher's on the same crops
       (:func:`dff_jax.training.distill.distill_loss`).
     distill_weight: weight of that term in the loss (0: no teacher).
+    mirror: train and evaluate through test-time mirroring (``config.mirror``; every stage
+      averages its steps on the crop and the mirrored crop, :func:`cascade.apply_stage`).
   """
   apply: Callable[[Any, Array], Array]
   config: cascade.CascadeConfig
   remat: bool = True
   teacher_apply: Optional[Callable[[Any, Array], Any]] = None
   distill_weight: float = 0.0
+  mirror: bool = False
 
 
 def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
@@ -249,7 +253,8 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     raise ValueError("landmarks_3d_weight > 0 needs the true pose and coefficients of every face")
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
-                                images, boxes_xyxy, pipeline.config, remat=pipeline.remat)
+                                images, boxes_xyxy, pipeline.config, remat=pipeline.remat,
+                                mirror=pipeline.mirror)
   loss, nme = landmark_loss(result.landmarks_px, landmarks_px, visible)
   aux = {"nme": nme, "landmarks_px": result.landmarks_px}
   if pose_weight > 0:
@@ -524,7 +529,7 @@ def predict_landmarks(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Ar
     describe = functools.partial(pipeline.apply, params["encoder"])
     return cascade.align_images(describe, alignment_model,
                                 join_cascade(params["cascade"], fixed), images, boxes,
-                                pipeline.config).landmarks_px
+                                pipeline.config, mirror=pipeline.mirror).landmarks_px
 
   count = len(faces["box"])
   out = []
@@ -610,7 +615,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
                       remat=bool(config.remat),
                       teacher_apply=start.teacher.apply if start.teacher else None,
                       distill_weight=float(config.get("distill_weight", 0.0)) if start.teacher
-                      else 0.0)
+                      else 0.0, mirror=bool(config.get("mirror", False)))
 
   mesh = sharding_lib.create_mesh(config)
   replicated = NamedSharding(mesh, P())

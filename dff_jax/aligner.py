@@ -236,7 +236,7 @@ def align_faces(encoder_params: Any, cascade_params: cascade_lib.CascadeParams, 
   Differentiable with respect to ``encoder_params``, ``cascade_params`` and ``images``; jit it
   with ``jax.jit(align_faces, static_argnames=("aligner", "remat"))`` or close over the aligner.
   ``aligner`` supplies only static things (the encoder's architecture, the face model, the
-  cascade settings), never the parameters.
+  cascade settings, its test-time mirroring), never the parameters.
 
   Args:
     encoder_params: the DFF encoder's parameters (:attr:`Aligner.encoder_params`; ``None``
@@ -257,4 +257,4 @@ def align_faces(encoder_params: Any, cascade_params: cascade_lib.CascadeParams, 
   describer = aligner.cascade.describer
   return cascade_lib.align_images(lambda crops: describer.apply(encoder_params, crops),
                                   aligner.cascade.alignment_model, cascade_params, images, boxes,
-                                  aligner.config, remat=remat)
+                                  aligner.config, remat=remat, mirror=aligner.cascade.spec.mirror)

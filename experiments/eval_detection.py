@@ -53,7 +53,8 @@ def define_flags() -> None:
   flags.DEFINE_float("threshold", 0.10, "NME (bbox) at or below which a face counts as found.")
   flags.DEFINE_float("min_score", 0.6, "Detector score threshold (dff_jax.detection.MIN_SCORE).")
   flags.DEFINE_integer("upsample", 1, "1: whole image; 2: also 3x3 half-size tiles.")
-  flags.DEFINE_bool("mirror", False, "Scores averaged with the mirrored image's (detect_faces).")
+  flags.DEFINE_bool("mirror", False, "The detector's option: scores averaged with the mirrored "
+                    "image's (detect_faces(mirror=True)); not align --mirror, the cascade's.")
   flags.DEFINE_integer("batch_size", 16, "Faces per jitted alignment call.")
   flags.DEFINE_integer("refine", 1, "Extra passes for each detected face, each from the box of "
                        "the previous pass's landmarks, as dff_jax.Aligner makes them (0: none).")

@@ -24,9 +24,11 @@ and maps the results back to image pixels inside one jitted function; :func:`ali
 does the same for images that already are their face's crop box (the runner's working images).
 
 The stage parameters are stacked on a leading axis ``K`` (``CascadeParams``), so the cascade is a
-``lax.scan``; one face is a pure function, and batches are ``vmap`` of it.
+``lax.scan``; one face is a pure function, and batches are ``vmap`` of it. Test-time mirroring
+(``mirror=True``) also describes each crop mirrored left-right and averages every stage's step 3
+on the two crops (:func:`apply_stage`, :func:`mirror_estimate`).
 
-Length: about 670 lines, kept in one module on purpose: the model precomputation, the five steps
+Length: about 800 lines, kept in one module on purpose: the model precomputation, the five steps
 of a stage, the scan and the crop / uncrop around it are one algorithm whose pieces are read
 together (the multi-view cascade, ridge training and fine-tuning call into each of them).
 """

@@ -55,6 +55,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("upsample", 1, "1: whole image; 2: also 3x3 half-size tiles.")
   flags.DEFINE_bool("mirror", False, "The detector's option: scores averaged with the mirrored "
                     "image's (detect_faces(mirror=True)); not align --mirror, the cascade's.")
+  flags.DEFINE_bool("cascade_mirror", False, "The cascade's test-time mirroring (align --mirror, "
+                    "Aligner.load(mirror=True)).")
   flags.DEFINE_integer("batch_size", 16, "Faces per jitted alignment call.")
   flags.DEFINE_integer("refine", 1, "Extra passes for each detected face, each from the box of "
                        "the previous pass's landmarks, as dff_jax.Aligner makes them (0: none).")
@@ -114,14 +116,15 @@ def main(argv):
       raise ValueError("--data_dir is required (an AFLW2000-3D folder)")
     from dff_jax import provenance  # pylint: disable=g-import-not-at-top
     from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-    aligner = runner.load_aligner(runner.resolve_aligner(FLAGS.cascade, None, FLAGS.checkpoint))
+    aligner = runner.load_aligner(runner.resolve_aligner(FLAGS.cascade, None, FLAGS.checkpoint,
+                                                         mirror=FLAGS.cascade_mirror))
     num_face_free = FLAGS.num_face_free
     if table is not None and "face_free_0000" not in table:
       num_face_free = 0
     summary: Dict[str, Any] = dict(
         detector=name, box_correction=correction, min_score=FLAGS.min_score,
         upsample=FLAGS.upsample if table is None else None,
-        mirror=FLAGS.mirror if table is None else None,
+        mirror=FLAGS.mirror if table is None else None, cascade_mirror=FLAGS.cascade_mirror,
         data_dir=FLAGS.data_dir, cascade=str(aligner.spec.cascade_path),
         cascade_sha256=hashlib.sha256(Path(aligner.spec.cascade_path).read_bytes()).hexdigest(),
         models=provenance.model_files({

@@ -219,7 +219,7 @@ def test_finds_faces_of_aflw_photos():
 @pytest.mark.slow
 def test_eval_detection_command(tmp_path):
   """The command end to end on 3 photos with another detector's boxes (the truth boxes of two,
-  none for the third) and 2 face-free images, plus its bad-input line."""
+  none for the third) and 2 face-free images, the cascade mirrored, plus its bad-input line."""
   from data_pipeline import readers
   pairs = readers.list_aflw2000(require(AFLW_DIR))[:3]
   table = {}
@@ -239,12 +239,14 @@ def test_eval_detection_command(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.eval_detection", f"--data_dir={data}",
        f"--out_dir={tmp_path / 'out'}", f"--detections={tmp_path / 'dets.json'}",
-       "--num_face_free=2", "--batch_size=2", "--detector_name=truth", "--refine=0"],
+       "--num_face_free=2", "--batch_size=2", "--detector_name=truth", "--refine=0",
+       "--cascade_mirror"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert summary["detector"] == "truth" and summary["num_images"] == 3
   assert summary["refine_passes"] == 0  # so a truth box as detection scores as the truth box
+  assert summary["cascade_mirror"] is True and summary["mirror"] is None
   assert summary["face_free"]["false_detections_per_image"] == 0.5
   assert summary["detections_per_photo"] == pytest.approx(2 / 3, abs=1e-3)
   rows = [json.loads(line) for line in (tmp_path / "out" / "per_image.jsonl").read_text().splitlines()]

@@ -76,9 +76,7 @@ class FaceSource:
     return self._num_examples
 
   def __getitem__(self, i) -> Dict[str, np.ndarray]:
-    i = int(i)
-    if not 0 <= i < len(self):
-      raise IndexError(f"index {i} out of range for FaceSource of length {len(self)}")
+    i = pairs.checked_index(i, len(self), "FaceSource")
     views = self.config.num_views
     if self._last[0] != i // views:
       self._last = (i // views, self._pairs[i // views])
@@ -124,9 +122,7 @@ class Mixture:
     return self._num_examples
 
   def __getitem__(self, i) -> Dict[str, np.ndarray]:
-    i = int(i)
-    if not 0 <= i < len(self):
-      raise IndexError(f"index {i} out of range for Mixture of length {len(self)}")
+    i = pairs.checked_index(i, len(self), "Mixture")
     k = int(np.random.default_rng((self.seed, i, 17)).choice(len(self.sources),
                                                               p=self.probabilities))
     example = dict(self.sources[k][i % len(self.sources[k])])

@@ -53,6 +53,16 @@ Sample = Dict[str, np.ndarray]
 _CANDIDATE_FACTOR = 2
 
 
+def checked_index(i: int, length: int, name: str) -> int:
+  """``int(i)`` for a random-access source of ``length`` items, or ``IndexError`` naming the
+  source when it is not in ``[0, length)`` (sources that take negative indices wrap them
+  first)."""
+  i = int(i)
+  if not 0 <= i < length:
+    raise IndexError(f"index {i} out of range for {name} of length {length}")
+  return i
+
+
 def shard_indices(num_examples: int, process_index: int, process_count: int) -> range:
   """The contiguous block of example indices that host ``process_index`` of ``process_count``
   serves (blocks differ in size by at most one and cover ``[0, num_examples)``)."""

@@ -212,9 +212,7 @@ class RealFaceSource:
     return self._num_examples
 
   def __getitem__(self, i) -> Dict[str, np.ndarray]:
-    i = int(i)
-    if not 0 <= i < len(self):
-      raise IndexError(f"index {i} out of range for RealFaceSource of length {len(self)}")
+    i = pairs.checked_index(i, len(self), "RealFaceSource")
     pipeline = self.config.pipeline
     rng = np.random.default_rng((pipeline.seed, i, 11))
     j = i % len(self.bank)
@@ -343,9 +341,7 @@ class RealPairSource:
     return self._num_examples
 
   def __getitem__(self, i) -> Dict[str, np.ndarray]:
-    i = int(i)
-    if not 0 <= i < len(self):
-      raise IndexError(f"index {i} out of range for RealPairSource of length {len(self)}")
+    i = pairs.checked_index(i, len(self), "RealPairSource")
     config, pipeline = self.config, self.config.pipeline
     rng = np.random.default_rng((pipeline.seed, i, 13))
     j = i % len(self.bank)

@@ -45,7 +45,7 @@ from PIL import Image
 from dff_jax import geometry
 from dff_jax.alignment import results
 from dff_jax.alignment.runner import DETECT, WHOLE_IMAGE, CompiledCascade, asks_detection
-from dff_jax.alignment.runner import face_boxes, to_image_frame, working_crop
+from dff_jax.alignment.runner import check_box, face_boxes, to_image_frame, working_crop
 
 Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
 READ_ERRORS = (ValueError, OSError)
@@ -122,14 +122,14 @@ def one_line(error: BaseException) -> str:
 
 
 def refined_box(face: Face, height: int, width: int) -> Optional[np.ndarray]:
-  """The box a refinement pass starts from: the bounding box ``[4]`` of ``face.landmarks_px``
-  (image pixels), or ``None`` when it is degenerate (under 2 px) or outside the image."""
-  box = geometry.landmark_box(np.asarray(face.landmarks_px, np.float32))
-  if not np.all(np.isfinite(box)) or np.any(box[2:] - box[:2] < 2):
+  """The box a refinement pass starts from: the bounding box ``[4]`` float32 of
+  ``face.landmarks_px`` (image pixels), or ``None`` when :func:`check_box` would refuse it
+  (not finite, under 2 px, outside the image)."""
+  try:
+    return check_box(geometry.landmark_box(np.asarray(face.landmarks_px, np.float32)), height,
+                     width)
+  except ValueError:
     return None
-  if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
-    return None
-  return box
 
 
 def _prepare(aligner: CompiledCascade, job: Job, detect=None, refine: int = REFINE_DETECTED):

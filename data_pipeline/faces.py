@@ -60,7 +60,9 @@ class FaceSource:
   Keys: ``image [H, W, 3] uint8``, ``box [4] float32`` (jittered detector-like box),
   ``landmarks_px [68, 2] float32``, ``landmarks_visible [68] bool``, ``pose [6] float32``
   ``(scale px/mm, pitch, yaw, roll (rad), tx, ty (px))``, ``shape_coefficients [Ki]``,
-  ``expression_coefficients [Ke]``, ``index`` (the example index).
+  ``expression_coefficients [Ke]``, ``index`` (the example index), ``model_landmarks [] bool``
+  (True: the labels are the face model's own landmark vertices projected, see
+  :func:`dff_jax.alignment.cascade.model_labels_in_convention`).
   """
 
   def __init__(self, config: PipelineConfig, jitter: BoxJitter = BoxJitter(),
@@ -95,6 +97,7 @@ class FaceSource:
         shape_coefficients=sample["shape_coefficients"],
         expression_coefficients=sample["expression_coefficients"],
         index=np.int64(i),
+        model_landmarks=np.bool_(True),
     )
 
 

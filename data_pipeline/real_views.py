@@ -192,7 +192,8 @@ class RealFaceSource:
   """Random access over single annotated real-face views: ``source[i]`` is a dict with the keys
   of :class:`data_pipeline.faces.FaceSource` (``image``, ``box``, ``landmarks_px``,
   ``landmarks_visible``, ``pose``, ``shape_coefficients``, ``expression_coefficients``,
-  ``index``) plus ``kind`` (0 = the photo, 1 = re-rendered).
+  ``index``, ``model_landmarks``: False, the inner points are the annotator's) plus ``kind``
+  (0 = the photo, 1 = re-rendered).
 
   Example ``i`` shows face ``i % len(bank)`` (so the first ``len(bank)`` examples cover every face
   once); it is the photo with probability ``photo_fraction``, else a re-render at a random pose.
@@ -233,7 +234,8 @@ class RealFaceSource:
                 landmarks_visible=visible, pose=pose,
                 shape_coefficients=np.asarray(face["shape_coefficients"], np.float32),
                 expression_coefficients=np.asarray(face["expression_coefficients"], np.float32),
-                index=np.int64(i), kind=np.int32(0 if is_photo else 1))
+                index=np.int64(i), model_landmarks=np.bool_(False),
+                kind=np.int32(0 if is_photo else 1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -101,3 +101,136 @@ def save_fits(path: str | Path, names: Sequence[str], image_paths: Sequence[str 
   np.savez(buffer, **arrays)
   file_io.write_bytes_atomic(path, buffer.getvalue())
   return summary
+
+
+def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, np.ndarray],
+                              shape_regularisation: float = 10.0, num_rounds: int = 10,
+                              first_landmark: int = 17, ridge: float = 1e-3) -> np.ndarray:
+  """Model-space offsets (mm) that move the face model's landmarks onto an annotation convention.
+
+  The model's 68 landmark vertices are one convention; annotators of real photos (300-W) place
+  some points elsewhere (an eyebrow end further out, the lower inner lip lower...), so a fit to
+  annotated points keeps a per-point bias the shape modes cannot remove. With the fitted poses
+  fixed, this alternates (``num_rounds`` times) a shape refit under the current offsets (the
+  cascade's own fit, :func:`dff_jax.alignment.cascade.fit_shape_rows` with
+  ``shape_regularisation``) and, per landmark ``l``, the ridge least-squares 3D offset ``d_l``
+  whose projections ``s_n P R_n d_l`` best explain the residuals ``annotation - fit`` over all
+  kept faces ``n``; each round's offsets are made left-right symmetric
+  (:data:`dff_jax.face_model.model.MIRROR_LANDMARKS`, x negated), as test-time mirroring needs.
+  Landmarks before ``first_landmark`` (the jaw, 0-16: the outline convention follows the
+  silhouette, not fixed vertices) keep zero offsets.
+
+  Args:
+    model: the face model the fits use.
+    fits: a fit cache's arrays (:func:`save_fits`): ``pose [N, 6]``, ``shape_coefficients``,
+      ``expression_coefficients``, ``landmark_vertex_ids [N, 68]``, ``landmarks_px [N, 68, 2]``
+      (the annotation, image pixels) and ``keep [N]``.
+    shape_regularisation: lambda of the shape refit (the cascade's, ``CascadeConfig``).
+    num_rounds: alternations.
+    first_landmark: first landmark that gets an offset.
+    ridge: Tikhonov weight of each offset's solve, relative to the mean ``(s P R)^T (s P R)``.
+
+  Returns:
+    ``[68, 3]`` float32 offsets (mm, model space), zero for landmarks ``< first_landmark``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the fit cache itself is NumPy-only)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dff_jax import geometry  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+
+  keep = np.asarray(fits["keep"], bool)
+  if not keep.any():
+    raise ValueError("estimate_landmark_offsets: the fit cache keeps no face")
+  pose = np.asarray(fits["pose"], np.float32)[keep]
+  vertex_ids = np.asarray(fits["landmark_vertex_ids"], np.int32)[keep]
+  annotation = np.asarray(fits["landmarks_px"], np.float32)[keep]
+  alignment_model = cascade.make_alignment_model(model)
+  rotation = np.asarray(geometry.euler_to_matrix(pose[:, 1], pose[:, 2], pose[:, 3]), np.float64)
+  # [N, 2, 3]: model mm -> image pixels (weak perspective, image y down), per face.
+  projection = pose[:, 0, None, None] * rotation[:, :2] * np.array([1.0, -1.0])[None, :, None]
+  normal = np.einsum("nij,nik->jk", projection, projection)
+  normal = normal + ridge * np.trace(normal) / 3.0 * np.eye(3)
+  mirror = np.asarray(face_model_lib.MIRROR_LANDMARKS)
+  flip = np.array([-1.0, 1.0, 1.0])
+
+  def refit_and_project(offsets):
+    am = alignment_model.replace(landmark_offsets=jnp.asarray(offsets, jnp.float32))
+
+    def one(p, ids, target):
+      rot = cascade.pose_rotation(p)
+      mean, basis = cascade.landmark_rows(am, ids)
+      c = cascade.fit_shape_rows(am, mean, basis, target, p, rot, jnp.ones(68),
+                                 shape_regularisation)
+      points = mean + jnp.einsum("njk,k->nj", basis, c, precision="highest")
+      return geometry.weak_perspective_project(points, p[0], rot, p[4:6])
+    return np.asarray(jax.jit(jax.vmap(one))(pose, vertex_ids, annotation), np.float64)
+
+  offsets = np.zeros((face_model_lib.NUM_LANDMARKS, 3))
+  for _ in range(num_rounds):
+    residual = annotation - refit_and_project(offsets)                     # [N, 68, 2]
+    step = np.linalg.solve(normal, np.einsum("nij,nli->jl", projection, residual)).T  # [68, 3]
+    step[:first_landmark] = 0.0
+    offsets = offsets + step
+    offsets = 0.5 * (offsets + offsets[mirror] * flip)
+  return offsets.astype(np.float32)
+
+
+def fit_in_reference_convention(model: face_model_lib.FaceModel, landmarks_px: np.ndarray,
+                                sources: Sequence[str], reference_sources: Sequence[str],
+                                max_residual: float = DEFAULT_MAX_RESIDUAL,
+                                num_iterations: int = 20
+                                ) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[str, Any]]:
+  """Fits faces annotated by several sources after moving every source into one's convention.
+
+  Annotation sources place some points differently (faces68: the Udacity YouTube Faces labels
+  put the brows, mouth and eyes elsewhere than 300-W's annotators, by millimetres on average):
+  trained on all of them, an aligner learns a blend of conventions. This fits every face
+  (:func:`fit_annotated_faces`), estimates each source's landmark offsets from its kept faces
+  (:func:`estimate_landmark_offsets`), moves the annotations of every source outside
+  ``reference_sources`` by the projected difference ``s P R (d_reference - d_source)`` under
+  its fitted pose (:func:`dff_jax.alignment.cascade.projected_offsets`), and fits the moved
+  annotations again.
+
+  Args:
+    model: the face model.
+    landmarks_px: ``[N, 68, 2]`` float32 annotations, image pixels.
+    sources: ``[N]`` each face's annotation source.
+    reference_sources: the sources whose convention every face ends in (left unchanged).
+    max_residual, num_iterations: as :func:`fit_annotated_faces` / :func:`save_fits`.
+
+  Returns:
+    ``(moved landmarks [N, 68, 2] float32, fits of the moved landmarks, report)``: the report
+    gives per source the faces, the offsets' mean length (mm) and the mean displacement (px).
+
+  Raises:
+    ValueError: no kept face of a reference source.
+  """
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+  landmarks_px = np.asarray(landmarks_px, np.float32)
+  sources = np.asarray([str(s) for s in sources])
+  reference = np.isin(sources, list(reference_sources))
+  first = fit_annotated_faces(model, landmarks_px, num_iterations=num_iterations)
+  kept = first["residual"] <= max_residual
+
+  def offsets_of(mask):
+    return estimate_landmark_offsets(model, dict(first, landmarks_px=landmarks_px,
+                                                 keep=kept & mask))
+  if not (kept & reference).any():
+    raise ValueError(f"no kept face of the reference sources {list(reference_sources)}; sources "
+                     f"present: {sorted(set(sources.tolist()))}")
+  target = offsets_of(reference)
+  moved = landmarks_px.copy()
+  report: Dict[str, Any] = {"reference_sources": sorted(set(reference_sources)),
+                            "sources": {}}
+  for source in sorted(set(sources.tolist())):
+    mask = sources == source
+    entry = {"faces": int(mask.sum())}
+    if not reference[mask][0] and (kept & mask).any():
+      own = offsets_of(mask)
+      shift = np.asarray(cascade.projected_offsets(first["pose"][mask], target - own))
+      moved[mask] = landmarks_px[mask] + shift
+      entry.update(offset_difference_mm=float(np.linalg.norm(target - own, axis=1)[17:].mean()),
+                   mean_shift_px=float(np.linalg.norm(shift, axis=-1)[:, 17:].mean()))
+    report["sources"][source] = entry
+  fits = fit_annotated_faces(model, moved, num_iterations=num_iterations)
+  return moved, fits, report

@@ -172,6 +172,7 @@ def test_real_face_source_views_are_deterministic_and_annotated(planted):
     kinds.append(int(example["kind"]))
     assert example["image"].shape == (128, 128, 3) and example["image"].dtype == np.uint8
     assert np.all(np.isfinite(example["landmarks_px"]))
+    assert example["model_landmarks"] == np.bool_(False)   # the inner points are annotated
     if example["kind"] == 0:  # the photo: annotation mapped by the placement, all visible
       assert example["landmarks_visible"].all()
   assert set(kinds) == {0, 1}

@@ -97,12 +97,18 @@ class AlignmentModel:
     landmark_basis: ``[R, 3, Ki + Ke]`` float32 identity then expression basis of those vertices.
     row_of_vertex: ``[V]`` int32 row of each of those vertices in ``landmark_mean`` /
       ``landmark_basis`` (0 for every other vertex: only landmark vertex ids may be looked up).
+    landmark_offsets: ``[68, 3]`` float32 model-space offsets (mm) added to each of the 68
+      landmarks' vertex positions wherever the cascade reads them (:func:`landmark_rows`): the
+      landmark *convention* of a trained cascade (zeros: the model's own landmark vertices;
+      :func:`dff_jax.real_fits.estimate_landmark_offsets` estimates them from
+      annotated faces).
   """
   face_model: FaceModel
   normals: Array
   landmark_mean: Array
   landmark_basis: Array
   row_of_vertex: Array
+  landmark_offsets: Array
 
 
 @flax.struct.dataclass
@@ -212,7 +218,8 @@ def zero_params(num_stages: int, descriptor_dim: int, initial_pose: Array) -> Ca
 
 
 def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
-                         smoothing_sigma_mm: float = 8.0) -> AlignmentModel:
+                         smoothing_sigma_mm: float = 8.0,
+                         landmark_offsets: Optional[Array] = None) -> AlignmentModel:
   """Precomputes (NumPy) the smoothed mean-shape vertex normals used for visibility.
 
   Every vertex gets its area-weighted normal averaged ``smoothing_rounds`` times with its mesh
@@ -229,6 +236,8 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
     model: the face model (NumPy arrays; model space, mm).
     smoothing_rounds: rounds of averaging each normal with its mesh neighbours.
     smoothing_sigma_mm: Gaussian window of the landmark vertices' normals (mm); 0 disables it.
+    landmark_offsets: optional ``[68, 3]`` model-space offsets (mm) of the 68 landmarks (see
+      :class:`AlignmentModel`; a cascade file's :func:`landmark_offsets_of`); default zeros.
 
   Returns:
     :class:`AlignmentModel` holding JAX arrays.
@@ -271,7 +280,31 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
       face_model=jax_model, normals=jnp.asarray(normals, jnp.float32),
       landmark_mean=jnp.asarray(np.asarray(model.mean_vertices, np.float32)[ids]),
       landmark_basis=jnp.asarray(np.transpose(basis, (1, 2, 0))),
-      row_of_vertex=jnp.asarray(row_of_vertex))
+      row_of_vertex=jnp.asarray(row_of_vertex),
+      landmark_offsets=jnp.asarray(checked_landmark_offsets(landmark_offsets)))
+
+
+def checked_landmark_offsets(offsets: Optional[Array]) -> np.ndarray:
+  """``[68, 3]`` float32 landmark offsets (mm): zeros for ``None``.
+
+  Raises:
+    ValueError: wrong shape or non-finite values (one-line message).
+  """
+  if offsets is None:
+    return np.zeros((NUM_LANDMARKS, 3), np.float32)
+  offsets = np.asarray(offsets, np.float32)
+  if offsets.shape != (NUM_LANDMARKS, 3) or not np.all(np.isfinite(offsets)):
+    raise ValueError(f"landmark offsets must be a finite [{NUM_LANDMARKS}, 3] array (mm), got "
+                     f"shape {offsets.shape}")
+  return offsets
+
+
+def landmark_offsets_of(meta: dict) -> Optional[np.ndarray]:
+  """The ``[68, 3]`` landmark offsets (mm) a cascade file's meta carries
+  (``landmark_offsets_mm``), or ``None`` for a cascade without them (the model's own
+  landmark vertices)."""
+  value = meta.get("landmark_offsets_mm")
+  return None if value is None else checked_landmark_offsets(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,10 +318,13 @@ def pose_rotation(pose: Array) -> Array:
 
 
 def landmark_rows(alignment_model: AlignmentModel, vertex_ids: Array) -> Tuple[Array, Array]:
-  """``(mean [N, 3] mm, basis [N, 3, Ki + Ke])`` of landmark vertices ``vertex_ids [N]`` (ids
-  from :func:`dff_jax.face_model.model.landmark_vertex_ids_for_pose`)."""
+  """``(mean [68, 3] mm, basis [68, 3, Ki + Ke])`` of the 68 landmarks whose vertices are
+  ``vertex_ids [68]`` (in iBUG-68 order, e.g. from
+  :func:`dff_jax.face_model.model.landmark_vertex_ids_for_pose`); the mean includes the
+  alignment model's ``landmark_offsets``."""
   rows = alignment_model.row_of_vertex[vertex_ids]
-  return alignment_model.landmark_mean[rows], alignment_model.landmark_basis[rows]
+  return (alignment_model.landmark_mean[rows] + alignment_model.landmark_offsets,
+          alignment_model.landmark_basis[rows])
 
 
 def _project_rows(alignment_model: AlignmentModel, pose: Array, rotation: Array,
@@ -610,6 +646,41 @@ def fixed_landmarks(alignment_model: AlignmentModel, pose: Array, shape_coeffici
   coefficients = jnp.concatenate([shape_coefficients, expression_coefficients])
   points = mean + jnp.einsum("njk,k->nj", basis, coefficients, precision="highest")
   return geometry.weak_perspective_project(points, pose[0], rotation, pose[4:6])
+
+
+def model_labels_in_convention(alignment_model: AlignmentModel, landmarks_px: Array, pose: Array,
+                               from_model: Array) -> Array:
+  """Moves a render's labels into the cascade's landmark convention.
+
+  A render's labels are the face model's own landmark vertices projected; the cascade outputs
+  those vertices moved by ``alignment_model.landmark_offsets``. This adds each landmark's offset
+  projected under the view's pose (weak perspective, :mod:`dff_jax.geometry`) to the faces whose
+  labels come from the model (``from_model``); other faces (annotated photos, whose points
+  already are the annotators') are returned unchanged. Zero offsets change nothing.
+
+  Args:
+    alignment_model: the cascade's model and landmark offsets.
+    landmarks_px: ``[..., 68, 2]`` float32 labels, image (or crop) pixels.
+    pose: ``[..., 6]`` float32 ``(scale px/mm, pitch, yaw, roll, tx, ty)`` of the same frame.
+    from_model: ``[...]`` bool, the labels are model vertices.
+
+  Returns:
+    ``[..., 68, 2]`` float32.
+  """
+  shift = projected_offsets(pose, alignment_model.landmark_offsets)
+  keep = jnp.asarray(from_model, bool)[..., None, None]
+  return jnp.asarray(landmarks_px, jnp.float32) + jnp.where(keep, shift, 0.0)
+
+
+def projected_offsets(pose: Array, offsets: Array) -> Array:
+  """Image displacement ``[..., 68, 2]`` (pixels) of model-space offsets ``[68, 3]`` (mm) under
+  ``pose [..., 6]`` (weak perspective: ``s * P R d`` with the image y flip of
+  :func:`dff_jax.geometry.weak_perspective_project`)."""
+  pose = jnp.asarray(pose, jnp.float32)
+  rotation = pose_rotation(pose)                                        # [..., 3, 3]
+  camera = jnp.einsum("...ij,lj->...li", rotation[..., :2, :], jnp.asarray(offsets, jnp.float32),
+                      precision="highest")                              # [..., 68, 2]
+  return pose[..., 0, None, None] * camera * jnp.array([1.0, -1.0], jnp.float32)
 
 
 def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,

@@ -120,7 +120,8 @@ def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] 
         example = source[i]
       return Loaded(image=example["image"], box=example["box"],
                     truth=dict(landmarks_px=example["landmarks_px"],
-                               yaw_deg=float(np.degrees(example["pose"][2]))))
+                               yaw_deg=float(np.degrees(example["pose"][2])),
+                               model_pose=example["pose"]))
     return Job(name=f"synthetic_{seed}_{i:06d}", load=load)
 
   return EvalSet(name="synthetic", jobs=[job(i) for i in range(int(num_faces))],
@@ -438,6 +439,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
 
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
   from dff_jax import provenance  # pylint: disable=g-import-not-at-top
 
@@ -464,6 +466,11 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       predicted = predicted_landmarks(outcome.face, eval_set.landmark_convention)
       predicted = predicted.astype(np.float64)
       target = np.asarray(truth["landmarks_px"], np.float64)
+      if "model_pose" in truth:
+        # A render's labels are the model's landmark vertices: score them in the cascade's
+        # landmark convention (its offsets; none: unchanged).
+        target = np.asarray(cascade.model_labels_in_convention(
+            aligner.alignment_model, target, truth["model_pose"], True), np.float64)
       errors[outcome.job.name] = float(metrics.nme(predicted, target, eval_set.normaliser))
       per_region = metrics.region_nme(predicted, target, eval_set.normaliser)
       _, start, stop = metrics.REGIONS[0]   # the jaw
@@ -501,6 +508,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),
                            descriptor_source=aligner.describer.source,
+                           landmark_offsets=bool(np.any(np.asarray(
+                               aligner.alignment_model.landmark_offsets) != 0)),
                            models=provenance.model_files({
                                "cascade": aligner.spec.cascade_path,
                                "encoder": aligner.describer.source,

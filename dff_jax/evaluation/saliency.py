@@ -75,8 +75,9 @@ def yaw_offset(offset_rad: float):
 
 
 def render_face(seed: int, index: int, offset_rad: float = 0.0) -> Dict[str, np.ndarray]:
-  """Image ``[H, W, 3]`` uint8, ``landmarks_px [68, 2]``, ``landmarks_visible [68]``, ``yaw_rad``
-  and the detector-like ``box [4]`` of face ``index`` (as :class:`data_pipeline.faces.FaceSource`)
+  """Image ``[H, W, 3]`` uint8, ``landmarks_px [68, 2]``, ``landmarks_visible [68]``, ``yaw_rad``,
+  ``pose [6]`` (scale, pitch, yaw, roll, tx, ty; image pixels) and the detector-like ``box [4]``
+  of face ``index`` (as :class:`data_pipeline.faces.FaceSource`)
   with its yaw changed by ``offset_rad``."""
   from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import pairs  # pylint: disable=g-import-not-at-top
@@ -90,7 +91,9 @@ def render_face(seed: int, index: int, offset_rad: float = 0.0) -> Dict[str, np.
   box = faces_lib.jitter_box(rng, faces_lib.landmark_box(landmarks), faces_lib.BoxJitter(**JITTER))
   return dict(image=sample["images"][view], landmarks_px=landmarks,
               landmarks_visible=sample["landmarks_visible"][view],
-              yaw_rad=float(sample["yaw_rad"][view]), box=box)
+              yaw_rad=float(sample["yaw_rad"][view]), box=box,
+              pose=np.concatenate([[sample[key][view] for key in faces_lib.POSE_KEYS],
+                                   sample["translation_px"][view]]).astype(np.float32))
 
 
 def heat_overlay(image: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
@@ -126,8 +129,9 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
     raise ValueError(f"cascade {cascade_path} expects {params.descriptor_dim}-d descriptors, the "
                      f"{describer.kind} describer {describer.source} gives "
                      f"{describer.descriptor_dim}")
-  alignment_model = cascade.make_alignment_model(load_face_model(meta.get("face_model",
-                                                                          "default")))
+  alignment_model = cascade.make_alignment_model(
+      load_face_model(meta.get("face_model", "default")),
+      landmark_offsets=cascade.landmark_offsets_of(meta))
   trained, fixed = finetune.split_cascade(params)
   model_params = {"encoder": describer.params if describer.params is not None else {},
                   "cascade": trained}
@@ -135,12 +139,15 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
   base = render_face(seed, index)
   box = jnp.asarray(base["box"])[None]
   visible = jnp.asarray(base["landmarks_visible"])[None]
+  pose = jnp.asarray(base["pose"])[None]
 
   @jax.jit
   def error(image, truth):
     """Final bbox NME of one face: image ``[H, W, 3]`` float32, truth ``[68, 2]``."""
+    # The render's labels in the cascade's landmark convention (its landmark offsets).
     loss, aux = finetune.pipeline_loss(pipeline, model_params, fixed, alignment_model,
-                                       image[None], box, truth[None], visible)
+                                       image[None], box, truth[None], visible, pose=pose,
+                                       model_landmarks=jnp.ones((1,), bool))
     return loss, aux["landmarks_px"][0]
 
   image0 = jnp.asarray(base["image"], jnp.float32)

@@ -78,7 +78,7 @@ from dff_jax.face_model import load_face_model
 Array = Any
 PyTree = Any
 BATCH_FIELDS = ("image", "box", "landmarks_px", "landmarks_visible", "pose", "shape_coefficients",
-                "expression_coefficients")
+                "expression_coefficients", "model_landmarks")
 HIDDEN = cascade.HIDDEN_FIELDS
 TRAINED = ("landmark_weights", "pose_weights") + HIDDEN
 
@@ -217,7 +217,8 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
                   alignment_model: cascade.AlignmentModel, images: Array, boxes_xyxy: Array,
                   landmarks_px: Array, visible: Array, pose: Optional[Array] = None,
                   pose_weight: float = 0.0, coefficients: Optional[Tuple[Array, Array]] = None,
-                  landmarks_3d_weight: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+                  landmarks_3d_weight: float = 0.0, model_landmarks: Optional[Array] = None
+                  ) -> Tuple[Array, Dict[str, Array]]:
   """Images -> encoder -> cascade -> :func:`landmark_loss`, plus ``pose_weight`` times
   :func:`pose_loss` and ``landmarks_3d_weight`` times :func:`landmark_loss` of
   ``landmarks_3d_px`` against :func:`landmarks_3d_targets` (all 68 points) when they are
@@ -240,6 +241,10 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
     coefficients: ``(shape [B, Ki], expression [B, Ke])`` float32 true coefficients (needed
       when ``landmarks_3d_weight > 0``).
     landmarks_3d_weight: weight of the 3D-convention landmark term (static).
+    model_landmarks: optional ``[B]`` bool, the faces whose labels are the face model's own
+      landmark vertices (renders): their labels are first moved into the cascade's landmark
+      convention (:func:`dff_jax.alignment.cascade.model_labels_in_convention`; needs
+      ``pose``). ``None``: labels used as given.
 
   Returns:
     ``(loss [], {"loss", "nme" [B], "landmarks_px" [B, 68, 2]})``, plus ``"pose_error_rad"
@@ -251,6 +256,11 @@ def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array]
   if landmarks_3d_weight > 0 and (pose is None or coefficients is None
                                   or any(c is None for c in coefficients)):
     raise ValueError("landmarks_3d_weight > 0 needs the true pose and coefficients of every face")
+  if model_landmarks is not None:
+    if pose is None:
+      raise ValueError("model_landmarks needs the true pose of every face")
+    landmarks_px = cascade.model_labels_in_convention(alignment_model, landmarks_px, pose,
+                                                      model_landmarks)
   describe = functools.partial(pipeline.apply, params["encoder"])
   result = cascade.align_images(describe, alignment_model, join_cascade(params["cascade"], fixed),
                                 images, boxes_xyxy, pipeline.config, remat=pipeline.remat,
@@ -346,7 +356,8 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
                               batch.get("pose"), float(config.get("pose_loss_weight", 0.0)),
                               (batch.get("shape_coefficients"),
                                batch.get("expression_coefficients")),
-                              float(config.get("landmarks_3d_loss_weight", 0.0)))
+                              float(config.get("landmarks_3d_loss_weight", 0.0)),
+                              batch.get("model_landmarks"))
     if int(config.get("debug_nan_step", -1)) >= 0:  # Test hook: poison one step's loss.
       loss = loss * jnp.where(state.step == int(config.debug_nan_step), jnp.nan, 1.0)
     return loss, aux
@@ -463,14 +474,50 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
   if teacher is not None:
     fixed["teacher"] = teacher.params
   encoder_params = describer.params if describer.params is not None else {}
-  alignment_model = cascade.make_alignment_model(load_face_model(face_model))
+  model = load_face_model(face_model)
+  offsets = landmark_offsets_for(config, model, meta if config.cascade else {},
+                                 cascade_config.shape_regularisation)
+  alignment_model = cascade.make_alignment_model(model, landmark_offsets=offsets)
+  source = dict(features=kind, descriptor_source=describer.source,
+                descriptor_dim=describer.descriptor_dim, face_model=face_model,
+                cascade=str(config.cascade or "zero regressors"))
+  if offsets is not None:
+    source["landmark_offsets_mm"] = np.round(offsets.astype(np.float64), 4).tolist()
   return StartingPoint(
       describer=describer, params={"encoder": encoder_params, "cascade": trained}, fixed=fixed,
-      cascade_config=cascade_config, alignment_model=alignment_model,
-      source=dict(features=kind, descriptor_source=describer.source,
-                  descriptor_dim=describer.descriptor_dim, face_model=face_model,
-                  cascade=str(config.cascade or "zero regressors")),
+      cascade_config=cascade_config, alignment_model=alignment_model, source=source,
       teacher=teacher, encoder_config=encoder_config)
+
+
+def landmark_offsets_for(config: ml_collections.ConfigDict, model: Any,
+                         meta: Mapping[str, Any], shape_regularisation: float
+                         ) -> Optional[np.ndarray]:
+  """The landmark offsets (mm, ``[68, 3]``) the fine-tuned cascade uses and stores.
+
+  ``config.landmark_offsets``: ``""`` (default) keeps the starting cascade's (``meta``; none:
+  the model's own landmark vertices); ``"fits"`` estimates them from the real-face fit cache
+  ``config.real.fits`` (:func:`dff_jax.real_fits.estimate_landmark_offsets` with the cascade's
+  ``shape_regularisation``); ``"none"`` drops them.
+
+  Raises:
+    ValueError: an unknown setting, or ``"fits"`` without a fit cache.
+  """
+  setting = str(config.get("landmark_offsets", ""))
+  if setting == "":
+    return cascade.landmark_offsets_of(dict(meta))
+  if setting == "none":
+    return None
+  if setting != "fits":
+    raise ValueError(f"config.landmark_offsets must be '', 'fits' or 'none', got {setting!r}")
+  fits_path = str(config.real.fits) if "real" in config else ""
+  if not fits_path:
+    raise ValueError("config.landmark_offsets='fits' needs the real-face fit cache "
+                     "(--config.real.fits=FILE, from python -m experiments.fit_real_faces)")
+  from dff_jax import real_fits  # pylint: disable=g-import-not-at-top
+  with np.load(fits_path, allow_pickle=False) as data:
+    fits = {name: data[name] for name in ("pose", "landmark_vertex_ids", "landmarks_px", "keep")}
+  return real_fits.estimate_landmark_offsets(model, fits,
+                                             shape_regularisation=float(shape_regularisation))
 
 
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -478,14 +525,15 @@ def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   ``[68, 2]`` float32, landmarks_visible ``[68]`` bool, pose ``[6]`` float32 (the view's
   ``(scale, pitch, yaw, roll, tx, ty)``: rendering pose, or the fit's for a photo),
   shape_coefficients ``[Ki]`` and expression_coefficients ``[Ke]`` float32 (the rendered or
-  fitted face's)."""
+  fitted face's), model_landmarks ``[]`` bool (the labels are the model's landmark vertices)."""
   return {"image": np.asarray(example["image"], np.uint8),
           "box": np.asarray(example["box"], np.float32),
           "landmarks_px": np.asarray(example["landmarks_px"], np.float32),
           "landmarks_visible": np.asarray(example["landmarks_visible"], bool),
           "pose": np.asarray(example["pose"], np.float32),
           "shape_coefficients": np.asarray(example["shape_coefficients"], np.float32),
-          "expression_coefficients": np.asarray(example["expression_coefficients"], np.float32)}
+          "expression_coefficients": np.asarray(example["expression_coefficients"], np.float32),
+          "model_landmarks": np.asarray(example["model_landmarks"], bool)}
 
 
 def step_batch(source: Any, step: int, global_batch: int, local_batch: int, process_index: int,
@@ -545,8 +593,13 @@ def evaluate(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],
              alignment_model: cascade.AlignmentModel, faces: Mapping[str, np.ndarray],
              batch_size: int) -> Dict[str, Any]:
   """Held-out bbox NME (all 68 landmarks, as :func:`dff_jax.alignment.training.summarise`) by
-  |yaw| bin, failure rates and AUC of the model ``(params, fixed)`` on stacked ``faces``."""
+  |yaw| bin, failure rates and AUC of the model ``(params, fixed)`` on stacked ``faces`` (render
+  labels moved into the cascade's landmark convention,
+  :func:`dff_jax.alignment.cascade.model_labels_in_convention`)."""
   predicted = predict_landmarks(pipeline, params, fixed, alignment_model, faces, batch_size)
+  labels = np.asarray(cascade.model_labels_in_convention(
+      alignment_model, faces["landmarks_px"], faces["pose"], faces["model_landmarks"]))
+  faces = dict(faces, landmarks_px=labels)
   return training.summarise(training.landmark_errors(predicted, faces), faces["pose"][:, 2])
 
 

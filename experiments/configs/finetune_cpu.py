@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (0 = cascade_learning_rate).
   config.hidden_units = 0
   config.hidden_learning_rate = 0.0
+  # The cascade's landmark convention (finetune.landmark_offsets_for): "" keeps the starting
+  # cascade's landmark offsets, "fits" estimates them from config.real.fits (the annotators'
+  # convention; render labels are moved into it), "none" uses the model's own vertices.
+  config.landmark_offsets = ""
   # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
   # to train a new encoder (started from the loaded one where shapes agree) with this weight
   # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).

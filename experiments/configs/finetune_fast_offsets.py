@@ -1,0 +1,24 @@
+"""The fast (96 px) pair fine-tuned in the annotators' landmark convention, as the default pair
+was (``finetune_point_offsets``).
+
+Command (needs the real-face fit cache, ``python -m experiments.fit_real_faces
+--data_dir=../shared/datasets/faces68 --split=train --out=/work/runs/real_fits_train.npz``)::
+
+  python -m experiments.finetune_end_to_end --config=experiments/configs/finetune_fast_offsets.py \\
+      --workdir=/work/runs/finetune_fast_offsets
+
+Starts from the shipped fast pair (``cascade_dff_fast.npz`` and the ``dff_point_fast`` encoder
+it names), estimates the landmark offsets from the fit cache and moves the renders' labels into
+that convention; the losses (pose and 3D-convention terms), learning rates and mix of
+``finetune_point_offsets``; 1,500 steps, fresh faces (pipeline seed 200000, used nowhere else).
+"""
+
+from experiments.configs import finetune_point_offsets
+
+
+def get_config():
+  config = finetune_point_offsets.get_config()
+  config.cascade = "dff_jax/assets/cascade_dff_fast.npz"
+  config.checkpoint = "dff_jax/assets/dff_point_fast"
+  config.seed = 200_000
+  return config

@@ -7,6 +7,9 @@ identity, expression) to each face's 68 annotated points with the project's land
 follows the visible outline), measures the reprojection error of every fit and marks the poor
 ones; :func:`save_fits` writes everything into one ``.npz`` (deterministic: the fit is a pure
 function of the annotations, the face model and the settings stored beside it).
+:func:`estimate_landmark_offsets` measures where the annotators' points sit relative to the
+model's landmark vertices (a cascade's landmark convention), and
+:func:`fit_in_reference_convention` moves several annotation sources into one's convention.
 
 Frames: image points ``(x, y)`` in pixels of each photo, pixel ``(i, j)`` centred at
 ``(j + 0.5, i + 0.5)``; pose as in :mod:`dff_jax.geometry` (``R = Rz(roll) Ry(yaw) Rx(pitch)``,
@@ -122,9 +125,9 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
 
   Args:
     model: the face model the fits use.
-    fits: a fit cache's arrays (:func:`save_fits`): ``pose [N, 6]``, ``shape_coefficients``,
-      ``expression_coefficients``, ``landmark_vertex_ids [N, 68]``, ``landmarks_px [N, 68, 2]``
-      (the annotation, image pixels) and ``keep [N]``.
+    fits: a fit cache's arrays (:func:`save_fits`; its shape coefficients are not read, the
+      shape is refitted): ``pose [N, 6]`` (image pixels), ``landmark_vertex_ids [N, 68]``,
+      ``landmarks_px [N, 68, 2]`` (the annotation, image pixels) and ``keep [N]`` bool.
     shape_regularisation: lambda of the shape refit (the cascade's, ``CascadeConfig``).
     num_rounds: alternations.
     first_landmark: first landmark that gets an offset.
@@ -145,9 +148,7 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
   vertex_ids = np.asarray(fits["landmark_vertex_ids"], np.int32)[keep]
   annotation = np.asarray(fits["landmarks_px"], np.float32)[keep]
   alignment_model = cascade.make_alignment_model(model)
-  rotation = np.asarray(geometry.euler_to_matrix(pose[:, 1], pose[:, 2], pose[:, 3]), np.float64)
-  # [N, 2, 3]: model mm -> image pixels (weak perspective, image y down), per face.
-  projection = pose[:, 0, None, None] * rotation[:, :2] * np.array([1.0, -1.0])[None, :, None]
+  projection = np.asarray(cascade.image_projection(pose), np.float64)   # [N, 2, 3] mm -> px
   normal = np.einsum("nij,nik->jk", projection, projection)
   normal = normal + ridge * np.trace(normal) / 3.0 * np.eye(3)
   mirror = np.asarray(face_model_lib.MIRROR_LANDMARKS)

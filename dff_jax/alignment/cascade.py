@@ -672,15 +672,20 @@ def model_labels_in_convention(alignment_model: AlignmentModel, landmarks_px: Ar
   return jnp.asarray(landmarks_px, jnp.float32) + jnp.where(keep, shift, 0.0)
 
 
-def projected_offsets(pose: Array, offsets: Array) -> Array:
-  """Image displacement ``[..., 68, 2]`` (pixels) of model-space offsets ``[68, 3]`` (mm) under
-  ``pose [..., 6]`` (weak perspective: ``s * P R d`` with the image y flip of
+def image_projection(pose: Array) -> Array:
+  """``[..., 2, 3]`` float32 linear part of the weak perspective of ``pose [..., 6]``: model mm
+  -> image pixels, ``s * diag(1, -1) * R[:2]`` (the image y flip of
   :func:`dff_jax.geometry.weak_perspective_project`)."""
   pose = jnp.asarray(pose, jnp.float32)
-  rotation = pose_rotation(pose)                                        # [..., 3, 3]
-  camera = jnp.einsum("...ij,lj->...li", rotation[..., :2, :], jnp.asarray(offsets, jnp.float32),
-                      precision="highest")                              # [..., 68, 2]
-  return pose[..., 0, None, None] * camera * jnp.array([1.0, -1.0], jnp.float32)
+  flip = jnp.array([1.0, -1.0], jnp.float32)[:, None]
+  return pose[..., 0, None, None] * pose_rotation(pose)[..., :2, :] * flip
+
+
+def projected_offsets(pose: Array, offsets: Array) -> Array:
+  """Image displacement ``[..., 68, 2]`` (pixels) of model-space offsets ``[68, 3]`` (mm) under
+  ``pose [..., 6]`` (:func:`image_projection` of each offset)."""
+  return jnp.einsum("...ij,lj->...li", image_projection(pose),
+                    jnp.asarray(offsets, jnp.float32), precision="highest")
 
 
 def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,

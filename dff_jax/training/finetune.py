@@ -497,7 +497,8 @@ def landmark_offsets_for(config: ml_collections.ConfigDict, model: Any,
   ``config.landmark_offsets``: ``""`` (default) keeps the starting cascade's (``meta``; none:
   the model's own landmark vertices); ``"fits"`` estimates them from the real-face fit cache
   ``config.real.fits`` (:func:`dff_jax.real_fits.estimate_landmark_offsets` with the cascade's
-  ``shape_regularisation``); ``"none"`` drops them.
+  ``shape_regularisation`` and ``config.landmark_offsets_rounds`` alternations, default 10);
+  ``"none"`` drops them.
 
   Raises:
     ValueError: an unknown setting, or ``"fits"`` without a fit cache.
@@ -516,8 +517,9 @@ def landmark_offsets_for(config: ml_collections.ConfigDict, model: Any,
   from dff_jax import real_fits  # pylint: disable=g-import-not-at-top
   with np.load(fits_path, allow_pickle=False) as data:
     fits = {name: data[name] for name in ("pose", "landmark_vertex_ids", "landmarks_px", "keep")}
-  return real_fits.estimate_landmark_offsets(model, fits,
-                                             shape_regularisation=float(shape_regularisation))
+  return real_fits.estimate_landmark_offsets(
+      model, fits, shape_regularisation=float(shape_regularisation),
+      num_rounds=int(config.get("landmark_offsets_rounds", 10)))
 
 
 def select_fields(example: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:

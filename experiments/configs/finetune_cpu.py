@@ -84,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   # cascade's landmark offsets, "fits" estimates them from config.real.fits (the annotators'
   # convention; render labels are moved into it), "none" uses the model's own vertices.
   config.landmark_offsets = ""
+  config.landmark_offsets_rounds = 10   # alternations of the "fits" estimate
   # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
   # to train a new encoder (started from the loaded one where shapes agree) with this weight
   # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).

@@ -21,4 +21,5 @@ def get_config():
   config.cascade = "dff_jax/assets/cascade_dff_fast.npz"
   config.checkpoint = "dff_jax/assets/dff_point_fast"
   config.seed = 200_000
+  config.landmark_offsets_rounds = 10   # as this run was made (finetune_point_offsets: 5)
   return config

@@ -26,4 +26,5 @@ def get_config():
   config = finetune_point_offsets.get_config()
   config.seed = 190_000
   config.real.fits = "/work/runs/real_fits_train_300w.npz"
+  config.landmark_offsets_rounds = 10   # as this run was made (finetune_point_offsets: 5)
   return config

@@ -62,6 +62,9 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     # the head runs where the cascade reads it).
     "dff_point": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
                       head_hidden=128),
+    # The fast pair's encoder (cascade_dff_fast.npz): the same network on 96-px crops.
+    "dff_point_fast": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
+                           head_hidden=128, image_size=96),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),

@@ -1,4 +1,4 @@
-"""``finetune_fast_offsets`` continued: 1,500 more steps of the fast (96 px) pair in the
+"""``finetune_fast_offsets`` continued: 2,000 more steps of the fast (96 px) pair in the
 annotators' landmark convention.
 
 Command (starts from the shipped fast pair, which is ``finetune_fast_offsets``'s result; its
@@ -18,6 +18,6 @@ from experiments.configs import finetune_fast_offsets
 def get_config():
   config = finetune_fast_offsets.get_config()
   config.seed = 220_000
-  config.num_steps = 1_500
+  config.num_steps = 2_000
   config.landmark_offsets = ""
   return config

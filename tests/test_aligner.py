@@ -227,3 +227,41 @@ def test_benchmark_aligner_smoke(env):
   for record in records:
     assert record["images"] == 2 and record["faces"] == 1 and record["ms_per_image"] > 0
     assert json.loads(json.dumps(record)) == record
+
+
+_THREADS_SCRIPT = r"""
+import sys, threading
+import numpy as np
+from dff_jax import Aligner
+cascade, bundle, faces = sys.argv[1:4]
+images = list(np.load(faces)["images"])
+boxes = [[20.0, 20.0, 108.0, 108.0]] * len(images)
+aligner = Aligner.load(cascade=cascade, checkpoint=bundle, batch_size=2)
+expected = [f.landmarks_px for faces_ in aligner.align(images, boxes) for f in faces_]
+results = {}
+def work(k):
+  for _ in range(3):
+    results[k] = [f.landmarks_px for faces_ in aligner.align(images, boxes) for f in faces_]
+threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(2)]
+for t in threads: t.start()
+for t in threads: t.join(timeout=120)
+print("finished", sorted(results), flush=True)
+same = all(np.array_equal(a, b) for k in results for a, b in zip(results[k], expected))
+print("same" if same and len(results) == 2 else "different", flush=True)
+import os; os._exit(0)
+"""
+
+
+def test_two_threads_share_an_aligner(env, tmp_path):
+  """Two threads aligning at once with one aligner both finish, each with the one-thread answer.
+  Before ``runner.EXECUTION_LOCK`` both hung for good on XLA:CPU (2 cores); the threads run in a
+  subprocess so that a hang fails this test instead of stalling the suite."""
+  import subprocess
+  import sys
+  faces = tmp_path / "faces.npz"
+  np.savez(faces, images=np.stack(env["faces"] * 3))
+  proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(env["cascade"]),
+                         str(env["bundle"]), str(faces)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[:2] == ["finished [0, 1]", "same"], proc.stdout

@@ -30,12 +30,18 @@ Detection runs on the host, in the worker that decodes the image, before the wor
 **Compilation.** The jitted function belongs to the :class:`CompiledCascade` (compiled ahead of
 time once per batch size, :meth:`CompiledCascade.compile`); :func:`load_aligner` keeps the last
 two of the process, so repeated calls with the same files compile once.
+
+**Threads.** One batch runs at a time in the process (:data:`EXECUTION_LOCK`): on XLA:CPU
+(jaxlib 0.10.2, 2 cores) two threads running the cascade at once hung for good, both waiting
+(a program with LAPACK's Cholesky inside a loop, run from two threads, is enough; on one
+device concurrent batches do not run faster anyway). Threads may share an aligner.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -94,6 +100,11 @@ def named_cascade_path(name: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Loading a cascade and its descriptor (checks first, without touching JAX)
 # ----------------------------------------------------------------------------------------------
+
+
+# Held while a compiled cascade runs (CompiledCascade.dispatch): see the module docstring,
+# "Threads".
+EXECUTION_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,15 +252,16 @@ class CompiledCascade:
     return self.compile_seconds[batch_size]
 
   def dispatch(self, work_images: np.ndarray) -> Any:
-    """Starts the jitted cascade on one batch and returns at once (JAX's asynchronous dispatch).
+    """Runs the jitted cascade on one batch, one batch at a time in the process
+    (:data:`EXECUTION_LOCK`, module docstring: "Threads"); returns when it is done.
 
     Args:
       work_images: ``[B, S, S, C]`` uint8, ``S = work_size``, ``C =`` :attr:`channels`: each
         face's crop box at the working resolution (:func:`working_crop`).
 
     Returns:
-      The device-side :class:`dff_jax.alignment.cascade.AlignmentResult` (not yet computed);
-      pass it to :meth:`fetch`. The function is compiled on the first batch of each size.
+      The device-side :class:`dff_jax.alignment.cascade.AlignmentResult` (computed); pass it
+      to :meth:`fetch`. The function is compiled on the first batch of each size.
     """
     work_images = np.asarray(work_images)
     shape = (self.work_size, self.work_size, self.channels)
@@ -259,8 +271,9 @@ class CompiledCascade:
                        f"{work_images.dtype}")
     batch_size = work_images.shape[0]
     self.compile(batch_size)
-    return self._compiled[batch_size](self.describer.params, self.alignment_model, self.params,
-                                      jnp.asarray(work_images))
+    with EXECUTION_LOCK:
+      return jax.block_until_ready(self._compiled[batch_size](
+          self.describer.params, self.alignment_model, self.params, jnp.asarray(work_images)))
 
   @staticmethod
   def fetch(result: Any) -> Dict[str, np.ndarray]:

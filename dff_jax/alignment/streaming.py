@@ -7,10 +7,10 @@ Shared by ``experiments/align.py`` (landmarks, pose and shape for any images),
 face boxes of an image are :mod:`dff_jax.alignment.runner`.
 
 **Streaming.** :func:`run_jobs` takes its jobs lazily, prepares them (image decoding, host crop)
-in a small thread pool a couple of batches ahead, and dispatches each batch to the jitted cascade
-asynchronously, waiting for a batch's results only after the next one has been dispatched. The
-number of decoded images in memory is bounded (``(prefetch_batches + 2) * batch_size``) whatever
-the number of images, and :class:`RunStats` records the time split.
+in a small thread pool a couple of batches ahead while the jitted cascade runs the current batch
+(one batch at a time in the process: :mod:`dff_jax.alignment.runner`, "Threads"). The number of
+decoded images in memory is bounded (``(prefetch_batches + 2) * batch_size``) whatever the number
+of images, and :class:`RunStats` records the time split.
 
 **Refinement.** A face the detector found is aligned again from the box of its own
 ``landmarks_px`` (:func:`refined_box`: the landmark bounding box, the box convention the cascade
@@ -227,9 +227,9 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
   **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
   faces found when the job gives no box (:func:`face_boxes`), boxes checked, one working crop
   cut per face: :func:`working_crop`) by ``workers`` threads, up to
-  ``prefetch_batches * batch_size`` jobs ahead, while the previous batch runs in the jitted
-  cascade: each batch is *dispatched* asynchronously and its results are only waited for once
-  the next batch has been dispatched (or the input has ended). So at most
+  ``prefetch_batches * batch_size`` jobs ahead, while the current batch runs in the jitted
+  cascade (:meth:`dff_jax.alignment.runner.CompiledCascade.dispatch`, one batch at a time in the
+  process). So at most
   ``(prefetch_batches + 2) * batch_size`` jobs are loaded and not yet yielded at any moment,
   whatever the number of jobs (``stats.max_in_memory`` records the peak). Decoding and
   resampling run in Pillow / NumPy, which release the GIL. With ``workers=0`` every job is
@@ -364,20 +364,15 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
                       error=f"{record.job.name}: alignment diverged (non-finite result)")
 
   def pump(final: bool):
-    """Dispatches full batches (every remaining face when ``final``), each time collecting the
-    batch before it."""
-    nonlocal pending, in_flight
-    while len(pending) >= batch_size or (final and (pending or in_flight is not None)):
-      started = None
-      if pending:
-        started = dispatch(pending[:batch_size])
-        pending = pending[batch_size:]
-      if in_flight is not None:
-        yield from collect(in_flight)
-      in_flight = started
+    """Runs full batches (every remaining face when ``final``) and yields what each completes
+    (a face with passes left goes back to ``pending``)."""
+    nonlocal pending
+    while len(pending) >= batch_size or (final and pending):
+      batch = dispatch(pending[:batch_size])
+      pending = pending[batch_size:]
+      yield from collect(batch)
 
   pending: List[Tuple[Any, ...]] = []
-  in_flight = None
   try:
     fill()
     while window:

@@ -182,9 +182,10 @@ class GroupNorm(nn.Module):
 
 
 # Inputs with at most this many channels are convolved as 9 * C broadcast multiply-adds (one
-# fused elementwise loop): timed alone at batch 8 and 96 x 96 (ad hoc, while profiling), XLA:CPU's
-# convolution ran the grey first layer (1 -> 16) at about a tenth of the FLOP rate of the next
-# (16 -> 16), the multiply-adds about 4x faster than it for 1 and 3 input channels and slower from 8.
+# fused elementwise loop): timed alone at batch 8 and 96 x 96 (ad hoc, while profiling; the
+# committed figures are the whole encoder's, WORKSPACE.md section 15), XLA:CPU's convolution ran
+# the grey first layer far below the next layer's FLOP rate, and the multiply-adds beat it for 1
+# and 3 input channels but not from 8.
 SHIFTED_CONV_MAX_CHANNELS = 3
 
 

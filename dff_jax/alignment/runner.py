@@ -277,7 +277,7 @@ class CompiledCascade:
 
   @staticmethod
   def fetch(result: Any) -> Dict[str, np.ndarray]:
-    """Waits for a :meth:`dispatch` result; its fields as NumPy arrays (working frame)."""
+    """A :meth:`dispatch` result's fields as NumPy arrays (working frame)."""
     return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
 
   def align_working(self, work_images: np.ndarray) -> Dict[str, np.ndarray]:

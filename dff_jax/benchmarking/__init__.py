@@ -44,6 +44,9 @@ import jax.numpy as jnp
 from dff_jax import encoder as encoder_lib
 
 # Encoder cases: DFFEncoder keyword arguments plus image_size and channels.
+_DFF_POINT = dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
+                  head_hidden=128)
+
 ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     "cpu_gray": dict(encoder_lib.PRESETS["cpu"]),
     "cpu_rgb": dict(encoder_lib.PRESETS["cpu"], channels=3),
@@ -60,11 +63,9 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     "cpu_nearest": dict(encoder_lib.PRESETS["cpu"], upsample="nearest"),
     # The point-head encoder of experiments/configs/dff_point.py (its forward is the pyramid;
     # the head runs where the cascade reads it).
-    "dff_point": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
-                      head_hidden=128),
+    "dff_point": _DFF_POINT,
     # The fast pair's encoder (cascade_dff_fast.npz): the same network on 96-px crops.
-    "dff_point_fast": dict(encoder_lib.PRESETS["cpu"], features=(16, 32, 64, 128), head="point",
-                           head_hidden=128, image_size=96),
+    "dff_point_fast": dict(_DFF_POINT, image_size=96),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),

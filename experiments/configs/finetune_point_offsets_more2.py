@@ -15,9 +15,7 @@ from experiments.configs import finetune_point_offsets
 
 
 def get_config():
-  config = finetune_point_offsets.get_config()
-  config.cascade = "dff_jax/assets/cascade_dff.npz"
-  config.checkpoint = "dff_jax/assets/dff_point_aligned"
+  config = finetune_point_offsets.get_config()  # from the shipped default's files
   config.seed = 210_000
   config.num_steps = 2_000
   config.landmark_offsets = ""

@@ -37,6 +37,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("workers", 2, "Threads decoding images and cutting crops (0: none).")
   flags.DEFINE_integer("writers", 2, "Threads writing JSON / overlay files (0: none).")
   flags.DEFINE_integer("prefetch_batches", 2, "Batches of images decoded ahead.")
+  flags.DEFINE_integer("processes", 1, "Worker processes on a CPU host, each aligning its share "
+                       "of the images on its share of the cores (faster on large folders: one "
+                       "per core; each compiles the aligner itself).")
   flags.DEFINE_boolean("run_summary", False, f"Also write DIR/{RUN_SUMMARY} (counts, wall "
                        "seconds, images/s, time split).")
   flags.DEFINE_boolean("multiview", False, "The images show one person: align them jointly "

@@ -77,6 +77,8 @@ flags.DEFINE_integer("writers", None, "stream: writing threads (2).")
 flags.DEFINE_integer("prefetch_batches", None, "stream: batches decoded ahead (2).")
 flags.DEFINE_list("overlays", None, "stream: end-to-end runs without / with overlays "
                   "(false,true).")
+flags.DEFINE_list("processes", None, "stream: worker-process counts of the end-to-end runs "
+                  "(align --processes; 1).")
 flags.DEFINE_string("dlib_predictor", None, "stream: dlib's 68-landmark model file, timed when "
                     "dlib is importable (optional).")
 flags.DEFINE_integer("remat_batch_size", None, "remat: faces per call (8).")
@@ -92,14 +94,14 @@ _OPTIONS = ("batch_sizes", "repeats", "encoder_cases", "modes", "max_run_s", "ma
             "image_size", "encoder_preset", "face_model", "seed", "num_pairs", "grain_workers",
             "data_dir", "num_images", "batch_size", "cascade", "features", "checkpoint",
             "workers", "writers", "prefetch_batches", "overlays", "dlib_predictor",
-            "remat_batch_size", "remat_repeats", "images", "field", "mirror")
+            "remat_batch_size", "remat_repeats", "images", "field", "mirror", "processes")
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _options():
   """The benchmark options given on the command line, parsed (``None``: not given)."""
   options = {name: flags.FLAGS[name].value for name in _OPTIONS}
-  for name in ("batch_sizes", "grain_workers"):
+  for name in ("batch_sizes", "grain_workers", "processes"):
     if options[name] is not None:
       options[name] = [int(v) for v in options[name]]
   if options["overlays"] is not None:

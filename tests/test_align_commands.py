@@ -382,6 +382,82 @@ def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
       assert np.isfinite(found["landmarks_px"]).all()
 
 
+def test_align_processes_each_image_its_own_planted_shift(setup, tmp_path):
+  """Subprocess: ``--processes=2`` deals 7 images to two worker processes. Six are face0 pasted
+  at a known offset (dx, dy) into a larger canvas, each with its box moved by the same offset,
+  so every image's landmarks minus its own offset must be the same points (the zero-regressor
+  cascade places the mean face by the box): an image aligned with another's box, or written
+  under another's name, would break that. One image is corrupt: one failure line, exit 1. The
+  summary merges both processes' counts; outputs are named as one process names them."""
+  from dff_jax import image_io
+  faces = setup["faces"]
+  folder = tmp_path / "in"
+  folder.mkdir()
+  offsets = [(0, 0), (37, 11), (5, 40), (60, 3), (21, 29), (44, 52)]
+  boxes = {}
+  for n, (dx, dy) in enumerate(offsets):
+    canvas = np.zeros((CROP + 60, CROP + 80, 3), np.uint8)
+    canvas[dy:dy + CROP, dx:dx + CROP] = faces["image"][0]
+    image_io.write_png_atomic(folder / f"im{n}.png", canvas)
+    boxes[f"im{n}.png"] = (faces["box"][0] + np.array([dx, dy, dx, dy])).tolist()
+  (folder / "im3x.jpg").write_bytes(b"this is not a jpeg")
+  boxes["im3x.jpg"] = [0, 0, 10, 10]
+  boxes_path = tmp_path / "boxes.json"
+  boxes_path.write_text(json.dumps(boxes))
+  out = tmp_path / "out"
+  proc = _run("experiments.align", f"--images={folder}", f"--boxes={boxes_path}",
+              f"--cascade={setup['cascade']}", "--batch_size=2", "--overlays=false",
+              "--processes=2", "--run_summary", f"--out_dir={out}")
+  assert proc.returncode == 1, proc.stderr
+  lines = _stderr_lines(proc)
+  assert len([l for l in lines if "im3x.jpg" in l]) == 1, proc.stderr
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+      "out_dir": str(out), "written": 6, "failed": 1, "faces": 6}
+  reference = None
+  for n, (dx, dy) in enumerate(offsets):
+    document = json.loads((out / f"im{n}.json").read_text())
+    assert document["image"] == str(folder / f"im{n}.png")
+    face = _check_document(document, setup["model"], (CROP + 80, CROP + 60))
+    np.testing.assert_allclose(face["box"], boxes[f"im{n}.png"], atol=1e-3)
+    placed = np.asarray(face["landmarks_px"]) - [dx, dy]
+    reference = placed if reference is None else reference
+    np.testing.assert_allclose(placed, reference, atol=0.05)
+  summary = json.loads((out / "run_summary.json").read_text())
+  assert summary["processes"] == 2 and summary["images"] == 7 and summary["faces"] == 6
+  assert summary["failures"] == 1 and len(summary["failed"]) == 1
+  assert summary["wall_s"] > 0 and summary["compile_s"] > 0
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      [f"im{n}.json" for n in range(6)] + ["run_summary.json"])
+
+
+def test_align_processes_worker_failure_is_one_line(setup, tmp_path):
+  """A worker process that cannot load the aligner (a DFF cascade whose encoder gives another
+  descriptor size) stops the run with one line naming the process and the cause."""
+  from dff_jax.alignment import files
+  from dff_jax.alignment import io as cascade_io
+  params, config, _ = cascade_io.load_cascade(setup["cascade"])
+  bundle = tmp_path / "bundle"
+  write_random_bundle(bundle, image_size=CROP)   # 4-d descriptors
+  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
+                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  with pytest.raises(ValueError, match=r"--processes=2: worker process 0 failed: cascade .* "
+                                       r"expects 128-d descriptors"):
+    files.align_files(str(setup["images"]), tmp_path / "out", bbox="whole", cascade=str(dff),
+                      checkpoint=str(bundle), batch_size=2, progress=False, processes=2)
+  with pytest.raises(ValueError, match="--processes must be >= 1"):
+    files.align_files(str(setup["images"]), tmp_path / "out", processes=0)
+
+
+def test_core_groups_split_the_affinity(monkeypatch):
+  from dff_jax.alignment import files
+  monkeypatch.setattr(files.os, "sched_getaffinity", lambda pid: {7, 2, 3, 5, 4},
+                      raising=False)
+  assert files.core_groups(1) == [[2, 3, 4, 5, 7]]
+  assert files.core_groups(2) == [[2, 3, 4], [5, 7]]
+  assert files.core_groups(5) == [[2], [3], [4], [5], [7]]
+  assert files.core_groups(6) == [None] * 6
+
+
 def test_align_missing_cascade_or_checkpoint_one_line_error(setup, tmp_path):
   image = setup["images"] / "face0.png"
   proc = _run("experiments.align", f"--images={image}", f"--cascade={tmp_path / 'nope.npz'}",

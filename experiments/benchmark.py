@@ -78,7 +78,8 @@ flags.DEFINE_integer("prefetch_batches", None, "stream: batches decoded ahead (2
 flags.DEFINE_list("overlays", None, "stream: end-to-end runs without / with overlays "
                   "(false,true).")
 flags.DEFINE_list("processes", None, "stream: worker-process counts of the end-to-end runs "
-                  "(align --processes; 1).")
+                  "(align --processes; 1); encoder: also the forward pass in that many pinned "
+                  "processes at once (counts > 1).")
 flags.DEFINE_string("dlib_predictor", None, "stream: dlib's 68-landmark model file, timed when "
                     "dlib is importable (optional).")
 flags.DEFINE_integer("remat_batch_size", None, "remat: faces per call (8).")

@@ -449,13 +449,13 @@ def test_align_processes_worker_failure_is_one_line(setup, tmp_path):
 
 
 def test_core_groups_split_the_affinity(monkeypatch):
-  from dff_jax.alignment import files
-  monkeypatch.setattr(files.os, "sched_getaffinity", lambda pid: {7, 2, 3, 5, 4},
+  from dff_jax import cpu_processes
+  monkeypatch.setattr(cpu_processes.os, "sched_getaffinity", lambda pid: {7, 2, 3, 5, 4},
                       raising=False)
-  assert files.core_groups(1) == [[2, 3, 4, 5, 7]]
-  assert files.core_groups(2) == [[2, 3, 4], [5, 7]]
-  assert files.core_groups(5) == [[2], [3], [4], [5], [7]]
-  assert files.core_groups(6) == [None] * 6
+  assert cpu_processes.core_groups(1) == [[2, 3, 4, 5, 7]]
+  assert cpu_processes.core_groups(2) == [[2, 3, 4], [5, 7]]
+  assert cpu_processes.core_groups(5) == [[2], [3], [4], [5], [7]]
+  assert cpu_processes.core_groups(6) == [None] * 6
 
 
 def test_align_missing_cascade_or_checkpoint_one_line_error(setup, tmp_path):

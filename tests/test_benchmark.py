@@ -42,6 +42,22 @@ def test_encoder_utilisation_of_the_matmul_peak():
   assert abs(record["utilisation"] - ratio) <= rounding * 1.01
 
 
+def test_encoder_in_worker_processes_sums_their_rates():
+  """--processes=2: the forward pass timed in two pinned worker processes at once; the record's
+  rate is the sum of the two workers' (batch / their step time), before the one-process one."""
+  from dff_jax import benchmarking
+  from dff_jax.benchmarking import encoder
+  peak = benchmarking.PeakFlops(64)
+  both, one = encoder.bench_encoder(["cpu_small_1conv"], ["forward"], [2], repeats=1, peak=peak,
+                                    processes=[2])
+  assert both["processes"] == 2 and "processes" not in one
+  assert len(both["step_s_by_process"]) == 2 and both["repeats"] == 10
+  expected = sum(2 / s for s in both["step_s_by_process"])
+  assert both["items_per_second"] == pytest.approx(expected, rel=1e-3)
+  assert both["achieved_gflops"] > 0 and 0 < both["utilisation"]
+  assert both["gflop_per_item"] == one["gflop_per_item"]
+
+
 def test_unknown_benchmark_is_a_usage_error():
   proc = _run("--what=bogus")
   assert proc.returncode != 0 and "bogus" in proc.stderr

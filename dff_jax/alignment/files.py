@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from concurrent import futures as futures_lib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from dff_jax import cpu_processes
 from dff_jax import file_io
 
 RUN_SUMMARY = "run_summary.json"
@@ -297,38 +297,17 @@ _SUMMED = ("images", "failures", "faces", "faces_detected", "images_without_face
 _READY_TIMEOUT_S = 1800.0   # a worker process's loading and compiling
 
 
-def core_groups(processes: int) -> List[Optional[List[int]]]:
-  """The cores each of ``processes`` worker processes is pinned to: this process's CPU
-  affinity (all cores where the platform has none) split into equal contiguous groups, or
-  ``None`` for every process (no pinning) when there are more processes than cores."""
-  if hasattr(os, "sched_getaffinity"):
-    cores = sorted(os.sched_getaffinity(0))
-  else:
-    cores = list(range(os.cpu_count() or 1))
-  if processes > len(cores):
-    return [None] * processes
-  size, extra = divmod(len(cores), processes)
-  groups, start = [], 0
-  for rank in range(processes):
-    stop = start + size + (rank < extra)
-    groups.append(cores[start:stop])
-    start = stop
-  return groups
-
-
 def _process_worker(rank: int, cores: Optional[List[int]], entries, out_dir: str,
                     settings: Dict[str, Any], events, ready) -> None:
   """One worker process of :func:`_align_in_processes` (the target of a "spawn" process).
 
-  Pins itself to ``cores`` and sizes XLA:CPU's thread pool to them (XLA reads ``NPROC`` when it
-  creates the CPU client, on the first JAX computation), streams ``entries`` into ``out_dir``,
+  Pins itself to ``cores`` with XLA:CPU's thread pool sized to them
+  (:func:`dff_jax.cpu_processes.pin`), streams ``entries`` into ``out_dir``,
   and puts ``("image",)`` per image, ``("report", message)``, then ``("done", rank, summary)``
   or ``("error", rank, one-line message)`` on ``events``; waits on the ``ready`` barrier once
   compiled so that every process starts reading images together.
   """
-  os.environ["NPROC"] = str(len(cores) if cores else 1)
-  if cores and hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, cores)
+  cpu_processes.pin(cores)
   try:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.default_backend() != "cpu":
@@ -360,16 +339,15 @@ def _align_in_processes(entries: List[Tuple[int, str, str]], out_dir: Path,
   ``k`` takes entries ``k, k + processes, ...``); their summaries merged (counts and thread
   times summed, ``wall_s`` from the first process's first read to the last one's last write,
   ``compile_s`` the slowest's)."""
-  import multiprocessing  # pylint: disable=g-import-not-at-top
   import queue as queue_lib  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  context = multiprocessing.get_context("spawn")
+  context = cpu_processes.context()
   events = context.Queue()
   ready = context.Barrier(processes)
   workers = [context.Process(target=_process_worker, name=f"dff-align-{rank}", daemon=True,
                              args=(rank, cores, entries[rank::processes], str(out_dir),
                                    settings, events, ready))
-             for rank, cores in enumerate(core_groups(processes))]
+             for rank, cores in enumerate(cpu_processes.core_groups(processes))]
   bar = tqdm(total=len(entries), unit="image", desc=f"align ({processes} processes)",
              dynamic_ncols=True, disable=None if progress else True)
   summaries: Dict[int, Dict[str, Any]] = {}

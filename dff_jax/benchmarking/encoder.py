@@ -39,8 +39,15 @@ MODES = ("forward", "train")
 def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"),
                   modes: Sequence[str] = MODES, batch_sizes: Sequence[int] = (1, 32),
                   repeats: int = 3, max_run_s: float = 150.0, max_temp_gb: float = 8.0,
-                  peak: Optional[benchmarking.PeakFlops] = None) -> Iterator[Dict[str, Any]]:
+                  peak: Optional[benchmarking.PeakFlops] = None,
+                  processes: Sequence[int] = (1,)) -> Iterator[Dict[str, Any]]:
   """Forward and forward+backward throughput of the DFF encoder cases (module docstring).
+
+  With a count ``N > 1`` in ``processes`` each forward measurement is also made in ``N`` worker
+  processes at once, each pinned to its share of the cores (:mod:`dff_jax.cpu_processes`, as
+  ``align --processes`` runs): ``processes = N``, ``items_per_second`` and ``achieved_gflops``
+  summed over the workers (each times ``max(repeats, 10)`` calls after all have compiled),
+  ``utilisation`` of this process's matmul peak (all cores), ``step_s_by_process``.
 
   Args:
     encoder_cases: keys of :data:`dff_jax.benchmarking.ENCODER_CASES`.
@@ -87,6 +94,8 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
 
     for mode in modes:
       for batch_size in map(int, batch_sizes):
+        for count in (n for n in map(int, processes) if n > 1 and mode == "forward"):
+          yield in_processes(case_name, batch_size, count, max(repeats, 10), peak.refresh())
         peak_flops = peak.refresh()  # Load on a shared machine changes over time.
         key = jax.random.key(batch_size)
         images = jax.random.normal(key, (batch_size, size, size, channels), jnp.float32)
@@ -129,6 +138,68 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
                       maxrss_mb=round(benchmarking.maxrss_mb(), 1),
                       loadavg=benchmarking.loadavg())
         yield record
+
+
+def _forward(case_name: str, batch_size: int):
+  """``(compiled forward, its arguments, FLOPs per call)`` of an encoder case at a batch size
+  (random weights and images)."""
+  case = dict(benchmarking.ENCODER_CASES[case_name])
+  size, channels = case.pop("image_size"), case.pop("channels")
+  module = encoder_lib.encoder_from_config(case)
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, size, size, channels)))
+  images = jax.random.normal(jax.random.key(batch_size), (batch_size, size, size, channels),
+                             jnp.float32)
+  compiled = jax.jit(module.apply).lower(params, images).compile()
+  return compiled, (params, images), benchmarking.flops(compiled)
+
+
+def _forward_worker(cores, case_name: str, batch_size: int, repeats: int, ready, results) -> None:
+  """One worker of :func:`in_processes`: pinned, compiles, waits for the others, times."""
+  from dff_jax import cpu_processes  # pylint: disable=g-import-not-at-top
+  cpu_processes.pin(cores)
+  try:
+    compiled, args, count = _forward(case_name, batch_size)
+    jax.block_until_ready(compiled(*args))
+    ready.wait(timeout=600)
+    seconds, _ = benchmarking.time_call(functools.partial(compiled, *args), repeats,
+                                        warmup=False)
+    results.put((seconds, count, None))
+  except BaseException as error:  # pylint: disable=broad-except
+    ready.abort()
+    results.put((None, None, " ".join(str(error).split()) or type(error).__name__))
+
+
+def in_processes(case_name: str, batch_size: int, processes: int, repeats: int,
+                 peak_flops: float) -> Dict[str, Any]:
+  """The forward pass of an encoder case in ``processes`` pinned worker processes at once (see
+  :func:`bench_encoder`); ``peak_flops``: this process's matmul peak (all cores).
+
+  Raises:
+    ValueError: a worker failed (its message).
+  """
+  from dff_jax import cpu_processes  # pylint: disable=g-import-not-at-top
+  context = cpu_processes.context()
+  ready, results = context.Barrier(processes), context.Queue()
+  workers = [context.Process(target=_forward_worker, daemon=True,
+                             args=(cores, case_name, batch_size, repeats, ready, results))
+             for cores in cpu_processes.core_groups(processes)]
+  for worker in workers:
+    worker.start()
+  outcomes = [results.get(timeout=900) for _ in workers]
+  for worker in workers:
+    worker.join(timeout=30)
+  errors = [error for _, _, error in outcomes if error]
+  if errors:
+    raise ValueError(f"encoder benchmark in {processes} processes: {errors[0]}")
+  rate = sum(batch_size / seconds for seconds, _, _ in outcomes)
+  flop_rate = sum(count / seconds for seconds, count, _ in outcomes)
+  return {"what": "encoder", "case": case_name, "mode": "forward", "batch_size": batch_size,
+          "processes": processes, "repeats": repeats,
+          "gflop_per_item": round(outcomes[0][1] / batch_size / 1e9, 3),
+          "step_s_by_process": [round(seconds, 6) for seconds, _, _ in outcomes],
+          "items_per_second": round(rate, 2), "achieved_gflops": round(flop_rate / 1e9, 1),
+          "utilisation": round(flop_rate / peak_flops, 3),
+          "peak_gflops": round(peak_flops / 1e9, 1), "loadavg": benchmarking.loadavg()}
 
 
 def bench_train_step(train_config: str = "experiments/configs/dff_cpu.py",

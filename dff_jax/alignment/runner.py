@@ -33,8 +33,10 @@ two of the process, so repeated calls with the same files compile once.
 
 **Threads.** One batch runs at a time in the process (:data:`EXECUTION_LOCK`): on XLA:CPU
 (jaxlib 0.10.2, 2 cores) two threads running the cascade at once hung for good, both waiting
-(a program with LAPACK's Cholesky inside a loop, run from two threads, is enough; on one
-device concurrent batches do not run faster anyway). Threads may share an aligner.
+(a program with LAPACK's Cholesky inside a loop, run from two threads, is enough: each blocks a
+thread of XLA's pool, as large as the cores, waiting for work the other holds; a larger pool,
+``NPROC=4``, lets it finish). Threads may share an aligner. To use more cores, use processes
+(:mod:`dff_jax.cpu_processes`, ``align --processes``).
 """
 from __future__ import annotations
 

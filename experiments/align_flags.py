@@ -58,6 +58,10 @@ def run_multiview(flag_values, command: str) -> None:
     print(f"{command}: error: --mirror is not available for multi-view alignment: drop it, or "
           "align the views one by one without --multiview", file=sys.stderr)
     sys.exit(2)
+  if flag_values.processes != 1:
+    print(f"{command}: error: --processes is not available for multi-view alignment (the views "
+          "are aligned jointly, in one process): drop it", file=sys.stderr)
+    sys.exit(2)
   try:
     from dff_jax.alignment import files  # pylint: disable=g-import-not-at-top
     summary = files.align_multiview_files(

@@ -430,20 +430,30 @@ def test_align_processes_each_image_its_own_planted_shift(setup, tmp_path):
       [f"im{n}.json" for n in range(6)] + ["run_summary.json"])
 
 
-def test_align_processes_worker_failure_is_one_line(setup, tmp_path):
-  """A worker process that cannot load the aligner (a DFF cascade whose encoder gives another
-  descriptor size) stops the run with one line naming the process and the cause."""
+def test_align_processes_worker_failure_is_one_line(setup, tmp_path, monkeypatch):
+  """A worker that cannot load the aligner (a DFF cascade whose encoder gives another descriptor
+  size) reports the cause in one line and breaks the start barrier, so the others stop too (the
+  worker function run in this process; the command's own test spawns real ones)."""
+  import queue
+  import threading
   from dff_jax.alignment import files
   from dff_jax.alignment import io as cascade_io
+  monkeypatch.setenv("NPROC", os.environ.get("NPROC", "2"))  # the worker sets it: restored after
   params, config, _ = cascade_io.load_cascade(setup["cascade"])
   bundle = tmp_path / "bundle"
   write_random_bundle(bundle, image_size=CROP)   # 4-d descriptors
   dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
                                 dict(features="dff", descriptor_dim=128, face_model="default"))
-  with pytest.raises(ValueError, match=r"--processes=2: worker process 0 failed: cascade .* "
-                                       r"expects 128-d descriptors"):
-    files.align_files(str(setup["images"]), tmp_path / "out", bbox="whole", cascade=str(dff),
-                      checkpoint=str(bundle), batch_size=2, progress=False, processes=2)
+  settings = dict(bbox="whole", boxes=None, cascade=str(dff), features=None,
+                  checkpoint=str(bundle), face_model=None, batch_size=2, overlay=False,
+                  workers=0, writers=0, prefetch_batches=1, refine=None, mirror=False)
+  events, ready = queue.Queue(), threading.Barrier(2)
+  entries = [(0, str(setup["images"] / "face0.png"), "face0")]
+  files._process_worker(1, None, entries, str(tmp_path / "out"), settings, events, ready)  # pylint: disable=protected-access
+  kind, rank, message = events.get_nowait()
+  assert (kind, rank) == ("error", 1) and "\n" not in message
+  assert "expects 128-d descriptors" in message and str(bundle) in message
+  assert ready.broken and events.empty()
   with pytest.raises(ValueError, match="--processes must be >= 1"):
     files.align_files(str(setup["images"]), tmp_path / "out", processes=0)
 

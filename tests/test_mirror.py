@@ -180,9 +180,11 @@ def test_align_files_and_eval_with_mirror_on_a_zero_regressor_cascade(setup, tmp
   assert summary["test_time_mirror"] is True and np.isfinite(summary["nme_mean"])
 
 
-def test_align_multiview_with_mirror_is_a_one_line_error(setup, tmp_path):
-  proc = _run("experiments.align", f"--images={setup['images']}", f"--out_dir={tmp_path}",
-              f"--cascade={setup['cascade']}", "--multiview", "--mirror")
-  lines = _stderr_lines(proc)
-  assert proc.returncode == 2 and len(lines) == 1
-  assert lines[0].startswith("align: error: --mirror is not available for multi-view")
+def test_align_multiview_with_mirror_or_processes_is_a_one_line_error(setup, tmp_path):
+  for flag, message in (("--mirror", "--mirror is not available for multi-view"),
+                        ("--processes=2", "--processes is not available for multi-view")):
+    proc = _run("experiments.align", f"--images={setup['images']}", f"--out_dir={tmp_path}",
+                f"--cascade={setup['cascade']}", "--multiview", flag)
+    lines = _stderr_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"align: error: {message}")

@@ -62,7 +62,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   thread pool to it; on XLA:CPU one program uses its threads poorly (a single process on two
   cores runs the jitted call about 1.2x as fast as on one), so separate processes, one per core,
   align more faces per second. Each process loads and compiles the aligner itself (seconds, and
-  its own memory), so this pays on large folders, not on a few images.
+  its own memory), so this pays on large folders, not on a few images. From a script of your
+  own, call it under ``if __name__ == "__main__":`` (the workers import the main module).
 
   Args:
     images, bbox, boxes, cascade, features, checkpoint, face_model, batch_size: as the flags.

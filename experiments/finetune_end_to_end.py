@@ -7,6 +7,10 @@ r"""End-to-end fine-tuning through the alignment loop: a thin absl main over
 Any config field can be overridden (``--config.num_steps=10``, ``--config.checkpoint=DIR``,
 ``--config.cascade=FILE``). Re-running with the same ``--workdir`` resumes from its latest
 checkpoint. Prints the summary (``summary.json``) as one JSON line.
+
+``--export_step=N --export_dir=DIR`` (same ``--config`` and ``--workdir``, after the run) writes
+the pair of the run's checkpoint at step N instead of training: ``DIR/bundle/`` and
+``DIR/cascade_dff.npz``, for choosing among a run's checkpoints on a validation set.
 """
 
 import json
@@ -19,6 +23,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume directory.")
+_EXPORT_STEP = flags.DEFINE_integer("export_step", None, "Export this checkpoint's pair instead "
+                                    "of training (with --export_dir).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where --export_step writes the pair.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,9 +33,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
+  if (_EXPORT_STEP.value is None) != (_EXPORT_DIR.value is None):
+    print("finetune_end_to_end: error: pass --export_step and --export_dir together",
+          file=sys.stderr)
+    sys.exit(2)
   try:
-    summary = finetune.finetune_and_evaluate(
-        _CONFIG.value, _WORKDIR.value, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if _EXPORT_STEP.value is not None:
+      summary = finetune.export_checkpoint(_CONFIG.value, _WORKDIR.value, _EXPORT_STEP.value,
+                                           _EXPORT_DIR.value)
+    else:
+      summary = finetune.finetune_and_evaluate(
+          _CONFIG.value, _WORKDIR.value, log=lambda m: print(m, file=sys.stderr, flush=True))
   except (FileNotFoundError, ValueError) as error:
     print(f"finetune_end_to_end: error: {error}", file=sys.stderr)
     sys.exit(1)

@@ -3,6 +3,7 @@
 32 x 32 crops)."""
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dff_jax import metrics
+from dff_jax.alignment import cascade
 from dff_jax.training import distill
 from dff_jax.training import finetune
 from experiments.configs import finetune_tiny
@@ -296,18 +298,34 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(config, tmp_path):
 
   first = run(tmp_path / "resumed", 2)
   assert first["steps"] == 2
+  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  first_cascade, _, _ = cascade_io.load_cascade(tmp_path / "resumed" / "cascade_dff.npz")
+  first_bundle = (tmp_path / "resumed" / "bundle" / "encoder_params.msgpack").read_bytes()
   resumed = run(tmp_path / "resumed", 4)
   straight = run(tmp_path / "straight", 4)
   assert resumed["steps"] == straight["steps"] == 4
   assert resumed["params_digest"] == straight["params_digest"]
   assert first["params_digest"] != straight["params_digest"]
   assert (tmp_path / "resumed" / "bundle" / "encoder_params.msgpack").exists()
-  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
   params, cascade_config, meta = cascade_io.load_cascade(tmp_path / "resumed" / "cascade_dff.npz")
   assert cascade_config.num_stages == 2 and meta["finetune_steps"] == 4
   # The exported bundle loads as a describer.
   from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
   assert features.dff_describer(tmp_path / "resumed" / "bundle").descriptor_dim == 8
+  # The pair of the kept checkpoint at step 2, exported after the run went on to step 4, is the
+  # pair the first run wrote when it ended at step 2.
+  c = config.copy_and_resolve_references()
+  c.num_steps, c.schedule_steps, c.num_eval_faces = 4, 4, 0
+  exported = finetune.export_checkpoint(c, tmp_path / "resumed", 2, tmp_path / "step2")
+  step2, _, meta2 = cascade_io.load_cascade(exported["cascade"])
+  assert meta2["finetune_steps"] == 2 and meta2["descriptor_source"] == exported["bundle"]
+  for name in cascade.STAGE_FIELDS + ("initial_pose",):
+    if getattr(first_cascade, name) is not None:
+      np.testing.assert_array_equal(getattr(step2, name), getattr(first_cascade, name))
+  assert not np.array_equal(step2.landmark_weights, params.landmark_weights)
+  assert (Path(exported["bundle"]) / "encoder_params.msgpack").read_bytes() == first_bundle
+  with pytest.raises(ValueError, match=r"no checkpoint at step 3; it has steps \[2, 4\]"):
+    finetune.export_checkpoint(c, tmp_path / "resumed", 3, tmp_path / "step3")
 
 
 def test_training_loop_stops_on_nan_with_the_step_and_keeps_the_last_checkpoint(tmp_path):

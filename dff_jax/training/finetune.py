@@ -641,6 +641,48 @@ def _workdir_config(config: ml_collections.ConfigDict, start: StartingPoint) -> 
   return experiment
 
 
+def _cascade_meta(config: ml_collections.ConfigDict, start: StartingPoint,
+                  steps: int) -> Dict[str, Any]:
+  """The meta of the cascade file a run writes after ``steps`` steps."""
+  return dict(start.source, finetune_steps=int(steps), finetune_seed=int(config.seed),
+              data=dict(config.data), box_jitter=dict(config.box_jitter))
+
+
+def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, step: int,
+                      out_dir: str | Path) -> Dict[str, str]:
+  """Writes the pair of a finished run's checkpoint ``step`` to ``out_dir``, as the run writes its
+  final pair to its workdir: ``out_dir/bundle/`` (the encoder, DFF only) and
+  ``out_dir/cascade_<features>.npz`` (float32, naming that bundle). For choosing among a run's
+  checkpoints (keep them with ``config.max_checkpoints_to_keep`` and ``checkpoint_every``); run
+  it after the run, not beside it.
+
+  Returns:
+    ``{"cascade": path, "bundle": path or None}``.
+
+  Raises:
+    ValueError: ``workdir`` has no checkpoint at ``step`` (the message lists those it has).
+  """
+  workdir, out_dir = Path(workdir).resolve(), Path(out_dir)
+  start = load_starting_point(config)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=1_000_000)
+  steps = checkpointer.all_steps()
+  if int(step) not in steps:
+    raise ValueError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}")
+  abstract = jax.eval_shape(lambda: init_state(config, start.params))
+  params = jax.device_get(checkpointer.restore(abstract, int(step)).params)
+  checkpointer.close()
+  meta = _cascade_meta(config, start, int(step))
+  bundle = None
+  if start.describer.kind == "dff":
+    bundle = checkpoint_lib.export_inference_bundle(
+        checkpointer.directory / str(int(step)), out_dir / "bundle")
+    meta["descriptor_source"] = str(bundle.resolve())
+  path = cascade_io.save_cascade(out_dir / f"cascade_{start.source['features']}.npz",
+                                 join_cascade(params["cascade"], start.fixed),
+                                 start.cascade_config, meta, compact=False)
+  return {"cascade": str(path), "bundle": None if bundle is None else str(bundle)}
+
+
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                           log: Callable[[str], None] = logging.info) -> Dict[str, Any]:
   """Fine-tunes per ``config`` (resuming from ``workdir``), exports and evaluates.
@@ -711,8 +753,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
                              "seconds_per_step": seconds_per_step, "source": start.source,
                              "train_seed": int(config.seed), "eval_seed": int(config.eval_seed)}
   if is_main:
-    meta = dict(start.source, finetune_steps=summary["steps"], finetune_seed=int(config.seed),
-                data=dict(config.data), box_jitter=dict(config.box_jitter))
+    meta = _cascade_meta(config, start, summary["steps"])
     if start.describer.kind == "dff":
       bundle = checkpoint_lib.export_inference_bundle(workdir, workdir / "bundle")
       meta["descriptor_source"] = str(bundle)

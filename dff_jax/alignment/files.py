@@ -332,7 +332,6 @@ def _process_worker(rank: int, cores: Optional[List[int]], entries, out_dir: str
     events.put(("error", rank, file_io.error_line(error)))
 
 
-
 def _align_in_processes(entries: List[Tuple[int, str, str]], out_dir: Path,
                         settings: Dict[str, Any], processes: int, progress: bool,
                         report: Callable[[str], None]) -> Dict[str, Any]:

@@ -675,8 +675,8 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, st
   bundle = None
   if start.describer.kind == "dff":
     bundle = checkpoint_lib.export_inference_bundle(
-        checkpointer.directory / str(int(step)), out_dir / "bundle")
-    meta["descriptor_source"] = str(bundle.resolve())
+        checkpointer.directory / str(int(step)), out_dir / "bundle").resolve()
+    meta["descriptor_source"] = str(bundle)
   path = cascade_io.save_cascade(out_dir / f"cascade_{start.source['features']}.npz",
                                  join_cascade(params["cascade"], start.fixed),
                                  start.cascade_config, meta, compact=False)

@@ -405,6 +405,16 @@ def op_finetune_end_to_end(context: Context, config: str, workdir: str,
   finetune.finetune_and_evaluate(load_config(config, overrides), workdir, log=context.log)
 
 
+def op_finetune_export_step(context: Context, config: str, workdir: str, step: int, output: str,
+                            overrides: Optional[Mapping[str, Any]] = None) -> None:
+  """``python -m experiments.finetune_end_to_end --config=CONFIG --workdir=WORKDIR
+  --export_step=STEP --export_dir=OUTPUT``: the pair of a fine-tuning run's checkpoint
+  ``step``."""
+  from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
+  written = finetune.export_checkpoint(load_config(config, overrides), workdir, int(step), output)
+  context.log(f"exported step {step} of {workdir}: {written}")
+
+
 def op_ship_cascade(context: Context, cascade: str, bundle: str, output: str,
                     meta: Mapping[str, Any], compact: bool = True) -> None:
   """Writes the shipped form of a fine-tuned pair: the cascade with float16 weights
@@ -483,6 +493,7 @@ OPS: Dict[str, Callable[..., None]] = {
     "export_bundle": op_export_bundle,
     "train_alignment": op_train_alignment,
     "finetune_end_to_end": op_finetune_end_to_end,
+    "finetune_export_step": op_finetune_export_step,
     "ship_cascade": op_ship_cascade,
     "copy": op_copy,
     "pypi_file": op_pypi_file,

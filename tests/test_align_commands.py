@@ -458,6 +458,37 @@ def test_align_processes_worker_failure_is_one_line(setup, tmp_path, monkeypatch
     files.align_files(str(setup["images"]), tmp_path / "out", processes=0)
 
 
+def test_align_processes_parent_reports_the_failing_worker(setup, tmp_path, monkeypatch):
+  """The parent side of --processes with the workers run as threads (multiprocessing.dummy, no
+  pinning): workers that cannot load the aligner stop the run with one ValueError naming a
+  worker and the cause, and nothing is left running."""
+  import multiprocessing.dummy
+  import queue
+  import threading
+  from dff_jax import cpu_processes
+  from dff_jax.alignment import files
+  from dff_jax.alignment import io as cascade_io
+
+  class Threads:  # the part of a multiprocessing context the parent uses
+    Queue, Barrier = queue.Queue, threading.Barrier
+
+    @staticmethod
+    def Process(target, name, daemon, args):  # pylint: disable=invalid-name,unused-argument
+      return multiprocessing.dummy.Process(target=target, name=name, args=args)
+
+  monkeypatch.setattr(cpu_processes, "context", Threads)
+  monkeypatch.setattr(cpu_processes, "pin", lambda cores: None)
+  params, config, _ = cascade_io.load_cascade(setup["cascade"])
+  bundle = tmp_path / "bundle"
+  write_random_bundle(bundle, image_size=CROP)   # 4-d descriptors
+  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
+                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  with pytest.raises(ValueError, match=r"^--processes=2: worker process 0 failed: cascade .* "
+                                       r"expects 128-d descriptors"):
+    files.align_files(str(setup["images"]), tmp_path / "out", bbox="whole", cascade=str(dff),
+                      checkpoint=str(bundle), batch_size=2, progress=False, processes=2)
+
+
 def test_core_groups_split_the_affinity(monkeypatch):
   from dff_jax import cpu_processes
   monkeypatch.setattr(cpu_processes.os, "sched_getaffinity", lambda pid: {7, 2, 3, 5, 4},

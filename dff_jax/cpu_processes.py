@@ -1,9 +1,9 @@
 """Worker processes on a CPU host, each on its own share of the cores (``align --processes``,
 ``benchmark --processes``).
 
-On XLA:CPU one program uses its host's cores poorly: the fast pair's jitted call on two cores ran
-only about 1.2x as fast as on one in this project's measurements (WORKSPACE, section 15), so one
-process leaves much of a 2-core machine idle. Separate processes, each pinned to its own cores
+On XLA:CPU one program keeps its host's cores poorly busy: on two cores the fast pair's jitted
+call used about 1.4 of them and the streaming ``align`` about 1.5 (WORKSPACE.md section 15, "One
+process per core"), so one process leaves much of a 2-core machine idle. Separate processes, each pinned to its own cores
 with XLA's thread pool sized to them, use the host fully. XLA sizes that pool from the ``NPROC``
 environment variable when it is set (else from the host's cores) when it creates the CPU client,
 i.e. at the process's first JAX computation: :func:`pin` must run before it. Importing this

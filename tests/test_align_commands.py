@@ -430,6 +430,18 @@ def test_align_processes_each_image_its_own_planted_shift(setup, tmp_path):
       [f"im{n}.json" for n in range(6)] + ["run_summary.json"])
 
 
+def _mismatched_dff_cascade(setup, tmp_path):
+  """``(cascade path, bundle path)``: a DFF cascade expecting 128-d descriptors and a random
+  bundle giving 4-d ones (loading them together fails)."""
+  from dff_jax.alignment import io as cascade_io
+  params, config, _ = cascade_io.load_cascade(setup["cascade"])
+  bundle = tmp_path / "bundle"
+  write_random_bundle(bundle, image_size=CROP)
+  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
+                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  return dff, bundle
+
+
 def test_align_processes_worker_failure_is_one_line(setup, tmp_path, monkeypatch):
   """A worker that cannot load the aligner (a DFF cascade whose encoder gives another descriptor
   size) reports the cause in one line and breaks the start barrier, so the others stop too (the
@@ -437,13 +449,8 @@ def test_align_processes_worker_failure_is_one_line(setup, tmp_path, monkeypatch
   import queue
   import threading
   from dff_jax.alignment import files
-  from dff_jax.alignment import io as cascade_io
   monkeypatch.setenv("NPROC", os.environ.get("NPROC", "2"))  # the worker sets it: restored after
-  params, config, _ = cascade_io.load_cascade(setup["cascade"])
-  bundle = tmp_path / "bundle"
-  write_random_bundle(bundle, image_size=CROP)   # 4-d descriptors
-  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
-                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  dff, bundle = _mismatched_dff_cascade(setup, tmp_path)
   settings = dict(bbox="whole", boxes=None, cascade=str(dff), features=None,
                   checkpoint=str(bundle), face_model=None, batch_size=2, overlay=False,
                   workers=0, writers=0, prefetch_batches=1, refine=None, mirror=False)
@@ -467,7 +474,6 @@ def test_align_processes_parent_reports_the_failing_worker(setup, tmp_path, monk
   import threading
   from dff_jax import cpu_processes
   from dff_jax.alignment import files
-  from dff_jax.alignment import io as cascade_io
 
   class Threads:  # the part of a multiprocessing context the parent uses
     Queue, Barrier = queue.Queue, threading.Barrier
@@ -478,15 +484,12 @@ def test_align_processes_parent_reports_the_failing_worker(setup, tmp_path, monk
 
   monkeypatch.setattr(cpu_processes, "context", Threads)
   monkeypatch.setattr(cpu_processes, "pin", lambda cores: None)
-  params, config, _ = cascade_io.load_cascade(setup["cascade"])
-  bundle = tmp_path / "bundle"
-  write_random_bundle(bundle, image_size=CROP)   # 4-d descriptors
-  dff = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params, config,
-                                dict(features="dff", descriptor_dim=128, face_model="default"))
+  dff, bundle = _mismatched_dff_cascade(setup, tmp_path)
   with pytest.raises(ValueError, match=r"^--processes=2: worker process 0 failed: cascade .* "
                                        r"expects 128-d descriptors"):
     files.align_files(str(setup["images"]), tmp_path / "out", bbox="whole", cascade=str(dff),
                       checkpoint=str(bundle), batch_size=2, progress=False, processes=2)
+  assert not [t for t in threading.enumerate() if t.name.startswith("dff-align-")]
 
 
 def test_core_groups_split_the_affinity(monkeypatch):

@@ -38,6 +38,24 @@ def _given_box(path: Path, common_box: Any, box_map: Optional[Dict[str, Any]],
   return box
 
 
+def _read_inputs(bbox: Optional[str], boxes: Optional[str], cascade: Optional[str],
+                 features: Optional[str], checkpoint: Optional[str], face_model: Optional[str],
+                 mirror: bool = False) -> Tuple[Any, Optional[Dict[str, Any]], Any]:
+  """``(common box, box map, aligner spec)`` of the flags: ``--bbox`` parsed (``None``: find the
+  faces), the ``--boxes`` file read (``None`` without one), the cascade / encoder / face model
+  resolved (:func:`dff_jax.alignment.runner.resolve_aligner`).
+
+  Raises:
+    FileNotFoundError / ValueError: a bad box or boxes file, missing model files.
+  """
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  common_box = streaming.parse_bbox(bbox) if bbox else None
+  box_map = streaming.read_boxes_file(boxes) if boxes else None
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+  return common_box, box_map, spec
+
+
 def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                 boxes: Optional[str] = None, cascade: Optional[str] = None,
                 features: Optional[str] = None, checkpoint: Optional[str] = None,
@@ -59,9 +77,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   worker processes (:mod:`multiprocessing`, "spawn"), each streaming its share as above into
   the same ``out_dir`` with the same output names as one process would write. Each process is
   given an equal share of the cores this process may use (its CPU affinity) and sizes XLA's
-  thread pool to it; on XLA:CPU one program uses its threads poorly (a single process on two
-  cores runs the jitted call about 1.2x as fast as on one), so separate processes, one per core,
-  align more faces per second. Each process loads and compiles the aligner itself (seconds, and
+  thread pool to it; on XLA:CPU one program keeps its threads poorly busy (:mod:`dff_jax.cpu_processes`),
+  so separate processes, one per core, align more faces per second (WORKSPACE.md section 15). Each process loads and compiles the aligner itself (seconds, and
   its own memory), so this pays on large folders, not on a few images. From a script of your
   own, call it under ``if __name__ == "__main__":`` (the workers import the main module).
 
@@ -115,13 +132,10 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   if processes < 1:
     raise ValueError(f"--processes must be >= 1, got {processes}")
   paths, skipped = streaming.find_images(images)
-  if bbox:
-    streaming.parse_bbox(bbox)  # a bad --bbox fails here, before anything is loaded
-  if boxes:
-    streaming.read_boxes_file(boxes)
-  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+  # Bad boxes and missing or unreadable model files fail here, before anything is written.
+  inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)
   if processes == 1:
-    runner.load_aligner(spec)  # unreadable files fail before anything is written (cached)
+    runner.load_aligner(inputs[2])  # cached: the stream below reuses it
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   if skipped:
@@ -132,10 +146,11 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                   overlay=overlay, workers=workers, writers=writers,
                   prefetch_batches=prefetch_batches, refine=refine, mirror=mirror)
   processes = min(processes, max(len(entries), 1))
-  if processes > 1:
+  if processes > 1:  # each worker reads the flags' files itself
     summary = _align_in_processes(entries, out_dir, settings, processes, progress, report)
   else:
-    summary = _align_entries(entries, out_dir, progress=progress, report=report, **settings)
+    summary = _align_entries(entries, out_dir, progress=progress, report=report, inputs=inputs,
+                             **settings)
   summary.pop("start_time")
   summary.pop("end_time")
   summary = dict(summary, written=[stem for _, stem in sorted(summary["written"])],
@@ -157,11 +172,14 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
                    refine: Optional[int], mirror: bool, progress: bool,
                    report: Callable[[str], None],
                    on_image: Optional[Callable[[], None]] = None,
-                   on_ready: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+                   on_ready: Optional[Callable[[], None]] = None,
+                   inputs: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
+                   ) -> Dict[str, Any]:
   """The stream of :func:`align_files` in this process over ``entries`` ``(input index, image
   path, output stem)`` (arguments checked there). ``on_ready()`` runs once the aligner is
   compiled, just before the first image is read; ``on_image()`` after each image's outputs are
-  written or its failure reported.
+  written or its failure reported. ``inputs``: :func:`_read_inputs` of the flags when the caller
+  has read them already (else they are read here).
 
   Returns:
     :func:`align_files`' summary, except that ``written`` holds ``(input index, stem)`` pairs and
@@ -174,9 +192,8 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
   from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
-  common_box = streaming.parse_bbox(bbox) if bbox else None
-  box_map = streaming.read_boxes_file(boxes) if boxes else None
-  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+  common_box, box_map, spec = inputs or _read_inputs(bbox, boxes, cascade, features, checkpoint,
+                                                     face_model, mirror)
   aligner = runner.load_aligner(spec)
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 
@@ -488,9 +505,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   paths, skipped = streaming.find_images(images)
   if skipped:
     report(f"align_multiview: warning: {streaming.skipped_files_line(skipped)}")
-  common_box = streaming.parse_bbox(bbox) if bbox else None
-  box_map = streaming.read_boxes_file(boxes) if boxes else None
-  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model)
+  common_box, box_map, spec = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model)
   aligner = runner.load_aligner(spec)
   stems = streaming.output_stems(paths)
 

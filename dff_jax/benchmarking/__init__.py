@@ -135,6 +135,13 @@ def maxrss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def children_cpu_s() -> float:
+  """CPU seconds (user + system) of this process's finished and joined child processes (worker
+  processes of a benchmark)."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def device_fields() -> Dict[str, Any]:
   """``device_kind``, ``platform`` and ``device_count`` of the first JAX device (what every
   record names)."""

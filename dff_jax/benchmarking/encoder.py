@@ -68,10 +68,7 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
   if bad_modes:
     raise ValueError(f"unknown mode(s) {bad_modes}; use forward or train")
   for case_name in encoder_cases:
-    case = dict(benchmarking.ENCODER_CASES[case_name])
-    size, channels = case.pop("image_size"), case.pop("channels")
-    module = encoder_lib.encoder_from_config(case)
-    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, size, size, channels)))
+    module, params, size, channels = _case(case_name)
     num_params = encoder_lib.count_params(params)
 
     def forward(p, images, module=module):
@@ -140,13 +137,20 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
         yield record
 
 
-def _forward(case_name: str, batch_size: int):
-  """``(compiled forward, its arguments, FLOPs per call)`` of an encoder case at a batch size
-  (random weights and images)."""
+def _case(case_name: str):
+  """``(module, random params, image size, channels)`` of an encoder case of
+  :data:`dff_jax.benchmarking.ENCODER_CASES`."""
   case = dict(benchmarking.ENCODER_CASES[case_name])
   size, channels = case.pop("image_size"), case.pop("channels")
   module = encoder_lib.encoder_from_config(case)
   params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, size, size, channels)))
+  return module, params, size, channels
+
+
+def _forward(case_name: str, batch_size: int):
+  """``(compiled forward, its arguments, FLOPs per call)`` of an encoder case at a batch size
+  (random weights and images, as :func:`bench_encoder` times them)."""
+  module, params, size, channels = _case(case_name)
   images = jax.random.normal(jax.random.key(batch_size), (batch_size, size, size, channels),
                              jnp.float32)
   compiled = jax.jit(module.apply).lower(params, images).compile()

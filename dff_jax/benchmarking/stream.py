@@ -85,13 +85,6 @@ DATASET_FILE = "dataset.json"
 BOXES_FILE = "boxes.json"
 
 
-def children_cpu_s() -> float:
-  """CPU seconds (user + system) of this process's finished and joined child processes."""
-  import resource  # pylint: disable=g-import-not-at-top
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
-
-
 def rss_mb() -> float:
   """Current resident set size of this process (MB), from /proc (0 where unavailable)."""
   try:
@@ -542,7 +535,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     for overlay, count in itertools.product(overlays, processes):
       out_dir = Path(tempfile.mkdtemp(prefix="dff_jax_bench_stream_out_"))
       messages: List[str] = []
-      cpu_start = time.process_time() + children_cpu_s()
+      cpu_start = time.process_time() + benchmarking.children_cpu_s()
       try:
         with RssSampler() as sampler:
           summary = files.align_files(
@@ -553,7 +546,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               progress=False, report=messages.append, workers=workers, writers=writers,
               prefetch_batches=prefetch_batches, mirror=spec.mirror, processes=int(count))
         # The worker processes' CPU, loading and compiling included (they are joined now).
-        cpu_s = time.process_time() + children_cpu_s() - cpu_start
+        cpu_s = time.process_time() + benchmarking.children_cpu_s() - cpu_start
       finally:
         shutil.rmtree(out_dir, ignore_errors=True)
       for message in messages[:3]:

@@ -260,8 +260,8 @@ def _load_from_checkpoint(path: Path) -> Tuple[Any, dict]:
     restored = restore_on_one_device(item_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{what} is corrupt or truncated ({type(e).__name__}: {e}).") from e
-  try:
-    params = restored["params"]["encoder"]
+  try:  # A run that keeps a moving average of its parameters exports the average.
+    params = (restored.get("ema_params") or restored["params"])["encoder"]
   except (KeyError, TypeError) as e:
     raise ValueError(f"{what} has no params/encoder subtree: not a DFF training "
                      "checkpoint.") from e
@@ -333,8 +333,15 @@ def export_inference_bundle(workdir: str | Path, out_dir: str | Path) -> Path:
   Returns:
     ``out_dir`` as a Path.
   """
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   params, meta = load_encoder_params(workdir)
+  return write_inference_bundle(params, meta, out_dir)
+
+
+def write_inference_bundle(params: Any, meta: Mapping[str, Any], out_dir: str | Path) -> Path:
+  """Writes encoder ``params`` (the flax ``params`` collection) and their ``meta`` (as
+  :func:`load_encoder_params` returns it) as an inference bundle in ``out_dir`` (created):
+  ``encoder_params.msgpack`` (float32) and ``config.json``. Returns ``out_dir`` as a Path."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)

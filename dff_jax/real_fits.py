@@ -148,11 +148,8 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
   vertex_ids = np.asarray(fits["landmark_vertex_ids"], np.int32)[keep]
   annotation = np.asarray(fits["landmarks_px"], np.float32)[keep]
   alignment_model = cascade.make_alignment_model(model)
+  from dff_jax.alignment import calibration  # pylint: disable=g-import-not-at-top
   projection = np.asarray(cascade.image_projection(pose), np.float64)   # [N, 2, 3] mm -> px
-  normal = np.einsum("nij,nik->jk", projection, projection)
-  normal = normal + ridge * np.trace(normal) / 3.0 * np.eye(3)
-  mirror = np.asarray(face_model_lib.MIRROR_LANDMARKS)
-  flip = np.array([-1.0, 1.0, 1.0])
 
   def refit_and_project(offsets):
     am = alignment_model.replace(landmark_offsets=jnp.asarray(offsets, jnp.float32))
@@ -167,12 +164,10 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
     return np.asarray(jax.jit(jax.vmap(one))(pose, vertex_ids, annotation), np.float64)
 
   offsets = np.zeros((face_model_lib.NUM_LANDMARKS, 3))
-  for _ in range(num_rounds):
+  for _ in range(num_rounds):  # Symmetric offsets plus a symmetric step stay symmetric.
     residual = annotation - refit_and_project(offsets)                     # [N, 68, 2]
-    step = np.linalg.solve(normal, np.einsum("nij,nli->jl", projection, residual)).T  # [68, 3]
-    step[:first_landmark] = 0.0
-    offsets = offsets + step
-    offsets = 0.5 * (offsets + offsets[mirror] * flip)
+    offsets = offsets + calibration.solve_point_offsets(projection, residual, ridge,
+                                                        first_landmark)
   return offsets.astype(np.float32)
 
 

@@ -11,6 +11,8 @@ checkpoint. Prints the summary (``summary.json``) as one JSON line.
 ``--export_step=N --export_dir=DIR`` (same ``--config`` and ``--workdir``, after the run) writes
 the pair of the run's checkpoint at step N instead of training: ``DIR/bundle/`` and
 ``DIR/cascade_dff.npz``, for choosing among a run's checkpoints on a validation set.
+``--export_step=N1,N2,...`` writes the uniform average of those checkpoints' parameters (a
+checkpoint average).
 """
 
 import json
@@ -23,10 +25,19 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume directory.")
-_EXPORT_STEP = flags.DEFINE_integer("export_step", None, "Export this checkpoint's pair instead "
-                                    "of training (with --export_dir).")
+_EXPORT_STEP = flags.DEFINE_list("export_step", None, "Export this checkpoint's pair instead of "
+                                 "training (with --export_dir); several steps, comma-separated: "
+                                 "the average of their parameters.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where --export_step writes the pair.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_steps(values):
+  try:
+    return [int(value) for value in values]
+  except ValueError:
+    raise ValueError(f"--export_step takes step numbers separated by commas, got "
+                     f"{','.join(values)!r}") from None
 
 
 def main(argv):
@@ -39,8 +50,8 @@ def main(argv):
     sys.exit(2)
   try:
     if _EXPORT_STEP.value is not None:
-      summary = finetune.export_checkpoint(_CONFIG.value, _WORKDIR.value, _EXPORT_STEP.value,
-                                           _EXPORT_DIR.value)
+      summary = finetune.export_checkpoint(_CONFIG.value, _WORKDIR.value,
+                                           _parse_steps(_EXPORT_STEP.value), _EXPORT_DIR.value)
     else:
       summary = finetune.finetune_and_evaluate(
           _CONFIG.value, _WORKDIR.value, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -686,3 +686,58 @@ def test_align_with_dff_bundle(setup, tmp_path):
   with pytest.raises(ValueError, match="128-d descriptors"):
     files.align_files(str(image), tmp_path / "out2", cascade=str(sift_as_dff),
                       checkpoint=str(bundle), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.calibrate_outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_faces68(setup, folder, sources):
+  """The synthetic faces as a faces68-layout train split (JPEG crops, their labels, sources)."""
+  import imageio.v3 as iio
+  (folder / "images").mkdir(parents=True)
+  entries = {}
+  for i, source in enumerate(sources):
+    name = f"{source.split('-')[0]}_face{i}"
+    iio.imwrite(folder / "images" / f"{name}.jpg", setup["faces"]["image"][i], quality=95)
+    entries[name] = {"landmarks_px": setup["faces"]["landmarks_px"][i].tolist(),
+                     "source": source, "size_wh": [CROP, CROP]}
+  (folder / "train.json").write_text(json.dumps(entries))
+
+
+def test_calibrate_outputs_command_and_a_second_calibration_adds_nothing(setup, tmp_path):
+  """The command aligns only the chosen sources' faces and writes a cascade whose outputs carry
+  the offsets: the report's NME after calibration is what the new file's aligner then scores on
+  the same faces, and calibrating that file again finds (almost) nothing left to move. The jaw
+  gets no offset; an unknown source is one line naming the sources present."""
+  from dff_jax.alignment import calibration
+  from dff_jax.alignment import io as cascade_io
+  data = tmp_path / "faces68"
+  _write_faces68(setup, data, ["afw", "afw", "helen-train", "ytf-train"])
+  # Random pose regressors, so that the faces end in different rotations (offsets along the
+  # depth of a single view are unobservable).
+  params, config, meta = cascade_io.load_cascade(setup["cascade"])
+  rng = np.random.default_rng(0)
+  params = params.replace(pose_weights=rng.normal(0, 0.05, params.pose_weights.shape))
+  start = cascade_io.save_cascade(tmp_path / "start" / "cascade_sift.npz", params, config, meta,
+                                  compact=False)
+  first_path = tmp_path / "first" / "cascade_sift.npz"
+  proc = _run("experiments.calibrate_outputs", f"--cascade={start}",
+              f"--data_dir={data}", "--sources=afw,helen-train", f"--out={first_path}",
+              "--batch_size=2")
+  assert proc.returncode == 0, proc.stderr
+  first = json.loads(proc.stdout)
+  assert first["faces"] == 3 and first["skipped"] == 0 and first["sources"] == ["afw", "helen-train"]
+  assert first["nme_after"] < first["nme_before"] and first["mean_offset_mm"] > 0.1
+  _, _, meta = cascade_io.load_cascade(first_path)
+  offsets = np.asarray(meta["output_offsets_mm"])
+  assert offsets.shape == (68, 3) and not offsets[:17].any() and np.abs(offsets[17:]).max() > 0.1
+  second = calibration.calibrate_cascade(str(first_path), tmp_path / "second.npz", str(data),
+                                         sources=["afw", "helen-train"], batch_size=2)
+  np.testing.assert_allclose(second["nme_before"], first["nme_after"], rtol=1e-4)
+  assert second["mean_offset_mm"] < 0.01 * first["mean_offset_mm"]
+  proc = _run("experiments.calibrate_outputs", f"--cascade={setup['cascade']}",
+              f"--data_dir={data}", "--sources=lfpw", f"--out={tmp_path / 'x.npz'}")
+  lines = _stderr_lines(proc)
+  assert proc.returncode == 1 and len(lines) == 1 and "afw" in lines[0] and "lfpw" in lines[0]

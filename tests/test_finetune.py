@@ -328,6 +328,84 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(config, tmp_path):
     finetune.export_checkpoint(c, tmp_path / "resumed", 3, tmp_path / "step3")
 
 
+def _kept_params(workdir, step):
+  """The raw trained parameters of ``workdir``'s checkpoint at ``step`` (NumPy)."""
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  restored = checkpoint_lib.restore_on_one_device(
+      Path(workdir) / "checkpoints" / str(step) / "default")
+  return jax.tree.map(np.asarray, restored["params"])
+
+
+def _exported_pair(cascade_path, bundle_dir):
+  """``(landmark_weights, encoder params)`` of an exported pair."""
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  params, _, meta = cascade_io.load_cascade(cascade_path)
+  encoder, _ = checkpoint_lib.load_encoder_params(bundle_dir)
+  return params.landmark_weights, encoder, meta
+
+
+def test_exporting_several_steps_writes_the_average_of_their_parameters(config, tmp_path):
+  """``export_checkpoint(steps=[2, 4])``: every exported weight is the mean of the two kept
+  checkpoints' raw weights (read straight from Orbax); the meta lists the steps; a step that was
+  not kept is named in the error."""
+  c = config.copy_and_resolve_references()
+  c.num_steps, c.num_eval_faces, c.checkpoint_every, c.max_checkpoints_to_keep = 4, 0, 2, 5
+  finetune.finetune_and_evaluate(c, tmp_path / "run", log=lambda m: None)
+  kept = [_kept_params(tmp_path / "run", step) for step in (2, 4)]
+  assert not np.allclose(kept[0]["cascade"]["landmark_weights"],
+                         kept[1]["cascade"]["landmark_weights"])
+  written = finetune.export_checkpoint(c, tmp_path / "run", [4, 2], tmp_path / "avg")
+  weights, encoder, meta = _exported_pair(written["cascade"], written["bundle"])
+  assert meta["averaged_steps"] == [2, 4] and meta["finetune_steps"] == 4
+  np.testing.assert_allclose(weights, (kept[0]["cascade"]["landmark_weights"]
+                                       + kept[1]["cascade"]["landmark_weights"]) / 2, atol=1e-7)
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, kept[0]["encoder"], kept[1]["encoder"])
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, atol=1e-7), encoder,
+               expected)
+  with pytest.raises(ValueError, match=r"no checkpoint at step 1, 3; it has steps \[2, 4\]"):
+    finetune.export_checkpoint(c, tmp_path / "run", [1, 2, 3], tmp_path / "bad")
+
+
+def test_update_ema_planted_geometric_decay():
+  """Towards fixed parameters ``p`` from ``e0``, n updates leave ``p + decay^n (e0 - p)``."""
+  e0 = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(4.0)}
+  p = {"a": jnp.array([3.0, 0.0]), "b": jnp.array(0.0)}
+  ema = e0
+  for _ in range(5):
+    ema = finetune.update_ema(ema, p, 0.8)
+  jax.tree.map(lambda got, a, b: np.testing.assert_allclose(got, b + 0.8 ** 5 * (a - b),
+                                                            rtol=1e-6), ema, e0, p)
+
+
+def test_a_run_with_ema_decay_exports_the_moving_average_of_its_steps(config, tmp_path):
+  """With ``config.ema_decay = 0.5`` the run's pair (and ``load_encoder_params`` of its workdir)
+  holds ``e_k = e_{k-1} + 0.5 (p_k - e_{k-1})`` over the raw parameters ``p_k`` of the kept
+  checkpoints after each step, from ``e_0`` = the starting parameters; the raw parameters are
+  not what it exports. A decay outside [0, 1) is refused."""
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.num_steps, c.num_eval_faces, c.checkpoint_every, c.max_checkpoints_to_keep = 3, 0, 1, 5
+  c.ema_decay = 0.5
+  finetune.finetune_and_evaluate(c, tmp_path, log=lambda m: None)
+  start = finetune.load_starting_point(c)
+  ema = jax.tree.map(np.asarray, start.params)
+  for step in (1, 2, 3):
+    raw = _kept_params(tmp_path, step)
+    ema = jax.tree.map(lambda e, p: e + 0.5 * (p - e), ema, raw)
+  weights, encoder, _ = _exported_pair(tmp_path / "cascade_dff.npz", tmp_path / "bundle")
+  np.testing.assert_allclose(weights, ema["cascade"]["landmark_weights"], atol=1e-6)
+  assert not np.allclose(weights, raw["cascade"]["landmark_weights"], atol=1e-6)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, atol=1e-6), encoder,
+               ema["encoder"])
+  from_workdir, _ = checkpoint_lib.load_encoder_params(tmp_path)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, atol=1e-6),
+               from_workdir, ema["encoder"])
+  c.ema_decay = 1.0
+  with pytest.raises(ValueError, match="ema_decay=1.0 must be in"):
+    finetune.init_state(c, start.params)
+
+
 def test_training_loop_stops_on_nan_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
   from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from dff_jax import progress  # pylint: disable=g-import-not-at-top

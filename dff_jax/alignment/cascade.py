@@ -36,7 +36,7 @@ together (the multi-view cascade, ridge training and fine-tuning call into each 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax
 import jax
@@ -102,6 +102,11 @@ class AlignmentModel:
       landmark *convention* of a trained cascade (zeros: the model's own landmark vertices;
       :func:`dff_jax.real_fits.estimate_landmark_offsets` estimates them from
       annotated faces).
+    output_offsets: ``[68, 3]`` float32 model-space offsets (mm) that move only the output
+      ``landmarks_px`` (:func:`state_to_image`), projected under the final pose: a calibration
+      of the aligner's outputs to an annotation convention, estimated from its own errors on
+      annotated training faces (:func:`dff_jax.alignment.calibration.estimate_output_offsets`);
+      the cascade itself never reads them. Zeros: none.
   """
   face_model: FaceModel
   normals: Array
@@ -109,6 +114,7 @@ class AlignmentModel:
   landmark_basis: Array
   row_of_vertex: Array
   landmark_offsets: Array
+  output_offsets: Array
 
 
 @flax.struct.dataclass
@@ -219,7 +225,8 @@ def zero_params(num_stages: int, descriptor_dim: int, initial_pose: Array) -> Ca
 
 def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
                          smoothing_sigma_mm: float = 8.0,
-                         landmark_offsets: Optional[Array] = None) -> AlignmentModel:
+                         landmark_offsets: Optional[Array] = None,
+                         output_offsets: Optional[Array] = None) -> AlignmentModel:
   """Precomputes (NumPy) the smoothed mean-shape vertex normals used for visibility.
 
   Every vertex gets its area-weighted normal averaged ``smoothing_rounds`` times with its mesh
@@ -238,6 +245,8 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
     smoothing_sigma_mm: Gaussian window of the landmark vertices' normals (mm); 0 disables it.
     landmark_offsets: optional ``[68, 3]`` model-space offsets (mm) of the 68 landmarks (see
       :class:`AlignmentModel`; a cascade file's :func:`landmark_offsets_of`); default zeros.
+    output_offsets: optional ``[68, 3]`` output calibration (mm, :class:`AlignmentModel`; a
+      cascade file's :func:`output_offsets_of`); default zeros.
 
   Returns:
     :class:`AlignmentModel` holding JAX arrays.
@@ -281,7 +290,15 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
       landmark_mean=jnp.asarray(np.asarray(model.mean_vertices, np.float32)[ids]),
       landmark_basis=jnp.asarray(np.transpose(basis, (1, 2, 0))),
       row_of_vertex=jnp.asarray(row_of_vertex),
-      landmark_offsets=jnp.asarray(checked_landmark_offsets(landmark_offsets)))
+      landmark_offsets=jnp.asarray(checked_landmark_offsets(landmark_offsets)),
+      output_offsets=jnp.asarray(checked_landmark_offsets(output_offsets)))
+
+
+def alignment_model_for(model: FaceModel, meta: Mapping[str, Any]) -> AlignmentModel:
+  """The alignment model of a cascade file: ``model`` with the landmark offsets and the output
+  calibration its ``meta`` carries (:func:`landmark_offsets_of`, :func:`output_offsets_of`)."""
+  return make_alignment_model(model, landmark_offsets=landmark_offsets_of(dict(meta)),
+                              output_offsets=output_offsets_of(dict(meta)))
 
 
 def checked_landmark_offsets(offsets: Optional[Array]) -> np.ndarray:
@@ -304,6 +321,13 @@ def landmark_offsets_of(meta: dict) -> Optional[np.ndarray]:
   (``landmark_offsets_mm``), or ``None`` for a cascade without them (the model's own
   landmark vertices)."""
   value = meta.get("landmark_offsets_mm")
+  return None if value is None else checked_landmark_offsets(value)
+
+
+def output_offsets_of(meta: dict) -> Optional[np.ndarray]:
+  """The ``[68, 3]`` output calibration (mm) a cascade file's meta carries
+  (``output_offsets_mm``, written by ``python -m experiments.calibrate_outputs``), or ``None``."""
+  value = meta.get("output_offsets_mm")
   return None if value is None else checked_landmark_offsets(value)
 
 
@@ -652,8 +676,9 @@ def model_labels_in_convention(alignment_model: AlignmentModel, landmarks_px: Ar
                                from_model: Array) -> Array:
   """Moves a render's labels into the cascade's landmark convention.
 
-  A render's labels are the face model's own landmark vertices projected; the cascade outputs
-  those vertices moved by ``alignment_model.landmark_offsets``. This adds each landmark's offset
+  A render's labels are the face model's own landmark vertices projected; the cascade's
+  ``landmarks_px`` are those vertices moved by ``alignment_model.landmark_offsets`` and
+  ``output_offsets``. This adds each landmark's two offsets
   projected under the view's pose (weak perspective, :mod:`dff_jax.geometry`) to the faces whose
   labels come from the model (``from_model``); other faces (annotated photos, whose points
   already are the annotators') are returned unchanged. Zero offsets change nothing.
@@ -667,7 +692,8 @@ def model_labels_in_convention(alignment_model: AlignmentModel, landmarks_px: Ar
   Returns:
     ``[..., 68, 2]`` float32.
   """
-  shift = projected_offsets(pose, alignment_model.landmark_offsets)
+  shift = projected_offsets(pose, alignment_model.landmark_offsets
+                            + alignment_model.output_offsets)
   keep = jnp.asarray(from_model, bool)[..., None, None]
   return jnp.asarray(landmarks_px, jnp.float32) + jnp.where(keep, shift, 0.0)
 
@@ -691,11 +717,15 @@ def projected_offsets(pose: Array, offsets: Array) -> Array:
 def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,
                    alignment_model: Optional[AlignmentModel] = None) -> AlignmentResult:
   """Maps a (batched) crop-frame state back to image pixels (``landmarks_3d_px`` needs the
-  ``alignment_model``; without it they repeat ``landmarks_px``)."""
-  landmarks = geometry.crop_to_image(state.landmarks_px, crop_box, crop_size)
+  ``alignment_model``; without it they repeat ``landmarks_px``). ``landmarks_px`` are moved by the
+  alignment model's ``output_offsets`` projected under the final pose."""
   if alignment_model is None:
+    landmarks = geometry.crop_to_image(state.landmarks_px, crop_box, crop_size)
     landmarks_3d = landmarks
   else:
+    landmarks = geometry.crop_to_image(
+        state.landmarks_px + projected_offsets(state.pose, alignment_model.output_offsets),
+        crop_box, crop_size)
     fixed = fixed_landmarks
     for _ in range(state.pose.ndim - 1):
       fixed = jax.vmap(fixed, in_axes=(None, 0, 0, 0))

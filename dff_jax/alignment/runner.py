@@ -336,8 +336,7 @@ def _load_aligner(spec: AlignerSpec) -> CompiledCascade:
                      "--checkpoint the cascade was trained with")
   model = load_face_model(spec.face_model)
   return CompiledCascade(spec=spec, describer=describer, face_model=model,
-                 alignment_model=cascade.make_alignment_model(
-                     model, landmark_offsets=cascade.landmark_offsets_of(meta)), params=params,
+                 alignment_model=cascade.alignment_model_for(model, meta), params=params,
                  config=config, meta=meta, work_size=WORK_SCALE * config.crop_size)
 
 

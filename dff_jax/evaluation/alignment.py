@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -160,15 +160,26 @@ def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None,
 
 def faces68_set(data_dir: str | os.PathLike, split: str = "val",
                 json_path: Optional[str | os.PathLike] = None,
-                num_faces: Optional[int] = None, grey: bool = False) -> EvalSet:
+                num_faces: Optional[int] = None, grey: bool = False,
+                sources: Optional[Sequence[str]] = None) -> EvalSet:
   """A faces68-layout folder (``images/<name>.jpg`` + ``<split>.json`` or ``json_path``):
   300-W-convention landmarks (the jaw on the visible outline), NME by the outer-eye-corner
   distance, the ground-truth landmark box as the face box; the yaw of the bins is estimated by
   fitting the 3DMM to the annotation (as for ``300w``). ``grey``: as for
-  :func:`aflw2000_set`."""
+  :func:`aflw2000_set`. ``sources``: only the faces of these ``source`` fields.
+
+  Raises:
+    ValueError: ``sources`` selects no face (the message lists the sources present).
+  """
   from dff_jax.alignment.streaming import Job, Loaded  # pylint: disable=g-import-not-at-top
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   entries = readers.read_faces68(data_dir, split, json_path)
+  if sources:
+    present = sorted({e.source for e in entries})
+    entries = [e for e in entries if e.source in set(sources)]
+    if not entries:
+      raise ValueError(f"no face of the sources {list(sources)} in the {split} split of "
+                       f"{data_dir}; its sources are {present}")
   if num_faces:
     entries = entries[:int(num_faces)]
 

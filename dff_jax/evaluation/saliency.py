@@ -129,9 +129,8 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
     raise ValueError(f"cascade {cascade_path} expects {params.descriptor_dim}-d descriptors, the "
                      f"{describer.kind} describer {describer.source} gives "
                      f"{describer.descriptor_dim}")
-  alignment_model = cascade.make_alignment_model(
-      load_face_model(meta.get("face_model", "default")),
-      landmark_offsets=cascade.landmark_offsets_of(meta))
+  alignment_model = cascade.alignment_model_for(
+      load_face_model(meta.get("face_model", "default")), meta)
   trained, fixed = finetune.split_cascade(params)
   model_params = {"encoder": describer.params if describer.params is not None else {},
                   "cascade": trained}

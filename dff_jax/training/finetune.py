@@ -51,7 +51,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -304,6 +304,25 @@ class FinetuneState(struct.PyTreeNode):
   params: PyTree
   opt_state: PyTree
 
+  def exported_params(self) -> PyTree:
+    """The parameters a run exports."""
+    return self.params
+
+
+class EmaFinetuneState(FinetuneState):
+  """:class:`FinetuneState` of a run with ``config.ema_decay > 0`` (a subclass, so that the
+  checkpoints of runs without a moving average keep their tree).
+
+  Attributes:
+    ema_params: the exponential moving average of ``params`` over the steps (same tree; it
+      starts at the starting parameters, so needs no bias correction), which the run exports.
+  """
+  ema_params: PyTree
+
+  def exported_params(self) -> PyTree:
+    """The moving average."""
+    return self.ema_params
+
 
 def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
   """Linear warm-up to ``peak`` over ``warmup_steps`` then cosine decay to
@@ -338,8 +357,25 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def init_state(config: ml_collections.ConfigDict, params: PyTree) -> FinetuneState:
   """The step-0 state around the starting parameters."""
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  return FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=make_optimizer(config).init(params))
+  state = dict(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=make_optimizer(config).init(params))
+  if ema_decay(config) > 0:
+    return EmaFinetuneState(**state, ema_params=params)
+  return FinetuneState(**state)
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """``config.ema_decay`` (0: no moving average), checked to lie in ``[0, 1)``."""
+  decay = float(config.get("ema_decay", 0.0) or 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.ema_decay={decay} must be in [0, 1) (0 keeps no moving average; "
+                     "0.998 averages over about 500 steps).")
+  return decay
+
+
+def update_ema(ema: PyTree, params: PyTree, decay: float) -> PyTree:
+  """One step of the moving average: ``ema + (1 - decay) * (params - ema)`` per leaf."""
+  return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
 
 
 def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[str, Array],
@@ -374,7 +410,10 @@ def train_step(state: FinetuneState, batch: Mapping[str, Array], fixed: Mapping[
     metrics["distill"] = aux["distill"]
   if "nme_3d" in aux:
     metrics["nme_3d"] = jnp.mean(aux["nme_3d"])
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if isinstance(state, EmaFinetuneState):
+    state = state.replace(ema_params=update_ema(state.ema_params, params, ema_decay(config)))
+  return state, metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,12 +516,17 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
   model = load_face_model(face_model)
   offsets = landmark_offsets_for(config, model, meta if config.cascade else {},
                                  cascade_config.shape_regularisation)
-  alignment_model = cascade.make_alignment_model(model, landmark_offsets=offsets)
+  # A calibrated starting cascade keeps its output calibration (trained through, and written).
+  output_offsets = cascade.output_offsets_of(dict(meta)) if config.cascade else None
+  alignment_model = cascade.make_alignment_model(model, landmark_offsets=offsets,
+                                                 output_offsets=output_offsets)
   source = dict(features=kind, descriptor_source=describer.source,
                 descriptor_dim=describer.descriptor_dim, face_model=face_model,
                 cascade=str(config.cascade or "zero regressors"))
   if offsets is not None:
     source["landmark_offsets_mm"] = np.round(offsets.astype(np.float64), 4).tolist()
+  if output_offsets is not None:
+    source["output_offsets_mm"] = np.round(output_offsets.astype(np.float64), 4).tolist()
   return StartingPoint(
       describer=describer, params={"encoder": encoder_params, "cascade": trained}, fixed=fixed,
       cascade_config=cascade_config, alignment_model=alignment_model, source=source,
@@ -648,34 +692,52 @@ def _cascade_meta(config: ml_collections.ConfigDict, start: StartingPoint,
               data=dict(config.data), box_jitter=dict(config.box_jitter))
 
 
-def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, step: int,
-                      out_dir: str | Path) -> Dict[str, str]:
-  """Writes the pair of a finished run's checkpoint ``step`` to ``out_dir``, as the run writes its
+def export_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path,
+                      steps: int | Sequence[int], out_dir: str | Path) -> Dict[str, str]:
+  """Writes the pair of a finished run's checkpoint ``steps`` to ``out_dir``, as the run writes its
   final pair to its workdir: ``out_dir/bundle/`` (the encoder, DFF only) and
   ``out_dir/cascade_<features>.npz`` (float32, naming that bundle). For choosing among a run's
   checkpoints (keep them with ``config.max_checkpoints_to_keep`` and ``checkpoint_every``); run
   it after the run, not beside it.
 
+  Args:
+    steps: one kept step, or several: the pair is then the uniform average of their exported
+      parameters (a checkpoint average; the cascade meta lists them under ``averaged_steps``).
+
   Returns:
     ``{"cascade": path, "bundle": path or None}``.
 
   Raises:
-    ValueError: ``workdir`` has no checkpoint at ``step`` (the message lists those it has).
+    ValueError: ``workdir`` has no checkpoint at one of ``steps`` (the message lists those it
+      has), or ``steps`` is empty.
   """
+  steps = [int(steps)] if np.ndim(steps) == 0 else sorted({int(s) for s in steps})
+  if not steps:
+    raise ValueError("export_checkpoint: name at least one step")
   workdir, out_dir = Path(workdir).resolve(), Path(out_dir)
   start = load_starting_point(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=1_000_000)
-  steps = checkpointer.all_steps()
-  if int(step) not in steps:
-    raise ValueError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}")
+  kept = checkpointer.all_steps()
+  missing = [step for step in steps if step not in kept]
+  if missing:
+    raise ValueError(f"{workdir} has no checkpoint at step {', '.join(map(str, missing))}; it "
+                     f"has steps {sorted(kept)}")
   abstract = jax.eval_shape(lambda: init_state(config, start.params))
-  params = jax.device_get(checkpointer.restore(abstract, int(step)).params)
+  restored = [jax.device_get(checkpointer.restore(abstract, step).exported_params())
+              for step in steps]
   checkpointer.close()
-  meta = _cascade_meta(config, start, int(step))
+  params = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(
+      xs[0].dtype), *restored) if len(restored) > 1 else restored[0]
+  meta = _cascade_meta(config, start, steps[-1])
+  if len(steps) > 1:
+    meta["averaged_steps"] = steps
   bundle = None
   if start.describer.kind == "dff":
-    bundle = checkpoint_lib.export_inference_bundle(
-        checkpointer.directory / str(int(step)), out_dir / "bundle").resolve()
+    _, encoder_meta = checkpoint_lib.load_encoder_params(checkpointer.directory / str(steps[-1]))
+    if len(steps) > 1:
+      encoder_meta["averaged_steps"] = steps
+    bundle = checkpoint_lib.write_inference_bundle(params["encoder"], encoder_meta,
+                                                   out_dir / "bundle").resolve()
     meta["descriptor_source"] = str(bundle)
   path = cascade_io.save_cascade(out_dir / f"cascade_{start.source['features']}.npz",
                                  join_cascade(params["cascade"], start.fixed),
@@ -747,7 +809,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   steps_run = num_steps - start_step
   seconds_per_step = (time.time() - run_start) / steps_run if steps_run > 0 else None
 
-  params = jax.device_get(state.params)
+  params = jax.device_get(state.exported_params())
   summary: Dict[str, Any] = {"steps": int(jax.device_get(state.step)),
                              "params_digest": train_lib.params_digest(params),
                              "seconds_per_step": seconds_per_step, "source": start.source,

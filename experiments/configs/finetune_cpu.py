@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.end_learning_rate_fraction = 0.1
   config.weight_decay = 1e-4
   config.grad_clip_norm = 1.0
+  # > 0: keep an exponential moving average of the trained parameters with this decay (0.998
+  # averages over about 500 steps); the run exports the average (finetune.update_ema).
+  config.ema_decay = 0.0
   config.pose_loss_weight = 0.0    # > 0: add this times the mean |angle error| (rad) to the loss
   # > 0: add this times the landmark error of landmarks_3d_px against the 3D convention's truth
   # (finetune.landmarks_3d_targets: annotated inner points, the true shape's jaw line).

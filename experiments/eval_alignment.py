@@ -18,8 +18,8 @@ Protocols (all NMEs on the 68 iBUG points, as fractions):
     usual protocol); normaliser ``bbox`` of the ground-truth landmarks; yaw from ``Pose_Para`` in
     our convention (:func:`data_pipeline.readers.read_aflw2000`).
   * ``faces68``: a faces68-layout folder (``images/<name>.jpg`` + ``--split`` json, default
-    ``val``, or ``--faces_json=FILE``): as ``300w`` (outline jaw, inter-ocular NME, estimated
-    yaw, landmark box).
+    ``val``, or ``--faces_json=FILE``; ``--sources=a,b`` keeps those sources' faces): as
+    ``300w`` (outline jaw, inter-ocular NME, estimated yaw, landmark box).
   * ``300w``: a 300W-style folder (images + same-stem ``.pts``, searched recursively); face box
     = ground-truth landmark bounding box; normaliser ``inter_ocular`` (outer eye corners 36, 45);
     300W has no pose annotation, so the yaw of the bins is *estimated* by fitting the 3DMM to
@@ -73,6 +73,8 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "Data folder (300w / aflw2000 / faces68).")
   flags.DEFINE_string("split", "val", "faces68: the split (<data_dir>/<split>.json).")
   flags.DEFINE_string("faces_json", None, "faces68: another json of faces in that layout.")
+  flags.DEFINE_list("sources", None, "faces68: only the faces of these source fields "
+                    "(e.g. helen-train,afw).")
   flags.DEFINE_string("cascade", None, "Cascade .npz, or several comma-separated "
                       "(default: the shipped cascade for --features).")
   flags.DEFINE_enum("features", None, ["dff", "sift"], "Descriptor kind (default: the cascade's).")
@@ -102,7 +104,7 @@ def main(argv):
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
                        FLAGS.seed, FLAGS.image_size, FLAGS.batch_size,
                        render_face_model=FLAGS.render_face_model, split=FLAGS.split,
-                       faces_json=FLAGS.faces_json, mirror=FLAGS.mirror)
+                       faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

@@ -406,10 +406,12 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              num_faces: Optional[int] = None, seed: int = SYNTHETIC_SEED,
              image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
              report=None, render_face_model: Optional[str] = None, split: str = "val",
-             faces_json: Optional[str] = None, mirror: bool = False) -> Dict[str, Any]:
+             faces_json: Optional[str] = None, mirror: bool = False,
+             sources: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
   the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
   method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
+  ``sources``: faces68 only, the faces of these ``source`` fields (:func:`faces68_set`).
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
@@ -444,7 +446,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   elif dataset == "aflw2000":
     eval_set = aflw2000_set(data_dir, num_faces, grey)
   elif dataset == "faces68":
-    eval_set = faces68_set(data_dir, split, faces_json, num_faces, grey)
+    eval_set = faces68_set(data_dir, split, faces_json, num_faces, grey, sources)
   else:
     eval_set = folder_300w_set(data_dir, num_faces, grey)
   out_dir = Path(out_dir)
@@ -530,6 +532,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
 
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
+                                 split=split if dataset == "faces68" else None,
+                                 sources=sorted(sources) if sources else None,
                                  image_decode=("grey: BT.601 luma (a JPEG's luma plane)"
                                                if grey and dataset != "synthetic" else "rgb"),
                                  test_time_mirror=bool(mirror),

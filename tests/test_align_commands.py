@@ -741,3 +741,20 @@ def test_calibrate_outputs_command_and_a_second_calibration_adds_nothing(setup, 
               f"--data_dir={data}", "--sources=lfpw", f"--out={tmp_path / 'x.npz'}")
   lines = _stderr_lines(proc)
   assert proc.returncode == 1 and len(lines) == 1 and "afw" in lines[0] and "lfpw" in lines[0]
+
+
+def test_eval_faces68_fixture_by_source(setup, tmp_path):
+  """``--dataset=faces68 --split=train --sources=afw``: only that source's faces are scored (in
+  the outline convention, inter-ocular), and the summary names the split and the sources."""
+  from experiments import eval_alignment
+  data = tmp_path / "faces68"
+  _write_faces68(setup, data, ["afw", "ytf-train", "afw"])
+  out = tmp_path / "out"
+  summary = eval_alignment.evaluate("faces68", out, data_dir=str(data), split="train",
+                                    sources=["afw"], cascade=str(setup["cascade"]), batch_size=2,
+                                    progress=False)
+  summary = _check_summary(summary, out, "faces68")
+  assert summary["num_faces"] == 2 and summary["sources"] == ["afw"]
+  assert summary["split"] == "train" and summary["landmark_convention"] == "outline"
+  records = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+  assert all("afw_" in r["image"] for r in records)

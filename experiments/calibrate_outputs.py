@@ -33,6 +33,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dff_jax.alignment import calibration  # pylint: disable=g-import-not-at-top
+  if _SPLIT.value == "val":
+    print("calibrate_outputs: error: the val split is for validation only; calibrate on the "
+          "training faces (--split=train)", file=sys.stderr)
+    sys.exit(2)
   try:
     report = calibration.calibrate_cascade(_CASCADE.value, _OUT.value, _DATA_DIR.value,
                                            _SPLIT.value, _SOURCES.value, _CHECKPOINT.value,

@@ -741,6 +741,10 @@ def test_calibrate_outputs_command_and_a_second_calibration_adds_nothing(setup, 
               f"--data_dir={data}", "--sources=lfpw", f"--out={tmp_path / 'x.npz'}")
   lines = _stderr_lines(proc)
   assert proc.returncode == 1 and len(lines) == 1 and "afw" in lines[0] and "lfpw" in lines[0]
+  proc = _run("experiments.calibrate_outputs", f"--data_dir={data}", "--split=val",
+              f"--out={tmp_path / 'x.npz'}")
+  lines = _stderr_lines(proc)
+  assert proc.returncode == 2 and len(lines) == 1 and "validation only" in lines[0]
 
 
 def test_eval_faces68_fixture_by_source(setup, tmp_path):

@@ -531,3 +531,23 @@ def test_training_through_mirroring_has_gradients(start, batch):
     leaves = jax.tree_util.tree_leaves(tree)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves), name
     assert max(float(jnp.abs(g).max()) for g in leaves) > 0, name
+
+
+def test_a_calibrated_starting_cascade_keeps_its_output_calibration(config, tmp_path):
+  """Fine-tuning from a cascade file with ``output_offsets_mm`` trains through them (the starting
+  point's alignment model holds them) and writes them into the fine-tuned cascade's meta."""
+  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  zero = finetune.load_starting_point(c)
+  offsets = np.zeros((68, 3), np.float32)
+  offsets[17:] = np.random.default_rng(0).normal(0, 1.0, (51, 3)).round(3)
+  path = cascade_io.save_cascade(
+      tmp_path / "start.npz", finetune.join_cascade(zero.params["cascade"], zero.fixed),
+      zero.cascade_config, dict(features="dff", descriptor_dim=8, face_model="default",
+                                output_offsets_mm=offsets.tolist()), compact=False)
+  c.cascade, c.num_steps, c.num_eval_faces = str(path), 1, 0
+  np.testing.assert_array_equal(finetune.load_starting_point(c).alignment_model.output_offsets,
+                                offsets)
+  finetune.finetune_and_evaluate(c, tmp_path / "run", log=lambda m: None)
+  _, _, meta = cascade_io.load_cascade(tmp_path / "run" / "cascade_dff.npz")
+  np.testing.assert_allclose(meta["output_offsets_mm"], offsets, atol=1e-4)

@@ -139,21 +139,19 @@ def calibrate_cascade(cascade_path: Optional[str], out_path: str | Path, data_di
 
   def mean_nme(points):
     return float(np.mean([metrics.nme(a, b, "inter_ocular") for a, b in zip(points, annotated)]))
-  params, config, meta = cascade_io.load_cascade(spec.cascade_path)
-  previous = cascade_lib.output_offsets_of(meta)
-  total = step + (0.0 if previous is None else previous)
+  total = step + np.asarray(aligner.alignment_model.output_offsets)  # zeros when uncalibrated
   report = dict(sources=sorted(set(sources)), split=split, data_dir=str(data_dir),
                 faces=int(len(predicted)), skipped=len(skipped),
                 nme_before=mean_nme(predicted), nme_after=mean_nme(moved),
                 mean_offset_mm=float(np.linalg.norm(step, axis=1)[FIRST_CALIBRATED_LANDMARK:]
                                      .mean()),
                 calibrated_from=str(spec.cascade_path))
-  meta = dict(meta, output_offsets_mm=np.round(total.astype(np.float64), 4).tolist(),
+  meta = dict(aligner.meta, output_offsets_mm=np.round(total.astype(np.float64), 4).tolist(),
               output_calibration=report)
   if aligner.describer.kind == "dff":
     meta["descriptor_source"] = str(Path(aligner.describer.source).resolve())
     meta.pop("encoder_bundle", None)
   with np.load(spec.cascade_path, allow_pickle=False) as stored:  # keep the file's precision
     compact = any(stored[name].dtype == np.float16 for name in stored.files)
-  cascade_io.save_cascade(out_path, params, config, meta, compact=compact)
+  cascade_io.save_cascade(out_path, aligner.params, aligner.config, meta, compact=compact)
   return report

@@ -291,7 +291,7 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
       landmark_basis=jnp.asarray(np.transpose(basis, (1, 2, 0))),
       row_of_vertex=jnp.asarray(row_of_vertex),
       landmark_offsets=jnp.asarray(checked_landmark_offsets(landmark_offsets)),
-      output_offsets=jnp.asarray(checked_landmark_offsets(output_offsets)))
+      output_offsets=jnp.asarray(checked_landmark_offsets(output_offsets, "output offsets")))
 
 
 def alignment_model_for(model: FaceModel, meta: Mapping[str, Any]) -> AlignmentModel:
@@ -301,8 +301,10 @@ def alignment_model_for(model: FaceModel, meta: Mapping[str, Any]) -> AlignmentM
                               output_offsets=output_offsets_of(dict(meta)))
 
 
-def checked_landmark_offsets(offsets: Optional[Array]) -> np.ndarray:
-  """``[68, 3]`` float32 landmark offsets (mm): zeros for ``None``.
+def checked_landmark_offsets(offsets: Optional[Array], what: str = "landmark offsets"
+                             ) -> np.ndarray:
+  """``[68, 3]`` float32 landmark offsets (mm): zeros for ``None``; ``what`` names them in the
+  error.
 
   Raises:
     ValueError: wrong shape or non-finite values (one-line message).
@@ -311,7 +313,7 @@ def checked_landmark_offsets(offsets: Optional[Array]) -> np.ndarray:
     return np.zeros((NUM_LANDMARKS, 3), np.float32)
   offsets = np.asarray(offsets, np.float32)
   if offsets.shape != (NUM_LANDMARKS, 3) or not np.all(np.isfinite(offsets)):
-    raise ValueError(f"landmark offsets must be a finite [{NUM_LANDMARKS}, 3] array (mm), got "
+    raise ValueError(f"{what} must be a finite [{NUM_LANDMARKS}, 3] array (mm), got "
                      f"shape {offsets.shape}")
   return offsets
 
@@ -328,7 +330,7 @@ def output_offsets_of(meta: dict) -> Optional[np.ndarray]:
   """The ``[68, 3]`` output calibration (mm) a cascade file's meta carries
   (``output_offsets_mm``, written by ``python -m experiments.calibrate_outputs``), or ``None``."""
   value = meta.get("output_offsets_mm")
-  return None if value is None else checked_landmark_offsets(value)
+  return None if value is None else checked_landmark_offsets(value, "output offsets")
 
 
 # ----------------------------------------------------------------------------------------------

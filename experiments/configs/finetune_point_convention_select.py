@@ -14,8 +14,9 @@ recipe, given as overrides)::
 Why: ``finetune_point_convention`` (one 1,500-step run, judged at its last step) lost on both
 photo sets, but the kept checkpoints of a run swing by more than that difference (WORKSPACE
 section 14); and the default's errors on the training faces show the two conventions pulling
-its outputs apart: its nose sits 0.011 (inter-ocular) below 300-W's annotations on HELEN train
-and AFW and 0.024 above the Udacity labels of the YouTube Faces frames. Otherwise as
+its outputs apart: its nose sits 0.010 (inter-ocular, 0-30 degrees) below 300-W's annotations on
+HELEN train and AFW and 0.024 above the Udacity labels of the YouTube Faces frames
+(``experiments/results/eval_faces68_train_{300w,ytf}_prev_summary.json``). Otherwise as
 ``finetune_point_convention`` (offsets re-estimated from the moved cache, 10 rounds); 2,000 steps
 as ``finetune_point_offsets_select``; fresh faces (pipeline seed 230000, used nowhere else).
 """

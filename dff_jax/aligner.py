@@ -61,9 +61,10 @@ class Aligner:
     detect: ``image -> (boxes [N, 4], scores [N])`` for images without a box (default:
       :func:`dff_jax.detection.detect_faces` with ``min_score`` and ``upsample``).
     min_score, upsample: the detector's settings (see :func:`dff_jax.detection.detect_faces`).
-    refine: extra passes for each face the detector found, each from the bounding box of the
-      previous pass's ``landmarks_px`` (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`;
-      0: align once from the detector's box).
+    refine: extra passes for each face found by the detector or given by a detector's box
+      (:meth:`align`'s ``box_convention``), each from the bounding box of the previous pass's
+      ``landmarks_px`` (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`; 0: align once from
+      the box).
   """
 
   def __init__(self, cascade: runner.CompiledCascade, batch_size: int = 8,
@@ -158,7 +159,8 @@ class Aligner:
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
 
   def align(self, images: Sequence[np.ndarray] | np.ndarray,
-            boxes: Optional[Sequence[Any]] = None) -> List[List[Face]]:
+            boxes: Optional[Sequence[Any]] = None,
+            box_convention: str = "detector") -> List[List[Face]]:
     """Aligns every face of every image.
 
     Args:
@@ -167,6 +169,11 @@ class Aligner:
       boxes: ``None`` (find the faces of every image), or one entry per image: ``None`` /
         ``"detect"`` (find its faces), ``[x0, y0, x1, y1]`` (one face), ``[[x0, y0, x1, y1],
         ...]`` (several; ``[]`` none) or ``"whole"`` (the whole image is the face crop).
+      box_convention: what the given boxes are: ``"detector"`` (any face detector's box, e.g.
+        dlib's: each face is aligned, then ``refine`` more times from the box of its own
+        landmarks, as a detected face) or ``"landmarks"`` (the bounding box of the face's 68
+        landmarks, the evaluation protocol of 300-W and AFLW2000-3D: aligned once, faster and a
+        little more accurate from such a box; WORKSPACE.md section 14).
 
     Returns:
       Per image, a list of :class:`dff_jax.alignment.results.Face` (``landmarks_px``,
@@ -179,6 +186,7 @@ class Aligner:
         (non-finite) alignment.
     """
     images = _as_image_list(images)
+    streaming.given_box_passes(None, box_convention, 0)  # an unknown convention fails here
     if boxes is None:
       boxes = [None] * len(images)
     elif len(boxes) != len(images):
@@ -189,7 +197,8 @@ class Aligner:
       where = f"image {index}"
       found, scores = runner.face_boxes(image, box, self.config.box_scale, where,
                                         detect=self._detect)  # detection happens here
-      prepared.append((image, found, scores, self.refine if runner.asks_detection(box) else 0))
+      passes = streaming.given_box_passes(box, box_convention, self.refine)
+      prepared.append((image, found, scores, self.refine if passes is None else passes))
     total = sum(len(found) for _, found, _, _ in prepared)
     out: List[List[Face]] = [[] for _ in images]
     if not total:

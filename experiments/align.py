@@ -15,7 +15,10 @@ Inputs:
   * Faces: **without a box every face of the image is found** by the face detector
     (:func:`dff_jax.detection.detect_faces`, MediaPipe BlazeFace; best first) and each is
     aligned. A face box ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel (i, j)
-    centred at (j + 0.5, i + 0.5)) is the bounding box of the face's 68 landmarks: ``--bbox``
+    centred at (j + 0.5, i + 0.5)) is any face detector's box (``--box_convention=detector``,
+    the default: each face is aligned, then ``--refine`` more times from the box of its own
+    landmarks) or the bounding box of the face's 68 landmarks (``--box_convention=landmarks``:
+    aligned once, the 300-W / AFLW2000-3D protocol): ``--bbox``
     for every image (``--bbox=whole``: the whole image is the face crop), or ``--boxes``, a JSON
     object mapping image file names (or paths as given, or stems) to ``[x0, y0, x1, y1]``,
     ``[[x0, y0, x1, y1], ...]`` (several faces; ``[]`` none), ``null`` / ``"detect"`` (find the
@@ -95,7 +98,8 @@ def main(argv):
                                 workers=FLAGS.workers, writers=FLAGS.writers,
                                 prefetch_batches=FLAGS.prefetch_batches,
                                 run_summary=FLAGS.run_summary, refine=FLAGS.refine,
-                                mirror=FLAGS.mirror, processes=FLAGS.processes)
+                                mirror=FLAGS.mirror, processes=FLAGS.processes,
+                                box_convention=FLAGS.box_convention)
   except (OSError, ValueError) as error:
     print(f"align: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)

@@ -27,8 +27,13 @@ def define_flags() -> None:
   flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "
                       "(default: the cascade's).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
-  flags.DEFINE_integer("refine", 1, "Extra passes for each face the detector found, each from "
-                       "the box of the previous pass's landmarks (0: align once).")
+  flags.DEFINE_integer("refine", 1, "Extra passes for each face the detector found (or given "
+                       "by a detector's box, --box_convention), each from the box of the "
+                       "previous pass's landmarks (0: align once).")
+  flags.DEFINE_enum("box_convention", "detector", ["detector", "landmarks"], "What --bbox / "
+                    "--boxes are: detector (any face detector's box, e.g. dlib's: aligned, then "
+                    "--refine more times from its own landmarks) or landmarks (the bounding box "
+                    "of the 68 landmarks, the 300-W / AFLW2000-3D protocol: aligned once).")
   flags.DEFINE_boolean("mirror", False, "Test-time mirroring: align each face and its left-right "
                        "mirror image, averaging every stage's two steps (more accurate, about "
                        "twice the alignment time).")

@@ -26,6 +26,15 @@ Protocols (all NMEs on the 68 iBUG points, as fractions):
     the ground-truth landmarks (:func:`dff_jax.alignment.fit_landmarks`), which summary.json says
     under ``yaw_source``.
 
+Face boxes (``--boxes``): ``landmarks`` (default) is each protocol's box above; ``dlib`` gives
+every method the box of dlib's HOG face detector that overlaps the annotation most (IoU at least
+0.3; faces it misses are left out and counted, ``num_faces_without_box``), the protocol of the
+widely used predictor on its own detector's boxes. From a detector's box our methods align as
+``align`` does (``--box_convention=detector``: once more from their own landmarks' box;
+``--refine`` overrides). ``--compare_dlib`` scores dlib's 68-point predictor on the same faces
+and boxes as a method ``dlib`` (its jaw is the outline, also where a set scores the 3D jaw).
+dlib is optional: ``pip install -r requirements-compare.txt``.
+
 Landmark conventions: ``aflw2000`` is scored on ``landmarks_3d_px`` (the fitted model's fixed 68
 landmark vertices projected: the 3D jaw line its annotation uses); every other set on
 ``landmarks_px`` (the jaw on the visible outline); ``summary.json`` names it
@@ -90,6 +99,17 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
   flags.DEFINE_bool("mirror", False, "Test-time mirroring: align each face and its left-right "
                     "mirror image and combine the two (twice the work).")
+  flags.DEFINE_enum("boxes", "landmarks", ["landmarks", "dlib"], "Face boxes given to every "
+                    "method: landmarks (the set's own: the ground-truth landmark box on photos) "
+                    "or dlib (dlib's HOG detector's box overlapping the annotation; optional "
+                    "requirements-compare.txt).")
+  flags.DEFINE_integer("refine", None, "Extra passes of our methods for each face, each from "
+                       "the box of the previous pass's landmarks_px (default: as align does: "
+                       "0 from landmark boxes, 1 from a detector's).")
+  flags.DEFINE_bool("compare_dlib", False, "Also score dlib's 68-point predictor on the same "
+                    "faces and boxes (method dlib; optional requirements-compare.txt).")
+  flags.DEFINE_string("dlib_predictor", None, "dlib's 68-point model file (default: the "
+                      "face_recognition_models package's).")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
@@ -104,7 +124,9 @@ def main(argv):
                        FLAGS.features, FLAGS.checkpoint, FLAGS.face_model, FLAGS.num_faces,
                        FLAGS.seed, FLAGS.image_size, FLAGS.batch_size,
                        render_face_model=FLAGS.render_face_model, split=FLAGS.split,
-                       faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources)
+                       faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources,
+                       boxes=FLAGS.boxes, refine=FLAGS.refine, compare_dlib=FLAGS.compare_dlib,
+                       dlib_predictor=FLAGS.dlib_predictor)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

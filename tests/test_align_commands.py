@@ -453,7 +453,8 @@ def test_align_processes_worker_failure_is_one_line(setup, tmp_path, monkeypatch
   dff, bundle = _mismatched_dff_cascade(setup, tmp_path)
   settings = dict(bbox="whole", boxes=None, cascade=str(dff), features=None,
                   checkpoint=str(bundle), face_model=None, batch_size=2, overlay=False,
-                  workers=0, writers=0, prefetch_batches=1, refine=None, mirror=False)
+                  workers=0, writers=0, prefetch_batches=1, refine=None, mirror=False,
+                  box_convention="detector")
   events, ready = queue.Queue(), threading.Barrier(2)
   entries = [(0, str(setup["images"] / "face0.png"), "face0")]
   files._process_worker(1, None, entries, str(tmp_path / "out"), settings, events, ready)  # pylint: disable=protected-access
@@ -762,3 +763,135 @@ def test_eval_faces68_fixture_by_source(setup, tmp_path):
   assert summary["split"] == "train" and summary["landmark_convention"] == "outline"
   records = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
   assert all("afw_" in r["image"] for r in records)
+
+
+class _PlantedBaseline:
+  """Stands in for :class:`dff_jax.evaluation.dlib_baseline.DlibBaseline`: its detector finds a
+  far-away box and the face's landmark box moved by ``shift`` pixels (none for the faces in
+  ``missed``); its predictor answers the annotation moved right by ``error`` inter-ocular
+  distances (so its NME is exactly ``error``)."""
+
+  def __init__(self, faces, shift, error, missed=()):
+    self.faces, self.shift, self.error, self.missed = faces, shift, error, set(missed)
+    self.detected = {}
+
+  def _index(self, image):
+    return int(np.argmin([np.abs(image[..., 0].astype(float) - f[..., 0]).mean()
+                          for f in self.faces["grey"]]))
+
+  def detect(self, image):
+    i = self._index(image)
+    far = np.array([0.0, 0.0, 4.0, 4.0], np.float32)
+    if i in self.missed:
+      return far[None]
+    points = self.faces["landmarks_px"][i]
+    box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32) + self.shift
+    self.detected[i] = box
+    return np.stack([far, box])
+
+  def predict(self, image, box):
+    i = self._index(image)
+    np.testing.assert_allclose(box, self.detected[i])  # from the detector's box
+    points = np.array(self.faces["landmarks_px"][i], np.float32)
+    return points + [self.error * np.linalg.norm(points[36] - points[45]), 0.0]
+
+  def describe(self):
+    return {"dlib_version": "planted", "predictor": "none"}
+
+
+def test_eval_detector_boxes_refinement_and_dlib_baseline(setup, tmp_path, monkeypatch):
+  """``--boxes=dlib --compare_dlib`` with a planted detector and predictor: our aligner gets the
+  detection overlapping each annotation (not the far one), a face without one is left out of
+  every method and counted, the baseline's NME is the planted error, and ``--refine`` passes
+  are run and named in the protocol."""
+  from dff_jax import image_io
+  from dff_jax.evaluation import dlib_baseline
+  from experiments import eval_alignment
+  data = tmp_path / "faces68"
+  _write_faces68(setup, data, ["afw", "afw", "helen-train"])
+  faces = dict(setup["faces"], grey=[  # in face order (the names _write_faces68 gives)
+      image_io.read_image(data / "images" / f"{n}.jpg", grey=True)
+      for n in ("afw_face0", "afw_face1", "helen_face2")])
+
+  def run(shift, refine, missed=()):
+    planted = _PlantedBaseline(faces, shift, error=0.05, missed=missed)
+    monkeypatch.setattr(dlib_baseline, "load", lambda path=None: planted)
+    out = tmp_path / f"out_{shift}_{refine}_{len(missed)}"
+    summary = eval_alignment.evaluate("faces68", out, data_dir=str(data), split="train",
+                                      cascade=str(setup["cascade"]), batch_size=2,
+                                      progress=False, boxes="dlib", compare_dlib=True,
+                                      refine=refine)
+    errors = {}
+    for line in (out / "errors.jsonl").read_text().splitlines():
+      record = json.loads(line)
+      errors[(record["method"], Path(record["image"]).stem)] = record["nme"]
+    return summary, errors
+
+  landmark_summary = eval_alignment.evaluate("faces68", tmp_path / "lm", data_dir=str(data),
+                                             split="train", cascade=str(setup["cascade"]),
+                                             batch_size=2, progress=False)
+  # A detector that finds exactly the landmark boxes: our figures are the landmark protocol's.
+  summary, errors = run(0.0, 0, missed=[1])
+  assert summary["num_faces"] == 2 and summary["num_faces_without_box"] == 1
+  assert summary["skipped"] == [] and "dlib's HOG" in summary["box_protocol"]
+  assert summary["methods"]["dlib"]["nme_mean"] == pytest.approx(0.05, rel=1e-4)
+  assert summary["methods"]["dlib"]["landmark_convention_of_method"] == "outline"
+  assert {name for _, name in errors} == {"afw_face0", "helen_face2"}
+  lm_errors = {Path(json.loads(l)["image"]).stem: json.loads(l)["nme"]
+               for l in (tmp_path / "lm" / "errors.jsonl").read_text().splitlines()}
+  for name in ("afw_face0", "helen_face2"):
+    assert errors[("sift", name)] == pytest.approx(lm_errors[name], rel=1e-5)
+  assert landmark_summary["refine"] == 0 and landmark_summary["num_faces_without_box"] is None
+  # Boxes moved by 6 px: our error changes (the box is the detector's), dlib's stays planted;
+  # a refinement pass from our own landmarks' box is run and named.
+  shifted, shifted_errors = run(6.0, 0)
+  assert shifted["num_faces"] == 3
+  assert shifted_errors[("sift", "afw_face0")] != pytest.approx(lm_errors["afw_face0"], rel=1e-3)
+  refined, refined_errors = run(6.0, 1)
+  assert refined["refine"] == 1 and "1 refinement pass" in refined["box_protocol"]
+  assert refined_errors[("sift", "afw_face0")] != pytest.approx(
+      shifted_errors[("sift", "afw_face0")], rel=1e-3)
+  assert refined["methods"]["dlib"]["nme_mean"] == pytest.approx(0.05, rel=1e-4)
+  with pytest.raises(ValueError, match="--boxes must be one of"):
+    eval_alignment.evaluate("faces68", tmp_path / "x", data_dir=str(data), split="train",
+                            cascade=str(setup["cascade"]), boxes="opencv")
+
+
+def test_dlib_frames_and_missing_dlib(monkeypatch):
+  """dlib's inclusive pixel rectangles and integer parts to our continuous frame: a rectangle
+  covering pixels 10..19 spans [10, 20); a box maps back to the same rectangle. Without dlib,
+  loading says what to install, in one line."""
+  from dff_jax.evaluation import dlib_baseline
+  np.testing.assert_allclose(dlib_baseline.rectangle_to_box(10, 5, 19, 24), [10, 5, 20, 25])
+  assert dlib_baseline.box_to_rectangle([10.0, 5.0, 20.0, 25.0]) == (10, 5, 19, 24)
+  monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
+  with pytest.raises(FileNotFoundError, match="requirements-compare.txt"):
+    dlib_baseline.load()
+
+
+def test_dlib_on_a_real_photo():
+  """With dlib installed (optional) and ../shared present: dlib's detector finds the face of a
+  faces68 validation photo around its annotation and its predictor lands near the annotation."""
+  from conftest import SHARED
+  from dff_jax import image_io
+  from dff_jax.evaluation import dlib_baseline
+  pytest.importorskip("dlib")
+  data = SHARED / "datasets" / "faces68"
+  if not data.is_dir():
+    pytest.skip(f"{data} is absent (../shared is optional)")
+  try:
+    baseline = dlib_baseline.load()
+  except FileNotFoundError as error:
+    pytest.skip(str(error))
+  name, entry = sorted(json.loads((data / "val.json").read_text()).items())[0]
+  image = image_io.read_image(data / "images" / f"{name}.jpg")
+  truth = np.asarray(entry["landmarks_px"], np.float32)
+  boxes = baseline.detect(image)
+  assert len(boxes)
+  from dff_jax import detection
+  overlap = detection.box_iou(np.concatenate([truth.min(0), truth.max(0)]).astype(np.float64),
+                              boxes.astype(np.float64))
+  assert overlap.max() > 0.5
+  points = baseline.predict(image, boxes[int(np.argmax(overlap))])
+  from dff_jax import metrics
+  assert metrics.nme(points, truth, "inter_ocular") < 0.08

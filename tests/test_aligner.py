@@ -96,17 +96,19 @@ def test_one_face_two_faces_and_none(env, aligner):
   assert len(first) == len(result[1])
   for face, start in zip(result[1], first):
     np.testing.assert_allclose(start.box, face.box)
-    alone = aligner.align([two], boxes=[face.box])[0]
+    alone = aligner.align([two], boxes=[face.box], box_convention="landmarks")[0]
     assert len(alone) == 1 and alone[0].score is None
     np.testing.assert_allclose(alone[0].landmarks_px, start.landmarks_px, atol=1e-3)
     np.testing.assert_allclose(alone[0].shape_coefficients, start.shape_coefficients, atol=1e-3)
     points = start.landmarks_px
-    again = aligner.align([two], boxes=[np.concatenate([points.min(0), points.max(0)])])[0][0]
+    again = aligner.align([two], boxes=[np.concatenate([points.min(0), points.max(0)])],
+                          box_convention="landmarks")[0][0]
     np.testing.assert_allclose(again.landmarks_px, face.landmarks_px, atol=1e-3)
     np.testing.assert_allclose(again.crop_box, face.crop_box, atol=1e-3)
   # The right half's face shifted back is the second render's face, aligned on its own.
   right = max(first, key=lambda f: f.box[0])
-  shifted = aligner.align([env["faces"][1]], boxes=[right.box - [SIZE, 0, SIZE, 0]])[0][0]
+  shifted = aligner.align([env["faces"][1]], boxes=[right.box - [SIZE, 0, SIZE, 0]],
+                          box_convention="landmarks")[0][0]
   np.testing.assert_allclose(shifted.landmarks_px + [SIZE, 0], right.landmarks_px, atol=2e-2)
 
 
@@ -119,16 +121,17 @@ def test_input_forms_boxes_and_errors(env, aligner):
   np.testing.assert_allclose(batch[1][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
   box = single[0][0].box
   result = aligner.align([one, one, one, one, one],
-                         boxes=[None, "detect", box, [box, box + 3], []])
+                         boxes=[None, "detect", box, [box, box + 3], []],
+                         box_convention="landmarks")
   assert [len(faces) for faces in result] == [1, 1, 1, 2, 0]
   assert result[0][0].score == result[1][0].score == single[0][0].score
   np.testing.assert_allclose(result[1][0].landmarks_px, single[0][0].landmarks_px, atol=1e-4)
-  assert result[2][0].score is None  # a given box: one pass, as a detection with refine=0
+  assert result[2][0].score is None  # a given landmark box: one pass, as a detection with refine=0
   once = Aligner(aligner.cascade, batch_size=aligner.batch_size, refine=0)
   np.testing.assert_allclose(result[2][0].landmarks_px, once.align(one)[0][0].landmarks_px,
                              atol=1e-4)
   np.testing.assert_allclose(result[3][1].box, box + 3)
-  whole = aligner.align([one], boxes=["whole"])[0][0]
+  whole = aligner.align([one], boxes=["whole"])[0][0]  # the crop is given: one pass
   np.testing.assert_allclose(whole.crop_box, [0, 0, SIZE, SIZE], atol=1e-4)
   assert aligner.align([_face_free()]) == [[]]
   with pytest.raises(ValueError, match="2 box entries for 1 images"):
@@ -149,7 +152,7 @@ def test_align_faces_is_the_aligner_and_differentiable(env, aligner):
   image = env["faces"][0]
   side = 2 * CROP / aligner.config.box_scale  # the crop box is [32, 32, 96, 96]
   box = np.array([64 - side / 2, 64 - side / 2, 64 + side / 2, 64 + side / 2], np.float32)
-  face = aligner.align([image], boxes=[box])[0][0]
+  face = aligner.align([image], boxes=[box], box_convention="landmarks")[0][0]
   np.testing.assert_allclose(face.crop_box, [32, 32, 96, 96], atol=1e-4)
   images = jnp.asarray(image[None], jnp.float32)
   boxes = jnp.asarray(box[None])

@@ -259,28 +259,44 @@ def test_detected_faces_are_refined_from_their_own_landmark_box(passes):
       [10.0, 10.0, 50.0, 60.0], 1.25, 64, planted.points), atol=1e-3)
 
 
-def test_aligner_refines_detected_faces_only():
+def _refined(box, passes, points):
+  """The planted cascade's image-frame points after 1 + ``passes`` passes from ``box`` (each
+  pass from the bounding box of the previous one's points), by hand."""
+  expected = _planted_image_frame(box, 1.25, 64, points)
+  for _ in range(passes):
+    expected = _planted_image_frame(np.concatenate([expected.min(0), expected.max(0)]), 1.25,
+                                    64, points)
+  return expected
+
+
+@pytest.mark.parametrize("box_convention", ["detector", "landmarks"])
+def test_aligner_refines_detected_faces_and_detector_boxes(box_convention):
   """``dff_jax.Aligner`` (planted stand-in cascade and detector): a face it finds gets
-  1 + ``refine`` passes, a given box one."""
+  1 + ``refine`` passes; a given box gets as many when it is a detector's box
+  (``box_convention="detector"``, the default) and one when it is a landmark box. Every face
+  keeps the box it started from."""
   from dff_jax import Aligner
   image = np.full((160, 200, 3), 90, np.uint8)
   detected = np.array([[40.0, 30.0, 100.0, 110.0]], np.float32)
-  for passes in (0, 1):
+  given_box = [10.0, 10.0, 50.0, 60.0]
+  for passes in (0, 1, 2):
     planted = _PlantedCascade()
     aligner = Aligner(planted, batch_size=2, refine=passes,
                       detect=lambda im: (detected, np.array([0.9], np.float32)))
-    found, given = aligner.align([image, image], boxes=[None, [10.0, 10.0, 50.0, 60.0]])
-    expected = _planted_image_frame(detected[0], 1.25, 64, planted.points)
-    for _ in range(passes):
-      expected = _planted_image_frame(np.concatenate([expected.min(0), expected.max(0)]), 1.25,
-                                      64, planted.points)
-    np.testing.assert_allclose(found[0].landmarks_px, expected, atol=1e-3)
+    found, given = aligner.align([image, image], boxes=[None, given_box],
+                                 box_convention=box_convention)
+    np.testing.assert_allclose(found[0].landmarks_px, _refined(detected[0], passes,
+                                                               planted.points), atol=1e-3)
     np.testing.assert_allclose(found[0].box, detected[0])
-    np.testing.assert_allclose(given[0].landmarks_px, _planted_image_frame(
-        [10.0, 10.0, 50.0, 60.0], 1.25, 64, planted.points), atol=1e-3)
-    assert planted.calls == [2] * (1 + passes)
+    given_passes = passes if box_convention == "detector" else 0
+    np.testing.assert_allclose(given[0].landmarks_px, _refined(given_box, given_passes,
+                                                               planted.points), atol=1e-3)
+    np.testing.assert_allclose(given[0].box, given_box)
+    assert planted.calls == [2] * (1 + passes)  # fixed-size batches (the last ones padded)
   with pytest.raises(ValueError, match="refine"):
     Aligner(planted, refine=-1)
+  with pytest.raises(ValueError, match="box_convention"):
+    aligner.align([image], boxes=[given_box], box_convention="dlib")
 
 
 def test_refinement_per_job_and_degenerate_boxes():
@@ -339,9 +355,10 @@ def test_align_command_summary_and_no_overlays(env, tmp_path):
                          + ["run_summary.json"])
 
 
-def test_benchmark_stream_smoke(env, tmp_path):
+def test_benchmark_stream_smoke(env, tmp_path, monkeypatch):
   """The stream benchmark on 5 rendered faces (cached: a second call renders nothing)."""
   from dff_jax.benchmarking import stream as benchmark_stream
+  monkeypatch.setitem(sys.modules, "dlib", None)  # dlib is optional: none here
   messages = []
   kwargs = dict(data_dir=str(tmp_path / "data"), num_images=5, image_size=64, batch_size=4,
                 cascade=str(env["cascade"]), overlays=(False, True), report=messages.append)
@@ -419,8 +436,14 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
   assert {"ratio_to_jitted_call", "ratio_to_end_to_end"} <= set(dlib_record)
   assert len(_FakeDlib.calls) == 5  # one warm-up + the 4 faces
   box = env["box_map"][sorted(names)[0]]
-  assert _FakeDlib.calls[0][1] == tuple(int(round(v)) for v in box)
+  # dlib's rectangle: inclusive pixel indices of the box (image coordinates, right and bottom
+  # edges exclusive).
+  assert _FakeDlib.calls[0][1] == tuple(int(round(v)) for v in box[:2]) + tuple(
+      int(round(v)) - 1 for v in box[2:])
+  assert len(_FakeDlib.calls[0][0]) == 2  # the luma plane, decoded in the timed loop
   # Without a model file the record says why it was skipped; without dlib there is none.
+  from dff_jax.evaluation import dlib_baseline
+  monkeypatch.setattr(dlib_baseline, "default_predictor_path", lambda: None)
   records = list(benchmark_stream.bench_stream(
       data_dir=str(folder), num_images=2, batch_size=4, cascade=str(env["cascade"]),
       overlays=(), report=lambda m: None))

@@ -63,7 +63,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                 progress: bool = True, report=None, workers: int = 2, writers: int = 2,
                 prefetch_batches: int = 2, run_summary: bool = False,
                 refine: Optional[int] = None, mirror: bool = False,
-                processes: int = 1) -> Dict[str, Any]:
+                processes: int = 1, box_convention: str = "detector") -> Dict[str, Any]:
   """``experiments.align``: streams the images through the aligner and writes the results.
 
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
@@ -94,8 +94,12 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     writers: output writing threads (``0``: write in this thread), per process.
     prefetch_batches: batches decoded ahead (see ``run_jobs``).
     run_summary: also write the run figures to ``out_dir/run_summary.json``.
-    refine: extra passes for each detected face (:func:`dff_jax.alignment.streaming.run_jobs`;
-      ``None``: :data:`dff_jax.alignment.streaming.REFINE_DETECTED`).
+    refine: extra passes for each detected face and each face of a ``"detector"`` box
+      (:func:`dff_jax.alignment.streaming.run_jobs`; ``None``:
+      :data:`dff_jax.alignment.streaming.REFINE_DETECTED`).
+    box_convention: what ``bbox`` / ``boxes`` are
+      (:data:`dff_jax.alignment.streaming.BOX_CONVENTIONS`: ``"detector"``, any face
+      detector's box, refined; ``"landmarks"``, the 68 points' bounding box, aligned once).
     mirror: test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
     processes: worker processes (``1``: align in this process).
 
@@ -131,6 +135,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
   if processes < 1:
     raise ValueError(f"--processes must be >= 1, got {processes}")
+  streaming.given_box_passes(None, box_convention, 0)  # an unknown convention fails here
   paths, skipped = streaming.find_images(images)
   # Bad boxes and missing or unreadable model files fail here, before anything is written.
   inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)
@@ -144,7 +149,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   settings = dict(bbox=bbox, boxes=boxes, cascade=cascade, features=features,
                   checkpoint=checkpoint, face_model=face_model, batch_size=batch_size,
                   overlay=overlay, workers=workers, writers=writers,
-                  prefetch_batches=prefetch_batches, refine=refine, mirror=mirror)
+                  prefetch_batches=prefetch_batches, refine=refine, mirror=mirror,
+                  box_convention=box_convention)
   processes = min(processes, max(len(entries), 1))
   if processes > 1:  # each worker reads the flags' files itself
     summary = _align_in_processes(entries, out_dir, settings, processes, progress, report)
@@ -169,7 +175,7 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
                    boxes: Optional[str], cascade: Optional[str], features: Optional[str],
                    checkpoint: Optional[str], face_model: Optional[str], batch_size: int,
                    overlay: bool, workers: int, writers: int, prefetch_batches: int,
-                   refine: Optional[int], mirror: bool, progress: bool,
+                   refine: Optional[int], mirror: bool, box_convention: str, progress: bool,
                    report: Callable[[str], None],
                    on_image: Optional[Callable[[], None]] = None,
                    on_ready: Optional[Callable[[], None]] = None,
@@ -202,6 +208,8 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
       return f"detector: {detection.DETECTOR_NAME}"
     return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
 
+  passes = streaming.REFINE_DETECTED if refine is None else refine
+
   def job(index: int, path: Path, stem: str):
     def load():
       box = _given_box(path, common_box, box_map, boxes)
@@ -212,7 +220,8 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
       return streaming.Loaded(image=image, box=box,
                               truth=dict(index=index, stem=stem, path=str(path),
                                          size_wh=[image.shape[1], image.shape[0]],
-                                         box_source=box_source(box)))
+                                         box_source=box_source(box)),
+                              refine=streaming.given_box_passes(box, box_convention, passes))
     return streaming.Job(name=str(path), load=load)
 
   lock = threading.Lock()
@@ -282,8 +291,7 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
     for outcome in streaming.run_jobs(aligner, jobs, batch_size, progress=progress,
                                       total=len(jobs), keep_loaded=overlay, workers=workers,
                                       prefetch_batches=prefetch_batches, stats=stats,
-                                      refine=(streaming.REFINE_DETECTED if refine is None
-                                              else refine)):
+                                      refine=passes):
       if outcome.error is not None:
         failure(outcome.error)
         continue

@@ -16,7 +16,9 @@ of images, and :class:`RunStats` records the time split.
 ``landmarks_px`` (:func:`refined_box`: the landmark bounding box, the box convention the cascade
 was trained around), ``refine`` times (:data:`REFINE_DETECTED`); a detector's box, even
 corrected, is a cruder start than that (WORKSPACE.md sections 11 and 13). Given boxes are
-aligned once unless their :class:`Loaded` asks for passes.
+aligned once unless their :class:`Loaded` asks for passes: the public entry points
+(:meth:`dff_jax.Aligner.align`, ``experiments.align``) ask for them unless the boxes are said to
+be landmark boxes (:data:`BOX_CONVENTIONS`, :func:`given_box_passes`).
 
 **Failures.** Loading a job (reading the image, its box, its annotation) that raises a
 ``ValueError`` / ``OSError`` (e.g. :class:`dff_jax.image_io.ImageReadError`, a bad box) or
@@ -51,6 +53,10 @@ Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment
 READ_ERRORS = (ValueError, OSError)
 # Extra passes for a face the detector found, each from the box of the last pass's landmarks.
 REFINE_DETECTED = 1
+# What a given face box is (given_box_passes): "detector", any face detector's box (dlib's,
+# OpenCV's, a hand-drawn one), refined like a detection; "landmarks", the bounding box of the
+# face's 68 landmarks (the 300-W / AFLW2000-3D evaluation protocol), aligned once.
+BOX_CONVENTIONS = ("detector", "landmarks")
 
 def _readable_extensions(candidates: Sequence[str]) -> Tuple[str, ...]:
   """The candidates Pillow (imageio's reader for these formats) can open in this install."""
@@ -119,6 +125,24 @@ class Outcome:
 
 def one_line(error: BaseException) -> str:
   return " ".join(str(error).split()) or type(error).__name__
+
+
+def given_box_passes(box: Any, box_convention: str, refine: int) -> Optional[int]:
+  """The refinement passes of an image's faces (:class:`Loaded`'s ``refine``): ``None`` (the
+  run's ``refine``) when its faces are to be detected, 0 for :data:`WHOLE_IMAGE` (the crop is
+  given), else ``refine`` for boxes of the ``"detector"`` convention and 0 for ``"landmarks"``
+  boxes (:data:`BOX_CONVENTIONS`).
+
+  Raises:
+    ValueError: an unknown ``box_convention``.
+  """
+  if box_convention not in BOX_CONVENTIONS:
+    raise ValueError(f"box_convention must be one of {BOX_CONVENTIONS}, got {box_convention!r}")
+  if asks_detection(box):
+    return None
+  if isinstance(box, str) and box == WHOLE_IMAGE:
+    return 0
+  return int(refine) if box_convention == "detector" else 0
 
 
 def refined_box(face: Face, height: int, width: int) -> Optional[np.ndarray]:

@@ -8,7 +8,8 @@ the detector), then times, ``repeats`` times each (the best run is reported):
 * ``align_detect``: one ``aligner.align(images)`` call (every face found by the detector and
   aligned twice, the second pass from its own landmark box: ``refine=1``, the default);
 * ``align_detect_one_pass``: the same with ``refine=0`` (one pass from the detector's box);
-* ``align_given_boxes``: the detector's boxes of those faces given (no detection, one pass);
+* ``align_given_boxes``: the detector's corrected boxes of those faces given as landmark boxes
+  (``box_convention="landmarks"``: no detection, one pass);
 * ``align_one_per_call``: ``aligner.align([image])`` per image (detection included).
 
 One record per mode: ``what``, ``mode``, ``images``, ``faces``, ``ms_per_image``,
@@ -72,7 +73,7 @@ def bench_aligner(images: List[Any] | str | None = None, cascade: Optional[str] 
       "detect_only": lambda: [detection.detect_faces(image) for image in images],
       "align_detect": lambda: aligner.align(images),
       "align_detect_one_pass": lambda: once.align(images),
-      "align_given_boxes": lambda: aligner.align(images, boxes=boxes),
+      "align_given_boxes": lambda: aligner.align(images, boxes=boxes, box_convention="landmarks"),
       "align_one_per_call": lambda: [aligner.align([image]) for image in images],
   }
   for mode, run in modes.items():

@@ -417,32 +417,73 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
   return out[0], out[1]
 
 
+def _dlib_worker(paths: Sequence[str], rectangles: Sequence[Tuple[int, int, int, int]],
+                 predictor_path: str, barrier, results) -> None:
+  """One process of :func:`dlib_predictor_record`: loads dlib's predictor, warms up, waits for
+  the others, then decodes (luma, as ``align`` decodes for a grey descriptor) and predicts its
+  share of the faces; puts ``(faces, start, end, cpu_s)`` (``time.time()``) on ``results``."""
+  import dlib  # pylint: disable=g-import-not-at-top  # Optional: never a requirement.
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  predictor = dlib.shape_predictor(str(predictor_path))
+
+  def one(path, rectangle):
+    image = image_io.read_image(path, grey=True)[..., 0]
+    predictor(image, dlib.rectangle(*rectangle))
+
+  one(paths[0], rectangles[0])  # warm-up
+  if barrier is not None:
+    barrier.wait()
+  start, cpu_start = time.time(), time.process_time()
+  for path, rectangle in zip(paths, rectangles):
+    one(path, rectangle)
+  results.put((len(paths), start, time.time(), time.process_time() - cpu_start))
+
+
 def dlib_predictor_record(paths: Sequence[Path], boxes: Dict[Path, List[float]],
                           predictor_path: Optional[str], jitted_rate: float,
-                          stream_rate: Optional[float]) -> Optional[Dict[str, Any]]:
-  """dlib's ``shape_predictor`` on the same images (decoded beforehand) and boxes, one face at a
-  time; ``None`` when ``dlib`` is not importable (it is optional)."""
+                          stream_rate: Optional[float], processes: int = 1
+                          ) -> Optional[Dict[str, Any]]:
+  """dlib's ``shape_predictor`` on the same images and boxes, one face at a time, each image
+  decoded (its luma plane, as ``align`` decodes a photo for a grey descriptor) and predicted in
+  ``processes`` processes (the images dealt out in turn; timed from when every process has
+  loaded the model and warmed up); ``None`` when ``dlib`` is not importable (it is optional).
+  ``predictor_path`` defaults to the model file of the ``face_recognition_models`` package
+  (:func:`dff_jax.evaluation.dlib_baseline.default_predictor_path`)."""
   try:
     import dlib  # pylint: disable=g-import-not-at-top  # Optional: never a requirement.
   except ImportError:
     return None
+  from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
+  predictor_path = predictor_path or dlib_baseline.default_predictor_path()
   record: Dict[str, Any] = {"mode": "dlib_predictor", "dlib_version": str(
-      getattr(dlib, "__version__", "unknown")), "dlib_predictor": predictor_path}
+      getattr(dlib, "__version__", "unknown")), "dlib_predictor": predictor_path,
+                            "processes": int(processes), "includes": "decode (luma) + predictor"}
   if not predictor_path or not Path(predictor_path).is_file():
     record.update(items_per_second=None, skipped=(
         "dlib is importable but no landmark model was given: pass --dlib_predictor="
-        "shape_predictor_68_face_landmarks.dat (dlib's 68-point model; not shipped here)"))
+        "shape_predictor_68_face_landmarks.dat or " + dlib_baseline.INSTALL_HINT))
     return record
-  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
-  predictor = dlib.shape_predictor(str(predictor_path))
-  images = [image_io.read_image(path) for path in paths]
-  rectangles = [dlib.rectangle(*[int(round(v)) for v in boxes[path]]) for path in paths]
-  predictor(images[0], rectangles[0])  # warm-up
-  start, cpu_start = time.perf_counter(), time.process_time()
-  for image, rectangle in zip(images, rectangles):
-    predictor(image, rectangle)
-  wall_s = time.perf_counter() - start
-  cpu_s = time.process_time() - cpu_start
+  rectangles = [dlib_baseline.box_to_rectangle(boxes[path]) for path in paths]
+  names = [str(path) for path in paths]
+  if processes == 1:
+    import queue  # pylint: disable=g-import-not-at-top
+    results = queue.Queue()
+    _dlib_worker(names, rectangles, predictor_path, None, results)
+    shares = [results.get()]
+  else:
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_dlib_worker, args=(
+        names[k::processes], rectangles[k::processes], predictor_path, barrier, results))
+               for k in range(processes)]
+    for worker in workers:
+      worker.start()
+    shares = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+      worker.join()
+  wall_s = max(s[2] for s in shares) - min(s[1] for s in shares)
+  cpu_s = sum(s[3] for s in shares)
   rate = len(paths) / wall_s
   record.update(items_per_second=round(rate, 2), ms_per_item=round(1e3 / rate, 3),
                 wall_s=round(wall_s, 3), cpu_s=round(cpu_s, 3),
@@ -531,7 +572,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
              "loadavg": benchmarking.loadavg()}
 
     # 2. The align command end to end, with and without overlays.
-    stream_rate = None
+    stream_rates: Dict[int, float] = {}  # the first overlays value's run per process count
     for overlay, count in itertools.product(overlays, processes):
       out_dir = Path(tempfile.mkdtemp(prefix="dff_jax_bench_stream_out_"))
       messages: List[str] = []
@@ -544,7 +585,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               checkpoint=None if spec.checkpoint is None else str(spec.checkpoint),
               face_model=spec.face_model, batch_size=batch_size, overlay=bool(overlay),
               progress=False, report=messages.append, workers=workers, writers=writers,
-              prefetch_batches=prefetch_batches, mirror=spec.mirror, processes=int(count))
+              prefetch_batches=prefetch_batches, mirror=spec.mirror, processes=int(count),
+              box_convention="landmarks")
         # The worker processes' CPU, loading and compiling included (they are joined now).
         cpu_s = time.process_time() + benchmarking.children_cpu_s() - cpu_start
       finally:
@@ -552,7 +594,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
       for message in messages[:3]:
         report(f"benchmark stream: {message}")
       rate = summary["images_per_second"]
-      stream_rate = stream_rate or rate
+      stream_rates.setdefault(int(count), rate)
       yield {**common, "mode": "end_to_end", "overlays": bool(overlay), "items_per_second": rate,
              "ms_per_item": round(1e3 / rate, 3) if rate else None,
              "ratio_to_jitted_call": round(rate / jitted_rate, 3), "wall_s": summary["wall_s"],
@@ -567,11 +609,17 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
              "processes": summary["processes"], **sampler.summary(),
              "maxrss_mb": round(benchmarking.maxrss_mb(), 1), "loadavg": benchmarking.loadavg()}
 
-    # 3. dlib's predictor on the same boxes (only when dlib is importable).
-    record = dlib_predictor_record(paths, boxes, dlib_predictor, jitted_rate, stream_rate)
-    if record is not None:
+    # 3. dlib's predictor on the same boxes (only when dlib is importable), in as many
+    #    processes as each end-to-end run.
+    for count in (processes or (1,)):
+      record = dlib_predictor_record(paths, boxes, dlib_predictor, jitted_rate,
+                                     stream_rates.get(int(count)), processes=int(count))
+      if record is None or "skipped" in record:
+        break
       yield {**common, "compile_s": 0.0, **record, "loadavg": benchmarking.loadavg()}
-    elif dlib_predictor:
+    if record is not None and "skipped" in record:
+      yield {**common, "compile_s": 0.0, **record, "loadavg": benchmarking.loadavg()}
+    elif record is None and dlib_predictor:
       report("benchmark stream: --dlib_predictor given but dlib is not importable; skipped")
   finally:
     shutil.rmtree(scratch, ignore_errors=True)

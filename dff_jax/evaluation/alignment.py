@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -221,6 +221,82 @@ def folder_300w_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None
                  box_protocol="ground-truth landmark bounding box")
 
 
+BOX_PROTOCOLS = {
+    "landmarks": None,  # each set's own (the ground-truth landmark box on photographs)
+    "dlib": "dlib's HOG face detector (upsample 1), the detection overlapping the ground-truth "
+            "landmark box most (IoU >= 0.3); faces without one are left out",
+}
+MIN_BOX_IOU = 0.3
+
+
+def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, baseline=None,
+               compare_dlib: bool = False) -> Tuple[EvalSet, set]:
+  """``eval_set`` with another face box protocol, refinement passes and dlib's predictions.
+
+  Args:
+    eval_set: a set whose jobs' ``truth`` holds ``landmarks_px``.
+    boxes: :data:`BOX_PROTOCOLS` key: ``"landmarks"`` keeps the set's boxes; ``"dlib"`` gives
+      each face the box of ``baseline.detect`` overlapping its landmark box most (IoU at least
+      :data:`MIN_BOX_IOU`); a face without one fails to load (and is left out of every
+      method's figures) and its job name is added to the returned set.
+    refine: extra passes of our aligner for each face (:class:`dff_jax.alignment.streaming.Loaded`).
+    baseline: a :class:`dff_jax.evaluation.dlib_baseline.DlibBaseline` (``boxes="dlib"`` or
+      ``compare_dlib``).
+    compare_dlib: each face's ``truth`` also gets ``dlib_landmarks_px [68, 2]``: dlib's
+      predictor from the same box.
+
+  Returns:
+    ``(eval_set, names of the faces without a box)``; the set fills in while it is run.
+  """
+  without_box: set = set()
+  if boxes == "landmarks" and not refine and not compare_dlib:
+    return eval_set, without_box
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment.streaming import Job  # pylint: disable=g-import-not-at-top
+
+  def wrap(job):
+    def load():
+      loaded = job.load()
+      truth = dict(loaded.truth)
+      box = loaded.box
+      if boxes == "dlib":
+        found = baseline.detect(loaded.image)
+        overlap = detection.box_iou(np.asarray(landmark_box(truth["landmarks_px"]), np.float64),
+                                    np.asarray(found, np.float64).reshape(-1, 4))
+        if not len(found) or overlap.max() < MIN_BOX_IOU:
+          without_box.add(job.name)
+          raise ValueError(f"{job.name}: dlib's detector found no face overlapping the "
+                           f"annotation (IoU >= {MIN_BOX_IOU})")
+        box = found[int(np.argmax(overlap))]
+      if compare_dlib:
+        truth["dlib_landmarks_px"] = baseline.predict(loaded.image, box)
+      return dataclasses.replace(loaded, box=box, truth=truth, refine=int(refine))
+    return Job(name=job.name, load=load)
+
+  protocol = BOX_PROTOCOLS[boxes] or eval_set.box_protocol
+  if refine:
+    protocol += f"; {refine} refinement pass(es) from the box of the previous landmarks_px"
+  return dataclasses.replace(eval_set, jobs=[wrap(j) for j in eval_set.jobs],
+                             box_protocol=protocol), without_box
+
+
+def _dlib_method(common: Sequence[str], truth_by_name: Dict[str, Dict[str, Any]],
+                 eval_set: EvalSet) -> Dict[str, Any]:
+  """Per-face errors and regions of dlib's predictions (``truth["dlib_landmarks_px"]``)
+  against the set's annotation (in the set's convention: dlib's jaw is the outline)."""
+  errors, regions = {}, {}
+  for n in common:
+    predicted = np.asarray(truth_by_name[n]["dlib_landmarks_px"], np.float64)
+    target = np.asarray(truth_by_name[n]["landmarks_px"], np.float64)
+    errors[n] = float(metrics.nme(predicted, target, eval_set.normaliser))
+    regions[n] = {k: float(v) for k, v in
+                  metrics.region_nme(predicted, target, eval_set.normaliser).items()}
+    _, start, stop = metrics.REGIONS[0]   # the jaw
+    regions[n]["jaw_dx"] = float(np.mean(predicted[start:stop, 0] - target[start:stop, 0])
+                                 / metrics.normaliser_length(target, eval_set.normaliser))
+  return dict(errors=errors, regions=regions)
+
+
 def estimate_yaw_deg(model: FaceModel, landmarks_px: np.ndarray,
                      chunk: int = 64) -> np.ndarray:
   """Yaw (degrees, our convention) of 3DMM fits to ``landmarks_px [N, 68, 2]`` (chunks padded to
@@ -407,11 +483,19 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              image_size: Optional[int] = None, batch_size: int = 8, progress: bool = True,
              report=None, render_face_model: Optional[str] = None, split: str = "val",
              faces_json: Optional[str] = None, mirror: bool = False,
-             sources: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+             sources: Optional[Sequence[str]] = None, boxes: str = "landmarks",
+             refine: Optional[int] = None, compare_dlib: bool = False,
+             dlib_predictor: Optional[str] = None) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
   the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
   method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
   ``sources``: faces68 only, the faces of these ``source`` fields (:func:`faces68_set`).
+  ``boxes``: the face boxes given to every method (:data:`BOX_PROTOCOLS`; :func:`with_boxes`).
+  ``refine``: extra passes of our methods for each face, each from the box of the previous
+  pass's ``landmarks_px`` (``None``: as ``align`` does for boxes of that kind: 0 from landmark
+  boxes, :data:`dff_jax.alignment.streaming.REFINE_DETECTED` from a detector's). ``compare_dlib``: dlib's 68-point predictor is scored beside our
+  methods on the same faces and boxes (method ``dlib``; ``dlib_predictor``: its model file,
+  default the ``face_recognition_models`` package's; :mod:`dff_jax.evaluation.dlib_baseline`).
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
@@ -429,6 +513,17 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     raise FileNotFoundError(f"--data_dir={data_dir} is not a directory")
   if num_faces is not None and num_faces < 1:
     raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
+  if boxes not in BOX_PROTOCOLS:
+    raise ValueError(f"--boxes must be one of {tuple(BOX_PROTOCOLS)}, got {boxes!r}")
+  if refine is None:
+    from dff_jax.alignment.streaming import REFINE_DETECTED  # pylint: disable=g-import-not-at-top
+    refine = 0 if boxes == "landmarks" else REFINE_DETECTED
+  if refine < 0:
+    raise ValueError(f"--refine must be >= 0, got {refine}")
+  baseline = None
+  if boxes == "dlib" or compare_dlib:
+    from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
+    baseline = dlib_baseline.load(dlib_predictor)
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
   specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror)
            for c in cascades]
@@ -449,6 +544,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     eval_set = faces68_set(data_dir, split, faces_json, num_faces, grey, sources)
   else:
     eval_set = folder_300w_set(data_dir, num_faces, grey)
+  eval_set, without_box = with_boxes(eval_set, boxes, refine, baseline, compare_dlib)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -504,6 +600,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     model = methods[names[0]]["aligner"].face_model
     yaw = estimate_yaw_deg(model, np.stack([truth_by_name[n]["landmarks_px"]
                                             for n in common]))
+  if compare_dlib:
+    methods["dlib"] = _dlib_method(common, truth_by_name, eval_set)
   summaries = {}
   for name in names:
     values = np.array([methods[name]["errors"][n] for n in common], np.float64)
@@ -530,6 +628,17 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     curves.append((name, values))
     for n, value, yaw_deg in zip(common, values, yaw):
       records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
+  if compare_dlib:
+    values = np.array([methods["dlib"]["errors"][n] for n in common], np.float64)
+    summaries["dlib"] = summarise_errors(values, yaw if len(common) else None,
+                                         eval_set.normaliser)
+    summaries["dlib"]["nme_by_region"] = region_summary(
+        [methods["dlib"]["regions"][n] for n in common], yaw if len(common) else None)
+    summaries["dlib"].update(features="dlib", landmark_convention_of_method="outline",
+                             **baseline.describe())
+    curves.append(("dlib", values))
+    for n, value, yaw_deg in zip(common, values, yaw):
+      records.append(dict(image=n, method="dlib", nme=value, yaw_deg=yaw_deg))
 
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
                                  split=split if dataset == "faces68" else None,
@@ -539,11 +648,15 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                  test_time_mirror=bool(mirror),
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
+                                 refine=int(refine),
+                                 num_faces_without_box=(len(without_box) if boxes != "landmarks"
+                                                        else None),
                                  landmark_convention=eval_set.landmark_convention,
                                  landmark_convention_description=LANDMARK_CONVENTIONS[
                                      eval_set.landmark_convention][1])
   summary.update(summaries[names[0]])
-  summary.update(method=names[0], methods=summaries, skipped=sorted(skipped.values()))
+  summary.update(method=names[0], methods=summaries,
+                 skipped=sorted(v for k, v in skipped.items() if k not in without_box))
   if dataset == "synthetic":
     summary.update(seed=int(seed), render_face_model=render_face_model or specs[0].face_model,
                    pipeline=file_io.json_safe(eval_set.pipeline))

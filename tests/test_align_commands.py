@@ -246,6 +246,23 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   from dff_jax import metrics
   error = metrics.nme(np.asarray(face["landmarks_px"]), faces["landmarks_px"][0], "bbox")
   assert error < 0.3
+  # A given box is a detector's by default: the last pass is cut around the box of the first
+  # pass's landmarks. Said to be a landmark box, it is aligned once, cut around the box itself.
+  from dff_jax import geometry
+  first = np.asarray(face["landmarks_px"], np.float32)
+  out_once = tmp_path / "bbox_landmarks"
+  files.align_files(str(image_path), out_once, bbox=",".join(f"{v:.4f}" for v in box),
+                    cascade=str(setup["cascade"]), batch_size=2, progress=False,
+                    box_convention="landmarks", overlay=False)
+  once = json.loads((out_once / "face0.json").read_text())["faces"][0]
+  np.testing.assert_allclose(once["crop_box"], geometry.square_box(box, 1.25), atol=1e-3)
+  before = np.asarray(once["landmarks_px"], np.float32)
+  np.testing.assert_allclose(face["crop_box"], geometry.square_box(
+      np.concatenate([before.min(0), before.max(0)]), 1.25), atol=1e-3)
+  assert np.abs(first - before).max() > 0.1  # the second pass moved the points
+  with pytest.raises(ValueError, match="box_convention"):
+    files.align_files(str(image_path), out_once, cascade=str(setup["cascade"]),
+                      box_convention="opencv", progress=False)
   overlay = readers_image(out / "face0_overlay.png")
   assert overlay.shape == (CROP, CROP, 3) and np.any(overlay != faces["image"][0])
 

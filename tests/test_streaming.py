@@ -454,3 +454,36 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
       overlays=(), report=lambda m: None))
   assert [r["mode"] for r in records] == ["jitted_call", "jitted_call_describe_all_first",
                                           "host_costs"]
+
+
+@pytest.mark.parametrize("spread,expected_passes", [(0.8, 1), (0.83, 1), (0.88, 3), (0.5, 3)])
+def test_refinement_stops_when_the_crop_has_converged(spread, expected_passes):
+  """Planted truth: a stand-in cascade whose points span ``spread`` of the working side around
+  its centre, so each pass's landmark box is ``spread * box_scale`` times the box it started
+  from (the same centre) and the next crop changes its side by that factor minus one. With
+  spread 0.8 and box scale 1.25 the box reproduces itself, with 0.83 the next crop is 3.75 %
+  larger (within the 0.05 tolerance): the first pass has converged and no refinement pass is
+  run, even with ``refine=2``. With 0.88 (10 % larger each time) or 0.5 (half as large) every
+  pass is run: 1 + refine. ``refine_min_change=0`` runs every pass."""
+  from dff_jax.alignment import streaming
+  planted = _PlantedCascade()
+  t = np.linspace(0.0, 1.0, 68, dtype=np.float32)
+  unit = np.stack([t, t ** 2], axis=1)  # spans [0, 1]^2
+  planted.points = ((0.5 - spread / 2) + spread * unit) * planted.work_size
+  image = np.zeros((200, 200, 3), np.uint8)
+  box = [60.0, 60.0, 140.0, 140.0]
+
+  def run(**kwargs):
+    planted.calls.clear()
+    job = streaming.Job(name="given", load=lambda: streaming.Loaded(image=image, box=box,
+                                                                     refine=2))
+    list(streaming.run_jobs(planted, [job], batch_size=1, progress=False, workers=0, **kwargs))
+    return len(planted.calls)
+
+  assert streaming.REFINE_MIN_CHANGE == 0.05
+  assert run() == expected_passes
+  assert run(refine_min_change=0.0) == 3
+  crop = np.array([50.0, 50.0, 150.0, 150.0])
+  assert streaming.refinement_converged(crop, [61.0, 60.0, 141.0, 140.0], 1.25, 0.05)
+  assert not streaming.refinement_converged(crop, [70.0, 60.0, 150.0, 140.0], 1.25, 0.05)
+  assert not streaming.refinement_converged(crop, box, 1.25, 0.0)

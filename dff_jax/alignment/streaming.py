@@ -14,8 +14,9 @@ of images, and :class:`RunStats` records the time split.
 
 **Refinement.** A face the detector found is aligned again from the box of its own
 ``landmarks_px`` (:func:`refined_box`: the landmark bounding box, the box convention the cascade
-was trained around), ``refine`` times (:data:`REFINE_DETECTED`); a detector's box, even
-corrected, is a cruder start than that (WORKSPACE.md sections 11 and 13). Given boxes are
+was trained around), up to ``refine`` times (:data:`REFINE_DETECTED`), until the crop stops
+moving (:func:`refinement_converged`, :data:`REFINE_MIN_CHANGE`); a detector's box, even
+corrected, is a cruder start than that (WORKSPACE.md sections 11, 13 and 14). Given boxes are
 aligned once unless their :class:`Loaded` asks for passes: the public entry points
 (:meth:`dff_jax.Aligner.align`, ``experiments.align``) ask for them unless the boxes are said to
 be landmark boxes (:data:`BOX_CONVENTIONS`, :func:`given_box_passes`).
@@ -51,8 +52,13 @@ from dff_jax.alignment.runner import check_box, face_boxes, to_image_frame, work
 
 Face = results.Face  # one face's alignment, image pixels (see dff_jax.alignment.results)
 READ_ERRORS = (ValueError, OSError)
-# Extra passes for a face the detector found, each from the box of the last pass's landmarks.
-REFINE_DETECTED = 1
+# The most extra passes for a face the detector found (or a detector's box), each from the box
+# of the last pass's landmarks, ...
+REFINE_DETECTED = 2
+# ... stopping once the crop the next pass would cut has converged: its centre and side move by
+# at most this fraction of the current crop's side (refinement_converged). Chosen on faces68 val
+# and AFLW2000-3D dev (WORKSPACE.md section 14, "Boxes from another detector").
+REFINE_MIN_CHANGE = 0.05
 # What a given face box is (given_box_passes): "detector", any face detector's box (dlib's,
 # OpenCV's, a hand-drawn one), refined like a detection; "landmarks", the bounding box of the
 # face's 68 landmarks (the 300-W / AFLW2000-3D evaluation protocol), aligned once.
@@ -143,6 +149,21 @@ def given_box_passes(box: Any, box_convention: str, refine: int) -> Optional[int
   if isinstance(box, str) and box == WHOLE_IMAGE:
     return 0
   return int(refine) if box_convention == "detector" else 0
+
+
+def refinement_converged(crop_box: np.ndarray, next_box: np.ndarray, box_scale: float,
+                         min_change: float) -> bool:
+  """Whether the crop a refinement pass would cut around ``next_box`` (the square of side
+  ``box_scale * max(w, h)``) is within ``min_change`` of the current ``crop_box`` (both
+  ``[4]`` image pixels): its centre moved by at most ``min_change`` times the current side and
+  its side changed by at most that much. ``min_change = 0`` never counts as converged."""
+  crop_box = np.asarray(crop_box, np.float64)
+  next_crop = np.asarray(geometry.square_box(np.asarray(next_box, np.float32), box_scale),
+                         np.float64)
+  side = crop_box[2] - crop_box[0]
+  moved = np.linalg.norm((next_crop[:2] + next_crop[2:]) / 2 - (crop_box[:2] + crop_box[2:]) / 2)
+  resized = abs((next_crop[2] - next_crop[0]) - side)
+  return bool(min_change > 0 and max(moved, resized) <= min_change * side)
 
 
 def refined_box(face: Face, height: int, width: int) -> Optional[np.ndarray]:
@@ -245,7 +266,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
              keep_loaded: bool = True, workers: int = 2, prefetch_batches: int = 2,
              stats: Optional[RunStats] = None,
              detect: Optional[Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None,
-             refine: int = REFINE_DETECTED) -> Iterator[Outcome]:
+             refine: int = REFINE_DETECTED,
+             refine_min_change: Optional[float] = None) -> Iterator[Outcome]:
   """Aligns the faces of ``jobs`` in fixed-size batches; yields one :class:`Outcome` per job.
 
   **Streaming.** Jobs are taken from ``jobs`` lazily and prepared (loaded, i.e. image decoded,
@@ -266,7 +288,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
 
   **Refinement.** A face with passes left (``refine`` for detected faces, or its
   :class:`Loaded`'s ``refine``) goes back into the batches, cut again around
-  :func:`refined_box` of its result, when its batch is done; its ``box`` stays the one it
+  :func:`refined_box` of its result, when its batch is done, unless that crop has converged
+  (``refine_min_change``); its ``box`` stays the one it
   started from and its ``crop_box`` is the last pass's. Its job's outcome comes after the last
   pass, so jobs with refined faces may come later than jobs given after them, and their images
   stay in memory for those passes (a batch more each, beyond the bound above).
@@ -291,7 +314,10 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
     stats: a :class:`RunStats` to fill in (counts, time split, peak jobs in memory).
     detect: the face detector for jobs without a box, ``image -> (boxes [N, 4], scores [N])``
       (default :func:`dff_jax.detection.detect_faces`).
-    refine: refinement passes of each detected face (:data:`REFINE_DETECTED`; 0: none).
+    refine: the most refinement passes of each detected face (:data:`REFINE_DETECTED`; 0: none).
+    refine_min_change: a face's refinement stops once the next pass's crop would move by at
+      most this fraction of its side (:func:`refinement_converged`; 0: every pass is run;
+      ``None``: :data:`REFINE_MIN_CHANGE`).
 
   Raises:
     ValueError: ``batch_size < 1``, ``workers < 0``, ``prefetch_batches < 1`` or
@@ -305,6 +331,8 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
     raise ValueError(f"prefetch_batches must be >= 1, got {prefetch_batches}")
   if refine < 0:
     raise ValueError(f"refine must be >= 0, got {refine}")
+  if refine_min_change is None:
+    refine_min_change = REFINE_MIN_CHANGE
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   stats = RunStats() if stats is None else stats
   lock = threading.Lock()
@@ -367,6 +395,9 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
       face = to_image_frame(result, n, crop_box, box, aligner.work_size, score)
       again = (refined_box(face, *record.image.shape[:2])
                if passes and face.is_finite() else None)
+      if again is not None and refinement_converged(crop_box, again, aligner.config.box_scale,
+                                                    refine_min_change):
+        again = None
       if again is not None:
         work_image, crop_box, _ = working_crop(record.image, again, aligner.config,
                                                aligner.work_size, aligner.channels)

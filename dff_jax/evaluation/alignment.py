@@ -275,7 +275,8 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
 
   protocol = BOX_PROTOCOLS[boxes] or eval_set.box_protocol
   if refine:
-    protocol += f"; {refine} refinement pass(es) from the box of the previous landmarks_px"
+    protocol += (f"; up to {refine} refinement pass(es) from the box of the previous "
+                 "landmarks_px, until the crop moves by at most refine_min_change of its side")
   return dataclasses.replace(eval_set, jobs=[wrap(j) for j in eval_set.jobs],
                              box_protocol=protocol), without_box
 
@@ -649,6 +650,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  refine=int(refine),
+                                 refine_min_change=(streaming.REFINE_MIN_CHANGE if refine
+                                                    else None),
                                  num_faces_without_box=(len(without_box) if boxes != "landmarks"
                                                         else None),
                                  landmark_convention=eval_set.landmark_convention,

@@ -27,9 +27,10 @@ def define_flags() -> None:
   flags.DEFINE_string("face_model", None, "'default', 'ict', 'sfm' or a face-model file "
                       "(default: the cascade's).")
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
-  flags.DEFINE_integer("refine", 1, "Extra passes for each face the detector found (or given "
-                       "by a detector's box, --box_convention), each from the box of the "
-                       "previous pass's landmarks (0: align once).")
+  flags.DEFINE_integer("refine", None, "The most extra passes for each face the detector found "
+                       "(or given by a detector's box, --box_convention), each from the box of "
+                       "the previous pass's landmarks until the crop stops moving (default 2; "
+                       "0: align once).")
   flags.DEFINE_enum("box_convention", "detector", ["detector", "landmarks"], "What --bbox / "
                     "--boxes are: detector (any face detector's box, e.g. dlib's: aligned, then "
                     "--refine more times from its own landmarks) or landmarks (the bounding box "

@@ -58,8 +58,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("cascade_mirror", False, "The cascade's test-time mirroring (align --mirror, "
                     "Aligner.load(mirror=True)).")
   flags.DEFINE_integer("batch_size", 16, "Faces per jitted alignment call.")
-  flags.DEFINE_integer("refine", 1, "Extra passes for each detected face, each from the box of "
-                       "the previous pass's landmarks, as dff_jax.Aligner makes them (0: none).")
+  flags.DEFINE_integer("refine", None, "The most extra passes for each detected face, each from "
+                       "the box of the previous pass's landmarks until the crop stops moving, as "
+                       "dff_jax.Aligner makes them (default 2; 0: none).")
   flags.DEFINE_string("cascade", None, "Cascade .npz (default: the shipped one).")
   flags.DEFINE_string("checkpoint", None, "DFF bundle (default: the cascade's encoder).")
   flags.DEFINE_string("detections", None, "JSON of another detector's boxes (see docstring).")

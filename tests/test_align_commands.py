@@ -226,15 +226,18 @@ def _check_document(document, model, image_wh=(CROP, CROP)):
   return document["faces"][0]
 
 
-def test_align_with_bbox_and_whole_image(setup, tmp_path):
+def test_align_with_bbox_and_whole_image(setup, tmp_path, monkeypatch):
   from dff_jax.alignment import files
   from dff_jax.alignment import runner
+  from dff_jax.alignment import streaming
+  monkeypatch.setattr(streaming, "REFINE_MIN_CHANGE", 0.0)  # every refinement pass is run
   faces, model = setup["faces"], setup["model"]
   image_path = setup["images"] / "face0.png"
   box = faces["box"][0]
   out = tmp_path / "bbox"
   summary = files.align_files(str(image_path), out, bbox=",".join(f"{v:.4f}" for v in box),
-                              cascade=str(setup["cascade"]), batch_size=2, progress=False)
+                              cascade=str(setup["cascade"]), batch_size=2, progress=False,
+                              refine=1)
   assert summary["written"] == ["face0"] and summary["failed"] == []
   assert sorted(p.name for p in out.iterdir()) == ["face0.json", "face0_overlay.png"]
   document = json.loads((out / "face0.json").read_text())
@@ -277,7 +280,7 @@ def test_align_with_bbox_and_whole_image(setup, tmp_path):
   shifted = box + np.array([dx, dy, dx, dy], np.float32)
   out2 = tmp_path / "shifted"
   files.align_files(str(shifted_path), out2, bbox=",".join(f"{v:.4f}" for v in shifted),
-                    cascade=str(setup["cascade"]), batch_size=2, progress=False)
+                    cascade=str(setup["cascade"]), batch_size=2, progress=False, refine=1)
   moved = _check_document(json.loads((out2 / "shifted.json").read_text()), model,
                           (CROP + 80, CROP + 60))
   np.testing.assert_allclose(np.asarray(moved["landmarks_px"]) - [dx, dy],

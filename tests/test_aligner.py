@@ -62,7 +62,7 @@ def _face_free():
   return evaluation.face_free_image(1, size=SIZE)[0]  # "flat" (+ a little noise)
 
 
-def test_one_face_two_faces_and_none(env, aligner):
+def test_one_face_two_faces_and_none(env, aligner, monkeypatch):
   from dff_jax import Aligner, Face, Pose, detection
   one = env["faces"][0]
   two = np.concatenate(env["faces"], axis=1)  # 128 x 256: two people side by side
@@ -90,11 +90,15 @@ def test_one_face_two_faces_and_none(env, aligner):
     assert json.loads(json.dumps(document)) == document
   # Each face of the two-face image is what aligning it alone with its box gives (the batch,
   # its padding and the order of the crops change nothing): the first pass from the detector's
-  # box (refine=0), then the second from the box of the first pass's landmarks.
+  # box (refine=0), then the second from the box of the first pass's landmarks (refine=1, every
+  # pass run whatever the crop's change).
+  from dff_jax.alignment import streaming
+  monkeypatch.setattr(streaming, "REFINE_MIN_CHANGE", 0.0)
   once = Aligner(aligner.cascade, batch_size=aligner.batch_size, refine=0)
   first = once.align([two])[0]
-  assert len(first) == len(result[1])
-  for face, start in zip(result[1], first):
+  twice = Aligner(aligner.cascade, batch_size=aligner.batch_size, refine=1).align([two])[0]
+  assert len(first) == len(result[1]) == len(twice)
+  for face, start in zip(twice, first):
     np.testing.assert_allclose(start.box, face.box)
     alone = aligner.align([two], boxes=[face.box], box_convention="landmarks")[0]
     assert len(alone) == 1 and alone[0].score is None

@@ -6,7 +6,8 @@ the detector), then times, ``repeats`` times each (the best run is reported):
 
 * ``detect_only``: :func:`dff_jax.detection.detect_faces` on every image, one at a time;
 * ``align_detect``: one ``aligner.align(images)`` call (every face found by the detector and
-  aligned twice, the second pass from its own landmark box: ``refine=1``, the default);
+  aligned again from its own landmark box until its crop stops moving: ``refine=2``, the
+  default);
 * ``align_detect_one_pass``: the same with ``refine=0`` (one pass from the detector's box);
 * ``align_given_boxes``: the detector's corrected boxes of those faces given as landmark boxes
   (``box_convention="landmarks"``: no detection, one pass);

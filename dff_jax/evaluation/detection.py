@@ -396,6 +396,7 @@ def evaluate_detection(data_dir: str | os.PathLike, detect: Detect, aligner: Any
                   f"cascade gives NME (bbox: sqrt(w*h) of the ground-truth landmark box) <= "
                   f"{threshold}"),
       refine_passes=refine,
+      refine_min_change=streaming.REFINE_MIN_CHANGE if refine else None,
       recall_by_yaw_bin=_by_bin(found.astype(float), bins),
       recall=round(float(np.mean(found)), 4),
       oracle_recall_by_yaw_bin=_by_bin(oracle.astype(float), bins),

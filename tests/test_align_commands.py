@@ -873,6 +873,8 @@ def test_eval_detector_boxes_refinement_and_dlib_baseline(setup, tmp_path, monke
   refined, refined_errors = run(6.0, 1)
   assert refined["refine"] == 1 and "up to 1 refinement pass" in refined["box_protocol"]
   assert refined["refine_min_change"] == 0.0
+  assert refined["methods"]["sift"]["passes_per_face"] == 2.0
+  assert shifted["methods"]["sift"]["passes_per_face"] == 1.0
   assert refined_errors[("sift", "afw_face0")] != pytest.approx(
       shifted_errors[("sift", "afw_face0")], rel=1e-3)
   assert refined["methods"]["dlib"]["nme_mean"] == pytest.approx(0.05, rel=1e-4)

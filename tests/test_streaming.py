@@ -477,7 +477,10 @@ def test_refinement_stops_when_the_crop_has_converged(spread, expected_passes):
     planted.calls.clear()
     job = streaming.Job(name="given", load=lambda: streaming.Loaded(image=image, box=box,
                                                                      refine=2))
-    list(streaming.run_jobs(planted, [job], batch_size=1, progress=False, workers=0, **kwargs))
+    stats = streaming.RunStats()
+    list(streaming.run_jobs(planted, [job], batch_size=1, progress=False, workers=0,
+                            stats=stats, **kwargs))
+    assert stats.refinement_passes == len(planted.calls) - 1
     return len(planted.calls)
 
   assert streaming.REFINE_MIN_CHANGE == 0.05

@@ -210,6 +210,7 @@ class RunStats:
     faces: faces aligned (finite result).
     failures: jobs that yielded an ``error`` outcome.
     batches: jitted calls made (the last one padded).
+    refinement_passes: refinement passes run (over all faces; 0 without refinement).
     prepare_s: seconds spent loading jobs (image decoding) and cutting working crops, summed over
       the worker threads (with several workers this may exceed the wall time).
     align_s: seconds the calling thread spent dispatching batches and waiting for their results.
@@ -221,6 +222,7 @@ class RunStats:
   faces: int = 0
   failures: int = 0
   batches: int = 0
+  refinement_passes: int = 0
   prepare_s: float = 0.0
   align_s: float = 0.0
   wait_prepare_s: float = 0.0
@@ -402,6 +404,7 @@ def run_jobs(aligner: CompiledCascade, jobs: Iterable[Job], batch_size: int = 8,
         work_image, crop_box, _ = working_crop(record.image, again, aligner.config,
                                                aligner.work_size, aligner.channels)
         pending.append((record, index, box, score, work_image, crop_box, passes - 1))
+        stats.refinement_passes += 1
         continue
       record.faces[index] = face
       record.remaining -= 1

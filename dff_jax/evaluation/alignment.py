@@ -564,8 +564,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     yaw_pred: Dict[str, float] = {}
     regions: Dict[str, Dict[str, float]] = {}
     offsets: Dict[str, np.ndarray] = {}
+    stats = streaming.RunStats()
     for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
-                                      total=len(eval_set.jobs), keep_loaded=False):
+                                      total=len(eval_set.jobs), keep_loaded=False, stats=stats):
       if outcome.error is not None:
         if outcome.job.name not in skipped:
           skipped[outcome.job.name] = outcome.error
@@ -590,7 +591,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       offsets[outcome.job.name] = offset
       yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
     methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred,
-                         offsets=offsets)
+                         offsets=offsets, passes_per_face=(
+                             1.0 + stats.refinement_passes / stats.faces if stats.faces else None))
 
   # Faces every method aligned (a face one method could not read is skipped for all).
   common = [job.name for job in eval_set.jobs
@@ -617,6 +619,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
         np.array([methods[name]["offsets"][n] for n in common], np.float64).reshape(-1, 68, 2),
         yaw if len(common) else None)
     aligner = methods[name]["aligner"]
+    summaries[name]["passes_per_face"] = methods[name]["passes_per_face"]
     summaries[name].update(features=aligner.spec.features,
                            cascade=str(aligner.spec.cascade_path),
                            descriptor_source=aligner.describer.source,

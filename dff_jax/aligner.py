@@ -61,10 +61,11 @@ class Aligner:
     detect: ``image -> (boxes [N, 4], scores [N])`` for images without a box (default:
       :func:`dff_jax.detection.detect_faces` with ``min_score`` and ``upsample``).
     min_score, upsample: the detector's settings (see :func:`dff_jax.detection.detect_faces`).
-    refine: extra passes for each face found by the detector or given by a detector's box
-      (:meth:`align`'s ``box_convention``), each from the bounding box of the previous pass's
-      ``landmarks_px`` (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`; 0: align once from
-      the box).
+    refine: the most extra passes for each face found by the detector or given by a
+      detector's box (:meth:`align`'s ``box_convention``), each from the bounding box of the
+      previous pass's ``landmarks_px``, until that crop stops moving
+      (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`,
+      :data:`~dff_jax.alignment.streaming.REFINE_MIN_CHANGE`; 0: align once from the box).
   """
 
   def __init__(self, cascade: runner.CompiledCascade, batch_size: int = 8,
@@ -170,8 +171,9 @@ class Aligner:
         ``"detect"`` (find its faces), ``[x0, y0, x1, y1]`` (one face), ``[[x0, y0, x1, y1],
         ...]`` (several; ``[]`` none) or ``"whole"`` (the whole image is the face crop).
       box_convention: what the given boxes are: ``"detector"`` (any face detector's box, e.g.
-        dlib's: each face is aligned, then ``refine`` more times from the box of its own
-        landmarks, as a detected face) or ``"landmarks"`` (the bounding box of the face's 68
+        dlib's: each face is aligned, then up to ``refine`` more times from the box of its own
+        landmarks until that crop stops moving, as a detected face) or ``"landmarks"`` (the
+        bounding box of the face's 68
         landmarks, the evaluation protocol of 300-W and AFLW2000-3D: aligned once, faster and a
         little more accurate from such a box; WORKSPACE.md section 14).
 

@@ -1,7 +1,8 @@
 r"""Aligns faces in image files: 68 landmarks, visibility, pose and 3DMM coefficients.
 
   python -m experiments.align --images=PATH|GLOB|DIR[,...] --out_dir=DIR \
-      [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--cascade=FILE] [--features=dff|sift] \
+      [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--box_convention=detector|landmarks] \
+      [--cascade=FILE] [--features=dff|sift] \
       [--checkpoint=DIR] [--face_model=default|PATH] [--batch_size=8] [--overlays=true|false] \
       [--workers=2] [--writers=2] [--prefetch_batches=2] [--processes=1] [--run_summary]
   python -m experiments.align --images=IMG1,IMG2,...|DIR --multiview [--share_expression] ...

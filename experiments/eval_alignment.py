@@ -29,7 +29,8 @@ Protocols (all NMEs on the 68 iBUG points, as fractions):
 Face boxes (``--boxes``): ``landmarks`` (default) is each protocol's box above; ``dlib`` gives
 every method the box of dlib's HOG face detector that overlaps the annotation most (IoU at least
 0.3; faces it misses are left out and counted, ``num_faces_without_box``), the protocol of the
-widely used predictor on its own detector's boxes. From a detector's box our methods align as
+widely used predictor on its own detector's boxes; ``FILE.json`` does the same with any other
+detector's boxes (the layout of ``align --boxes``: image name, path or stem -> a box or a list). From a detector's box our methods align as
 ``align`` does (``--box_convention=detector``: once more from their own landmarks' box;
 ``--refine`` overrides). ``--compare_dlib`` scores dlib's 68-point predictor on the same faces
 and boxes as a method ``dlib`` (its jaw is the outline, also where a set scores the 3D jaw).
@@ -99,10 +100,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Faces per jitted batch.")
   flags.DEFINE_bool("mirror", False, "Test-time mirroring: align each face and its left-right "
                     "mirror image and combine the two (twice the work).")
-  flags.DEFINE_enum("boxes", "landmarks", ["landmarks", "dlib"], "Face boxes given to every "
-                    "method: landmarks (the set's own: the ground-truth landmark box on photos) "
-                    "or dlib (dlib's HOG detector's box overlapping the annotation; optional "
-                    "requirements-compare.txt).")
+  flags.DEFINE_string("boxes", "landmarks", "Face boxes given to every method: landmarks (the "
+                      "set's own: the ground-truth landmark box on photos), dlib (dlib's HOG "
+                      "detector's box overlapping the annotation; optional "
+                      "requirements-compare.txt) or FILE.json (another detector's boxes, as "
+                      "align --boxes takes them).")
   flags.DEFINE_integer("refine", None, "Extra passes of our methods for each face, each from "
                        "the box of the previous pass's landmarks_px (default: as align does: "
                        "0 from landmark boxes, 1 from a detector's).")

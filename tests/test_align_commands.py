@@ -878,6 +878,25 @@ def test_eval_detector_boxes_refinement_and_dlib_baseline(setup, tmp_path, monke
   assert refined_errors[("sift", "afw_face0")] != pytest.approx(
       shifted_errors[("sift", "afw_face0")], rel=1e-3)
   assert refined["methods"]["dlib"]["nme_mean"] == pytest.approx(0.05, rel=1e-4)
+  # Another detector's boxes from a file (align --boxes' layout, keyed by stem or file name):
+  # the overlapping one is used; a face without an entry is left out and counted.
+  far = [0.0, 0.0, 4.0, 4.0]
+  lm_boxes = {name: np.concatenate([p.min(0), p.max(0)]).tolist()
+              for name, p in zip(("afw_face0", "afw_face1", "helen_face2"),
+                                 setup["faces"]["landmarks_px"][:3])}
+  boxes_file = tmp_path / "other_detector.json"
+  boxes_file.write_text(json.dumps({"afw_face0": [far, lm_boxes["afw_face0"]],
+                                    "helen_face2.jpg": lm_boxes["helen_face2"]}))
+  out = tmp_path / "from_file"
+  from_file = eval_alignment.evaluate("faces68", out, data_dir=str(data), split="train",
+                                      cascade=str(setup["cascade"]), batch_size=2,
+                                      progress=False, boxes=str(boxes_file), refine=0)
+  assert from_file["num_faces"] == 2 and from_file["num_faces_without_box"] == 1
+  assert str(boxes_file) in from_file["box_protocol"]
+  for line in (out / "errors.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    name = Path(record["image"]).stem
+    assert record["nme"] == pytest.approx(lm_errors[name], rel=1e-5)
   with pytest.raises(ValueError, match="--boxes must be one of"):
     eval_alignment.evaluate("faces68", tmp_path / "x", data_dir=str(data), split="train",
                             cascade=str(setup["cascade"]), boxes="opencv")

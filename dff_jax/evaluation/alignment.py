@@ -235,10 +235,13 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
 
   Args:
     eval_set: a set whose jobs' ``truth`` holds ``landmarks_px``.
-    boxes: :data:`BOX_PROTOCOLS` key: ``"landmarks"`` keeps the set's boxes; ``"dlib"`` gives
-      each face the box of ``baseline.detect`` overlapping its landmark box most (IoU at least
-      :data:`MIN_BOX_IOU`); a face without one fails to load (and is left out of every
-      method's figures) and its job name is added to the returned set.
+    boxes: :data:`BOX_PROTOCOLS` key or a ``.json`` file: ``"landmarks"`` keeps the set's
+      boxes; ``"dlib"`` gives each face the box of ``baseline.detect`` overlapping its landmark
+      box most (IoU at least :data:`MIN_BOX_IOU`); a file (the layout of ``align --boxes``:
+      image file name, path or stem -> ``[x0, y0, x1, y1]`` or a list of them, e.g. another
+      detector's output) the same among its boxes for the image. A face without one fails to
+      load (and is left out of every method's figures) and its job name is added to the
+      returned set.
     refine: extra passes of our aligner for each face (:class:`dff_jax.alignment.streaming.Loaded`).
     baseline: a :class:`dff_jax.evaluation.dlib_baseline.DlibBaseline` (``boxes="dlib"`` or
       ``compare_dlib``).
@@ -252,28 +255,43 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
   if boxes == "landmarks" and not refine and not compare_dlib:
     return eval_set, without_box
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment.streaming import Job  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+  box_map = None if boxes in BOX_PROTOCOLS else streaming.read_boxes_file(boxes)
+
+  def candidates(job, image) -> np.ndarray:
+    if box_map is None:
+      return baseline.detect(image)
+    _, entry = streaming.box_for(box_map, Path(job.name))
+    try:
+      return np.asarray(entry if entry is not None else [], np.float64).reshape(-1, 4)
+    except (TypeError, ValueError):
+      raise ValueError(f"{job.name}: its entry in {boxes} is not [x0, y0, x1, y1] or a list "
+                       "of them") from None
+
+  source = "dlib's detector" if box_map is None else str(boxes)
 
   def wrap(job):
     def load():
       loaded = job.load()
       truth = dict(loaded.truth)
       box = loaded.box
-      if boxes == "dlib":
-        found = baseline.detect(loaded.image)
+      if boxes != "landmarks":
+        found = candidates(job, loaded.image)
         overlap = detection.box_iou(np.asarray(landmark_box(truth["landmarks_px"]), np.float64),
                                     np.asarray(found, np.float64).reshape(-1, 4))
         if not len(found) or overlap.max() < MIN_BOX_IOU:
           without_box.add(job.name)
-          raise ValueError(f"{job.name}: dlib's detector found no face overlapping the "
-                           f"annotation (IoU >= {MIN_BOX_IOU})")
-        box = found[int(np.argmax(overlap))]
+          raise ValueError(f"{job.name}: {source} has no face box overlapping the annotation "
+                           f"(IoU >= {MIN_BOX_IOU})")
+        box = np.asarray(found[int(np.argmax(overlap))], np.float32)
       if compare_dlib:
         truth["dlib_landmarks_px"] = baseline.predict(loaded.image, box)
       return dataclasses.replace(loaded, box=box, truth=truth, refine=int(refine))
-    return Job(name=job.name, load=load)
+    return streaming.Job(name=job.name, load=load)
 
-  protocol = BOX_PROTOCOLS[boxes] or eval_set.box_protocol
+  protocol = (BOX_PROTOCOLS[boxes] or eval_set.box_protocol if box_map is None else
+              f"the boxes of {boxes}, the one overlapping the ground-truth landmark box most "
+              f"(IoU >= {MIN_BOX_IOU}); faces without one are left out")
   if refine:
     protocol += (f"; up to {refine} refinement pass(es) from the box of the previous "
                  "landmarks_px, until the crop moves by at most refine_min_change of its side")
@@ -514,8 +532,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     raise FileNotFoundError(f"--data_dir={data_dir} is not a directory")
   if num_faces is not None and num_faces < 1:
     raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
-  if boxes not in BOX_PROTOCOLS:
-    raise ValueError(f"--boxes must be one of {tuple(BOX_PROTOCOLS)}, got {boxes!r}")
+  if boxes not in BOX_PROTOCOLS and not str(boxes).endswith(".json"):
+    raise ValueError(f"--boxes must be one of {tuple(BOX_PROTOCOLS)} or a .json file of boxes, "
+                     f"got {boxes!r}")
   if refine is None:
     from dff_jax.alignment.streaming import REFINE_DETECTED  # pylint: disable=g-import-not-at-top
     refine = 0 if boxes == "landmarks" else REFINE_DETECTED

@@ -173,9 +173,9 @@ class Aligner:
       box_convention: what the given boxes are: ``"detector"`` (any face detector's box, e.g.
         dlib's: each face is aligned, then up to ``refine`` more times from the box of its own
         landmarks until that crop stops moving, as a detected face) or ``"landmarks"`` (the
-        bounding box of the face's 68
-        landmarks, the evaluation protocol of 300-W and AFLW2000-3D: aligned once, faster and a
-        little more accurate from such a box; WORKSPACE.md section 14).
+        bounding box of the face's 68 landmarks, the evaluation protocol of 300-W and
+        AFLW2000-3D: aligned once, faster and a little more accurate from such a box;
+        WORKSPACE.md section 14).
 
     Returns:
       Per image, a list of :class:`dff_jax.alignment.results.Face` (``landmarks_px``,
@@ -188,7 +188,7 @@ class Aligner:
         (non-finite) alignment.
     """
     images = _as_image_list(images)
-    streaming.given_box_passes(None, box_convention, 0)  # an unknown convention fails here
+    streaming.check_box_convention(box_convention)
     if boxes is None:
       boxes = [None] * len(images)
     elif len(boxes) != len(images):

@@ -17,8 +17,8 @@ Inputs:
     (:func:`dff_jax.detection.detect_faces`, MediaPipe BlazeFace; best first) and each is
     aligned. A face box ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel (i, j)
     centred at (j + 0.5, i + 0.5)) is any face detector's box (``--box_convention=detector``,
-    the default: each face is aligned, then ``--refine`` more times from the box of its own
-    landmarks) or the bounding box of the face's 68 landmarks (``--box_convention=landmarks``:
+    the default: each face is aligned, then up to ``--refine`` more times from the box of its
+    own landmarks, until that crop stops moving) or the bounding box of the face's 68 landmarks (``--box_convention=landmarks``:
     aligned once, the 300-W / AFLW2000-3D protocol): ``--bbox``
     for every image (``--bbox=whole``: the whole image is the face crop), or ``--boxes``, a JSON
     object mapping image file names (or paths as given, or stems) to ``[x0, y0, x1, y1]``,

@@ -42,7 +42,8 @@ def main(argv):
                                            _SPLIT.value, _SOURCES.value, _CHECKPOINT.value,
                                            _BATCH.value)
   except (FileNotFoundError, ValueError) as error:
-    print(f"calibrate_outputs: error: {error}", file=sys.stderr)
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    print(f"calibrate_outputs: error: {error_line(error)}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(report, indent=1))
 

@@ -108,6 +108,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("refine", None, "Extra passes of our methods for each face, each from "
                        "the box of the previous pass's landmarks_px (default: as align does: "
                        "0 from landmark boxes, 1 from a detector's).")
+  flags.DEFINE_float("refine_min_change", None, "The refinement stops once the next crop moves "
+                     "by at most this fraction of its side (default: the aligner's, 0.05; 0: "
+                     "every pass is run).")
   flags.DEFINE_bool("compare_dlib", False, "Also score dlib's 68-point predictor on the same "
                     "faces and boxes (method dlib; optional requirements-compare.txt).")
   flags.DEFINE_string("dlib_predictor", None, "dlib's 68-point model file (default: the "
@@ -128,7 +131,8 @@ def main(argv):
                        render_face_model=FLAGS.render_face_model, split=FLAGS.split,
                        faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources,
                        boxes=FLAGS.boxes, refine=FLAGS.refine, compare_dlib=FLAGS.compare_dlib,
-                       dlib_predictor=FLAGS.dlib_predictor)
+                       dlib_predictor=FLAGS.dlib_predictor,
+                       refine_min_change=FLAGS.refine_min_change)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

@@ -135,7 +135,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
   if processes < 1:
     raise ValueError(f"--processes must be >= 1, got {processes}")
-  streaming.given_box_passes(None, box_convention, 0)  # an unknown convention fails here
+  streaming.check_box_convention(box_convention)
   paths, skipped = streaming.find_images(images)
   # Bad boxes and missing or unreadable model files fail here, before anything is written.
   inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)

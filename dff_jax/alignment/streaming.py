@@ -133,6 +133,17 @@ def one_line(error: BaseException) -> str:
   return " ".join(str(error).split()) or type(error).__name__
 
 
+def check_box_convention(box_convention: str) -> str:
+  """``box_convention`` if it is one of :data:`BOX_CONVENTIONS`.
+
+  Raises:
+    ValueError: an unknown convention (the message lists the known ones).
+  """
+  if box_convention not in BOX_CONVENTIONS:
+    raise ValueError(f"box_convention must be one of {BOX_CONVENTIONS}, got {box_convention!r}")
+  return box_convention
+
+
 def given_box_passes(box: Any, box_convention: str, refine: int) -> Optional[int]:
   """The refinement passes of an image's faces (:class:`Loaded`'s ``refine``): ``None`` (the
   run's ``refine``) when its faces are to be detected, 0 for :data:`WHOLE_IMAGE` (the crop is
@@ -142,8 +153,7 @@ def given_box_passes(box: Any, box_convention: str, refine: int) -> Optional[int
   Raises:
     ValueError: an unknown ``box_convention``.
   """
-  if box_convention not in BOX_CONVENTIONS:
-    raise ValueError(f"box_convention must be one of {BOX_CONVENTIONS}, got {box_convention!r}")
+  check_box_convention(box_convention)
   if asks_detection(box):
     return None
   if isinstance(box, str) and box == WHOLE_IMAGE:

@@ -37,12 +37,13 @@ installed), one record per measurement, ``what = "align_stream"``:
   asks for >= 0.8 on a 2-core CPU (decoding and writing must not dominate); worker processes
   can exceed 1, as one process leaves cores idle. Their CPU (loading and compiling included)
   counts in ``cpu_s``; the ``rss_mb_*`` fields are this process's alone.
-* ``mode = "dlib_predictor"`` (only when ``import dlib`` works; never required): dlib's
-  ``shape_predictor`` (the model file ``dlib_predictor``, e.g. dlib's
-  ``shape_predictor_68_face_landmarks.dat``, which this project does not ship or download) on
-  the same decoded images and boxes, one face at a time; ``ratio_to_jitted_call`` and
-  ``ratio_to_end_to_end`` (faces/s over ours; the end-to-end run is the first ``overlays``
-  one). Without a model file the record says ``skipped``.
+* ``mode = "dlib_predictor"`` (only when ``import dlib`` works; never required; one record per
+  ``processes`` count): dlib's ``shape_predictor`` (the model file ``dlib_predictor``, default
+  the one the optional ``face_recognition_models`` package ships; this project ships and
+  downloads none) on the same images and boxes, one face at a time, each image decoded (luma)
+  inside the timed loop, in that many processes; ``ratio_to_jitted_call`` and
+  ``ratio_to_end_to_end`` (faces/s over ours; the end-to-end run of the first ``overlays``
+  value with the same process count). Without a model file one record says ``skipped``.
 
 Fields: ``what``, ``mode``, ``batch_size``, ``items_per_second`` (faces/s: one box per image),
 ``ms_per_item`` (ms per face), ``compile_s`` (lowering + compiling the cascade for the batch
@@ -614,12 +615,12 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     for count in (processes or (1,)):
       record = dlib_predictor_record(paths, boxes, dlib_predictor, jitted_rate,
                                      stream_rates.get(int(count)), processes=int(count))
-      if record is None or "skipped" in record:
+      if record is None:
+        if dlib_predictor:
+          report("benchmark stream: --dlib_predictor given but dlib is not importable; skipped")
         break
       yield {**common, "compile_s": 0.0, **record, "loadavg": benchmarking.loadavg()}
-    if record is not None and "skipped" in record:
-      yield {**common, "compile_s": 0.0, **record, "loadavg": benchmarking.loadavg()}
-    elif record is None and dlib_predictor:
-      report("benchmark stream: --dlib_predictor given but dlib is not importable; skipped")
+      if "skipped" in record:  # no model file: said once
+        break
   finally:
     shutil.rmtree(scratch, ignore_errors=True)

@@ -249,7 +249,9 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
       predictor from the same box.
 
   Returns:
-    ``(eval_set, names of the faces without a box)``; the set fills in while it is run.
+    ``(eval_set, names of the faces without a box)``; the set fills in while it is run. Each
+    face's box (and dlib's prediction) is found once, on its first load, and reused by every
+    method after it.
   """
   without_box: set = set()
   if boxes == "landmarks" and not refine and not compare_dlib:
@@ -269,10 +271,17 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
                        "of them") from None
 
   source = "dlib's detector" if box_map is None else str(boxes)
+  # job name -> (box, truth), or the error of a face without a box: every method reads the same.
+  done: Dict[str, Any] = {}
 
   def wrap(job):
     def load():
       loaded = job.load()
+      if job.name in done:  # detected / predicted for an earlier method already
+        if isinstance(done[job.name], ValueError):
+          raise done[job.name]
+        box, truth = done[job.name]
+        return dataclasses.replace(loaded, box=box, truth=truth, refine=int(refine))
       truth = dict(loaded.truth)
       box = loaded.box
       if boxes != "landmarks":
@@ -281,11 +290,13 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
                                     np.asarray(found, np.float64).reshape(-1, 4))
         if not len(found) or overlap.max() < MIN_BOX_IOU:
           without_box.add(job.name)
-          raise ValueError(f"{job.name}: {source} has no face box overlapping the annotation "
-                           f"(IoU >= {MIN_BOX_IOU})")
+          done[job.name] = ValueError(f"{job.name}: {source} has no face box overlapping the "
+                                      f"annotation (IoU >= {MIN_BOX_IOU})")
+          raise done[job.name]
         box = np.asarray(found[int(np.argmax(overlap))], np.float32)
       if compare_dlib:
         truth["dlib_landmarks_px"] = baseline.predict(loaded.image, box)
+      done[job.name] = (box, truth)
       return dataclasses.replace(loaded, box=box, truth=truth, refine=int(refine))
     return streaming.Job(name=job.name, load=load)
 
@@ -299,21 +310,26 @@ def with_boxes(eval_set: EvalSet, boxes: str = "landmarks", refine: int = 0, bas
                              box_protocol=protocol), without_box
 
 
-def _dlib_method(common: Sequence[str], truth_by_name: Dict[str, Dict[str, Any]],
-                 eval_set: EvalSet) -> Dict[str, Any]:
-  """Per-face errors and regions of dlib's predictions (``truth["dlib_landmarks_px"]``)
-  against the set's annotation (in the set's convention: dlib's jaw is the outline)."""
-  errors, regions = {}, {}
-  for n in common:
-    predicted = np.asarray(truth_by_name[n]["dlib_landmarks_px"], np.float64)
-    target = np.asarray(truth_by_name[n]["landmarks_px"], np.float64)
-    errors[n] = float(metrics.nme(predicted, target, eval_set.normaliser))
-    regions[n] = {k: float(v) for k, v in
-                  metrics.region_nme(predicted, target, eval_set.normaliser).items()}
-    _, start, stop = metrics.REGIONS[0]   # the jaw
-    regions[n]["jaw_dx"] = float(np.mean(predicted[start:stop, 0] - target[start:stop, 0])
-                                 / metrics.normaliser_length(target, eval_set.normaliser))
-  return dict(errors=errors, regions=regions)
+def score_face(predicted: np.ndarray, target: np.ndarray,
+               normaliser: str) -> Tuple[float, Dict[str, float], np.ndarray]:
+  """One face's figures: ``(NME, per-region NME plus jaw_dx, offsets [68, 2])``.
+
+  Args:
+    predicted, target: ``[68, 2]`` image pixels (the target in the set's convention).
+    normaliser: ``"inter_ocular"`` or ``"bbox"`` (:mod:`dff_jax.metrics`).
+
+  Returns:
+    the NME; :func:`dff_jax.metrics.region_nme` plus ``jaw_dx`` (the jaw points' mean x error,
+    prediction - truth, over the normaliser); ``(predicted - target) / normaliser`` (float64).
+  """
+  predicted = np.asarray(predicted, np.float64)
+  target = np.asarray(target, np.float64)
+  per_region = metrics.region_nme(predicted, target, normaliser)
+  _, start, stop = metrics.REGIONS[0]   # the jaw
+  offset = (predicted - target) / metrics.normaliser_length(target, normaliser)
+  per_region["jaw_dx"] = np.mean(offset[start:stop, 0])
+  return (float(metrics.nme(predicted, target, normaliser)),
+          {k: float(v) for k, v in per_region.items()}, offset)
 
 
 def estimate_yaw_deg(model: FaceModel, landmarks_px: np.ndarray,
@@ -504,7 +520,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              faces_json: Optional[str] = None, mirror: bool = False,
              sources: Optional[Sequence[str]] = None, boxes: str = "landmarks",
              refine: Optional[int] = None, compare_dlib: bool = False,
-             dlib_predictor: Optional[str] = None) -> Dict[str, Any]:
+             dlib_predictor: Optional[str] = None,
+             refine_min_change: Optional[float] = None) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
   the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
   method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
@@ -512,7 +529,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   ``boxes``: the face boxes given to every method (:data:`BOX_PROTOCOLS`; :func:`with_boxes`).
   ``refine``: extra passes of our methods for each face, each from the box of the previous
   pass's ``landmarks_px`` (``None``: as ``align`` does for boxes of that kind: 0 from landmark
-  boxes, :data:`dff_jax.alignment.streaming.REFINE_DETECTED` from a detector's). ``compare_dlib``: dlib's 68-point predictor is scored beside our
+  boxes, :data:`dff_jax.alignment.streaming.REFINE_DETECTED` from a detector's);
+  ``refine_min_change``: the refinement's convergence tolerance (``None``:
+  :data:`dff_jax.alignment.streaming.REFINE_MIN_CHANGE`). ``compare_dlib``: dlib's 68-point predictor is scored beside our
   methods on the same faces and boxes (method ``dlib``; ``dlib_predictor``: its model file,
   default the ``face_recognition_models`` package's; :mod:`dff_jax.evaluation.dlib_baseline`).
 
@@ -540,6 +559,11 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     refine = 0 if boxes == "landmarks" else REFINE_DETECTED
   if refine < 0:
     raise ValueError(f"--refine must be >= 0, got {refine}")
+  if refine_min_change is None:
+    from dff_jax.alignment.streaming import REFINE_MIN_CHANGE  # pylint: disable=g-import-not-at-top
+    refine_min_change = REFINE_MIN_CHANGE
+  if refine_min_change < 0:
+    raise ValueError(f"--refine_min_change must be >= 0, got {refine_min_change}")
   baseline = None
   if boxes == "dlib" or compare_dlib:
     from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
@@ -585,7 +609,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     offsets: Dict[str, np.ndarray] = {}
     stats = streaming.RunStats()
     for outcome in streaming.run_jobs(aligner, eval_set.jobs, batch_size, progress=progress,
-                                      total=len(eval_set.jobs), keep_loaded=False, stats=stats):
+                                      total=len(eval_set.jobs), keep_loaded=False, stats=stats,
+                                      refine_min_change=refine_min_change):
       if outcome.error is not None:
         if outcome.job.name not in skipped:
           skipped[outcome.job.name] = outcome.error
@@ -601,13 +626,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
         # landmark convention (its offsets; none: unchanged).
         target = np.asarray(cascade.model_labels_in_convention(
             aligner.alignment_model, target, truth["model_pose"], True), np.float64)
-      errors[outcome.job.name] = float(metrics.nme(predicted, target, eval_set.normaliser))
-      per_region = metrics.region_nme(predicted, target, eval_set.normaliser)
-      _, start, stop = metrics.REGIONS[0]   # the jaw
-      offset = (predicted - target) / metrics.normaliser_length(target, eval_set.normaliser)
-      per_region["jaw_dx"] = np.mean(offset[start:stop, 0])
-      regions[outcome.job.name] = {k: float(v) for k, v in per_region.items()}
-      offsets[outcome.job.name] = offset
+      (errors[outcome.job.name], regions[outcome.job.name],
+       offsets[outcome.job.name]) = score_face(predicted, target, eval_set.normaliser)
       yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
     methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred,
                          offsets=offsets, passes_per_face=(
@@ -622,18 +642,28 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     model = methods[names[0]]["aligner"].face_model
     yaw = estimate_yaw_deg(model, np.stack([truth_by_name[n]["landmarks_px"]
                                             for n in common]))
-  if compare_dlib:
-    methods["dlib"] = _dlib_method(common, truth_by_name, eval_set)
+  if compare_dlib:  # scored against the set's annotation (dlib's jaw is the outline)
+    scored = {n: score_face(truth_by_name[n]["dlib_landmarks_px"], truth_by_name[n]["landmarks_px"],
+                            eval_set.normaliser) for n in common}
+    methods["dlib"] = dict(errors={n: s[0] for n, s in scored.items()},
+                           regions={n: s[1] for n, s in scored.items()})
   summaries = {}
-  for name in names:
+  for name in names + (["dlib"] if compare_dlib else []):
     values = np.array([methods[name]["errors"][n] for n in common], np.float64)
     summaries[name] = summarise_errors(values, yaw if len(common) else None,
                                        eval_set.normaliser)
+    summaries[name]["nme_by_region"] = region_summary(
+        [methods[name]["regions"][n] for n in common], yaw if len(common) else None)
+    curves.append((name, values))
+    for n, value, yaw_deg in zip(common, values, yaw):
+      records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
+    if name == "dlib":
+      summaries[name].update(features="dlib", landmark_convention_of_method="outline",
+                             **baseline.describe())
+      continue
     summaries[name]["yaw_error_deg"] = yaw_error_summary(
         np.array([methods[name]["yaw_pred"][n] for n in common], np.float64),
         yaw if len(common) else None)
-    summaries[name]["nme_by_region"] = region_summary(
-        [methods[name]["regions"][n] for n in common], yaw if len(common) else None)
     summaries[name]["systematic_error"] = systematic_error_summary(
         np.array([methods[name]["offsets"][n] for n in common], np.float64).reshape(-1, 68, 2),
         yaw if len(common) else None)
@@ -648,20 +678,6 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                "cascade": aligner.spec.cascade_path,
                                "encoder": aligner.describer.source,
                                "face_model": provenance.face_model_path(aligner.spec.face_model)}))
-    curves.append((name, values))
-    for n, value, yaw_deg in zip(common, values, yaw):
-      records.append(dict(image=n, method=name, nme=value, yaw_deg=yaw_deg))
-  if compare_dlib:
-    values = np.array([methods["dlib"]["errors"][n] for n in common], np.float64)
-    summaries["dlib"] = summarise_errors(values, yaw if len(common) else None,
-                                         eval_set.normaliser)
-    summaries["dlib"]["nme_by_region"] = region_summary(
-        [methods["dlib"]["regions"][n] for n in common], yaw if len(common) else None)
-    summaries["dlib"].update(features="dlib", landmark_convention_of_method="outline",
-                             **baseline.describe())
-    curves.append(("dlib", values))
-    for n, value, yaw_deg in zip(common, values, yaw):
-      records.append(dict(image=n, method="dlib", nme=value, yaw_deg=yaw_deg))
 
   summary: Dict[str, Any] = dict(dataset=eval_set.name, data_dir=data_dir,
                                  split=split if dataset == "faces68" else None,
@@ -672,7 +688,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  refine=int(refine),
-                                 refine_min_change=(streaming.REFINE_MIN_CHANGE if refine
+                                 refine_min_change=(float(refine_min_change) if refine
                                                     else None),
                                  num_faces_without_box=(len(without_box) if boxes != "landmarks"
                                                         else None),

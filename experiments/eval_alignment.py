@@ -31,8 +31,8 @@ every method the box of dlib's HOG face detector that overlaps the annotation mo
 0.3; faces it misses are left out and counted, ``num_faces_without_box``), the protocol of the
 widely used predictor on its own detector's boxes; ``FILE.json`` does the same with any other
 detector's boxes (the layout of ``align --boxes``: image name, path or stem -> a box or a list). From a detector's box our methods align as
-``align`` does (``--box_convention=detector``: once more from their own landmarks' box;
-``--refine`` overrides). ``--compare_dlib`` scores dlib's 68-point predictor on the same faces
+``align`` does (``--box_convention=detector``: up to twice more from their own landmarks' box,
+until the crop stops moving; ``--refine`` and ``--refine_min_change`` override). ``--compare_dlib`` scores dlib's 68-point predictor on the same faces
 and boxes as a method ``dlib`` (its jaw is the outline, also where a set scores the 3D jaw).
 dlib is optional: ``pip install -r requirements-compare.txt``.
 

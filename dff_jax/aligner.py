@@ -166,7 +166,9 @@ class Aligner:
 
     Args:
       images: a list of ``[H, W, 3]`` uint8 RGB arrays, any sizes (``[B, H, W, 3]`` and a
-        single ``[H, W, 3]`` array work too); :func:`dff_jax.image_io.read_image` reads files.
+        single ``[H, W, 3]`` array work too; grey ``[H, W]`` / ``[H, W, 1]`` and RGBA
+        ``[H, W, 4]`` uint8 arrays are converted as :func:`dff_jax.image_io.as_rgb` says);
+        :func:`dff_jax.image_io.read_image` reads files.
       boxes: ``None`` (find the faces of every image), or one entry per image: ``None`` /
         ``"detect"`` (find its faces), ``[x0, y0, x1, y1]`` (one face), ``[[x0, y0, x1, y1],
         ...]`` (several; ``[]`` none) or ``"whole"`` (the whole image is the face crop).
@@ -220,10 +222,12 @@ class Aligner:
 
 
 def _as_image_list(images: Any) -> List[np.ndarray]:
-  """``images`` as a list of checked ``[H, W, 3]`` uint8 arrays."""
+  """``images`` as a list of checked ``[H, W, 3]`` uint8 RGB arrays: a list of images, one
+  image (``[H, W]``, or ``[H, W, C]`` with ``C`` 1, 3 or 4) or a ``[B, H, W, C]`` batch; grey
+  and RGBA images are converted (:func:`dff_jax.image_io.as_rgb`)."""
   from dff_jax import detection  # pylint: disable=g-import-not-at-top
   if isinstance(images, np.ndarray):
-    if images.ndim == 3 and images.shape[-1] == 3:
+    if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
       images = [images]
     elif images.ndim == 4:
       images = list(images)

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dff_jax import image_io
 from dff_jax.tflite_graph import load_graph, run_graph
 
 Array = Any
@@ -380,14 +381,9 @@ class FaceDetector:
 
 
 def check_image(image: Any) -> np.ndarray:
-  """``image`` as ``[H, W, 3]`` uint8, or a ValueError saying what is wrong."""
-  if not isinstance(image, np.ndarray):
-    raise ValueError(f"expected an [H, W, 3] uint8 NumPy image, got {type(image).__name__}")
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"expected an [H, W, 3] uint8 RGB image, got shape {image.shape} "
-                     "(convert grayscale / RGBA to RGB first)")
-  if image.dtype != np.uint8:
-    raise ValueError(f"expected an [H, W, 3] uint8 image, got dtype {image.dtype}")
+  """``image`` as ``[H, W, 3]`` uint8 RGB (grey and RGBA uint8 arrays converted by
+  :func:`dff_jax.image_io.as_rgb`), or a ValueError saying what is wrong."""
+  image = image_io.as_rgb(image)
   if image.shape[0] < 2 or image.shape[1] < 2:
     raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} px is too small")
   if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
@@ -431,7 +427,8 @@ def detect_faces(image: np.ndarray, min_score: float = MIN_SCORE, iou_threshold:
   """Finds every face in ``image``.
 
   Args:
-    image: ``[H, W, 3]`` uint8 RGB.
+    image: ``[H, W, 3]`` uint8 RGB (grey and RGBA uint8 arrays are converted,
+      :func:`dff_jax.image_io.as_rgb`).
     min_score: keep detections with score >= this (:data:`MIN_SCORE`; MediaPipe's is 0.5).
     iou_threshold: weighted-NMS overlap (MediaPipe's 0.3).
     upsample: ``1``: the whole image at 128 px; ``2``: also 3 x 3 overlapping half-size tiles

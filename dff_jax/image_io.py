@@ -117,13 +117,38 @@ def _to_rgb(image: Image.Image, background: Tuple[int, int, int]) -> np.ndarray:
     gray = _to_uint8(np.asarray(image))
     return np.repeat(gray[..., None], 3, axis=-1)
   if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-    alpha = rgba[..., 3:] / 255.0
-    composite = rgba[..., :3] * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
-    return np.clip(composite + 0.5, 0, 255).astype(np.uint8)
+    return as_rgb(np.asarray(image.convert("RGBA"), dtype=np.uint8), background)
   if mode != "RGB":
     image = image.convert("RGB")
   return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def as_rgb(image: np.ndarray, background: Tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+  """A uint8 image array as ``[H, W, 3]`` RGB, with :func:`read_image`'s conversions.
+
+  ``[H, W]`` and ``[H, W, 1]`` grey are replicated to three channels; ``[H, W, 4]`` RGBA is
+  composited on ``background`` (``round(rgb * a + background * (1 - a))``, ``a = alpha / 255``);
+  ``[H, W, 3]`` is returned as it is (no copy). Any other shape or dtype raises a ``ValueError``
+  saying what is expected (floats are refused: their range, [0, 1] or [0, 255], is ambiguous).
+  """
+  if not isinstance(image, np.ndarray):
+    raise ValueError(f"expected an [H, W, 3] uint8 NumPy image, got {type(image).__name__}")
+  if image.dtype != np.uint8:
+    raise ValueError(f"expected a uint8 image, got dtype {image.dtype} (scale it to 0-255 and "
+                     "convert with .astype(np.uint8))")
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"expected an [H, W, 3] RGB image ([H, W] / [H, W, 1] grey and "
+                     f"[H, W, 4] RGBA are converted), got shape {image.shape}")
+  if image.shape[-1] == 1:
+    return np.repeat(image, 3, axis=-1)
+  if image.shape[-1] == 4:
+    alpha = image[..., 3:].astype(np.float32) / 255.0
+    composite = (image[..., :3].astype(np.float32) * alpha
+                 + np.asarray(background, np.float32) * (1.0 - alpha))
+    return np.clip(composite + 0.5, 0, 255).astype(np.uint8)
+  return image
 
 
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:

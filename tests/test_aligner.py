@@ -142,11 +142,30 @@ def test_input_forms_boxes_and_errors(env, aligner):
     aligner.align([one], boxes=[box, box])
   with pytest.raises(ValueError, match="image 1: .*uint8"):
     aligner.align([one, one.astype(np.float32)])
+  with pytest.raises(ValueError, match=r"image 0: .*got shape \(64, 64, 2\)"):
+    aligner.align([one[:64, :64, :2]])
   with pytest.raises(ValueError, match="image 0: .*outside"):
     aligner.align([one], boxes=[[500, 500, 600, 600]])
   with pytest.raises(ValueError, match="unknown face box"):
     aligner.align([one], boxes=["everything"])
   assert "batch_size=4" in repr(aligner) and aligner.features == "dff"
+
+
+def test_aligner_takes_grey_and_rgba_arrays(env, aligner):
+  """A grey array is the RGB image with three equal channels; an opaque RGBA array is its RGB
+  image; a fully transparent one is white (no face)."""
+  one = env["faces"][0]
+  grey = np.round(one.mean(axis=-1)).astype(np.uint8)
+  box = aligner.align(one)[0][0].box
+  expected = aligner.align([np.repeat(grey[..., None], 3, axis=-1)], boxes=[box])[0][0]
+  for image in (grey, grey[..., None]):
+    got = aligner.align([image], boxes=[box])[0][0]
+    np.testing.assert_array_equal(got.landmarks_px, expected.landmarks_px)
+  assert len(aligner.align(grey)) == 1  # one [H, W] array is one image
+  opaque = np.concatenate([one, np.full(one.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+  np.testing.assert_array_equal(aligner.align(opaque, boxes=[box])[0][0].landmarks_px,
+                                aligner.align(one, boxes=[box])[0][0].landmarks_px)
+  assert aligner.align([np.zeros_like(opaque)]) == [[]]
 
 
 def test_align_faces_is_the_aligner_and_differentiable(env, aligner):

@@ -571,6 +571,22 @@ def test_align_working_images_returns_the_planted_start_in_working_pixels():
     np.testing.assert_allclose(result.scale, np.full(4, 2.0 * float(start.pose[0])), rtol=1e-6)
 
 
+def test_default_chunk_is_eight_crops_on_cpu_and_the_whole_batch_on_accelerators(monkeypatch):
+  """chunk=None: fn sees 8 of 16 items per step on a CPU backend, all 16 at once on GPU / TPU;
+  same values either way."""
+  xs = jnp.arange(16.0 * 3).reshape(16, 3)
+  for backend, expected in (("cpu", 8), ("gpu", 16), ("tpu", 16)):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    seen = []
+
+    def fn(part):
+      seen.append(part.shape[0])
+      return part * 2.0
+    assert cascade.default_chunk() == (cascade.CPU_CHUNK if backend == "cpu" else 0)
+    np.testing.assert_allclose(cascade.map_in_chunks(fn, xs, None), 2.0 * xs)
+    assert seen == [expected], (backend, seen)
+
+
 def test_align_images_integer_boxes_and_uint8_images_and_3d_landmarks():
   """Integer boxes and uint8 images give the float answer; at a 60-degree starting yaw the
   3D-jaw landmarks are the fixed landmark vertices (not the silhouette jaw of landmarks_px)."""

@@ -256,3 +256,32 @@ def test_atomic_writes_sync_to_disk_only_when_durable(tmp_path, monkeypatch):
   assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
   assert (tmp_path / "c.bin").read_bytes() == b"\x00\x01"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.bin"]
+
+
+def test_as_rgb_converts_grey_and_rgba_arrays_as_files_are_read(tmp_path):
+  """Arrays get read_image's conversions: grey replicated, RGBA composited on the background
+  (planted pixels as in the file test above); RGB passes through; anything else is refused."""
+  grey = np.array([[0, 50], [128, 255]], np.uint8)
+  for array in (grey, grey[..., None]):
+    got = image_io.as_rgb(array)
+    assert got.shape == (2, 2, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.repeat(grey[..., None], 3, axis=-1))
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[0, 0] = (10, 20, 30, 255)
+  rgba[0, 1] = (10, 20, 30, 0)
+  rgba[1, 0] = (0, 0, 0, 128)
+  rgba[1, 1] = (200, 0, 0, 255)
+  got = image_io.as_rgb(rgba)
+  np.testing.assert_array_equal(got[0], [[10, 20, 30], [255, 255, 255]])
+  np.testing.assert_array_equal(got[1], [[127, 127, 127], [200, 0, 0]])  # 255 * (1 - 128/255)
+  np.testing.assert_array_equal(image_io.as_rgb(rgba, background=(0, 0, 0))[0, 1], [0, 0, 0])
+  Image.fromarray(rgba).save(tmp_path / "a.png")
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "a.png"), got)
+  rgb = np.zeros((3, 4, 3), np.uint8)
+  assert image_io.as_rgb(rgb) is rgb
+  for bad, message in [(np.zeros((2, 2, 2), np.uint8), r"got shape \(2, 2, 2\)"),
+                       (np.zeros((2, 2, 3, 1), np.uint8), "got shape"),
+                       (np.zeros((2, 2, 3), np.float32), "uint8 image, got dtype float32"),
+                       ([[0, 1]], "got list")]:
+    with pytest.raises(ValueError, match=message):
+      image_io.as_rgb(bad)

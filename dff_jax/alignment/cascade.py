@@ -757,15 +757,29 @@ def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descript
   return jax.vmap(one)(descriptor_maps, mirrored_maps)
 
 
-def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: int) -> Any:
+# Crops per step of describe_and_align on a CPU (default_chunk).
+CPU_CHUNK = 8
+
+
+def default_chunk() -> int:
+  """Crops described and aligned at a time when a caller gives ``chunk=None``:
+  :data:`CPU_CHUNK` on a CPU backend, where a chunk's activations stay in the caches
+  (:func:`map_in_chunks`), and 0 (the whole batch in one step) on GPU / TPU, whose throughput
+  grows with the batch. Read from ``jax.default_backend()`` when the computation is traced."""
+  return CPU_CHUNK if jax.default_backend() == "cpu" else 0
+
+
+def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: Optional[int]) -> Any:
   """``fn(xs)`` run ``chunk`` items at a time (``lax.map``), results (any pytree with a leading
   batch axis) joined along the batch axis; the whole batch at once when ``chunk`` does not
-  divide it (or is 0).
+  divide it (or is 0); ``None`` is :func:`default_chunk`.
 
   The encoder's activations for 8 crops of 128 x 128 stay in a CPU's caches, those of 64 do not:
   on the 2-core CPU the point encoder runs 402.6 crops/s at batch 8 and 291.2 at 64
   (``experiments/results/benchmark_encoder_point.json``). Same values.
   """
+  if chunk is None:
+    chunk = default_chunk()
   batch = xs.shape[0]
   if not chunk or chunk >= batch or batch % chunk:
     return fn(xs)
@@ -775,7 +789,7 @@ def map_in_chunks(fn: Callable[[Array], Any], xs: Array, chunk: int) -> Any:
 
 def describe_and_align(describe: Callable[[Array], Any], alignment_model: AlignmentModel,
                        params: CascadeParams, crops: Array, config: CascadeConfig,
-                       remat: bool = False, chunk: int = 8, mirror: bool = False
+                       remat: bool = False, chunk: Optional[int] = None, mirror: bool = False
                        ) -> AlignmentState:
   """Descriptor fields and the cascade for a batch of crops, ``chunk`` crops at a time.
 
@@ -790,8 +804,8 @@ def describe_and_align(describe: Callable[[Array], Any], alignment_model: Alignm
     alignment_model, params, config: as :func:`run_cascade`.
     crops: ``[B, crop, crop, 3]`` float32.
     remat: see :func:`run_cascade`.
-    chunk: crops per step (:func:`map_in_chunks`; 0 = the whole batch at once). Same values for
-      any chunk.
+    chunk: crops per step (:func:`map_in_chunks`; 0 = the whole batch at once; ``None``:
+      :func:`default_chunk`, 8 on a CPU). Same values for any chunk.
     mirror: test-time mirroring: every crop is also described mirrored left-right and each
       stage regresses on both (:func:`apply_stage`); twice the descriptor work and the
       regressions (not the fits); the encoder then describes ``2 * chunk`` crops per step.
@@ -814,7 +828,7 @@ def describe_and_align(describe: Callable[[Array], Any], alignment_model: Alignm
 
 def align_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                  params: CascadeParams, images: Array, boxes_xyxy: Array,
-                 config: CascadeConfig, remat: bool = False, chunk: int = 8,
+                 config: CascadeConfig, remat: bool = False, chunk: Optional[int] = None,
                  mirror: bool = False) -> AlignmentResult:
   """Images and face boxes in, landmarks / pose / shape in image pixels out.
 
@@ -889,7 +903,7 @@ def working_images_to_crops(work_images: Array, crop_size: int) -> Array:
 
 def align_working_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,
                          params: CascadeParams, work_images: Array, config: CascadeConfig,
-                         remat: bool = False, chunk: int = 8,
+                         remat: bool = False, chunk: Optional[int] = None,
                          mirror: bool = False) -> AlignmentResult:
   """:func:`align_images` for images that are already their face's crop box.
 

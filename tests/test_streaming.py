@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -385,7 +386,8 @@ def test_benchmark_stream_smoke(env, tmp_path, monkeypatch):
 
 
 class _FakeDlib:
-  """Stands in for the optional ``dlib`` module: ``rectangle`` and ``shape_predictor``."""
+  """Stands in for the optional ``dlib`` module: ``rectangle``, ``shape_predictor`` (68 points
+  at the rectangle's top-left corner) and ``get_frontal_face_detector``."""
   __version__ = "fake"
   calls = []
 
@@ -393,13 +395,18 @@ class _FakeDlib:
   def rectangle(x0, y0, x1, y1):
     return (x0, y0, x1, y1)
 
+  @staticmethod
+  def get_frontal_face_detector():
+    return lambda image, upsample: []
+
   class shape_predictor:  # pylint: disable=invalid-name
     def __init__(self, path):
       self.path = path
 
     def __call__(self, image, rectangle):
       _FakeDlib.calls.append((image.shape, rectangle))
-      return rectangle
+      point = types.SimpleNamespace(x=rectangle[0], y=rectangle[1])
+      return types.SimpleNamespace(parts=lambda: [point] * 68)
 
 
 def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):

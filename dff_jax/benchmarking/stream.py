@@ -418,25 +418,26 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
   return out[0], out[1]
 
 
-def _dlib_worker(paths: Sequence[str], rectangles: Sequence[Tuple[int, int, int, int]],
-                 predictor_path: str, barrier, results) -> None:
+def _dlib_worker(paths: Sequence[str], boxes: Sequence[List[float]], predictor_path: str,
+                 barrier, results) -> None:
   """One process of :func:`dlib_predictor_record`: loads dlib's predictor, warms up, waits for
   the others, then decodes (luma, as ``align`` decodes for a grey descriptor) and predicts its
-  share of the faces; puts ``(faces, start, end, cpu_s)`` (``time.time()``) on ``results``."""
-  import dlib  # pylint: disable=g-import-not-at-top  # Optional: never a requirement.
+  share of the faces (:meth:`dff_jax.evaluation.dlib_baseline.DlibBaseline.predict`: the 68
+  points as an array, as the evaluation reads them); puts ``(faces, start, end, cpu_s)``
+  (``time.time()``) on ``results``."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
-  predictor = dlib.shape_predictor(str(predictor_path))
+  from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
+  baseline = dlib_baseline.load(predictor_path)
 
-  def one(path, rectangle):
-    image = image_io.read_image(path, grey=True)[..., 0]
-    predictor(image, dlib.rectangle(*rectangle))
+  def one(path, box):
+    baseline.predict(image_io.read_image(path, grey=True), box)
 
-  one(paths[0], rectangles[0])  # warm-up
+  one(paths[0], boxes[0])  # warm-up
   if barrier is not None:
     barrier.wait()
   start, cpu_start = time.time(), time.process_time()
-  for path, rectangle in zip(paths, rectangles):
-    one(path, rectangle)
+  for path, box in zip(paths, boxes):
+    one(path, box)
   results.put((len(paths), start, time.time(), time.process_time() - cpu_start))
 
 
@@ -464,19 +465,19 @@ def dlib_predictor_record(paths: Sequence[Path], boxes: Dict[Path, List[float]],
         "dlib is importable but no landmark model was given: pass --dlib_predictor="
         "shape_predictor_68_face_landmarks.dat or " + dlib_baseline.INSTALL_HINT))
     return record
-  rectangles = [dlib_baseline.box_to_rectangle(boxes[path]) for path in paths]
+  face_boxes = [list(boxes[path]) for path in paths]
   names = [str(path) for path in paths]
   if processes == 1:
     import queue  # pylint: disable=g-import-not-at-top
     results = queue.Queue()
-    _dlib_worker(names, rectangles, predictor_path, None, results)
+    _dlib_worker(names, face_boxes, predictor_path, None, results)
     shares = [results.get()]
   else:
     import multiprocessing  # pylint: disable=g-import-not-at-top
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_dlib_worker, args=(
-        names[k::processes], rectangles[k::processes], predictor_path, barrier, results))
+        names[k::processes], face_boxes[k::processes], predictor_path, barrier, results))
                for k in range(processes)]
     for worker in workers:
       worker.start()

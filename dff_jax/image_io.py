@@ -94,11 +94,9 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-  """Scales an integer or float array of any bit depth to uint8."""
-  if array.dtype == np.uint8:
-    return array
-  if array.dtype == np.bool_:
-    return array.astype(np.uint8) * 255
+  """Scales the pixels of a Pillow ``I``, ``I;16`` or ``F`` image to uint8: floats in [0, 1]
+  times 255 (others as they are; NaN is 0), 16-bit data (``uint16``, or any integer above 255)
+  ``round(v / 257)``, other integers clipped to [0, 255]."""
   if np.issubdtype(array.dtype, np.floating):
     scale = 255.0 if np.nanmax(array, initial=0.0) <= 1.0 else 1.0
     return np.clip(np.nan_to_num(array) * scale + 0.5, 0, 255).astype(np.uint8)

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 # module -> (files to mutate, the module's own test files)
 MODULES: Dict[str, tuple] = {
     "geometry": (["dff_jax/geometry.py"], ["tests/test_geometry.py"]),
+    # Reading and converting the user's images (files and arrays); NumPy and Pillow only.
+    "image_io": (["dff_jax/image_io.py"], ["tests/test_image_io.py"]),
     "sampling": (["dff_jax/sampling.py"], ["tests/test_sampling.py"]),
     "metrics": (["dff_jax/metrics.py"], ["tests/test_metrics.py"]),
     "losses": (["dff_jax/losses.py"], ["tests/test_losses.py", "tests/test_point_head.py"]),
@@ -61,6 +63,7 @@ _AC = "dff_jax.alignment.cascade.x_"
 _AF = "dff_jax.alignment.fitting.x_"
 _AM = "dff_jax.alignment.multiview.x_"
 _AR = "dff_jax.alignment.regression.x_"
+_IO = "dff_jax.image_io.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -321,6 +324,37 @@ EQUIVALENT: Dict[str, str] = {
                                              "x64, and the next line casts to float32 anyway",
     _AR + "select_regularisation__mutmut_2": "the shared spectrum is spectrum(train, held_out) "
                                              "of the same statistics: recomputing it is the same",
+    # image_io: the pixels of a Pillow I / I;16 / F image are never an empty array.
+    **{_IO + f"_to_uint8__mutmut_{k}": "the initial value of max / nanmax only matters for an "
+       "empty array, and a decoded image has pixels" for k in (10, 12, 13, 35, 36)},
+    _IO + "_to_uint8__mutmut_48": "integers / 257.0 are float64 whatever they are cast to first",
+    **{_IO + f"_to_uint8__mutmut_{k}": "the upper clip of the last branch: its values are at "
+       "most 255 by the branch's condition" for k in (56, 61)},
+    _IO + "_to_rgb__mutmut_10": "Image.convert(None) of a palette image with transparency is "
+                                "RGBA (Pillow's rule), as convert('RGBA')",
+    **{_IO + f"_to_rgb__mutmut_{k}": "PA / RGBa / La: modes no Pillow decoder returns for a file, "
+       "so read_image never sees them" for k in range(41, 49)},
+    **{_IO + f"_to_rgb__mutmut_{k}": "np.asarray of an RGB / RGBA Pillow image is uint8 with or "
+       "without the dtype" for k in (54, 56, 69, 71)},
+    **{_IO + f"_to_rgb__mutmut_{k}": "convert('RGB') of an RGB image is a copy of it"
+       for k in (61, 62)},
+    **{_IO + f"as_rgb__mutmut_{k}": "float64 for float32 in the compositing: the same uint8 for "
+       "every (value, alpha, background) triple and every mix of the two dtypes (checked "
+       "exhaustively, 256^3 triples)" for k in (40, 46, 50, 52)},
+    **{_IO + f"as_rgb__mutmut_{k}": "the clip of composite + 0.5, which lies in [0.5, 255.5]: "
+       "no lower bound, or an upper bound of 256, truncates to the same uint8"
+       for k in (57, 58, 65)},
+    **{_IO + f"rgb_to_grey__mutmut_{k}": "int64 for uint32: 255 * 65536 + 2^15 fits both"
+       for k in (12, 14, 21, 23, 25)},
+    **{_IO + f"_to_grey__mutmut_{k}": "an L image through _to_rgb and rgb_to_grey is itself: "
+       "the fixed-point weights sum to 2^16 (and np.asarray of L is uint8 anyway)"
+       for k in (2, 3, 6, 8)},
+    _IO + "write_png_atomic__mutmut_41": "Pillow takes the format name in any case",
+    _IO + "read_image__mutmut_10": "Image.draft's requested size None keeps the full size, as "
+                                   "the image's own size does",
+    **{_IO + f"_open__mutmut_{k}": "megapixels as / 1000001 for / 1e6: a relative change of "
+       "1e-6, invisible at :g's 6 significant digits and at .1f below 50,000 megapixels"
+       for k in (15, 32, 34)},
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

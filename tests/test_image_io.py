@@ -72,6 +72,16 @@ def test_read_image_grey(tmp_path):
   plane = image_io.read_image(tmp_path / "detailed.jpg", grey=True)[..., 0].astype(int)
   luma = image_io.rgb_to_grey(image_io.read_image(tmp_path / "detailed.jpg"))[..., 0]
   assert plane.shape == (96, 128) and np.abs(plane - luma).max() <= 2
+  # The luma plane is the JPEG's stored Y channel (Pillow's raw YCbCr decode, no colour
+  # conversion), not the luma of its RGB decode, which clips saturated noise.
+  Image.fromarray(_rgb(32, 32, seed=3)).save(tmp_path / "noise.jpg", quality=90)
+  with Image.open(tmp_path / "noise.jpg") as raw:
+    raw.draft("YCbCr", raw.size)
+    stored_y = np.asarray(raw)[..., 0]
+  plane = image_io.read_image(tmp_path / "noise.jpg", grey=True)[..., 0]
+  np.testing.assert_array_equal(plane, stored_y)
+  assert np.any(image_io.rgb_to_grey(image_io.read_image(tmp_path / "noise.jpg"))[..., 0]
+                != stored_y)
   # PNGs: RGB converted exactly; an 8-bit grey PNG as stored; alpha composited on white first.
   image = _rgb(7, 9, seed=1)
   Image.fromarray(image).save(tmp_path / "rgb.png")
@@ -142,6 +152,7 @@ def test_16_bit_grayscale_and_rgb_png(tmp_path):
   gray16 = np.array([[0, 257, 65535], [32896, 1000, 60000]], np.uint16)
   Image.fromarray(gray16).save(tmp_path / "g16.png")
   got = image_io.read_image(tmp_path / "g16.png")
+  assert got.shape == (2, 3, 3) and got.dtype == np.uint8
   np.testing.assert_array_equal(got[..., 0], np.round(gray16 / 257).astype(np.uint8))
   np.testing.assert_array_equal(got[..., 0], got[..., 2])
   rgb16 = np.array([[[65535, 0, 32896], [257, 514, 771]]], np.uint16)  # 1 x 2, big-endian.
@@ -150,6 +161,33 @@ def test_16_bit_grayscale_and_rgb_png(tmp_path):
   got = image_io.read_image(tmp_path / "rgb16.png")
   assert got.shape == (1, 2, 3) and got.dtype == np.uint8
   np.testing.assert_allclose(got.astype(int), np.round(rgb16 / 257), atol=1)
+
+
+def test_float_and_32_bit_integer_tiffs(tmp_path):
+  """Pillow's ``F`` (float) and ``I`` (int32) images: floats in [0, 1] are scaled by 255, others
+  kept (NaN is 0); 32-bit integers up to 255 are kept, above it they are 16-bit data (/ 257)."""
+  cases = [
+      (np.array([[0.0, 0.5], [1.0, np.nan]], np.float32), [[0, 128], [255, 0]]),
+      (np.array([[0.0, 2.0], [200.4, 300.0]], np.float32), [[0, 2], [200, 255]]),
+      (np.array([[0, 7], [255, 100]], np.int32), [[0, 7], [255, 100]]),
+      (np.array([[0, 257], [65535, 32896]], np.int32), [[0, 1], [255, 128]]),
+      # Negatives clip to 0; 0.6 * 255 = 153 (not 0.6 * 256); 1.5 is not in [0, 1]; 256 is
+      # above 255, so the image is 16-bit data.
+      (np.array([[-0.5, 0.6], [0.25, 0.0]], np.float32), [[0, 153], [64, 0]]),
+      (np.array([[1.5, -3.0], [0.6, 0.0]], np.float32), [[2, 0], [1, 0]]),
+      (np.array([[256, 0], [0, 0]], np.int32), [[1, 0], [0, 0]]),
+      (np.array([[256, -1000], [70000, 514]], np.int32), [[1, 0], [255, 2]]),
+      (np.array([[255, -5], [0, 9]], np.int32), [[255, 0], [0, 9]]),
+  ]
+  for index, (pixels, expected) in enumerate(cases):
+    path = tmp_path / f"{index}.tif"
+    Image.fromarray(pixels).save(path)
+    assert Image.open(path).mode == ("F" if pixels.dtype == np.float32 else "I")
+    got = image_io.read_image(path)
+    assert got.shape == (2, 2, 3) and got.dtype == np.uint8, index
+    np.testing.assert_array_equal(got, np.repeat(np.asarray(expected, np.uint8)[..., None], 3,
+                                                 axis=-1), err_msg=str(index))
+    np.testing.assert_array_equal(image_io.read_image(path, grey=True)[..., 0], expected)
 
 
 @pytest.mark.parametrize("make, message", [

@@ -41,7 +41,8 @@ installed), one record per measurement, ``what = "align_stream"``:
   ``processes`` count): dlib's ``shape_predictor`` (the model file ``dlib_predictor``, default
   the one the optional ``face_recognition_models`` package ships; this project ships and
   downloads none) on the same images and boxes, one face at a time, each image decoded (luma)
-  inside the timed loop, in that many processes; ``ratio_to_jitted_call`` and
+  inside the timed loop, in that many processes (each pinned to its share of the cores, as
+  ``align``'s workers); ``ratio_to_jitted_call`` and
   ``ratio_to_end_to_end`` (faces/s over ours; the end-to-end run of the first ``overlays``
   value with the same process count). Without a model file one record says ``skipped``.
 
@@ -419,14 +420,17 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
 
 
 def _dlib_worker(paths: Sequence[str], boxes: Sequence[List[float]], predictor_path: str,
-                 barrier, results) -> None:
-  """One process of :func:`dlib_predictor_record`: loads dlib's predictor, warms up, waits for
-  the others, then decodes (luma, as ``align`` decodes for a grey descriptor) and predicts its
-  share of the faces (:meth:`dff_jax.evaluation.dlib_baseline.DlibBaseline.predict`: the 68
-  points as an array, as the evaluation reads them); puts ``(faces, start, end, cpu_s)``
+                 barrier, results, cores: Optional[List[int]] = None) -> None:
+  """One process of :func:`dlib_predictor_record`: pinned to ``cores`` as ``align``'s workers
+  are (:func:`dff_jax.cpu_processes.pin`; ``None``: not pinned), loads dlib's predictor, warms
+  up, waits for the others, then decodes (luma, as ``align`` decodes for a grey descriptor) and
+  predicts its share of the faces (:meth:`dff_jax.evaluation.dlib_baseline.DlibBaseline.predict`:
+  the 68 points as an array, as the evaluation reads them); puts ``(faces, start, end, cpu_s)``
   (``time.time()``) on ``results``."""
-  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax import cpu_processes, image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
+  if barrier is not None:
+    cpu_processes.pin(cores)
   baseline = dlib_baseline.load(predictor_path)
 
   def one(path, box):
@@ -447,8 +451,9 @@ def dlib_predictor_record(paths: Sequence[Path], boxes: Dict[Path, List[float]],
                           ) -> Optional[Dict[str, Any]]:
   """dlib's ``shape_predictor`` on the same images and boxes, one face at a time, each image
   decoded (its luma plane, as ``align`` decodes a photo for a grey descriptor) and predicted in
-  ``processes`` processes (the images dealt out in turn; timed from when every process has
-  loaded the model and warmed up); ``None`` when ``dlib`` is not importable (it is optional).
+  ``processes`` processes (the images dealt out in turn, each process pinned to its share of
+  the cores as ``align --processes`` pins its workers; timed from when every process has loaded
+  the model and warmed up); ``None`` when ``dlib`` is not importable (it is optional).
   ``predictor_path`` defaults to the model file of the ``face_recognition_models`` package
   (:func:`dff_jax.evaluation.dlib_baseline.default_predictor_path`)."""
   try:
@@ -473,12 +478,12 @@ def dlib_predictor_record(paths: Sequence[Path], boxes: Dict[Path, List[float]],
     _dlib_worker(names, face_boxes, predictor_path, None, results)
     shares = [results.get()]
   else:
-    import multiprocessing  # pylint: disable=g-import-not-at-top
-    context = multiprocessing.get_context("spawn")
+    from dff_jax import cpu_processes  # pylint: disable=g-import-not-at-top
+    context = cpu_processes.context()
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_dlib_worker, args=(
-        names[k::processes], face_boxes[k::processes], predictor_path, barrier, results))
-               for k in range(processes)]
+        names[k::processes], face_boxes[k::processes], predictor_path, barrier, results, cores))
+               for k, cores in enumerate(cpu_processes.core_groups(processes))]
     for worker in workers:
       worker.start()
     shares = [results.get(timeout=600) for _ in workers]

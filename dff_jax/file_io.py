@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import orjson
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
@@ -75,9 +76,18 @@ def write_json_atomic(path: str | os.PathLike, document: Any, durable: bool = Tr
                       indent: Optional[int] = 1) -> Path:
   """A JSON document (see :func:`json_safe`), atomically (see :func:`write_bytes_atomic`).
 
-  ``indent``: 1 (readable, for summaries) or ``None`` (one line: Python's C encoder, several
-  times cheaper than the indented pure-Python one; the per-image outputs of a large run).
+  ``indent``: 1 (readable, for summaries: Python's encoder) or ``None`` (one line, written by
+  ``orjson``, about ten times cheaper than Python's C encoder on an image's landmarks: the
+  per-image outputs of a large run). Both write the same values: NaN / inf become ``null``
+  (:func:`json_safe`) and floats their shortest round-trip form.
   """
+  if indent is None:
+    keys = orjson.OPT_NON_STR_KEYS  # int / float keys as strings, as Python's encoder writes them
+    try:  # plain JSON (lists, floats): no walk through json_safe
+      data = orjson.dumps(document, option=keys)  # NaN / inf as null, as json_safe does
+    except TypeError:
+      data = orjson.dumps(json_safe(document), option=keys)
+    return write_bytes_atomic(path, data + b"\n", durable)
   try:  # already plain JSON (lists, finite floats): no walk through json_safe
     text = json.dumps(document, indent=indent, allow_nan=False)
   except (TypeError, ValueError):

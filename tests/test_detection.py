@@ -90,14 +90,30 @@ def test_face_free_images_give_no_detection():
 
 @pytest.mark.parametrize("image, message", [
     ([[1, 2, 3]], "NumPy image"),
-    (np.zeros((10, 10), np.uint8), "RGB"),
-    (np.zeros((10, 10, 4), np.uint8), "RGB"),
+    (np.zeros((10, 10, 2), np.uint8), "RGB"),
+    (np.zeros((10, 10, 3, 1), np.uint8), "RGB"),
     (np.zeros((10, 10, 3), np.float32), "uint8"),
     (np.zeros((0, 10, 3), np.uint8), "too small"),
 ])
 def test_bad_input(image, message):
   with pytest.raises(ValueError, match=message):
     detection.detect_faces(image)
+
+
+def test_grey_and_rgba_images_are_the_rgb_image_they_show(portrait):
+  """A grey image is detected as its three-equal-channel RGB image; an opaque RGBA image as its
+  RGB image; a fully transparent one is white: no face."""
+  grey = np.round(portrait.mean(axis=-1)).astype(np.uint8)
+  expected = detection.detect_faces(np.repeat(grey[..., None], 3, axis=-1))
+  assert len(expected[0]) == 1
+  for image in (grey, grey[..., None]):
+    got = detection.detect_faces(image)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+  opaque = np.concatenate([portrait, np.full(portrait.shape[:2] + (1,), 255, np.uint8)], -1)
+  np.testing.assert_array_equal(detection.detect_faces(opaque)[0],
+                                detection.detect_faces(portrait)[0])
+  assert len(detection.detect_faces(np.zeros_like(opaque))[0]) == 0
 
 
 def test_bad_options(portrait):

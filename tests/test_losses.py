@@ -1,5 +1,6 @@
 """Tests for dff_jax.losses on tiny inputs with known answers."""
 
+import functools
 import math
 
 import jax
@@ -420,9 +421,9 @@ def test_info_nce_default_temperature_and_point_fields():
   module = encoder_lib.encoder_from_config(dict(features=(4, 8), descriptor_dim=4, head="point",
                                                 head_hidden=8, num_groups=2))
   images = jax.random.normal(key, (2, 16, 16, 1))
-  variables = module.init(jax.random.key(13), images)
-  fields = module.apply(variables, images)
-  dense = descriptor_fields.to_dense_batch(fields)
+  variables = jax.jit(module.init)(jax.random.key(13), images)
+  fields = jax.jit(module.apply)(variables, images)
+  dense = jax.jit(descriptor_fields.to_dense_batch)(fields)
   centres = jnp.floor(jax.random.uniform(key, (2, 6, 2), minval=0, maxval=16)) + 0.5
   ok = jnp.ones((2, 6), bool)
   from_fields, _ = info_nce(fields, fields, centres, centres[:, ::-1], ok, 0.1)
@@ -588,13 +589,14 @@ def test_patch_loss_on_a_point_field_equals_its_dense_map_without_subsampling():
   module = encoder_lib.encoder_from_config(dict(features=(4, 8), descriptor_dim=D, head="point",
                                                 head_hidden=8, num_groups=2))
   images = jax.random.normal(key, (2, 8, 12, 1))
-  fields = module.apply(module.init(jax.random.key(31), images), images)
-  dense = descriptor_fields.to_dense_batch(fields)
+  fields = jax.jit(module.apply)(jax.jit(module.init)(jax.random.key(31), images), images)
+  dense = jax.jit(descriptor_fields.to_dense_batch)(fields)
   vertex_ids = _vertex_ids(key, 2, 8, 12)
   params = losses.init_patch_classifiers(jax.random.key(32), S, D, P)
   args = (vertex_ids, jnp.asarray(PATCH_TABLE), params, jnp.array([0, 2]))
-  from_field, field_metrics = losses.patch_classification_loss(fields, *args, logit_scale=5.0)
-  from_dense, dense_metrics = losses.patch_classification_loss(dense, *args, logit_scale=5.0)
+  loss = jax.jit(functools.partial(losses.patch_classification_loss, logit_scale=5.0))
+  from_field, field_metrics = loss(fields, *args)  # jitted: eager dispatch took tens of seconds
+  from_dense, dense_metrics = loss(dense, *args)
   np.testing.assert_allclose(from_field, from_dense, rtol=1e-5)
   np.testing.assert_allclose(field_metrics["num_classified"], dense_metrics["num_classified"])
 

@@ -38,6 +38,8 @@ MODULES: Dict[str, tuple] = {
     "geometry": (["dff_jax/geometry.py"], ["tests/test_geometry.py"]),
     # Reading and converting the user's images (files and arrays); NumPy and Pillow only.
     "image_io": (["dff_jax/image_io.py"], ["tests/test_image_io.py"]),
+    # Atomic writes and the JSON of every output file.
+    "file_io": (["dff_jax/file_io.py"], ["tests/test_file_io.py"]),
     "sampling": (["dff_jax/sampling.py"], ["tests/test_sampling.py"]),
     "metrics": (["dff_jax/metrics.py"], ["tests/test_metrics.py"]),
     "losses": (["dff_jax/losses.py"], ["tests/test_losses.py", "tests/test_point_head.py"]),
@@ -64,6 +66,7 @@ _AF = "dff_jax.alignment.fitting.x_"
 _AM = "dff_jax.alignment.multiview.x_"
 _AR = "dff_jax.alignment.regression.x_"
 _IO = "dff_jax.image_io.x_"
+_FI = "dff_jax.file_io.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -352,6 +355,14 @@ EQUIVALENT: Dict[str, str] = {
     _IO + "write_png_atomic__mutmut_41": "Pillow takes the format name in any case",
     _IO + "read_image__mutmut_10": "Image.draft's requested size None keeps the full size, as "
                                    "the image's own size does",
+    _FI + "write_text_atomic__mutmut_10": "'UTF-8' and 'utf-8' name the same codec",
+    _FI + "write_json_atomic__mutmut_27": "allow_nan=None is falsy, as False: NaN still raises",
+    **{_FI + f"json_safe__mutmut_{k}": "the shortcut for arrays with nothing to replace: without "
+       "it the array's list is walked and every value kept, the same result"
+       for k in (1, 3, 4, 6, 7, 8)},
+    **{_FI + f"write_json_atomic__mutmut_{k}": "a failing first encoding (no document, or no "
+       "option for non-string keys) falls back to json_safe and encodes the same values"
+       for k in (7, 8, 9, 28)},
     **{_IO + f"_open__mutmut_{k}": "megapixels as / 1000001 for / 1e6: a relative change of "
        "1e-6, invisible at :g's 6 significant digits and at .1f below 50,000 megapixels"
        for k in (15, 32, 34)},

@@ -1,6 +1,5 @@
 """Tests for dff_jax.image_io with fixtures made here."""
 
-import json
 import os
 import stat
 import struct
@@ -278,44 +277,6 @@ def test_write_png_atomic_rejects_bad_input(tmp_path):
 def test_image_io_does_not_import_jax():
   code = "import sys, dff_jax.image_io; assert 'jax' not in sys.modules, 'jax imported'"
   subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
-
-
-def test_atomic_writes_sync_to_disk_only_when_durable(tmp_path, monkeypatch):
-  """``durable=True`` (default) fsyncs the data once before the rename, ``durable=False`` never;
-  both leave exactly the written bytes and no temporary file."""
-  from dff_jax import file_io  # pylint: disable=g-import-not-at-top
-  synced = []
-  real_fsync = os.fsync
-  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-  file_io.write_json_atomic(tmp_path / "a.json", {"x": [1, 2]})
-  assert len(synced) == 1
-  file_io.write_json_atomic(tmp_path / "b.json", {"x": [1, 2]}, durable=False)
-  file_io.write_bytes_atomic(tmp_path / "c.bin", b"\x00\x01", durable=False)
-  assert len(synced) == 1
-  assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
-  assert (tmp_path / "c.bin").read_bytes() == b"\x00\x01"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.bin"]
-
-
-def test_one_line_json_holds_the_values_of_the_indented_one(tmp_path):
-  """The per-image one-line JSON (orjson) and the summaries' indented JSON (Python's encoder)
-  hold the same planted values: NaN / inf as null, NumPy scalars and arrays as numbers and lists,
-  tuples as lists, int keys as strings, floats exactly; the one-line file is one line."""
-  from dff_jax import file_io  # pylint: disable=g-import-not-at-top
-  document = {"x": [1.5, float("nan"), float("-inf"), 0.1, 1e-5, -0.0, 123456789.125],
-              "f32": np.float32(0.25), "arr": np.array([[1, 2], [3, 4]], np.int32),
-              "farr": np.array([0.5, np.nan], np.float32), "t": (1, "a"), 7: True, "n": None}
-  expected = {"x": [1.5, None, None, 0.1, 1e-5, -0.0, 123456789.125], "f32": 0.25,
-              "arr": [[1, 2], [3, 4]], "farr": [0.5, None], "t": [1, "a"], "7": True, "n": None}
-  file_io.write_json_atomic(tmp_path / "line.json", document, indent=None)
-  file_io.write_json_atomic(tmp_path / "indented.json", document)
-  text = (tmp_path / "line.json").read_text()
-  assert text.endswith("\n") and text.count("\n") == 1
-  for name in ("line.json", "indented.json"):
-    assert json.loads((tmp_path / name).read_text()) == expected, name
-  plain = {"landmarks_px": [[10.125, 20.5]], "score": None}  # no walk through json_safe
-  file_io.write_json_atomic(tmp_path / "plain.json", plain, indent=None)
-  assert (tmp_path / "plain.json").read_text() == '{"landmarks_px":[[10.125,20.5]],"score":null}\n'
 
 
 def test_as_rgb_converts_grey_and_rgba_arrays_as_files_are_read(tmp_path):

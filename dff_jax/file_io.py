@@ -77,7 +77,7 @@ def write_json_atomic(path: str | os.PathLike, document: Any, durable: bool = Tr
   """A JSON document (see :func:`json_safe`), atomically (see :func:`write_bytes_atomic`).
 
   ``indent``: 1 (readable, for summaries: Python's encoder) or ``None`` (one line, written by
-  ``orjson``, about ten times cheaper than Python's C encoder on an image's landmarks: the
+  ``orjson``, several times cheaper than Python's C encoder on an image's landmarks: the
   per-image outputs of a large run). Both write the same values: NaN / inf become ``null``
   (:func:`json_safe`) and floats their shortest round-trip form.
   """

@@ -112,8 +112,7 @@ def _to_rgb(image: Image.Image, background: Tuple[int, int, int]) -> np.ndarray:
   if mode == "P" and "transparency" in image.info:
     image, mode = image.convert("RGBA"), "RGBA"
   if mode in ("I", "F") or mode.startswith("I;16"):
-    gray = _to_uint8(np.asarray(image))
-    return np.repeat(gray[..., None], 3, axis=-1)
+    return as_rgb(_to_uint8(np.asarray(image)))
   if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
     return as_rgb(np.asarray(image.convert("RGBA"), dtype=np.uint8), background)
   if mode != "RGB":

@@ -18,8 +18,9 @@ Inputs:
     aligned. A face box ``(x0, y0, x1, y1)`` in image pixels (x right, y down, pixel (i, j)
     centred at (j + 0.5, i + 0.5)) is any face detector's box (``--box_convention=detector``,
     the default: each face is aligned, then up to ``--refine`` more times from the box of its
-    own landmarks, until that crop stops moving) or the bounding box of the face's 68 landmarks (``--box_convention=landmarks``:
-    aligned once, the 300-W / AFLW2000-3D protocol): ``--bbox``
+    own landmarks, until that crop stops moving) or the bounding box of the face's 68
+    landmarks (``--box_convention=landmarks``: aligned once, the 300-W / AFLW2000-3D
+    protocol): ``--bbox``
     for every image (``--bbox=whole``: the whole image is the face crop), or ``--boxes``, a JSON
     object mapping image file names (or paths as given, or stems) to ``[x0, y0, x1, y1]``,
     ``[[x0, y0, x1, y1], ...]`` (several faces; ``[]`` none), ``null`` / ``"detect"`` (find the

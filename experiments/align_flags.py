@@ -32,8 +32,8 @@ def define_flags() -> None:
                        "the previous pass's landmarks until the crop stops moving (default 2; "
                        "0: align once).")
   flags.DEFINE_enum("box_convention", "detector", ["detector", "landmarks"], "What --bbox / "
-                    "--boxes are: detector (any face detector's box, e.g. dlib's: aligned, then "
-                    "--refine more times from its own landmarks) or landmarks (the bounding box "
+                    "--boxes are: detector (any face detector's box, e.g. dlib's: aligned, then up "
+                    "to --refine more times from its own landmarks) or landmarks (the bounding box "
                     "of the 68 landmarks, the 300-W / AFLW2000-3D protocol: aligned once).")
   flags.DEFINE_boolean("mirror", False, "Test-time mirroring: align each face and its left-right "
                        "mirror image, averaging every stage's two steps (more accurate, about "

@@ -30,10 +30,12 @@ Face boxes (``--boxes``): ``landmarks`` (default) is each protocol's box above; 
 every method the box of dlib's HOG face detector that overlaps the annotation most (IoU at least
 0.3; faces it misses are left out and counted, ``num_faces_without_box``), the protocol of the
 widely used predictor on its own detector's boxes; ``FILE.json`` does the same with any other
-detector's boxes (the layout of ``align --boxes``: image name, path or stem -> a box or a list). From a detector's box our methods align as
-``align`` does (``--box_convention=detector``: up to twice more from their own landmarks' box,
-until the crop stops moving; ``--refine`` and ``--refine_min_change`` override). ``--compare_dlib`` scores dlib's 68-point predictor on the same faces
-and boxes as a method ``dlib`` (its jaw is the outline, also where a set scores the 3D jaw).
+detector's boxes (the layout of ``align --boxes``: image name, path or stem -> a box or a
+list). From a detector's box our methods align as ``align`` does
+(``--box_convention=detector``: up to twice more from their own landmarks' box, until the crop
+stops moving; ``--refine`` and ``--refine_min_change`` override). ``--compare_dlib`` scores
+dlib's 68-point predictor on the same faces and boxes as a method ``dlib`` (its jaw is the
+outline, also where a set scores the 3D jaw).
 dlib is optional: ``pip install -r requirements-compare.txt``.
 
 Landmark conventions: ``aflw2000`` is scored on ``landmarks_3d_px`` (the fitted model's fixed 68
@@ -107,7 +109,7 @@ def define_flags() -> None:
                       "align --boxes takes them).")
   flags.DEFINE_integer("refine", None, "Extra passes of our methods for each face, each from "
                        "the box of the previous pass's landmarks_px (default: as align does: "
-                       "0 from landmark boxes, 1 from a detector's).")
+                       "0 from landmark boxes, up to 2 from a detector's).")
   flags.DEFINE_float("refine_min_change", None, "The refinement stops once the next crop moves "
                      "by at most this fraction of its side (default: the aligner's, 0.05; 0: "
                      "every pass is run).")

@@ -16,6 +16,24 @@ AFLW_DIR = SHARED / "datasets" / "aflw2000_3d_dev"
 # Keep JAX on the CPU and quiet in tests, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The suite compiles hundreds of small XLA programs and runs most of them once or twice, so
+# LLVM's optimisation of the CPU code costs more time than it saves: without it the slowest
+# eight test files took 0.81x the time on the 2-core CI-like machine (session of 2026-12-05,
+# solo runs of those files). The HLO (fusion, layouts) and the numbers are XLA's own up to
+# float rounding; the commands, benchmarks and shipped defaults keep the full optimisation.
+# Subprocesses that set their own XLA_FLAGS add these (``xla_flags``).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(*extra: str) -> str:
+  """``XLA_FLAGS`` for a test's subprocess: the suite's flags plus ``extra``."""
+  return " ".join((TEST_XLA_FLAGS,) + extra)
+
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                                   TEST_XLA_FLAGS]))
+
 
 def require(path: Path) -> Path:
   """Skips the calling test when an optional ../shared file is absent."""

@@ -22,6 +22,8 @@ from dff_jax.alignment import regression
 from dff_jax.face_model import load_face_model
 from dff_jax.face_model import model as face_model_lib
 
+from conftest import xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 32
 DIM = 4  # Descriptor size of the toy descriptor maps.
@@ -436,7 +438,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_batch_on_8_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"),
              JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
   result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], cwd=ROOT, env=env,

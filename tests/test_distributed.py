@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +39,7 @@ def _final_params(workdir):
 @pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()  # one device per process, whatever the caller's flags
   port = _free_port()
   workers = [subprocess.Popen(
       _command(tmp_path / "two", f"--coordinator_address=localhost:{port}", "--num_processes=2",

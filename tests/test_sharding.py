@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -53,7 +55,7 @@ print(json.dumps(dict(devices=jax.device_count(), mesh=dict(mesh.shape), losses=
 
 def _run(tmp_path, name, devices, mode="replicated", fsdp=1):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
   out = tmp_path / f"{name}.npz"
   result = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(fsdp), str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)

@@ -150,6 +150,11 @@ class CascadeParams:
     output_weights: ``[K, H, 142]`` float32 with ``hidden_weights``: maps
       ``gelu(features @ hidden_weights)`` to 136 more landmark offsets and 6 more pose offsets
       (units of ``pose_std``), added to the linear ones (:func:`regress`).
+    refine_weights: optional ``[F, 136]`` float32: the output refinement, one linear step after
+      the last stage that moves the output points freely (not through the face model):
+      ``stage_features`` read where the outputs are (the last state's landmarks plus the output
+      calibration) times these weights, added to the final ``landmarks_px`` only
+      (:func:`refine_state`; fitted by :mod:`dff_jax.alignment.refinement`). ``None``: none.
   """
   landmark_weights: Array
   pose_weights: Array
@@ -157,6 +162,7 @@ class CascadeParams:
   initial_pose: Array
   hidden_weights: Optional[Array] = None
   output_weights: Optional[Array] = None
+  refine_weights: Optional[Array] = None
 
   @property
   def num_stages(self) -> int:
@@ -590,6 +596,46 @@ def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
   return refit(alignment_model, landmarks, pose, state.visibility, config), landmarks
 
 
+def output_points(alignment_model: AlignmentModel, state: AlignmentState) -> Array:
+  """``[..., 68, 2]`` crop pixels: where ``landmarks_px`` of a state are output, its landmarks
+  moved by the output calibration projected under its pose (:func:`state_to_image`)."""
+  return state.landmarks_px + projected_offsets(state.pose, alignment_model.output_offsets)
+
+
+def refinement_step(refine_weights: Array, alignment_model: AlignmentModel, state: AlignmentState,
+                    descriptor_map: Array) -> Array:
+  """``[68, 2]`` crop pixels: the output refinement's step for one face,
+  ``stage_features(map, output_points(state), visibility) @ refine_weights`` (``[F, 136]``,
+  x / y interleaved per landmark)."""
+  features = stage_features(descriptor_map, output_points(alignment_model, state),
+                            state.visibility)
+  step = jnp.dot(features, refine_weights, precision=jax.lax.Precision.HIGHEST)
+  return step.reshape(NUM_LANDMARKS, 2)
+
+
+def refine_state(alignment_model: AlignmentModel, params: CascadeParams, state: AlignmentState,
+                 descriptor_map: Array, config: CascadeConfig,
+                 mirrored_map: Optional[Array] = None) -> AlignmentState:
+  """The final state with the output refinement's step added to ``landmarks_px`` (unchanged
+  without ``params.refine_weights``). Pose, shape, visibility, hence ``landmarks_3d_px``, stay
+  the face model's. With ``mirrored_map`` (test-time mirroring) the step is the mean of the
+  crop's and the mirrored crop's, the latter read back in the crop (:func:`mirror_estimate`: a
+  step ``(dx, dy)`` of the mirror image's landmark ``i`` is ``(-dx, dy)`` of the face's landmark
+  ``MIRROR_LANDMARKS[i]``).
+  """
+  if params.refine_weights is None:
+    return state
+  step = refinement_step(params.refine_weights, alignment_model, state, descriptor_map)
+  if mirrored_map is not None:
+    landmarks, visibility, pose = mirror_estimate(state.landmarks_px, state.visibility,
+                                                  state.pose, config.crop_size)
+    mirrored = state.replace(landmarks_px=landmarks, visibility=visibility, pose=pose)
+    other = refinement_step(params.refine_weights, alignment_model, mirrored, mirrored_map)
+    other = other[jnp.asarray(face_model_lib.MIRROR_LANDMARKS, jnp.int32)]
+    step = (step + other * jnp.array([-1.0, 1.0], jnp.float32)) / 2
+  return state.replace(landmarks_px=state.landmarks_px + step)
+
+
 def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descriptor_map: Array,
                 config: CascadeConfig, state: AlignmentState | None = None,
                 remat: bool = False, mirrored_map: Optional[Array] = None
@@ -610,6 +656,8 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
 
   Returns:
     ``(final_state, per_stage_states)``; the second has a leading ``[K]`` axis on every field.
+    The final state's landmarks carry the output refinement when ``params`` has one
+    (:func:`refine_state`); the per-stage states never do.
   """
   if state is None:
     state = initial_state(alignment_model, params, config)
@@ -621,7 +669,9 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, state, params.stages())
+  final, per_stage = jax.lax.scan(body, state, params.stages())
+  return refine_state(alignment_model, params, final, descriptor_map, config,
+                      mirrored_map), per_stage
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,7 +685,9 @@ class AlignmentResult:
 
   Attributes:
     landmarks_px: ``[B, 68, 2]`` float32 image points (x, y); the jaw (0-16) follows the
-      silhouette of the turned face (300-W "visible outline" convention).
+      silhouette of the turned face (300-W "visible outline" convention). The fitted model's
+      landmarks, moved by the output calibration and, when the cascade has one, the output
+      refinement (:func:`refine_state`).
     landmarks_3d_px: ``[B, 68, 2]`` float32 image points of the 68 fixed vertices of the 3D
       convention (``landmark_3d_vertex_ids``) of the fitted shape under the fitted pose, hidden
       ones included (AFLW2000-3D: the jaw on the jaw line, which a turned face shows from the

@@ -23,7 +23,8 @@ from dff_jax.alignment import cascade
 
 FORMAT = "dff_jax.cascade/1"
 _ARRAYS = ("landmark_weights", "pose_weights", "pose_std", "initial_pose")
-_OPTIONAL = cascade.HIDDEN_FIELDS  # a residual hidden layer (CascadeParams)
+# A residual hidden layer and the output refinement (CascadeParams).
+_OPTIONAL = cascade.HIDDEN_FIELDS + ("refine_weights",)
 
 
 def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascade.CascadeConfig,
@@ -99,14 +100,15 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
   config = cascade.CascadeConfig(**header["config"])
   k, f, t = arrays["landmark_weights"].shape
   hidden_ok = True
-  if any(name in arrays for name in _OPTIONAL):
+  if any(name in arrays for name in cascade.HIDDEN_FIELDS):
     h = arrays["hidden_weights"].shape[-1] if "hidden_weights" in arrays else -1
     hidden_ok = (arrays.get("hidden_weights", np.zeros(0)).shape == (k, f, h)
                  and arrays.get("output_weights", np.zeros(0)).shape
                  == (k, h, t + cascade.POSE_DIM))
   if (t != 2 * cascade.NUM_LANDMARKS or arrays["pose_weights"].shape != (k, f, cascade.POSE_DIM)
       or arrays["pose_std"].shape != (k, cascade.POSE_DIM) or (f - 1) % cascade.NUM_LANDMARKS
-      or k != config.num_stages or not hidden_ok):
+      or k != config.num_stages or not hidden_ok
+      or arrays.get("refine_weights", np.zeros((f, t))).shape != (f, t)):
     raise ValueError(f"{path}: inconsistent cascade arrays "
                      f"{ {n: a.shape for n, a in arrays.items()} } for {k} stages")
   params = cascade.CascadeParams(**{n: jnp.asarray(a) for n, a in arrays.items()})

@@ -197,12 +197,14 @@ class Pipeline:
 
 def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict[str, Array]]:
   """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` (plus ``"hidden_weights",
-  "output_weights"`` with a hidden layer) and ``{"pose_std", "initial_pose"}`` of a
-  :class:`~dff_jax.alignment.cascade.CascadeParams`."""
+  "output_weights"`` with a hidden layer) and ``{"pose_std", "initial_pose"}`` (plus
+  ``"refine_weights"``: an output refinement is kept as it is, not trained; fit it again after
+  fine-tuning) of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
   trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED
              if getattr(params, name) is not None}
   fixed = {name: jnp.asarray(getattr(params, name), jnp.float32)
-           for name in ("pose_std", "initial_pose")}
+           for name in ("pose_std", "initial_pose", "refine_weights")
+           if getattr(params, name) is not None}
   return trained, fixed
 
 
@@ -210,7 +212,8 @@ def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
                  ) -> cascade.CascadeParams:
   """Inverse of :func:`split_cascade` (``fixed`` may also hold the teacher's ``"teacher"``)."""
   return cascade.CascadeParams(**dict(trained), pose_std=fixed["pose_std"],
-                               initial_pose=fixed["initial_pose"])
+                               initial_pose=fixed["initial_pose"],
+                               refine_weights=fixed.get("refine_weights"))
 
 
 def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],

@@ -72,24 +72,31 @@ def test_a_constant_step_moves_landmarks_px_only():
   np.testing.assert_array_equal(stages.landmarks_px, plain_stages.landmarks_px)
 
 
-def test_the_step_reads_the_descriptors_where_the_outputs_are():
+def test_the_step_reads_the_features_of_the_last_stage():
   """Planted: on a ramp (descriptor = x - 0.5) the nose tip moves right by 0.1 times its
-  descriptor, read at the output point: the cascade's landmark moved by the output calibration
-  (10 mm to the subject's left, projected under the final pose), not at the landmark itself."""
+  descriptor as the last stage read it, at the landmark that stage started from (the state after
+  the first of two stages), not where the output ends; the output calibration, which moves only
+  the outputs, does not change the step."""
   params = zero_params(2, 1).replace(refine_weights=_refine_weights(read=(NOSE, 0.1)))
   am = small_alignment_model()
+  # Each stage moves the face right by 1.5 px (a constant step of the pose's x translation), so
+  # the last stage starts 1.5 px left of the outputs.
+  moving = np.zeros(params.pose_weights.shape, np.float32)
+  moving[:, -1, 4] = 1.5 / np.asarray(params.pose_std)[:, 4]
+  params = params.replace(pose_weights=jnp.asarray(moving))
   offsets = np.zeros((68, 3), np.float32)
   offsets[NOSE, 0] = 10.0
   calibrated = am.replace(output_offsets=jnp.asarray(offsets))
-  plain = _align(zero_params(2, 1), calibrated)
-  refined = _align(params, calibrated)
-  shift = cascade.projected_offsets(plain.pose, calibrated.output_offsets)[0, NOSE, 0]
-  assert float(shift) > 1.0  # the calibration moves the nose's output point by pixels
-  expected = 0.1 * (plain.landmarks_px[0, NOSE, 0] + shift - 0.5)
-  moved = refined.landmarks_px - plain.landmarks_px
-  np.testing.assert_allclose(moved[0, NOSE], [expected, 0.0], atol=1e-4)
-  others = np.delete(np.asarray(moved[0]), NOSE, axis=0)
-  np.testing.assert_array_equal(others, 0.0)
+  crop = _ramp_crops()[0]
+  for model in (am, calibrated):
+    final, stages = jax.jit(lambda p, m: cascade.run_cascade(m, p, crop, CONFIG))(params, model)
+    plain, _ = jax.jit(lambda p, m: cascade.run_cascade(m, p, crop, CONFIG))(
+        params.replace(refine_weights=None), model)
+    start_x = float(stages.landmarks_px[0, NOSE, 0])  # where the last stage read the nose
+    np.testing.assert_allclose(float(plain.landmarks_px[NOSE, 0]) - start_x, 1.5, atol=1e-3)
+    moved = np.asarray(final.landmarks_px - plain.landmarks_px)
+    np.testing.assert_allclose(moved[NOSE], [0.1 * (start_x - 0.5), 0.0], atol=1e-4)
+    np.testing.assert_array_equal(np.delete(moved, NOSE, axis=0), 0.0)
 
 
 def test_mirroring_cancels_the_antisymmetric_part_of_the_step():

@@ -151,10 +151,10 @@ class CascadeParams:
       ``gelu(features @ hidden_weights)`` to 136 more landmark offsets and 6 more pose offsets
       (units of ``pose_std``), added to the linear ones (:func:`regress`).
     refine_weights: optional ``[F, 136]`` float32: the output refinement, one linear step after
-      the last stage that moves the output points freely (not through the face model):
-      ``stage_features`` read where the outputs are (the last state's landmarks plus the output
-      calibration) times these weights, added to the final ``landmarks_px`` only
-      (:func:`refine_state`; fitted by :mod:`dff_jax.alignment.refinement`). ``None``: none.
+      the last stage that moves the output points freely (not through the face model): the
+      features the last stage read times these weights, added to the final ``landmarks_px``
+      only (:func:`refine_state`; fitted by :mod:`dff_jax.alignment.refinement`). ``None``:
+      none.
   """
   landmark_weights: Array
   pose_weights: Array
@@ -568,12 +568,19 @@ def mirrored_regression(stage: Tuple[Array, ...], state: AlignmentState, mirrore
   regresses there from ``mirrored_map`` (the mirrored crop's descriptor field) and its landmarks
   ``[68, 2]`` and pose ``[6]`` are mirrored back.
   """
+  return _mirrored_stage(stage, state, mirrored_map, crop_size)[:2]
+
+
+def _mirrored_stage(stage: Tuple[Array, ...], state: AlignmentState, mirrored_map: Array,
+                    crop_size: int) -> Tuple[Array, Array, Array]:
+  """:func:`mirrored_regression` plus the stage features it read on the mirrored crop."""
   landmarks, visibility, pose = mirror_estimate(state.landmarks_px, state.visibility, state.pose,
                                                 crop_size)
   mirrored = state.replace(landmarks_px=landmarks, visibility=visibility, pose=pose)
-  landmarks, pose = regress(stage, mirrored, stage_features(mirrored_map, landmarks, visibility))
+  features = stage_features(mirrored_map, landmarks, visibility)
+  landmarks, pose = regress(stage, mirrored, features)
   landmarks, _, pose = mirror_estimate(landmarks, visibility, pose, crop_size)
-  return landmarks, pose
+  return landmarks, pose, features
 
 
 def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
@@ -587,13 +594,27 @@ def apply_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
 
   Returns ``(next_state, regressed_landmarks_px [68, 2])``.
   """
+  next_state, landmarks, _, _ = stage_step(alignment_model, stage, state, descriptor_map, config,
+                                           mirrored_map)
+  return next_state, landmarks
+
+
+def stage_step(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
+               state: AlignmentState, descriptor_map: Array, config: CascadeConfig,
+               mirrored_map: Optional[Array] = None
+               ) -> Tuple[AlignmentState, Array, Array, Optional[Array]]:
+  """:func:`apply_stage` plus the features the stage read: ``(next_state, regressed_landmarks
+  [68, 2], features [F], mirrored features [F] or None)`` (those of the mirrored crop with
+  ``mirrored_map``)."""
   features = stage_features(descriptor_map, state.landmarks_px, state.visibility)
   landmarks, pose = regress(stage, state, features)
+  mirrored_features = None
   if mirrored_map is not None:
-    other_landmarks, other_pose = mirrored_regression(stage, state, mirrored_map,
-                                                      config.crop_size)
+    other_landmarks, other_pose, mirrored_features = _mirrored_stage(stage, state, mirrored_map,
+                                                                     config.crop_size)
     landmarks, pose = (landmarks + other_landmarks) / 2, (pose + other_pose) / 2
-  return refit(alignment_model, landmarks, pose, state.visibility, config), landmarks
+  return (refit(alignment_model, landmarks, pose, state.visibility, config), landmarks, features,
+          mirrored_features)
 
 
 def output_points(alignment_model: AlignmentModel, state: AlignmentState) -> Array:
@@ -602,36 +623,30 @@ def output_points(alignment_model: AlignmentModel, state: AlignmentState) -> Arr
   return state.landmarks_px + projected_offsets(state.pose, alignment_model.output_offsets)
 
 
-def refinement_step(refine_weights: Array, alignment_model: AlignmentModel, state: AlignmentState,
-                    descriptor_map: Array) -> Array:
-  """``[68, 2]`` crop pixels: the output refinement's step for one face,
-  ``stage_features(map, output_points(state), visibility) @ refine_weights`` (``[F, 136]``,
-  x / y interleaved per landmark)."""
-  features = stage_features(descriptor_map, output_points(alignment_model, state),
-                            state.visibility)
-  step = jnp.dot(features, refine_weights, precision=jax.lax.Precision.HIGHEST)
-  return step.reshape(NUM_LANDMARKS, 2)
-
-
-def refine_state(alignment_model: AlignmentModel, params: CascadeParams, state: AlignmentState,
-                 descriptor_map: Array, config: CascadeConfig,
-                 mirrored_map: Optional[Array] = None) -> AlignmentState:
+def refine_state(params: CascadeParams, state: AlignmentState, features: Array,
+                 mirrored_features: Optional[Array] = None) -> AlignmentState:
   """The final state with the output refinement's step added to ``landmarks_px`` (unchanged
-  without ``params.refine_weights``). Pose, shape, visibility, hence ``landmarks_3d_px``, stay
-  the face model's. With ``mirrored_map`` (test-time mirroring) the step is the mean of the
-  crop's and the mirrored crop's, the latter read back in the crop (:func:`mirror_estimate`: a
-  step ``(dx, dy)`` of the mirror image's landmark ``i`` is ``(-dx, dy)`` of the face's landmark
-  ``MIRROR_LANDMARKS[i]``).
+  without ``params.refine_weights``).
+
+  The step is ``features @ refine_weights`` (``[F] @ [F, 136]``, x / y interleaved per
+  landmark, crop pixels), ``features`` being those the last stage read (:func:`stage_step`: the
+  descriptors at the landmarks it started from), so the refinement costs no descriptor query of
+  its own. Pose, shape, visibility, hence ``landmarks_3d_px``, stay the face model's. With
+  ``mirrored_features`` (test-time mirroring: the last stage's features on the mirrored crop)
+  the step is the mean of the crop's and the mirrored crop's, the latter read back in the crop
+  (:func:`mirror_estimate`: a step ``(dx, dy)`` of the mirror image's landmark ``i`` is
+  ``(-dx, dy)`` of the face's landmark ``MIRROR_LANDMARKS[i]``).
   """
   if params.refine_weights is None:
     return state
-  step = refinement_step(params.refine_weights, alignment_model, state, descriptor_map)
-  if mirrored_map is not None:
-    landmarks, visibility, pose = mirror_estimate(state.landmarks_px, state.visibility,
-                                                  state.pose, config.crop_size)
-    mirrored = state.replace(landmarks_px=landmarks, visibility=visibility, pose=pose)
-    other = refinement_step(params.refine_weights, alignment_model, mirrored, mirrored_map)
-    other = other[jnp.asarray(face_model_lib.MIRROR_LANDMARKS, jnp.int32)]
+
+  def step_of(values):
+    step = jnp.dot(values, params.refine_weights, precision=jax.lax.Precision.HIGHEST)
+    return step.reshape(NUM_LANDMARKS, 2)
+
+  step = step_of(features)
+  if mirrored_features is not None:
+    other = step_of(mirrored_features)[jnp.asarray(face_model_lib.MIRROR_LANDMARKS, jnp.int32)]
     step = (step + other * jnp.array([-1.0, 1.0], jnp.float32)) / 2
   return state.replace(landmarks_px=state.landmarks_px + step)
 
@@ -657,21 +672,37 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
   Returns:
     ``(final_state, per_stage_states)``; the second has a leading ``[K]`` axis on every field.
     The final state's landmarks carry the output refinement when ``params`` has one
-    (:func:`refine_state`); the per-stage states never do.
+    (:func:`refine_state`, from the features the last stage read); the per-stage states never
+    do.
   """
+  final, per_stage, features, mirrored_features = run_stages(
+      alignment_model, params, descriptor_map, config, state, remat, mirrored_map)
+  return refine_state(params, final, features, mirrored_features), per_stage
+
+
+def run_stages(alignment_model: AlignmentModel, params: CascadeParams, descriptor_map: Array,
+               config: CascadeConfig, state: AlignmentState | None = None,
+               remat: bool = False, mirrored_map: Optional[Array] = None
+               ) -> Tuple[AlignmentState, AlignmentState, Array, Optional[Array]]:
+  """The K stages of :func:`run_cascade` without the output refinement: ``(final_state,
+  per_stage_states, features [F], mirrored_features [F] or None)``, the features those the last
+  stage read (what :func:`refine_state` and the refinement's fit read)."""
   if state is None:
     state = initial_state(alignment_model, params, config)
+  feature_dim = params.landmark_weights.shape[1]
+  zeros = jnp.zeros((feature_dim,), jnp.float32)
 
   def body(carry, stage):
-    new_state, _ = apply_stage(alignment_model, stage, carry, descriptor_map, config,
-                               mirrored_map)
-    return new_state, new_state
+    new_state, _, features, mirrored_features = stage_step(
+        alignment_model, stage, carry[0], descriptor_map, config, mirrored_map)
+    return (new_state, features, zeros if mirrored_features is None else mirrored_features), \
+        new_state
 
   if remat:
     body = jax.checkpoint(body)
-  final, per_stage = jax.lax.scan(body, state, params.stages())
-  return refine_state(alignment_model, params, final, descriptor_map, config,
-                      mirrored_map), per_stage
+  (final, features, mirrored_features), per_stage = jax.lax.scan(
+      body, (state, zeros, zeros), params.stages())
+  return final, per_stage, features, None if mirrored_map is None else mirrored_features
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ the model's 68 landmark vertices (moved by the landmark offsets and the output c
 Annotators place points the model cannot reach exactly: a fit of the model to the annotated
 points themselves leaves an inter-ocular NME of about 0.02 on the faces68 training faces (section
 14 of WORKSPACE.md). The refinement is a ridge regression, as one stage of the paper's cascade
-(SDM) but without the model fit after it: the descriptors at the output points
-(:func:`dff_jax.alignment.cascade.stage_features` read at
-:func:`dff_jax.alignment.cascade.output_points`) map linearly to a step ``[68, 2]`` (crop pixels)
-that :func:`dff_jax.alignment.cascade.refine_state` adds to ``landmarks_px``. ``landmarks_3d_px``
-(the model's projection, AFLW2000-3D's convention), the pose and the shape stay the model's.
+(SDM) but without the model fit after it: the features the last stage read (the descriptors at
+the landmarks it started from, :func:`dff_jax.alignment.cascade.run_stages`; no descriptor
+query of its own) map linearly to a step ``[68, 2]`` (crop pixels) that
+:func:`dff_jax.alignment.cascade.refine_state` adds to ``landmarks_px``; it is fitted to the
+residual of the output points (:func:`dff_jax.alignment.cascade.output_points`: the last state
+moved by the output calibration). ``landmarks_3d_px`` (the model's projection, AFLW2000-3D's
+convention), the pose and the shape stay the model's.
 
 :func:`refine_cascade` fits it on annotated faces of a faces68-layout split (default: 300-W's
 annotators, HELEN train and AFW, each face also mirrored left-right), aligned from their landmark
@@ -90,7 +92,8 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def collect(aligner: Any, faces: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
             batch_size: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The aligner (without any output refinement) on annotated faces from given boxes.
+  """The aligner (without any output refinement) on annotated faces from given boxes: the
+  features its last stage read and its output points.
 
   Args:
     aligner: a :class:`dff_jax.alignment.runner.CompiledCascade`.
@@ -114,9 +117,9 @@ def collect(aligner: Any, faces: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarr
   def run(describer_params, alignment_model, params, work_images):
     crops = cascade.working_images_to_crops(work_images, config.crop_size)
     fields = describer.apply(describer_params, crops)
-    states = cascade.align_crops(alignment_model, params, fields, config)
-    points = cascade.output_points(alignment_model, states)
-    return jax.vmap(cascade.stage_features)(fields, points, states.visibility), points
+    states, _, features, _ = jax.vmap(
+        lambda field: cascade.run_stages(alignment_model, params, field, config))(fields)
+    return features, cascade.output_points(alignment_model, states)
 
   features, points, annotated = [], [], []
   for part in _batches(faces, batch_size):

@@ -17,10 +17,10 @@ AFLW_DIR = SHARED / "datasets" / "aflw2000_3d_dev"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # The suite compiles hundreds of small XLA programs and runs most of them once or twice, so
-# LLVM's optimisation of the CPU code costs more time than it saves: without it the slowest
-# eight test files took 0.81x the time on the 2-core CI-like machine (session of 2026-12-05,
-# solo runs of those files). The HLO (fusion, layouts) and the numbers are XLA's own up to
-# float rounding; the commands, benchmarks and shipped defaults keep the full optimisation.
+# LLVM's optimisation of the CPU code costs more time than it saves: without it a fresh clone's
+# `.ci/run` on the 2-core machine took 658 s of pytest, against 1,229 s the session before
+# (session of 2026-12-05). The HLO (fusion, layouts) and the numbers are XLA's own up to float
+# rounding; the commands, benchmarks and shipped defaults keep the full optimisation.
 # Subprocesses that set their own XLA_FLAGS add these (``xla_flags``).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 

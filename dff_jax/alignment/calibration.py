@@ -111,7 +111,6 @@ def calibrate_cascade(cascade_path: Optional[str], out_path: str | Path, data_di
   """
   from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade as cascade_lib  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import alignment as evaluation  # pylint: disable=g-import-not-at-top
@@ -146,12 +145,6 @@ def calibrate_cascade(cascade_path: Optional[str], out_path: str | Path, data_di
                 mean_offset_mm=float(np.linalg.norm(step, axis=1)[FIRST_CALIBRATED_LANDMARK:]
                                      .mean()),
                 calibrated_from=str(spec.cascade_path))
-  meta = dict(aligner.meta, output_offsets_mm=np.round(total.astype(np.float64), 4).tolist(),
-              output_calibration=report)
-  if aligner.describer.kind == "dff":
-    meta["descriptor_source"] = str(Path(aligner.describer.source).resolve())
-    meta.pop("encoder_bundle", None)
-  with np.load(spec.cascade_path, allow_pickle=False) as stored:  # keep the file's precision
-    compact = any(stored[name].dtype == np.float16 for name in stored.files)
-  cascade_io.save_cascade(out_path, aligner.params, aligner.config, meta, compact=compact)
+  aligner.save_derived(out_path, output_offsets_mm=np.round(total.astype(np.float64), 4).tolist(),
+                       output_calibration=report)
   return report

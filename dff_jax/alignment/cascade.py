@@ -561,19 +561,14 @@ def mirror_estimate(landmarks_px: Array, visibility: Array, pose: Array,
 
 
 def mirrored_regression(stage: Tuple[Array, ...], state: AlignmentState, mirrored_map: Array,
-                        crop_size: int) -> Tuple[Array, Array]:
+                        crop_size: int) -> Tuple[Array, Array, Array]:
   """Step 3 on the left-right mirrored crop, read back in the crop.
 
   ``state`` (crop frame) is mirrored into the mirrored crop (:func:`mirror_estimate`), the stage
   regresses there from ``mirrored_map`` (the mirrored crop's descriptor field) and its landmarks
-  ``[68, 2]`` and pose ``[6]`` are mirrored back.
+  ``[68, 2]`` and pose ``[6]`` are mirrored back. Returns them and the features ``[F]`` the
+  stage read on the mirrored crop.
   """
-  return _mirrored_stage(stage, state, mirrored_map, crop_size)[:2]
-
-
-def _mirrored_stage(stage: Tuple[Array, ...], state: AlignmentState, mirrored_map: Array,
-                    crop_size: int) -> Tuple[Array, Array, Array]:
-  """:func:`mirrored_regression` plus the stage features it read on the mirrored crop."""
   landmarks, visibility, pose = mirror_estimate(state.landmarks_px, state.visibility, state.pose,
                                                 crop_size)
   mirrored = state.replace(landmarks_px=landmarks, visibility=visibility, pose=pose)
@@ -610,8 +605,8 @@ def stage_step(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
   landmarks, pose = regress(stage, state, features)
   mirrored_features = None
   if mirrored_map is not None:
-    other_landmarks, other_pose, mirrored_features = _mirrored_stage(stage, state, mirrored_map,
-                                                                     config.crop_size)
+    other_landmarks, other_pose, mirrored_features = mirrored_regression(
+        stage, state, mirrored_map, config.crop_size)
     landmarks, pose = (landmarks + other_landmarks) / 2, (pose + other_pose) / 2
   return (refit(alignment_model, landmarks, pose, state.visibility, config), landmarks, features,
           mirrored_features)
@@ -808,9 +803,8 @@ def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,
     landmarks = geometry.crop_to_image(state.landmarks_px, crop_box, crop_size)
     landmarks_3d = landmarks
   else:
-    landmarks = geometry.crop_to_image(
-        state.landmarks_px + projected_offsets(state.pose, alignment_model.output_offsets),
-        crop_box, crop_size)
+    landmarks = geometry.crop_to_image(output_points(alignment_model, state), crop_box,
+                                       crop_size)
     fixed = fixed_landmarks
     for _ in range(state.pose.ndim - 1):
       fixed = jax.vmap(fixed, in_axes=(None, 0, 0, 0))

@@ -15,7 +15,8 @@ convention), the pose and the shape stay the model's.
 
 :func:`refine_cascade` fits it on annotated faces of a faces68-layout split (default: 300-W's
 annotators, HELEN train and AFW, each face also mirrored left-right), aligned from their landmark
-boxes; the ridge lambda is the candidate with the least error on every ``held_out_every``-th face
+boxes, and on renders of the pipeline (:func:`synthetic_faces`), aligned from jittered boxes;
+the ridge lambda is the candidate with the least error on every ``held_out_every``-th face
 (:func:`dff_jax.alignment.regression.select_regularisation`), rescaled to the full count for the
 final solve. ``python -m experiments.refine_outputs`` is the command.
 
@@ -81,6 +82,7 @@ def fit_weights(features: np.ndarray, targets: np.ndarray, held_out: np.ndarray,
     parts.append(stats)
   best, errors = regression.select_regularisation(parts[0], parts[1], candidates)
   total = parts[0] + parts[1]
+  # The penalty is relative to the data term (as regression._choose rescales a stage's).
   regularisation = best * total.count / parts[0].count
   return regression.ridge_solve(total.gram, total.cross, regularisation), best, errors
 
@@ -193,7 +195,6 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax import metrics  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   spec = runner.resolve_aligner(cascade_path, None, checkpoint, None)
   aligner = runner.load_aligner(spec, cache=False)
@@ -239,12 +240,6 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
                    for part, (rows, normaliser) in parts.items() if part == "photos" or renders
                    for when, values in (("before", points), ("after", moved))},
                 refined_from=str(spec.cascade_path))
-  meta = dict(aligner.meta, output_refinement=report)
-  if aligner.describer.kind == "dff":
-    meta["descriptor_source"] = str(Path(aligner.describer.source).resolve())
-    meta.pop("encoder_bundle", None)
-  with np.load(spec.cascade_path, allow_pickle=False) as stored:  # keep the file's precision
-    compact = any(stored[name].dtype == np.float16 for name in stored.files)
-  cascade_io.save_cascade(out_path, aligner.params.replace(refine_weights=weights),
-                          aligner.config, meta, compact=compact)
+  aligner.save_derived(out_path, aligner.params.replace(refine_weights=weights),
+                       output_refinement=report)
   return report

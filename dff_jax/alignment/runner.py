@@ -293,6 +293,21 @@ class CompiledCascade:
     """
     return self.fetch(self.dispatch(work_images))
 
+  def save_derived(self, out_path: str | os.PathLike,
+                   params: Optional[cascade.CascadeParams] = None, **meta: Any) -> Path:
+    """Writes a cascade file made from this one (calibrated, refined): ``params`` (default its
+    own), its settings, its meta updated with ``meta``, in the loaded file's precision (float16
+    weights if it had them). A DFF cascade names the same encoder by absolute path
+    (``descriptor_source``), so the new file loads from anywhere."""
+    meta = dict(self.meta, **meta)
+    if self.describer.kind == "dff":
+      meta["descriptor_source"] = str(Path(self.describer.source).resolve())
+      meta.pop("encoder_bundle", None)
+    with np.load(self.spec.cascade_path, allow_pickle=False) as stored:
+      compact = any(stored[name].dtype == np.float16 for name in stored.files)
+    return cascade_io.save_cascade(out_path, self.params if params is None else params,
+                                   self.config, meta, compact=compact)
+
 
 _ALIGNER_CACHE: Dict[Tuple, CompiledCascade] = {}
 _ALIGNER_CACHE_SIZE = 2

@@ -41,7 +41,11 @@ dlib is optional: ``pip install -r requirements-compare.txt``.
 Landmark conventions: ``aflw2000`` is scored on ``landmarks_3d_px`` (the fitted model's fixed 68
 landmark vertices projected: the 3D jaw line its annotation uses); every other set on
 ``landmarks_px`` (the jaw on the visible outline); ``summary.json`` names it
-(``landmark_convention``).
+(``landmark_convention``). Renders of the aligner's own face model (``synthetic``, unless
+``--render_face_model`` names another) are scored in both: their labels are exact in either
+convention, so each method's ``landmarks_3d`` block scores ``landmarks_3d_px`` against each
+render's fixed 3D landmarks (the NME figures, ``nme_by_region`` included, by the 3D landmarks'
+box), beside the outline scores at the top level.
 
 Several comma-separated cascades are evaluated on the same faces (e.g. DFF and SIFT); each is a
 method named by its features (plus the file stem when two share features).

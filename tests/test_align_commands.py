@@ -580,6 +580,51 @@ def test_eval_synthetic(setup, tmp_path):
   assert summary["normaliser"].startswith("bbox") and summary["num_faces"] == 3
   assert summary["seed"] == 40_000 and summary["pipeline"]["image_size"] == CROP
   assert sum(summary["yaw_bin_counts"].values()) <= 3
+  # The renders are also scored in the 3D convention: landmarks_3d_px against each render's
+  # exact 3D landmarks. By hand: the same aligner on the same renders and boxes.
+  from dff_jax import metrics
+  from dff_jax.alignment import runner
+  from dff_jax.evaluation import alignment as evaluation
+  block = summary["landmarks_3d"]
+  assert block["num_faces"] == 3 and block["normaliser"].startswith("bbox")
+  assert set(block["nme_by_yaw_bin"]) == {"0-30", "30-60", "60-90"}
+  assert "jaw_offset_along_turn" in block["nme_by_region"]
+  aligner = runner.load_aligner(runner.resolve_aligner(str(setup["cascade"]), None, None, None))
+  eval_set = evaluation.synthetic_set(3, 40_000, CROP, "default")
+  expected = []
+  for job in eval_set.jobs:
+    loaded = job.load()
+    work, crop_box, _ = runner.working_crop(loaded.image, loaded.box, aligner.config,
+                                            aligner.work_size, aligner.channels)
+    face = runner.to_image_frame(aligner.align_working(work[None]), 0, crop_box, loaded.box,
+                                 aligner.work_size)
+    target = evaluation.exact_3d_target(aligner.alignment_model, loaded.truth)
+    expected.append(metrics.nme(face.landmarks_3d_px, target, "bbox"))
+  np.testing.assert_allclose(block["nme_mean"], np.mean(expected), rtol=1e-5)
+  assert block["nme_mean"] != summary["nme_mean"]   # not the outline score again
+
+
+def test_exact_3d_target_inner_points_are_the_renderers(setup):
+  """A render's exact 3D-convention landmarks share the 51 inner vertices with its labels:
+  there they equal the points the renderer projected (NumPy vertices and rotation of the pair
+  pipeline, not the cascade's rows), at every yaw; on a turned face the jaw differs (the 3D jaw
+  line, not the silhouette)."""
+  from dff_jax.alignment import cascade
+  from dff_jax.evaluation import alignment as evaluation
+  model = setup["model"]
+  np.testing.assert_array_equal(np.asarray(model.landmark_3d_vertex_ids)[17:],
+                                np.asarray(model.landmark_vertex_ids)[17:])
+  alignment_model = cascade.alignment_model_for(model, {})
+  eval_set = evaluation.synthetic_set(6, 40_000, CROP, "default")
+  turned = 0
+  for job in eval_set.jobs:
+    truth = job.load().truth
+    target = evaluation.exact_3d_target(alignment_model, truth)
+    np.testing.assert_allclose(target[17:], truth["landmarks_px"][17:], atol=2e-3)
+    if abs(truth["yaw_deg"]) > 30:
+      turned += 1
+      assert np.max(np.abs(target[:17] - truth["landmarks_px"][:17])) > 0.2
+  assert turned
 
 
 def _write_faces_as_dataset(setup, folder, kind):

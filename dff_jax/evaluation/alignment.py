@@ -121,7 +121,9 @@ def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] 
       return Loaded(image=example["image"], box=example["box"],
                     truth=dict(landmarks_px=example["landmarks_px"],
                                yaw_deg=float(np.degrees(example["pose"][2])),
-                               model_pose=example["pose"]))
+                               model_pose=example["pose"],
+                               shape_coefficients=example["shape_coefficients"],
+                               expression_coefficients=example["expression_coefficients"]))
     return Job(name=f"synthetic_{seed}_{i:06d}", load=load)
 
   return EvalSet(name="synthetic", jobs=[job(i) for i in range(int(num_faces))],
@@ -330,6 +332,18 @@ def score_face(predicted: np.ndarray, target: np.ndarray,
   per_region["jaw_dx"] = np.mean(offset[start:stop, 0])
   return (float(metrics.nme(predicted, target, normaliser)),
           {k: float(v) for k, v in per_region.items()}, offset)
+
+
+def exact_3d_target(alignment_model: Any, truth: Dict[str, Any]) -> np.ndarray:
+  """A render's exact landmarks of the 3D convention in an aligner's convention: ``[68, 2]``
+  float64 image pixels, the rendered shape's 68 fixed landmark vertices
+  (:func:`dff_jax.alignment.cascade.fixed_landmarks`, moved by the aligner's landmark offsets as
+  its ``landmarks_3d_px`` are) projected under the rendering pose, hidden ones included."""
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+  return np.asarray(cascade.fixed_landmarks(
+      alignment_model, np.asarray(truth["model_pose"], np.float32),
+      np.asarray(truth["shape_coefficients"], np.float32),
+      np.asarray(truth["expression_coefficients"], np.float32)), np.float64)
 
 
 def estimate_yaw_deg(model: FaceModel, landmarks_px: np.ndarray,
@@ -601,8 +615,14 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   curves = []
   skipped: Dict[str, str] = {}
   truth_by_name: Dict[str, Dict[str, Any]] = {}
+  render_model = (render_face_model or specs[0].face_model) if dataset == "synthetic" else None
   for spec, name in zip(specs, names):
     aligner = runner.load_aligner(spec)
+    # Renders of the aligner's own face model are also scored in the 3D convention, against
+    # their exact 3D landmarks (what AFLW2000-3D's annotation stands for on photos).
+    score_3d = render_model is not None and spec.face_model == render_model
+    errors_3d: Dict[str, float] = {}
+    regions_3d: Dict[str, Dict[str, float]] = {}
     errors: Dict[str, float] = {}
     yaw_pred: Dict[str, float] = {}
     regions: Dict[str, Dict[str, float]] = {}
@@ -629,7 +649,12 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
       (errors[outcome.job.name], regions[outcome.job.name],
        offsets[outcome.job.name]) = score_face(predicted, target, eval_set.normaliser)
       yaw_pred[outcome.job.name] = float(outcome.face.pose.yaw_deg)
+      if score_3d:
+        errors_3d[outcome.job.name], regions_3d[outcome.job.name], _ = score_face(
+            outcome.face.landmarks_3d_px, exact_3d_target(aligner.alignment_model, truth),
+            "bbox")
     methods[name] = dict(errors=errors, regions=regions, aligner=aligner, yaw_pred=yaw_pred,
+                         errors_3d=errors_3d if score_3d else None, regions_3d=regions_3d,
                          offsets=offsets, passes_per_face=(
                              1.0 + stats.refinement_passes / stats.faces if stats.faces else None))
 
@@ -667,6 +692,15 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     summaries[name]["systematic_error"] = systematic_error_summary(
         np.array([methods[name]["offsets"][n] for n in common], np.float64).reshape(-1, 68, 2),
         yaw if len(common) else None)
+    if methods[name]["errors_3d"] is not None:
+      summaries[name]["landmarks_3d"] = dict(
+          summarise_errors(np.array([methods[name]["errors_3d"][n] for n in common], np.float64),
+                           yaw if len(common) else None, "bbox"),
+          description="landmarks_3d_px against each render's exact landmarks of the 3D "
+                      "convention (" + LANDMARK_CONVENTIONS["3d"][1] + "; the face model's own "
+                      "jaw vertices, moved by the cascade's landmark offsets)",
+          nme_by_region=region_summary([methods[name]["regions_3d"][n] for n in common],
+                                       yaw if len(common) else None))
     aligner = methods[name]["aligner"]
     summaries[name]["passes_per_face"] = methods[name]["passes_per_face"]
     summaries[name].update(features=aligner.spec.features,

@@ -51,6 +51,8 @@ MODULES: Dict[str, tuple] = {
                    "dff_jax/alignment/regression.py", "dff_jax/alignment/multiview.py"],
                   ["tests/test_fitting.py", "tests/test_cascade.py",
                    "tests/test_regression.py", "tests/test_multiview.py"]),
+    # The output refinement's fit (its step inside the cascade is cascade.refine_state).
+    "refinement": (["dff_jax/alignment/refinement.py"], ["tests/test_refinement.py"]),
 }
 
 # Survivors shown equivalent (no input can tell them apart from the original), by mutant name
@@ -374,7 +376,7 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "assets_cach
 def setup_cfg(module: str) -> str:
   paths, tests = MODULES[module]
   lines = ["[mutmut]", "source_paths = dff_jax", "only_mutate = " + "\n  ".join(paths),
-           "tests_dir = " + "\n  ".join(tests),
+           "pytest_add_cli_args_test_selection = " + "\n  ".join(tests),
            "also_copy = data_pipeline\n  experiments\n  tests\n  pytest.ini",
            "pytest_add_cli_args = -p no:cacheprovider -q -x",
            "process_isolation = forkserver", "forkserver_warmup = collect", ""]

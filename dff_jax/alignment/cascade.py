@@ -717,7 +717,9 @@ class AlignmentResult:
     landmarks_3d_px: ``[B, 68, 2]`` float32 image points of the 68 fixed vertices of the 3D
       convention (``landmark_3d_vertex_ids``) of the fitted shape under the fitted pose, hidden
       ones included (AFLW2000-3D: the jaw on the jaw line, which a turned face shows from the
-      side; the other 51 points equal ``landmarks_px``).
+      side). The other 51 are the fitted model's vertices (moved by the landmark offsets) and
+      differ from ``landmarks_px`` by the output calibration and refinement, which move only
+      ``landmarks_px``.
     visibility: ``[B, 68]`` float32 0/1.
     pitch_rad, yaw_rad, roll_rad: ``[B]`` float32.
     scale: ``[B]`` float32 image pixels per mm.

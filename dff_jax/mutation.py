@@ -67,6 +67,7 @@ _AC = "dff_jax.alignment.cascade.x_"
 _AF = "dff_jax.alignment.fitting.x_"
 _AM = "dff_jax.alignment.multiview.x_"
 _AR = "dff_jax.alignment.regression.x_"
+_RF = "dff_jax.alignment.refinement.x_"
 _IO = "dff_jax.image_io.x_"
 _FI = "dff_jax.file_io.x_"
 EQUIVALENT: Dict[str, str] = {
@@ -368,6 +369,30 @@ EQUIVALENT: Dict[str, str] = {
     **{_IO + f"_open__mutmut_{k}": "megapixels as / 1000001 for / 1e6: a relative change of "
        "1e-6, invisible at :g's 6 significant digits and at .1f below 50,000 megapixels"
        for k in (15, 32, 34)},
+    **{_RF + f"collect__mutmut_{k}": "a face box or annotation converted without float64: "
+       "working_crop converts the box to float64 itself, and image_to_crop returns float64"
+       for k in (27, 29, 35)},
+    **{_RF + f"synthetic_faces__mutmut_{k}": "a render's labels or box without float64: "
+       "collect converts both" for k in (16, 18, 34, 36)},
+    **{_RF + f"refine_cascade__mutmut_{k}": "a photo's landmark box without float64: collect "
+       "converts it" for k in (57, 59)},
+    _RF + "refine_cascade__mutmut_16": "cache=None is as falsy as cache=False",
+    **{_RF + f"refine_cascade__mutmut_{k}": "slice(None, n) and slice(n) are slice(0, n)"
+       for k in (134, 136)},
+    _RF + "refine_cascade__mutmut_44": "the annotation kept float32: collect converts it to "
+                                       "float64, and its landmark box is the points' exact "
+                                       "min / max in either dtype",
+    _RF + "refine_cascade__mutmut_13": "resolve_aligner's face_model defaults to None",
+    _RF + "refine_cascade__mutmut_19": "cache=True only keeps the loaded aligner for reuse in "
+                                       "the process; the same aligner is loaded",
+    _RF + "refine_cascade__mutmut_93": "collect's default batch size: padding changes, each "
+                                       "face's features and outputs do not",
+    _RF + "refine_cascade__mutmut_101": "NumPy reads any negative size in reshape as the "
+                                        "inferred one (-2 as -1)",
+    **{_RF + f"fit_weights__mutmut_{k}": "features / targets left in their dtype: the rows' "
+       "weights are float64 ones, so batch_sums' products are float64 anyway (the held-out "
+       "targets' squares aside, rounded to float32: a relative 6e-8 of the error sums)"
+       for k in (14, 17, 19)},
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

@@ -2,6 +2,7 @@
 freely (``CascadeParams.refine_weights``, :mod:`dff_jax.alignment.refinement`)."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -141,9 +142,13 @@ def test_fit_weights_recovers_a_planted_map_and_prefers_ridge_for_noise():
                                                  (1e-6, 1.0, 100.0))
   assert best == 1e-6 and np.all(np.diff(errors) > 0)
   np.testing.assert_allclose(weights, planted, atol=1e-4)
-  _, best, _ = refinement.fit_weights(features, rng.normal(size=(400, 4)), held_out,
-                                      (1e-6, 1.0, 1e4))
+  noise = rng.normal(size=(400, 4))
+  weights, best, _ = refinement.fit_weights(features, noise, held_out, (1e-6, 1.0, 1e4))
   assert best == 1e4
+  # The final solve uses every row, lambda scaled by rows / fitting rows (400 / 320).
+  expected = np.linalg.solve(features.T @ features + 1e4 * 400 / 320 * np.eye(13),
+                             features.T @ noise)
+  np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="need both fitting and held-out rows, got 0 held out"):
     refinement.fit_weights(features, features @ planted, np.zeros(400, bool))
 
@@ -197,6 +202,14 @@ def test_synthetic_faces_carry_their_labels_in_the_cascades_convention(setup, tm
     scale, pitch, yaw, roll = truth["model_pose"][:4]
     rotation = np.asarray(geometry.euler_to_matrix(pitch, yaw, roll))
     np.testing.assert_allclose(shift[NOSE], 10.0 * scale * rotation[:2, 0] * [1, -1], atol=1e-3)
+  # The boxes follow the cascade's training box jitter: none gives the labels' own box.
+  still = cascade_io.save_cascade(tmp_path / "still.npz", params, config,
+                                  dict(meta, box_jitter=dict(scale=0.0, shift=0.0, aspect=0.0)))
+  still_faces = refinement.synthetic_faces(
+      runner.load_aligner(runner.resolve_aligner(str(still)), cache=False), 2, 7)
+  for (_, labels, box), (_, _, jittered) in zip(still_faces, faces[0]):
+    np.testing.assert_allclose(box, geometry.landmark_box(labels), atol=1e-3)
+    assert np.abs(jittered - box).max() > 0.1
 
 
 def test_cascade_files_and_finetuning_keep_the_refinement(tmp_path):
@@ -246,6 +259,14 @@ def test_refine_outputs_command_fits_on_the_chosen_sources_and_replaces_a_refine
   first = json.loads(proc.stdout)
   assert first["faces"] == 3 and first["mirrored"] and first["sources"] == ["afw", "helen-train"]
   assert first["synthetic_faces"] == 3 and first["synthetic_seed"] == refinement.SYNTHETIC_SEED
+  # Rows by hand: the 3 faces and their mirror images (groups 0 0 1 1 2 2), the 3 renders
+  # (groups 3 4 5); every second group is held out: faces 0 and 2 with mirrors, render 4.
+  assert first["rows"] == dict(photos=6, renders=3, held_out=5)
+  assert first["split"] == "train" and first["data_dir"] == str(data)
+  assert first["held_out_every"] == 2
+  assert Path(first["refined_from"]).resolve() == Path(start).resolve()
+  assert set(first["candidates"]) == {f"{c:g}" for c in refinement.REGULARISATION_CANDIDATES}
+  assert first["regularisation"] in refinement.REGULARISATION_CANDIDATES
   assert first["photos_nme_after"] < 0.5 * first["photos_nme_before"]
   assert first["renders_nme_after"] < 0.5 * first["renders_nme_before"]
   params, _, meta = cascade_io.load_cascade(first_path)
@@ -257,6 +278,16 @@ def test_refine_outputs_command_fits_on_the_chosen_sources_and_replaces_a_refine
   assert second["photos_nme_before"] == pytest.approx(first["photos_nme_before"], rel=1e-5)
   np.testing.assert_allclose(cascade_io.load_cascade(tmp_path / "second.npz")[0].refine_weights,
                              params.refine_weights, rtol=1e-4, atol=1e-6)
+  # Another encoder (a point-head bundle, same D) replaces the cascade's: the file names it and
+  # the weights are fitted to its descriptors.
+  other = write_random_bundle(tmp_path / "other_bundle", COMMAND_CROP, head="point")
+  refinement.refine_cascade(str(start), tmp_path / "third.npz", str(data),
+                            sources=["afw", "helen-train"], checkpoint=str(other), batch_size=4,
+                            held_out_every=2, num_synthetic=3)
+  third_params, _, third_meta = cascade_io.load_cascade(tmp_path / "third.npz")
+  assert third_meta["descriptor_source"] == str(other.resolve())
+  assert meta["descriptor_source"] == str(bundle.resolve())
+  assert not np.allclose(third_params.refine_weights, params.refine_weights, atol=1e-3)
   scores = {}
   for name, path in (("start", start), ("refined", first_path)):
     scores[name] = eval_alignment.evaluate(
@@ -264,6 +295,29 @@ def test_refine_outputs_command_fits_on_the_chosen_sources_and_replaces_a_refine
         sources=["afw", "helen-train"], cascade=str(path), batch_size=4,
         progress=False)["nme_mean"]
   assert scores["refined"] < 0.5 * scores["start"]
+  # Unmirrored, other lambdas, every fifth group held out: photos in groups 0 1 2 (0 held out),
+  # renders in 3 4 5 (5 held out). The report's errors before the fit are the evaluations' on
+  # the same faces and renders from the same boxes (another path: eval_alignment).
+  plain = refinement.refine_cascade(str(start), tmp_path / "plain.npz", str(data),
+                                    sources=["afw", "helen-train"], batch_size=4, mirror=False,
+                                    held_out_every=5, num_synthetic=3, candidates=(0.5, 7.0))
+  assert plain["rows"] == dict(photos=3, renders=3, held_out=2) and not plain["mirrored"]
+  assert set(plain["candidates"]) == {"0.5", "7"} and plain["regularisation"] in (0.5, 7.0)
+  assert plain["photos_nme_before"] == pytest.approx(scores["start"], rel=1e-4)
+  renders = eval_alignment.evaluate("synthetic", tmp_path / "renders", cascade=str(start),
+                                    num_faces=3, seed=refinement.SYNTHETIC_SEED, batch_size=4,
+                                    progress=False)
+  assert plain["renders_nme_before"] == pytest.approx(renders["nme_mean"], rel=1e-4)
+  # Photos only (renders are off by default): no renders' figures.
+  photos = refinement.refine_cascade(str(start), tmp_path / "photos.npz", str(data),
+                                     sources=["afw", "helen-train"], batch_size=4,
+                                     held_out_every=2)
+  assert photos["rows"] == dict(photos=6, renders=0, held_out=4)
+  assert "renders_nme_before" not in photos and "renders_nme_after" not in photos
+  assert photos["photos_nme_after"] < photos["photos_nme_before"]
+  with pytest.raises(ValueError, match="3 faces are too few to hold out every 1th"):
+    refinement.refine_cascade(str(start), tmp_path / "none.npz", str(data),
+                              sources=["afw", "helen-train"], held_out_every=1)
   proc = _run("experiments.refine_outputs", f"--cascade={setup['cascade']}",
               f"--data_dir={data}", "--sources=lfpw", f"--out={tmp_path / 'x.npz'}")
   lines = _stderr_lines(proc)

@@ -143,16 +143,16 @@ def collect(aligner: Any, faces: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarr
 
 def synthetic_faces(aligner: Any, num_faces: int, seed: int
                     ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """``num_faces`` renders of the pipeline (seed ``seed``; the cascade's training ``data``
-  settings from its file's meta, detector-like jittered boxes, every yaw) as ``(image, labels,
-  box)`` triples: the labels are the face model's landmark vertices moved into the cascade's
-  convention (:func:`dff_jax.alignment.cascade.model_labels_in_convention`), as the fine-tuning
-  and ``eval_alignment --dataset=synthetic`` score renders."""
+  """``num_faces`` renders of the pipeline (seed ``seed``) as ``eval_alignment
+  --dataset=synthetic`` renders them for this cascade (its training ``data`` settings and box
+  jitter, every yaw; :func:`dff_jax.evaluation.alignment.cascade_synthetic_set`), as ``(image,
+  labels, box)`` triples: the labels are the face model's landmark vertices moved into the
+  cascade's convention (:func:`dff_jax.alignment.cascade.model_labels_in_convention`), as the
+  fine-tuning and ``eval_alignment --dataset=synthetic`` score renders."""
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import alignment as evaluation  # pylint: disable=g-import-not-at-top
-  eval_set = evaluation.synthetic_set(num_faces, seed, image_size=None,
-                                      data=aligner.meta.get("data"),
-                                      box_jitter=aligner.meta.get("box_jitter"))
+  eval_set = evaluation.cascade_synthetic_set(aligner.meta, aligner.config.crop_size,
+                                              aligner.spec.face_model, num_faces, seed)
   faces = []
   for job in eval_set.jobs:
     loaded = job.load()
@@ -181,7 +181,8 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
   Returns:
     the report stored in the new file's meta as ``output_refinement``: ``sources``, ``split``,
     ``faces`` (annotated faces; twice as many rows when mirrored), ``mirrored``,
-    ``synthetic_faces`` and ``synthetic_seed``, ``held_out_every``, ``regularisation`` (the
+    ``synthetic_faces`` and ``synthetic_seed``, ``rows`` (the fit's rows: ``photos``,
+    ``renders`` and the ``held_out`` ones), ``held_out_every``, ``regularisation`` (the
     chosen candidate), ``candidates`` with their held-out mean squared errors (crop pixels
     squared, summed over the 136 values), and per part (``photos``: inter-ocular NME;
     ``renders``: NME by the labels' bounding box) ``nme_before`` / ``nme_after``, the mean over
@@ -233,6 +234,8 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
                renders=(slice(num_photo_rows, None), "bbox"))
   report = dict(sources=sorted(set(sources)), split=split, data_dir=str(data_dir),
                 faces=len(entries), mirrored=bool(mirror), synthetic_faces=len(renders),
+                rows=dict(photos=num_photo_rows, renders=len(renders),
+                          held_out=int(held_out.sum())),
                 synthetic_seed=int(synthetic_seed), held_out_every=int(held_out_every),
                 regularisation=float(best),
                 candidates={f"{c:g}": float(e) for c, e in zip(candidates, errors)},

@@ -133,6 +133,17 @@ def synthetic_set(num_faces: int, seed: int = 40_000, image_size: Optional[int] 
                  pipeline=dict(dataclasses.asdict(config)))
 
 
+def cascade_synthetic_set(meta: Dict[str, Any], crop_size: int, face_model: str,
+                          num_faces: int, seed: int, image_size: Optional[int] = None) -> EvalSet:
+  """:func:`synthetic_set` for a cascade: rendered with its training ``data`` settings and box
+  jitter (``meta``, its file's meta) and ``face_model``, at ``image_size``, else the data's
+  image size, else (a cascade without ``data``) its ``crop_size``."""
+  if not image_size and "data" not in meta:
+    image_size = int(crop_size)
+  return synthetic_set(num_faces, seed, image_size, face_model, data=meta.get("data"),
+                       box_jitter=meta.get("box_jitter"))
+
+
 def aflw2000_set(data_dir: str | os.PathLike, num_faces: Optional[int] = None,
                  grey: bool = False) -> EvalSet:
   """AFLW2000-3D (``imageNNNNN.jpg`` + ``.mat``): 68 projected 3D landmarks, yaw from
@@ -590,12 +601,10 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   grey = all(runner.load_aligner(spec).channels == 1 for spec in specs)
 
   if dataset == "synthetic":
-    meta = specs[0].header.get("meta", {})
-    if not image_size and "data" not in meta:
-      image_size = int(specs[0].header["config"]["crop_size"])
-    eval_set = synthetic_set(num_faces or DEFAULT_SYNTHETIC_FACES, seed, image_size,
-                             render_face_model or specs[0].face_model,
-                             data=meta.get("data"), box_jitter=meta.get("box_jitter"))
+    eval_set = cascade_synthetic_set(
+        specs[0].header.get("meta", {}), specs[0].header["config"]["crop_size"],
+        render_face_model or specs[0].face_model, num_faces or DEFAULT_SYNTHETIC_FACES, seed,
+        image_size)
   elif dataset == "aflw2000":
     eval_set = aflw2000_set(data_dir, num_faces, grey)
   elif dataset == "faces68":

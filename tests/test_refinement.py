@@ -236,7 +236,7 @@ def test_cascade_files_and_finetuning_keep_the_refinement(tmp_path):
 
 
 def test_refine_outputs_command_fits_on_the_chosen_sources_and_replaces_a_refinement(
-    setup, tmp_path):
+    setup, tmp_path, monkeypatch):
   """The command fits on the chosen sources' faces (and their mirror images) and writes a cascade
   whose outputs on those faces are closer to the annotation; refining that file again fits the
   same weights (a refinement is fitted to the unrefined outputs); the val split and an unknown
@@ -308,13 +308,20 @@ def test_refine_outputs_command_fits_on_the_chosen_sources_and_replaces_a_refine
                                     num_faces=3, seed=refinement.SYNTHETIC_SEED, batch_size=4,
                                     progress=False)
   assert plain["renders_nme_before"] == pytest.approx(renders["nme_mean"], rel=1e-4)
-  # Photos only (renders are off by default): no renders' figures.
+  # Photos only (renders are off by default): no renders' figures. The photos are decoded as
+  # `align` decodes them for this grey encoder: their luma plane.
+  from dff_jax import image_io
+  decoded = []
+  read_image = image_io.read_image
+  monkeypatch.setattr(image_io, "read_image",
+                      lambda path, **kw: decoded.append(kw.get("grey")) or read_image(path, **kw))
   photos = refinement.refine_cascade(str(start), tmp_path / "photos.npz", str(data),
                                      sources=["afw", "helen-train"], batch_size=4,
                                      held_out_every=2)
   assert photos["rows"] == dict(photos=6, renders=0, held_out=4)
   assert "renders_nme_before" not in photos and "renders_nme_after" not in photos
   assert photos["photos_nme_after"] < photos["photos_nme_before"]
+  assert decoded == [True, True, True]
   with pytest.raises(ValueError, match="3 faces are too few to hold out every 1th"):
     refinement.refine_cascade(str(start), tmp_path / "none.npz", str(data),
                               sources=["afw", "helen-train"], held_out_every=1)

@@ -680,8 +680,8 @@ def run_stages(alignment_model: AlignmentModel, params: CascadeParams, descripto
                remat: bool = False, mirrored_map: Optional[Array] = None
                ) -> Tuple[AlignmentState, AlignmentState, Array, Optional[Array]]:
   """The K stages of :func:`run_cascade` without the output refinement: ``(final_state,
-  per_stage_states, features [F], mirrored_features [F] or None)``, the features those the last
-  stage read (what :func:`refine_state` and the refinement's fit read)."""
+  per_stage_states, features [F], mirrored_features [F] or None)``: the features are those the
+  last stage read (what :func:`refine_state` and the refinement's fit read)."""
   if state is None:
     state = initial_state(alignment_model, params, config)
   feature_dim = params.landmark_weights.shape[1]

@@ -600,11 +600,12 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   # Photos decoded as `align` decodes them: grey when every method reads only the luma.
   grey = all(runner.load_aligner(spec).channels == 1 for spec in specs)
 
+  # The face model of the renders (None for photographs).
+  render_model = (render_face_model or specs[0].face_model) if dataset == "synthetic" else None
   if dataset == "synthetic":
     eval_set = cascade_synthetic_set(
-        specs[0].header.get("meta", {}), specs[0].header["config"]["crop_size"],
-        render_face_model or specs[0].face_model, num_faces or DEFAULT_SYNTHETIC_FACES, seed,
-        image_size)
+        specs[0].header.get("meta", {}), specs[0].header["config"]["crop_size"], render_model,
+        num_faces or DEFAULT_SYNTHETIC_FACES, seed, image_size)
   elif dataset == "aflw2000":
     eval_set = aflw2000_set(data_dir, num_faces, grey)
   elif dataset == "faces68":
@@ -624,7 +625,6 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   curves = []
   skipped: Dict[str, str] = {}
   truth_by_name: Dict[str, Dict[str, Any]] = {}
-  render_model = (render_face_model or specs[0].face_model) if dataset == "synthetic" else None
   for spec, name in zip(specs, names):
     aligner = runner.load_aligner(spec)
     # Renders of the aligner's own face model are also scored in the 3D convention, against
@@ -742,7 +742,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   summary.update(method=names[0], methods=summaries,
                  skipped=sorted(v for k, v in skipped.items() if k not in without_box))
   if dataset == "synthetic":
-    summary.update(seed=int(seed), render_face_model=render_face_model or specs[0].face_model,
+    summary.update(seed=int(seed), render_face_model=render_model,
                    pipeline=file_io.json_safe(eval_set.pipeline))
   file_io.write_json_atomic(out_dir / "summary.json", summary)
   lines = "".join(json.dumps(file_io.json_safe(r)) + "\n" for r in records)

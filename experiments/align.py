@@ -2,10 +2,11 @@ r"""Aligns faces in image files: 68 landmarks, visibility, pose and 3DMM coeffic
 
   python -m experiments.align --images=PATH|GLOB|DIR[,...] --out_dir=DIR \
       [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--box_convention=detector|landmarks] \
-      [--cascade=FILE] [--features=dff|sift] \
+      [--cascade=default|fast|synthetic|FILE] [--features=dff|sift] [--mirror] [--refine=2] \
       [--checkpoint=DIR] [--face_model=default|PATH] [--batch_size=8] [--overlays=true|false] \
       [--workers=2] [--writers=2] [--prefetch_batches=2] [--processes=1] [--run_summary]
-  python -m experiments.align --images=IMG1,IMG2,...|DIR --multiview [--share_expression] ...
+  python -m experiments.align --images=IMG1,IMG2,...|DIR --multiview [--share_expression] \
+      [--prior_per_view=true|false] ...
 
 Inputs:
   * ``--images``: an image file, a directory (its image files, not recursive), a glob pattern,
@@ -26,13 +27,20 @@ Inputs:
     ``[[x0, y0, x1, y1], ...]`` (several faces; ``[]`` none), ``null`` / ``"detect"`` (find the
     faces) or ``"whole"``; an image missing from the file is reported and skipped.
     (Before issue 13, ``null`` and no box meant the whole image: use ``"whole"`` for that now.)
-  * ``--cascade``: a shipped cascade by name (``default``, ``synthetic``) or a file from
+  * ``--cascade``: a shipped cascade by name (``default``; ``fast``, the same data on 96 px
+    crops, about 1.5x as fast; ``synthetic``, trained on renders only) or a file from
     ``experiments.train_alignment`` (default: the shipped default); ``--features`` defaults to
     the cascade's. ``--checkpoint``: the DFF encoder (default: the one the cascade names).
+  * ``--mirror``: test-time mirroring, every face also aligned mirrored left-right and each
+    stage's two steps averaged (more accurate, about twice the alignment time).
 
 ``--multiview``: the images show one person; they are aligned jointly (one identity shared by
 all, each its own pose, landmarks and expression; see :mod:`experiments.align_multiview`), and
-``DIR/multiview.json`` holds the shared identity.
+``DIR/multiview.json`` holds the shared identity. Each image's document has its one face (the
+given box's, or the detector's best) and ``multiview: true``, ``share_expression`` and
+``prior_per_view`` beside the keys below; ``--prior_per_view=false`` counts the identity prior
+once for all images (the plain MAP fit) instead of once per image. ``--mirror`` and
+``--processes`` are refused with ``--multiview``.
 
 Outputs, per image, written atomically (temporary file + rename):
   * ``DIR/<stem>.json`` (:func:`dff_jax.alignment.results.image_document`): ``image``,
@@ -63,9 +71,10 @@ share of the cores and streaming as above into the same ``--out_dir`` under the 
 XLA:CPU one process leaves cores idle, so on a large folder one process per core aligns more
 faces per second (each loads and compiles the aligner itself, a few seconds and its own memory).
 
-At the end one summary line goes to stdout (images, written, failed, faces, wall seconds,
+At the end one summary line goes to stdout (images, written, failed, other files skipped,
+faces, wall seconds,
 images/s, compile seconds, the decode + detect / align / write time split), followed by the JSON
-line ``{"out_dir", "written", "failed", "faces"}``; with ``--run_summary`` the figures are also written to
+line ``{"out_dir", "written", "failed", "faces"}`` (with ``--multiview``, only that line); with ``--run_summary`` the figures are also written to
 ``DIR/run_summary.json``. A bad image (unreadable, bad box) is reported on stderr in one line and
 skipped; the exit status is 1 if any image failed, 2 (one-line message) for bad arguments or a
 missing cascade / checkpoint.

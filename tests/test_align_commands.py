@@ -348,6 +348,10 @@ def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
                                                   "face1.json", "face1_overlay.png"]
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
       "out_dir": str(out), "written": 2, "failed": 2, "faces": 2}
+  # The summary line counts them too (4 images, 2 other files).
+  summary_line = proc.stdout.strip().splitlines()[-2]
+  assert summary_line.startswith("align: 4 images, 2 written, 2 failed, 2 other files skipped; "
+                                 "2 faces"), summary_line
   for i in range(2):
     document = json.loads((out / f"face{i}.json").read_text())
     face = _check_document(document, setup["model"])

@@ -258,9 +258,14 @@ def test_align_multiview_command_returns_the_planted_state(planted, tmp_path):
               f"--cascade={planted['cascade']}", "--multiview", "--overlays=false",
               f"--out_dir={out}")
   assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+      "out_dir": str(out), "written": len(IMAGES), "failed": 0, "faces": len(IMAGES)}
+  planted_boxes = json.loads(Path(planted["boxes"]).read_text())
   for name, (height, width, box) in IMAGES.items():
     document = json.loads((out / f"{Path(name).stem}.json").read_text())
     assert document["multiview"] is True
+    assert document["box_source"] == ("whole image" if planted_boxes[name] == "whole"
+                                      else "given"), (name, document["box_source"])
     expected = expected_face(planted["model"], planted["pose"], box, (height, width))
     _check_face(_from_json(document, (height, width)), expected, planted["model"],
                 f"align --multiview {name}")

@@ -203,11 +203,6 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
   aligner = runner.load_aligner(spec)
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 
-  def box_source(box) -> str:
-    if runner.asks_detection(box):
-      return f"detector: {detection.DETECTOR_NAME}"
-    return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
-
   passes = streaming.REFINE_DETECTED if refine is None else refine
 
   def job(index: int, path: Path, stem: str):
@@ -220,7 +215,7 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
       return streaming.Loaded(image=image, box=box,
                               truth=dict(index=index, stem=stem, path=str(path),
                                          size_wh=[image.shape[1], image.shape[0]],
-                                         box_source=box_source(box)),
+                                         box_source=box_source_of(box)),
                               refine=streaming.given_box_passes(box, box_convention, passes))
     return streaming.Job(name=str(path), load=load)
 
@@ -442,13 +437,25 @@ def png_bytes(picture) -> bytes:
   return buffer.getvalue()
 
 
+def box_source_of(box: Any) -> str:
+  """The ``box_source`` of an image's document for its given box (:func:`_given_box`):
+  ``"detector: <name>"`` when its faces are found, ``"whole image"`` or ``"given"``."""
+  from dff_jax import detection  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  if runner.asks_detection(box):
+    return f"detector: {detection.DETECTOR_NAME}"
+  return "whole image" if isinstance(box, str) and box == runner.WHOLE_IMAGE else "given"
+
+
 def summary_line(summary: Dict[str, Any]) -> str:
   """The one-line human summary of :func:`align_files`' result."""
   found = (f" ({summary['faces_detected']} found by the detector, "
            f"{summary['images_without_faces']} images without a face)"
            if summary["faces_detected"] or summary["images_without_faces"] else "")
+  count = len(summary.get("skipped_files") or ())
+  skipped = f", {count} other file{'s' * (count != 1)} skipped" if count else ""
   return (f"align: {summary['images']} images, {len(summary['written'])} written, "
-          f"{summary['failures']} failed; {summary['faces']} faces{found} in "
+          f"{summary['failures']} failed{skipped}; {summary['faces']} faces{found} in "
           f"{summary['wall_s']:.2f} s = {summary['images_per_second']:.1f} images/s (compile "
           f"{summary['compile_s']:.1f} s; decode + detect {summary['decode_s']:.1f} s, align "
           f"{summary['align_s']:.1f} s, write {summary['write_s']:.1f} s summed over threads)")
@@ -491,8 +498,8 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
     report: ``callable(message)`` for per-image failures (default: print to stderr).
 
   Returns:
-    ``{"out_dir", "written": [stems], "failed": [one-line messages], "shape_coefficients":
-    [Ki] list}``.
+    ``{"out_dir", "written": [stems], "failed": [one-line messages], "faces" (one per written
+    image), "shape_coefficients": [Ki] list}``.
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, no usable image, missing cascade / checkpoint
@@ -522,6 +529,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   for path, stem in zip(paths, stems):
     try:
       box = _given_box(path, common_box, box_map, boxes)
+      source = box_source_of(box)
       image = image_io.read_image(path)
       found, scores = runner.face_boxes(image, box, aligner.config.box_scale, str(path))
       if len(found) != 1 and box is not None and not isinstance(box, str):
@@ -539,7 +547,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       failed.append(message)
       report(f"align_multiview: skipped {message}")
       continue
-    views.append((path, stem, image, box, crop_box, work_image, work_box, score))
+    views.append((path, stem, image, box, crop_box, work_image, work_box, score, source))
   if not views:
     raise ValueError(f"--images={images}: none of the {len(paths)} images could be used "
                      "(see the messages above)")
@@ -561,11 +569,12 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   shape = np.asarray(faces[0].shape_coefficients, np.float32)
   written: List[str] = []
   entries = []
-  for (path, stem, image, *_), face in zip(views, faces):
+  for (path, stem, image, *_, source), face in zip(views, faces):
     face = dataclasses.replace(face, shape_coefficients=shape)  # the shared identity
     document = results.image_document(
         path, (image.shape[1], image.shape[0]), [face], multiview=True,
-        share_expression=bool(share_expression), prior_per_view=bool(prior_per_view), **common)
+        share_expression=bool(share_expression), prior_per_view=bool(prior_per_view),
+        box_source=source, **common)
     if overlay:
       picture = draw.render_faces_overlay(image, [face], aligner.face_model, outline)
       image_io.write_png_atomic(out_dir / f"{stem}_overlay.png", np.asarray(picture, np.uint8))
@@ -578,5 +587,5 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       shape_coefficients=shape.astype(np.float64).tolist(),
       share_expression=bool(share_expression), prior_per_view=bool(prior_per_view),
       num_views=len(views), views=entries, skipped=failed, **common))
-  return {"out_dir": str(out_dir), "written": written, "failed": failed,
+  return {"out_dir": str(out_dir), "written": written, "failed": failed, "faces": len(written),
           "shape_coefficients": shape.astype(np.float64).tolist()}

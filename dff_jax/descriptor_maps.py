@@ -115,6 +115,10 @@ def crop_box_for(image_shape: Sequence[int], bbox: Optional[np.ndarray],
   Returns:
     ``[4]`` float32 square box: ``square_box(bbox, box_scale)``, or the square of side
     ``max(W, H)`` centred on the image.
+
+  Raises:
+    ValueError: ``box_scale <= 0``, or a ``bbox`` with less than
+      :data:`dff_jax.geometry.MIN_BOX_INSIDE` of its area inside the image.
   """
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top  (NumPy only)
   if box_scale <= 0:
@@ -123,16 +127,40 @@ def crop_box_for(image_shape: Sequence[int], bbox: Optional[np.ndarray],
     height, width = int(image_shape[0]), int(image_shape[1])
     return np.asarray(geometry.square_box(np.asarray([0, 0, width, height], np.float32), 1.0),
                       np.float32)
+  height, width = int(image_shape[0]), int(image_shape[1])
+  inside = float(geometry.fraction_inside(np.asarray(bbox, np.float64), height, width))
+  if inside < geometry.MIN_BOX_INSIDE:
+    raise ValueError(f"--bbox {np.asarray(bbox).tolist()} lies {'mostly ' * (inside > 0)}outside "
+                     f"the {width}x{height} image ({100 * inside:.2g} % of it inside, at least "
+                     f"{100 * geometry.MIN_BOX_INSIDE:g} % needed): give a box around a face in "
+                     "the image")
   return np.asarray(geometry.square_box(np.asarray(bbox, np.float32), float(box_scale)),
                     np.float32)
 
 
+# The most samples per crop pixel and axis; a larger region is first reduced by an integer
+# factor (area averaging), so memory stays bounded whatever the image size.
+MAX_SUPERSAMPLE = 8
+
+
 def crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
   """``[size, size, 3]`` float32 crop in [0, 255] of ``image [H, W, 3] uint8`` over the square
-  ``box``, antialiased, mid-grey outside the image (:func:`dff_jax.sampling.crop_image`)."""
+  ``box``, antialiased, mid-grey outside the image (:func:`dff_jax.sampling.crop_image`, with
+  ``ceil(side / size)`` samples per pixel and axis; a region more than
+  :data:`MAX_SUPERSAMPLE` times the crop is first reduced by the integer factor that brings it
+  within, each reduced pixel the mean of a block)."""
   from dff_jax import sampling  # pylint: disable=g-import-not-at-top
+  box = np.asarray(box, np.float64)
   side = float(box[2] - box[0])
   supersample = max(1, int(math.ceil(side / size - 1e-6)))
+  if supersample > MAX_SUPERSAMPLE:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    factor = int(math.ceil(supersample / MAX_SUPERSAMPLE))
+    reduced = Image.fromarray(np.ascontiguousarray(image)).reduce(factor)
+    # The reduced pixel (i, j) is the block [j * f, (j + 1) * f) x [i * f, (i + 1) * f) (a block
+    # cut by the border averages what it holds): image point p maps to p / f.
+    image, box = np.asarray(reduced), box / factor
+    supersample = max(1, int(math.ceil((side / factor) / size - 1e-6)))
   return np.asarray(sampling.crop_image(np.asarray(image, np.float32), box, size,
                                         supersample=supersample, fill_value=FILL_VALUE))
 

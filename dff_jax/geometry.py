@@ -213,6 +213,22 @@ def landmark_box(points_px: Array) -> Array:
   return xp.concatenate([points_px.min(axis=-2), points_px.max(axis=-2)], axis=-1)
 
 
+# A given face box must have at least this share of its area inside the image (a face cut by
+# the image border keeps about half; a box mostly outside gives landmarks off the image).
+MIN_BOX_INSIDE = 0.25
+
+
+def fraction_inside(box_xyxy: Array, height: float, width: float) -> Array:
+  """``[...]`` the share of each box's area ``[..., 4]`` ``(x0, y0, x1, y1)`` (image pixels, x1 >
+  x0, y1 > y0) that lies inside the ``width x height`` image ``[0, W] x [0, H]``: 1 inside, 0
+  outside."""
+  xp = namespace(box_xyxy)
+  x0, y0, x1, y1 = (box_xyxy[..., k] for k in range(4))
+  inside_w = xp.clip(xp.minimum(x1, width) - xp.maximum(x0, 0.0), 0.0, None)
+  inside_h = xp.clip(xp.minimum(y1, height) - xp.maximum(y0, 0.0), 0.0, None)
+  return inside_w * inside_h / ((x1 - x0) * (y1 - y0))
+
+
 def square_box(box_xyxy: Array, scale: float = 1.0) -> Array:
   """The square with the box's centre and side ``scale * max(w, h)``.
 

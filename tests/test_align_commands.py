@@ -91,6 +91,28 @@ def test_working_crop_aligned_box_copies_pixels():
   assert np.all(work[:8, :8] == 0) and np.array_equal(work[8:, 8:], image[:8, :8])
 
 
+def test_working_crop_of_a_huge_box_reduces_the_image_first():
+  """A crop box of side 14,000 px (a panorama's whole-image box; cutting it as it is makes a
+  196-megapixel region, which Pillow refuses as a decompression bomb) is cut from the image
+  reduced by an integer factor: on a linear ramp every working pixel whose filter lies inside
+  the image is the ramp's value at its centre."""
+  from dff_jax import geometry
+  from dff_jax.alignment import cascade, runner
+  rows, cols = np.mgrid[0:1024, 0:1024]
+  ramp = lambda x, y: (x + y) / 9.0  # image point (x, y) -> grey level
+  image = np.round(ramp(cols + 0.5, rows + 0.5)).astype(np.uint8)[..., None]
+  config = cascade.CascadeConfig(crop_size=35, box_scale=1.0)
+  box = np.array([512 - 7000, 512 - 7000, 512 + 7000, 512 + 7000], np.float64)
+  assert 14_000 > runner.MAX_CROP_SIDE
+  work, crop_box, _ = runner.working_crop(image, box, config, 70, channels=1)
+  np.testing.assert_allclose(crop_box, box)
+  centres = geometry.crop_pixel_centres_in_image(crop_box, 70)  # [70, 70, 2] (x, y)
+  inner = slice(33, 37)  # working pixels of 200 px whose filter (400 px) lies in the image
+  expected = ramp(centres[inner, inner, 0], centres[inner, inner, 1])
+  np.testing.assert_allclose(work[inner, inner, 0], expected, atol=1.5)
+  assert work[0, 0, 0] == 0 and work[-1, -1, 0] == 0  # outside the image: black
+
+
 def test_working_crop_grey_channels():
   from dff_jax import image_io
   from dff_jax.alignment import cascade, runner

@@ -188,9 +188,9 @@ def test_align_bad_boxes(env, tmp_path):
   assert all(face["score"] >= 0.6 for face in document["faces"])
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_dir", "zero_box", "corrupt_cascade",
-                                  "bad_face_model", "unwritable_out", "readonly_out",
-                                  "truncated_ckpt", "other_config_ckpt"])
+@pytest.mark.parametrize("case", ["missing", "empty_dir", "zero_box", "box_mostly_outside",
+                                  "corrupt_cascade", "bad_face_model", "unwritable_out",
+                                  "readonly_out", "truncated_ckpt", "other_config_ckpt"])
 def test_align_refuses(env, tmp_path, case):
   image = env["good"] / "gray.png"
   out = tmp_path / "out"
@@ -203,6 +203,9 @@ def test_align_refuses(env, tmp_path, case):
   elif case == "zero_box":
     args.append("--bbox=10,10,10,40")
     words = ["bbox"]
+  elif case == "box_mostly_outside":  # 40 x 40 px, 10 x 10 of them inside the image: 1/16
+    args.append(f"--bbox={CROP - 10},{-30},{CROP + 30},{10}")
+    words = ["gray.png", "mostly outside", "6.2 %", "25 %"]
   elif case == "corrupt_cascade":
     bad = tmp_path / "cascade.npz"
     bad.write_bytes(env["cascade"].read_bytes()[:1000])
@@ -233,6 +236,71 @@ def test_align_refuses(env, tmp_path, case):
   assert _files(tmp_path / "out") == []
 
 
+def test_align_never_writes_over_an_input_image(env, tmp_path):
+  """--out_dir the images' own folder, holding an earlier run's overlay among the images: the
+  overlay of face.png would replace the input face_overlay.png, so the run is refused before
+  anything is aligned or written; without overlays nothing collides and the run goes ahead."""
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for name in ("face.png", "face_overlay.png"):
+    (folder / name).write_bytes((env["good"] / "gray.png").read_bytes())
+  before = {p.name: p.read_bytes() for p in folder.iterdir()}
+  proc = _run("experiments.align", f"--images={folder}", "--bbox=whole",
+              f"--cascade={env['cascade']}", f"--out_dir={folder}")
+  _check_failed(proc, "face_overlay.png", "would replace the input image", "--out_dir")
+  assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+  proc = _run("experiments.align", f"--images={folder}", "--bbox=whole", "--overlays=false",
+              f"--cascade={env['cascade']}", f"--out_dir={folder}")
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(p.name for p in folder.iterdir()) == sorted(
+      list(before) + ["face.json", "face_overlay.json"])
+  assert all((folder / name).read_bytes() == data for name, data in before.items())
+
+
+def test_a_checkpoint_other_than_the_cascades_encoder_is_refused(env, tmp_path):
+  """A cascade's regressors read the descriptors of the encoder it was trained with: another
+  encoder (one weight changed) is refused in one line, before anything is aligned; the same
+  encoder from another folder, or as the training run it was exported from, is accepted."""
+  import shutil
+  from flax import serialization
+  from dff_jax.alignment import features as features_lib
+  from dff_jax.alignment import io as cascade_io
+  from dff_jax.alignment import runner
+  folder = tmp_path / "shipped"
+  folder.mkdir()
+  shutil.copytree(env["bundle"], folder / "enc")
+  params, config, meta = cascade_io.load_cascade(env["dff_cascade"])
+  cascade = cascade_io.save_cascade(folder / "cascade.npz", params, config,
+                                    dict(meta, encoder_bundle="enc"))
+  copy = tmp_path / "copy"
+  shutil.copytree(env["bundle"], copy)
+  other = tmp_path / "other"
+  shutil.copytree(env["bundle"], other)
+  weights = serialization.msgpack_restore((other / "encoder_params.msgpack").read_bytes())
+  leaf = weights
+  while isinstance(leaf, dict):
+    key = sorted(leaf)[0]
+    parent, leaf = leaf, leaf[key]
+  parent[key] = leaf + np.float32(1e-3)
+  (other / "encoder_params.msgpack").write_bytes(serialization.msgpack_serialize(weights))
+
+  out = tmp_path / "out"
+  proc = _run("experiments.align", f"--images={env['good'] / 'gray.png'}", "--bbox=whole",
+              f"--cascade={cascade}", f"--checkpoint={other}", f"--out_dir={out}")
+  _check_failed(proc, f"--checkpoint={other}", "not the encoder", str(folder / "enc"))
+  assert _files(out) == []
+  with pytest.raises(ValueError, match="not the encoder"):
+    runner.resolve_aligner(str(cascade), checkpoint=str(other))
+  workdir = Path(env["bundle"]).parent / "workdir"  # the run the tiny bundle was exported from
+  for same in (copy, folder / "enc", workdir):
+    assert runner.resolve_aligner(str(cascade), checkpoint=str(same)).checkpoint == same
+    assert features_lib.same_encoder(same, folder / "enc")
+  assert not features_lib.same_encoder(workdir, other)
+  # Tools that fit new weights for the given encoder may take another one.
+  assert runner.resolve_aligner(str(cascade), checkpoint=str(other),
+                                other_encoder=True).checkpoint == other
+
+
 # ----------------------------------------------------------------------------------------------
 # extract_features / show_features
 # ----------------------------------------------------------------------------------------------
@@ -253,14 +321,21 @@ def test_extract_features_odd_pngs_work(env, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "truncated", "huge", "truncated_ckpt",
-                                  "other_config", "unwritable_out"])
+                                  "other_config", "unwritable_out", "box_outside",
+                                  "box_mostly_outside"])
 def test_extract_features_refuses(env, tmp_path, case):
   image, checkpoint = env["good"] / "gray.png", env["bundle"]
   out = tmp_path / "out" / "f.npy"
   words = {"missing": ["nope.jpg", "does not exist"], "text": ["text.jpg", "not a recognised"],
            "truncated": ["truncated.jpg", "truncated"], "huge": ["huge.png", "limit"],
            "truncated_ckpt": ["bundle_truncated"], "other_config": ["bundle_other"],
-           "unwritable_out": ["file.txt"]}[case]
+           "unwritable_out": ["file.txt"], "box_outside": ["--bbox", "outside", "0 %"],
+           "box_mostly_outside": ["--bbox", "mostly outside", "11 %"]}[case]
+  extra = []
+  if case == "box_outside":  # the image is CROP x CROP
+    extra = [f"--bbox={CROP + 10},{CROP + 10},{CROP + 50},{CROP + 50}"]
+  elif case == "box_mostly_outside":  # a third of each side inside: 1/9 of the area
+    extra = [f"--bbox={CROP - 10},{CROP - 10},{CROP + 20},{CROP + 20}"]
   if case == "missing":
     image = tmp_path / "nope.jpg"
   elif case in ("text", "truncated"):
@@ -275,7 +350,7 @@ def test_extract_features_refuses(env, tmp_path, case):
     (tmp_path / "file.txt").write_text("x")
     out = tmp_path / "file.txt" / "out" / "f.npy"
   proc = _run("experiments.extract_features", f"--image={image}", f"--checkpoint={checkpoint}",
-              f"--out={out}")
+              f"--out={out}", *extra)
   _check_failed(proc, *words)
   assert _files(tmp_path / "out") == []
 
@@ -327,6 +402,9 @@ def test_eval_alignment_refuses(env, tmp_path, case):
   out = tmp_path / "out"
   if case == "missing_data_dir":
     args, words = ["--dataset=300w", f"--data_dir={tmp_path / 'nope'}", args[2]], ["nope"]
+  elif case == "box_mostly_outside":  # 40 x 40 px, 10 x 10 of them inside the image: 1/16
+    args.append(f"--bbox={CROP - 10},{-30},{CROP + 30},{10}")
+    words = ["gray.png", "mostly outside", "6.2 %", "25 %"]
   elif case == "corrupt_cascade":
     bad = tmp_path / "cascade.npz"
     bad.write_bytes(env["cascade"].read_bytes()[:1000])

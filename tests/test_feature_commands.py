@@ -56,13 +56,46 @@ def small_image(tmp_path):
 
 def test_crop_box_for_whole_image_and_face_box():
   np.testing.assert_allclose(descriptor_maps.crop_box_for((40, 60, 3), None), [0, -10, 60, 50])
-  np.testing.assert_allclose(descriptor_maps.crop_box_for((40, 60, 3), ASTRONAUT_BOX, 1.8),
+  np.testing.assert_allclose(descriptor_maps.crop_box_for((512, 512, 3), ASTRONAUT_BOX, 1.8),
                              geometry.square_box(ASTRONAUT_BOX, 1.8), rtol=1e-6)
   with pytest.raises(ValueError, match="x1 > x0"):
     descriptor_maps.parse_bbox("10,10,5,20")
   with pytest.raises(ValueError, match="four numbers"):
     descriptor_maps.parse_bbox("1,2,3")
   np.testing.assert_array_equal(descriptor_maps.parse_bbox("1,2,3.5,4"), [1, 2, 3.5, 4])
+
+
+@pytest.mark.parametrize("side", [128, 1024], ids=["8_samples", "reduced_first"])
+def test_crop_of_a_large_region_is_the_ramp_at_each_centre(side, monkeypatch):
+  """The descriptor crop over a region up to MAX_SUPERSAMPLE times its size samples it directly;
+  a larger one (1,024 px into 16: 64 samples per pixel and axis) reduces the image first, so
+  memory stays bounded. On a linear ramp both give the ramp's value at every pixel's centre."""
+  from dff_jax import geometry
+  rows, cols = np.mgrid[0:side, 0:side]
+  ramp = lambda x, y: (x + y) * (200.0 / (2 * side))
+  image = np.repeat(np.round(ramp(cols + 0.5, rows + 0.5)).astype(np.uint8)[..., None], 3, -1)
+  box = np.array([0.0, 0.0, side, side])
+  assert (side / 16 > descriptor_maps.MAX_SUPERSAMPLE) == (side == 1024)
+  from dff_jax import sampling
+  calls = []
+  original = sampling.crop_image
+  monkeypatch.setattr(sampling, "crop_image", lambda *a, **k: calls.append(k) or original(*a, **k))
+  crop = descriptor_maps.crop(image, box, 16)
+  assert [c["supersample"] for c in calls] == [8]  # never more samples than that
+  centres = geometry.crop_pixel_centres_in_image(box, 16)
+  expected = ramp(centres[..., 0], centres[..., 1])
+  np.testing.assert_allclose(crop[..., 0], expected, atol=1.0)
+  np.testing.assert_array_equal(crop[..., 0], crop[..., 2])
+
+
+def test_crop_box_for_refuses_a_box_mostly_outside():
+  with pytest.raises(ValueError, match=r"mostly outside the 60x40 image \(11 %"):
+    descriptor_maps.crop_box_for((40, 60, 3), np.array([50.0, 30, 80, 60]))
+  with pytest.raises(ValueError, match=r"outside the 60x40 image \(0 %"):
+    descriptor_maps.crop_box_for((40, 60, 3), np.array([70.0, 0, 80, 10]))
+  # Half inside (a face cut by the image border) is a box.
+  np.testing.assert_allclose(descriptor_maps.crop_box_for((40, 60, 3), np.array([40.0, 0, 80, 20]),
+                                                          1.0), [40, -10, 80, 30])
 
 
 def test_extract_features_writes_map_and_box(tmp_path, tiny_model):

@@ -320,6 +320,17 @@ def test_square_box():
 
 
 @pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_fraction_inside(xp):
+  boxes = xp.asarray([[10.0, 10, 30, 20],      # inside the 100 x 50 image
+                      [-20.0, 0, 20, 10],      # half cut by the left border
+                      [90.0, 40, 110, 60],     # a quarter in the bottom-right corner
+                      [100.0, 0, 120, 10],     # touching the right border from outside
+                      [-50.0, -50, 150, 100]])  # around the image: 100 * 50 of 200 * 150
+  np.testing.assert_allclose(np.asarray(geometry.fraction_inside(boxes, 50, 100)),
+                             [1.0, 0.5, 0.25, 0.0, 5000 / 30000], rtol=1e-6)
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
 def test_crop_uncrop_round_trip_batched(xp):
   rng = np.random.default_rng(50)
   boxes = geometry.square_box(np.concatenate([rng.uniform(0, 100, (3, 2)),

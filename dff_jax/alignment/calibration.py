@@ -100,6 +100,9 @@ def calibrate_cascade(cascade_path: Optional[str], out_path: str | Path, data_di
 
   The new file names the same encoder (its ``descriptor_source``: an absolute path to the
   bundle), so it loads from anywhere; everything else (regressors, settings, meta) is copied.
+  ``checkpoint`` may name another encoder than the cascade's (refused where a cascade only
+  aligns, :func:`dff_jax.alignment.runner.resolve_aligner`): the offsets are estimated on its outputs, and the new file names
+  it.
 
   Returns:
     the report stored in the new file's meta as ``output_calibration``: ``sources``, ``split``,
@@ -114,7 +117,7 @@ def calibrate_cascade(cascade_path: Optional[str], out_path: str | Path, data_di
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import alignment as evaluation  # pylint: disable=g-import-not-at-top
-  spec = runner.resolve_aligner(cascade_path, None, checkpoint, None)
+  spec = runner.resolve_aligner(cascade_path, None, checkpoint, None, other_encoder=True)
   aligner = runner.load_aligner(spec)
   eval_set = evaluation.faces68_set(data_dir, split, grey=aligner.channels == 1,
                                     sources=list(sources))

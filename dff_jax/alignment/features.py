@@ -100,6 +100,41 @@ def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
   return DEFAULT_DFF_BUNDLE
 
 
+def trained_encoder(cascade_path: str | Path, meta: dict) -> Optional[Path]:
+  """The DFF encoder a cascade file names and that exists (``meta["encoder_bundle"]`` beside the
+  file, or the training run's ``meta["descriptor_source"]``), else ``None`` (unknown, or
+  moved: nothing to check a given encoder against)."""
+  name = meta.get("encoder_bundle")
+  if name:
+    path = Path(cascade_path).parent / name
+  elif meta.get("descriptor_source"):
+    path = Path(str(meta["descriptor_source"]))
+  else:
+    return None
+  return path if path.exists() else None
+
+
+def same_encoder(first: str | Path, second: str | Path) -> bool:
+  """Whether two DFF checkpoints (bundles or training workdirs) hold the same encoder: one
+  folder, or equal parameter files (bundles), or equal parameter arrays after loading."""
+  first, second = Path(first), Path(second)
+  if first.resolve() == second.resolve():
+    return True
+  from dff_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  files = [path / checkpoint_lib.BUNDLE_PARAMS_FILE for path in (first, second)]
+  if all(f.is_file() for f in files) and files[0].read_bytes() == files[1].read_bytes():
+    return True
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  leaves = []
+  for path in (first, second):
+    params, _ = checkpoint_lib.load_encoder_params(path)
+    leaves.append(jax.tree_util.tree_flatten_with_path(params)[0])
+  return (len(leaves[0]) == len(leaves[1])
+          and all(ka == kb and np.shape(a) == np.shape(b) and np.array_equal(a, b)
+                  for (ka, a), (kb, b) in zip(*leaves)))
+
+
 def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Describer:
   """``"dff"`` (with an optional checkpoint) or ``"sift"``."""
   if kind == "dff":

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent import futures as futures_lib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dff_jax import cpu_processes
 from dff_jax import file_io
@@ -137,6 +137,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--processes must be >= 1, got {processes}")
   streaming.check_box_convention(box_convention)
   paths, skipped = streaming.find_images(images)
+  check_outputs_spare_inputs(paths, streaming.output_stems(paths), out_dir, overlay)
   # Bad boxes and missing or unreadable model files fail here, before anything is written.
   inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)
   if processes == 1:
@@ -437,6 +438,34 @@ def png_bytes(picture) -> bytes:
   return buffer.getvalue()
 
 
+def check_outputs_spare_inputs(paths: Sequence[Path], stems: Sequence[str], out_dir: str | Path,
+                               overlay: bool, extra: Sequence[str] = (RUN_SUMMARY,)) -> None:
+  """Refuses an ``out_dir`` where an output file would replace an input image (``--out_dir``
+  the images' own folder, holding an earlier run's ``<stem>_overlay.png`` among the images).
+
+  Args:
+    paths: the input images; stems: their output stems (:func:`streaming.output_stems`).
+    out_dir: the output folder; overlay: whether ``<stem>_overlay.png`` files are written.
+    extra: other files written into ``out_dir``.
+
+  Raises:
+    ValueError: one line naming the image and the input it would replace.
+  """
+  inputs = {Path(p).resolve(): Path(p) for p in paths}
+  out_dir = Path(out_dir)
+  names = [(f"{stem}.json", path) for stem, path in zip(stems, paths)]
+  if overlay:
+    names += [(f"{stem}_overlay.png", path) for stem, path in zip(stems, paths)]
+  names += [(name, None) for name in extra]
+  for name, source in names:
+    target = (out_dir / name).resolve()
+    if target in inputs:
+      made_by = f" for {source}" if source is not None else ""
+      raise ValueError(f"--out_dir={out_dir}: the output {name}{made_by} would replace the "
+                       f"input image {inputs[target]}; choose another --out_dir (or move the "
+                       "earlier outputs out of the images' folder)")
+
+
 def box_source_of(box: Any) -> str:
   """The ``box_source`` of an image's document for its given box (:func:`_given_box`):
   ``"detector: <name>"`` when its faces are found, ``"whole image"`` or ``"given"``."""
@@ -518,6 +547,8 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   if bbox and boxes:
     raise ValueError("pass either --bbox or --boxes, not both")
   paths, skipped = streaming.find_images(images)
+  check_outputs_spare_inputs(paths, streaming.output_stems(paths), out_dir, overlay,
+                             extra=("multiview.json",))
   if skipped:
     report(f"align_multiview: warning: {streaming.skipped_files_line(skipped)}")
   common_box, box_map, spec = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model)

@@ -177,6 +177,9 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
 
   The new file names the same encoder (its ``descriptor_source``: an absolute path to the
   bundle), so it loads from anywhere; everything else (regressors, settings, meta) is copied.
+  ``checkpoint`` may name another encoder than the cascade's (refused where a cascade only
+  aligns, :func:`dff_jax.alignment.runner.resolve_aligner`): the weights are fitted to its descriptors, and the new file names
+  it.
 
   Returns:
     the report stored in the new file's meta as ``output_refinement``: ``sources``, ``split``,
@@ -197,7 +200,7 @@ def refine_cascade(cascade_path: Optional[str], out_path: str | Path, data_dir: 
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax import metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  spec = runner.resolve_aligner(cascade_path, None, checkpoint, None)
+  spec = runner.resolve_aligner(cascade_path, None, checkpoint, None, other_encoder=True)
   aligner = runner.load_aligner(spec, cache=False)
   entries = readers.read_faces68(data_dir, split)
   present = sorted({e.source for e in entries})

@@ -133,8 +133,10 @@ class AlignerSpec:
 def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
                     features: Optional[str] = None,
                     checkpoint: Optional[str | os.PathLike] = None,
-                    face_model: Optional[str] = None, mirror: bool = False) -> AlignerSpec:
-  """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX).
+                    face_model: Optional[str] = None, mirror: bool = False,
+                    other_encoder: bool = False) -> AlignerSpec:
+  """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX, except
+  to compare a given checkpoint with the encoder the cascade was trained with).
 
   Args:
     cascade_path: a cascade ``.npz``, or a shipped one by name (:data:`NAMED_CASCADES`:
@@ -146,10 +148,14 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
       ``dff_default`` bundle. Ignored for SIFT.
     face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
     mirror: test-time mirroring (:class:`AlignerSpec`).
+    other_encoder: accept a ``checkpoint`` other than the encoder the cascade names (its
+      regressors were fitted to that encoder's descriptors: another's give wrong landmarks,
+      so by default that is refused; tools that fit new weights for the given encoder, such as
+      the output refinement, pass ``True``).
 
   Raises:
     FileNotFoundError / ValueError: with one-line messages naming the missing file and the flag
-      that supplies it.
+      that supplies it, or a checkpoint that is not the cascade's encoder.
   """
   if features is not None and features not in features_lib.FEATURE_KINDS:
     raise ValueError(f"unknown features {features!r}: use one of {features_lib.FEATURE_KINDS}")
@@ -179,8 +185,18 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
         raise FileNotFoundError(f"DFF checkpoint {bundle} does not exist: pass --checkpoint=DIR "
                                 "with a training workdir or an exported bundle")
       raise FileNotFoundError(
-          f"the default DFF encoder {bundle} is not shipped with this install yet: pass "
-          "--checkpoint=DIR (a training workdir or an exported bundle)")
+          f"the DFF encoder {bundle} that cascade {path} names does not exist (a shipped "
+          "cascade's encoder is missing from this install, or the cascade file was moved "
+          "without its encoder folder): pass --checkpoint=DIR (a training workdir or an "
+          "exported bundle)")
+    trained = features_lib.trained_encoder(path, meta)
+    if (checkpoint and not other_encoder and trained is not None
+        and not features_lib.same_encoder(bundle, trained)):
+      raise ValueError(
+          f"--checkpoint={checkpoint} is not the encoder cascade {path} was trained with "
+          f"({trained}): its regressors read that encoder's descriptors, so another encoder "
+          "gives wrong landmarks. Drop --checkpoint, or train a cascade for this encoder "
+          "(python -m experiments.train_alignment)")
   model_spec = face_model or str(meta.get("face_model", "default"))
   if model_spec not in ("default", "ict", "sfm") and not Path(model_spec).is_file():
     raise FileNotFoundError(f"face model {model_spec} does not exist: pass --face_model=default "
@@ -367,12 +383,17 @@ def whole_image_box(height: int, width: int, box_scale: float) -> np.ndarray:
   return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 
-def check_box(box: Any, height: int, width: int, where: str = "") -> np.ndarray:
+MIN_BOX_INSIDE = geometry.MIN_BOX_INSIDE
+
+
+def check_box(box: Any, height: int, width: int, where: str = "",
+              min_inside: float = 0.0) -> np.ndarray:
   """Validates a face box against its image; returns it as ``[4]`` float32.
 
   Raises:
-    ValueError: not 4 finite numbers, ``x1 <= x0`` or ``y1 <= y0``, smaller than 2 px, or not
-      overlapping the ``width x height`` image.
+    ValueError: not 4 finite numbers, ``x1 <= x0`` or ``y1 <= y0``, smaller than 2 px, not
+      overlapping the ``width x height`` image, or with less than ``min_inside`` of its area
+      inside it (given boxes: :data:`MIN_BOX_INSIDE`).
   """
   prefix = f"{where}: " if where else ""
   try:
@@ -387,7 +408,17 @@ def check_box(box: Any, height: int, width: int, where: str = "") -> np.ndarray:
                      "and y1 > y0, at least 2 px)")
   if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
     raise ValueError(f"{prefix}face box {values.tolist()} lies outside the {width}x{height} image")
+  inside = float(geometry.fraction_inside(values, height, width))
+  if inside < min_inside:
+    raise ValueError(f"{prefix}face box {values.tolist()} lies mostly outside the {width}x{height} "
+                     f"image ({100 * inside:.2g} % of it inside, at least {100 * min_inside:g} % "
+                     "needed): give a box around a face in the image")
   return values.astype(np.float32)
+
+
+# The largest crop box side (image pixels) cut from the image as it is; larger ones are cut
+# from the image reduced by an integer factor (:func:`working_crop`).
+MAX_CROP_SIDE = 4096
 
 
 def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.CascadeConfig,
@@ -404,8 +435,9 @@ def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.Cascad
 
   Returns:
     ``(work_image [S, S, channels] uint8, crop_box [4] float64 image pixels, work_box [4]
-    float32)``: the crop box resampled (antialiased bilinear, black outside the image), the
-    square crop box, and the face box in working-image pixels.
+    float32)``: the crop box resampled (antialiased bilinear, black outside the image; a crop
+    box of side over :data:`MAX_CROP_SIDE` from the image first reduced by an integer factor),
+    the square crop box, and the face box in working-image pixels.
   """
   if channels not in (1, 3):
     raise ValueError(f"working_crop: channels must be 1 or 3, got {channels}")
@@ -415,11 +447,21 @@ def working_crop(image: np.ndarray, box_xyxy: np.ndarray, config: cascade.Cascad
                      f"{image.shape} {image.dtype}")
   box = np.asarray(box_xyxy, np.float64)
   crop_box = np.asarray(geometry.square_box(box, config.box_scale), np.float64)
+  pixels = image[..., 0] if image.shape[-1] == 1 else image
+  picture = Image.fromarray(np.ascontiguousarray(pixels))
   x0, y0, x1, y1 = crop_box
+  side = max(x1 - x0, 1.0)
+  if side > MAX_CROP_SIDE:
+    # A huge crop box (a whole panorama, a box far larger than a face): reduce the image by
+    # the integer factor that brings the crop within MAX_CROP_SIDE first (each reduced pixel the
+    # mean of a block; image point p maps to p / factor), instead of cutting a region of
+    # hundreds of megapixels.
+    factor = int(math.ceil(side / MAX_CROP_SIDE))
+    picture = picture.reduce(factor)
+    x0, y0, x1, y1 = crop_box / factor
   ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
   ix1, iy1 = max(int(math.ceil(x1)), ix0 + 1), max(int(math.ceil(y1)), iy0 + 1)
-  pixels = image[..., 0] if image.shape[-1] == 1 else image
-  region = Image.fromarray(np.ascontiguousarray(pixels)).crop((ix0, iy0, ix1, iy1))
+  region = picture.crop((ix0, iy0, ix1, iy1))
   if channels == 1 and region.mode == "RGB":
     region = region.convert("L")  # = image_io.rgb_to_grey (Pillow's BT.601 fixed point)
   work = np.asarray(region.resize((work_size, work_size), Image.BILINEAR,
@@ -483,7 +525,7 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
 
   Returns:
     ``(boxes [N, 4] float32, scores [N] floats or None)``; given boxes are checked
-    (:func:`check_box`).
+    (:func:`check_box`, at least :data:`MIN_BOX_INSIDE` of each inside the image).
 
   Raises:
     ValueError: a bad box, an unknown word, or ``scores`` of another length.
@@ -509,9 +551,9 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
   if array.size == 0:  # an empty list: no face in this image
     boxes = []
   elif array.ndim == 2 and array.shape[1] == 4:
-    boxes = [check_box(b, height, width, where) for b in array]
+    boxes = [check_box(b, height, width, where, MIN_BOX_INSIDE) for b in array]
   else:  # one box (check_box says what is wrong with anything else)
-    boxes = [check_box(box, height, width, where)]
+    boxes = [check_box(box, height, width, where, MIN_BOX_INSIDE)]
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   if scores is None:
     return boxes, [None] * len(boxes)

@@ -76,6 +76,12 @@ class Aligner:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if refine < 0:
       raise ValueError(f"refine must be >= 0, got {refine}")
+    if min_score is not None and not 0.0 < float(min_score) <= 1.0:  # NaN fails too
+      raise ValueError(f"min_score must be a detector score in (0, 1], got {min_score!r} "
+                       "(None: the detector's default)")
+    if upsample not in (1, 2):
+      raise ValueError(f"upsample must be 1 (the whole image) or 2 (also 3 x 3 tiles, for small "
+                       f"faces), got {upsample!r}")
     self.cascade = cascade
     self.batch_size = int(batch_size)
     self.refine = int(refine)
@@ -193,9 +199,22 @@ class Aligner:
     streaming.check_box_convention(box_convention)
     if boxes is None:
       boxes = [None] * len(images)
-    elif len(boxes) != len(images):
-      raise ValueError(f"got {len(boxes)} box entries for {len(images)} images: give one per "
-                       "image (None to find its faces)")
+    elif isinstance(boxes, str):
+      raise ValueError(f"boxes={boxes!r}: boxes holds one entry per image; pass "
+                       f"[{boxes!r}] * {len(images)}")
+    else:
+      try:
+        boxes = list(boxes)
+      except TypeError:
+        raise ValueError(f"boxes must be a list with one entry per image, got "
+                         f"{type(boxes).__name__}") from None
+      if len(boxes) != len(images):
+        one_box = (len(boxes) == 4 and len(images) != 4
+                   and all(isinstance(v, (int, float, np.number)) for v in boxes))
+        hint = (": for one box per image wrap it, boxes=[[x0, y0, x1, y1]]" if one_box
+                else " (None to find its faces)")
+        raise ValueError(f"got {len(boxes)} box entries for {len(images)} images: give one per "
+                         f"image{hint}")
     prepared = []  # (image, boxes [N, 4], scores, refinement passes) per image
     for index, (image, box) in enumerate(zip(images, boxes)):
       where = f"image {index}"
@@ -243,6 +262,34 @@ def _as_image_list(images: Any) -> List[np.ndarray]:
   return out
 
 
+def _check_align_inputs(encoder_params: Any, images: Array, boxes: Array, aligner: Any) -> None:
+  """:func:`align_faces`' argument checks (one-line ``ValueError``s saying what to pass)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  shape, box_shape = tuple(np.shape(images)), tuple(np.shape(boxes))
+  if len(shape) != 4 or shape[-1] not in (1, 3):
+    raise ValueError(f"align_faces: images must be [B, H, W, 3] (or [B, H, W, 1] grey), one size "
+                     f"per batch, got shape {shape}; add the batch axis with images[None], "
+                     "drop an alpha channel")
+  if box_shape != (shape[0], 4):
+    raise ValueError(f"align_faces: boxes must be [B, 4] = [{shape[0]}, 4] (one (x0, y0, x1, y1) "
+                     f"per image), got shape {box_shape}")
+  if aligner.cascade.describer.kind == "dff" and encoder_params is None:
+    raise ValueError("align_faces: encoder_params is None: pass aligner.encoder_params (or "
+                     "your own parameters of that encoder)")
+  concrete = lambda x: not isinstance(x, jax.core.Tracer)
+  if concrete(boxes) and not np.all(np.isfinite(np.asarray(boxes))):
+    raise ValueError("align_faces: boxes hold NaN or infinite values")
+  if concrete(images):
+    values = np.asarray(images)
+    if np.issubdtype(values.dtype, np.floating):
+      if not np.all(np.isfinite(values)):
+        raise ValueError("align_faces: images hold NaN or infinite pixels")
+      if values.size and 0.0 < float(values.max()) <= 1.0 and float(values.min()) >= 0.0:
+        raise ValueError("align_faces: the images look scaled to [0, 1] (max "
+                         f"{float(values.max()):.3g}): pass pixel values in [0, 255]")
+
+
 def align_faces(encoder_params: Any, cascade_params: cascade_lib.CascadeParams, images: Array,
                 boxes: Array, *, aligner: Aligner, remat: bool = False
                 ) -> cascade_lib.AlignmentResult:
@@ -268,7 +315,13 @@ def align_faces(encoder_params: Any, cascade_params: cascade_lib.CascadeParams, 
     ``landmarks_px`` / ``landmarks_3d_px`` ``[B, 68, 2]``, ``visibility [B, 68]``,
     ``yaw_rad``, ``pitch_rad``, ``roll_rad``, ``scale`` ``[B]``, ``translation_px [B, 2]``,
     ``shape_coefficients [B, Ki]``, ``expression_coefficients [B, Ke]``, ``crop_box [B, 4]``.
+
+  Raises:
+    ValueError: shapes other than the above (checked under ``jit`` too: shapes are static),
+      missing encoder parameters, and for concrete (not traced) inputs NaN / infinite boxes or
+      pixels and float images that look scaled to [0, 1].
   """
+  _check_align_inputs(encoder_params, images, boxes, aligner)
   describer = aligner.cascade.describer
   return cascade_lib.align_images(lambda crops: describer.apply(encoder_params, crops),
                                   aligner.cascade.alignment_model, cascade_params, images, boxes,

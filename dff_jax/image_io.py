@@ -88,8 +88,8 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
     image.close()
     raise ImageReadError(
         f"{path}: image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the "
-        f"limit of {max_pixels / 1e6:g} megapixels (max_pixels={max_pixels}); downscale it or "
-        "pass a larger max_pixels.")
+        f"limit of {max_pixels / 1e6:g} megapixels; downscale it (from Python, "
+        f"read_image(path, max_pixels=...) takes a larger limit).")
   return image
 
 

@@ -140,6 +140,18 @@ def test_input_forms_boxes_and_errors(env, aligner):
   assert aligner.align([_face_free()]) == [[]]
   with pytest.raises(ValueError, match="2 box entries for 1 images"):
     aligner.align([one], boxes=[box, box])
+  with pytest.raises(ValueError, match=r"4 box entries for 1 images.*boxes=\[\[x0"):
+    aligner.align([one], boxes=[float(v) for v in box])  # one box, not wrapped
+  with pytest.raises(ValueError, match=r"one entry per image; pass \['whole'\] \* 1"):
+    aligner.align([one], boxes="whole")
+  assert len(aligner.align([one], boxes=(b for b in [box]))[0]) == 1  # any iterable
+  with pytest.raises(ValueError, match="box .*mostly outside the 128x128 image"):
+    aligner.align([one], boxes=[[-400, -400, 1, 1]])
+  for bad in (float("nan"), 2.0, -1.0):
+    with pytest.raises(ValueError, match="min_score must be a detector score in \\(0, 1\\]"):
+      Aligner(aligner.cascade, min_score=bad)
+  with pytest.raises(ValueError, match="upsample must be 1 .* or 2"):
+    Aligner(aligner.cascade, upsample=0)
   with pytest.raises(ValueError, match="image 1: .*uint8"):
     aligner.align([one, one.astype(np.float32)])
   with pytest.raises(ValueError, match=r"image 0: .*got shape \(64, 64, 2\)"):
@@ -166,6 +178,32 @@ def test_aligner_takes_grey_and_rgba_arrays(env, aligner):
   np.testing.assert_array_equal(aligner.align(opaque, boxes=[box])[0][0].landmarks_px,
                                 aligner.align(one, boxes=[box])[0][0].landmarks_px)
   assert aligner.align([np.zeros_like(opaque)]) == [[]]
+
+
+def test_align_faces_refuses_bad_arguments_in_one_line(env, aligner):
+  """Shapes are checked before anything runs (under jit too), and concrete values for NaN and
+  for pixels scaled to [0, 1]; each error says what to pass."""
+  from dff_jax import align_faces
+  image = np.asarray(env["faces"][0], np.float32)
+  box = np.array([32.0, 32.0, 96.0, 96.0], np.float32)
+  good = dict(encoder_params=aligner.encoder_params, cascade_params=aligner.cascade_params,
+              images=image[None], boxes=box[None])
+  cases = [(dict(images=image), "images must be \\[B, H, W, 3\\].*images\\[None\\]"),
+           (dict(images=np.concatenate([image, image[..., :1]], -1)[None]), "alpha"),
+           (dict(images=image[None, ..., 0]), "got shape \\(1, 128, 128\\)"),
+           (dict(boxes=box), "boxes must be \\[B, 4\\] = \\[1, 4\\].*got shape \\(4,\\)"),
+           (dict(boxes=np.stack([box, box])), "got shape \\(2, 4\\)"),
+           (dict(boxes=np.concatenate([box, [0.0]])[None]), "got shape \\(1, 5\\)"),
+           (dict(encoder_params=None), "encoder_params is None"),
+           (dict(boxes=np.where(np.arange(4) == 2, np.nan, box)[None]), "NaN"),
+           (dict(images=np.where(image > 100, np.nan, image)[None]), "NaN"),
+           (dict(images=image[None] / 255.0), "scaled to \\[0, 1\\].*\\[0, 255\\]")]
+  for change, message in cases:
+    with pytest.raises(ValueError, match="align_faces: .*" + message):
+      align_faces(**dict(good, **change), aligner=aligner)
+  with pytest.raises(ValueError, match="boxes must be"):  # shapes are static under jit
+    jax.jit(align_faces, static_argnames=("aligner", "remat"))(**dict(good, boxes=box),
+                                                               aligner=aligner)
 
 
 def test_align_faces_is_the_aligner_and_differentiable(env, aligner):

@@ -135,6 +135,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     raise ValueError(f"--prefetch_batches must be >= 1, got {prefetch_batches}")
   if processes < 1:
     raise ValueError(f"--processes must be >= 1, got {processes}")
+  if refine is not None and refine < 0:
+    raise ValueError(f"--refine must be >= 0 (0: align once from the box), got {refine}")
   streaming.check_box_convention(box_convention)
   paths, skipped = streaming.find_images(images)
   check_outputs_spare_inputs(paths, streaming.output_stems(paths), out_dir, overlay)

@@ -50,6 +50,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
   return path
 
 
+def check_writable_folder(folder: str | os.PathLike, flag: str = "--out_dir") -> Path:
+  """Creates ``folder`` (with its parents) and checks a file can be written in it, before a
+  command spends time on work it could not save; returns it as a Path.
+
+  Raises:
+    OSError: one line naming ``flag`` and the folder (a file in the way, no permission, a
+      read-only or immutable folder).
+  """
+  folder = Path(folder)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(prefix=".write_check.", dir=folder):
+      pass
+  except OSError as error:
+    raise OSError(f"{flag}={folder} cannot be written ({error_line(error)}): choose a "
+                  "writable folder") from None
+  return folder
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
   """UTF-8 text, atomically (see :func:`write_bytes_atomic`)."""
   return write_bytes_atomic(path, text.encode("utf-8"), durable)

@@ -116,3 +116,17 @@ def test_error_line_names_the_path_and_what_to_check():
   assert file_io.error_line(ValueError("two\n   lines\there")) == "two lines here"
   assert file_io.error_line(ValueError("")) == "ValueError"
   assert file_io.error_line(OSError("no filename")) == "no filename"
+
+
+def test_check_writable_folder(tmp_path):
+  """Creates the folder and leaves nothing in it; a folder no file can be created in (even as
+  root: /proc/self) or a file in the way is one line naming the flag and the folder."""
+  folder = file_io.check_writable_folder(tmp_path / "a" / "b")
+  assert folder == tmp_path / "a" / "b" and folder.is_dir() and list(folder.iterdir()) == []
+  (tmp_path / "file.txt").write_text("x")
+  for path in ("/proc/self", tmp_path / "file.txt" / "out"):
+    with pytest.raises(OSError, match=f"--out_dir={path} cannot be written .*writable folder"):
+      file_io.check_writable_folder(path)
+  with pytest.raises(OSError, match="--out=") as info:
+    file_io.check_writable_folder(tmp_path / "file.txt", "--out")
+  assert "\n" not in str(info.value)

@@ -144,8 +144,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)
   if processes == 1:
     runner.load_aligner(inputs[2])  # cached: the stream below reuses it
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = file_io.check_writable_folder(out_dir)
   if skipped:
     report(f"align: warning: {streaming.skipped_files_line(skipped)}")
   entries = [(n, str(p), s) for n, (p, s) in enumerate(zip(paths, streaming.output_stems(paths)))]

@@ -63,6 +63,9 @@ def _read(path: str | Path, names: Tuple[str, ...],
   """The JSON header and the named arrays of a cascade file (NumPy only, checked), plus those
   of ``optional`` that the file has."""
   path = Path(path)
+  if path.is_dir():
+    raise FileNotFoundError(f"cascade {path} is a folder: pass the cascade .npz file in it, or a "
+                            "shipped cascade by name (default, fast, synthetic)")
   if not path.is_file():
     raise FileNotFoundError(f"cascade file {path} does not exist (pass --cascade=FILE; train one "
                             "with python -m experiments.train_alignment)")

@@ -93,7 +93,13 @@ def default_cascade_path(features: str) -> Path:
 
 
 def named_cascade_path(name: str | os.PathLike) -> Path:
-  """``NAMED_CASCADES[name]`` under the assets, or ``name`` itself as a path."""
+  """``NAMED_CASCADES[name]`` under the assets, or ``name`` itself as a path.
+
+  Raises:
+    ValueError: ``name`` is neither a string nor a path (or empty)."""
+  if not isinstance(name, (str, os.PathLike)) or not str(name):
+    raise ValueError(f"cascade must be a shipped cascade's name {sorted(NAMED_CASCADES)} or the "
+                     f"path of a cascade .npz file, got {name!r}")
   if str(name) in NAMED_CASCADES:
     return ASSETS / NAMED_CASCADES[str(name)]
   return Path(name)

@@ -15,14 +15,19 @@ least ``what``, ``items_per_second`` and ``compile_s``, and names the device (``
 * ``align``: the cascade loop alone (faces/s; batch 64 among the defaults) and end to end.
 * ``pipeline``: synthetic pairs/s in-process and with ``--grain_workers`` grain workers
   (``--results=FILE`` also writes them with the face model's sha256).
-* ``stream``: ``experiments.align`` streaming ``--data_dir`` (a folder of photos, else rendered
-  faces cached there), ms per face, against the jitted call alone; dlib's predictor on the same
-  boxes as a ratio when ``dlib`` is importable (``--dlib_predictor``; optional).
+* ``stream``: ``experiments.align`` streaming ``--data_dir`` (a folder of photos; left out:
+  rendered faces cached under the temp dir), ms per face, against the jitted call alone; dlib's
+  predictor on the same boxes as a ratio when ``dlib`` is importable (``--dlib_predictor``;
+  optional).
 * ``remat``: compiled memory of differentiating the pipeline, without and with remat.
 * ``aligner``: ``dff_jax.Aligner.align`` on ``--images`` with and without detection.
 
 Flags left unset take each benchmark's default (given in their help). Note: timings on a shared
 machine vary with other load; ``loadavg`` is recorded in each line.
+
+Bad flags (an empty or unknown ``--what``, a count below 1, a ``--data_dir`` without photos, a
+``--results`` that is a folder, ...) are refused before anything is timed: one line on stderr,
+exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from absl import app
 from absl import flags
@@ -66,7 +72,7 @@ flags.DEFINE_integer("seed", None, "align: random inputs (0); stream: rendered f
 flags.DEFINE_integer("num_pairs", None, "pipeline: pairs timed per measurement (60).")
 flags.DEFINE_list("grain_workers", None, "pipeline: grain worker-process counts (1,2).")
 flags.DEFINE_string("data_dir", None, "stream: a folder of photos (boxes.json or detected "
-                    "boxes), else the cache of rendered faces (default: under the temp dir).")
+                    "boxes); left out: rendered faces, cached under the temp dir.")
 flags.DEFINE_integer("num_images", None, "stream: images used (1000); aligner: (64).")
 flags.DEFINE_integer("batch_size", None, "stream: faces per jitted call (64); aligner: (8).")
 flags.DEFINE_string("cascade", None, "stream, aligner: cascade (default: the shipped one).")
@@ -100,41 +106,87 @@ _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _options():
-  """The benchmark options given on the command line, parsed (``None``: not given)."""
+  """The benchmark options given on the command line, parsed (``None``: not given).
+
+  Raises:
+    ValueError: a list of counts with a value that is not a whole number, or ``--overlays``
+      with a value other than true / false (the message names the flag).
+  """
   options = {name: flags.FLAGS[name].value for name in _OPTIONS}
   for name in ("batch_sizes", "grain_workers", "processes"):
     if options[name] is not None:
-      options[name] = [int(v) for v in options[name]]
+      try:
+        options[name] = [int(v) for v in options[name]]
+      except ValueError:
+        raise ValueError(f"--{name}={','.join(options[name])}: give whole numbers >= 1, "
+                         "comma-separated") from None
   if options["overlays"] is not None:
     try:
       options["overlays"] = [_BOOLEANS[v.strip().lower()] for v in options["overlays"]]
     except KeyError:
-      raise app.UsageError(f"--overlays={','.join(options['overlays'])}: use true and/or "
-                           "false") from None
+      raise ValueError(f"--overlays={','.join(options['overlays'])}: use true and/or "
+                       "false") from None
   return options
+
+
+def check_results_path(path: str) -> None:
+  """``--results``, checked before anything runs: a file path (not a folder) whose nearest
+  existing parent is a folder this process may write in.
+
+  Raises:
+    ValueError: a one-line message naming the flag.
+  """
+  target = Path(path)
+  if target.is_dir():
+    raise ValueError(f"--results={path} is a directory; give a JSON file path "
+                     f"(e.g. {target / 'benchmark.json'})")
+  parent = target.parent
+  while not parent.exists() and parent != parent.parent:
+    parent = parent.parent
+  if not parent.is_dir():
+    raise ValueError(f"--results={path}: {parent} is not a directory; give a JSON file path in "
+                     "a folder")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f"--results={path}: the folder {parent} is not writable; give a JSON file "
+                     "path you may write")
+
+
+def _fail(message: str) -> None:
+  print(f"benchmark: error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  unknown = [w for w in _WHAT.value if w not in benchmarking.BENCHMARKS]
-  if unknown:
-    raise app.UsageError(f"Unknown --what {unknown}; known: {sorted(benchmarking.BENCHMARKS)}.")
+    _fail(f"unexpected arguments: {argv[1:]}")
+  # Every flag is checked before the matmul peak and before any benchmark loads or compiles.
+  try:
+    options = _options()
+    benchmarking.check_options(_WHAT.value, options, _MATMUL_SIZE.value, flags.FLAGS.repeats)
+    if _RESULTS.value is not None:
+      if not _RESULTS.value.strip():
+        raise ValueError("--results is empty; give a JSON file path or leave it out")
+      check_results_path(_RESULTS.value)
+  except (OSError, ValueError) as error:
+    _fail(str(error))
   loadavg_before, records = os.getloadavg(), []
   try:
-    for record in benchmarking.run_benchmarks(_WHAT.value, _options(), _MATMUL_SIZE.value,
-                                              flags.FLAGS.repeats):
+    for record in benchmarking.run_benchmarks(_WHAT.value, options, _MATMUL_SIZE.value,
+                                              flags.FLAGS.repeats, check=False):
       print(json.dumps(record), flush=True)
       records.append(record)
   except (OSError, ValueError) as error:
-    print(f"benchmark: error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(2)
-  if _RESULTS.value and _WHAT.value == ["pipeline"]:
-    pipeline_benchmark.write_results(_RESULTS.value, records,
-                                     flags.FLAGS.face_model or "default", loadavg_before)
-  elif _RESULTS.value:
-    benchmarking.write_results(_RESULTS.value, records, loadavg_before,
-                               cascade=flags.FLAGS.cascade, checkpoint=flags.FLAGS.checkpoint)
+    _fail(str(error))
+  try:
+    if _RESULTS.value and _WHAT.value == ["pipeline"]:
+      pipeline_benchmark.write_results(_RESULTS.value, records,
+                                       flags.FLAGS.face_model or "default", loadavg_before)
+    elif _RESULTS.value:
+      benchmarking.write_results(_RESULTS.value, records, loadavg_before,
+                                 cascade=flags.FLAGS.cascade, checkpoint=flags.FLAGS.checkpoint)
+  except OSError as error:
+    from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
+    _fail(f"--results={_RESULTS.value}: not written: {error_line(error)}")
 
 
 if __name__ == "__main__":

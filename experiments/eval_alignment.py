@@ -65,7 +65,9 @@ Outputs in ``DIR`` (atomically written):
   * ``errors.jsonl``: one line per face and method: ``image``, ``method``, ``nme``, ``yaw_deg``.
   * ``ced.png``: cumulative error distribution of each method up to NME 0.10 (dashed line at 0.08).
 
-Bad arguments or a missing cascade / checkpoint: one line on stderr, exit status 2.
+Bad arguments or a missing cascade / checkpoint: one line on stderr, exit status 2, before
+anything is loaded. A run that scores no face (every face unreadable or without a box) writes
+its summary, then says why in one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def define_flags() -> None:
                        "the box of the previous pass's landmarks_px (default: as align does: "
                        "0 from landmark boxes, up to 2 from a detector's).")
   flags.DEFINE_float("refine_min_change", None, "The refinement stops once the next crop moves "
-                     "by at most this fraction of its side (default: the aligner's, 0.05; 0: "
-                     "every pass is run).")
+                     "by at most this fraction of its side (a finite number >= 0; default: the "
+                     "aligner's, 0.05; 0: every pass is run).")
   flags.DEFINE_bool("compare_dlib", False, "Also score dlib's 68-point predictor on the same "
                     "faces and boxes (method dlib; optional requirements-compare.txt).")
   flags.DEFINE_string("dlib_predictor", None, "dlib's 68-point model file (default: the "
@@ -142,6 +144,11 @@ def main(argv):
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)
+    sys.exit(2)
+  nothing = alignment_eval.nothing_scored_message(summary, FLAGS.boxes)
+  if nothing:  # the (empty) summary is written; the run still failed
+    print(f"eval_alignment: error: {nothing} (summary: {FLAGS.out_dir}/summary.json)",
+          file=sys.stderr)
     sys.exit(2)
   keys = ("dataset", "method", "landmark_convention", "normaliser", "num_faces", "nme_mean", "nme_by_yaw_bin",
           "nme_yaw_bin_mean", "failure_rate_0.08", "failure_rate_0.10", "auc_0.08")

@@ -42,7 +42,9 @@ method, all pairs and yaw difference >= 30, one row per face model) and
 the mean number of candidate pixels and the PCK@4px of a random pick among them (chance level):
 the default model's mask covers head and neck, the Surrey one the face only, so the Surrey task
 has fewer candidates.
-Bad input: one line on stderr, exit status 1.
+Bad input (flags included: counts below 1, ``--num_faces`` below 2, a non-positive
+``--sift_size``, odd or non-positive ``--sift_cells``, ...): one line on stderr, exit status 1,
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ def define_flags() -> None:
                     "photos (dff_jax.evaluation.real_matching).")
   flags.DEFINE_string("data_dir", "../shared/datasets/faces68", "faces68: the data folder.")
   flags.DEFINE_string("split", "val", "faces68: the split.")
-  flags.DEFINE_integer("num_faces", None, "faces68: the first N faces only.")
-  flags.DEFINE_string("sift_cells", "4,8,12,16", "faces68: dense SIFT cell sizes (px) to try.")
+  flags.DEFINE_integer("num_faces", None, "faces68: the first N faces only (at least 2; "
+                       "default: all).")
+  flags.DEFINE_string("sift_cells", "4,8,12,16", "faces68: dense SIFT cell sizes (px, even, "
+                      ">= 2) to try.")
   flags.DEFINE_string("checkpoint", None,
                       "DFF inference bundle or training workdir (default: shipped).")
   flags.DEFINE_string("face_model", "default",
@@ -81,20 +85,22 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_correspondences", None,
                        "Correspondences per pair (default: the training config's).")
   flags.DEFINE_float("sift_size", DEFAULT_SIFT_SIZE_PX,
-                     "OpenCV SIFT keypoint size in pixels (descriptor window = 6 x size).")
+                     "OpenCV SIFT keypoint size in pixels, > 0 (descriptor window = 6 x size).")
   flags.DEFINE_integer("patch_size", 9, "Side of the raw-patch descriptor (odd).")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
 def run_faces68() -> None:
   """``--dataset=faces68``: writes ``summary.json`` and prints the headline figures."""
+  # The flags and the faces are checked before the encoder is loaded.
+  cells = matching_eval.parse_sift_cells(FLAGS.sift_cells)
   from dff_jax.alignment import features as features_lib  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import real_matching  # pylint: disable=g-import-not-at-top
+  entries = real_matching.faces68_entries(FLAGS.data_dir, FLAGS.split, FLAGS.num_faces)
   describer = features_lib.dff_describer(FLAGS.checkpoint)
-  cells = [int(c) for c in matching_eval.parse_list(FLAGS.sift_cells, None, "sift_cells")]
   summary = real_matching.evaluate_faces68(
       FLAGS.data_dir, FLAGS.split, {"dff": describer}, cells, FLAGS.num_faces,
-      log=lambda s: print(s, file=sys.stderr, flush=True))
+      log=lambda s: print(s, file=sys.stderr, flush=True), entries=entries)
   summary["checkpoint"] = describer.source
   file_io.write_json_atomic(Path(FLAGS.out_dir) / "summary.json", summary)
   print(json.dumps({k: summary.get(k) for k in ("num_faces", "dff_over_dense_sift",
@@ -112,6 +118,9 @@ def main(argv):
       return run_faces68()
     methods = matching_eval.parse_list(FLAGS.methods, METHODS, "methods")
     face_models = matching_eval.parse_list(FLAGS.face_model, None, "face_model")
+    # Checked before the encoder is loaded (eval_matching checks them again).
+    matching_eval.check_settings(FLAGS.num_pairs, FLAGS.image_size, FLAGS.num_correspondences,
+                                 FLAGS.sift_size, FLAGS.patch_size)
     if "sift" in methods:
       matching_eval.import_cv2()
     model = descriptor_maps.load_dff(FLAGS.checkpoint) if "dff" in methods else None

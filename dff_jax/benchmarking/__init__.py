@@ -223,9 +223,114 @@ def benchmark_function(what: str) -> Callable[..., Iterator[Dict[str, Any]]]:
   return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
+# Options that must be whole numbers >= 1 (or >= the value given), when given.
+_AT_LEAST = {"repeats": 1, "num_stages": 1, "crop_size": 1, "descriptor_dim": 1, "image_size": 1,
+             "num_pairs": 1, "num_images": 1, "batch_size": 1, "workers": 1, "writers": 1,
+             "prefetch_batches": 1, "remat_batch_size": 1, "remat_repeats": 1}
+# List options: each value a whole number >= 1; the list must not be empty when given.
+_COUNT_LISTS = ("batch_sizes", "grain_workers", "processes")
+# List options of names: not empty when given, each value one of these (resolved when checked).
+_NAME_LISTS = {"encoder_cases": lambda: sorted(ENCODER_CASES),
+               "modes": lambda: list(importlib.import_module(f"{__name__}.encoder").MODES),
+               "align_modes": lambda: list(importlib.import_module(f"{__name__}.align").MODES)}
+
+
+def check_options(whats: Sequence[str], options: Optional[Mapping[str, Any]] = None,
+                  matmul_size: int = 2048, repeats: Optional[int] = None) -> None:
+  """Checks the benchmarks and their options before anything is loaded, compiled or timed.
+
+  Args:
+    whats, options, matmul_size, repeats: as :func:`run_benchmarks` takes them (``None``
+      options: the benchmark's own default, not checked).
+
+  Raises:
+    ValueError / FileNotFoundError: a one-line message naming the flag and what to give (an
+      empty or unknown ``--what``, a count below 1, an empty list, an unknown name, a limit that
+      is not a positive number, a missing file or folder).
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  whats = list(whats)
+  if not whats:
+    raise ValueError(f"--what is empty: name at least one benchmark of {sorted(BENCHMARKS)}")
+  unknown = [w for w in whats if w not in BENCHMARKS]
+  if unknown:
+    raise ValueError(f"--what: unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+  options = {k: v for k, v in dict(options or {}).items() if v is not None}
+  if repeats is not None:
+    options["repeats"] = repeats
+  if int(matmul_size) < 1:
+    raise ValueError(f"--matmul_size must be >= 1 (the side of the peak matmul), got "
+                     f"{matmul_size}")
+  for name, low in _AT_LEAST.items():
+    if name in options and int(options[name]) < low:
+      raise ValueError(f"--{name} must be >= {low}, got {options[name]}")
+  for name in _COUNT_LISTS:
+    if name in options:
+      values = list(options[name])
+      if not values:
+        raise ValueError(f"--{name} is empty: give one or more whole numbers >= 1, "
+                         "comma-separated")
+      bad = [v for v in values if int(v) < 1]
+      if bad:
+        raise ValueError(f"--{name} must hold whole numbers >= 1, got {bad}")
+  for name, known in _NAME_LISTS.items():
+    if name in options:
+      values, allowed = list(options[name]), known()
+      if not values:
+        raise ValueError(f"--{name} is empty: give some of {allowed}, comma-separated")
+      bad = [v for v in values if v not in allowed]
+      if bad:
+        raise ValueError(f"--{name}: unknown {bad}; use some of {allowed}")
+  if "overlays" in options and not list(options["overlays"]):
+    raise ValueError("--overlays is empty: give true and/or false")
+  for name in ("max_run_s", "max_temp_gb"):
+    if name in options and not (math.isfinite(float(options[name])) and options[name] > 0):
+      raise ValueError(f"--{name} must be a positive number, got {options[name]}")
+  if "encoder_preset" in options and options["encoder_preset"] not in encoder_lib.PRESETS:
+    raise ValueError(f"--encoder_preset: unknown {options['encoder_preset']!r}; use one of "
+                     f"{sorted(encoder_lib.PRESETS)}")
+  if "train_step" in whats and "train_config" in options:
+    if not Path(options["train_config"]).is_file():
+      raise FileNotFoundError(f"--train_config={options['train_config']}: no such file; give a "
+                              "config file such as experiments/configs/dff_cpu.py")
+  if "aligner" in whats:
+    if not options.get("images"):
+      raise ValueError("--what=aligner needs --images=DIR|GLOB|LIST (the photos to align)")
+    from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
+    streaming.list_images(str(options["images"]))  # FileNotFoundError: names --images
+  if "stream" in whats and "data_dir" in options:
+    from dff_jax.benchmarking import stream  # pylint: disable=g-import-not-at-top
+    defaults = inspect.signature(stream.bench_stream).parameters
+    settings = {k: options.get(k, defaults[k].default)
+                for k in ("num_images", "image_size", "seed")}
+    stream.check_data_dir(options["data_dir"], **settings)
+  if "stream" in whats and options.get("dlib_predictor"):
+    _check_dlib_predictor(options["dlib_predictor"])
+
+
+def _check_dlib_predictor(path: str) -> None:
+  """``--dlib_predictor``: an existing file; when dlib is importable (it is optional), a dlib
+  68-point shape-predictor model (loaded once: about a second).
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the file.
+  """
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  if not Path(path).is_file():
+    raise FileNotFoundError(f"--dlib_predictor={path}: no such file; give dlib's 68-point "
+                            "model shape_predictor_68_face_landmarks.dat or leave it out")
+  try:
+    import dlib  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return
+  from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
+  dlib_baseline.check_68_points(dlib_baseline.load(path))
+
+
 def run_benchmarks(whats: Iterable[str], options: Optional[Mapping[str, Any]] = None,
-                   matmul_size: int = 2048, repeats: Optional[int] = None
-                   ) -> Iterator[Dict[str, Any]]:
+                   matmul_size: int = 2048, repeats: Optional[int] = None,
+                   check: bool = True) -> Iterator[Dict[str, Any]]:
   """The matmul peak, then every benchmark of ``whats``; yields their records.
 
   Args:
@@ -234,13 +339,18 @@ def run_benchmarks(whats: Iterable[str], options: Optional[Mapping[str, Any]] = 
       left out: the benchmark's own default applies). ``peak`` (a :class:`PeakFlops`) is added.
     matmul_size: side of the square float32 peak matmul.
     repeats: timed calls of the peak matmul (at least 10; default 3 -> 10).
+    check: :func:`check_options` first (``False``: the caller has checked them).
 
   Yields:
     Records with at least ``what`` plus :func:`device_fields`.
 
   Raises:
-    ValueError: an unknown benchmark (before anything runs).
+    ValueError / FileNotFoundError: an unknown benchmark or a bad option (:func:`check_options`,
+      before anything runs).
   """
+  whats = list(whats)
+  if check:
+    check_options(whats, options, matmul_size, repeats)
   functions = [(what, benchmark_function(what)) for what in whats]
   options = {k: v for k, v in dict(options or {}).items() if v is not None}
   peak = PeakFlops(matmul_size)

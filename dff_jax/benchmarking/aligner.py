@@ -52,8 +52,13 @@ def bench_aligner(images: List[Any] | str | None = None, cascade: Optional[str] 
   from dff_jax import Aligner, detection  # pylint: disable=g-import-not-at-top
   if images is None:
     raise ValueError("the aligner benchmark needs images (--images=DIR|GLOB)")
+  if int(num_images) < 1 or int(repeats) < 1 or int(batch_size) < 1:
+    raise ValueError(f"--num_images, --repeats and --batch_size must be >= 1, got {num_images}, "
+                     f"{repeats}, {batch_size}")
   if isinstance(images, str):
     images = read_images(images, num_images)
+  if not len(images):
+    raise ValueError("the aligner benchmark got no images (--images=DIR|GLOB)")
   start = time.perf_counter()
   aligner = Aligner.load(cascade=cascade, checkpoint=checkpoint, batch_size=batch_size)
   once = Aligner.load(cascade=cascade, checkpoint=checkpoint, batch_size=batch_size, refine=0)

@@ -67,6 +67,9 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
   bad_modes = [m for m in modes if m not in MODES]
   if bad_modes:
     raise ValueError(f"unknown mode(s) {bad_modes}; use forward or train")
+  if any(int(b) < 1 for b in batch_sizes) or int(repeats) < 1:
+    raise ValueError(f"--batch_sizes and --repeats must be >= 1, got {list(batch_sizes)}, "
+                     f"{repeats}")
   for case_name in encoder_cases:
     module, params, size, channels = _case(case_name)
     num_params = encoder_lib.count_params(params)

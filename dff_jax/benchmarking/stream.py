@@ -12,7 +12,10 @@ The folder (``data_dir``):
   run renders ``num_images`` synthetic faces (:class:`data_pipeline.faces.FaceSource`,
   ``image_size`` px, pipeline seed ``seed``, detector-like jittered boxes) as JPEG files
   (quality 90) with a ``boxes.json`` into it; later runs reuse them (about 0.1-0.2 s per face to
-  render on a 2-core CPU).
+  render on a 2-core CPU). A function caller may name a new or empty folder for them; a folder
+  holding other files is never rendered into. The command (``benchmark --what=stream``) renders
+  only into the default folder: its ``--data_dir`` must hold photos (or be a complete cache of
+  the same settings), else it stops before anything runs (:func:`check_data_dir`).
 
 Then, with one aligner (``cascade`` / ``features`` / ``checkpoint``; default the shipped DFF
 cascade and encoder, falling back to the shipped SIFT cascade with a message when they are not
@@ -153,6 +156,58 @@ def default_data_dir(image_size: int, seed: int) -> Path:
   return Path(tempfile.gettempdir()) / f"dff_jax_bench_stream_{image_size}_{seed}"
 
 
+def _cache_settings(num_images: int, image_size: int, seed: int, quality: int) -> dict:
+  """What ``dataset.json`` of a rendered cache records."""
+  return dict(num_images=int(num_images), image_size=int(image_size), seed=int(seed),
+              quality=int(quality), source="data_pipeline.faces.FaceSource")
+
+
+def cache_is_complete(data_dir: str | os.PathLike, num_images: int = 1000,
+                      image_size: int = 224, seed: int = 50_000, quality: int = 90) -> bool:
+  """Whether ``data_dir`` is a cache of rendered faces (:func:`make_dataset`) with these
+  settings and at least ``num_images`` faces: reused as it is, nothing rendered."""
+  data_dir = Path(data_dir)
+  marker = data_dir / DATASET_FILE
+  if not (marker.is_file() and (data_dir / BOXES_FILE).is_file()):
+    return False
+  try:
+    cached = json.loads(marker.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return False
+  return (isinstance(cached, dict) and cached.get("num_images", 0) >= num_images
+          and {**cached, "num_images": int(num_images)}
+          == _cache_settings(num_images, image_size, seed, quality))
+
+
+def check_data_dir(data_dir: str | os.PathLike, num_images: int = 1000, image_size: int = 224,
+                   seed: int = 50_000) -> None:
+  """The command's ``--data_dir`` (``benchmark --what=stream``), checked before anything runs:
+  a folder of photos, or a complete cache of rendered faces with these settings (only read).
+  Rendering happens only into the default cache (``--data_dir`` left out), never into a folder
+  the user names.
+
+  Raises:
+    FileNotFoundError: no such folder. ValueError: no image files in it, or a cache of other
+      settings (one line, naming the flag and what to give).
+  """
+  where = f"--data_dir={data_dir}"
+  leave_out = ("or leave --data_dir out to benchmark rendered faces (cached under "
+               f"{default_data_dir(image_size, seed)})")
+  path = Path(data_dir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{where}: no such folder; give a folder of photos (with "
+                            f"{BOXES_FILE} or detected boxes), {leave_out}")
+  if (path / DATASET_FILE).exists():
+    if not cache_is_complete(path, num_images, image_size, seed):
+      raise ValueError(f"{where} is a cache of rendered faces made with other settings or fewer "
+                       f"faces than --num_images={num_images} --image_size={image_size} "
+                       f"--seed={seed} (see its {DATASET_FILE}); give those settings, {leave_out}")
+    return
+  if not photo_paths(path):
+    raise ValueError(f"{where} holds no image files (.jpg, .png, ...); give a folder of photos "
+                     f"(with {BOXES_FILE} or detected boxes), {leave_out}")
+
+
 def make_dataset(data_dir: str | os.PathLike, num_images: int = 1000, image_size: int = 224,
                  seed: int = 50_000, quality: int = 90,
                  report: Callable[[str], None] = lambda m: None) -> List[Path]:
@@ -171,18 +226,11 @@ def make_dataset(data_dir: str | os.PathLike, num_images: int = 1000, image_size
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   data_dir = Path(data_dir)
   images = data_dir / "images"
-  settings = dict(num_images=int(num_images), image_size=int(image_size), seed=int(seed),
-                  quality=int(quality), source="data_pipeline.faces.FaceSource")
   names = [f"face_{i:05d}.jpg" for i in range(int(num_images))]
   marker = data_dir / DATASET_FILE
-  if marker.is_file() and (data_dir / BOXES_FILE).is_file():
-    try:
-      cached = json.loads(marker.read_text())
-      if (isinstance(cached, dict) and cached.get("num_images", 0) >= num_images
-          and {**cached, "num_images": int(num_images)} == settings):
-        return [images / name for name in names]
-    except json.JSONDecodeError:
-      pass
+  settings = _cache_settings(num_images, image_size, seed, quality)
+  if cache_is_complete(data_dir, num_images, image_size, seed, quality):
+    return [images / name for name in names]
   images.mkdir(parents=True, exist_ok=True)
   config = pipeline_config_from_dict(dict(image_size=int(image_size), num_views=2,
                                           num_correspondences=16), seed=int(seed))
@@ -531,7 +579,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     One record per measurement (see the module docstring).
 
   Raises:
-    ValueError: no photo of ``data_dir`` has a face.
+    ValueError: no photo of ``data_dir`` has a face; ``data_dir`` holds other files but no
+      image and no rendered cache (nothing is rendered into it).
   """
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import files, runner  # pylint: disable=g-import-not-at-top
@@ -554,6 +603,12 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
       extra["images_without_face"] = without_face
     else:
       cache = Path(data_dir) if data_dir else default_data_dir(image_size, seed)
+      if (data_dir and cache.is_dir() and not (cache / DATASET_FILE).exists()
+          and any(cache.iterdir())):
+        # Never render into a folder of other files (a misspelt or image-less data folder).
+        raise ValueError(f"--data_dir={data_dir} holds no image files and is not a cache of "
+                         "rendered faces; give a folder of photos, or leave --data_dir out to "
+                         "benchmark rendered faces")
       paths = make_dataset(cache, num_images, image_size, seed, report=report)
       boxes_path = cache / BOXES_FILE
       given = json.loads(boxes_path.read_text())

@@ -519,6 +519,30 @@ def yaw_error_summary(predicted_deg: np.ndarray,
   return json_safe(out)
 
 
+def nothing_scored_message(summary: Dict[str, Any], boxes: str = "landmarks") -> Optional[str]:
+  """One line saying why an evaluation scored no face (``summary["num_faces"]`` is 0) and what
+  to check; ``None`` when it scored some. ``boxes``: the ``--boxes`` the run was given."""
+  if summary.get("num_faces"):
+    return None
+  without_box = summary.get("num_faces_without_box") or 0
+  skipped = list(summary.get("skipped") or [])
+  reasons = []
+  if without_box:
+    if boxes == "dlib":
+      source, advice = "dlib's detector", "try --boxes=landmarks"
+    else:
+      source, advice = f"--boxes={boxes}", ("check that the boxes file names these images (file "
+                                            "name, path or stem) with [x0, y0, x1, y1] in image "
+                                            "pixels")
+    reasons.append(f"{without_box} face(s) had no box from {source} overlapping the annotation "
+                   f"(IoU >= {MIN_BOX_IOU}): {advice}")
+  if skipped:
+    reasons.append(f"{len(skipped)} face(s) could not be read or aligned (first: {skipped[0]})")
+  if not reasons:
+    reasons.append("the set holds no face: check --data_dir, --split, --sources and --num_faces")
+  return "no face could be scored: " + "; ".join(" ".join(r.split()) for r in reasons)
+
+
 def _method_names(specs) -> List[str]:
   """Method names: the features, plus the cascade's stem (or parent/stem, or a number) when two
   methods share features."""
@@ -576,6 +600,11 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     raise FileNotFoundError(f"--data_dir={data_dir} is not a directory")
   if num_faces is not None and num_faces < 1:
     raise ValueError(f"--num_faces must be >= 1, got {num_faces}")
+  if int(batch_size) < 1:
+    raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+  if image_size is not None and int(image_size) < 1:
+    raise ValueError(f"--image_size must be >= 1 (pixels), got {image_size}; leave it out for "
+                     "the cascade's training renders")
   if boxes not in BOX_PROTOCOLS and not str(boxes).endswith(".json"):
     raise ValueError(f"--boxes must be one of {tuple(BOX_PROTOCOLS)} or a .json file of boxes, "
                      f"got {boxes!r}")
@@ -587,12 +616,14 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   if refine_min_change is None:
     from dff_jax.alignment.streaming import REFINE_MIN_CHANGE  # pylint: disable=g-import-not-at-top
     refine_min_change = REFINE_MIN_CHANGE
-  if refine_min_change < 0:
-    raise ValueError(f"--refine_min_change must be >= 0, got {refine_min_change}")
+  if not (np.isfinite(float(refine_min_change)) and float(refine_min_change) >= 0):
+    raise ValueError(f"--refine_min_change must be a finite fraction >= 0 of the crop side "
+                     f"(0: every pass is run), got {refine_min_change}")
   baseline = None
   if boxes == "dlib" or compare_dlib:
     from dff_jax.evaluation import dlib_baseline  # pylint: disable=g-import-not-at-top
     baseline = dlib_baseline.load(dlib_predictor)
+    dlib_baseline.check_68_points(baseline)
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
   specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror)
            for c in cascades]

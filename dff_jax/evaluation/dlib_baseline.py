@@ -26,6 +26,9 @@ import numpy as np
 
 INSTALL_HINT = ("pip install -r requirements-compare.txt (dlib-bin and face-recognition-models; "
                 "optional, for comparisons only)")
+PREDICTOR_ADVICE = ("pass dlib's 68-point model shape_predictor_68_face_landmarks.dat "
+                    "(--dlib_predictor=FILE) or leave it out to use the face_recognition_models "
+                    "package's")
 # Upsampling of dlib's detector: 1 (the image doubled once) finds faces down to about 40 px, as
 # dlib's own examples and the face_recognition package use it.
 DETECTOR_UPSAMPLE = 1
@@ -83,6 +86,16 @@ class DlibBaseline:
       shape = self._predictor(_dlib_image(image), rectangle)
     return np.array([[p.x + 0.5, p.y + 0.5] for p in shape.parts()], np.float32)
 
+  def num_points(self) -> Optional[int]:
+    """The number of points the predictor gives (one prediction on a blank 8 x 8 image), or
+    ``None`` where dlib does not say."""
+    try:
+      with self._lock:
+        shape = self._predictor(np.zeros((8, 8), np.uint8), self._dlib.rectangle(0, 0, 7, 7))
+      return int(shape.num_parts)
+    except (RuntimeError, AttributeError, TypeError):
+      return None
+
   def describe(self) -> dict:
     """JSON-ready description for a summary."""
     return {"dlib_version": self.version, "predictor": Path(self.predictor_path).name,
@@ -108,6 +121,8 @@ def load(predictor_path: Optional[str] = None) -> DlibBaseline:
   Raises:
     FileNotFoundError: dlib is not installed, or no model file (the message says what to
       install or pass).
+    ValueError: the model file is not a dlib shape-predictor model (:func:`check_68_points`
+      checks the number of points).
   """
   try:
     import dlib  # pylint: disable=g-import-not-at-top
@@ -118,6 +133,37 @@ def load(predictor_path: Optional[str] = None) -> DlibBaseline:
     raise FileNotFoundError("no dlib 68-point model file: pass its path or " + INSTALL_HINT)
   if not Path(path).is_file():
     raise FileNotFoundError(f"dlib 68-point model file {path} not found")
+  predictor = _read_predictor(dlib, str(path))
   return DlibBaseline(predictor_path=str(path), version=str(getattr(dlib, "__version__", "?")),
                       _detector=dlib.get_frontal_face_detector(),
-                      _predictor=dlib.shape_predictor(str(path)), _dlib=dlib)
+                      _predictor=predictor, _dlib=dlib)
+
+
+def _read_predictor(dlib, path: str):
+  """``dlib.shape_predictor(path)``.
+
+  Raises:
+    ValueError: the file is not a dlib shape-predictor model (dlib cannot deserialise it; one
+      line naming the file).
+  """
+  try:
+    return dlib.shape_predictor(path)
+  except RuntimeError as error:
+    reason = " ".join(str(error).split())
+    raise ValueError(f"{path} is not a dlib shape-predictor model (dlib: {reason}); "
+                     f"{PREDICTOR_ADVICE}") from None
+
+
+def check_68_points(baseline: Any) -> None:
+  """Checks that a loaded :class:`DlibBaseline`'s predictor gives 68 points (one prediction on
+  a blank 8 x 8 image); anything else (a stand-in) is not checked.
+
+  Raises:
+    ValueError: a shape predictor of another number of points (e.g. dlib's 5-point model).
+  """
+  if not isinstance(baseline, DlibBaseline):
+    return
+  parts = baseline.num_points()
+  if parts is not None and parts != 68:
+    raise ValueError(f"{baseline.predictor_path} is a dlib shape predictor of {parts} points, "
+                     f"not the 68-point model; {PREDICTOR_ADVICE}")

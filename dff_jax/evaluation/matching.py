@@ -52,6 +52,53 @@ def parse_list(text: str, allowed: Optional[Sequence[str]], flag: str) -> list:
   return items
 
 
+def check_settings(num_pairs: int = 1, image_size: Optional[int] = None,
+                   num_correspondences: Optional[int] = None,
+                   sift_size_px: float = DEFAULT_SIFT_SIZE_PX, patch_size: int = 9) -> None:
+  """The synthetic evaluation's settings, checked before anything is loaded or rendered.
+
+  ``None`` for ``image_size`` / ``num_correspondences`` means the default (the checkpoint's);
+  a given value must be a whole number >= 1.
+
+  Raises:
+    ValueError: a one-line message naming the flag and what to give.
+  """
+  if int(num_pairs) < 1:
+    raise ValueError(f"--num_pairs must be >= 1, got {num_pairs}")
+  if image_size is not None and int(image_size) < 1:
+    raise ValueError(f"--image_size must be >= 1 (render size in pixels), got {image_size}; "
+                     "leave it out for the encoder's training size")
+  if num_correspondences is not None and int(num_correspondences) < 1:
+    raise ValueError(f"--num_correspondences must be >= 1, got {num_correspondences}; leave it "
+                     "out for the training config's")
+  if not (np.isfinite(float(sift_size_px)) and float(sift_size_px) > 0):
+    raise ValueError(f"--sift_size must be a positive number of pixels, got {sift_size_px} "
+                     f"(default {DEFAULT_SIFT_SIZE_PX:g})")
+  if int(patch_size) < 1 or int(patch_size) % 2 == 0:
+    raise ValueError(f"--patch_size must be a positive odd number, got {patch_size}")
+
+
+def parse_sift_cells(text: str) -> list:
+  """``--sift_cells`` (comma-separated dense SIFT cell sizes) as ints, each even and >= 2
+  (:func:`dff_jax.sift.dense_sift`).
+
+  Raises:
+    ValueError: empty, not a whole number, odd or below 2 (one line naming the flag).
+  """
+  cells = []
+  for item in parse_list(text, None, "sift_cells"):
+    try:
+      cell = int(item)
+    except ValueError:
+      raise ValueError(f"--sift_cells: {item!r} is not a whole number of pixels; give even "
+                       "cell sizes >= 2, e.g. 4,8,12,16") from None
+    if cell < 2 or cell % 2:
+      raise ValueError(f"--sift_cells: {cell} is not an even cell size >= 2 (pixels); give "
+                       "e.g. 4,8,12,16")
+    cells.append(cell)
+  return cells
+
+
 def pipeline_config_for(face_model: str, seed: int, num_pairs: int, image_size: int,
                         num_correspondences: int, base: Optional[dict] = None):
   """The held-out ``PipelineConfig``: ``base`` (the training data config) with the seed, face
@@ -324,8 +371,7 @@ def eval_matching(out_dir: str | os.PathLike, num_pairs: int,
   """``python -m experiments.eval_matching`` (synthetic pairs) as a function: runs the evaluation
   described in that command's docstring; writes and returns the summary."""
   from dff_jax import matching  # pylint: disable=g-import-not-at-top
-  if num_pairs < 1:
-    raise ValueError(f"--num_pairs must be >= 1, got {num_pairs}")
+  check_settings(num_pairs, image_size, num_correspondences, sift_size_px, patch_size)
   methods = list(methods)
   if "sift" in methods:
     import_cv2()

@@ -132,26 +132,61 @@ def summarise(errors: np.ndarray) -> Dict[str, float]:
               fraction_below_0_2=float(np.mean(values < 0.2)), num_pairs=int(values.size))
 
 
+def faces68_entries(data_dir: str, split: str, num_faces: int | None = None) -> list:
+  """The faces a faces68 evaluation reads: the split's (``data_pipeline.readers.read_faces68``),
+  the first ``num_faces`` (``None``: all). Cheap (the json and the image files' presence only):
+  run before any model is loaded.
+
+  Raises:
+    ValueError: ``num_faces`` below 2, or fewer than 2 faces (every figure is over pairs of
+      different faces); a missing folder, split or image (the reader's message).
+  """
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  if num_faces is not None and int(num_faces) < 2:
+    raise ValueError(f"--num_faces must be >= 2 (every figure is over pairs of different "
+                     f"faces), got {num_faces}; leave it out for the whole split")
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"--data_dir={data_dir}: no such folder; give a faces68-layout "
+                            "folder (images/ and <split>.json)")
+  entries = readers.read_faces68(data_dir, split)
+  if num_faces is not None:
+    entries = entries[:int(num_faces)]
+  if len(entries) < 2:
+    raise ValueError(f"the {split} split of {data_dir} has {len(entries)} face(s); the "
+                     "matching figures need at least 2")
+  return entries
+
+
 def evaluate_faces68(data_dir: str, split: str, describers: Dict[str, Callable],
                      sift_cells: Sequence[int], num_faces: int | None = None,
                      crop_size: int = 128, box_scale: float = 1.25,
-                     log: Callable[[str], None] = print) -> Dict[str, object]:
+                     log: Callable[[str], None] = print,
+                     entries: Sequence[object] | None = None) -> Dict[str, object]:
   """The real-photo matching figures of each method on a faces68-layout split.
 
   Args:
     data_dir, split: the faces (``data_pipeline.readers.read_faces68``).
     describers: ``name -> crops [B, S, S, 3] float32 in [0, 255] -> [B, S, S, D]`` (e.g. DFF).
-    sift_cells: dense SIFT cell sizes (px) to try; the best is reported as ``dense_sift``.
-    num_faces: the first N faces only.
+    sift_cells: dense SIFT cell sizes (px, even, >= 2) to try; the best is reported as
+      ``dense_sift``.
+    num_faces: the first N faces only (at least 2; ``None``: all).
+    entries: the faces already read (:func:`faces68_entries`); ``None``: read here.
 
   Returns:
     the summary: per method ``mean``, ``median``, fractions below 0.1 / 0.2, the dense SIFT
     figure of every cell size, the position guess, and the ratios the targets read.
+
+  Raises:
+    ValueError: bad ``num_faces`` / ``sift_cells`` or fewer than 2 faces (before any describing).
   """
-  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax import sift  # pylint: disable=g-import-not-at-top
-  entries = readers.read_faces68(data_dir, split)[:num_faces or None]
+  bad_cells = [c for c in sift_cells if int(c) < 2 or int(c) % 2]
+  if bad_cells:
+    raise ValueError(f"--sift_cells: {bad_cells} are not even cell sizes >= 2 (pixels)")
+  if entries is None:
+    entries = faces68_entries(data_dir, split, num_faces)
   images = [image_io.read_image(e.image_path) for e in entries]
   faces = face_crops(images, np.stack([e.landmarks_px for e in entries]), crop_size, box_scale)
   results: Dict[str, object] = {}

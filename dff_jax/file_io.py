@@ -61,7 +61,7 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out_dir") ->
   folder = Path(folder)
   try:
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(prefix=".write_check.", dir=folder):
+    with tempfile.TemporaryFile(dir=folder):  # unnamed where the system allows, always removed
       pass
   except OSError as error:
     raise OSError(f"{flag}={folder} cannot be written ({error_line(error)}): choose a "

@@ -39,14 +39,14 @@ import sys
 
 from absl import app
 from absl import flags
+from experiments import cli
 from experiments import align_flags
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   if not FLAGS.images or not FLAGS.out_dir:
     print("align_multiview: error: --images and --out_dir are required", file=sys.stderr)
     sys.exit(2)

@@ -18,6 +18,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 _CASCADE = flags.DEFINE_string("cascade", None, "Cascade .npz to calibrate (default: the default "
                                "pair; 'fast' and the other names of align --cascade work).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "DFF bundle (default: the cascade's own).")
@@ -30,8 +32,7 @@ flags.mark_flags_as_required(["out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax.alignment import calibration  # pylint: disable=g-import-not-at-top
   if _SPLIT.value == "val":
     print("calibrate_outputs: error: the val split is for validation only; calibrate on the "

@@ -23,6 +23,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax.evaluation import face_models
 
 FLAGS = flags.FLAGS
@@ -42,8 +44,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     report = face_models.compare_face_models(FLAGS.face_model, FLAGS.sfm, FLAGS.num_faces,
                                              FLAGS.seed, FLAGS.out_png, FLAGS.aflw_dir,

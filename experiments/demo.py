@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 
 from dff_jax import demo
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -43,8 +44,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     report = demo.run_demo(FLAGS.out_dir, FLAGS.image, FLAGS.bbox, FLAGS.seed, FLAGS.noise_px)
   except (OSError, ValueError) as error:

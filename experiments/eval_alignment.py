@@ -80,6 +80,8 @@ from absl import flags
 from dff_jax.evaluation import alignment as alignment_eval
 from dff_jax.evaluation.alignment import DATASETS, SYNTHETIC_SEED
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 # The command as a function (same arguments as the flags); returns the summary it writes.
 evaluate = alignment_eval.evaluate
@@ -127,8 +129,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   if not FLAGS.dataset or not FLAGS.out_dir:
     print("eval_alignment: error: --dataset and --out_dir are required", file=sys.stderr)
     sys.exit(2)

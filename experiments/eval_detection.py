@@ -40,6 +40,8 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -77,8 +79,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   from dff_jax.evaluation import detection as evaluation  # pylint: disable=g-import-not-at-top
   try:

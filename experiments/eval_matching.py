@@ -56,6 +56,8 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax import descriptor_maps
 from dff_jax import file_io
 from dff_jax.evaluation import matching as matching_eval
@@ -109,8 +111,7 @@ def run_faces68() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     if not FLAGS.out_dir:
       raise ValueError("--out_dir is required")

@@ -47,6 +47,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -68,8 +70,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   if not FLAGS.out_dir:
     print("eval_multiview: error: --out_dir is required", file=sys.stderr)

@@ -37,6 +37,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax import descriptor_maps
 from dff_jax.descriptor_maps import DEFAULT_BOX_SCALE
 from dff_jax.file_io import error_line
@@ -54,8 +56,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     if not FLAGS.out:
       raise ValueError("--out=FILE.npy is required")

@@ -22,6 +22,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume directory.")
@@ -41,8 +43,7 @@ def _parse_steps(values):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
   if (_EXPORT_STEP.value is None) != (_EXPORT_DIR.value is None):
     print("finetune_end_to_end: error: pass --export_step and --export_dir together",

@@ -21,6 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax.alignment import fit_files
 from dff_jax.file_io import error_line
 
@@ -42,8 +44,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   if not FLAGS.landmarks or not FLAGS.out_dir:
     sys.exit("fit_landmarks: error: --landmarks and --out_dir are required")
   try:

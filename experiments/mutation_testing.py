@@ -18,6 +18,8 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax import mutation
 
 _MODULES = flags.DEFINE_list("modules", ["geometry", "sampling", "metrics"],
@@ -38,8 +40,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of --sample.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   unknown = [m for m in _MODULES.value if m not in mutation.MODULES]
   if unknown:
     sys.exit(f"mutation_testing: error: unknown modules {unknown}; known: "

@@ -30,6 +30,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 _ASSET = flags.DEFINE_string("asset", None, "Recipe or shipped file to rebuild.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work and output folder of the rebuild.")
 _TINY = flags.DEFINE_bool("tiny", False, "Run the recipe's tiny (smoke-test) version.")
@@ -41,8 +43,7 @@ _LIST = flags.DEFINE_bool("list", False, "List the recipes and their outputs.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax import recipes  # pylint: disable=g-import-not-at-top
   try:
     manifest = recipes.load_manifest()

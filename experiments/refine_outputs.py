@@ -19,6 +19,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 _CASCADE = flags.DEFINE_string("cascade", None, "Cascade .npz to refine (default: the default "
                                "pair; 'fast' and the other names of align --cascade work).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "DFF bundle (default: the cascade's own).")
@@ -35,8 +37,7 @@ flags.mark_flags_as_required(["out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   from dff_jax.alignment import refinement  # pylint: disable=g-import-not-at-top
   if _SPLIT.value == "val":
     print("refine_outputs: error: the val split is for validation only; fit on the training "

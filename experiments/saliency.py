@@ -21,6 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax.evaluation import saliency
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (created).")
@@ -35,8 +37,7 @@ flags.mark_flags_as_required(["out_dir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     summary = saliency.run(_OUT_DIR.value, _CHECKPOINT.value, _CASCADE.value, _SEED.value, _INDEX.value,
                   [float(s) for s in _YAW_STEPS.value])

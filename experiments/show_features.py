@@ -29,6 +29,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from dff_jax import descriptor_maps
 from dff_jax import feature_figures
 
@@ -50,8 +52,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     if not FLAGS.out:
       raise ValueError("--out=FILE.png is required")

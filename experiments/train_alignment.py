@@ -13,6 +13,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 from dff_jax.alignment import training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Alignment training config file.")
@@ -21,8 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   try:
     summary = training.train_alignment(_CONFIG.value, _WORKDIR.value,
                                        log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -20,6 +20,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume directory.")
@@ -62,8 +64,7 @@ def _check_inputs() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _check_inputs()
   import jax  # pylint: disable=g-import-not-at-top

@@ -240,6 +240,18 @@ def test_align_refuses(env, tmp_path, case):
   assert _files(tmp_path / "out") == []
 
 
+@pytest.mark.parametrize("command", ["align", "eval_alignment", "demo", "extract_features"])
+def test_a_stray_argument_is_one_line(command):
+  """A positional argument (a path given without its flag) is refused in one line, not with
+  the module's whole docstring (absl's UsageError)."""
+  proc = _run(f"experiments.{command}", "photo.jpg")
+  assert proc.returncode == 2, proc.stderr
+  lines = _lines(proc)
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f"{command}: error: unexpected arguments ['photo.jpg']: every "
+                             "input is a flag, --name=value"), lines
+
+
 def test_align_never_writes_over_an_input_image(env, tmp_path):
   """--out_dir the images' own folder, holding an earlier run's overlay among the images: the
   overlay of face.png would replace the input face_overlay.png, so the run is refused before

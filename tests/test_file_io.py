@@ -123,9 +123,13 @@ def test_check_writable_folder(tmp_path):
   root: /proc/self) or a file in the way is one line naming the flag and the folder."""
   folder = file_io.check_writable_folder(tmp_path / "a" / "b")
   assert folder == tmp_path / "a" / "b" and folder.is_dir() and list(folder.iterdir()) == []
+  assert file_io.check_writable_folder(folder) == folder  # an existing folder is fine
+  assert list(folder.iterdir()) == []
   (tmp_path / "file.txt").write_text("x")
-  for path in ("/proc/self", tmp_path / "file.txt" / "out"):
-    with pytest.raises(OSError, match=f"--out_dir={path} cannot be written .*writable folder"):
+  for path, reason in (("/proc/self", "/proc/self"),
+                       (tmp_path / "file.txt" / "out", "not a directory")):
+    with pytest.raises(OSError, match=f"^--out_dir={path} cannot be written \\(.*{reason}.*\\): "
+                                      "choose a writable folder$"):
       file_io.check_writable_folder(path)
   with pytest.raises(OSError, match="--out=") as info:
     file_io.check_writable_folder(tmp_path / "file.txt", "--out")

@@ -82,36 +82,28 @@ def sift_describer(cell_px: int = 4) -> Describer:
                    source=f"dense SIFT, cell {cell_px} px", channels=1)
 
 
-def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
-  """The DFF bundle a cascade was trained with, when no checkpoint is given.
-
-  A cascade file may name its encoder in ``meta["encoder_bundle"]``, a folder relative to the
+def named_encoder(cascade_path: str | Path, meta: dict) -> Optional[Path]:
+  """The DFF encoder a cascade file names: ``meta["encoder_bundle"]``, a folder relative to the
   cascade file (the shipped ``cascade_dff.npz`` names ``dff_point_aligned``,
-  ``cascade_dff_synthetic.npz`` names ``dff_aligned``); else the encoder it was trained on,
-  ``meta["descriptor_source"]``, when that folder exists (a cascade of a training run: its
-  regressors only make sense on those descriptors); else the shipped ``dff_default`` bundle.
-  """
+  ``cascade_dff_synthetic.npz`` names ``dff_aligned``), else the encoder it was trained on,
+  ``meta["descriptor_source"]`` (a cascade of a training run); ``None`` when it names none.
+  The folder may not exist (a moved file, a workdir cleaned up)."""
   name = meta.get("encoder_bundle")
   if name:
     return Path(cascade_path).parent / name
   source = meta.get("descriptor_source")
-  if source and Path(str(source)).is_dir():
-    return Path(str(source))
+  return Path(str(source)) if source else None
+
+
+def encoder_for_cascade(cascade_path: str | Path, meta: dict) -> Path:
+  """The DFF bundle a cascade was trained with, when no checkpoint is given: the encoder it
+  names (:func:`named_encoder`; its ``descriptor_source`` only when that folder exists: its
+  regressors only make sense on those descriptors), else the shipped ``dff_default`` bundle.
+  """
+  named = named_encoder(cascade_path, meta)
+  if named is not None and (meta.get("encoder_bundle") or named.is_dir()):
+    return named
   return DEFAULT_DFF_BUNDLE
-
-
-def trained_encoder(cascade_path: str | Path, meta: dict) -> Optional[Path]:
-  """The DFF encoder a cascade file names and that exists (``meta["encoder_bundle"]`` beside the
-  file, or the training run's ``meta["descriptor_source"]``), else ``None`` (unknown, or
-  moved: nothing to check a given encoder against)."""
-  name = meta.get("encoder_bundle")
-  if name:
-    path = Path(cascade_path).parent / name
-  elif meta.get("descriptor_source"):
-    path = Path(str(meta["descriptor_source"]))
-  else:
-    return None
-  return path if path.exists() else None
 
 
 def same_encoder(first: str | Path, second: str | Path) -> bool:

@@ -195,8 +195,8 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
           "cascade's encoder is missing from this install, or the cascade file was moved "
           "without its encoder folder): pass --checkpoint=DIR (a training workdir or an "
           "exported bundle)")
-    trained = features_lib.trained_encoder(path, meta)
-    if (checkpoint and not other_encoder and trained is not None
+    trained = features_lib.named_encoder(path, meta)
+    if (checkpoint and not other_encoder and trained is not None and trained.exists()
         and not features_lib.same_encoder(bundle, trained)):
       raise ValueError(
           f"--checkpoint={checkpoint} is not the encoder cascade {path} was trained with "
@@ -389,9 +389,6 @@ def whole_image_box(height: int, width: int, box_scale: float) -> np.ndarray:
   return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 
-MIN_BOX_INSIDE = geometry.MIN_BOX_INSIDE
-
-
 def check_box(box: Any, height: int, width: int, where: str = "",
               min_inside: float = 0.0) -> np.ndarray:
   """Validates a face box against its image; returns it as ``[4]`` float32.
@@ -399,7 +396,7 @@ def check_box(box: Any, height: int, width: int, where: str = "",
   Raises:
     ValueError: not 4 finite numbers, ``x1 <= x0`` or ``y1 <= y0``, smaller than 2 px, not
       overlapping the ``width x height`` image, or with less than ``min_inside`` of its area
-      inside it (given boxes: :data:`MIN_BOX_INSIDE`).
+      inside it (given boxes: :data:`dff_jax.geometry.MIN_BOX_INSIDE`).
   """
   prefix = f"{where}: " if where else ""
   try:
@@ -531,7 +528,8 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
 
   Returns:
     ``(boxes [N, 4] float32, scores [N] floats or None)``; given boxes are checked
-    (:func:`check_box`, at least :data:`MIN_BOX_INSIDE` of each inside the image).
+    (:func:`check_box`, at least :data:`dff_jax.geometry.MIN_BOX_INSIDE` of each inside the
+    image).
 
   Raises:
     ValueError: a bad box, an unknown word, or ``scores`` of another length.
@@ -557,9 +555,9 @@ def face_boxes(image: np.ndarray, box: Any, box_scale: float, where: str = "",
   if array.size == 0:  # an empty list: no face in this image
     boxes = []
   elif array.ndim == 2 and array.shape[1] == 4:
-    boxes = [check_box(b, height, width, where, MIN_BOX_INSIDE) for b in array]
+    boxes = [check_box(b, height, width, where, geometry.MIN_BOX_INSIDE) for b in array]
   else:  # one box (check_box says what is wrong with anything else)
-    boxes = [check_box(box, height, width, where, MIN_BOX_INSIDE)]
+    boxes = [check_box(box, height, width, where, geometry.MIN_BOX_INSIDE)]
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   if scores is None:
     return boxes, [None] * len(boxes)

@@ -350,9 +350,6 @@ def test_extract_features_refuses(env, tmp_path, case):
   extra = []
   if case == "box_outside":  # the image is CROP x CROP
     extra = [f"--bbox={CROP + 10},{CROP + 10},{CROP + 50},{CROP + 50}"]
-  elif case == "refine":
-    args.append("--refine=-1")
-    words = ["--refine must be >= 0", "-1"]
   elif case == "box_mostly_outside":  # a third of each side inside: 1/9 of the area
     extra = [f"--bbox={CROP - 10},{CROP - 10},{CROP + 20},{CROP + 20}"]
   if case == "missing":
@@ -421,12 +418,6 @@ def test_eval_alignment_refuses(env, tmp_path, case):
   out = tmp_path / "out"
   if case == "missing_data_dir":
     args, words = ["--dataset=300w", f"--data_dir={tmp_path / 'nope'}", args[2]], ["nope"]
-  elif case == "refine":
-    args.append("--refine=-1")
-    words = ["--refine must be >= 0", "-1"]
-  elif case == "box_mostly_outside":  # 40 x 40 px, 10 x 10 of them inside the image: 1/16
-    args.append(f"--bbox={CROP - 10},{-30},{CROP + 30},{10}")
-    words = ["gray.png", "mostly outside", "6.2 %", "25 %"]
   elif case == "corrupt_cascade":
     bad = tmp_path / "cascade.npz"
     bad.write_bytes(env["cascade"].read_bytes()[:1000])

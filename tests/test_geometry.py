@@ -325,9 +325,25 @@ def test_fraction_inside(xp):
                       [-20.0, 0, 20, 10],      # half cut by the left border
                       [90.0, 40, 110, 60],     # a quarter in the bottom-right corner
                       [100.0, 0, 120, 10],     # touching the right border from outside
+                      [110.0, 0, 120, 10],     # right of the image, beside its rows
+                      [10.0, 60, 20, 70],      # below the image, under its columns
+                      [110.0, 60, 120, 70],    # beyond both borders (two negative overlaps)
+                      [10.0, 49.5, 20, 59.5],  # half a pixel row inside: 0.5 * 10 of 100
                       [-50.0, -50, 150, 100]])  # around the image: 100 * 50 of 200 * 150
-  np.testing.assert_allclose(np.asarray(geometry.fraction_inside(boxes, 50, 100)),
-                             [1.0, 0.5, 0.25, 0.0, 5000 / 30000], rtol=1e-6)
+  inside = geometry.fraction_inside(boxes, 50, 100)
+  assert isinstance(inside, type(boxes))  # NumPy in, NumPy out; JAX in, JAX out
+  np.testing.assert_allclose(np.asarray(inside),
+                             [1.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 0.05, 5000 / 30000], rtol=1e-6)
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_landmark_box(xp):
+  points = xp.asarray([[[3.0, 7.0], [-1.0, 9.0], [5.0, 2.0]],
+                       [[0.5, 0.25], [0.5, 0.25], [0.75, 4.0]]])  # [2 faces, 3 points, (x, y)]
+  box = geometry.landmark_box(points)
+  assert isinstance(box, type(points)) and box.dtype == points.dtype
+  np.testing.assert_array_equal(np.asarray(box), [[-1.0, 2.0, 5.0, 9.0], [0.5, 0.25, 0.75, 4.0]])
+  np.testing.assert_array_equal(np.asarray(geometry.landmark_box(points[0])), [-1.0, 2.0, 5.0, 9.0])
 
 
 @pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])

@@ -339,11 +339,11 @@ EQUIVALENT: Dict[str, str] = {
     _IO + "_to_rgb__mutmut_10": "Image.convert(None) of a palette image with transparency is "
                                 "RGBA (Pillow's rule), as convert('RGBA')",
     **{_IO + f"_to_rgb__mutmut_{k}": "PA / RGBa / La: modes no Pillow decoder returns for a file, "
-       "so read_image never sees them" for k in range(41, 49)},
+       "so read_image never sees them" for k in range(32, 40)},
     **{_IO + f"_to_rgb__mutmut_{k}": "np.asarray of an RGB / RGBA Pillow image is uint8 with or "
-       "without the dtype" for k in (54, 56, 69, 71)},
+       "without the dtype" for k in (45, 47, 60, 62)},
     **{_IO + f"_to_rgb__mutmut_{k}": "convert('RGB') of an RGB image is a copy of it"
-       for k in (61, 62)},
+       for k in (52, 53)},
     **{_IO + f"as_rgb__mutmut_{k}": "float64 for float32 in the compositing: the same uint8 for "
        "every (value, alpha, background) triple and every mix of the two dtypes (checked "
        "exhaustively, 256^3 triples)" for k in (40, 46, 50, 52)},

@@ -334,6 +334,9 @@ def test_fraction_inside(xp):
   assert isinstance(inside, type(boxes))  # NumPy in, NumPy out; JAX in, JAX out
   np.testing.assert_allclose(np.asarray(inside),
                              [1.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 0.05, 5000 / 30000], rtol=1e-6)
+  if xp is jnp:  # traced boxes (array-API generic: no NumPy call on them)
+    jitted = jax.jit(geometry.fraction_inside, static_argnums=(1, 2))(boxes, 50, 100)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(inside), rtol=1e-6)
 
 
 @pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])

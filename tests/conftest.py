@@ -35,6 +35,17 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
                                                    TEST_XLA_FLAGS]))
 
 
+def run_module(*args) -> subprocess.CompletedProcess:
+  """``python -m <args>`` from the repository root on the CPU (a command as a user runs it)."""
+  return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def stderr_lines(proc: subprocess.CompletedProcess) -> list:
+  """The non-blank lines a command wrote to stderr."""
+  return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
 def require(path: Path) -> Path:
   """Skips the calling test when an optional ../shared file is absent."""
   if not path.exists():

@@ -15,26 +15,19 @@ tests/test_feature_commands.py).
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import run_module, stderr_lines
 
 CROP = 64
 
 
-def _run(*args):
-  return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-def _lines(proc):
-  return [line for line in proc.stderr.splitlines() if line.strip()]
+_run = run_module
+_lines = stderr_lines
 
 
 def _check_failed(proc, *words):

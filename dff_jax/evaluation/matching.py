@@ -92,11 +92,20 @@ def parse_sift_cells(text: str) -> list:
     except ValueError:
       raise ValueError(f"--sift_cells: {item!r} is not a whole number of pixels; give even "
                        "cell sizes >= 2, e.g. 4,8,12,16") from None
-    if cell < 2 or cell % 2:
-      raise ValueError(f"--sift_cells: {cell} is not an even cell size >= 2 (pixels); give "
-                       "e.g. 4,8,12,16")
-    cells.append(cell)
+    cells.append(check_sift_cell(cell))
   return cells
+
+
+def check_sift_cell(cell: int) -> int:
+  """A dense SIFT cell size (px) as :func:`dff_jax.sift.dense_sift` needs it: even and >= 2.
+
+  Raises:
+    ValueError: one line naming ``--sift_cells``.
+  """
+  if int(cell) != cell or cell < 2 or cell % 2:
+    raise ValueError(f"--sift_cells: {cell} is not an even cell size >= 2 (pixels); give "
+                     "e.g. 4,8,12,16")
+  return int(cell)
 
 
 def pipeline_config_for(face_model: str, seed: int, num_pairs: int, image_size: int,

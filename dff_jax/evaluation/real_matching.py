@@ -17,6 +17,7 @@ image points ``(x, y)`` in pixels, pixel ``(i, j)`` centred at ``(j + 0.5, i + 0
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Dict, Sequence
 
 import jax
@@ -145,7 +146,6 @@ def faces68_entries(data_dir: str, split: str, num_faces: int | None = None) -> 
   if num_faces is not None and int(num_faces) < 2:
     raise ValueError(f"--num_faces must be >= 2 (every figure is over pairs of different "
                      f"faces), got {num_faces}; leave it out for the whole split")
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(f"--data_dir={data_dir}: no such folder; give a faces68-layout "
                             "folder (images/ and <split>.json)")
@@ -182,9 +182,8 @@ def evaluate_faces68(data_dir: str, split: str, describers: Dict[str, Callable],
   """
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax import sift  # pylint: disable=g-import-not-at-top
-  bad_cells = [c for c in sift_cells if int(c) < 2 or int(c) % 2]
-  if bad_cells:
-    raise ValueError(f"--sift_cells: {bad_cells} are not even cell sizes >= 2 (pixels)")
+  from dff_jax.evaluation import matching as matching_eval  # pylint: disable=g-import-not-at-top
+  sift_cells = [matching_eval.check_sift_cell(c) for c in sift_cells]
   if entries is None:
     entries = faces68_entries(data_dir, split, num_faces)
   images = [image_io.read_image(e.image_path) for e in entries]

@@ -1,8 +1,10 @@
 """Shared test fixtures: the repository root, ../shared and its optional data."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # rounding; the commands, benchmarks and shipped defaults keep the full optimisation.
 # Subprocesses that set their own XLA_FLAGS add these (``xla_flags``).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+# One persistent XLA compilation cache per test run, shared by both xdist workers and every
+# command a test starts (they inherit the environment): the suite compiles the same programs (a
+# training step again after a restart, the cascade at the same batch size in many commands) in
+# many processes. The process that starts the run makes it empty and removes it at the end
+# (pytest_sessionfinish), so no entry outlives the run; a JAX_COMPILATION_CACHE_DIR of the
+# caller's own is used instead when set.
+if "DFF_JAX_TEST_XLA_CACHE" not in os.environ:
+  os.environ["DFF_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="dff_jax_tests_xla_cache_")
+  _OWN_XLA_CACHE = os.environ["DFF_JAX_TEST_XLA_CACHE"]
+else:
+  _OWN_XLA_CACHE = None
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["DFF_JAX_TEST_XLA_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  """Removes this run's compilation cache (in the process that made it)."""
+  if _OWN_XLA_CACHE:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 def xla_flags(*extra: str) -> str:

@@ -141,6 +141,12 @@ class Aligner:
     return self.cascade.config
 
   @property
+  def min_agreement(self) -> Optional[float]:
+    """A face whose ``agreement`` is below this may be no face (a box on something else); the
+    cascade's threshold (:mod:`dff_jax.alignment.agreement`), ``None`` without a template."""
+    return self.cascade.min_agreement
+
+  @property
   def encoder_params(self) -> Any:
     """The DFF encoder's parameter pytree (``None`` for SIFT): the first argument of
     :func:`align_faces`."""

@@ -29,7 +29,8 @@ SUMMARY_KEYS = {"normaliser", "nme_mean", "nme_by_yaw_bin", "failure_rate_0.08",
                 "failure_rate_0.10", "auc_0.08"}
 DOCUMENT_KEYS = {"image", "size_wh", "faces", "features", "cascade", "face_model", "box_source"}
 JSON_KEYS = {"landmarks_px", "landmarks_3d_px", "visibility", "pose", "shape_coefficients",
-             "expression_coefficients", "box", "score", "crop_box"}
+             "expression_coefficients", "box", "score", "crop_box", "agreement",
+             "landmark_agreement"}
 POSE_KEYS = {"yaw_deg", "pitch_deg", "roll_deg", "scale", "translation_px"}
 
 

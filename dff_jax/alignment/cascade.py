@@ -127,12 +127,22 @@ class AlignmentState:
     pose: ``[6]`` float32 ``(scale px/mm, pitch, yaw, roll (rad), tx, ty (crop px))``.
     shape_coefficients: ``[Ki]`` float32.
     expression_coefficients: ``[Ke]`` float32.
+    landmark_agreement: optional ``[68]`` float32 in [-1, 1]: the cosine of each descriptor
+      the last stage read with the cascade's template for that landmark
+      (:func:`landmark_agreement`; 0 where it read none). Set on the final state of a cascade
+      with a ``descriptor_template`` (:func:`run_cascade`); ``None`` otherwise and on every
+      per-stage state.
+    agreement: optional ``[]`` float32: the mean of ``landmark_agreement`` over the landmarks
+      whose descriptors were read: how much the crop looks like a face where the cascade put
+      its points (low for a box on no face).
   """
   landmarks_px: Array
   visibility: Array
   pose: Array
   shape_coefficients: Array
   expression_coefficients: Array
+  landmark_agreement: Optional[Array] = None
+  agreement: Optional[Array] = None
 
 
 @flax.struct.dataclass
@@ -155,6 +165,10 @@ class CascadeParams:
       features the last stage read times these weights, added to the final ``landmarks_px``
       only (:func:`refine_state`; fitted by :mod:`dff_jax.alignment.refinement`). ``None``:
       none.
+    descriptor_template: optional ``[68, D]`` float32 unit rows: each landmark's mean descriptor
+      as the last stage reads it on annotated training faces (fitted by
+      :mod:`dff_jax.alignment.agreement`); the final state's ``landmark_agreement`` and
+      ``agreement`` compare the read descriptors with it. ``None``: no agreement.
   """
   landmark_weights: Array
   pose_weights: Array
@@ -163,6 +177,7 @@ class CascadeParams:
   hidden_weights: Optional[Array] = None
   output_weights: Optional[Array] = None
   refine_weights: Optional[Array] = None
+  descriptor_template: Optional[Array] = None
 
   @property
   def num_stages(self) -> int:
@@ -646,6 +661,36 @@ def refine_state(params: CascadeParams, state: AlignmentState, features: Array,
   return state.replace(landmarks_px=state.landmarks_px + step)
 
 
+def landmark_agreement(features: Array, template: Array) -> Tuple[Array, Array]:
+  """How well the descriptors a stage read agree with a per-landmark template.
+
+  Args:
+    features: ``[68 * D + 1]`` a stage's features (:func:`stage_features`: unit-length
+      descriptors at the landmarks it read, zero rows at the others, then a constant 1).
+    template: ``[68, D]`` unit rows (:attr:`CascadeParams.descriptor_template`).
+
+  Returns:
+    ``(landmark_agreement [68], agreement [])`` float32: each read landmark's cosine with its
+    template row (0 where none was read: a zero row), and their mean over the read landmarks
+    (0 when none was).
+  """
+  template = jnp.asarray(template, jnp.float32)
+  rows = features[:-1].reshape(NUM_LANDMARKS, template.shape[-1])
+  read = (jnp.sum(rows * rows, axis=-1) > 0.5).astype(jnp.float32)  # unit rows vs zero rows
+  cosine = jnp.sum(rows * template, axis=-1) * read
+  return cosine, jnp.sum(cosine) / jnp.maximum(jnp.sum(read), 1.0)
+
+
+def with_agreement(params: CascadeParams, state: AlignmentState,
+                   features: Array) -> AlignmentState:
+  """``state`` with :func:`landmark_agreement` of the last stage's ``features`` (unchanged
+  without ``params.descriptor_template``)."""
+  if params.descriptor_template is None:
+    return state
+  per_landmark, mean = landmark_agreement(features, params.descriptor_template)
+  return state.replace(landmark_agreement=per_landmark, agreement=mean)
+
+
 def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descriptor_map: Array,
                 config: CascadeConfig, state: AlignmentState | None = None,
                 remat: bool = False, mirrored_map: Optional[Array] = None
@@ -667,12 +712,14 @@ def run_cascade(alignment_model: AlignmentModel, params: CascadeParams, descript
   Returns:
     ``(final_state, per_stage_states)``; the second has a leading ``[K]`` axis on every field.
     The final state's landmarks carry the output refinement when ``params`` has one
-    (:func:`refine_state`, from the features the last stage read); the per-stage states never
-    do.
+    (:func:`refine_state`, from the features the last stage read), and its agreement with the
+    descriptor template when ``params`` has one (:func:`with_agreement`, the same features; on
+    the crop itself when mirroring); the per-stage states never do.
   """
   final, per_stage, features, mirrored_features = run_stages(
       alignment_model, params, descriptor_map, config, state, remat, mirrored_map)
-  return refine_state(params, final, features, mirrored_features), per_stage
+  final = refine_state(params, final, features, mirrored_features)
+  return with_agreement(params, final, features), per_stage
 
 
 def run_stages(alignment_model: AlignmentModel, params: CascadeParams, descriptor_map: Array,
@@ -726,6 +773,8 @@ class AlignmentResult:
     translation_px: ``[B, 2]`` image position of the model origin.
     shape_coefficients: ``[B, Ki]``; expression_coefficients: ``[B, Ke]``.
     crop_box: ``[B, 4]`` the square box the crop covers, image pixels.
+    landmark_agreement: optional ``[B, 68]``; agreement: optional ``[B]`` (see
+      :class:`AlignmentState`; ``None`` for a cascade without a descriptor template).
   """
   landmarks_px: Array
   landmarks_3d_px: Array
@@ -738,6 +787,8 @@ class AlignmentResult:
   shape_coefficients: Array
   expression_coefficients: Array
   crop_box: Array
+  landmark_agreement: Optional[Array] = None
+  agreement: Optional[Array] = None
 
 
 def fixed_landmarks(alignment_model: AlignmentModel, pose: Array, shape_coefficients: Array,
@@ -821,7 +872,8 @@ def state_to_image(state: AlignmentState, crop_box: Array, crop_size: int,
       yaw_rad=state.pose[..., 2], roll_rad=state.pose[..., 3],
       scale=state.pose[..., 0] * px_per_crop, translation_px=translation,
       shape_coefficients=state.shape_coefficients,
-      expression_coefficients=state.expression_coefficients, crop_box=crop_box)
+      expression_coefficients=state.expression_coefficients, crop_box=crop_box,
+      landmark_agreement=state.landmark_agreement, agreement=state.agreement)
 
 
 def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descriptor_maps: Array,

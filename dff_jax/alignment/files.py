@@ -254,6 +254,11 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
   queue: collections.deque = collections.deque()  # (outcome, future) in input order
   max_queued = 2 * batch_size
 
+  def low_agreement(face) -> bool:
+    """The face's agreement is below the cascade's threshold (:mod:`dff_jax.alignment.agreement`)."""
+    return (aligner.min_agreement is not None and face.agreement is not None
+            and face.agreement < aligner.min_agreement)
+
   def failure(message: str) -> None:
     failed.append(message)
     report(f"align: skipped {message}")
@@ -268,6 +273,11 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
         failure(message)
         continue
       truth = outcome.loaded.truth
+      for number, face in enumerate(outcome.faces):
+        if low_agreement(face):
+          report(f"align: warning: {outcome.job.name}: face {number}: agreement "
+                 f"{face.agreement:.3f} is below the cascade's {aligner.min_agreement:.3f}: "
+                 f"its box may hold no face")
       written.append((truth["index"], truth["stem"]))
       face_counts[truth["box_source"].split(":")[0]] += len(outcome.faces)
       face_counts["no face"] += not outcome.faces
@@ -536,7 +546,6 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       (one-line messages; nothing written).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import results  # pylint: disable=g-import-not-at-top
@@ -587,7 +596,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   run = _jitted(aligner, len(views), share_expression, prior_per_view)
   result = run(aligner.describer.params, aligner.alignment_model, aligner.params,
                np.stack([v[5] for v in views]), np.stack([v[6] for v in views]).astype(np.float32))
-  result = {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+  result = runner.CompiledCascade.fetch(result)
   faces = [runner.to_image_frame(result, n, v[4], v[3], aligner.work_size, v[7])
            for n, v in enumerate(views)]
   if not all(face.is_finite() for face in faces):

@@ -23,8 +23,8 @@ from dff_jax.alignment import cascade
 
 FORMAT = "dff_jax.cascade/1"
 _ARRAYS = ("landmark_weights", "pose_weights", "pose_std", "initial_pose")
-# A residual hidden layer and the output refinement (CascadeParams).
-_OPTIONAL = cascade.HIDDEN_FIELDS + ("refine_weights",)
+# A residual hidden layer, the output refinement and the descriptor template (CascadeParams).
+_OPTIONAL = cascade.HIDDEN_FIELDS + ("refine_weights", "descriptor_template")
 
 
 def save_cascade(path: str | Path, params: cascade.CascadeParams, config: cascade.CascadeConfig,
@@ -111,7 +111,10 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
   if (t != 2 * cascade.NUM_LANDMARKS or arrays["pose_weights"].shape != (k, f, cascade.POSE_DIM)
       or arrays["pose_std"].shape != (k, cascade.POSE_DIM) or (f - 1) % cascade.NUM_LANDMARKS
       or k != config.num_stages or not hidden_ok
-      or arrays.get("refine_weights", np.zeros((f, t))).shape != (f, t)):
+      or arrays.get("refine_weights", np.zeros((f, t))).shape != (f, t)
+      or arrays.get("descriptor_template", np.zeros((cascade.NUM_LANDMARKS, (f - 1) //
+                                                     cascade.NUM_LANDMARKS))).shape
+      != (cascade.NUM_LANDMARKS, (f - 1) // cascade.NUM_LANDMARKS)):
     raise ValueError(f"{path}: inconsistent cascade arrays "
                      f"{ {n: a.shape for n, a in arrays.items()} } for {k} stages")
   params = cascade.CascadeParams(**{n: jnp.asarray(a) for n, a in arrays.items()})

@@ -7,7 +7,8 @@
 
   {"image": "path/photo.jpg", "size_wh": [W, H],
    "faces": [{"landmarks_px", "landmarks_3d_px", "visibility", "pose", "shape_coefficients",
-              "expression_coefficients", "box", "score", "crop_box"}, ...],
+              "expression_coefficients", "box", "score", "crop_box", "agreement",
+              "landmark_agreement"}, ...],
    ... (the command adds "features", "cascade", "face_model", "box_source")}
 
 Frames (DESIGN.md section 3): points ``(x, y)`` in image pixels, x right, y down, pixel
@@ -85,6 +86,12 @@ class Face:
     crop_box: ``[4]`` float32 the square crop box the cascade worked in: around ``box``, or,
       for a refined detection (:data:`dff_jax.alignment.streaming.REFINE_DETECTED`), around the
       bounding box of the previous pass's ``landmarks_px``.
+    agreement: how much the crop looks like a face where the cascade put its points: the mean
+      cosine of the descriptors its last stage read with the cascade's per-landmark template
+      (:func:`dff_jax.alignment.cascade.landmark_agreement`; faces score about 0.7-1, boxes on
+      no face far lower); ``None`` for a cascade without a template.
+    landmark_agreement: ``[68]`` float32 the same per landmark (0 where none was read), or
+      ``None``.
   """
   landmarks_px: np.ndarray
   landmarks_3d_px: np.ndarray
@@ -95,6 +102,8 @@ class Face:
   box: np.ndarray
   score: Optional[float] = None
   crop_box: Optional[np.ndarray] = None
+  agreement: Optional[float] = None
+  landmark_agreement: Optional[np.ndarray] = None
 
   def is_finite(self) -> bool:
     """Every landmark and pose value is finite (a diverged alignment is not)."""
@@ -107,7 +116,9 @@ class Face:
   def to_json(self) -> Dict[str, Any]:
     """JSON-ready dict: ``landmarks_px``, ``landmarks_3d_px`` (3 decimals), ``visibility``,
     ``pose`` (:meth:`Pose.to_json`, degrees), ``shape_coefficients``,
-    ``expression_coefficients``, ``box``, ``score`` (``null`` for a given box), ``crop_box``."""
+    ``expression_coefficients``, ``box``, ``score`` (``null`` for a given box), ``crop_box``,
+    ``agreement`` (4 decimals) and ``landmark_agreement`` (3 decimals; both ``null`` without
+    a descriptor template)."""
     return {
         "landmarks_px": np.round(np.asarray(self.landmarks_px, np.float64), 3).tolist(),
         "landmarks_3d_px": np.round(np.asarray(self.landmarks_3d_px, np.float64), 3).tolist(),
@@ -119,6 +130,10 @@ class Face:
         "score": None if self.score is None else round(float(self.score), 4),
         "crop_box": (None if self.crop_box is None
                      else np.asarray(self.crop_box, np.float64).tolist()),
+        "agreement": None if self.agreement is None else round(float(self.agreement), 4),
+        "landmark_agreement": (
+            None if self.landmark_agreement is None
+            else np.round(np.asarray(self.landmark_agreement, np.float64), 3).tolist()),
     }
 
 

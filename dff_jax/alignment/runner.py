@@ -249,6 +249,13 @@ class CompiledCascade:
     (``describer.channels``: 1 when it reads only the luma, as the shipped encoders do)."""
     return self.describer.channels
 
+  @property
+  def min_agreement(self) -> Optional[float]:
+    """The agreement below which a face may be no face (the meta ``agreement`` that
+    ``python -m experiments.fit_agreement`` writes with the descriptor template), or ``None``."""
+    value = self.meta.get("agreement", {}).get("min_agreement")
+    return None if value is None else float(value)
+
   def compile(self, batch_size: int) -> float:
     """Compiles the jitted cascade for ``batch_size`` faces (once per aligner and batch size).
 
@@ -301,8 +308,10 @@ class CompiledCascade:
 
   @staticmethod
   def fetch(result: Any) -> Dict[str, np.ndarray]:
-    """A :meth:`dispatch` result's fields as NumPy arrays (working frame)."""
-    return {k: np.asarray(v) for k, v in dataclasses.asdict(jax.device_get(result)).items()}
+    """A :meth:`dispatch` result's fields as NumPy arrays (working frame; ``None`` stays
+    ``None``: the agreement of a cascade without a template)."""
+    return {k: None if v is None else np.asarray(v)
+            for k, v in dataclasses.asdict(jax.device_get(result)).items()}
 
   def align_working(self, work_images: np.ndarray) -> Dict[str, np.ndarray]:
     """The jitted cascade on one batch of working images (:meth:`dispatch` + :meth:`fetch`).
@@ -502,7 +511,11 @@ def to_image_frame(result: Dict[str, np.ndarray], index: int, crop_box: np.ndarr
       shape_coefficients=result["shape_coefficients"][index].astype(np.float32),
       expression_coefficients=result["expression_coefficients"][index].astype(np.float32),
       box=np.asarray(box, np.float32), score=None if score is None else float(score),
-      crop_box=np.asarray(crop_box, np.float32))
+      crop_box=np.asarray(crop_box, np.float32),
+      agreement=(None if result.get("agreement") is None
+                 else float(result["agreement"][index])),
+      landmark_agreement=(None if result.get("landmark_agreement") is None
+                          else result["landmark_agreement"][index].astype(np.float32)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -199,11 +199,11 @@ def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict
   """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` (plus ``"hidden_weights",
   "output_weights"`` with a hidden layer) and ``{"pose_std", "initial_pose"}`` (plus
   ``"refine_weights"``: an output refinement is kept as it is, not trained; fit it again after
-  fine-tuning) of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
+  fine-tuning; and ``"descriptor_template"``, likewise) of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
   trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED
              if getattr(params, name) is not None}
   fixed = {name: jnp.asarray(getattr(params, name), jnp.float32)
-           for name in ("pose_std", "initial_pose", "refine_weights")
+           for name in ("pose_std", "initial_pose", "refine_weights", "descriptor_template")
            if getattr(params, name) is not None}
   return trained, fixed
 
@@ -213,7 +213,8 @@ def join_cascade(trained: Mapping[str, Array], fixed: Mapping[str, Array]
   """Inverse of :func:`split_cascade` (``fixed`` may also hold the teacher's ``"teacher"``)."""
   return cascade.CascadeParams(**dict(trained), pose_std=fixed["pose_std"],
                                initial_pose=fixed["initial_pose"],
-                               refine_weights=fixed.get("refine_weights"))
+                               refine_weights=fixed.get("refine_weights"),
+                               descriptor_template=fixed.get("descriptor_template"))
 
 
 def pipeline_loss(pipeline: Pipeline, params: PyTree, fixed: Mapping[str, Array],

@@ -194,8 +194,10 @@ class Aligner:
     Returns:
       Per image, a list of :class:`dff_jax.alignment.results.Face` (``landmarks_px``,
       ``landmarks_3d_px``, ``visibility``, ``pose``, ``shape_coefficients``,
-      ``expression_coefficients``, ``box``, ``score``, ``crop_box``), in box order (detections
-      best first; ``score`` is ``None`` for given boxes), ``[]`` when none was found.
+      ``expression_coefficients``, ``box``, ``score``, ``crop_box``, ``agreement``,
+      ``landmark_agreement``), in box order (detections best first; ``score`` is ``None`` for
+      given boxes), ``[]`` when none was found. A face whose ``agreement`` is below
+      :attr:`min_agreement` may be no face (a box on something else).
 
     Raises:
       ValueError: a bad image or box (the message names the image's index), or a diverged

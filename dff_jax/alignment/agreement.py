@@ -53,13 +53,15 @@ def fit_template(features: np.ndarray) -> np.ndarray:
 
 
 def agreements(features: np.ndarray, template: np.ndarray) -> np.ndarray:
-  """``[N]`` float64: each face's agreement (the NumPy twin of
-  :func:`dff_jax.alignment.cascade.landmark_agreement`, for sets of collected features)."""
-  features = np.asarray(features, np.float64)
-  rows = features[:, :-1].reshape(len(features), 68, -1)
-  read = (np.sum(rows * rows, axis=-1) > 0.5)
-  cosine = np.sum(rows * np.asarray(template, np.float64), axis=-1) * read
-  return cosine.sum(axis=1) / np.maximum(read.sum(axis=1), 1)
+  """``[N]`` float64: each face's agreement, :func:`dff_jax.alignment.cascade.landmark_agreement`
+  of each row of collected last-stage features ``[N, 68 * D + 1]``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+  features = np.asarray(features, np.float32)
+  if not len(features):
+    return np.zeros((0,), np.float64)
+  mean = jax.vmap(cascade.landmark_agreement, in_axes=(0, None))(features, template)[1]
+  return np.asarray(mean, np.float64)
 
 
 def background_boxes(image: np.ndarray, face_boxes: np.ndarray, count: int,

@@ -46,27 +46,10 @@ def _fail(message: str, status: int = 2) -> None:
 
 
 def _evaluate():
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
-  from dff_jax import geometry  # pylint: disable=g-import-not-at-top
-  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import agreement  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  spec = runner.resolve_aligner(_CASCADE.value, None, None, None)
-  grey = runner.load_aligner(spec).channels == 1
-  rng = np.random.default_rng(1)
-  faces, negatives = agreement.annotated_faces(_DATA_DIR.value, "val", None, grey, False, 1, rng)
-  sets = {"faces68_val_faces": (faces, True), "faces68_val_background_boxes": (negatives, False)}
-  if _AFLW_DIR.value:
-    aflw = []
-    for image_path, mat_path in readers.list_aflw2000(_AFLW_DIR.value):
-      landmarks = np.asarray(readers.read_aflw2000(mat_path).landmarks_px, np.float64)
-      aflw.append((image_io.read_image(image_path, grey=grey), landmarks,
-                   np.asarray(geometry.landmark_box(landmarks), np.float64)))
-    sets["aflw2000_3d_dev_faces"] = (aflw, True)
-  sets["face_free_images"] = (agreement.face_free_faces(
-      _NUM_FREE.value, agreement.EVAL_FREE_SEED, grey, rng), False)
+  sets = agreement.held_out_sets(_CASCADE.value, _DATA_DIR.value, _AFLW_DIR.value or None,
+                                 _NUM_FREE.value)
   report = agreement.evaluate_agreement(_CASCADE.value, sets, _BATCH.value)
   report["command"] = "python -m experiments.fit_agreement " + " ".join(sys.argv[1:])
   file_io.write_json_atomic(_RESULTS.value, report)

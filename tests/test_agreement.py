@@ -150,3 +150,41 @@ def test_align_warns_about_a_face_below_the_threshold(setup, tmp_path, sign, war
     assert "below the cascade's 0.500: its box may hold no face" in low[0]
   else:
     assert not low
+
+
+def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_ones(setup,
+                                                                                  tmp_path):
+  """The command fits on the chosen sources only (each face also mirrored: 3 faces, 6 rows),
+  writes unit (or zero) template rows and a threshold that about 1 % of those rows fall below;
+  --evaluate scores a val split and face-free images against that threshold; fitting on the
+  val split and mixing the modes are refused in one line."""
+  from test_align_commands import _run, _stderr_lines, _write_faces68  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "faces68"
+  _write_faces68(setup, data, ["afw", "afw", "helen-train", "ytf-train"])
+  (data / "val.json").write_text((data / "train.json").read_text())
+  out = tmp_path / "fitted" / "cascade_sift.npz"
+  proc = _run("experiments.fit_agreement", f"--cascade={setup['cascade']}", f"--data_dir={data}",
+              "--num_synthetic=0", "--num_face_free=4", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout)
+  assert report["training_faces"]["count"] == 6 and report["training_renders"]["count"] == 0
+  assert report["training_face_free_images"]["count"] == 4
+  params, _, meta = cascade_io.load_cascade(out)
+  norms = np.linalg.norm(np.asarray(params.descriptor_template), axis=1)
+  assert np.all((np.abs(norms - 1) < 1e-5) | (norms == 0)) and norms.max() > 0.99
+  assert meta["agreement"]["min_agreement"] == report["min_agreement"]
+  assert report["training_faces"]["below_threshold"] <= 1 / 6
+  results_path = tmp_path / "eval.json"
+  proc = _run("experiments.fit_agreement", "--evaluate", f"--cascade={out}", f"--data_dir={data}",
+              "--aflw_dir=", "--num_face_free=3", f"--results={results_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluation = json.loads(results_path.read_text())
+  assert evaluation["min_agreement"] == report["min_agreement"]
+  assert evaluation["faces68_val_faces"]["count"] == 4
+  assert evaluation["face_free_images"]["count"] == 3
+  assert "aflw2000_3d_dev_faces" not in evaluation
+  for flags_given, message in ((("--split=val", f"--out={out}"), "validation only"),
+                               (("--evaluate", f"--out={out}"), "give --out=FILE")):
+    proc = _run("experiments.fit_agreement", f"--cascade={setup['cascade']}", *flags_given)
+    lines = _stderr_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

@@ -197,6 +197,33 @@ def fit_agreement(cascade_path: Optional[str], out_path: str | Path, data_dir: s
   return report
 
 
+def held_out_sets(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional[str],
+                  num_face_free: int) -> Dict[str, Tuple[Faces, bool]]:
+  """The held-out sets of ``fit_agreement --evaluate``, as ``{name: (faces, holds_faces)}``:
+  the faces of a faces68-layout val split from their landmark boxes and one box per val photo
+  away from its face (:func:`background_boxes`), the AFLW2000-3D faces of ``aflw_dir`` from their
+  landmark boxes (validation only; ``None``: left out) and ``num_face_free`` generated face-free
+  images of seed :data:`EVAL_FREE_SEED` (never the fit's). Images are decoded as the cascade
+  reads them (grey for the shipped encoders)."""
+  from data_pipeline import readers  # pylint: disable=g-import-not-at-top
+  from dff_jax import geometry  # pylint: disable=g-import-not-at-top
+  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
+  grey = runner.load_aligner(runner.resolve_aligner(cascade_path, None, None, None)).channels == 1
+  rng = np.random.default_rng(1)
+  faces, negatives = annotated_faces(data_dir, "val", None, grey, False, 1, rng)
+  sets = {"faces68_val_faces": (faces, True), "faces68_val_background_boxes": (negatives, False)}
+  if aflw_dir:
+    aflw = []
+    for image_path, mat_path in readers.list_aflw2000(aflw_dir):
+      landmarks = np.asarray(readers.read_aflw2000(mat_path).landmarks_px, np.float64)
+      aflw.append((image_io.read_image(image_path, grey=grey), landmarks,
+                   np.asarray(geometry.landmark_box(landmarks), np.float64)))
+    sets["aflw2000_3d_dev_faces"] = (aflw, True)
+  sets["face_free_images"] = (face_free_faces(num_face_free, EVAL_FREE_SEED, grey, rng), False)
+  return sets
+
+
 def evaluate_agreement(cascade_path: Optional[str], sets: Dict[str, Tuple[Faces, bool]],
                        batch_size: int = 32) -> Dict[str, Any]:
   """Agreement figures of a cascade with a template on named sets of ``(faces, holds_faces)``:

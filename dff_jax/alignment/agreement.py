@@ -30,6 +30,8 @@ FACE_PERCENTILE = 1.0
 # Seeds of the face-free images: fitting and evaluation never share one.
 FIT_FREE_SEED = 31
 EVAL_FREE_SEED = 13
+# |yaw| bins (degrees) of the held-out AFLW2000-3D figures (the last takes 90 and over).
+YAW_BINS = ((0, 30), (30, 60), (60, 90))
 
 Faces = List[Tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -202,7 +204,8 @@ def held_out_sets(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional
   """The held-out sets of ``fit_agreement --evaluate``, as ``{name: (faces, holds_faces)}``:
   the faces of a faces68-layout val split from their landmark boxes and one box per val photo
   away from its face (:func:`background_boxes`), the AFLW2000-3D faces of ``aflw_dir`` from their
-  landmark boxes (validation only; ``None``: left out) and ``num_face_free`` generated face-free
+  landmark boxes, all and by annotated |yaw| (:data:`YAW_BINS`; validation only; ``None``: left
+  out) and ``num_face_free`` generated face-free
   images of seed :data:`EVAL_FREE_SEED` (never the fit's). Images are decoded as the cascade
   reads them (grey for the shipped encoders)."""
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
@@ -214,12 +217,18 @@ def held_out_sets(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional
   faces, negatives = annotated_faces(data_dir, "val", None, grey, False, 1, rng)
   sets = {"faces68_val_faces": (faces, True), "faces68_val_background_boxes": (negatives, False)}
   if aflw_dir:
-    aflw = []
+    aflw, yaws = [], []
     for image_path, mat_path in readers.list_aflw2000(aflw_dir):
-      landmarks = np.asarray(readers.read_aflw2000(mat_path).landmarks_px, np.float64)
+      annotation = readers.read_aflw2000(mat_path)
+      landmarks = np.asarray(annotation.landmarks_px, np.float64)
       aflw.append((image_io.read_image(image_path, grey=grey), landmarks,
                    np.asarray(geometry.landmark_box(landmarks), np.float64)))
+      yaws.append(abs(np.degrees(annotation.yaw_rad)))
     sets["aflw2000_3d_dev_faces"] = (aflw, True)
+    for low, high in YAW_BINS:  # the same faces by their annotated |yaw| (degrees)
+      inside = [low <= yaw < high or (high == YAW_BINS[-1][1] and yaw >= high) for yaw in yaws]
+      sets[f"aflw2000_3d_dev_faces_yaw_{low}_{high}"] = (
+          [face for face, keep in zip(aflw, inside) if keep], True)
   sets["face_free_images"] = (face_free_faces(num_face_free, EVAL_FREE_SEED, grey, rng), False)
   return sets
 

@@ -48,9 +48,8 @@ def _fail(message: str, status: int = 2) -> None:
 def _evaluate():
   from dff_jax import file_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import agreement  # pylint: disable=g-import-not-at-top
-  sets = agreement.held_out_sets(_CASCADE.value, _DATA_DIR.value, _AFLW_DIR.value or None,
-                                 _NUM_FREE.value)
-  report = agreement.evaluate_agreement(_CASCADE.value, sets, _BATCH.value)
+  report = agreement.evaluate_agreement(_CASCADE.value, _DATA_DIR.value, _AFLW_DIR.value or None,
+                                        _NUM_FREE.value, _BATCH.value)
   report["command"] = "python -m experiments.fit_agreement " + " ".join(sys.argv[1:])
   file_io.write_json_atomic(_RESULTS.value, report)
   print(json.dumps(report, indent=1))

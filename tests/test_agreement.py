@@ -158,12 +158,13 @@ def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_one
   writes unit (or zero) template rows and a threshold that about 1 % of those rows fall below;
   --evaluate scores a val split and face-free images against that threshold; fitting on the
   val split and mixing the modes are refused in one line."""
-  from test_align_commands import _run, _stderr_lines, _write_faces68  # pylint: disable=g-import-not-at-top
+  from conftest import run_module, stderr_lines  # pylint: disable=g-import-not-at-top
+  from test_align_commands import _write_faces68  # pylint: disable=g-import-not-at-top
   data = tmp_path / "faces68"
   _write_faces68(setup, data, ["afw", "afw", "helen-train", "ytf-train"])
   (data / "val.json").write_text((data / "train.json").read_text())
   out = tmp_path / "fitted" / "cascade_sift.npz"
-  proc = _run("experiments.fit_agreement", f"--cascade={setup['cascade']}", f"--data_dir={data}",
+  proc = run_module("experiments.fit_agreement", f"--cascade={setup['cascade']}", f"--data_dir={data}",
               "--num_synthetic=0", "--num_face_free=4", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout)
@@ -175,7 +176,7 @@ def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_one
   assert meta["agreement"]["min_agreement"] == report["min_agreement"]
   assert report["training_faces"]["below_threshold"] <= 1 / 6
   results_path = tmp_path / "eval.json"
-  proc = _run("experiments.fit_agreement", "--evaluate", f"--cascade={out}", f"--data_dir={data}",
+  proc = run_module("experiments.fit_agreement", "--evaluate", f"--cascade={out}", f"--data_dir={data}",
               "--aflw_dir=", "--num_face_free=3", f"--results={results_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluation = json.loads(results_path.read_text())
@@ -185,6 +186,6 @@ def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_one
   assert "aflw2000_3d_dev_faces" not in evaluation
   for flags_given, message in ((("--split=val", f"--out={out}"), "validation only"),
                                (("--evaluate", f"--out={out}"), "give --out=FILE")):
-    proc = _run("experiments.fit_agreement", f"--cascade={setup['cascade']}", *flags_given)
-    lines = _stderr_lines(proc)
+    proc = run_module("experiments.fit_agreement", f"--cascade={setup['cascade']}", *flags_given)
+    lines = stderr_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

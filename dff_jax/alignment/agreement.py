@@ -32,6 +32,7 @@ FIT_FREE_SEED = 31
 EVAL_FREE_SEED = 13
 # |yaw| bins (degrees) of the held-out AFLW2000-3D figures (the last takes 90 and over).
 YAW_BINS = ((0, 30), (30, 60), (60, 90))
+AFLW_SET = "aflw2000_3d_dev_faces"
 
 Faces = List[Tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -199,23 +200,21 @@ def fit_agreement(cascade_path: Optional[str], out_path: str | Path, data_dir: s
   return report
 
 
-def held_out_sets(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional[str],
-                  num_face_free: int) -> Dict[str, Tuple[Faces, bool]]:
-  """The held-out sets of ``fit_agreement --evaluate``, as ``{name: (faces, holds_faces)}``:
-  the faces of a faces68-layout val split from their landmark boxes and one box per val photo
-  away from its face (:func:`background_boxes`), the AFLW2000-3D faces of ``aflw_dir`` from their
-  landmark boxes, all and by annotated |yaw| (:data:`YAW_BINS`; validation only; ``None``: left
-  out) and ``num_face_free`` generated face-free
-  images of seed :data:`EVAL_FREE_SEED` (never the fit's). Images are decoded as the cascade
-  reads them (grey for the shipped encoders)."""
+def held_out_sets(grey: bool, data_dir: str, aflw_dir: Optional[str], num_face_free: int
+                  ) -> Tuple[Dict[str, Tuple[Faces, bool]], Optional[np.ndarray]]:
+  """The held-out sets of ``fit_agreement --evaluate``: ``({name: (faces, holds_faces)}, |yaw|
+  degrees [N] of the AFLW2000-3D faces or None)``: the faces of a faces68-layout val split from
+  their landmark boxes and one box per val photo away from its face (:func:`background_boxes`),
+  the AFLW2000-3D faces of ``aflw_dir`` from their landmark boxes (validation only; ``None``:
+  left out) and ``num_face_free`` generated face-free images of seed :data:`EVAL_FREE_SEED`
+  (never the fit's), decoded grey (``grey``, as the shipped encoders read them) or RGB."""
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
-  grey = runner.load_aligner(runner.resolve_aligner(cascade_path, None, None, None)).channels == 1
   rng = np.random.default_rng(1)
   faces, negatives = annotated_faces(data_dir, "val", None, grey, False, 1, rng)
   sets = {"faces68_val_faces": (faces, True), "faces68_val_background_boxes": (negatives, False)}
+  yaws = None
   if aflw_dir:
     aflw, yaws = [], []
     for image_path, mat_path in readers.list_aflw2000(aflw_dir):
@@ -224,20 +223,18 @@ def held_out_sets(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional
       aflw.append((image_io.read_image(image_path, grey=grey), landmarks,
                    np.asarray(geometry.landmark_box(landmarks), np.float64)))
       yaws.append(abs(np.degrees(annotation.yaw_rad)))
-    sets["aflw2000_3d_dev_faces"] = (aflw, True)
-    for low, high in YAW_BINS:  # the same faces by their annotated |yaw| (degrees)
-      inside = [low <= yaw < high or (high == YAW_BINS[-1][1] and yaw >= high) for yaw in yaws]
-      sets[f"aflw2000_3d_dev_faces_yaw_{low}_{high}"] = (
-          [face for face, keep in zip(aflw, inside) if keep], True)
+    sets[AFLW_SET] = (aflw, True)
+    yaws = np.asarray(yaws)
   sets["face_free_images"] = (face_free_faces(num_face_free, EVAL_FREE_SEED, grey, rng), False)
-  return sets
+  return sets, yaws
 
 
-def evaluate_agreement(cascade_path: Optional[str], sets: Dict[str, Tuple[Faces, bool]],
-                       batch_size: int = 32) -> Dict[str, Any]:
-  """Agreement figures of a cascade with a template on named sets of ``(faces, holds_faces)``:
-  per set, ``count``, the share ``below_threshold`` of the cascade's ``min_agreement`` and
-  percentiles (:func:`_figures`).
+def evaluate_agreement(cascade_path: Optional[str], data_dir: str, aflw_dir: Optional[str],
+                       num_face_free: int, batch_size: int = 32) -> Dict[str, Any]:
+  """Agreement figures of a cascade with a template on :func:`held_out_sets`: per set,
+  ``holds_faces``, ``count``, the share ``below_threshold`` of the cascade's ``min_agreement``
+  and percentiles (:func:`_figures`); the AFLW2000-3D faces also by annotated |yaw|
+  (:data:`YAW_BINS`, the last bin taking 90 degrees and over).
 
   Raises:
     ValueError: the cascade has no descriptor template.
@@ -250,8 +247,14 @@ def evaluate_agreement(cascade_path: Optional[str], sets: Dict[str, Tuple[Faces,
                      "python -m experiments.fit_agreement")
   template = np.asarray(aligner.params.descriptor_template)
   threshold = float(aligner.meta["agreement"]["min_agreement"])
+  sets, yaws = held_out_sets(aligner.channels == 1, data_dir, aflw_dir, num_face_free)
   out = dict(cascade=str(spec.cascade_path), min_agreement=threshold)
   for name, (faces, holds_faces) in sets.items():
-    out[name] = dict(holds_faces=bool(holds_faces), **_figures(
-        agreements(_collect_features(aligner, faces, batch_size), template), threshold))
+    values = agreements(_collect_features(aligner, faces, batch_size), template)
+    out[name] = dict(holds_faces=bool(holds_faces), **_figures(values, threshold))
+    if name == AFLW_SET:
+      for low, high in YAW_BINS:
+        inside = (yaws >= low) & ((yaws < high) | (high == YAW_BINS[-1][1]))
+        out[f"{name}_yaw_{low}_{high}"] = dict(holds_faces=True,
+                                               **_figures(values[inside], threshold))
   return out

@@ -102,6 +102,7 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
   header, arrays = _read(path, _ARRAYS, _OPTIONAL)
   config = cascade.CascadeConfig(**header["config"])
   k, f, t = arrays["landmark_weights"].shape
+  d = (f - 1) // cascade.NUM_LANDMARKS
   hidden_ok = True
   if any(name in arrays for name in cascade.HIDDEN_FIELDS):
     h = arrays["hidden_weights"].shape[-1] if "hidden_weights" in arrays else -1
@@ -112,9 +113,8 @@ def load_cascade(path: str | Path) -> Tuple[cascade.CascadeParams, cascade.Casca
       or arrays["pose_std"].shape != (k, cascade.POSE_DIM) or (f - 1) % cascade.NUM_LANDMARKS
       or k != config.num_stages or not hidden_ok
       or arrays.get("refine_weights", np.zeros((f, t))).shape != (f, t)
-      or arrays.get("descriptor_template", np.zeros((cascade.NUM_LANDMARKS, (f - 1) //
-                                                     cascade.NUM_LANDMARKS))).shape
-      != (cascade.NUM_LANDMARKS, (f - 1) // cascade.NUM_LANDMARKS)):
+      or arrays.get("descriptor_template", np.zeros((cascade.NUM_LANDMARKS, d))).shape
+      != (cascade.NUM_LANDMARKS, d)):
     raise ValueError(f"{path}: inconsistent cascade arrays "
                      f"{ {n: a.shape for n, a in arrays.items()} } for {k} stages")
   params = cascade.CascadeParams(**{n: jnp.asarray(a) for n, a in arrays.items()})

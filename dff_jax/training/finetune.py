@@ -199,7 +199,8 @@ def split_cascade(params: cascade.CascadeParams) -> Tuple[Dict[str, Array], Dict
   """``(trained, fixed)``: ``{"landmark_weights", "pose_weights"}`` (plus ``"hidden_weights",
   "output_weights"`` with a hidden layer) and ``{"pose_std", "initial_pose"}`` (plus
   ``"refine_weights"``: an output refinement is kept as it is, not trained; fit it again after
-  fine-tuning; and ``"descriptor_template"``, likewise) of a :class:`~dff_jax.alignment.cascade.CascadeParams`."""
+  fine-tuning; and ``"descriptor_template"``, likewise) of a
+  :class:`~dff_jax.alignment.cascade.CascadeParams`."""
   trained = {name: jnp.asarray(getattr(params, name), jnp.float32) for name in TRAINED
              if getattr(params, name) is not None}
   fixed = {name: jnp.asarray(getattr(params, name), jnp.float32)

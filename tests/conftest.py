@@ -23,11 +23,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # `.ci/run` on the 2-core machine took 658 s of pytest, against 1,229 s the session before
 # (session of 2026-12-05). The HLO (fusion, layouts) and the numbers are XLA's own up to float
 # rounding; the commands, benchmarks and shipped defaults keep the full optimisation.
-# Not used: XLA's older CPU emitters (--xla_cpu_use_fusion_emitters=false) halve the compile time
-# of small programs and took the suite from 1,216 to 802 s of pytest on a 2-core AMD EPYC (session of
-# 2026-12-05, evening), but together with optimisation level 0 they computed a wrong gradient
-# (test_encoder's remat test: 7.7 off in a first-layer kernel; right at level 1 or with the
-# default emitters; five tests failed in all), so the suite stays on the emitters the commands use.
+# Not used: XLA's older CPU emitters (--xla_cpu_use_fusion_emitters=false) halve the compile
+# time of small programs and took the suite from 1,216 to 802 s of pytest on a 2-core AMD EPYC
+# (session of 2026-12-05, evening), but together with optimisation level 0 they computed a wrong
+# gradient (test_encoder's remat test: 7.7 off in a first-layer kernel; right at level 1 or with
+# the default emitters; five tests failed in all), so the suite stays on the emitters the
+# commands use.
 # Subprocesses that set their own XLA_FLAGS add these (``xla_flags``).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 

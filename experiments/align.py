@@ -99,6 +99,7 @@ def main(argv):
   if not FLAGS.images or not FLAGS.out_dir:
     print("align: error: --images and --out_dir are required", file=sys.stderr)
     sys.exit(2)
+  cli.use_compilation_cache()
   if FLAGS.multiview:
     return align_flags.run_multiview(FLAGS, "align")
   from dff_jax.alignment import files  # pylint: disable=g-import-not-at-top

@@ -50,6 +50,7 @@ def main(argv):
   if not FLAGS.images or not FLAGS.out_dir:
     print("align_multiview: error: --images and --out_dir are required", file=sys.stderr)
     sys.exit(2)
+  cli.use_compilation_cache()
   align_flags.run_multiview(FLAGS, "align_multiview")
 
 

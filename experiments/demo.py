@@ -45,6 +45,7 @@ def define_flags() -> None:
 
 def main(argv):
   cli.refuse_arguments(argv)
+  cli.use_compilation_cache()
   try:
     report = demo.run_demo(FLAGS.out_dir, FLAGS.image, FLAGS.bbox, FLAGS.seed, FLAGS.noise_px)
   except (OSError, ValueError) as error:

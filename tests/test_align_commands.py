@@ -381,6 +381,42 @@ def test_align_folder_with_boxes_skips_bad_image(setup, tmp_path):
     np.testing.assert_allclose(face["box"], faces["box"][i], atol=1e-3)
 
 
+def test_align_keeps_its_compiled_programs_for_the_next_run(setup, tmp_path):
+  """Subprocess: with no JAX_COMPILATION_CACHE_DIR of the caller's, align writes its compiled
+  programs under $DFF_JAX_XLA_CACHE/jaxlib-<release>-<CPU key>/ (experiments.cli
+  .use_compilation_cache), and its output is the usual one."""
+  own = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+  env = {k: v for k, v in os.environ.items() if k not in own}
+  cache = tmp_path / "cache"
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.align", f"--images={setup['images'] / 'face0.png'}",
+       f"--bbox={','.join(map(str, setup['faces']['box'][0].tolist()))}",
+       f"--cascade={setup['cascade']}", "--overlays=false", f"--out_dir={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(env, JAX_PLATFORMS="cpu", DFF_JAX_XLA_CACHE=str(cache)))
+  assert proc.returncode == 0, proc.stderr
+  assert (out / "face0.json").exists()
+  folders = list(cache.iterdir())
+  assert len(folders) == 1 and folders[0].name.startswith("jaxlib-"), folders
+  assert len(list(folders[0].iterdir())) > 0
+
+
+def test_compilation_cache_off_and_the_callers_own(tmp_path, monkeypatch):
+  """DFF_JAX_XLA_CACHE=off: no folder is made and None is returned; a JAX_COMPILATION_CACHE_DIR
+  of the caller's own is returned as it is, DFF_JAX_XLA_CACHE ignored."""
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setenv(cli.CACHE_ENV, "off")
+  assert cli.use_compilation_cache() is None
+  assert not (tmp_path / "xdg").exists() and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "ignored"))
+  assert cli.use_compilation_cache() == tmp_path / "own"
+  assert not (tmp_path / "ignored").exists()
+
+
 def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
   """Every extension of streaming.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
   file gives two faces to one image and none to another; the other files are named once."""

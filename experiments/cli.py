@@ -65,12 +65,12 @@ def use_compilation_cache() -> Optional[Path]:
   choice = os.environ.get(CACHE_ENV, "").strip()
   if choice.lower() == "off":
     return None
-  root = (Path(choice).expanduser() if choice else
-          Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dff_jax" / "xla")
-  folder = root / _machine_key()
-  try:
+  try:  # Path.home() raises RuntimeError when no home folder is known
+    root = (Path(choice).expanduser() if choice else
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dff_jax" / "xla")
+    folder = root / _machine_key()
     folder.mkdir(parents=True, exist_ok=True)
-  except OSError:
+  except (OSError, RuntimeError):
     return None
   if not os.access(folder, os.W_OK):
     return None

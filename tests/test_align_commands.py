@@ -403,14 +403,19 @@ def test_align_keeps_its_compiled_programs_for_the_next_run(setup, tmp_path):
 
 
 def test_compilation_cache_off_and_the_callers_own(tmp_path, monkeypatch):
-  """DFF_JAX_XLA_CACHE=off: no folder is made and None is returned; a JAX_COMPILATION_CACHE_DIR
-  of the caller's own is returned as it is, DFF_JAX_XLA_CACHE ignored."""
+  """DFF_JAX_XLA_CACHE=off, or a folder that cannot be made: None is returned and the
+  environment is left alone; a JAX_COMPILATION_CACHE_DIR of the caller's own is returned as it
+  is, DFF_JAX_XLA_CACHE ignored."""
   from experiments import cli  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   monkeypatch.setenv(cli.CACHE_ENV, "off")
   assert cli.use_compilation_cache() is None
   assert not (tmp_path / "xdg").exists() and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+  # A folder that cannot be made (its parent is a file): off, without a word.
+  (tmp_path / "a_file").write_text("")
+  monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "a_file" / "cache"))
+  assert cli.use_compilation_cache() is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
   monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "ignored"))
   assert cli.use_compilation_cache() == tmp_path / "own"

@@ -151,8 +151,9 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
   from dff_jax.alignment import calibration  # pylint: disable=g-import-not-at-top
   projection = np.asarray(cascade.image_projection(pose), np.float64)   # [N, 2, 3] mm -> px
 
-  def refit_and_project(offsets):
-    am = alignment_model.replace(landmark_offsets=jnp.asarray(offsets, jnp.float32))
+  @jax.jit  # compiled once: the offsets are an argument, not a constant of each round's program
+  def refit_and_project(am, offsets, pose, vertex_ids, annotation):
+    am = am.replace(landmark_offsets=offsets)
 
     def one(p, ids, target):
       rot = cascade.pose_rotation(p)
@@ -161,11 +162,13 @@ def estimate_landmark_offsets(model: face_model_lib.FaceModel, fits: Dict[str, n
                                  shape_regularisation)
       points = mean + jnp.einsum("njk,k->nj", basis, c, precision="highest")
       return geometry.weak_perspective_project(points, p[0], rot, p[4:6])
-    return np.asarray(jax.jit(jax.vmap(one))(pose, vertex_ids, annotation), np.float64)
+    return jax.vmap(one)(pose, vertex_ids, annotation)
 
   offsets = np.zeros((face_model_lib.NUM_LANDMARKS, 3))
   for _ in range(num_rounds):  # Symmetric offsets plus a symmetric step stay symmetric.
-    residual = annotation - refit_and_project(offsets)                     # [N, 68, 2]
+    projected = refit_and_project(alignment_model, jnp.asarray(offsets, jnp.float32), pose,
+                                  vertex_ids, annotation)
+    residual = annotation - np.asarray(projected, np.float64)              # [N, 68, 2]
     offsets = offsets + calibration.solve_point_offsets(projection, residual, ridge,
                                                         first_landmark)
   return offsets.astype(np.float32)

@@ -64,10 +64,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
                                                    TEST_XLA_FLAGS]))
 
 
-def run_module(*args) -> subprocess.CompletedProcess:
-  """``python -m <args>`` from the repository root on the CPU (a command as a user runs it)."""
+def run_module(*args, env=None) -> subprocess.CompletedProcess:
+  """``python -m <args>`` from the repository root on the CPU (a command as a user runs it), in
+  ``env`` (default: this process's environment)."""
   return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        text=True, timeout=300,
+                        env=dict(os.environ if env is None else env, JAX_PLATFORMS="cpu"))
 
 
 def stderr_lines(proc: subprocess.CompletedProcess) -> list:

@@ -164,8 +164,8 @@ def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_one
   _write_faces68(setup, data, ["afw", "afw", "helen-train", "ytf-train"])
   (data / "val.json").write_text((data / "train.json").read_text())
   out = tmp_path / "fitted" / "cascade_sift.npz"
-  proc = run_module("experiments.fit_agreement", f"--cascade={setup['cascade']}", f"--data_dir={data}",
-              "--num_synthetic=0", "--num_face_free=4", f"--out={out}")
+  proc = run_module("experiments.fit_agreement", f"--cascade={setup['cascade']}",
+                    f"--data_dir={data}", "--num_synthetic=0", "--num_face_free=4", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout)
   assert report["training_faces"]["count"] == 6 and report["training_renders"]["count"] == 0
@@ -176,8 +176,9 @@ def test_fit_agreement_command_fits_on_training_faces_and_evaluates_held_out_one
   assert meta["agreement"]["min_agreement"] == report["min_agreement"]
   assert report["training_faces"]["below_threshold"] <= 1 / 6
   results_path = tmp_path / "eval.json"
-  proc = run_module("experiments.fit_agreement", "--evaluate", f"--cascade={out}", f"--data_dir={data}",
-              "--aflw_dir=", "--num_face_free=3", f"--results={results_path}")
+  proc = run_module("experiments.fit_agreement", "--evaluate", f"--cascade={out}",
+                    f"--data_dir={data}", "--aflw_dir=", "--num_face_free=3",
+                    f"--results={results_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluation = json.loads(results_path.read_text())
   assert evaluation["min_agreement"] == report["min_agreement"]

@@ -11,7 +11,6 @@ accuracy. The faces are rendered with data_pipeline.faces.FaceSource at 64 x 64.
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import AFLW_DIR, ROOT, write_random_bundle
+from conftest import AFLW_DIR, ROOT, run_module, stderr_lines, write_random_bundle
 from data_pipeline import readers
 
 CROP = 64
@@ -34,13 +33,8 @@ JSON_KEYS = {"landmarks_px", "landmarks_3d_px", "visibility", "pose", "shape_coe
 POSE_KEYS = {"yaw_deg", "pitch_deg", "roll_deg", "scale", "translation_px"}
 
 
-def _run(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-def _stderr_lines(proc):
-  return [line for line in proc.stderr.splitlines() if line.strip()]
+# The project's command runner and stderr reader, under the names this file and its importers use.
+_run, _stderr_lines = run_module, stderr_lines
 
 
 @pytest.fixture(scope="session")
@@ -389,12 +383,10 @@ def test_align_keeps_its_compiled_programs_for_the_next_run(setup, tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in own}
   cache = tmp_path / "cache"
   out = tmp_path / "out"
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.align", f"--images={setup['images'] / 'face0.png'}",
-       f"--bbox={','.join(map(str, setup['faces']['box'][0].tolist()))}",
-       f"--cascade={setup['cascade']}", "--overlays=false", f"--out_dir={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(env, JAX_PLATFORMS="cpu", DFF_JAX_XLA_CACHE=str(cache)))
+  proc = run_module("experiments.align", f"--images={setup['images'] / 'face0.png'}",
+                    f"--bbox={','.join(map(str, setup['faces']['box'][0].tolist()))}",
+                    f"--cascade={setup['cascade']}", "--overlays=false", f"--out_dir={out}",
+                    env=dict(env, DFF_JAX_XLA_CACHE=str(cache)))
   assert proc.returncode == 0, proc.stderr
   assert (out / "face0.json").exists()
   folders = list(cache.iterdir())

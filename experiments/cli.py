@@ -28,7 +28,7 @@ def fail(command: str, message: str) -> NoReturn:
   sys.exit(2)
 
 
-def _machine_key() -> str:
+def machine_key() -> str:
   """A short key of what a compiled CPU program depends on beyond JAX's own cache key: the
   jaxlib release and the host's instruction-set flags (a home folder shared by machines of
   different CPUs gets one sub-folder per kind)."""
@@ -68,7 +68,7 @@ def use_compilation_cache() -> Optional[Path]:
   try:  # Path.home() raises RuntimeError when no home folder is known
     root = (Path(choice).expanduser() if choice else
             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dff_jax" / "xla")
-    folder = root / _machine_key()
+    folder = root / machine_key()
     folder.mkdir(parents=True, exist_ok=True)
   except (OSError, RuntimeError):
     return None

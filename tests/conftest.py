@@ -33,25 +33,66 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
-# One persistent XLA compilation cache per test run, shared by both xdist workers and every
-# command a test starts (they inherit the environment): the suite compiles the same programs (a
-# training step again after a restart, the cascade at the same batch size in many commands) in
-# many processes. The process that starts the run makes it empty and removes it at the end
-# (pytest_sessionfinish), so no entry outlives the run; a JAX_COMPILATION_CACHE_DIR of the
-# caller's own is used instead when set.
-if "DFF_JAX_TEST_XLA_CACHE" not in os.environ:
-  os.environ["DFF_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="dff_jax_tests_xla_cache_")
-  _OWN_XLA_CACHE = os.environ["DFF_JAX_TEST_XLA_CACHE"]
-else:
-  _OWN_XLA_CACHE = None
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["DFF_JAX_TEST_XLA_CACHE"])
+# One persistent XLA compilation cache for the suite, shared by both xdist workers and every
+# command a test starts (they inherit the environment). It outlives the run, in $XDG_CACHE_HOME
+# (else ~/.cache)/dff_jax/xla-tests/<jaxlib release and CPU kind>: the suite compiles thousands
+# of programs, nearly all of them again in the next run on the same machine. JAX's key is the
+# program with its compile options, XLA flags and jaxlib, so a changed program is compiled
+# afresh. DFF_JAX_TEST_XLA_CACHE=fresh uses a folder of this run's own, removed at its end
+# (what a new machine sees); any other value is the folder to use. A JAX_COMPILATION_CACHE_DIR
+# of the caller's own wins. The default folder is emptied at the end of a run that leaves it
+# over TEST_XLA_CACHE_MAX_BYTES (entries of old programs pile up; the next run refills it). A
+# test that kills a process mid-run gives it a folder of its own, since JAX writes an entry in
+# place and a half-written one would be read (and warned about) by every later run.
+TEST_XLA_CACHE_ENV = "DFF_JAX_TEST_XLA_CACHE"
+TEST_XLA_CACHE_MAX_BYTES = 2 << 30
+
+
+def _suite_xla_cache() -> tuple:
+  """``(folder, kind)`` of the suite's compilation cache, ``kind`` one of ``"given"`` (by
+  JAX_COMPILATION_CACHE_DIR or DFF_JAX_TEST_XLA_CACHE), ``"kept"`` (the default folder) or
+  ``"fresh"`` (this run's own)."""
+  choice = os.environ.get(TEST_XLA_CACHE_ENV, "").strip()
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"], "given"
+  if choice and choice.lower() != "fresh":
+    return choice, "given"
+  if not choice:
+    from experiments import cli  # pylint: disable=g-import-not-at-top
+    try:  # Path.home() raises RuntimeError when no home folder is known
+      root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+      folder = root / "dff_jax" / "xla-tests" / cli.machine_key()
+      folder.mkdir(parents=True, exist_ok=True)
+      if os.access(folder, os.W_OK):
+        return str(folder), "kept"
+    except (OSError, RuntimeError):
+      pass
+  return tempfile.mkdtemp(prefix="dff_jax_tests_xla_cache_"), "fresh"
+
+
+# The process that starts the run chooses (xdist's workers and the commands inherit the folder).
+_XLA_CACHE, _XLA_CACHE_KIND = _suite_xla_cache()
+os.environ[TEST_XLA_CACHE_ENV] = _XLA_CACHE
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+def folder_bytes(folder) -> int:
+  """Bytes of the files directly in ``folder`` (0 when it is missing)."""
+  try:
+    with os.scandir(folder) as entries:
+      return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+  except OSError:
+    return 0
+
+
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
-  """Removes this run's compilation cache (in the process that made it)."""
-  if _OWN_XLA_CACHE:
-    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+  """Removes this run's own compilation cache, or empties the kept one when it has grown over
+  TEST_XLA_CACHE_MAX_BYTES (in the process that chose it, after xdist's workers ended)."""
+  if _XLA_CACHE_KIND == "fresh":
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+  elif _XLA_CACHE_KIND == "kept" and folder_bytes(_XLA_CACHE) > TEST_XLA_CACHE_MAX_BYTES:
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def xla_flags(*extra: str) -> str:

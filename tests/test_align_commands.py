@@ -414,6 +414,34 @@ def test_compilation_cache_off_and_the_callers_own(tmp_path, monkeypatch):
   assert not (tmp_path / "ignored").exists()
 
 
+def test_the_suites_compilation_cache_folder(tmp_path, monkeypatch):
+  """The suite's own cache (conftest): kept under $XDG_CACHE_HOME/dff_jax/xla-tests/<the
+  commands' CPU key> by default; DFF_JAX_TEST_XLA_CACHE=fresh a new folder of the run's own;
+  a folder named there, or a caller's JAX_COMPILATION_CACHE_DIR, used as given. folder_bytes
+  adds up the planted files' sizes."""
+  import conftest  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.delenv(conftest.TEST_XLA_CACHE_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  kept = tmp_path / "xdg" / "dff_jax" / "xla-tests" / cli.machine_key()
+  assert conftest._suite_xla_cache() == (str(kept), "kept") and kept.is_dir()
+  monkeypatch.setenv(conftest.TEST_XLA_CACHE_ENV, "fresh")
+  folder, kind = conftest._suite_xla_cache()
+  assert kind == "fresh" and Path(folder).is_dir() and not Path(folder).is_relative_to(tmp_path)
+  Path(folder).rmdir()
+  monkeypatch.setenv(conftest.TEST_XLA_CACHE_ENV, str(tmp_path / "mine"))
+  assert conftest._suite_xla_cache() == (str(tmp_path / "mine"), "given")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
+  assert conftest._suite_xla_cache() == (str(tmp_path / "theirs"), "given")
+  (tmp_path / "sized").mkdir()
+  for name, size in (("a", 3), ("b", 1000)):
+    (tmp_path / "sized" / name).write_bytes(b"x" * size)
+  (tmp_path / "sized" / "sub").mkdir()
+  assert conftest.folder_bytes(tmp_path / "sized") == 1003
+  assert conftest.folder_bytes(tmp_path / "missing") == 0
+
+
 def test_align_every_format_several_boxes_and_skipped_files(setup, tmp_path):
   """Every extension of streaming.IMAGE_EXTENSIONS is read (the Netpbm family included); a boxes
   file gives two faces to one image and none to another; the other files are named once."""

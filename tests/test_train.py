@@ -146,7 +146,10 @@ def test_sigkill_and_restart_is_bit_identical(tmp_path):
   reference = subprocess.Popen(_train_command(tmp_path / "reference", num_steps), cwd=ROOT,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   killed_dir = tmp_path / "killed"
-  victim = subprocess.Popen(_train_command(killed_dir, num_steps), cwd=ROOT, env=env,
+  # Killed at any moment, perhaps while it writes a compiled program: a cache of its own
+  # (conftest), so that no half-written entry reaches the suite's.
+  victim_env = dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "victim_xla_cache"))
+  victim = subprocess.Popen(_train_command(killed_dir, num_steps), cwd=ROOT, env=victim_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first_checkpoint = killed_dir / "checkpoints" / "2"
   deadline = time.time() + 120

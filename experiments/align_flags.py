@@ -75,7 +75,7 @@ def run_multiview(flag_values, command: str) -> None:
         flag_values.images, flag_values.out_dir, flag_values.bbox, flag_values.boxes,
         flag_values.cascade, flag_values.checkpoint, flag_values.features,
         flag_values.face_model, flag_values.share_expression, flag_values.overlay,
-        prior_per_view=flag_values.prior_per_view)
+        prior_per_view=flag_values.prior_per_view, command=command)
   except (OSError, ValueError) as error:
     print(f"{command}: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)

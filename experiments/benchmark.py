@@ -41,6 +41,7 @@ from absl import app
 from absl import flags
 
 from dff_jax import benchmarking
+from experiments import cli
 from dff_jax.benchmarking import pipeline as pipeline_benchmark
 
 _WHAT = flags.DEFINE_list("what", ["encoder"], "Benchmarks to run (comma separated), from: "
@@ -157,8 +158,7 @@ def _fail(message: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {argv[1:]}")
+  cli.refuse_arguments(argv)
   # Every flag is checked before the matmul peak and before any benchmark loads or compiles.
   try:
     options = _options()

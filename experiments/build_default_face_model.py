@@ -25,6 +25,7 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
+from experiments import cli
 
 from dff_jax.face_model import loaders
 
@@ -38,7 +39,7 @@ build_default_model = loaders.build_default_model  # the library function (also 
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   model, energy, keep = build_default_model(_SOURCE.value, _NUM_IDENTITY.value)
   output = Path(_OUTPUT.value)
   loaders.save_face_model(model, output, compact=True)

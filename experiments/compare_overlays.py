@@ -20,6 +20,7 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
+from experiments import cli
 import numpy as np
 
 FLAGS = flags.FLAGS
@@ -48,7 +49,7 @@ def spread_over_bins(yaw_deg: np.ndarray, count: int) -> np.ndarray:
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from dff_jax import file_io, image_io, metrics  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw, runner, streaming  # pylint: disable=g-import-not-at-top

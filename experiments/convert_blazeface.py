@@ -28,6 +28,7 @@ from typing import Any, Dict
 
 from absl import app
 from absl import flags
+from experiments import cli
 
 from dff_jax import tflite_graph
 
@@ -38,7 +39,7 @@ flags.DEFINE_bool("check", False, "Compare against ai_edge_litert's interpreter 
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   if not FLAGS.tflite or not FLAGS.out:
     sys.exit("convert_blazeface: error: pass --tflite=FILE and --out=FILE.npz")
   path = tflite_graph.convert(FLAGS.tflite, FLAGS.out)

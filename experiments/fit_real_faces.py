@@ -23,6 +23,7 @@ import time
 
 from absl import app
 from absl import flags
+from experiments import cli
 import numpy as np
 
 FLAGS = flags.FLAGS
@@ -37,7 +38,7 @@ flags.DEFINE_list("reference_sources", [], "Move every other source's annotation
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   from data_pipeline import readers  # pylint: disable=g-import-not-at-top
   from dff_jax import real_fits  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("fits", None, "the fit cache (experiments.fit_real_faces).", required=True)
@@ -29,7 +30,7 @@ flags.DEFINE_integer("render_max_triangles", None,
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   from data_pipeline import real_faces  # pylint: disable=g-import-not-at-top
   from data_pipeline.config import PipelineConfig  # pylint: disable=g-import-not-at-top
   pipeline = PipelineConfig(face_model=FLAGS.face_model)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from absl import app, flags
+from experiments import cli
 from ml_collections import config_flags
 import tqdm
 
@@ -44,7 +45,7 @@ def pipeline_values(config) -> dict:
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   values = pipeline_values(FLAGS.config)
   for name in ("seed", "image_size", "face_model"):
     if getattr(FLAGS, name) is not None:

@@ -9,6 +9,7 @@ in both views (valid correspondences only), landmarks are dots (green visible, r
 from __future__ import annotations
 
 from absl import app, flags
+from experiments import cli
 import imageio.v3 as iio
 import numpy as np
 
@@ -49,7 +50,7 @@ def render_pair(sample, num_lines: int, upscale: int) -> np.ndarray:
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   config = pipeline_config_from_dict(seed=FLAGS.seed, image_size=FLAGS.image_size,
                                      face_model=FLAGS.face_model)
   source = PairSource(config)

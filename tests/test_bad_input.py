@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module, stderr_lines
+from conftest import ROOT, run_module, stderr_lines
 
 CROP = 64
 
@@ -233,16 +233,36 @@ def test_align_refuses(env, tmp_path, case):
   assert _files(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize("command", ["align", "eval_alignment", "demo", "extract_features"])
-def test_a_stray_argument_is_one_line(command):
+@pytest.mark.parametrize("command, required", [
+    ("align", []), ("eval_alignment", []), ("demo", []), ("extract_features", []),
+    # These ran and ignored the argument until the session of 2026-12-06.
+    ("make_pairs", ["--out_dir"]), ("show_pairs", []), ("benchmark", []),
+    ("build_default_face_model", []), ("compare_overlays", ["--out"]),
+    ("convert_blazeface", []), ("fit_real_faces", ["--out"]),
+    ("lift_real_faces", ["--fits", "--out"])])
+def test_a_stray_argument_is_one_line(command, required, tmp_path):
   """A positional argument (a path given without its flag) is refused in one line, not with
-  the module's whole docstring (absl's UsageError)."""
-  proc = _run(f"experiments.{command}", "photo.jpg")
+  the module's whole docstring (absl's UsageError), and not ignored: nothing is written, even
+  with the command's required flags given."""
+  given = [f"{flag}={tmp_path / flag.strip('-')}" for flag in required]
+  proc = _run(f"experiments.{command}", *given, "photo.jpg")
   assert proc.returncode == 2, proc.stderr
+  assert list(tmp_path.iterdir()) == []
   lines = _lines(proc)
   assert len(lines) == 1, proc.stderr
   assert lines[0].startswith(f"{command}: error: unexpected arguments ['photo.jpg']: every "
                              "input is a flag, --name=value"), lines
+
+
+def test_every_command_refuses_stray_arguments():
+  """Every command module (one that calls ``app.run``) starts its ``main`` with
+  ``cli.refuse_arguments(argv)``, whose refusal the test above runs."""
+  for path in sorted((ROOT / "experiments").glob("*.py")):
+    text = path.read_text()
+    if "app.run(" in text:
+      body = text[text.index("def main(argv"):]
+      first = body.splitlines()[1].strip()
+      assert first == "cli.refuse_arguments(argv)", f"{path.name}: main starts with {first!r}"
 
 
 def test_align_never_writes_over_an_input_image(env, tmp_path):

@@ -279,6 +279,29 @@ def test_command_writes_json_for_each_view(command_setup, tmp_path):
   assert overview["prior_per_view"] is True
 
 
+def test_command_names_itself_in_per_image_messages(command_setup, tmp_path):
+  """``align --multiview`` (``command="align"``): the warning about a file that is no image and
+  the line of a corrupt image start with ``align:``; the two good views are aligned."""
+  from dff_jax.alignment import files
+  folder = tmp_path / "views"
+  folder.mkdir()
+  for name in ("view0.png", "view1.png"):
+    (folder / name).write_bytes((command_setup["images"] / name).read_bytes())
+  (folder / "broken.png").write_bytes(b"not a png")
+  (folder / "notes.txt").write_text("x")
+  boxes = json.loads(command_setup["boxes"].read_text())
+  (tmp_path / "boxes.json").write_text(json.dumps(dict(boxes, **{"broken.png": boxes["view0.png"]})))
+  messages = []
+  summary = files.align_multiview_files(
+      str(folder), tmp_path / "out", boxes=str(tmp_path / "boxes.json"),
+      cascade=str(command_setup["cascade"]), features="sift", overlay=False,
+      report=messages.append, command="align")
+  assert summary["written"] == ["view0", "view1"] and len(summary["failed"]) == 1
+  assert len(messages) == 2, messages
+  assert messages[0].startswith("align: warning: ") and "notes.txt" in messages[0], messages
+  assert messages[1].startswith("align: skipped ") and "broken.png" in messages[1], messages
+
+
 def test_command_missing_image_one_line_error(command_setup, tmp_path):
   """Through ``experiments.align --multiview`` (the issue's entry point)."""
   images = command_setup["images"]

@@ -524,7 +524,8 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
                           checkpoint: Optional[str] = None, features: Optional[str] = None,
                           face_model: Optional[str] = None, share_expression: bool = False,
                           overlay: bool = True, report=None,
-                          prior_per_view: bool = True) -> Dict[str, Any]:
+                          prior_per_view: bool = True,
+                          command: str = "align_multiview") -> Dict[str, Any]:
   """``experiments.align --multiview``: aligns the images of one person jointly and writes the
   results.
 
@@ -536,6 +537,8 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
     prior_per_view: count the identity prior once per image (default) instead of once.
     overlay: write the overlay PNGs.
     report: ``callable(message)`` for per-image failures (default: print to stderr).
+    command: the command named at the start of those messages (``align`` for ``align
+      --multiview``).
 
   Returns:
     ``{"out_dir", "written": [stems], "failed": [one-line messages], "faces" (one per written
@@ -560,7 +563,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
   check_outputs_spare_inputs(paths, streaming.output_stems(paths), out_dir, overlay,
                              extra=("multiview.json",))
   if skipped:
-    report(f"align_multiview: warning: {streaming.skipped_files_line(skipped)}")
+    report(f"{command}: warning: {streaming.skipped_files_line(skipped)}")
   common_box, box_map, spec = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model)
   aligner = runner.load_aligner(spec)
   stems = streaming.output_stems(paths)
@@ -586,7 +589,7 @@ def align_multiview_files(images: str, out_dir: str | Path, bbox: Optional[str] 
       if str(path) not in message:
         message = f"{path}: {message}"
       failed.append(message)
-      report(f"align_multiview: skipped {message}")
+      report(f"{command}: skipped {message}")
       continue
     views.append((path, stem, image, box, crop_box, work_image, work_box, score, source))
   if not views:

@@ -38,9 +38,9 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # (else ~/.cache)/dff_jax/xla-tests/<jaxlib release and CPU kind>: the suite compiles thousands
 # of programs, nearly all of them again in the next run on the same machine. JAX's key is the
 # program with its compile options, XLA flags, jaxlib and this folder's path, so a changed
-# program (or a moved folder) is compiled afresh. DFF_JAX_TEST_XLA_CACHE=fresh uses a folder of this run's own, removed at its end
-# (what a new machine sees); any other value is the folder to use. A JAX_COMPILATION_CACHE_DIR
-# of the caller's own wins. The default folder is emptied at the end of a run that leaves it
+# program (or a moved folder) is compiled afresh. DFF_JAX_TEST_XLA_CACHE=fresh uses a folder of
+# this run's own, removed at its end (what a new machine sees); any other value is the folder to
+# use. A JAX_COMPILATION_CACHE_DIR of the caller's own wins. The default folder is emptied at the end of a run that leaves it
 # over TEST_XLA_CACHE_MAX_BYTES (entries of old programs pile up; the next run refills it). A
 # test that kills a process mid-run gives it a folder of its own, since JAX writes an entry in
 # place and a half-written one would be read (and warned about) by every later run.

@@ -290,7 +290,8 @@ def test_command_names_itself_in_per_image_messages(command_setup, tmp_path):
   (folder / "broken.png").write_bytes(b"not a png")
   (folder / "notes.txt").write_text("x")
   boxes = json.loads(command_setup["boxes"].read_text())
-  (tmp_path / "boxes.json").write_text(json.dumps(dict(boxes, **{"broken.png": boxes["view0.png"]})))
+  boxes["broken.png"] = boxes["view0.png"]
+  (tmp_path / "boxes.json").write_text(json.dumps(boxes))
   messages = []
   summary = files.align_multiview_files(
       str(folder), tmp_path / "out", boxes=str(tmp_path / "boxes.json"),

@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
 
 from dff_jax import benchmarking
-from experiments import cli
 from dff_jax.benchmarking import pipeline as pipeline_benchmark
+from experiments import cli
 
 _WHAT = flags.DEFINE_list("what", ["encoder"], "Benchmarks to run (comma separated), from: "
                           f"{', '.join(benchmarking.BENCHMARKS)}.")
@@ -152,11 +151,6 @@ def check_results_path(path: str) -> None:
                      "path you may write")
 
 
-def _fail(message: str) -> None:
-  print(f"benchmark: error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv):
   cli.refuse_arguments(argv)
   # Every flag is checked before the matmul peak and before any benchmark loads or compiles.
@@ -168,7 +162,7 @@ def main(argv):
         raise ValueError("--results is empty; give a JSON file path or leave it out")
       check_results_path(_RESULTS.value)
   except (OSError, ValueError) as error:
-    _fail(str(error))
+    cli.fail("benchmark", str(error))
   loadavg_before, records = os.getloadavg(), []
   try:
     for record in benchmarking.run_benchmarks(_WHAT.value, options, _MATMUL_SIZE.value,
@@ -176,7 +170,7 @@ def main(argv):
       print(json.dumps(record), flush=True)
       records.append(record)
   except (OSError, ValueError) as error:
-    _fail(str(error))
+    cli.fail("benchmark", str(error))
   try:
     if _RESULTS.value and _WHAT.value == ["pipeline"]:
       pipeline_benchmark.write_results(_RESULTS.value, records,
@@ -186,7 +180,7 @@ def main(argv):
                                  cascade=flags.FLAGS.cascade, checkpoint=flags.FLAGS.checkpoint)
   except OSError as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
-    _fail(f"--results={_RESULTS.value}: not written: {error_line(error)}")
+    cli.fail("benchmark", f"--results={_RESULTS.value}: not written: {error_line(error)}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,19 @@ def machine_key() -> str:
   return f"jaxlib-{jaxlib}-{digest}"
 
 
+def machine_folder(root: Optional[Path], name: str) -> Optional[Path]:
+  """``root / machine_key()`` (``root`` ``None``: ``$XDG_CACHE_HOME/dff_jax/<name>``, else
+  ``~/.cache/dff_jax/<name>``), made if missing; ``None`` when it cannot be made or written."""
+  try:  # Path.home() raises RuntimeError when no home folder is known
+    if root is None:
+      root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dff_jax" / name
+    folder = root / machine_key()
+    folder.mkdir(parents=True, exist_ok=True)
+  except (OSError, RuntimeError):
+    return None
+  return folder if os.access(folder, os.W_OK) else None
+
+
 def use_compilation_cache() -> Optional[Path]:
   """Keeps the programs XLA compiles for this command in a folder that outlives the run, so the
   next run loads them instead of compiling again (JAX's persistent compilation cache).
@@ -65,14 +78,8 @@ def use_compilation_cache() -> Optional[Path]:
   choice = os.environ.get(CACHE_ENV, "").strip()
   if choice.lower() == "off":
     return None
-  try:  # Path.home() raises RuntimeError when no home folder is known
-    root = (Path(choice).expanduser() if choice else
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dff_jax" / "xla")
-    folder = root / machine_key()
-    folder.mkdir(parents=True, exist_ok=True)
-  except (OSError, RuntimeError):
-    return None
-  if not os.access(folder, os.W_OK):
+  folder = machine_folder(Path(choice).expanduser() if choice else None, "xla")
+  if folder is None:
     return None
   os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
   # Every program, small ones too: loading one is faster than compiling it.

@@ -35,15 +35,16 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 # One persistent XLA compilation cache for the suite, shared by both xdist workers and every
 # command a test starts (they inherit the environment). It outlives the run, in $XDG_CACHE_HOME
-# (else ~/.cache)/dff_jax/xla-tests/<jaxlib release and CPU kind>: the suite compiles thousands
-# of programs, nearly all of them again in the next run on the same machine. JAX's key is the
-# program with its compile options, XLA flags, jaxlib and this folder's path, so a changed
-# program (or a moved folder) is compiled afresh. DFF_JAX_TEST_XLA_CACHE=fresh uses a folder of
-# this run's own, removed at its end (what a new machine sees); any other value is the folder to
-# use. A JAX_COMPILATION_CACHE_DIR of the caller's own wins. The default folder is emptied at the end of a run that leaves it
-# over TEST_XLA_CACHE_MAX_BYTES (entries of old programs pile up; the next run refills it). A
-# test that kills a process mid-run gives it a folder of its own, since JAX writes an entry in
-# place and a half-written one would be read (and warned about) by every later run.
+# (else ~/.cache)/dff_jax/xla-tests/<jaxlib release and CPU kind>: the suite compiles thousands of
+# programs, nearly all of them again in the next run on the same machine. JAX's key is the program
+# with its compile options, XLA flags, jaxlib and this folder's path, so a changed program (or a
+# moved folder) is compiled afresh. DFF_JAX_TEST_XLA_CACHE=fresh uses a folder of this run's own,
+# removed at its end (what a new machine sees); any other value is the folder to use. A
+# JAX_COMPILATION_CACHE_DIR of the caller's own wins. The default folder is emptied at the end of
+# a run that leaves it over TEST_XLA_CACHE_MAX_BYTES (entries of old programs pile up; the next
+# run refills it). A test that kills a process mid-run gives it a folder of its own, since JAX
+# writes an entry in place and a half-written one would be read (and warned about) by every later
+# run.
 TEST_XLA_CACHE_ENV = "DFF_JAX_TEST_XLA_CACHE"
 TEST_XLA_CACHE_MAX_BYTES = 2 << 30
 
@@ -59,14 +60,9 @@ def _suite_xla_cache() -> tuple:
     return choice, "given"
   if not choice:
     from experiments import cli  # pylint: disable=g-import-not-at-top
-    try:  # Path.home() raises RuntimeError when no home folder is known
-      root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-      folder = root / "dff_jax" / "xla-tests" / cli.machine_key()
-      folder.mkdir(parents=True, exist_ok=True)
-      if os.access(folder, os.W_OK):
-        return str(folder), "kept"
-    except (OSError, RuntimeError):
-      pass
+    folder = cli.machine_folder(None, "xla-tests")
+    if folder is not None:
+      return str(folder), "kept"
   return tempfile.mkdtemp(prefix="dff_jax_tests_xla_cache_"), "fresh"
 
 

@@ -16,6 +16,12 @@ indexed, padded and concatenated with ``jax.tree_util`` like an array. A :class:
 head parameters are therefore broadcast along the batch (:func:`broadcast_head`), which under jit
 costs nothing but a view, and whose gradient is the sum over faces.
 
+A plain ``jax.vmap`` over such a field evaluates the head as ``B`` small products, one per face
+(each face "has" its own head). A field made by one encoder says that its faces share one head
+(``shared_head``), and :func:`vmap_faces` then passes the head once, so the head's two layers run
+as one product over every face's points, with the same values (``python -m
+experiments.benchmark --what=loop_profile`` times the cascade's read of the head both ways).
+
 Frames (DESIGN.md section 3): points ``(x, y)`` in crop pixels, pixel ``(i, j)`` centred at
 ``(j + 0.5, i + 0.5)``; level ``l`` of a pyramid has stride ``2 ** l``, so the crop point ``p``
 is the level point ``p / 2 ** l`` (pixel centres map to pixel centres' averages exactly).
@@ -51,9 +57,14 @@ class PointField:
     head: ``{"hidden_kernel": [C, M], "hidden_bias": [M], "out_kernel": [M, D],
       "out_bias": [D]}`` float32, ``C = sum(C_l)``, with the same leading axes as ``levels``
       (see :func:`broadcast_head`).
+    shared_head: static: every face along the leading axes has the same head (it was broadcast
+      from one set of parameters, as an encoder's fields are), so :func:`vmap_faces` may read
+      it once. Slicing, reshaping and padding faces keep it; :func:`concatenate` of several
+      fields clears it (they may come from different encoders).
   """
   levels: Tuple[Array, ...]
   head: Mapping[str, Array]
+  shared_head: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def image_shape(self) -> Tuple[int, int]:
@@ -121,10 +132,39 @@ def query(field: Field, points_px: Array) -> Tuple[Array, Array]:
   return values.reshape(batch_shape + (-1,)), inside.reshape(batch_shape)
 
 
+def vmap_faces(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``jax.vmap(fn)`` over the leading axis of every argument, with each :class:`PointField`
+  argument whose ``shared_head`` is set passed with its head once (the first face's, unbatched:
+  ``in_axes`` ``None``) instead of per face.
+
+  Inside ``fn`` every field looks as under ``jax.vmap``: levels and head without the mapped axis
+  (so a nested ``vmap_faces`` or ``jax.vmap`` over a further leading axis works too). The values
+  are those of ``jax.vmap(fn)``; the head's products see all faces' points at once. Gradients
+  reach the head parameters the field was broadcast from (:func:`broadcast_head`) unchanged.
+
+  Args:
+    fn: a function of per-face arguments (fields, arrays, pytrees; ``None`` allowed).
+
+  Returns:
+    The mapped function: same arguments with a leading face axis, outputs with one.
+  """
+  def mapped(*args):
+    axes = tuple(PointField(levels=0, head=None, shared_head=True) if _has_shared_head(a) else 0
+                 for a in args)
+    args = tuple(a.replace(head=jax.tree_util.tree_map(lambda h: h[0], a.head))
+                 if _has_shared_head(a) else a for a in args)
+    return jax.vmap(fn, in_axes=axes)(*args)
+  return mapped
+
+
+def _has_shared_head(field: Any) -> bool:
+  return isinstance(field, PointField) and field.shared_head
+
+
 def query_batch(fields: Field, points_px: Array) -> Tuple[Array, Array]:
   """:func:`query` over a batch: ``[B, ...]`` fields, ``[B, K, 2]`` points ->
-  ``([B, K, D], [B, K])``."""
-  return jax.vmap(query)(fields, points_px)
+  ``([B, K, D], [B, K])`` (:func:`vmap_faces`)."""
+  return vmap_faces(query)(fields, points_px)
 
 
 def pixel_centres(height: int, width: int) -> Array:
@@ -148,7 +188,7 @@ def to_dense_batch(fields: Field) -> Array:
   """:func:`to_dense` over a batch: ``[B, ...]`` fields -> ``[B, H, W, D]``."""
   if not isinstance(fields, PointField):
     return fields
-  return jax.vmap(to_dense)(fields)
+  return vmap_faces(to_dense)(fields)
 
 
 def map_faces(fn: Callable[[Array], Array], fields: Field) -> Field:
@@ -158,7 +198,11 @@ def map_faces(fn: Callable[[Array], Array], fields: Field) -> Field:
 
 
 def concatenate(fields: Sequence[Field], axis: int = 0) -> Field:
-  """Fields of the same kind joined along a leading axis."""
+  """Fields of the same kind joined along a leading axis (point fields: ``shared_head``
+  cleared when there are several, since their heads may differ)."""
+  fields = list(fields)
+  if len(fields) > 1 and all(isinstance(f, PointField) for f in fields):
+    fields = [f.replace(shared_head=False) for f in fields]
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=axis), *fields)
 
 

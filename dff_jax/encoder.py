@@ -442,7 +442,8 @@ class PointDFFEncoder(DFFEncoder):
 
     Returns:
       :class:`~dff_jax.descriptor_fields.PointField` with levels ``[B, H / 2**l, W / 2**l,
-      features[l]]`` (``dtype``) and the head's float32 parameters broadcast to ``[B, ...]``.
+      features[l]]`` (``dtype``) and the head's float32 parameters broadcast to ``[B, ...]``
+      (``shared_head``: one head for every face).
     """
     self._check_input(images)
     if self.head_hidden < 1:
@@ -463,7 +464,8 @@ class PointDFFEncoder(DFFEncoder):
     }
     head = {k: v.astype(jnp.float32) for k, v in head.items()}
     return descriptor_fields.PointField(
-        levels=tuple(levels), head=descriptor_fields.broadcast_head(head, images.shape[:1]))
+        levels=tuple(levels), head=descriptor_fields.broadcast_head(head, images.shape[:1]),
+        shared_head=True)
 
 
 def _max_pool_2x(x: Array) -> Array:

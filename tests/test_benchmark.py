@@ -27,6 +27,23 @@ def test_align_loop_lines_name_the_device():
   assert records[1]["mode"] == "loop" and records[1]["batch_size"] == 2
 
 
+def test_loop_profile_times_every_part_and_the_shared_head_in_turns():
+  """The loop profile of a tiny point-field cascade: one record per part of a stage (their
+  shares sum to 1), the per-face-head read timed in turns with the shared one, then the loop."""
+  from dff_jax.benchmarking import loop_profile
+  records = list(loop_profile.bench_loop_profile(batch_size=2, num_stages=1, crop_size=32,
+                                                 descriptor_dim=4, field="point", repeats=1))
+  parts = [r["part"] for r in records]
+  assert parts == ["features", "regress", "contour", "rows", "normal_equations",
+                   "cholesky_solve", "project", "features_per_face_head", "loop"]
+  assert sum(r["share"] for r in records[:7]) == pytest.approx(1.0, abs=5e-3)
+  head = records[7]
+  assert head["ms_per_batch"] > 0 and head["features_ms_per_batch"] > 0
+  assert head["ratio_to_features"] == pytest.approx(
+      head["ms_per_batch"] / head["features_ms_per_batch"], rel=0.02, abs=2e-3)
+  assert records[-1]["items_per_second"] > 0 and records[-1]["num_stages"] == 1
+
+
 def test_encoder_utilisation_of_the_matmul_peak():
   from dff_jax import benchmarking
   from dff_jax.benchmarking import encoder

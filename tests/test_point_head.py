@@ -38,6 +38,102 @@ def test_planted_ramp_field_gives_the_point_direction():
   assert not np.any(np.asarray(inside)) and np.all(np.asarray(values) == 0)
 
 
+def _shifted_ramps(shifts, size=16):
+  """``[B]`` planted ramp fields (see :func:`_ramp_field`) whose level 0 holds ``x + shift``: the
+  descriptor of face ``b`` at an interior point ``(x, y)`` is ``(x + s_b, y) / |(x + s_b, y)|``."""
+  field = _ramp_field(size)
+  shifts = jnp.asarray(shifts, jnp.float32)
+  level0 = field.levels[0][None] + shifts[:, None, None, None]
+  level1 = jnp.broadcast_to(field.levels[1], (len(shifts),) + field.levels[1].shape)
+  return (level0, level1), field.head
+
+
+def _planted_directions(points, shifts):
+  points = np.asarray(points, np.float64)
+  shifted = points + np.stack([np.asarray(shifts, np.float64), np.zeros(len(shifts))], -1)[:, None]
+  return shifted / np.linalg.norm(shifted, axis=-1, keepdims=True)
+
+
+def _dot_batch_dims(fn, *args):
+  """The batch dimensions of every dot_general in ``fn``'s jaxpr (sub-jaxprs included)."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        found.append(len(eqn.params["dimension_numbers"][1][0]))
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else (param,):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            walk(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            walk(sub)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_a_shared_head_is_read_once_for_all_faces():
+  """Three faces of planted ramps under one broadcast head (as an encoder makes them): the
+  batched read gives each face its planted direction, and the head's products have no batch
+  dimension (one product over all faces' points); without the flag the same values come from
+  one product per face."""
+  shifts = [0.0, 5.0, -2.0]
+  levels, head = _shifted_ramps(shifts)
+  points = jnp.asarray(np.broadcast_to([[3.3, 7.9], [10.0, 2.6], [8.25, 8.75]], (3, 3, 2)),
+                       jnp.float32)
+  expected = _planted_directions(points, shifts)
+  for shared in (True, False):
+    field = fields_lib.PointField(levels=levels, head=fields_lib.broadcast_head(head, (3,)),
+                                  shared_head=shared)
+    values, inside = fields_lib.query_batch(field, points)
+    np.testing.assert_allclose(np.asarray(values), expected, atol=1e-6)
+    assert np.all(np.asarray(inside))
+    batch_dims = _dot_batch_dims(fields_lib.query_batch, field, points)
+    assert len(batch_dims) == 2 and set(batch_dims) == ({0} if shared else {1})
+
+
+def test_fields_with_their_own_heads_keep_them_and_concatenation_clears_sharing():
+  """Face 1's head swaps the descriptor's two values: unshared, each face is read with its own
+  head; two shared fields joined by concatenate are no longer marked shared, so they are too."""
+  levels, head = _shifted_ramps([0.0, 0.0])
+  swapped = dict(head, out_kernel=jnp.asarray([[0.0, 1.0], [1.0, 0.0]]))
+  points = jnp.asarray([[[3.3, 7.9]], [[3.3, 7.9]]], jnp.float32)
+  direction = _planted_directions(points[:1], [0.0])[0, 0]
+  parts = [fields_lib.PointField(levels=tuple(level[k:k + 1] for level in levels),
+                                 head=fields_lib.broadcast_head(h, (1,)), shared_head=True)
+           for k, h in enumerate((head, swapped))]
+  joined = fields_lib.concatenate(parts)
+  assert not joined.shared_head
+  values, _ = fields_lib.query_batch(joined, points)
+  np.testing.assert_allclose(np.asarray(values)[:, 0], [direction, direction[::-1]], atol=1e-6)
+  assert fields_lib.concatenate(parts[:1]).shared_head
+
+
+def test_vmap_faces_nests_over_sets_of_views_and_passes_gradients_to_the_head():
+  """A [2, 3] (sets, views) field with a shared head read by two nested vmap_faces gives every
+  view its planted direction; the gradient of a read with respect to the head parameters the
+  field was broadcast from matches finite differences."""
+  shifts = [0.0, 5.0, -2.0, 1.0, 3.0, 7.0]
+  levels, head = _shifted_ramps(shifts)
+  levels = tuple(level.reshape((2, 3) + level.shape[1:]) for level in levels)
+  points = jnp.asarray(np.broadcast_to([[3.3, 7.9], [10.0, 2.6]], (2, 3, 2, 2)), jnp.float32)
+
+  @jax.jit
+  def read(head_params):
+    field = fields_lib.PointField(levels=levels,
+                                  head=fields_lib.broadcast_head(head_params, (2, 3)),
+                                  shared_head=True)
+    views = fields_lib.vmap_faces(lambda f, p: fields_lib.vmap_faces(fields_lib.query)(f, p)[0])
+    return views(field, points)
+
+  expected = _planted_directions(points.reshape(6, 2, 2), shifts).reshape(2, 3, 2, 2)
+  np.testing.assert_allclose(np.asarray(read(head)), expected, atol=1e-6)
+  small = {k: v * 0.01 for k, v in head.items()}  # GELU's curved part, not its linear tail
+  weights = jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 2, 2)
+  check_grads(lambda h: jnp.sum(read(h) * weights), (small,), order=1, modes=("rev",),
+              atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
 def _point_encoder_and_field(seed=0, batch=2, size=32):
   module = encoder_lib.encoder_from_config(dict(features=(8, 16, 16), descriptor_dim=8,
                                                 head="point", head_hidden=16))
@@ -63,6 +159,7 @@ def test_point_query_equals_dense_map_at_pixel_centres():
 
 def test_point_encoder_jit_matches_eager_and_loads_a_unet_pyramid():
   module, variables, images = _point_encoder_and_field()
+  assert module.apply(variables, images).shared_head
   eager = module.apply(variables, images, method="dense")
   jitted = jax.jit(lambda v, x: module.apply(v, x, method="dense"))(variables, images)
   np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5)

@@ -463,6 +463,34 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
                                           "host_costs"]
 
 
+def test_per_face_head_call_gives_the_aligners_results(env, tmp_path):
+  """The stream benchmark's per-face-head variant (point fields with ``shared_head`` cleared)
+  aligns a batch as the aligner's own call does, on a tiny random point-head encoder; a SIFT
+  cascade, which has no head, has no such variant."""
+  import jax
+  from conftest import write_random_bundle
+  from dff_jax.alignment import cascade, io as cascade_io, runner
+  from dff_jax.benchmarking import align as benchmark_align, stream as benchmark_stream
+  from dff_jax.face_model import load_face_model
+  bundle = write_random_bundle(tmp_path / "bundle", CROP, head="point")
+  pose = benchmark_align.centred_initial_pose(load_face_model("default"), CROP)
+  params = benchmark_align.random_cascade_params(jax.random.key(5), 2, 4, pose)
+  path = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params,
+                                 cascade.CascadeConfig(num_stages=2, crop_size=CROP),
+                                 dict(features="dff", descriptor_dim=4, face_model="default",
+                                      descriptor_source=str(bundle)))
+  aligner = runner.load_aligner(runner.resolve_aligner(path), cache=False)
+  rng = np.random.default_rng(1)
+  work = rng.integers(0, 256, (3, aligner.work_size, aligner.work_size, aligner.channels),
+                      dtype=np.uint8)
+  own_heads = benchmark_stream.per_face_head(aligner)
+  expected, got = aligner.align_working(work), own_heads(work, None)
+  np.testing.assert_allclose(got["landmarks_px"], expected["landmarks_px"], atol=1e-3)
+  assert np.ptp(expected["landmarks_px"][:, :, 0], axis=0).max() > 1e-3  # the faces differ
+  sift = runner.load_aligner(runner.resolve_aligner(env["cascade"]), cache=False)
+  assert benchmark_stream.per_face_head(sift) is None
+
+
 @pytest.mark.parametrize("spread,expected_passes", [(0.8, 1), (0.83, 1), (0.88, 3), (0.5, 3)])
 def test_refinement_stops_when_the_crop_has_converged(spread, expected_passes):
   """Planted truth: a stand-in cascade whose points span ``spread`` of the working side around

@@ -881,11 +881,12 @@ def align_crops(alignment_model: AlignmentModel, params: CascadeParams, descript
                 mirrored_maps: Optional[Array] = None) -> AlignmentState:
   """The cascade over a batch of descriptor fields (leaves ``[B, ...]``: dense maps
   ``[B, crop, crop, D]`` or point fields), with the mirrored crops' fields if given; returns the
-  final crop-frame states with a leading ``[B]`` axis (vmap of :func:`run_cascade`)."""
+  final crop-frame states with a leading ``[B]`` axis (vmap of :func:`run_cascade`; a point
+  field's shared head is read once for all faces, :func:`dff_jax.descriptor_fields.vmap_faces`)."""
   def one(descriptor_map, mirrored_map):
     return run_cascade(alignment_model, params, descriptor_map, config, remat=remat,
                        mirrored_map=mirrored_map)[0]
-  return jax.vmap(one)(descriptor_maps, mirrored_maps)
+  return descriptor_fields.vmap_faces(one)(descriptor_maps, mirrored_maps)
 
 
 # Crops per step of describe_and_align on a CPU (default_chunk).

@@ -211,8 +211,8 @@ def apply_joint_stage(alignment_model: AlignmentModel, stage: Tuple[Array, ...],
   Returns:
     ``(next_states [V], regressed_landmarks_px [V, 68, 2])``.
   """
-  features = jax.vmap(cascade.stage_features)(descriptor_maps, states.landmarks_px,
-                                              states.visibility)
+  features = descriptor_fields.vmap_faces(cascade.stage_features)(
+      descriptor_maps, states.landmarks_px, states.visibility)
   landmarks, pose = jax.vmap(lambda s, f: cascade.regress(stage, s, f))(states, features)
   weights = states.visibility * view_mask[:, None]
   return joint_refit(alignment_model, landmarks, pose, weights, config, share_expression,
@@ -276,7 +276,7 @@ def align_multiview_crops(alignment_model: AlignmentModel, params: CascadeParams
   def one(maps, mask):
     return run_multiview_cascade(alignment_model, params, maps, config, share_expression, mask,
                                  remat=remat, prior_per_view=prior_per_view)[0]
-  return jax.vmap(one)(descriptor_maps, jnp.asarray(view_mask, jnp.float32))
+  return descriptor_fields.vmap_faces(one)(descriptor_maps, jnp.asarray(view_mask, jnp.float32))
 
 
 def align_multiview_images(describe: Callable[[Array], Array], alignment_model: AlignmentModel,

@@ -109,6 +109,7 @@ def collect(aligner: Any, faces: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarr
     [N, 68, 2] float64)``, the points in each face's crop pixels.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
   from dff_jax import geometry  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
@@ -119,7 +120,7 @@ def collect(aligner: Any, faces: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarr
   def run(describer_params, alignment_model, params, work_images):
     crops = cascade.working_images_to_crops(work_images, config.crop_size)
     fields = describer.apply(describer_params, crops)
-    states, _, features, _ = jax.vmap(
+    states, _, features, _ = descriptor_fields.vmap_faces(
         lambda field: cascade.run_stages(alignment_model, params, field, config))(fields)
     return features, cascade.output_points(alignment_model, states)
 

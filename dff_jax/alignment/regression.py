@@ -159,7 +159,8 @@ def _stage_inputs(alignment_model, params, config, descriptor_maps, true_landmar
     landmark_residual = landmarks - state.landmarks_px
     targets = jnp.concatenate([landmark_residual.reshape(-1), pose - state.pose])
     return features, targets, jnp.sqrt(jnp.sum(landmark_residual**2, -1)).mean()
-  features, targets, errors = jax.vmap(one)(descriptor_maps, true_landmarks, true_pose)
+  features, targets, errors = descriptor_fields.vmap_faces(one)(
+      descriptor_maps, true_landmarks, true_pose)
   held = held_out.astype(features.dtype)
   return (batch_sums(features, targets, weight * (1.0 - held)),
           batch_sums(features, targets, weight * held), errors)

@@ -6,7 +6,8 @@ The parts are the steps of :func:`dff_jax.alignment.cascade.apply_stage` for ``B
 
 * ``features``: :func:`~dff_jax.alignment.cascade.stage_features`, the descriptor field read at
   the 68 landmarks (``field = "dense"``: bilinear gathers from ``[crop, crop, D]`` maps;
-  ``"point"``: four pyramid levels gathered and the point head evaluated);
+  ``"point"``: four pyramid levels gathered and the point head evaluated, the head shared by the
+  batch as an encoder's fields share it, :func:`dff_jax.descriptor_fields.vmap_faces`);
 * ``regress``: the stage's linear regressors (``[68 D + 1] x [68 D + 1, 142]`` per face);
 * ``contour``: the pose's jaw vertex choice; ``rows``: gathering their mean and basis rows;
 * ``normal_equations``: the shape fit's Jacobian and ``J^T W J``, ``J^T W t``;
@@ -14,15 +15,19 @@ The parts are the steps of :func:`dff_jax.alignment.cascade.apply_stage` for ``B
 * ``project``: re-projection and visibility of the 68 landmarks.
 
 One record per part (``what = "loop_profile"``, ``part``, ``ms_per_batch``, ``share`` of the sum
-of parts, ``gflop_per_batch``, ``gflops``), then ``part = "loop"``: the whole jitted ``K``-stage
-loop (:func:`~dff_jax.alignment.cascade.align_crops`), faces/s. On a shared machine compare parts
-within one run.
+of parts, ``gflop_per_batch``, ``gflops``); with point fields then ``part =
+"features_per_face_head"``, the same read with a plain ``vmap`` (every face's head applied as a
+product of its own), timed in turns with ``features`` (``features_ms_per_batch``,
+``ratio_to_features``: its time over that one's); then ``part = "loop"``: the whole jitted
+``K``-stage loop (:func:`~dff_jax.alignment.cascade.align_crops`), faces/s. On a shared machine
+compare parts within one run.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +61,30 @@ def random_fields(key: jax.Array, field: str, batch_size: int, crop_size: int,
           "out_kernel": jax.random.normal(keys[-1], (head_hidden, descriptor_dim)) / head_hidden**0.5,
           "out_bias": jnp.zeros((descriptor_dim,))}
   return descriptor_fields.PointField(levels=levels,
-                                      head=descriptor_fields.broadcast_head(head, (batch_size,)))
+                                      head=descriptor_fields.broadcast_head(head, (batch_size,)),
+                                      shared_head=True)
+
+
+def _per_face_head_record(features: Callable, fields: Any, states: Any,
+                          repeats: int) -> Dict[str, Any]:
+  """Part ``features`` (the shared head read once) and the same read with every face's head
+  applied separately (a plain ``vmap`` over the broadcast head, as before
+  :func:`dff_jax.descriptor_fields.vmap_faces`), timed in turns (``repeats`` each, medians)."""
+  args = (fields, states.landmarks_px, states.visibility)
+  calls = {"shared": jax.jit(features).lower(*args).compile(),
+           "per_face": jax.jit(jax.vmap(cascade.stage_features)).lower(*args).compile()}
+  times = {name: [] for name in calls}
+  for call in calls.values():
+    jax.block_until_ready(call(*args))
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call(*args))
+      times[name].append(time.perf_counter() - start)
+  shared, per_face = (statistics.median(times[name]) for name in ("shared", "per_face"))
+  return {"what": "loop_profile", "part": "features_per_face_head", "field": "point",
+          "ms_per_batch": round(1e3 * per_face, 3), "features_ms_per_batch": round(1e3 * shared, 3),
+          "ratio_to_features": round(per_face / shared, 3)}
 
 
 def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int = 128,
@@ -89,7 +117,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   vmap = jax.vmap
 
   parts = []
-  features = vmap(cascade.stage_features)
+  features = descriptor_fields.vmap_faces(cascade.stage_features)
   parts.append(("features", features, (fields, states.landmarks_px, states.visibility)))
   feats = jax.jit(features)(fields, states.landmarks_px, states.visibility)
   regress = vmap(lambda f, s: cascade.regress(stage, s, f))
@@ -125,6 +153,9 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   total = sum(r["ms_per_batch"] for r in records)
   for record in records:
     yield {**record, "share": round(record["ms_per_batch"] / total, 3),
+           "loadavg": benchmarking.loadavg()}
+  if field == "point":
+    yield {**_per_face_head_record(features, fields, states, repeats), "batch_size": batch_size,
            "loadavg": benchmarking.loadavg()}
 
   loop = jax.jit(lambda am_, p, f: cascade.align_crops(am_, p, f, config))

@@ -28,6 +28,10 @@ installed), one record per measurement, ``what = "align_stream"``:
   the call (:func:`describe_all_first`: sampled crops, every crop described before the cascade
   starts), timed in turns with ``jitted_call`` (median of ``passes``); ``ratio_to_jitted_call``
   is its faces/s over the current call's.
+* ``mode = "jitted_call_per_face_head"`` (point-field descriptors only): the same call with the
+  fields' ``shared_head`` cleared (:func:`per_face_head`), so the cascade applies every face's
+  head as a product of its own, as before :func:`dff_jax.descriptor_fields.vmap_faces`; timed
+  in the same turns, with ``ratio_to_jitted_call``.
 * ``mode = "host_costs"`` (photos only, :func:`host_costs`): the host's per-image work in one
   thread, decoding, working crop and JSON, each the way ``align`` does it now (grey decode,
   one-line JSON) and the way it did before (RGB, indented JSON).
@@ -353,6 +357,39 @@ def describe_all_first(aligner) -> Callable[[np.ndarray, np.ndarray], Any]:
   return call
 
 
+def per_face_head(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any]]:
+  """The aligner's call with every face's point head applied separately (``mode =
+  "jitted_call_per_face_head"``): the described fields' ``shared_head`` is cleared, so the
+  cascade's reads fall back to a plain ``vmap`` over the broadcast head. Same values as the
+  aligner's call; ``None`` when the descriptor gives dense maps (no head).
+
+  Returns:
+    ``(work_images [B, S, S, C] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
+  describer, config, mirror = aligner.describer, aligner.config, aligner.spec.mirror
+  probe = jax.eval_shape(lambda p: describer.apply(
+      p, jnp.zeros((1, config.crop_size, config.crop_size, aligner.channels), jnp.float32)),
+      describer.params)
+  if not isinstance(probe, descriptor_fields.PointField):
+    return None
+
+  @jax.jit
+  def run(describer_params, alignment_model, params, images):
+    def describe(crops):
+      return describer.apply(describer_params, crops).replace(shared_head=False)
+    return cascade.align_working_images(describe, alignment_model, params, images, config,
+                                        mirror=mirror)
+
+  def call(images, _):
+    return aligner.fetch(run(describer.params, aligner.alignment_model, aligner.params,
+                             jnp.asarray(images)))
+  return call
+
+
 def host_costs(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                batch_size: int, count: int = 200) -> Dict[str, Any]:
   """The host's share of ``align`` per image, one thread, in milliseconds (``mode =
@@ -412,11 +449,12 @@ def host_costs(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
 
 
 def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
-                 batch_size: int, passes: int = 3) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                 batch_size: int, passes: int = 3) -> List[Dict[str, Any]]:
   """The compiled cascade alone on batches of images decoded and cropped beforehand, and the
-  previous layout (:func:`describe_all_first`) on the same batches, the two timed in turns
-  (``passes`` times each over all batches; the median pass counts), so that both see the same
-  machine. Returns the two records' fields."""
+  variants it is compared with (:func:`describe_all_first`, :func:`per_face_head` for point
+  fields) on the same batches, all timed in turns (``passes`` times each over all batches; the
+  median pass counts), so that all see the same machine. Returns the records' fields, the
+  aligner's call first."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -439,9 +477,11 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
       batch_boxes = np.concatenate([batch_boxes, np.repeat(batch_boxes[-1:], extra, 0)])
     batches.append((images, batch_boxes))
   del crops, work_boxes
-  previous = describe_all_first(aligner)
   calls = {"jitted_call": lambda images, _: aligner.align_working(images),
-           "jitted_call_describe_all_first": previous}
+           "jitted_call_describe_all_first": describe_all_first(aligner)}
+  own_heads = per_face_head(aligner)
+  if own_heads is not None:
+    calls["jitted_call_per_face_head"] = own_heads
   timings: Dict[str, List[Tuple[float, float, List[float]]]] = {name: [] for name in calls}
   for name, call in calls.items():
     call(*batches[0])  # warm-up (compiles)
@@ -463,8 +503,10 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                 "cpu_s": round(cpu_s, 3), "items_per_cpu_second": round(len(paths) / cpu_s, 2),
                 "step_s": round(statistics.median(steps), 4), "prepare_s": round(prepare_s, 3),
                 "passes": max(1, int(passes))})
-  out[1]["ratio_to_jitted_call"] = round(out[1]["items_per_second"] / out[0]["items_per_second"], 3)
-  return out[0], out[1]
+  for record in out[1:]:
+    record["ratio_to_jitted_call"] = round(record["items_per_second"]
+                                           / out[0]["items_per_second"], 3)
+  return out
 
 
 def _dlib_worker(paths: Sequence[str], boxes: Sequence[List[float]], predictor_path: str,
@@ -623,8 +665,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               "compile_s": round(compile_s, 2)}
 
     # 1. The jitted call alone on the same batches, images decoded and cropped beforehand.
-    jitted, previous = _jitted_call(aligner, paths, boxes, batch_size)
-    for record in (jitted, previous):
+    jitted, *compared = _jitted_call(aligner, paths, boxes, batch_size)
+    for record in (jitted, *compared):
       yield {**common, **record, "maxrss_mb": round(benchmarking.maxrss_mb(), 1),
              "loadavg": benchmarking.loadavg()}
     jitted_rate = len(paths) / jitted["wall_s"]

@@ -158,7 +158,9 @@ def vmap_faces(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _has_shared_head(field: Any) -> bool:
-  return isinstance(field, PointField) and field.shared_head
+  """A point field whose faces share one head, with at least one face to take it from."""
+  return (isinstance(field, PointField) and field.shared_head
+          and all(leaf.shape[0] > 0 for leaf in jax.tree_util.tree_leaves(field.head)))
 
 
 def query_batch(fields: Field, points_px: Array) -> Tuple[Array, Array]:

@@ -90,6 +90,10 @@ def test_a_shared_head_is_read_once_for_all_faces():
     assert np.all(np.asarray(inside))
     batch_dims = _dot_batch_dims(fields_lib.query_batch, field, points)
     assert len(batch_dims) == 2 and set(batch_dims) == ({0} if shared else {1})
+    # No faces: nothing to take the head from, and nothing read.
+    empty = fields_lib.map_faces(lambda x: x[:0], field)
+    values, inside = fields_lib.query_batch(empty, points[:0])
+    assert values.shape == (0, 3, 2) and inside.shape == (0, 3)
 
 
 def test_fields_with_their_own_heads_keep_them_and_concatenation_clears_sharing():

@@ -142,20 +142,20 @@ def _point_encoder_and_field(seed=0, batch=2, size=32):
   module = encoder_lib.encoder_from_config(dict(features=(8, 16, 16), descriptor_dim=8,
                                                 head="point", head_hidden=16))
   images = jax.random.normal(jax.random.PRNGKey(seed), (batch, size, size, 1))
-  variables = module.init(jax.random.PRNGKey(seed + 1), images)
+  variables = jax.jit(module.init)(jax.random.PRNGKey(seed + 1), images)
   return module, variables, images
 
 
 def test_point_query_equals_dense_map_at_pixel_centres():
   module, variables, images = _point_encoder_and_field()
-  field = module.apply(variables, images)
-  dense = module.apply(variables, images, method="dense")
+  field = jax.jit(module.apply)(variables, images)
+  dense = jax.jit(lambda v, x: module.apply(v, x, method="dense"))(variables, images)
   assert dense.shape == (2, 32, 32, 8)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(dense), axis=-1), 1.0, atol=1e-5)
   rng = np.random.default_rng(0)
   rows, cols = rng.integers(0, 32, size=(2, 50)), rng.integers(0, 32, size=(2, 50))
   centres = jnp.asarray(np.stack([cols + 0.5, rows + 0.5], -1), jnp.float32)
-  queried, inside = fields_lib.query_batch(field, centres)
+  queried, inside = jax.jit(fields_lib.query_batch)(field, centres)
   expected = np.asarray(dense)[np.arange(2)[:, None], rows, cols]
   np.testing.assert_allclose(np.asarray(queried), expected, atol=1e-5)
   assert np.all(np.asarray(inside))
@@ -168,7 +168,7 @@ def test_point_encoder_jit_matches_eager_and_loads_a_unet_pyramid():
   jitted = jax.jit(lambda v, x: module.apply(v, x, method="dense"))(variables, images)
   np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5)
   unet = encoder_lib.encoder_from_config(dict(features=(8, 16, 16), descriptor_dim=8))
-  unet_params = unet.init(jax.random.PRNGKey(5), images)["params"]
+  unet_params = jax.eval_shape(unet.init, jax.random.PRNGKey(5), images)["params"]
   shared = sorted(k for k in unet_params if k.startswith("encoder_"))
   assert shared == sorted(k for k in variables["params"] if k.startswith("encoder_"))
   for name in shared:
@@ -178,9 +178,10 @@ def test_point_encoder_jit_matches_eager_and_loads_a_unet_pyramid():
 
 def test_gradients_through_the_point_head():
   module, variables, images = _point_encoder_and_field(batch=1, size=16)
-  field = jax.tree.map(lambda x: x[0], module.apply(variables, images))
+  field = jax.tree.map(lambda x: x[0], jax.jit(module.apply)(variables, images))
   points = jnp.asarray([[3.3, 7.9], [10.2, 2.6], [8.4, 11.7]], jnp.float32)
 
+  @jax.jit
   def read(levels, head, pts):
     values, _ = fields_lib.query(fields_lib.PointField(levels=levels, head=head), pts)
     return jnp.sum(values * jnp.arange(values.shape[-1], dtype=jnp.float32))
@@ -191,18 +192,18 @@ def test_gradients_through_the_point_head():
 
 def test_patch_loss_on_a_point_field_equals_it_on_its_dense_map():
   module, variables, images = _point_encoder_and_field(batch=2, size=16)
-  field = module.apply(variables, images)
-  dense = module.apply(variables, images, method="dense")
+  field = jax.jit(module.apply)(variables, images)
+  dense = jax.jit(lambda v, x: module.apply(v, x, method="dense"))(variables, images)
   rng = np.random.default_rng(1)
   vertex_ids = jnp.asarray(rng.integers(-1, 30, size=(2, 16, 16)), jnp.int32)
   table = jnp.asarray(rng.integers(0, 5, size=(3, 30)), jnp.int32)
   classifiers = losses.init_patch_classifiers(jax.random.PRNGKey(2), 3, 8, 5)
   kwargs = dict(segmentation_ids=jnp.asarray([0, 2], jnp.int32), logit_scale=10.0,
                 num_pixels_per_image=64, key=jax.random.PRNGKey(3))
-  loss_field, metrics_field = losses.patch_classification_loss(field, vertex_ids, table,
-                                                               classifiers, **kwargs)
-  loss_dense, metrics_dense = losses.patch_classification_loss(dense, vertex_ids, table,
-                                                               classifiers, **kwargs)
+  loss = jax.jit(lambda descriptors: losses.patch_classification_loss(
+      descriptors, vertex_ids, table, classifiers, **kwargs))
+  loss_field, metrics_field = loss(field)
+  loss_dense, metrics_dense = loss(dense)
   np.testing.assert_allclose(float(loss_field), float(loss_dense), rtol=1e-5)
   assert float(metrics_field["num_classified"]) == float(metrics_dense["num_classified"])
 

@@ -426,13 +426,13 @@ def test_joint_fit_of_copies_equals_a_single_view_fit_with_the_prior_scaled():
   def single(regularisation):
     single_config = cascade.CascadeConfig(num_stages=1, crop_size=CROP,
                                           shape_regularisation=regularisation)
-    state = cascade.refit(am, landmarks, pose, visibility, single_config)
+    state = jax.jit(lambda *a: cascade.refit(am, *a, single_config))(landmarks, pose, visibility)
     return np.asarray(state.shape_coefficients), np.asarray(state.expression_coefficients)
 
   def joint(num_views, weights, **options):
-    state = multiview.joint_refit(am, jnp.stack([landmarks] * num_views),
-                                  jnp.stack([pose] * num_views), weights, config,
-                                  share_expression=True, **options)
+    state = jax.jit(lambda *a: multiview.joint_refit(am, *a, config, share_expression=True,
+                                                     **options))(
+        jnp.stack([landmarks] * num_views), jnp.stack([pose] * num_views), weights)
     return np.asarray(state.shape_coefficients[0]), np.asarray(state.expression_coefficients[0])
 
   copies = jnp.stack([visibility] * views)
@@ -447,9 +447,9 @@ def test_joint_fit_of_copies_equals_a_single_view_fit_with_the_prior_scaled():
   ids = face_model_lib.landmark_vertex_ids_for_pose(am.face_model, rotation)
   mean, basis = cascade.landmark_rows(am, ids)
   stack = lambda x: jnp.stack([x] * views)  # noqa: E731
-  identity_direct, _ = multiview.fit_joint_shape_rows(
-      am, stack(mean), stack(basis), stack(landmarks), stack(pose), stack(rotation), copies,
-      10.0, share_expression=True)
+  identity_direct, _ = jax.jit(lambda *a: multiview.fit_joint_shape_rows(
+      am, *a, 10.0, share_expression=True))(
+          stack(mean), stack(basis), stack(landmarks), stack(pose), stack(rotation), copies)
   np.testing.assert_allclose(identity_direct, single(10.0 / views)[0], rtol=2e-3, atol=2e-3)
   padded = jnp.concatenate([copies, jnp.zeros((1, 68), jnp.float32)])
   np.testing.assert_allclose(joint(views + 1, padded, prior_per_view=True)[0],

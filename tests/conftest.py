@@ -85,9 +85,8 @@ def folder_bytes(folder) -> int:
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
   """Removes this run's own compilation cache, or empties the kept one when it has grown over
   TEST_XLA_CACHE_MAX_BYTES (in the process that chose it, after xdist's workers ended)."""
-  if _XLA_CACHE_KIND == "fresh":
-    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
-  elif _XLA_CACHE_KIND == "kept" and folder_bytes(_XLA_CACHE) > TEST_XLA_CACHE_MAX_BYTES:
+  if _XLA_CACHE_KIND == "fresh" or (_XLA_CACHE_KIND == "kept"
+                                    and folder_bytes(_XLA_CACHE) > TEST_XLA_CACHE_MAX_BYTES):
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 

@@ -67,11 +67,12 @@ def random_fields(key: jax.Array, field: str, batch_size: int, crop_size: int,
 
 def _per_face_head_record(features: Callable, fields: Any, states: Any,
                           repeats: int) -> Dict[str, Any]:
-  """Part ``features`` (the shared head read once) and the same read with every face's head
-  applied separately (a plain ``vmap`` over the broadcast head, as before
-  :func:`dff_jax.descriptor_fields.vmap_faces`), timed in turns (``repeats`` each, medians)."""
+  """Part ``features`` (``features``: its compiled read, the shared head read once) and the same
+  read with every face's head applied separately (a plain ``vmap`` over the broadcast head, as
+  before :func:`dff_jax.descriptor_fields.vmap_faces`), timed in turns (``repeats`` each,
+  medians)."""
   args = (fields, states.landmarks_px, states.visibility)
-  calls = {"shared": jax.jit(features).lower(*args).compile(),
+  calls = {"shared": features,
            "per_face": jax.jit(jax.vmap(cascade.stage_features)).lower(*args).compile()}
   times = {name: [] for name in calls}
   for call in calls.values():
@@ -141,9 +142,9 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
       am, p, r, i, m, b, c, config.visibility_threshold))
   parts.append(("project", project, (pose, rotation, ids, mean, basis, coefficients)))
 
-  records = []
+  records, compiled_parts = [], {}
   for name, function, args in parts:
-    compiled = jax.jit(function).lower(*args).compile()
+    compiled = compiled_parts[name] = jax.jit(function).lower(*args).compile()
     seconds, _ = benchmarking.time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
     flops = benchmarking.flops(compiled)
     records.append({"what": "loop_profile", "part": name, "field": field,
@@ -155,8 +156,8 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     yield {**record, "share": round(record["ms_per_batch"] / total, 3),
            "loadavg": benchmarking.loadavg()}
   if field == "point":
-    yield {**_per_face_head_record(features, fields, states, repeats), "batch_size": batch_size,
-           "loadavg": benchmarking.loadavg()}
+    yield {**_per_face_head_record(compiled_parts["features"], fields, states, repeats),
+           "batch_size": batch_size, "loadavg": benchmarking.loadavg()}
 
   loop = jax.jit(lambda am_, p, f: cascade.align_crops(am_, p, f, config))
   start = time.perf_counter()

@@ -32,10 +32,10 @@ preset needs 3.6 GFLOP per 128 x 128 image forward and 10.7 GFLOP forward + back
 ``"paper"`` preset 54 and 162 GFLOP per 224 x 224 image. On CPU, per-image throughput is best at
 small batches (4-8): the activations of larger batches no longer fit in cache.
 
-Length: about 590 lines: both encoder architectures (the U-Net and the point-head variant,
-which shares its contracting half, parameter names included) with their shared blocks (the 3x3
-convolution, GroupNorm), preprocessing and config parsing; splitting them would separate the
-trunk from its two heads.
+Length: about 540 lines: both encoder architectures (the U-Net and the point-head variant,
+which shares its contracting half, parameter names included) with their shared blocks (GroupNorm,
+the conv block; the 3x3 convolution itself is :mod:`dff_jax.convolution`), preprocessing and
+config parsing; splitting them would separate the trunk from its two heads.
 
 Presets (see :data:`PRESETS`): ``"tiny"`` for tests, ``"cpu"`` (features (32, 64, 96, 128) at
 128 x 128) and ``"paper"`` (features (64, 128, 256, 512) at 224 x 224 grey; our choice of width,
@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dff_jax import convolution
 from dff_jax import descriptor_fields
 from dff_jax import image_io
 
@@ -181,72 +182,6 @@ class GroupNorm(nn.Module):
     return out.astype(self.dtype)
 
 
-# Inputs with at most this many channels are convolved as 9 * C broadcast multiply-adds (one
-# fused elementwise loop): timed alone at batch 8 and 96 x 96 (ad hoc, while profiling; the
-# committed figures are the whole encoder's, WORKSPACE.md section 15), XLA:CPU's convolution ran
-# the grey first layer far below the next layer's FLOP rate, and the multiply-adds beat it for 1
-# and 3 input channels but not from 8.
-SHIFTED_CONV_MAX_CHANNELS = 3
-
-
-def shifted_conv3x3(x: Array, kernel: Array) -> Array:
-  """3x3, stride-1, zero-padded ("SAME") cross-correlation as ``9 * C`` multiply-adds.
-
-  Args:
-    x: ``[B, H, W, C]`` images or features.
-    kernel: ``[3, 3, C, F]`` (HWIO, as ``flax.linen.Conv``).
-
-  Returns:
-    ``[B, H, W, F]``: ``sum_{i,j,c} x_pad[:, y + i, x + j, c] * kernel[i, j, c]``, the same as
-    ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` in NHWC / HWIO, for any ``C``; worth
-    it only for small ``C`` (:data:`SHIFTED_CONV_MAX_CHANNELS`).
-  """
-  _, height, width, channels = x.shape
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = None
-  for i in range(3):
-    for j in range(3):
-      for c in range(channels):
-        term = padded[:, i:i + height, j:j + width, c:c + 1] * kernel[i, j, c]
-        out = term if out is None else out + term
-  return out
-
-
-class Conv3x3(nn.Module):
-  """A 3x3, stride-1, "SAME" convolution with ``flax.linen.Conv``'s parameters and values.
-
-  Parameters ``kernel [3, 3, C, F]`` (LeCun normal) and, with ``use_bias``, ``bias [F]``
-  (zeros): the names, shapes and initialisation of ``nn.Conv(F, (3, 3), padding="SAME")``, so
-  checkpoints and seeds carry over. Inputs of at most :data:`SHIFTED_CONV_MAX_CHANNELS`
-  channels (the grey or RGB image) go through :func:`shifted_conv3x3`, the rest through XLA's
-  convolution.
-
-  Attributes:
-    features: ``F``.
-    use_bias: whether to add ``bias``.
-    dtype: computation dtype (inputs and parameters are promoted to it).
-    param_dtype: parameter dtype.
-  """
-  features: int
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if x.shape[-1] <= SHIFTED_CONV_MAX_CHANNELS:
-      y = shifted_conv3x3(x, kernel)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y if bias is None else y + bias
-
-
 class ConvBlock(nn.Module):
   """``num_convs`` x [3x3 conv -> norm -> activation] at constant width.
 
@@ -260,14 +195,16 @@ class ConvBlock(nn.Module):
   dtype: Any
   param_dtype: Any = jnp.float32
   final_activation: bool = True
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     act = _ACTIVATIONS[self.activation]
     for index in range(self.num_convs):
       # Named as flax's auto-named nn.Conv was, so every checkpoint loads unchanged.
-      x = Conv3x3(self.features, use_bias=self.norm == "none", dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=f"Conv_{index}")(x)
+      x = convolution.Conv3x3(self.features, use_bias=self.norm == "none", dtype=self.dtype,
+                              param_dtype=self.param_dtype, algorithm=self.conv,
+                              name=f"Conv_{index}")(x)
       if self.norm == "group":
         x = GroupNorm(num_groups=_group_count(self.features, self.num_groups),
                       dtype=self.dtype, param_dtype=self.param_dtype)(x)
@@ -300,6 +237,9 @@ class DFFEncoder(nn.Module):
     remat: rematerialise every conv block in the backward pass (``nn.remat``): the activations
       inside a block are recomputed instead of stored, for memory-bound training and
       differentiation through the alignment (same parameters and outputs).
+    conv: how the 3x3 convolutions are computed, ``"auto"`` (default), ``"xla"`` or
+      ``"winograd"`` (:func:`dff_jax.convolution.conv3x3_algorithm`): the same function to
+      float32 rounding, a choice of computation, not of model.
   """
   features: Sequence[int] = (32, 64, 96, 128)
   descriptor_dim: int = 64
@@ -312,6 +252,7 @@ class DFFEncoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  conv: str = "auto"
 
   @property
   def stride(self) -> int:
@@ -324,7 +265,8 @@ class DFFEncoder(nn.Module):
     for name, value, allowed in (("norm", self.norm, _NORMS),
                                  ("activation", self.activation, tuple(_ACTIVATIONS)),
                                  ("upsample", self.upsample, _UPSAMPLES),
-                                 ("downsample", self.downsample, _DOWNSAMPLES)):
+                                 ("downsample", self.downsample, _DOWNSAMPLES),
+                                 ("conv", self.conv, convolution.CONV_ALGORITHMS)):
       if value not in allowed:
         raise ValueError(f"DFFEncoder.{name}={value!r} is not one of {allowed}.")
     counts = self.convs_per_level
@@ -345,7 +287,7 @@ class DFFEncoder(nn.Module):
              ) -> nn.Module:
     block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
     return block_class(width, self._convs(level), self.norm, self.num_groups, self.activation,
-                       self.dtype, self.param_dtype, final_activation, name=name)
+                       self.dtype, self.param_dtype, final_activation, self.conv, name=name)
 
   def _pyramid(self, images: Array) -> list:
     """The contracting half: ``len(features)`` maps ``[B, H / 2**l, W / 2**l, features[l]]``
@@ -553,6 +495,7 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   ``preset`` (a :data:`PRESETS` name, overridden by the other fields), ``features``,
   ``descriptor_dim``, ``convs_per_level``, ``norm``, ``num_groups``, ``activation``,
   ``upsample``, ``downsample``, ``dtype`` (a dtype or ``"float32"`` / ``"bfloat16"``), ``remat``,
+  ``conv``,
   ``head`` (``"dense"``: the U-Net :class:`DFFEncoder`; ``"point"``: :class:`PointDFFEncoder`)
   and, for the point head, ``head_hidden``.
   ``channels`` and ``image_size`` are accepted and ignored (the module adapts to its input; the
@@ -573,7 +516,7 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   if head not in _HEADS:
     raise ValueError(f"Unknown encoder head {head!r}; use one of {_HEADS}.")
   names = ["features", "descriptor_dim", "convs_per_level", "norm", "num_groups", "activation",
-           "upsample", "downsample", "dtype", "remat"]
+           "upsample", "downsample", "dtype", "remat", "conv"]
   if head == "point":
     names.append("head_hidden")
   else:

@@ -136,17 +136,18 @@ def tiny_bundle(tmp_path_factory):
   return bundle
 
 
-def write_random_bundle(bundle: Path, image_size: int, head: str = "dense") -> Path:
-  """A tiny random DFF inference bundle (U-Net (4, 8), D = 4, grey input; ``head="point"``: the
-  point-head encoder of the same widths) in ``bundle``: an encoder that runs in a blink, for
-  tests of the DFF path that need no trained weights."""
+def write_random_bundle(bundle: Path, image_size: int, head: str = "dense",
+                        features: tuple = (4, 8)) -> Path:
+  """A tiny random DFF inference bundle (U-Net of widths ``features``, D = 4, grey input;
+  ``head="point"``: the point-head encoder of the same widths) in ``bundle``: an encoder that
+  runs in a blink, for tests of the DFF path that need no trained weights."""
   import json  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
   from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
-  encoder = dict(features=(4, 8), descriptor_dim=4, convs_per_level=1, num_groups=2)
+  encoder = dict(features=tuple(features), descriptor_dim=4, convs_per_level=1, num_groups=2)
   if head == "point":
     encoder.update(head="point", head_hidden=8)
   module = encoder_lib.encoder_from_config(encoder)

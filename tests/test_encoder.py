@@ -248,33 +248,3 @@ def test_convs_per_level_per_level_counts():
   for bad in ((1, 2), (1, 0, 1)):
     with pytest.raises(ValueError, match="convs_per_level"):
       enc.encoder_from_config(dict(features=(4, 8, 8), convs_per_level=bad))
-
-
-@pytest.mark.parametrize("channels", [1, 3, 5])
-def test_conv3x3_planted_shifts_and_flax_parameters(channels):
-  """``Conv3x3`` (the shifted multiply-adds for at most 3 input channels, XLA's convolution
-  above): a kernel whose only non-zero tap is ``kernel[i, j, c, f] = w`` moves input channel ``c``
-  by ``(1 - i, 1 - j)`` pixels into output ``f``, scaled by ``w``, with zeros entering at the
-  border (planted); a random kernel gives ``nn.Conv``'s values; the parameters have
-  ``nn.Conv``'s names, shapes and initial values, so checkpoints and seeds carry over."""
-  rng = np.random.default_rng(channels)
-  x = jnp.asarray(rng.normal(size=(2, 7, 6, channels)), jnp.float32)
-  for (i, j, c, f, w) in [(0, 0, 0, 1, 2.0), (2, 1, channels - 1, 0, -0.5), (1, 2, 0, 2, 1.0)]:
-    kernel = np.zeros((3, 3, channels, 3), np.float32)
-    kernel[i, j, c, f] = w
-    out = np.asarray(enc.Conv3x3(3, use_bias=False).apply(
-        {"params": {"kernel": jnp.asarray(kernel)}}, x))
-    expected = np.zeros((2, 7, 6, 3), np.float32)
-    dy, dx = 1 - i, 1 - j  # output (y, x) reads input (y - dy, x - dx)
-    src = np.asarray(x)[:, max(0, -dy):7 - max(0, dy), max(0, -dx):6 - max(0, dx), c]
-    expected[:, max(0, dy):7 - max(0, -dy), max(0, dx):6 - max(0, -dx), f] = w * src
-    np.testing.assert_allclose(out, expected, atol=1e-6)
-  ours, reference = enc.Conv3x3(4), nn.Conv(4, (3, 3), padding="SAME")
-  params = ours.init(jax.random.key(7), x)
-  reference_params = reference.init(jax.random.key(7), x)
-  assert jax.tree.structure(params) == jax.tree.structure(reference_params)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
-    np.testing.assert_array_equal(a, b)
-  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
-  np.testing.assert_allclose(jax.jit(ours.apply)(params, x), reference.apply(params, x),
-                             rtol=1e-5, atol=1e-5)

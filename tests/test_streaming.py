@@ -463,16 +463,18 @@ def test_benchmark_stream_on_photos_with_dlib(env, tmp_path, monkeypatch):
                                           "host_costs"]
 
 
-def test_per_face_head_call_gives_the_aligners_results(env, tmp_path):
-  """The stream benchmark's per-face-head variant (point fields with ``shared_head`` cleared)
-  aligns a batch as the aligner's own call does, on a tiny random point-head encoder; a SIFT
-  cascade, which has no head, has no such variant."""
+def test_benchmark_variants_give_the_aligners_results(env, tmp_path):
+  """The stream benchmark's variants of the call align a batch as the aligner's own call does,
+  on a tiny random point-head encoder of widths (4, 32, 32) (its 32 -> 32 layer is Winograd's
+  under ``conv="auto"``): the per-face-head one (point fields with ``shared_head`` cleared) and
+  the one with XLA's convolutions throughout. A SIFT cascade, which has neither a head nor an
+  encoder, has neither variant."""
   import jax
   from conftest import write_random_bundle
   from dff_jax.alignment import cascade, io as cascade_io, runner
   from dff_jax.benchmarking import align as benchmark_align, stream as benchmark_stream
   from dff_jax.face_model import load_face_model
-  bundle = write_random_bundle(tmp_path / "bundle", CROP, head="point")
+  bundle = write_random_bundle(tmp_path / "bundle", CROP, head="point", features=(4, 32, 32))
   pose = benchmark_align.centred_initial_pose(load_face_model("default"), CROP)
   params = benchmark_align.random_cascade_params(jax.random.key(5), 2, 4, pose)
   path = cascade_io.save_cascade(tmp_path / "cascade_dff.npz", params,
@@ -483,12 +485,14 @@ def test_per_face_head_call_gives_the_aligners_results(env, tmp_path):
   rng = np.random.default_rng(1)
   work = rng.integers(0, 256, (3, aligner.work_size, aligner.work_size, aligner.channels),
                       dtype=np.uint8)
-  own_heads = benchmark_stream.per_face_head(aligner)
-  expected, got = aligner.align_working(work), own_heads(work, None)
-  np.testing.assert_allclose(got["landmarks_px"], expected["landmarks_px"], atol=1e-3)
+  expected = aligner.align_working(work)
   assert np.ptp(expected["landmarks_px"][:, :, 0], axis=0).max() > 1e-3  # the faces differ
+  for variant in (benchmark_stream.per_face_head, benchmark_stream.xla_convolutions):
+    got = variant(aligner)(work, None)
+    np.testing.assert_allclose(got["landmarks_px"], expected["landmarks_px"], atol=1e-3)
   sift = runner.load_aligner(runner.resolve_aligner(env["cascade"]), cache=False)
   assert benchmark_stream.per_face_head(sift) is None
+  assert benchmark_stream.xla_convolutions(sift) is None
 
 
 @pytest.mark.parametrize("spread,expected_passes", [(0.8, 1), (0.83, 1), (0.88, 3), (0.5, 3)])

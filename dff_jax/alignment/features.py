@@ -52,8 +52,13 @@ class Describer:
     return descriptor_fields.to_dense_batch(self(crops))
 
 
-def dff_describer(checkpoint: Optional[str | Path] = None) -> Describer:
+def dff_describer(checkpoint: Optional[str | Path] = None, conv: Optional[str] = None
+                  ) -> Describer:
   """The DFF encoder from an inference bundle or training workdir (default: the shipped one).
+
+  ``conv``: how its 3x3 convolutions are computed (``"auto"``, ``"xla"``, ``"winograd"``:
+  :func:`dff_jax.convolution.conv3x3_algorithm`; the same descriptors to float32 rounding);
+  ``None`` keeps the bundle's configuration (``"auto"`` unless it names one).
 
   Raises:
     FileNotFoundError / ValueError: with a readable message when the checkpoint is missing,
@@ -66,6 +71,9 @@ def dff_describer(checkpoint: Optional[str | Path] = None) -> Describer:
             else "pass --checkpoint=DIR with a training workdir or an exported bundle")
     raise FileNotFoundError(f"DFF checkpoint {path} does not exist: {hint}")
   module, params, meta = checkpoint_lib.load_inference_bundle(path)
+  if conv is not None:
+    module = module.clone(conv=conv)
+    module._check_fields()  # pylint: disable=protected-access  # A bad name, said here.
   channels = int(meta.get("channels", 1))
 
   def apply(params, crops):

@@ -66,6 +66,10 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     "dff_point": _DFF_POINT,
     # The fast pair's encoder (cascade_dff_fast.npz): the same network on 96-px crops.
     "dff_point_fast": dict(_DFF_POINT, image_size=96),
+    # The same two with every 3x3 convolution XLA's own (conv = "xla"; the others choose per
+    # layer, dff_jax.convolution.conv3x3_algorithm).
+    "dff_point_xla_conv": dict(_DFF_POINT, conv="xla"),
+    "dff_point_fast_xla_conv": dict(_DFF_POINT, image_size=96, conv="xla"),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),

@@ -5,8 +5,12 @@ gradient of a descriptor loss with respect to the parameters, i.e. the encoder p
 step) of :class:`dff_jax.encoder.DFFEncoder` for the cases of
 :data:`dff_jax.benchmarking.ENCODER_CASES` at each batch size. Fields: ``case``, ``mode``,
 ``image_size``, ``channels``, ``features``, ``params``, ``step_s`` (median),
-``items_per_second`` (images/s), ``gflop_per_item`` and ``achieved_gflops`` (from XLA's cost
-analysis of the compiled computation), ``utilisation`` (of the matmul peak: the best float32
+``items_per_second`` (images/s), ``conv`` (how the 3x3 convolutions are computed:
+:func:`dff_jax.convolution.conv3x3_algorithm`), ``gflop_per_item`` and ``achieved_gflops`` (the
+network's work as defined: XLA's cost analysis of the same call with every convolution direct,
+``conv = "xla"``, so that a cheaper algorithm shows as a higher rate, not as less work),
+``gflop_per_item_computed`` (XLA's count of what the timed call computes: fewer with Winograd's
+convolutions), ``utilisation`` (``achieved_gflops`` over the matmul peak: the best float32
 ``jnp.dot`` seen so far in the run, ``peak_gflops``), ``compile_s`` (lower + compile),
 ``cpu_s`` (median process CPU time per step, all threads: robust to other load on a shared
 machine) and ``items_per_cpu_second``, ``temp_mb`` / ``argument_mb`` (compiled memory
@@ -106,14 +110,16 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - start
-        count = benchmarking.flops(compiled)
+        count = _direct_flops(fn, module, args)
         record = {"what": "encoder", "case": case_name, "mode": mode, "batch_size": batch_size,
                   "image_size": size, "channels": channels, "features": list(module.features),
                   "convs_per_level": module.convs_per_level,
                   "descriptor_dim": module.descriptor_dim, "upsample": module.upsample,
                   "norm": module.norm, "dtype": jnp.dtype(module.dtype).name,
-                  "params": num_params, "compile_s": round(compile_s, 2),
+                  "conv": module.conv, "params": num_params, "compile_s": round(compile_s, 2),
                   "gflop_per_item": round(count / batch_size / 1e9, 3),
+                  "gflop_per_item_computed": round(benchmarking.flops(compiled) / batch_size
+                                                   / 1e9, 3),
                   **benchmarking.memory_mb(compiled)}
         single_s = count / (0.25 * peak_flops)  # Pessimistic estimate of one call.
         temp_gb = record.get("temp_mb", 0.0) / 1024.0
@@ -140,6 +146,14 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
         yield record
 
 
+def _direct_flops(fn, module: encoder_lib.DFFEncoder, args: Sequence[Any]) -> float:
+  """FLOPs of ``fn(*args, module=...)`` with ``module``'s convolutions all direct (``conv =
+  "xla"``), from XLA's cost analysis: the network's work as defined, whichever algorithm the
+  timed call uses."""
+  direct = functools.partial(fn, module=module.clone(conv="xla"))
+  return benchmarking.flops(jax.jit(direct).lower(*args).compile())
+
+
 def _case(case_name: str):
   """``(module, random params, image size, channels)`` of an encoder case of
   :data:`dff_jax.benchmarking.ENCODER_CASES`."""
@@ -156,8 +170,11 @@ def _forward(case_name: str, batch_size: int):
   module, params, size, channels = _case(case_name)
   images = jax.random.normal(jax.random.key(batch_size), (batch_size, size, size, channels),
                              jnp.float32)
-  compiled = jax.jit(module.apply).lower(params, images).compile()
-  return compiled, (params, images), benchmarking.flops(compiled)
+
+  def forward(p, x, module=module):
+    return module.apply(p, x)
+  compiled = jax.jit(forward).lower(params, images).compile()
+  return compiled, (params, images), _direct_flops(forward, module, (params, images))
 
 
 def _forward_worker(cores, case_name: str, batch_size: int, repeats: int, ready, results) -> None:

@@ -32,6 +32,10 @@ installed), one record per measurement, ``what = "align_stream"``:
   fields' ``shared_head`` cleared (:func:`per_face_head`), so the cascade applies every face's
   head as a product of its own, as before :func:`dff_jax.descriptor_fields.vmap_faces`; timed
   in the same turns, with ``ratio_to_jitted_call``.
+* ``mode = "jitted_call_xla_conv"`` (DFF descriptors only): the same call with every 3x3
+  convolution of the encoder XLA's own (:func:`xla_convolutions`; the aligner's call picks
+  Winograd's where it is cheaper, :func:`dff_jax.convolution.conv3x3_algorithm`); timed in the
+  same turns, with ``ratio_to_jitted_call``.
 * ``mode = "host_costs"`` (photos only, :func:`host_costs`): the host's per-image work in one
   thread, decoding, working crop and JSON, each the way ``align`` does it now (grey decode,
   one-line JSON) and the way it did before (RGB, indented JSON).
@@ -390,6 +394,33 @@ def per_face_head(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any]]:
   return call
 
 
+def xla_convolutions(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any]]:
+  """The aligner's call with its encoder's 3x3 convolutions all computed by XLA's convolution
+  (``mode = "jitted_call_xla_conv"``; :func:`dff_jax.alignment.features.dff_describer` with
+  ``conv="xla"``). The same values to float32 rounding; ``None`` for SIFT descriptors.
+
+  Returns:
+    ``(work_images [B, S, S, C] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade, features  # pylint: disable=g-import-not-at-top
+  if aligner.describer.kind != "dff":
+    return None
+  describer = features.dff_describer(aligner.describer.source, conv="xla")
+  config, mirror = aligner.config, aligner.spec.mirror
+
+  @jax.jit
+  def run(describer_params, alignment_model, params, images):
+    return cascade.align_working_images(lambda crops: describer.apply(describer_params, crops),
+                                        alignment_model, params, images, config, mirror=mirror)
+
+  def call(images, _):
+    return aligner.fetch(run(describer.params, aligner.alignment_model, aligner.params,
+                             jnp.asarray(images)))
+  return call
+
+
 def host_costs(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                batch_size: int, count: int = 200) -> Dict[str, Any]:
   """The host's share of ``align`` per image, one thread, in milliseconds (``mode =
@@ -452,7 +483,7 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                  batch_size: int, passes: int = 3) -> List[Dict[str, Any]]:
   """The compiled cascade alone on batches of images decoded and cropped beforehand, and the
   variants it is compared with (:func:`describe_all_first`, :func:`per_face_head` for point
-  fields) on the same batches, all timed in turns (``passes`` times each over all batches; the
+  fields, :func:`xla_convolutions` for DFF) on the same batches, all timed in turns (``passes`` times each over all batches; the
   median pass counts), so that all see the same machine. Returns the records' fields, the
   aligner's call first."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
@@ -479,9 +510,10 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
   del crops, work_boxes
   calls = {"jitted_call": lambda images, _: aligner.align_working(images),
            "jitted_call_describe_all_first": describe_all_first(aligner)}
-  own_heads = per_face_head(aligner)
-  if own_heads is not None:
-    calls["jitted_call_per_face_head"] = own_heads
+  for name, variant in (("jitted_call_per_face_head", per_face_head(aligner)),
+                        ("jitted_call_xla_conv", xla_convolutions(aligner))):
+    if variant is not None:
+      calls[name] = variant
   timings: Dict[str, List[Tuple[float, float, List[float]]]] = {name: [] for name in calls}
   for name, call in calls.items():
     call(*batches[0])  # warm-up (compiles)

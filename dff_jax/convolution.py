@@ -1,0 +1,208 @@
+"""The encoder's 3x3 convolutions: one Flax module, three ways to compute it.
+
+:class:`Conv3x3` has ``flax.linen.Conv``'s parameters (names, shapes, initial values), so every
+checkpoint loads unchanged, and computes the same stride-1, zero-padded ("SAME") 3x3
+cross-correlation in whichever way is cheapest for its shape (:func:`conv3x3_algorithm`):
+
+* :func:`shifted_conv3x3`: ``9 * C`` fused multiply-adds of shifted slices, for the grey or RGB
+  image (at most :data:`SHIFTED_CONV_MAX_CHANNELS` channels);
+* :func:`winograd_conv3x3`: Winograd's F(4 x 4, 3 x 3), a quarter of the multiply-adds, for
+  float32 on a CPU with 32-64 input channels (:data:`WINOGRAD_IN_CHANNELS`);
+* XLA's convolution (``lax.conv_general_dilated``) elsewhere, accelerators included.
+
+All three are plain ``jnp`` / ``lax`` and differentiable; they agree to float32 rounding
+(``tests/test_convolution.py``). Arrays are NHWC, kernels HWIO.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any
+
+
+# Inputs with at most this many channels are convolved as 9 * C broadcast multiply-adds (one
+# fused elementwise loop): timed alone at batch 8 and 96 x 96 (ad hoc, while profiling; the
+# committed figures are the whole encoder's, WORKSPACE.md section 15), XLA:CPU's convolution ran
+# the grey first layer far below the next layer's FLOP rate, and the multiply-adds beat it for 1
+# and 3 input channels but not from 8.
+SHIFTED_CONV_MAX_CHANNELS = 3
+
+
+def shifted_conv3x3(x: Array, kernel: Array) -> Array:
+  """3x3, stride-1, zero-padded ("SAME") cross-correlation as ``9 * C`` multiply-adds.
+
+  Args:
+    x: ``[B, H, W, C]`` images or features.
+    kernel: ``[3, 3, C, F]`` (HWIO, as ``flax.linen.Conv``).
+
+  Returns:
+    ``[B, H, W, F]``: ``sum_{i,j,c} x_pad[:, y + i, x + j, c] * kernel[i, j, c]``, the same as
+    ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` in NHWC / HWIO, for any ``C``; worth
+    it only for small ``C`` (:data:`SHIFTED_CONV_MAX_CHANNELS`).
+  """
+  _, height, width, channels = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = None
+  for i in range(3):
+    for j in range(3):
+      for c in range(channels):
+        term = padded[:, i:i + height, j:j + width, c:c + 1] * kernel[i, j, c]
+        out = term if out is None else out + term
+  return out
+
+
+# Winograd's minimal filtering F(4 x 4, 3 x 3) (Lavin and Gray, "Fast algorithms for
+# convolutional neural networks", 2016): a 6 x 6 input tile d and a 3 x 3 kernel g give the tile's
+# 4 x 4 outputs as A^T [(G g G^T) * (B^T d B)] A, 36 products per channel pair instead of 144.
+_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0],
+                         [0, -4, -4, 1, 1, 0],
+                         [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0],
+                         [0, 2, -1, -2, 1, 0],
+                         [0, 4, 0, -5, 0, 1]], np.float32)  # [6, 6]
+_WINOGRAD_G = np.array([[1 / 4, 0, 0],
+                        [-1 / 6, -1 / 6, -1 / 6],
+                        [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6],
+                        [1 / 24, -1 / 12, 1 / 6],
+                        [0, 0, 1]], np.float32)  # [6, 3]
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0],
+                         [0, 1, -1, 2, -2, 0],
+                         [0, 1, 1, 4, 4, 0],
+                         [0, 1, -1, 8, -8, 1]], np.float32)  # [4, 6]
+_WINOGRAD_TILE = 4
+
+# ``Conv3x3(algorithm="auto")`` uses Winograd for float32 convolutions on a CPU whose input has
+# between these many channels (inclusive). Where XLA:CPU's convolution runs well below the matmul
+# peak (32 and 64 channels: about half of it) Winograd's quarter of the multiply-adds pays for its
+# transforms; with 16 input channels the transforms cost more than they save, and with 128 XLA's
+# convolution is near the peak already. Timed ad hoc (2-core AMD EPYC, the fast pair's encoder at
+# batch 8, 96 px, variants in turns; the committed figures are the encoder's and the stream's,
+# WORKSPACE.md section 15): 51.2 ms per call with this range, 56.6 with XLA's convolution
+# throughout, 53.2 with the 128-channel layer too, slower still with the 16-channel ones.
+WINOGRAD_IN_CHANNELS = (32, 64)
+CONV_ALGORITHMS = ("auto", "xla", "winograd")
+
+
+def _transform_rows(matrix: np.ndarray, parts: Sequence[Array]) -> list:
+  """``[sum_k matrix[i, k] * parts[k] for each row i]`` as multiply-adds of whole arrays (zero
+  coefficients skipped), which XLA fuses into elementwise loops."""
+  rows = []
+  for coefficients in matrix:
+    row = None
+    for coefficient, part in zip(coefficients.tolist(), parts):
+      if coefficient == 0:
+        continue
+      term = part if coefficient == 1 else -part if coefficient == -1 else part * coefficient
+      row = term if row is None else row + term
+    rows.append(row)
+  return rows
+
+
+def winograd_conv3x3(x: Array, kernel: Array) -> Array:
+  """3x3, stride-1, zero-padded ("SAME") cross-correlation by Winograd's F(4 x 4, 3 x 3).
+
+  The output is cut into 4 x 4 tiles (the input padded with zeros up to whole tiles; the extra
+  outputs are dropped); each tile's 6 x 6 input window and the kernel are transformed
+  (``B^T d B``, ``G g G^T``), multiplied as 36 ``[tiles, C] x [C, F]`` matrix products, and
+  transformed back (``A^T m A``). The same values as :func:`shifted_conv3x3` to float32 rounding
+  (the transforms' coefficients reach 8 and 1/24: errors up to about 1e-5 of the outputs' scale),
+  with 4x fewer multiply-adds in the products; worth it on XLA:CPU for the channel counts of
+  :data:`WINOGRAD_IN_CHANNELS`.
+
+  Args:
+    x: ``[B, H, W, C]`` float features (any ``H``, ``W`` >= 1).
+    kernel: ``[3, 3, C, F]`` (HWIO, as ``flax.linen.Conv``).
+
+  Returns:
+    ``[B, H, W, F]``, as :func:`shifted_conv3x3`.
+  """
+  batch, height, width, channels = x.shape
+  features = kernel.shape[-1]
+  tile, window = _WINOGRAD_TILE, _WINOGRAD_TILE + 2
+  tiles_y, tiles_x = -(-height // tile), -(-width // tile)
+  padded = jnp.pad(x, ((0, 0), (1, 1 + tiles_y * tile - height),
+                       (1, 1 + tiles_x * tile - width), (0, 0)))
+  # Row i of every tile's window: [B, tiles_y, W_padded, C]; then column j: [B, ty, tx, C].
+  window_rows = [padded[:, i:i + tile * tiles_y:tile] for i in range(window)]
+  transformed = []
+  for row in _transform_rows(_WINOGRAD_BT, window_rows):
+    transformed.extend(_transform_rows(
+        _WINOGRAD_BT, [row[:, :, j:j + tile * tiles_x:tile] for j in range(window)]))
+  v = jnp.stack(transformed).reshape(window ** 2, batch * tiles_y * tiles_x, channels)
+  u = jnp.einsum("ai,ijcf,bj->abcf", _WINOGRAD_G, kernel, _WINOGRAD_G,
+                 precision=jax.lax.Precision.HIGHEST).reshape(window ** 2, channels, features)
+  m = jnp.einsum("knc,kcf->knf", v, u, precision=jax.lax.Precision.HIGHEST)
+  m = m.reshape(window, window, batch, tiles_y, tiles_x, features)
+  out_rows = [jnp.stack(_transform_rows(_WINOGRAD_AT, list(row)), axis=3)
+              for row in _transform_rows(_WINOGRAD_AT, list(m))]
+  out = jnp.stack(out_rows, axis=2)  # [B, tiles_y, 4, tiles_x, 4, F]
+  out = out.reshape(batch, tiles_y * tile, tiles_x * tile, features)[:, :height, :width]
+  return out.astype(x.dtype)
+
+
+def conv3x3_algorithm(algorithm: str, in_channels: int, dtype: Any) -> str:
+  """Which computation a :class:`Conv3x3` runs: ``"shifted"`` (:func:`shifted_conv3x3`) for at
+  most :data:`SHIFTED_CONV_MAX_CHANNELS` input channels, whatever ``algorithm`` says;
+  otherwise ``"winograd"`` (:func:`winograd_conv3x3`) or ``"xla"`` (XLA's convolution) as asked,
+  and for ``"auto"`` Winograd on a CPU backend for float32 with an input channel count in
+  :data:`WINOGRAD_IN_CHANNELS`, XLA's convolution elsewhere (accelerators have their own fast
+  convolutions)."""
+  if algorithm not in CONV_ALGORITHMS:
+    raise ValueError(f"Unknown convolution algorithm {algorithm!r}; use one of "
+                     f"{CONV_ALGORITHMS}.")
+  if in_channels <= SHIFTED_CONV_MAX_CHANNELS:
+    return "shifted"
+  if algorithm == "auto":
+    low, high = WINOGRAD_IN_CHANNELS
+    use = (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32
+           and low <= in_channels <= high)
+    return "winograd" if use else "xla"
+  return algorithm
+
+
+class Conv3x3(nn.Module):
+  """A 3x3, stride-1, "SAME" convolution with ``flax.linen.Conv``'s parameters and values.
+
+  Parameters ``kernel [3, 3, C, F]`` (LeCun normal) and, with ``use_bias``, ``bias [F]``
+  (zeros): the names, shapes and initialisation of ``nn.Conv(F, (3, 3), padding="SAME")``, so
+  checkpoints and seeds carry over. Inputs of at most :data:`SHIFTED_CONV_MAX_CHANNELS`
+  channels (the grey or RGB image) go through :func:`shifted_conv3x3`, the rest through
+  Winograd's algorithm or XLA's convolution (:func:`conv3x3_algorithm`): the same values to
+  float32 rounding.
+
+  Attributes:
+    features: ``F``.
+    use_bias: whether to add ``bias``.
+    dtype: computation dtype (inputs and parameters are promoted to it).
+    param_dtype: parameter dtype.
+    algorithm: ``"auto"``, ``"xla"`` or ``"winograd"`` (:func:`conv3x3_algorithm`).
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  algorithm: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features), self.param_dtype)
+    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    algorithm = conv3x3_algorithm(self.algorithm, x.shape[-1], x.dtype)
+    if algorithm == "shifted":
+      y = shifted_conv3x3(x, kernel)
+    elif algorithm == "winograd":
+      y = winograd_conv3x3(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if bias is None else y + bias

@@ -483,9 +483,9 @@ def _jitted_call(aligner, paths: Sequence[Path], boxes: Dict[Path, List[float]],
                  batch_size: int, passes: int = 3) -> List[Dict[str, Any]]:
   """The compiled cascade alone on batches of images decoded and cropped beforehand, and the
   variants it is compared with (:func:`describe_all_first`, :func:`per_face_head` for point
-  fields, :func:`xla_convolutions` for DFF) on the same batches, all timed in turns (``passes`` times each over all batches; the
-  median pass counts), so that all see the same machine. Returns the records' fields, the
-  aligner's call first."""
+  fields, :func:`xla_convolutions` for DFF) on the same batches, all timed in turns
+  (``passes`` times each over all batches; the median pass counts), so that all see the same
+  machine. Returns the records' fields, the aligner's call first."""
   from dff_jax import image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()

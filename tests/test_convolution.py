@@ -92,15 +92,26 @@ def test_winograd_box_sums_and_the_definition(height, width):
   assert out.dtype == np.float32 and out.shape == (3, height, width, features)
 
 
-def test_winograd_gradients_match_finite_differences():
-  """The gradients of Winograd's convolution to its input and its kernel, through its slices,
-  transforms and products, match finite differences (``check_grads``, reverse and forward
-  mode)."""
+def test_winograd_gradients_match_finite_differences_and_planted_sums():
+  """Winograd's convolution differentiated (its JVP and backward pass are XLA's convolutions):
+  the derivatives to input and kernel match finite differences of the Winograd forward pass
+  (``check_grads``, reverse and forward mode, and second order); the gradient of the outputs'
+  sum to an inside pixel is its channel's kernel sum over taps and outputs (planted), to the
+  input alone (the kernel not differentiated) as to both; the backward pass holds XLA's
+  convolutions."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(1, 5, 6, 4)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 2)) * 0.3, jnp.float32)
-  check_grads(jax.jit(conv.winograd_conv3x3), (x, kernel), order=1, modes=("rev", "fwd"),
+  check_grads(jax.jit(conv.winograd_conv3x3), (x, kernel), order=2, modes=("rev", "fwd"),
               atol=5e-2, rtol=5e-2, eps=1e-2)
+  total = lambda x, k: jnp.sum(conv.winograd_conv3x3(x, k))
+  grad_x = jax.jit(jax.grad(total))(x, kernel)
+  grad_both = jax.jit(jax.grad(total, argnums=(0, 1)))(x, kernel)
+  planted = np.asarray(kernel).sum(axis=(0, 1, 3))  # [C]: every tap sees an inside pixel once
+  np.testing.assert_allclose(grad_x[0, 1:-1, 1:-1], np.broadcast_to(planted, (3, 4, 4)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad_both[0], grad_x, rtol=1e-6, atol=1e-7)
+  assert "conv_general_dilated" in str(jax.make_jaxpr(jax.grad(total))(x, kernel))
 
 
 def test_algorithm_choice():

@@ -130,8 +130,9 @@ def winograd_conv3x3(x: Array, kernel: Array) -> Array:
   ``conv(dx, kernel) + conv(x, dkernel)``, computed by XLA's convolution (:func:`xla_conv3x3`);
   reverse mode transposes those, i.e. runs XLA's own backward convolutions. Differentiated
   through Winograd's slices and products instead, a training step of the fast pair's encoder
-  took 1.29x as long as with XLA's convolution throughout (ad hoc, this module's first
-  version); so the forward pass is Winograd's and the backward pass XLA's, the same values.
+  took 1.29x as long as with XLA's convolution throughout (this module's first version,
+  ``experiments/results/benchmark_encoder_winograd_autodiff_train_amd_slow.json``); so the
+  forward pass is Winograd's and the backward pass XLA's, the same values.
 
   Args:
     x: ``[B, H, W, C]`` float features (any ``H``, ``W`` >= 1).

@@ -240,13 +240,14 @@ def restore_on_one_device(item_dir: str | Path) -> Any:
   """The whole pytree of an Orbax item folder (``checkpoints/<step>/default``) on the first local
   device, whatever topology (devices, processes, sharding) wrote it."""
   ocp = _ocp()
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(item_dir)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-  return checkpointer.restore(item_dir, target)
+  with ocp.StandardCheckpointer() as checkpointer:  # closed (its threads too) even on an error
+    metadata = checkpointer.metadata(item_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree)
+    return checkpointer.restore(item_dir, target)
 
 
 def _load_from_checkpoint(path: Path) -> Tuple[Any, dict]:

@@ -51,7 +51,8 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
   processes at once, each pinned to its share of the cores (:mod:`dff_jax.cpu_processes`, as
   ``align --processes`` runs): ``processes = N``, ``items_per_second`` and ``achieved_gflops``
   summed over the workers (each times ``max(repeats, 10)`` calls after all have compiled),
-  ``utilisation`` of this process's matmul peak (all cores), ``step_s_by_process``.
+  ``utilisation`` of this process's matmul peak (all cores), ``step_s_by_process``; ``conv``,
+  ``gflop_per_item`` and ``gflop_per_item_computed`` as in one process.
 
   Args:
     encoder_cases: keys of :data:`dff_jax.benchmarking.ENCODER_CASES`.
@@ -165,8 +166,9 @@ def _case(case_name: str):
 
 
 def _forward(case_name: str, batch_size: int):
-  """``(compiled forward, its arguments, FLOPs per call)`` of an encoder case at a batch size
-  (random weights and images, as :func:`bench_encoder` times them)."""
+  """``(compiled forward, its arguments, (FLOPs per call with direct convolutions, FLOPs the
+  call computes))`` of an encoder case at a batch size (random weights and images, as
+  :func:`bench_encoder` times them)."""
   module, params, size, channels = _case(case_name)
   images = jax.random.normal(jax.random.key(batch_size), (batch_size, size, size, channels),
                              jnp.float32)
@@ -174,7 +176,8 @@ def _forward(case_name: str, batch_size: int):
   def forward(p, x, module=module):
     return module.apply(p, x)
   compiled = jax.jit(forward).lower(params, images).compile()
-  return compiled, (params, images), _direct_flops(forward, module, (params, images))
+  counts = (_direct_flops(forward, module, (params, images)), benchmarking.flops(compiled))
+  return compiled, (params, images), counts
 
 
 def _forward_worker(cores, case_name: str, batch_size: int, repeats: int, ready, results) -> None:
@@ -182,12 +185,12 @@ def _forward_worker(cores, case_name: str, batch_size: int, repeats: int, ready,
   from dff_jax import cpu_processes  # pylint: disable=g-import-not-at-top
   cpu_processes.pin(cores)
   try:
-    compiled, args, count = _forward(case_name, batch_size)
+    compiled, args, counts = _forward(case_name, batch_size)
     jax.block_until_ready(compiled(*args))
     ready.wait(timeout=600)
     seconds, _ = benchmarking.time_call(functools.partial(compiled, *args), repeats,
                                         warmup=False)
-    results.put((seconds, count, None))
+    results.put((seconds, counts, None))
   except BaseException as error:  # pylint: disable=broad-except
     ready.abort()
     results.put((None, None, " ".join(str(error).split()) or type(error).__name__))
@@ -216,10 +219,13 @@ def in_processes(case_name: str, batch_size: int, processes: int, repeats: int,
   if errors:
     raise ValueError(f"encoder benchmark in {processes} processes: {errors[0]}")
   rate = sum(batch_size / seconds for seconds, _, _ in outcomes)
-  flop_rate = sum(count / seconds for seconds, count, _ in outcomes)
+  flop_rate = sum(direct / seconds for seconds, (direct, _), _ in outcomes)
+  direct, computed = outcomes[0][1]
   return {"what": "encoder", "case": case_name, "mode": "forward", "batch_size": batch_size,
           "processes": processes, "repeats": repeats,
-          "gflop_per_item": round(outcomes[0][1] / batch_size / 1e9, 3),
+          "conv": benchmarking.ENCODER_CASES[case_name].get("conv", "auto"),
+          "gflop_per_item": round(direct / batch_size / 1e9, 3),
+          "gflop_per_item_computed": round(computed / batch_size / 1e9, 3),
           "step_s_by_process": [round(seconds, 6) for seconds, _, _ in outcomes],
           "items_per_second": round(rate, 2), "achieved_gflops": round(flop_rate / 1e9, 1),
           "utilisation": round(flop_rate / peak_flops, 3),

@@ -118,7 +118,7 @@ def test_algorithm_choice():
   """``conv3x3_algorithm``: at most 3 input channels are always the shifted multiply-adds; on a
   CPU ``"auto"`` picks Winograd for float32 with 32-64 input channels and XLA's convolution for
   16 or 128, and for bfloat16; an explicit choice is kept; an unknown name is refused, in
-  ``Conv3x3`` and in the encoder's fields alike."""
+  ``Conv3x3``, the encoder's fields and ``dff_describer(conv=...)`` alike."""
   assert jax.default_backend() == "cpu"
   choose = conv.conv3x3_algorithm
   assert [choose("auto", c, jnp.float32) for c in (1, 3, 16, 32, 64, 128)] == [
@@ -130,6 +130,10 @@ def test_algorithm_choice():
     choose("fft", 32, jnp.float32)
   with pytest.raises(ValueError, match="DFFEncoder.conv='fft'"):
     enc.DFFEncoder(features=(8,), conv="fft").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="DFFEncoder.conv='fft' is not one of"):
+    features.dff_describer(conv="fft")  # the shipped encoder, asked for an unknown algorithm
+  assert features.dff_describer(conv="xla").kind == "dff"
 
 
 @pytest.mark.parametrize("mode,expected_xla_convs", [("auto", 2), ("xla", 5), ("winograd", 0)])

@@ -495,9 +495,9 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   ``preset`` (a :data:`PRESETS` name, overridden by the other fields), ``features``,
   ``descriptor_dim``, ``convs_per_level``, ``norm``, ``num_groups``, ``activation``,
   ``upsample``, ``downsample``, ``dtype`` (a dtype or ``"float32"`` / ``"bfloat16"``), ``remat``,
-  ``conv``,
-  ``head`` (``"dense"``: the U-Net :class:`DFFEncoder`; ``"point"``: :class:`PointDFFEncoder`)
-  and, for the point head, ``head_hidden``.
+  ``conv`` (how the 3x3 convolutions are computed), ``head`` (``"dense"``: the U-Net
+  :class:`DFFEncoder`; ``"point"``: :class:`PointDFFEncoder`) and, for the point head,
+  ``head_hidden``.
   ``channels`` and ``image_size`` are accepted and ignored (the module adapts to its input; the
   caller uses them for :func:`preprocess_images` and data). A config with an ``encoder``
   sub-config is read from that sub-config.

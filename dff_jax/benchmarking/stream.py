@@ -373,25 +373,15 @@ def per_face_head(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any]]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
-  describer, config, mirror = aligner.describer, aligner.config, aligner.spec.mirror
+  describer, config = aligner.describer, aligner.config
   probe = jax.eval_shape(lambda p: describer.apply(
       p, jnp.zeros((1, config.crop_size, config.crop_size, aligner.channels), jnp.float32)),
       describer.params)
   if not isinstance(probe, descriptor_fields.PointField):
     return None
-
-  @jax.jit
-  def run(describer_params, alignment_model, params, images):
-    def describe(crops):
-      return describer.apply(describer_params, crops).replace(shared_head=False)
-    return cascade.align_working_images(describe, alignment_model, params, images, config,
-                                        mirror=mirror)
-
-  def call(images, _):
-    return aligner.fetch(run(describer.params, aligner.alignment_model, aligner.params,
-                             jnp.asarray(images)))
-  return call
+  return _call_describing_with(
+      aligner, lambda p, crops: describer.apply(p, crops).replace(shared_head=False),
+      describer.params)
 
 
 def xla_convolutions(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any]]:
@@ -402,21 +392,34 @@ def xla_convolutions(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any
   Returns:
     ``(work_images [B, S, S, C] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from dff_jax.alignment import cascade, features  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
   if aligner.describer.kind != "dff":
     return None
   describer = features.dff_describer(aligner.describer.source, conv="xla")
+  return _call_describing_with(aligner, describer.apply, describer.params)
+
+
+def _call_describing_with(aligner, apply: Callable[[Any, Any], Any], describer_params: Any
+                          ) -> Callable[[np.ndarray, np.ndarray], Any]:
+  """The aligner's jitted call on working images with the crops described by ``apply(params,
+  crops [B, S, S, C] float32 in [0, 255]) -> fields`` instead of the aligner's describer (the
+  variants of :func:`per_face_head` and :func:`xla_convolutions`).
+
+  Returns:
+    ``(work_images [B, S, S, C] uint8, work_boxes [B, 4]) -> AlignmentResult`` fields as NumPy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   config, mirror = aligner.config, aligner.spec.mirror
 
   @jax.jit
-  def run(describer_params, alignment_model, params, images):
-    return cascade.align_working_images(lambda crops: describer.apply(describer_params, crops),
+  def run(params_of_describer, alignment_model, params, images):
+    return cascade.align_working_images(lambda crops: apply(params_of_describer, crops),
                                         alignment_model, params, images, config, mirror=mirror)
 
   def call(images, _):
-    return aligner.fetch(run(describer.params, aligner.alignment_model, aligner.params,
+    return aligner.fetch(run(describer_params, aligner.alignment_model, aligner.params,
                              jnp.asarray(images)))
   return call
 

@@ -70,6 +70,8 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     # layer, dff_jax.convolution.conv3x3_algorithm).
     "dff_point_xla_conv": dict(_DFF_POINT, conv="xla"),
     "dff_point_fast_xla_conv": dict(_DFF_POINT, image_size=96, conv="xla"),
+    # experiments/configs/finetune_student_l0.py's student: one convolution at the finest level.
+    "dff_point_fast_l0": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 2, 2, 2)),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),

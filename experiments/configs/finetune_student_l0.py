@@ -24,7 +24,13 @@ the cascade keeps reading the features it was fitted on. ``finetune_thin``'s enc
 rate (5e-4) and distillation weight (0.3), twice its steps (the thin students of that config had
 not matched their teacher after 2,000); fresh faces (pipeline seed 250000, used nowhere else).
 The output refinement and the descriptor template are kept as they are, not trained: fit them
-again afterwards (the ``refine`` and ``agreement`` steps of the ``cascade_dff_fast`` recipe).
+again afterwards (the ``student_refine`` and ``student_agreement`` steps of the
+``cascade_dff_fast`` recipe).
+
+Since the session of 2026-12-06 the shipped fast pair is this student (WORKSPACE.md section 15,
+"One convolution at the finest level"), so the defaults above now name the student itself; the
+recipe's ``student`` step gives the inputs this run started from (``--config.cascade`` and
+``--config.checkpoint``: the pair before it, shipped at commit da3d1e8).
 """
 
 import ml_collections

@@ -483,6 +483,16 @@ def test_student_starts_from_its_teacher_and_is_pulled_towards_it(config, start,
                                      ("encoder_1", "GroupNorm_1", "bias")}
   for path, value in theirs.items():
     np.testing.assert_array_equal(ours[path], value)
+  # The other way (as finetune_student_l0 drops level 0's second convolution): a thinner student
+  # of the thicker one has exactly the first teacher's parameters, those three left behind.
+  from dff_jax import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  module = encoder_lib.encoder_from_config(dict(thicker_config, convs_per_level=[1, 1]))
+  fresh = module.init(jax.random.PRNGKey(4), jnp.zeros((1, 32, 32, start.describer.channels)))
+  thinner, copied = distill.transfer_params(thicker.params, fresh["params"])
+  thin = flatten_dict(thinner)
+  assert set(thin) == set(theirs) and copied == len(thin)
+  for path, value in theirs.items():
+    np.testing.assert_array_equal(thin[path], value)
   taught = finetune.Pipeline(thicker.apply, start.cascade_config, remat=False,
                              teacher_apply=start.describer.apply, distill_weight=1.0)
   params = dict(start.params, encoder=thicker.params)

@@ -10,8 +10,9 @@ resumable: run it again with the same workdir to continue)::
 Why: with Winograd's convolution for the 32- and 64-channel layers (``dff_jax.convolution``), the
 finest level is the encoder's least efficient part: on one core (as each ``align --processes=2``
 worker runs) its 16 -> 16 convolution at 96 x 96 runs at about 0.7 of the core's matmul peak and
-level 0 takes about 29 % of the encoder's time for 19 % of its FLOPs (ad hoc timings, WORKSPACE.md
-section 15), and neither Winograd nor any other layout beat XLA there. Removing that convolution
+level 0 takes about 29 % of the encoder's time for 19 % of its FLOPs (ad hoc timings of the
+session of 2026-12-06 morning, no results file; WORKSPACE.md section 15 says so without the
+figures), and neither Winograd nor any other layout beat XLA there. Removing that convolution
 (``convs_per_level = (1, 2, 2, 2)``) needs a retraining.
 
 The student starts from the shipped fast pair (``cascade_dff_fast.npz`` and its ``dff_point_fast``

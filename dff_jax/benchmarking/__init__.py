@@ -64,14 +64,17 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     # The point-head encoder of experiments/configs/dff_point.py (its forward is the pyramid;
     # the head runs where the cascade reads it).
     "dff_point": _DFF_POINT,
-    # The fast pair's encoder (cascade_dff_fast.npz): the same network on 96-px crops.
+    # The fast pair's encoder before the students below: the same network on 96-px crops.
     "dff_point_fast": dict(_DFF_POINT, image_size=96),
     # The same two with every 3x3 convolution XLA's own (conv = "xla"; the others choose per
     # layer, dff_jax.convolution.conv3x3_algorithm).
     "dff_point_xla_conv": dict(_DFF_POINT, conv="xla"),
     "dff_point_fast_xla_conv": dict(_DFF_POINT, image_size=96, conv="xla"),
-    # experiments/configs/finetune_student_l0.py's student: one convolution at the finest level.
+    # experiments/configs/finetune_student_l0.py's student: one convolution at the finest level
+    # (the fast pair's encoder since f811fec).
     "dff_point_fast_l0": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 2, 2, 2)),
+    # experiments/configs/finetune_student_l1.py's student: one convolution at the two finest.
+    "dff_point_fast_l1": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 1, 2, 2)),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),

@@ -1,4 +1,4 @@
-"""The next student of the fast (96 px) pair: one 3x3 convolution at the two finest levels (issue 12).
+"""The next student of the fast (96 px) pair: one 3x3 convolution at the two finest levels.
 
 Command (needs the real-face fit cache, ``python -m experiments.fit_real_faces
 --data_dir=../shared/datasets/faces68 --split=train --out=/work/runs/real_fits_train.npz``;

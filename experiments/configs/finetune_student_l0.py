@@ -29,7 +29,7 @@ again afterwards (the ``student_refine`` and ``student_agreement`` steps of the
 ``cascade_dff_fast`` recipe).
 
 The shipped fast pair was this student from the session of 2026-12-06 (WORKSPACE.md section 15,
-"One convolution at the finest level") and is its own student since that afternoon
+"One convolution at the finest level") until its own student replaced it that afternoon
 (``finetune_student_l1``), so the defaults above now name another encoder; the recipe's
 ``student`` step gives the inputs this run started from (``--config.cascade`` and
 ``--config.checkpoint``: the pair before it, shipped at commit da3d1e8).

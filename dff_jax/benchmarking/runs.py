@@ -82,7 +82,7 @@ def summarise(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], fields:
   if reference is not None and reference not in runs:
     raise RunsError(f"reference {reference!r} is not one of the labels {sorted(runs)}")
   labels: Dict[str, Any] = {}
-  means: Dict[str, Dict[Tuple, Dict[str, float]]] = {}
+  stats: Dict[str, Dict[Tuple, Dict[str, Dict[str, Any]]]] = {}  # label -> key -> field -> _stats
   for label, label_runs in runs.items():
     values: Dict[Tuple, Dict[str, List[float]]] = {}
     for records in label_runs:
@@ -94,23 +94,20 @@ def summarise(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], fields:
     if not values:
       raise RunsError(f"label {label!r}: no record of its {len(label_runs)} run(s) has any of "
                       f"the fields {list(fields)}")
-    measurements = []
-    for key, by_field in values.items():
-      entry: Dict[str, Any] = dict(key)
-      entry.update({field: _stats(v) for field, v in by_field.items()})
-      measurements.append(entry)
-    labels[label] = {"runs": len(label_runs), "measurements": measurements}
-    means[label] = {key: {f: statistics.fmean(v) for f, v in by_field.items()}
+    stats[label] = {key: {field: _stats(v) for field, v in by_field.items()}
                     for key, by_field in values.items()}
+    labels[label] = {"runs": len(label_runs),
+                     "measurements": [dict(key, **by_field) for key, by_field in
+                                      stats[label].items()]}
   if reference is not None:
     for label, summary in labels.items():
       if label == reference:
         continue
       for entry in summary["measurements"]:
         key = group_key(entry)
-        base = means[reference].get(key, {})
-        ratios = {f: means[label][key][f] / base[f] for f in means[label][key]
-                  if base.get(f)}
+        base = stats[reference].get(key, {})
+        ratios = {f: s["mean"] / base[f]["mean"] for f, s in stats[label][key].items()
+                  if f in base and base[f]["mean"]}
         if ratios:
           entry["ratio_to_reference"] = ratios
   return {"fields": list(fields), "reference": reference, "labels": labels}

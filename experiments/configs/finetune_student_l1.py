@@ -19,8 +19,9 @@ Afterwards: fit the output refinement and the descriptor template again (the ``s
 and ``student_l1_agreement`` steps of the ``cascade_dff_fast`` recipe).
 
 Since the afternoon of 2026-12-06 the shipped fast pair is this student (WORKSPACE.md section 15,
-"One convolution at the two finest levels"), so the defaults above now name the student itself;
-the recipe's ``student_l1`` step gives the inputs this run started from (``--config.cascade`` and
+"One convolution at the two finest levels"; since the evening, fine-tuned longer by
+``finetune_student_l1_more``), so the defaults above now name the student itself; the recipe's
+``student_l1`` step gives the inputs this run started from (``--config.cascade`` and
 ``--config.checkpoint``: the level-0 student, shipped at commit f811fec).
 """
 

@@ -1,8 +1,8 @@
 """A warm restart of the level-1 student's end-to-end fine-tuning (issue 12): 3,000 more steps.
 
 Command (needs the real-face fit cache, ``python -m experiments.fit_real_faces
---data_dir=../shared/datasets/faces68 --split=train --out=/work/runs/real_fits_train.npz``, and the
-workdir of ``finetune_student_l1``; resumable: run it again with the same workdir to continue)::
+--data_dir=../shared/datasets/faces68 --split=train --out=/work/runs/real_fits_train.npz``;
+resumable: run it again with the same workdir to continue)::
 
   python -m experiments.finetune_end_to_end \\
       --config=experiments/configs/finetune_student_l1_more.py \\
@@ -12,13 +12,22 @@ Why: the level-1 student (``finetune_student_l1``, the shipped fast pair since t
 2026-12-06) left AFLW2000-3D dev just inside issue 12's accuracy limit (WORKSPACE.md section 15),
 and its training loss was still falling over its last 1,500 steps as its cosine schedule ran out
 (0.1054 -> 0.0967 mean per 500 steps, ``metrics.jsonl``). As ``finetune_point_more`` did for the
-default pair, this run starts from its encoder and cascade (the workdir's float32 files, before
-the output refinement and descriptor template) with a new schedule: encoder 1e-4 (twice the
+default pair, this run starts from its encoder and cascade (below: which files) with a new
+schedule: encoder 1e-4 (twice the
 rate the student's schedule ended at), regressors 7.5e-6 (half their peak), 100 warm-up steps,
 cosine to 10 %, fresh faces (pipeline seed 270000, used nowhere else), no teacher (the student
 keeps its own architecture); landmark offsets and output calibration kept. Afterwards, as for
-the students: refine_outputs and fit_agreement, then evaluate and time it against the fast pair.
-Started at the end of the session of 2026-12-06 (afternoon); it has no figures yet.
+the students: refine_outputs and fit_agreement, then evaluate it against the fast pair (the
+network is the same, so its speed is too).
+
+Its first run (session of 2026-12-06, afternoon) started from the student's float32 workdir (before
+the output refinement and descriptor template); that machine's files were lost before it shipped. It
+ran again in the evening session from the shipped fast pair itself (the level-1 student's float16
+files, with its output refinement and descriptor template, which refine_outputs and fit_agreement
+fit again afterwards): the defaults below, which are ``finetune_fast_offsets``'s, and the recipe's
+``student_l1_more`` step. It has shipped as the fast pair since (WORKSPACE.md section 15, "The
+level-1 student fine-tuned longer"), so those defaults now name its own result; the recipe step
+names the inputs it started from.
 """
 
 from experiments.configs import finetune_fast_offsets
@@ -26,8 +35,6 @@ from experiments.configs import finetune_fast_offsets
 
 def get_config():
   config = finetune_fast_offsets.get_config()
-  config.cascade = "/work/runs/finetune_student_l1/cascade_dff.npz"
-  config.checkpoint = "/work/runs/finetune_student_l1/bundle"
   config.landmark_offsets = ""  # the pair's own
   config.seed = 270_000
   config.num_steps = 3000

@@ -9,7 +9,8 @@ Each ``--runs`` is ``LABEL=GLOB`` (the files of ``python -m experiments.benchmar
 --results=FILE`` runs of one variant). Per label and measurement (``what``, ``mode``, ``case``,
 ``batch_size``, ``processes``), ``--out`` gets each field's values over the runs, their mean,
 minimum and maximum, and with ``--reference`` every other label's means as ratios to that label's
-(:mod:`dff_jax.benchmarking.runs`). The summary is also printed. Bad flags (a glob that matches
+(:mod:`dff_jax.benchmarking.runs`), and its ``provenance`` (the command line as run, the git
+commit). The summary is also printed. Bad flags (a glob that matches
 nothing, a file that is not a benchmark results file, an unknown reference) are refused with one
 line on stderr and exit status 2.
 """
@@ -22,7 +23,7 @@ import json
 from absl import app
 from absl import flags
 
-from dff_jax import file_io
+from dff_jax import provenance
 from dff_jax.benchmarking import runs as runs_lib
 from experiments import cli
 
@@ -61,15 +62,9 @@ def main(argv):
   except runs_lib.RunsError as error:
     cli.fail("summarise_benchmarks", str(error))
   summary["files"] = paths
-  summary["command"] = "python -m experiments.summarise_benchmarks " + " ".join(
-      [f"--runs={label}={pattern}" for label, pattern in
-       (spec.partition("=")[::2] for spec in _RUNS.value)]
-      + [f"--fields={','.join(_FIELDS.value)}"]
-      + ([f"--reference={_REFERENCE.value}"] if _REFERENCE.value else [])
-      + ([f"--out={_OUT.value}"] if _OUT.value else []))
   if _OUT.value:
-    try:
-      file_io.write_json_atomic(_OUT.value, summary)
+    try:  # with the command line as run and the commit (no model files: only timings)
+      provenance.write_results(_OUT.value, summary, models={})
     except OSError as error:
       cli.fail("summarise_benchmarks", f"--out={_OUT.value}: not written: {error}")
   print(json.dumps(summary, indent=1))

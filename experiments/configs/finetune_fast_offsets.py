@@ -12,8 +12,8 @@ it names), estimates the landmark offsets from the fit cache and moves the rende
 that convention; the losses (pose and 3D-convention terms), learning rates and mix of
 ``finetune_point_offsets``; 1,500 steps, fresh faces (pipeline seed 200000, used nowhere else).
 Since the session of 2026-12-06 the shipped fast pair is a student made after this step
-(``finetune_student_l0``, then ``finetune_student_l1``); the ``cascade_dff_fast`` recipe's
-overrides name this step's inputs.
+(``finetune_student_l0``, then ``finetune_student_l1`` and ``finetune_student_l1_more``); the
+``cascade_dff_fast`` recipe's overrides name this step's inputs.
 """
 
 from experiments.configs import finetune_point_offsets

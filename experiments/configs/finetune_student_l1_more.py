@@ -11,13 +11,12 @@ resumable: run it again with the same workdir to continue)::
 Why: the level-1 student (``finetune_student_l1``, the shipped fast pair since the afternoon of
 2026-12-06) left AFLW2000-3D dev just inside issue 12's accuracy limit (WORKSPACE.md section 15),
 and its training loss was still falling over its last 1,500 steps as its cosine schedule ran out
-(0.1054 -> 0.0967 mean per 500 steps, ``metrics.jsonl``). As ``finetune_point_more`` did for the
-default pair, this run starts from its encoder and cascade (below: which files) with a new
-schedule: encoder 1e-4 (twice the
-rate the student's schedule ended at), regressors 7.5e-6 (half their peak), 100 warm-up steps,
-cosine to 10 %, fresh faces (pipeline seed 270000, used nowhere else), no teacher (the student
-keeps its own architecture); landmark offsets and output calibration kept. Afterwards, as for
-the students: refine_outputs and fit_agreement, then evaluate it against the fast pair (the
+(that run's ``metrics.jsonl``, not kept). As ``finetune_point_more`` did for the default pair, this
+run starts from its encoder and cascade (below: which files) with a new schedule: encoder 1e-4
+(twice the rate the student's schedule ended at), regressors 7.5e-6 (half their peak), 100 warm-up
+steps, cosine to 10 %, fresh faces (pipeline seed 270000, used nowhere else), no teacher (the
+student keeps its own architecture); landmark offsets and output calibration kept. Afterwards, as
+for the students: refine_outputs and fit_agreement, then evaluate it against the fast pair (the
 network is the same, so its speed is too).
 
 Its first run (session of 2026-12-06, afternoon) started from the student's float32 workdir (before

@@ -93,6 +93,8 @@ flags.DEFINE_integer("remat_repeats", None, "remat: timed calls per measurement 
 flags.DEFINE_string("images", None, "aligner: image folder, glob or list.")
 flags.DEFINE_enum("field", None, ["dense", "point"], "loop_profile: descriptor fields read by "
                   "the loop (dense).")
+flags.DEFINE_integer("fit_modes", None, "loop_profile: directions the shape fit solves for "
+                     "(all identity and expression coefficients).")
 flags.DEFINE_boolean("mirror", None, "stream: the aligner with test-time mirroring (align "
                      "--mirror; default off).")
 
@@ -101,7 +103,8 @@ _OPTIONS = ("batch_sizes", "repeats", "encoder_cases", "modes", "max_run_s", "ma
             "image_size", "encoder_preset", "face_model", "seed", "num_pairs", "grain_workers",
             "data_dir", "num_images", "batch_size", "cascade", "features", "checkpoint",
             "workers", "writers", "prefetch_batches", "overlays", "dlib_predictor",
-            "remat_batch_size", "remat_repeats", "images", "field", "mirror", "processes")
+            "remat_batch_size", "remat_repeats", "images", "field", "mirror", "processes",
+            "fit_modes")
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 

@@ -44,6 +44,20 @@ def test_loop_profile_times_every_part_and_the_shared_head_in_turns():
   assert records[-1]["items_per_second"] > 0 and records[-1]["num_stages"] == 1
 
 
+def test_loop_profile_names_the_fit_modes_and_solves_that_many():
+  """``fit_modes``: every record names it, and the Cholesky part solves systems of that size
+  (fewer FLOPs than the full 113-coefficient fit's in XLA's count)."""
+  from dff_jax.benchmarking import loop_profile
+  runs = {modes: list(loop_profile.bench_loop_profile(batch_size=2, num_stages=1, crop_size=32,
+                                                      descriptor_dim=4, repeats=1,
+                                                      fit_modes=modes))
+          for modes in (None, 10)}
+  assert all(r["fit_modes"] == 10 for r in runs[10] if r["part"] != "features_per_face_head")
+  flops = {m: {r["part"]: r["gflop_per_batch"] for r in records} for m, records in runs.items()}
+  assert flops[10]["normal_equations"] < flops[None]["normal_equations"] / 10
+  assert runs[10][-1]["part"] == "loop" and runs[10][-1]["items_per_second"] > 0
+
+
 def test_encoder_utilisation_of_the_matmul_peak():
   from dff_jax import benchmarking
   from dff_jax.benchmarking import encoder

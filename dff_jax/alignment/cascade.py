@@ -107,6 +107,12 @@ class AlignmentModel:
       of the aligner's outputs to an annotation convention, estimated from its own errors on
       annotated training faces (:func:`dff_jax.alignment.calibration.estimate_output_offsets`);
       the cascade itself never reads them. Zeros: none.
+    fit_basis: optional ``[R, 3, M]`` float32: ``landmark_basis`` in the coordinates the
+      cascade's shape fit solves for (step 4), ``M <= Ki + Ke`` directions of the coefficient
+      space (:func:`with_fit_modes`); ``None``: the fit solves for all ``Ki + Ke`` coefficients
+      (``landmark_basis`` itself, prior precision :func:`fitting._prior_precision`).
+    fit_coefficients: ``[M, Ki + Ke]`` float32 with ``fit_basis``: fit coordinates ``z``
+      ``[M]`` are the coefficients ``z @ fit_coefficients``; the prior in them is ``|z|^2``.
   """
   face_model: FaceModel
   normals: Array
@@ -115,6 +121,8 @@ class AlignmentModel:
   row_of_vertex: Array
   landmark_offsets: Array
   output_offsets: Array
+  fit_basis: Optional[Array] = None
+  fit_coefficients: Optional[Array] = None
 
 
 @flax.struct.dataclass
@@ -316,10 +324,78 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
 
 
 def alignment_model_for(model: FaceModel, meta: Mapping[str, Any]) -> AlignmentModel:
-  """The alignment model of a cascade file: ``model`` with the landmark offsets and the output
-  calibration its ``meta`` carries (:func:`landmark_offsets_of`, :func:`output_offsets_of`)."""
-  return make_alignment_model(model, landmark_offsets=landmark_offsets_of(dict(meta)),
-                              output_offsets=output_offsets_of(dict(meta)))
+  """The alignment model of a cascade file: ``model`` with the landmark offsets, the output
+  calibration and the shape fit's modes its ``meta`` carries (:func:`landmark_offsets_of`,
+  :func:`output_offsets_of`, :func:`fit_modes_of`)."""
+  meta = dict(meta)
+  return with_fit_modes(
+      make_alignment_model(model, landmark_offsets=landmark_offsets_of(meta),
+                           output_offsets=output_offsets_of(meta)), fit_modes_of(meta))
+
+
+def fit_modes_of(meta: Mapping[str, Any]) -> Optional[int]:
+  """The number of directions the cascade's shape fit solves for, from a cascade file's
+  ``meta["fit_modes"]`` (:func:`with_fit_modes`); ``None`` (absent): all coefficients.
+
+  Raises:
+    ValueError: the entry is not a positive integer.
+  """
+  modes = meta.get("fit_modes")
+  if modes is None:
+    return None
+  if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or modes < 1:
+    raise ValueError(f"the cascade's fit_modes must be a positive integer, got {modes!r}: "
+                     "the cascade file is damaged or was written by another program")
+  return int(modes)
+
+
+def fit_subspace(landmark_basis: np.ndarray, prior_precision: np.ndarray, modes: int
+                 ) -> np.ndarray:
+  """The ``modes`` directions of the coefficient space that move the landmark vertices most
+  under the shape prior: ``[modes, K]`` float32 ``T`` with coefficients ``c = z @ T``.
+
+  Under the prior ``c ~ N(0, diag(1 / prior_precision))`` the vertex displacements
+  ``landmark_basis @ c`` have covariance ``B S^2 B^T`` (``S = diag(prior_precision^-1/2)``);
+  with ``B S = U diag(sigma) V^T`` (``B``: ``landmark_basis`` as ``[3R, K]``), ``T = (S
+  V_modes)^T`` spans its ``modes`` largest principal directions, and the prior ``c^T diag(
+  prior_precision) c`` is ``|z|^2`` in them. Restricted to these directions, step 4's
+  regularised fit is the full fit's on the subspace that holds the most of the prior's
+  landmark variance.
+
+  Args:
+    landmark_basis: ``[R, 3, K]`` basis rows (mm per unit coefficient).
+    prior_precision: ``[K]`` positive.
+    modes: ``1 <= modes <= K``.
+  """
+  rows, _, size = landmark_basis.shape
+  if not 1 <= modes <= size:
+    raise ValueError(f"fit_modes must be between 1 and {size} (the model's identity plus "
+                     f"expression coefficients), got {modes}")
+  scale = 1.0 / np.sqrt(np.asarray(prior_precision, np.float64))
+  whitened = np.asarray(landmark_basis, np.float64).reshape(rows * 3, size) * scale
+  _, _, vt = np.linalg.svd(whitened, full_matrices=False)
+  return (vt[:modes] * scale[None, :]).astype(np.float32)
+
+
+def with_fit_modes(alignment_model: AlignmentModel, modes: Optional[int]) -> AlignmentModel:
+  """``alignment_model`` whose shape fit (step 4) solves for ``modes`` directions of the
+  coefficient space (:func:`fit_subspace`) instead of all ``Ki + Ke`` coefficients.
+
+  The fit's normal equations are ``[modes, modes]`` instead of ``[Ki + Ke, Ki + Ke]``, so
+  their cost falls with the square and the Cholesky's with the cube of ``modes``; the state
+  still carries all coefficients (``z @ fit_coefficients``). ``None``: every coefficient (the
+  model as it is).
+  """
+  if modes is None:
+    return alignment_model.replace(fit_basis=None, fit_coefficients=None)
+  basis = np.asarray(alignment_model.landmark_basis, np.float32)
+  precision = np.asarray(fitting._prior_precision(  # pylint: disable=protected-access
+      alignment_model.face_model))
+  coefficients = fit_subspace(basis, precision, modes)
+  fit_basis = np.einsum("rjk,mk->rjm", basis.astype(np.float64),
+                        coefficients.astype(np.float64)).astype(np.float32)
+  return alignment_model.replace(fit_basis=jnp.asarray(fit_basis),
+                                 fit_coefficients=jnp.asarray(coefficients))
 
 
 def checked_landmark_offsets(offsets: Optional[Array], what: str = "landmark offsets"
@@ -374,6 +450,32 @@ def landmark_rows(alignment_model: AlignmentModel, vertex_ids: Array) -> Tuple[A
           alignment_model.landmark_basis[rows])
 
 
+def fit_rows(alignment_model: AlignmentModel, vertex_ids: Array) -> Tuple[Array, Array]:
+  """:func:`landmark_rows` with the basis in the shape fit's coordinates: ``(mean [68, 3] mm,
+  basis [68, 3, M])`` (``M = Ki + Ke`` and the same rows without ``fit_basis``)."""
+  if alignment_model.fit_basis is None:
+    return landmark_rows(alignment_model, vertex_ids)
+  rows = alignment_model.row_of_vertex[vertex_ids]
+  return (alignment_model.landmark_mean[rows] + alignment_model.landmark_offsets,
+          alignment_model.fit_basis[rows])
+
+
+def fit_precision(alignment_model: AlignmentModel) -> Array:
+  """``[M]`` prior precisions of the shape fit's coordinates: the model's
+  (:func:`dff_jax.alignment.fitting._prior_precision`) without ``fit_basis``, ones with it."""
+  if alignment_model.fit_basis is None:
+    return fitting._prior_precision(alignment_model.face_model)  # pylint: disable=protected-access
+  return jnp.ones((alignment_model.fit_basis.shape[-1],), jnp.float32)
+
+
+def fit_to_coefficients(alignment_model: AlignmentModel, z: Array) -> Array:
+  """``[..., M]`` fit coordinates -> ``[..., Ki + Ke]`` coefficients (identity then
+  expression)."""
+  if alignment_model.fit_coefficients is None:
+    return z
+  return jnp.dot(z, alignment_model.fit_coefficients, precision=jax.lax.Precision.HIGHEST)
+
+
 def _project_rows(alignment_model: AlignmentModel, pose: Array, rotation: Array,
                   vertex_ids: Array, mean: Array, basis: Array, coefficients: Array,
                   visibility_threshold: float) -> Tuple[Array, Array]:
@@ -418,22 +520,24 @@ def shape_normal_equations(alignment_model: AlignmentModel, mean: Array, basis: 
                            regularisation: float) -> Tuple[Array, Array]:
   """Step 4's linear system ``(J^T W J + lambda P) c = J^T W t`` on pre-gathered rows.
 
-  Tikhonov-regularised linear least squares in model millimetres (prior precision ``P``: 1 for
-  identity and ``1 / expression_std^2`` for expression), the objective of
+  Tikhonov-regularised linear least squares in model millimetres, the objective of
   :func:`dff_jax.alignment.fitting.fit_shape_linear`, for the vertex-major rows of
-  :func:`landmark_rows`.
+  :func:`fit_rows`: with all coefficients (no ``fit_basis``) the prior precision ``P`` is 1 for
+  identity and ``1 / expression_std^2`` for expression, and the solution ``c`` is the
+  coefficients; with ``fit_basis`` ``P = I`` and ``c`` is the fit coordinates ``z``
+  (:func:`with_fit_modes`, :func:`fit_precision`).
 
   Args:
     alignment_model: model (for the prior).
-    mean: ``[N, 3]``; basis: ``[N, 3, Ki + Ke]`` rows of the landmark vertices.
+    mean: ``[N, 3]``; basis: ``[N, 3, M]`` rows of the landmark vertices (:func:`fit_rows`).
     landmarks_px: ``[N, 2]`` target crop pixels.
     pose: ``[6]`` pose (scale and translation are read); rotation: ``[3, 3]`` its rotation.
     weights: ``[N]`` non-negative landmark weights.
     regularisation: lambda (mm^2).
 
   Returns:
-    ``(matrix [K, K], rhs [K])`` float32, ``K = Ki + Ke``; the matrix is symmetric positive
-    definite for ``regularisation > 0``.
+    ``(matrix [M, M], rhs [M])`` float32 (``M = Ki + Ke`` without ``fit_basis``); the matrix is
+    symmetric positive definite for ``regularisation > 0``.
   """
   highest = jax.lax.Precision.HIGHEST
   flip = jnp.array([1.0, -1.0], jnp.float32)
@@ -451,8 +555,7 @@ def shape_normal_equations(alignment_model: AlignmentModel, mean: Array, basis: 
   row_weights = jnp.concatenate([weights, weights])
   weighted = jacobian * row_weights[:, None]
   matrix = jnp.dot(weighted.T, jacobian, precision=highest)
-  matrix = matrix + jnp.diag(regularisation * fitting._prior_precision(  # pylint: disable=protected-access
-      alignment_model.face_model))
+  matrix = matrix + jnp.diag(regularisation * fit_precision(alignment_model))
   rhs = jnp.dot(weighted.T, jnp.concatenate([target[:, 0], target[:, 1]]), precision=highest)
   return matrix, rhs
 
@@ -468,8 +571,9 @@ def fit_shape_rows(alignment_model: AlignmentModel, mean: Array, basis: Array,
                    regularisation: float) -> Array:
   """Step 4: :func:`dff_jax.alignment.fitting.fit_shape_linear` on pre-gathered rows (same
   objective and solution): :func:`shape_normal_equations`, then
-  :func:`solve_normal_equations`. Args as the first; returns ``[Ki + Ke]`` float32
-  coefficients (identity then expression)."""
+  :func:`solve_normal_equations`. Args as the first; returns ``[M]`` float32: the
+  coefficients (identity then expression) without ``fit_basis``, else the fit coordinates
+  (:func:`fit_to_coefficients`)."""
   return solve_normal_equations(*shape_normal_equations(
       alignment_model, mean, basis, landmarks_px, pose, rotation, weights, regularisation))
 
@@ -533,16 +637,18 @@ def refit(alignment_model: AlignmentModel, landmarks_px: Array, pose: Array, wei
   """Steps 4-5: shape fit to the regressed landmarks under the regressed pose, re-projection.
 
   The landmark vertices (jaw for this pose) and their basis rows are looked up once and serve
-  both the fit and the re-projection (the pose, hence the contour choice, is the same).
+  both the fit and the re-projection (the pose, hence the contour choice, is the same), both in
+  the fit's coordinates (:func:`fit_rows`).
   """
   model = alignment_model.face_model
   rotation = pose_rotation(pose)
   vertex_ids = face_model_lib.landmark_vertex_ids_for_pose(model, rotation)
-  mean, basis = landmark_rows(alignment_model, vertex_ids)
-  coefficients = fit_shape_rows(alignment_model, mean, basis, landmarks_px, pose, rotation,
-                                weights, config.shape_regularisation)
+  mean, basis = fit_rows(alignment_model, vertex_ids)
+  fitted = fit_shape_rows(alignment_model, mean, basis, landmarks_px, pose, rotation,
+                          weights, config.shape_regularisation)
   landmarks, visibility = _project_rows(alignment_model, pose, rotation, vertex_ids, mean, basis,
-                                        coefficients, config.visibility_threshold)
+                                        fitted, config.visibility_threshold)
+  coefficients = fit_to_coefficients(alignment_model, fitted)
   return AlignmentState(landmarks_px=landmarks, visibility=visibility, pose=pose,
                         shape_coefficients=coefficients[:model.num_identity],
                         expression_coefficients=coefficients[model.num_identity:])

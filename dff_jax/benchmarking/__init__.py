@@ -235,7 +235,8 @@ def benchmark_function(what: str) -> Callable[..., Iterator[Dict[str, Any]]]:
 # Options that must be whole numbers >= 1 (or >= the value given), when given.
 _AT_LEAST = {"repeats": 1, "num_stages": 1, "crop_size": 1, "descriptor_dim": 1, "image_size": 1,
              "num_pairs": 1, "num_images": 1, "batch_size": 1, "workers": 1, "writers": 1,
-             "prefetch_batches": 1, "remat_batch_size": 1, "remat_repeats": 1}
+             "prefetch_batches": 1, "remat_batch_size": 1, "remat_repeats": 1,
+             "fit_modes": 1}
 # List options: each value a whole number >= 1; the list must not be empty when given.
 _COUNT_LISTS = ("batch_sizes", "grain_workers", "processes")
 # List options of names: not empty when given, each value one of these (resolved when checked).

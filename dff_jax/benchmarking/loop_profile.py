@@ -11,7 +11,8 @@ The parts are the steps of :func:`dff_jax.alignment.cascade.apply_stage` for ``B
 * ``regress``: the stage's linear regressors (``[68 D + 1] x [68 D + 1, 142]`` per face);
 * ``contour``: the pose's jaw vertex choice; ``rows``: gathering their mean and basis rows;
 * ``normal_equations``: the shape fit's Jacobian and ``J^T W J``, ``J^T W t``;
-* ``cholesky_solve``: the ``(Ki + Ke)``-square Cholesky factorisation and solve;
+* ``cholesky_solve``: the ``M``-square Cholesky factorisation and solve (``M = Ki + Ke``, or
+  ``fit_modes``: :func:`~dff_jax.alignment.cascade.with_fit_modes`);
 * ``project``: re-projection and visibility of the 68 landmarks.
 
 One record per part (``what = "loop_profile"``, ``part``, ``ms_per_batch``, ``share`` of the sum
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +92,8 @@ def _per_face_head_record(features: Callable, fields: Any, states: Any,
 def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int = 128,
                        descriptor_dim: int = 64, field: str = "dense",
                        face_model: str = "default", repeats: int = 10,
-                       seed: int = 0) -> Iterator[Dict[str, Any]]:
+                       seed: int = 0, fit_modes: Optional[int] = None
+                       ) -> Iterator[Dict[str, Any]]:
   """Times the parts of one stage and the whole loop; yields one record per part.
 
   Args:
@@ -103,9 +105,11 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     face_model: :func:`dff_jax.face_model.load_face_model` spec.
     repeats: timed calls per part (median).
     seed: PRNG seed of the random fields and regressors.
+    fit_modes: directions the shape fit solves for (:func:`dff_jax.alignment.cascade.
+      with_fit_modes`; ``None``: all coefficients); every record names it.
   """
   model = load_face_model(face_model)
-  alignment_model = cascade.make_alignment_model(model)
+  alignment_model = cascade.with_fit_modes(cascade.make_alignment_model(model), fit_modes)
   config = cascade.CascadeConfig(num_stages=num_stages, crop_size=crop_size)
   key_params, key_fields = jax.random.split(jax.random.key(seed))
   params = align_bench.random_cascade_params(
@@ -128,7 +132,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   contour = vmap(lambda r: face_model_lib.landmark_vertex_ids_for_pose(am.face_model, r))
   parts.append(("contour", contour, (rotation,)))
   ids = jax.jit(contour)(rotation)
-  rows = vmap(lambda i: cascade.landmark_rows(am, i))
+  rows = vmap(lambda i: cascade.fit_rows(am, i))
   parts.append(("rows", rows, (ids,)))
   mean, basis = jax.jit(rows)(ids)
   normal = vmap(lambda *a: cascade.shape_normal_equations(am, *a, config.shape_regularisation))
@@ -148,7 +152,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     seconds, _ = benchmarking.time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
     flops = benchmarking.flops(compiled)
     records.append({"what": "loop_profile", "part": name, "field": field,
-                    "batch_size": batch_size, "ms_per_batch": round(1e3 * seconds, 3),
+                    "batch_size": batch_size, "fit_modes": fit_modes, "ms_per_batch": round(1e3 * seconds, 3),
                     "gflop_per_batch": round(flops / 1e9, 4),
                     "gflops": round(flops / seconds / 1e9, 2)})
   total = sum(r["ms_per_batch"] for r in records)
@@ -165,7 +169,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   compile_s = time.perf_counter() - start
   seconds, _ = benchmarking.time_call(lambda: compiled(am, params, fields), repeats)
   yield {"what": "loop_profile", "part": "loop", "field": field, "batch_size": batch_size,
-         "num_stages": num_stages, "ms_per_batch": round(1e3 * seconds, 3),
+         "num_stages": num_stages, "fit_modes": fit_modes, "ms_per_batch": round(1e3 * seconds, 3),
          "items_per_second": round(batch_size / seconds, 1),
          "stage_parts_ms": round(total, 3), "compile_s": round(compile_s, 2),
          "gflop_per_batch": round(benchmarking.flops(compiled) / 1e9, 4),

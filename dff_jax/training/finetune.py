@@ -523,8 +523,10 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
                                  cascade_config.shape_regularisation)
   # A calibrated starting cascade keeps its output calibration (trained through, and written).
   output_offsets = cascade.output_offsets_of(dict(meta)) if config.cascade else None
-  alignment_model = cascade.make_alignment_model(model, landmark_offsets=offsets,
-                                                 output_offsets=output_offsets)
+  fit_modes = fit_modes_for(config, meta if config.cascade else {})
+  alignment_model = cascade.with_fit_modes(
+      cascade.make_alignment_model(model, landmark_offsets=offsets, output_offsets=output_offsets),
+      fit_modes)
   source = dict(features=kind, descriptor_source=describer.source,
                 descriptor_dim=describer.descriptor_dim, face_model=face_model,
                 cascade=str(config.cascade or "zero regressors"))
@@ -532,10 +534,27 @@ def load_starting_point(config: ml_collections.ConfigDict) -> StartingPoint:
     source["landmark_offsets_mm"] = np.round(offsets.astype(np.float64), 4).tolist()
   if output_offsets is not None:
     source["output_offsets_mm"] = np.round(output_offsets.astype(np.float64), 4).tolist()
+  if fit_modes is not None:
+    source["fit_modes"] = fit_modes
   return StartingPoint(
       describer=describer, params={"encoder": encoder_params, "cascade": trained}, fixed=fixed,
       cascade_config=cascade_config, alignment_model=alignment_model, source=source,
       teacher=teacher, encoder_config=encoder_config)
+
+
+def fit_modes_for(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> Optional[int]:
+  """The directions the fine-tuned cascade's shape fit solves for, which its file then names
+  (:func:`dff_jax.alignment.cascade.with_fit_modes`): ``config.fit_modes`` when positive, else
+  the starting cascade's (``meta``; ``None``: all coefficients).
+
+  Raises:
+    ValueError: ``config.fit_modes`` is negative or not a whole number.
+  """
+  modes = config.get("fit_modes", 0)
+  if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or modes < 0:
+    raise ValueError(f"config.fit_modes must be a whole number >= 0 (0 keeps the starting "
+                     f"cascade's), got {modes!r}")
+  return int(modes) if modes else cascade.fit_modes_of(dict(meta))
 
 
 def landmark_offsets_for(config: ml_collections.ConfigDict, model: Any,

@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
   # convention; render labels are moved into it), "none" uses the model's own vertices.
   config.landmark_offsets = ""
   config.landmark_offsets_rounds = 10   # alternations of the "fits" estimate
+  # Directions of the coefficient space each stage's shape fit solves for
+  # (cascade.with_fit_modes: the fit's normal equations are fit_modes square instead of
+  # identity + expression): 0 keeps the starting cascade's (all, if it names none).
+  config.fit_modes = 0
   # A student encoder: set config.student = ConfigDict(encoder overrides, e.g. convs_per_level)
   # to train a new encoder (started from the loaded one where shapes agree) with this weight
   # times the distance of its feature pyramid to the loaded encoder's (finetune_thin.py).

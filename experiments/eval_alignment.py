@@ -125,6 +125,9 @@ def define_flags() -> None:
                     "faces and boxes (method dlib; optional requirements-compare.txt).")
   flags.DEFINE_string("dlib_predictor", None, "dlib's 68-point model file (default: the "
                       "face_recognition_models package's).")
+  flags.DEFINE_integer("fit_modes", None, "Solve each stage's shape fit in this many directions "
+                       "of the coefficient space instead of the cascade's own (to measure what "
+                       "the fit's size costs).")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
@@ -141,7 +144,7 @@ def main(argv):
                        faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources,
                        boxes=FLAGS.boxes, refine=FLAGS.refine, compare_dlib=FLAGS.compare_dlib,
                        dlib_predictor=FLAGS.dlib_predictor,
-                       refine_min_change=FLAGS.refine_min_change)
+                       refine_min_change=FLAGS.refine_min_change, fit_modes=FLAGS.fit_modes)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

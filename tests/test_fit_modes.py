@@ -137,3 +137,20 @@ def test_finetune_sets_or_keeps_the_fit_modes():
   config.fit_modes = -1
   with pytest.raises(ValueError, match="fit_modes"):
     finetune.fit_modes_for(config, {})
+
+
+def test_an_aligner_may_override_its_cascades_fit_modes():
+  """``resolve_aligner(fit_modes=...)`` (``eval_alignment --fit_modes``): the loaded aligner's
+  fit has that many directions; without it, the cascade file's own; a bad value is refused
+  before anything loads."""
+  from dff_jax.alignment import runner
+  own = runner.load_aligner(runner.resolve_aligner("fast"), cache=False)
+  expected = own.meta.get("fit_modes")
+  fit_basis = own.alignment_model.fit_basis
+  assert (fit_basis is None) == (expected is None)
+  assert expected is None or fit_basis.shape[-1] == expected
+  other = runner.load_aligner(runner.resolve_aligner("fast", fit_modes=12), cache=False)
+  assert other.alignment_model.fit_basis.shape[-1] == 12
+  for bad in (0, -1, True, 2.0):
+    with pytest.raises(ValueError, match="--fit_modes must be a positive integer"):
+      runner.resolve_aligner("fast", fit_modes=bad)

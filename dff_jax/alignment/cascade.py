@@ -323,11 +323,14 @@ def make_alignment_model(model: FaceModel, smoothing_rounds: int = 2,
       output_offsets=jnp.asarray(checked_landmark_offsets(output_offsets, "output offsets")))
 
 
-def alignment_model_for(model: FaceModel, meta: Mapping[str, Any]) -> AlignmentModel:
+def alignment_model_for(model: FaceModel, meta: Mapping[str, Any],
+                        fit_modes: Optional[int] = None) -> AlignmentModel:
   """The alignment model of a cascade file: ``model`` with the landmark offsets, the output
   calibration and the shape fit's modes its ``meta`` carries (:func:`landmark_offsets_of`,
-  :func:`output_offsets_of`, :func:`fit_modes_of`)."""
+  :func:`output_offsets_of`, :func:`fit_modes_of`); ``fit_modes`` given: those instead."""
   meta = dict(meta)
+  if fit_modes is not None:
+    meta["fit_modes"] = fit_modes
   return with_fit_modes(
       make_alignment_model(model, landmark_offsets=landmark_offsets_of(meta),
                            output_offsets=output_offsets_of(meta)), fit_modes_of(meta))

@@ -127,6 +127,10 @@ class AlignerSpec:
     header: the cascade file's header.
     mirror: align every face also mirrored left-right and combine the two estimates
       (test-time mirroring, :func:`dff_jax.alignment.cascade.apply_stage`): about twice the work.
+    fit_modes: solve every stage's shape fit in this many directions of the coefficient space
+      instead of the cascade's own (:func:`dff_jax.alignment.cascade.with_fit_modes`; ``None``:
+      the cascade file's, :func:`dff_jax.alignment.cascade.fit_modes_of`): for measuring what
+      the fit's size costs; regressors trained with another fit give other landmarks.
   """
   features: str
   cascade_path: Path
@@ -134,13 +138,15 @@ class AlignerSpec:
   face_model: str
   header: Dict[str, Any]
   mirror: bool = False
+  fit_modes: Optional[int] = None
 
 
 def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
                     features: Optional[str] = None,
                     checkpoint: Optional[str | os.PathLike] = None,
                     face_model: Optional[str] = None, mirror: bool = False,
-                    other_encoder: bool = False) -> AlignerSpec:
+                    other_encoder: bool = False, fit_modes: Optional[int] = None
+                    ) -> AlignerSpec:
   """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX, except
   to compare a given checkpoint with the encoder the cascade was trained with).
 
@@ -153,7 +159,7 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
       (:func:`dff_jax.alignment.features.encoder_for_cascade`), else the shipped
       ``dff_default`` bundle. Ignored for SIFT.
     face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
-    mirror: test-time mirroring (:class:`AlignerSpec`).
+    mirror, fit_modes: test-time mirroring, the shape fit's directions (:class:`AlignerSpec`).
     other_encoder: accept a ``checkpoint`` other than the encoder the cascade names (its
       regressors were fitted to that encoder's descriptors: another's give wrong landmarks,
       so by default that is refused; tools that fit new weights for the given encoder, such as
@@ -207,8 +213,12 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
   if model_spec not in ("default", "ict", "sfm") and not Path(model_spec).is_file():
     raise FileNotFoundError(f"face model {model_spec} does not exist: pass --face_model=default "
                             "or the path of a face model file")
+  if fit_modes is not None and (isinstance(fit_modes, bool) or not isinstance(fit_modes, int)
+                                or fit_modes < 1):
+    raise ValueError(f"--fit_modes must be a positive integer (directions of the shape fit), "
+                     f"got {fit_modes!r}; leave it out for the cascade's own")
   return AlignerSpec(features=kind, cascade_path=path, checkpoint=bundle, face_model=model_spec,
-                     header=header, mirror=bool(mirror))
+                     header=header, mirror=bool(mirror), fit_modes=fit_modes)
 
 
 @dataclasses.dataclass
@@ -361,7 +371,7 @@ def load_aligner(spec: AlignerSpec, cache: bool = True) -> CompiledCascade:
     ValueError: unreadable files, or a cascade whose descriptor size differs from the encoder's.
   """
   key = (spec.features, _file_stamp(spec.cascade_path), _file_stamp(spec.checkpoint),
-         spec.face_model, spec.mirror)
+         spec.face_model, spec.mirror, spec.fit_modes)
   if cache and key in _ALIGNER_CACHE:
     return _ALIGNER_CACHE[key]
   aligner = _load_aligner(spec)
@@ -382,7 +392,8 @@ def _load_aligner(spec: AlignerSpec) -> CompiledCascade:
                      "--checkpoint the cascade was trained with")
   model = load_face_model(spec.face_model)
   return CompiledCascade(spec=spec, describer=describer, face_model=model,
-                 alignment_model=cascade.alignment_model_for(model, meta), params=params,
+                 alignment_model=cascade.alignment_model_for(model, meta, spec.fit_modes),
+                 params=params,
                  config=config, meta=meta, work_size=WORK_SCALE * config.crop_size)
 
 

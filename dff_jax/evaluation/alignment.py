@@ -570,7 +570,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              sources: Optional[Sequence[str]] = None, boxes: str = "landmarks",
              refine: Optional[int] = None, compare_dlib: bool = False,
              dlib_predictor: Optional[str] = None,
-             refine_min_change: Optional[float] = None) -> Dict[str, Any]:
+             refine_min_change: Optional[float] = None,
+             fit_modes: Optional[int] = None) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
   the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
   method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
@@ -583,6 +584,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   :data:`dff_jax.alignment.streaming.REFINE_MIN_CHANGE`). ``compare_dlib``: dlib's 68-point predictor is scored beside our
   methods on the same faces and boxes (method ``dlib``; ``dlib_predictor``: its model file,
   default the ``face_recognition_models`` package's; :mod:`dff_jax.evaluation.dlib_baseline`).
+  ``fit_modes``: every method's shape fit in this many directions instead of its cascade's own
+  (:class:`dff_jax.alignment.runner.AlignerSpec`; the summary's ``fit_modes_override``, and
+  each method's ``fit_modes``: the directions it solved for, ``None`` for all).
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
@@ -625,7 +629,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     baseline = dlib_baseline.load(dlib_predictor)
     dlib_baseline.check_68_points(baseline)
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
-  specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror)
+  specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror,
+                                  fit_modes=fit_modes)
            for c in cascades]
   names = _method_names(specs)
   # Photos decoded as `align` decodes them: grey when every method reads only the luma.
@@ -748,6 +753,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                            descriptor_source=aligner.describer.source,
                            landmark_offsets=bool(np.any(np.asarray(
                                aligner.alignment_model.landmark_offsets) != 0)),
+                           fit_modes=(None if aligner.alignment_model.fit_basis is None
+                                      else int(aligner.alignment_model.fit_basis.shape[-1])),
                            models=provenance.model_files({
                                "cascade": aligner.spec.cascade_path,
                                "encoder": aligner.describer.source,
@@ -759,6 +766,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                  image_decode=("grey: BT.601 luma (a JPEG's luma plane)"
                                                if grey and dataset != "synthetic" else "rgb"),
                                  test_time_mirror=bool(mirror),
+                                 fit_modes_override=fit_modes,
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  refine=int(refine),

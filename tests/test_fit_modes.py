@@ -10,7 +10,6 @@ from jax.test_util import check_grads
 
 from dff_jax import geometry
 from dff_jax.alignment import cascade
-from dff_jax.alignment import fitting
 from dff_jax.face_model import load_face_model
 from dff_jax.training import finetune
 
@@ -89,7 +88,7 @@ def test_every_direction_gives_the_full_fit():
     fitted, _, _ = cascade.project_landmarks(full, pose, shape, expression)
     data = np.sum(np.asarray(weights)[:, None] * (np.asarray(fitted) - np.asarray(landmarks))
                   ** 2) / float(pose[0]) ** 2
-    prior = np.asarray(fitting._prior_precision(full.face_model))  # pylint: disable=protected-access
+    prior = np.asarray(cascade.fit_precision(full))
     return data + 10.0 * np.sum(prior * c ** 2)
 
   assert objective(coefficients[0]) <= objective(coefficients[2]) + 1e-3

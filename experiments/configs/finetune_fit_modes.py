@@ -12,13 +12,13 @@ Why: each stage's shape fit solved for all 113 identity and expression coefficie
 system per face per stage, and the normal equations and their Cholesky solve took over half of the
 loop (``benchmark --what=loop_profile --field=point --crop_size=96``). Restricted to the 40
 directions of the coefficient space that move the landmark vertices most under the shape prior
-(``cascade.with_fit_modes``: 99.3 % of the prior's landmark variance), the system is 40 x 40. The
-shipped pair read with 40 directions and no training lost 0.7 % on AFLW2000-3D dev (WORKSPACE.md
-section 15, "A shape fit in 40 directions"), so the pair is fine-tuned with the restricted fit in
-the loop: the schedule of ``finetune_student_l1_more`` (encoder 1e-4, regressors 7.5e-6, 100
-warm-up steps, cosine to 10 %) from the shipped fast pair, fresh faces (pipeline seed 280000, used
-nowhere else), landmark offsets and output calibration kept. Afterwards refine_outputs and
-fit_agreement, as for the students.
+(``cascade.with_fit_modes``), the system is 40 x 40. The pair shipped before it, read with 40
+directions and no training, lost 0.7 % on AFLW2000-3D dev (``eval_alignment --fit_modes=40``,
+WORKSPACE.md section 15, "A shape fit in 40 directions"), so the pair is fine-tuned with the
+restricted fit in the loop: the schedule of ``finetune_student_l1_more`` (encoder 1e-4, regressors
+7.5e-6, 100 warm-up steps, cosine to 10 %) from the shipped fast pair, fresh faces (pipeline seed
+280000, used nowhere else), landmark offsets and output calibration kept. Afterwards refine_outputs
+and fit_agreement, as for the students.
 """
 
 from experiments.configs import finetune_student_l1_more

@@ -94,6 +94,22 @@ def test_encoder_in_worker_processes_sums_their_rates():
     assert both[field] == one[field]
 
 
+def test_results_of_a_named_cascade_record_its_file(tmp_path):
+  """``--cascade=fast`` (a shipped cascade's name): the results file records the sha256 of
+  dff_jax/assets/cascade_dff_fast.npz, hashed here independently."""
+  import hashlib
+  import json
+  import os
+  from pathlib import Path
+  from dff_jax import benchmarking
+  shipped = Path(__file__).resolve().parents[1] / "dff_jax" / "assets" / "cascade_dff_fast.npz"
+  out = tmp_path / "results.json"
+  benchmarking.write_results(str(out), [{"what": "align_stream"}], os.getloadavg(),
+                             cascade="fast")
+  recorded = json.loads(out.read_text())["provenance"]["models"]["cascade"]
+  assert recorded["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+
+
 def test_unknown_benchmark_is_a_usage_error():
   proc = _run("--what=bogus")
   assert proc.returncode != 0 and "bogus" in proc.stderr

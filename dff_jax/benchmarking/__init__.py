@@ -377,10 +377,13 @@ def write_results(path: str, records: Sequence[Dict[str, Any]], loadavg_before,
                   cascade: Optional[str] = None, checkpoint: Optional[str] = None) -> None:
   """Writes ``{"records": [...], "loadavg_before", "loadavg_after"}`` and the provenance (git
   commit, command, sha256 of the cascade and encoder measured: those given, else the shipped
-  default pair where a record names it) to ``path`` (:func:`dff_jax.provenance.write_results`)."""
+  default pair where a record names it) to ``path`` (:func:`dff_jax.provenance.write_results`).
+  ``cascade`` may be a shipped cascade's name (``--cascade=fast``): its file is recorded."""
   from dff_jax import provenance  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   cascades = {r["cascade"] for r in records if r.get("cascade")}
-  models = {"cascade": cascade or (cascades.pop() if len(cascades) == 1 else None),
+  measured = cascade or (cascades.pop() if len(cascades) == 1 else None)
+  models = {"cascade": runner.named_cascade_path(measured) if measured else None,
             "checkpoint": checkpoint}
   provenance.write_results(path, dict(records=list(records), loadavg_before=loadavg_before,
                                       loadavg_after=os.getloadavg()), models)

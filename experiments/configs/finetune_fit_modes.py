@@ -18,7 +18,9 @@ WORKSPACE.md section 15, "A shape fit in 40 directions"), so the pair is fine-tu
 restricted fit in the loop: the schedule of ``finetune_student_l1_more`` (encoder 1e-4, regressors
 7.5e-6, 100 warm-up steps, cosine to 10 %) from the shipped fast pair, fresh faces (pipeline seed
 280000, used nowhere else), landmark offsets and output calibration kept. Afterwards refine_outputs
-and fit_agreement, as for the students.
+and fit_agreement, as for the students. It ran on the shipped files of 3cf494f (the recipe's
+``fit_modes`` step names the inputs it started from) and has shipped as the fast pair since, so the
+defaults (``finetune_student_l1_more``'s) now name its own result.
 """
 
 from experiments.configs import finetune_student_l1_more

@@ -24,9 +24,9 @@ the output refinement and descriptor template); that machine's files were lost b
 ran again in the evening session from the shipped fast pair itself (the level-1 student's float16
 files, with its output refinement and descriptor template, which refine_outputs and fit_agreement
 fit again afterwards): the defaults below, which are ``finetune_fast_offsets``'s, and the recipe's
-``student_l1_more`` step. It has shipped as the fast pair since (WORKSPACE.md section 15, "The
-level-1 student fine-tuned longer"), so those defaults now name its own result; the recipe step
-names the inputs it started from.
+``student_l1_more`` step. It shipped as the fast pair at 3cf494f (WORKSPACE.md section 15, "The
+level-1 student fine-tuned longer"), and ``finetune_fit_modes`` fine-tuned it again, so those
+defaults now name a later result; the recipe step names the inputs it started from.
 """
 
 from experiments.configs import finetune_fast_offsets

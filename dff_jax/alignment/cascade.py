@@ -346,9 +346,20 @@ def fit_modes_of(meta: Mapping[str, Any]) -> Optional[int]:
   modes = meta.get("fit_modes")
   if modes is None:
     return None
+  return checked_fit_modes(modes, "the cascade's fit_modes",
+                           "the cascade file is damaged or was written by another program")
+
+
+def checked_fit_modes(modes: Any, what: str, advice: str) -> int:
+  """``modes`` as an ``int`` if it is a positive whole number (not a bool or a float).
+
+  Raises:
+    ValueError: ``"{what} must be a positive integer (directions of the shape fit), got
+      {modes!r}; {advice}"``.
+  """
   if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or modes < 1:
-    raise ValueError(f"the cascade's fit_modes must be a positive integer, got {modes!r}: "
-                     "the cascade file is damaged or was written by another program")
+    raise ValueError(f"{what} must be a positive integer (directions of the shape fit), got "
+                     f"{modes!r}; {advice}")
   return int(modes)
 
 

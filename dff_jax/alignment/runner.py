@@ -213,10 +213,9 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
   if model_spec not in ("default", "ict", "sfm") and not Path(model_spec).is_file():
     raise FileNotFoundError(f"face model {model_spec} does not exist: pass --face_model=default "
                             "or the path of a face model file")
-  if fit_modes is not None and (isinstance(fit_modes, bool) or not isinstance(fit_modes, int)
-                                or fit_modes < 1):
-    raise ValueError(f"--fit_modes must be a positive integer (directions of the shape fit), "
-                     f"got {fit_modes!r}; leave it out for the cascade's own")
+  if fit_modes is not None:
+    fit_modes = cascade.checked_fit_modes(fit_modes, "--fit_modes",
+                                          "leave it out for the cascade's own")
   return AlignerSpec(features=kind, cascade_path=path, checkpoint=bundle, face_model=model_spec,
                      header=header, mirror=bool(mirror), fit_modes=fit_modes)
 

@@ -551,10 +551,10 @@ def fit_modes_for(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) ->
     ValueError: ``config.fit_modes`` is negative or not a whole number.
   """
   modes = config.get("fit_modes", 0)
-  if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or modes < 0:
-    raise ValueError(f"config.fit_modes must be a whole number >= 0 (0 keeps the starting "
-                     f"cascade's), got {modes!r}")
-  return int(modes) if modes else cascade.fit_modes_of(dict(meta))
+  if isinstance(modes, (int, np.integer)) and not isinstance(modes, bool) and modes == 0:
+    return cascade.fit_modes_of(dict(meta))
+  return cascade.checked_fit_modes(modes, "config.fit_modes", "or 0 to keep the starting "
+                                   "cascade's")
 
 
 def landmark_offsets_for(config: ml_collections.ConfigDict, model: Any,

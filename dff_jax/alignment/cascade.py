@@ -374,7 +374,8 @@ def fit_subspace(landmark_basis: np.ndarray, prior_precision: np.ndarray, modes:
   V_modes)^T`` spans its ``modes`` largest principal directions, and the prior ``c^T diag(
   prior_precision) c`` is ``|z|^2`` in them. Restricted to these directions, step 4's
   regularised fit is the full fit's on the subspace that holds the most of the prior's
-  landmark variance.
+  landmark variance. The fit depends only on that subspace (the signs and the order of ``T``'s
+  rows, which another LAPACK may choose differently, change ``z`` but not ``c``).
 
   Args:
     landmark_basis: ``[R, 3, K]`` basis rows (mm per unit coefficient).

@@ -19,9 +19,9 @@ else); 3,000 steps instead of 4,000, to finish within the session it started in.
 output refinement and the descriptor template again.
 
 Not shipped (WORKSPACE.md section 15, "A third student, not shipped"): after this run AFLW2000-3D
-dev was 8 % over issue 12's accuracy limit and the renders' worst yaw bin over 0.03, for a two-process
-stream only a little faster. A longer run (a warm restart as ``finetune_student_l1_more`` was) is
-the next thing to try with it.
+dev was 8 % over issue 12's accuracy limit and the renders' worst yaw bin over 0.03, for a
+two-process stream only a little faster. A longer run (a warm restart as
+``finetune_student_l1_more`` was) is the next thing to try with it.
 """
 
 from experiments.configs import finetune_student_l1

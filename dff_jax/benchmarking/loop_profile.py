@@ -152,7 +152,8 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     seconds, _ = benchmarking.time_call(lambda: compiled(*args), repeats)  # pylint: disable=cell-var-from-loop
     flops = benchmarking.flops(compiled)
     records.append({"what": "loop_profile", "part": name, "field": field,
-                    "batch_size": batch_size, "fit_modes": fit_modes, "ms_per_batch": round(1e3 * seconds, 3),
+                    "batch_size": batch_size, "fit_modes": fit_modes,
+                    "ms_per_batch": round(1e3 * seconds, 3),
                     "gflop_per_batch": round(flops / 1e9, 4),
                     "gflops": round(flops / seconds / 1e9, 2)})
   total = sum(r["ms_per_batch"] for r in records)
@@ -169,7 +170,8 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   compile_s = time.perf_counter() - start
   seconds, _ = benchmarking.time_call(lambda: compiled(am, params, fields), repeats)
   yield {"what": "loop_profile", "part": "loop", "field": field, "batch_size": batch_size,
-         "num_stages": num_stages, "fit_modes": fit_modes, "ms_per_batch": round(1e3 * seconds, 3),
+         "num_stages": num_stages, "fit_modes": fit_modes,
+         "ms_per_batch": round(1e3 * seconds, 3),
          "items_per_second": round(batch_size / seconds, 1),
          "stage_parts_ms": round(total, 3), "compile_s": round(compile_s, 2),
          "gflop_per_batch": round(benchmarking.flops(compiled) / 1e9, 4),

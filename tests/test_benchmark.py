@@ -45,8 +45,8 @@ def test_loop_profile_times_every_part_and_the_shared_head_in_turns():
 
 
 def test_loop_profile_names_the_fit_modes_and_solves_that_many():
-  """``fit_modes``: every record names it, and the Cholesky part solves systems of that size
-  (fewer FLOPs than the full 113-coefficient fit's in XLA's count)."""
+  """``fit_modes``: every record names it, and the normal equations are that size (under a tenth
+  of the full 113-coefficient fit's FLOPs in XLA's count)."""
   from dff_jax.benchmarking import loop_profile
   runs = {modes: list(loop_profile.bench_loop_profile(batch_size=2, num_stages=1, crop_size=32,
                                                       descriptor_dim=4, repeats=1,

@@ -46,6 +46,7 @@ def test_fit_recovers_coefficients_planted_in_the_subspace():
   landmarks, and the state still carries all 60 + 53 coefficients."""
   am = _default_alignment_model(40)
   model = am.face_model
+  assert am.landmark_basis.shape == (244, 3, 113)  # WORKSPACE.md section 15 quotes both sizes
   assert am.fit_basis.shape == am.landmark_basis.shape[:2] + (40,)
   pose = jnp.asarray(centred_pose(30.0, crop_size=128))
   rotation = cascade.pose_rotation(pose)

@@ -460,19 +460,23 @@ def landmark_rows(alignment_model: AlignmentModel, vertex_ids: Array) -> Tuple[A
   ``vertex_ids [68]`` (in iBUG-68 order, e.g. from
   :func:`dff_jax.face_model.model.landmark_vertex_ids_for_pose`); the mean includes the
   alignment model's ``landmark_offsets``."""
-  rows = alignment_model.row_of_vertex[vertex_ids]
-  return (alignment_model.landmark_mean[rows] + alignment_model.landmark_offsets,
-          alignment_model.landmark_basis[rows])
+  return _gather_rows(alignment_model, vertex_ids, alignment_model.landmark_basis)
 
 
 def fit_rows(alignment_model: AlignmentModel, vertex_ids: Array) -> Tuple[Array, Array]:
   """:func:`landmark_rows` with the basis in the shape fit's coordinates: ``(mean [68, 3] mm,
   basis [68, 3, M])`` (``M = Ki + Ke`` and the same rows without ``fit_basis``)."""
-  if alignment_model.fit_basis is None:
-    return landmark_rows(alignment_model, vertex_ids)
+  basis = (alignment_model.landmark_basis if alignment_model.fit_basis is None
+           else alignment_model.fit_basis)
+  return _gather_rows(alignment_model, vertex_ids, basis)
+
+
+def _gather_rows(alignment_model: AlignmentModel, vertex_ids: Array,
+                 basis: Array) -> Tuple[Array, Array]:
+  """The mean (with ``landmark_offsets``) and ``basis`` ``[R, 3, M]`` rows of the vertices
+  ``vertex_ids [68]``."""
   rows = alignment_model.row_of_vertex[vertex_ids]
-  return (alignment_model.landmark_mean[rows] + alignment_model.landmark_offsets,
-          alignment_model.fit_basis[rows])
+  return (alignment_model.landmark_mean[rows] + alignment_model.landmark_offsets, basis[rows])
 
 
 def fit_precision(alignment_model: AlignmentModel) -> Array:

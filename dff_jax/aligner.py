@@ -98,7 +98,8 @@ class Aligner:
            checkpoint: Optional[str | os.PathLike] = None, face_model: Optional[str] = None,
            features: Optional[str] = None, batch_size: int = 8,
            min_score: Optional[float] = None, upsample: int = 1,
-           refine: int = streaming.REFINE_DETECTED, mirror: bool = False) -> "Aligner":
+           refine: int = streaming.REFINE_DETECTED, mirror: bool = False,
+           matmul_dtype: Optional[str] = None) -> "Aligner":
     """Loads a cascade, its descriptor and its face model (cached: loading the same files
     again reuses the compiled cascade).
 
@@ -115,11 +116,15 @@ class Aligner:
       mirror: test-time mirroring: each face is also aligned mirrored left-right and every
         cascade stage averages the two regressions (more accurate on photos, about twice the
         alignment time; :func:`dff_jax.alignment.cascade.apply_stage`).
+      matmul_dtype: ``"bfloat16"``: the DFF encoder's matrix products (3x3 convolutions and
+        the point head) with bfloat16 operands, accumulated in float32: faster on CPUs with
+        bfloat16 matrix units (Intel AMX) and on TPUs; ``None``: the encoder's own (float32).
 
     Raises:
       FileNotFoundError / ValueError: a missing or unreadable file (one-line message).
     """
-    spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+    spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror,
+                                  matmul_dtype=matmul_dtype)
     return cls(runner.load_aligner(spec), batch_size=batch_size, min_score=min_score,
                upsample=upsample, refine=refine)
 

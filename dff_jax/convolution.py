@@ -1,4 +1,4 @@
-"""The encoder's 3x3 convolutions: one Flax module, three ways to compute it.
+"""The encoder's 3x3 convolutions: one Flax module, four ways to compute it.
 
 :class:`Conv3x3` has ``flax.linen.Conv``'s parameters (names, shapes, initial values), so every
 checkpoint loads unchanged, and computes the same stride-1, zero-padded ("SAME") 3x3
@@ -8,16 +8,21 @@ cross-correlation in whichever way is cheapest for its shape (:func:`conv3x3_alg
   image (at most :data:`SHIFTED_CONV_MAX_CHANNELS` channels);
 * :func:`winograd_conv3x3`: Winograd's F(4 x 4, 3 x 3), a quarter of the multiply-adds, for
   float32 on a CPU with 32-64 input channels (:data:`WINOGRAD_IN_CHANNELS`);
+* :func:`matmul_conv3x3`: three matrix products, for bfloat16 operands on a CPU with at least
+  :data:`MATMUL_MIN_CHANNELS` input channels (matrix units such as Intel's AMX multiply
+  bfloat16 several times faster than float32);
 * XLA's convolution (``lax.conv_general_dilated``) elsewhere, accelerators included.
 
-All three are plain ``jnp`` / ``lax`` and differentiable; they agree to float32 rounding
-(``tests/test_convolution.py``). Arrays are NHWC, kernels HWIO.
+All four are plain ``jnp`` / ``lax`` and differentiable; they agree to float32 rounding
+(``tests/test_convolution.py``). ``Conv3x3(operand_dtype="bfloat16")`` rounds a layer's input
+and kernel to bfloat16 and accumulates in float32: an inference option
+(``DFFEncoder.matmul_dtype``), not a different model. Arrays are NHWC, kernels HWIO.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -89,7 +94,15 @@ _WINOGRAD_TILE = 4
 # WORKSPACE.md section 15): 51.2 ms per call with this range, 56.6 with XLA's convolution
 # throughout, 53.2 with the 128-channel layer too, slower still with the 16-channel ones.
 WINOGRAD_IN_CHANNELS = (32, 64)
-CONV_ALGORITHMS = ("auto", "xla", "winograd")
+CONV_ALGORITHMS = ("auto", "xla", "winograd", "matmul")
+# ``"auto"`` computes a convolution with bfloat16 operands and at least this many input channels
+# as three matrix products (:func:`matmul_conv3x3`) on a CPU, and by XLA's convolution below it.
+# Timed ad hoc at batch 8 on a 2-core Intel Xeon with AMX (the fast pair's layer shapes at 96 px,
+# variants in turns; the committed figures are the encoder's and the stream's, WORKSPACE.md
+# section 15): 32 -> 64 channels at 24 x 24 took 1.16 ms as products and 1.55 ms by XLA's
+# bfloat16 convolution; 16 -> 32 at 48 x 48, 2.09 ms as products and 1.57 by XLA.
+MATMUL_MIN_CHANNELS = 32
+OPERAND_DTYPES = ("float32", "bfloat16")
 
 
 def _transform_rows(matrix: np.ndarray, parts: Sequence[Array]) -> list:
@@ -107,11 +120,13 @@ def _transform_rows(matrix: np.ndarray, parts: Sequence[Array]) -> list:
   return rows
 
 
-def xla_conv3x3(x: Array, kernel: Array) -> Array:
+def xla_conv3x3(x: Array, kernel: Array, out_dtype: Any = None) -> Array:
   """3x3, stride-1, zero-padded ("SAME") cross-correlation by XLA's convolution
-  (``lax.conv_general_dilated``, NHWC / HWIO): ``[B, H, W, C], [3, 3, C, F] -> [B, H, W, F]``."""
+  (``lax.conv_general_dilated``, NHWC / HWIO): ``[B, H, W, C], [3, 3, C, F] -> [B, H, W, F]``
+  in ``out_dtype`` (``None``: ``x``'s dtype)."""
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      preferred_element_type=out_dtype)
 
 
 @jax.custom_jvp
@@ -181,12 +196,46 @@ def _winograd_conv3x3_jvp(primals, tangents):
   return out, tangent.astype(out.dtype)
 
 
+def matmul_conv3x3(x: Array, kernel: Array, out_dtype: Any = None) -> Array:
+  """3x3, stride-1, zero-padded ("SAME") cross-correlation as three matrix products.
+
+  The input's three column shifts are stacked along channels once (``[B, H + 2, W, 3 C]``);
+  kernel row ``i`` is then one ``[B H W, 3 C] x [3 C, F]`` product with the rows shifted by
+  ``i``, and the three products are summed in float32 (``preferred_element_type``), so
+  ``bfloat16`` inputs lose nothing in the accumulation. For ``bfloat16`` on a CPU with matrix
+  units (Intel AMX) XLA:CPU runs such products several times faster than float32, and far
+  faster than its ``bfloat16`` convolution (:func:`conv3x3_algorithm`).
+
+  Args:
+    x: ``[B, H, W, C]`` float features.
+    kernel: ``[3, 3, C, F]`` (HWIO, as ``flax.linen.Conv``), ``x``'s dtype.
+    out_dtype: the result's dtype (``None``: ``x``'s).
+
+  Returns:
+    ``[B, H, W, F]``: the values of :func:`shifted_conv3x3` (exact products of the operands,
+    summed in float32), rounded once to ``out_dtype``.
+  """
+  batch, height, width, channels = x.shape
+  features = kernel.shape[-1]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  columns = jnp.concatenate([padded[:, :, j:j + width] for j in range(3)], axis=-1)
+  out = None
+  for i in range(3):
+    rows = columns[:, i:i + height].reshape(-1, 3 * channels)
+    term = jnp.dot(rows, kernel[i].reshape(3 * channels, features),
+                   preferred_element_type=jnp.float32)
+    out = term if out is None else out + term
+  return out.reshape(batch, height, width, features).astype(out_dtype or x.dtype)
+
+
 def conv3x3_algorithm(algorithm: str, in_channels: int, dtype: Any) -> str:
-  """Which computation a :class:`Conv3x3` runs: ``"shifted"`` (:func:`shifted_conv3x3`) for at
-  most :data:`SHIFTED_CONV_MAX_CHANNELS` input channels, whatever ``algorithm`` says;
-  otherwise ``"winograd"`` (:func:`winograd_conv3x3`) or ``"xla"`` (XLA's convolution) as asked,
-  and for ``"auto"`` Winograd on a CPU backend for float32 with an input channel count in
-  :data:`WINOGRAD_IN_CHANNELS`, XLA's convolution elsewhere (accelerators have their own fast
+  """Which computation a :class:`Conv3x3` runs on operands of ``dtype``: ``"shifted"``
+  (:func:`shifted_conv3x3`) for at most :data:`SHIFTED_CONV_MAX_CHANNELS` input channels,
+  whatever ``algorithm`` says; otherwise ``"winograd"`` (:func:`winograd_conv3x3`),
+  ``"matmul"`` (:func:`matmul_conv3x3`) or ``"xla"`` (XLA's convolution) as asked. ``"auto"``
+  on a CPU backend: Winograd for float32 with an input channel count in
+  :data:`WINOGRAD_IN_CHANNELS`, matrix products for bfloat16 with at least
+  :data:`MATMUL_MIN_CHANNELS`; XLA's convolution elsewhere (accelerators have their own fast
   convolutions)."""
   if algorithm not in CONV_ALGORITHMS:
     raise ValueError(f"Unknown convolution algorithm {algorithm!r}; use one of "
@@ -194,10 +243,14 @@ def conv3x3_algorithm(algorithm: str, in_channels: int, dtype: Any) -> str:
   if in_channels <= SHIFTED_CONV_MAX_CHANNELS:
     return "shifted"
   if algorithm == "auto":
+    if jax.default_backend() != "cpu":
+      return "xla"
     low, high = WINOGRAD_IN_CHANNELS
-    use = (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32
-           and low <= in_channels <= high)
-    return "winograd" if use else "xla"
+    if jnp.dtype(dtype) == jnp.float32 and low <= in_channels <= high:
+      return "winograd"
+    if jnp.dtype(dtype) == jnp.bfloat16 and in_channels >= MATMUL_MIN_CHANNELS:
+      return "matmul"
+    return "xla"
   return algorithm
 
 
@@ -208,21 +261,25 @@ class Conv3x3(nn.Module):
   (zeros): the names, shapes and initialisation of ``nn.Conv(F, (3, 3), padding="SAME")``, so
   checkpoints and seeds carry over. Inputs of at most :data:`SHIFTED_CONV_MAX_CHANNELS`
   channels (the grey or RGB image) go through :func:`shifted_conv3x3`, the rest through
-  Winograd's algorithm or XLA's convolution (:func:`conv3x3_algorithm`): the same values to
-  float32 rounding.
+  Winograd's algorithm, matrix products or XLA's convolution (:func:`conv3x3_algorithm`): the
+  same values to float32 rounding.
 
   Attributes:
     features: ``F``.
     use_bias: whether to add ``bias``.
-    dtype: computation dtype (inputs and parameters are promoted to it).
+    dtype: computation dtype (inputs and parameters are promoted to it; the output's dtype).
     param_dtype: parameter dtype.
-    algorithm: ``"auto"``, ``"xla"`` or ``"winograd"`` (:func:`conv3x3_algorithm`).
+    algorithm: one of :data:`CONV_ALGORITHMS` (:func:`conv3x3_algorithm`).
+    operand_dtype: ``"bfloat16"``: input and kernel rounded to bfloat16 before the products
+      (accumulated in float32, returned in ``dtype``), for inputs of more than
+      :data:`SHIFTED_CONV_MAX_CHANNELS` channels; ``None`` or ``"float32"``: ``dtype``'s.
   """
   features: int
   use_bias: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
   algorithm: str = "auto"
+  operand_dtype: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -231,11 +288,16 @@ class Conv3x3(nn.Module):
     bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    out_dtype = x.dtype
+    if x.shape[-1] > SHIFTED_CONV_MAX_CHANNELS and self.operand_dtype not in (None, "float32"):
+      x, kernel = x.astype(self.operand_dtype), kernel.astype(self.operand_dtype)
     algorithm = conv3x3_algorithm(self.algorithm, x.shape[-1], x.dtype)
     if algorithm == "shifted":
       y = shifted_conv3x3(x, kernel)
     elif algorithm == "winograd":
-      y = winograd_conv3x3(x, kernel)
+      y = winograd_conv3x3(x, kernel).astype(out_dtype)
+    elif algorithm == "matmul":
+      y = matmul_conv3x3(x, kernel, out_dtype)
     else:
-      y = xla_conv3x3(x, kernel)
+      y = xla_conv3x3(x, kernel, out_dtype)
     return y if bias is None else y + bias

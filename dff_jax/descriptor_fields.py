@@ -61,10 +61,13 @@ class PointField:
       from one set of parameters, as an encoder's fields are), so :func:`vmap_faces` may read
       it once. Slicing, reshaping and padding faces keep it; :func:`concatenate` of several
       fields clears it (they may come from different encoders).
+    head_dtype: static: the operand dtype of the head's two products, ``"float32"`` or
+      ``"bfloat16"`` (accumulated in float32; the encoder's ``matmul_dtype``).
   """
   levels: Tuple[Array, ...]
   head: Mapping[str, Array]
   shared_head: bool = flax.struct.field(pytree_node=False, default=False)
+  head_dtype: str = flax.struct.field(pytree_node=False, default="float32")
 
   @property
   def image_shape(self) -> Tuple[int, int]:
@@ -81,16 +84,22 @@ def broadcast_head(head: Mapping[str, Array], batch_shape: Sequence[int]) -> dic
   return {k: jnp.broadcast_to(v, tuple(batch_shape) + v.shape) for k, v in head.items()}
 
 
-def head_apply(head: Mapping[str, Array], features: Array) -> Array:
+def head_apply(head: Mapping[str, Array], features: Array, operand_dtype: str = "float32"
+               ) -> Array:
   """The point head: ``[K, C]`` pyramid samples -> ``[K, D]`` float32 unit descriptors
-  (dense -> GELU -> dense -> L2 normalise, all in float32). GELU, not ReLU: with ReLU a point
-  whose hidden units are all negative would get an all-zero, not a unit, descriptor."""
-  precision = jax.lax.Precision.HIGHEST
-  features = features.astype(jnp.float32)
-  hidden = jax.nn.gelu(jnp.dot(features, head["hidden_kernel"], precision=precision)
-                       + head["hidden_bias"])
-  return l2_normalize(jnp.dot(hidden, head["out_kernel"], precision=precision)
-                      + head["out_bias"])
+  (dense -> GELU -> dense -> L2 normalise, in float32; the two products' operands rounded to
+  ``operand_dtype`` and accumulated in float32). GELU, not ReLU: with ReLU a point whose hidden
+  units are all negative would get an all-zero, not a unit, descriptor."""
+  def dense(x, kernel, bias):
+    if operand_dtype == "float32":
+      product = jnp.dot(x, kernel, precision=jax.lax.Precision.HIGHEST)
+    else:
+      product = jnp.dot(x.astype(operand_dtype), kernel.astype(operand_dtype),
+                        preferred_element_type=jnp.float32)
+    return product + bias
+  hidden = jax.nn.gelu(dense(features.astype(jnp.float32), head["hidden_kernel"],
+                             head["hidden_bias"]))
+  return l2_normalize(dense(hidden, head["out_kernel"], head["out_bias"]))
 
 
 def pyramid_samples(levels: Sequence[Array], points_px: Array) -> Tuple[Array, Array]:
@@ -128,7 +137,7 @@ def query(field: Field, points_px: Array) -> Tuple[Array, Array]:
   points = jnp.asarray(points_px, jnp.float32)
   batch_shape = points.shape[:-1]
   features, inside = pyramid_samples(field.levels, points.reshape(-1, 2))
-  values = jnp.where(inside[:, None], head_apply(field.head, features), 0.0)
+  values = jnp.where(inside[:, None], head_apply(field.head, features, field.head_dtype), 0.0)
   return values.reshape(batch_shape + (-1,)), inside.reshape(batch_shape)
 
 
@@ -149,8 +158,8 @@ def vmap_faces(fn: Callable[..., Any]) -> Callable[..., Any]:
     The mapped function: same arguments with a leading face axis, outputs with one.
   """
   def mapped(*args):
-    axes = tuple(PointField(levels=0, head=None, shared_head=True) if _has_shared_head(a) else 0
-                 for a in args)
+    axes = tuple(PointField(levels=0, head=None, shared_head=True, head_dtype=a.head_dtype)
+                 if _has_shared_head(a) else 0 for a in args)
     args = tuple(a.replace(head=jax.tree_util.tree_map(lambda h: h[0], a.head))
                  if _has_shared_head(a) else a for a in args)
     return jax.vmap(fn, in_axes=axes)(*args)

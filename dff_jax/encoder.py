@@ -45,7 +45,7 @@ since the paper's backbone is unknown).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -196,6 +196,7 @@ class ConvBlock(nn.Module):
   param_dtype: Any = jnp.float32
   final_activation: bool = True
   conv: str = "auto"
+  matmul_dtype: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -204,7 +205,7 @@ class ConvBlock(nn.Module):
       # Named as flax's auto-named nn.Conv was, so every checkpoint loads unchanged.
       x = convolution.Conv3x3(self.features, use_bias=self.norm == "none", dtype=self.dtype,
                               param_dtype=self.param_dtype, algorithm=self.conv,
-                              name=f"Conv_{index}")(x)
+                              operand_dtype=self.matmul_dtype, name=f"Conv_{index}")(x)
       if self.norm == "group":
         x = GroupNorm(num_groups=_group_count(self.features, self.num_groups),
                       dtype=self.dtype, param_dtype=self.param_dtype)(x)
@@ -237,9 +238,16 @@ class DFFEncoder(nn.Module):
     remat: rematerialise every conv block in the backward pass (``nn.remat``): the activations
       inside a block are recomputed instead of stored, for memory-bound training and
       differentiation through the alignment (same parameters and outputs).
-    conv: how the 3x3 convolutions are computed, ``"auto"`` (default), ``"xla"`` or
-      ``"winograd"`` (:func:`dff_jax.convolution.conv3x3_algorithm`): the same function to
-      float32 rounding, a choice of computation, not of model.
+    conv: how the 3x3 convolutions are computed, ``"auto"`` (default), ``"xla"``,
+      ``"winograd"`` or ``"matmul"`` (:func:`dff_jax.convolution.conv3x3_algorithm`): the same
+      function to float32 rounding, a choice of computation, not of model.
+    matmul_dtype: the operand dtype of the matrix products: every 3x3 convolution past the
+      image's own (``operand_dtype`` of :class:`dff_jax.convolution.Conv3x3`) and, for
+      :class:`PointDFFEncoder`, the head's two layers. ``"bfloat16"`` rounds those operands
+      (accumulating in float32; activations, norms and descriptors stay in ``dtype`` /
+      float32): an inference option for matrix units (Intel AMX, TPU, recent GPUs), trading
+      about 3 significant digits of each product for speed. ``None`` / ``"float32"``: as
+      ``dtype``.
   """
   features: Sequence[int] = (32, 64, 96, 128)
   descriptor_dim: int = 64
@@ -253,6 +261,7 @@ class DFFEncoder(nn.Module):
   param_dtype: Any = jnp.float32
   remat: bool = False
   conv: str = "auto"
+  matmul_dtype: Optional[str] = None
 
   @property
   def stride(self) -> int:
@@ -266,7 +275,9 @@ class DFFEncoder(nn.Module):
                                  ("activation", self.activation, tuple(_ACTIVATIONS)),
                                  ("upsample", self.upsample, _UPSAMPLES),
                                  ("downsample", self.downsample, _DOWNSAMPLES),
-                                 ("conv", self.conv, convolution.CONV_ALGORITHMS)):
+                                 ("conv", self.conv, convolution.CONV_ALGORITHMS),
+                                 ("matmul_dtype", self.matmul_dtype,
+                                  (None,) + convolution.OPERAND_DTYPES)):
       if value not in allowed:
         raise ValueError(f"DFFEncoder.{name}={value!r} is not one of {allowed}.")
     counts = self.convs_per_level
@@ -287,7 +298,8 @@ class DFFEncoder(nn.Module):
              ) -> nn.Module:
     block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
     return block_class(width, self._convs(level), self.norm, self.num_groups, self.activation,
-                       self.dtype, self.param_dtype, final_activation, self.conv, name=name)
+                       self.dtype, self.param_dtype, final_activation, self.conv,
+                       self.matmul_dtype, name=name)
 
   def _pyramid(self, images: Array) -> list:
     """The contracting half: ``len(features)`` maps ``[B, H / 2**l, W / 2**l, features[l]]``
@@ -407,7 +419,7 @@ class PointDFFEncoder(DFFEncoder):
     head = {k: v.astype(jnp.float32) for k, v in head.items()}
     return descriptor_fields.PointField(
         levels=tuple(levels), head=descriptor_fields.broadcast_head(head, images.shape[:1]),
-        shared_head=True)
+        shared_head=True, head_dtype=self.matmul_dtype or "float32")
 
 
 def _max_pool_2x(x: Array) -> Array:
@@ -495,7 +507,8 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   ``preset`` (a :data:`PRESETS` name, overridden by the other fields), ``features``,
   ``descriptor_dim``, ``convs_per_level``, ``norm``, ``num_groups``, ``activation``,
   ``upsample``, ``downsample``, ``dtype`` (a dtype or ``"float32"`` / ``"bfloat16"``), ``remat``,
-  ``conv`` (how the 3x3 convolutions are computed), ``head`` (``"dense"``: the U-Net
+  ``conv`` (how the 3x3 convolutions are computed), ``matmul_dtype`` (``"float32"`` or
+  ``"bfloat16"``: the matrix products' operands), ``head`` (``"dense"``: the U-Net
   :class:`DFFEncoder`; ``"point"``: :class:`PointDFFEncoder`) and, for the point head,
   ``head_hidden``.
   ``channels`` and ``image_size`` are accepted and ignored (the module adapts to its input; the
@@ -516,7 +529,7 @@ def encoder_from_config(config: Any) -> DFFEncoder:
   if head not in _HEADS:
     raise ValueError(f"Unknown encoder head {head!r}; use one of {_HEADS}.")
   names = ["features", "descriptor_dim", "convs_per_level", "norm", "num_groups", "activation",
-           "upsample", "downsample", "dtype", "remat", "conv"]
+           "upsample", "downsample", "dtype", "remat", "conv", "matmul_dtype"]
   if head == "point":
     names.append("head_hidden")
   else:

@@ -111,7 +111,8 @@ def main(argv):
                                 prefetch_batches=FLAGS.prefetch_batches,
                                 run_summary=FLAGS.run_summary, refine=FLAGS.refine,
                                 mirror=FLAGS.mirror, processes=FLAGS.processes,
-                                box_convention=FLAGS.box_convention)
+                                box_convention=FLAGS.box_convention,
+                                matmul_dtype=FLAGS.matmul_dtype)
   except (OSError, ValueError) as error:
     print(f"align: error: {file_io.error_line(error)}", file=sys.stderr)
     sys.exit(2)

@@ -39,6 +39,10 @@ def define_flags() -> None:
   flags.DEFINE_boolean("mirror", False, "Test-time mirroring: align each face and its left-right "
                        "mirror image, averaging every stage's two steps (more accurate, about "
                        "twice the alignment time).")
+  flags.DEFINE_enum("matmul_dtype", None, ["float32", "bfloat16"], "Operand dtype of the DFF "
+                    "encoder's matrix products, accumulated in float32 (bfloat16: faster on "
+                    "CPUs with bfloat16 matrix units such as Intel AMX; README, 'Speed'); "
+                    "default: the encoder's own (float32).")
   flags.DEFINE_boolean("overlay", True, "Write <stem>_overlay.png (also --overlays).")
   flags.DEFINE_alias("overlays", "overlay")
   flags.DEFINE_integer("workers", 2, "Threads decoding images and cutting crops (0: none).")
@@ -64,6 +68,10 @@ def run_multiview(flag_values, command: str) -> None:
   if flag_values.mirror:
     print(f"{command}: error: --mirror is not available for multi-view alignment: drop it, or "
           "align the views one by one without --multiview", file=sys.stderr)
+    sys.exit(2)
+  if flag_values.matmul_dtype is not None:
+    print(f"{command}: error: --matmul_dtype is not available for multi-view alignment: drop "
+          "it", file=sys.stderr)
     sys.exit(2)
   if flag_values.processes != 1:
     print(f"{command}: error: --processes is not available for multi-view alignment (the views "

@@ -97,6 +97,9 @@ flags.DEFINE_integer("fit_modes", None, "loop_profile: directions the shape fit 
                      "(all identity and expression coefficients).")
 flags.DEFINE_boolean("mirror", None, "stream: the aligner with test-time mirroring (align "
                      "--mirror; default off).")
+flags.DEFINE_enum("matmul_dtype", None, ["float32", "bfloat16"], "stream, loop_profile: operand "
+                  "dtype of the DFF encoder's matrix products and the point head's (align "
+                  "--matmul_dtype; default: the encoder's own, float32).")
 
 _OPTIONS = ("batch_sizes", "repeats", "encoder_cases", "modes", "max_run_s", "max_temp_gb",
             "train_config", "align_modes", "num_stages", "crop_size", "descriptor_dim",
@@ -104,7 +107,7 @@ _OPTIONS = ("batch_sizes", "repeats", "encoder_cases", "modes", "max_run_s", "ma
             "data_dir", "num_images", "batch_size", "cascade", "features", "checkpoint",
             "workers", "writers", "prefetch_batches", "overlays", "dlib_predictor",
             "remat_batch_size", "remat_repeats", "images", "field", "mirror", "processes",
-            "fit_modes")
+            "fit_modes", "matmul_dtype")
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 

@@ -128,6 +128,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("fit_modes", None, "Solve each stage's shape fit in this many directions "
                        "of the coefficient space instead of the cascade's own (to measure what "
                        "the fit's size costs).")
+  flags.DEFINE_enum("matmul_dtype", None, ["float32", "bfloat16"], "Operand dtype of the DFF "
+                    "encoder's matrix products (align --matmul_dtype; default: the encoder's "
+                    "own, float32).")
   flags.DEFINE_string("out_dir", None, "Output folder.")
 
 
@@ -144,7 +147,8 @@ def main(argv):
                        faces_json=FLAGS.faces_json, mirror=FLAGS.mirror, sources=FLAGS.sources,
                        boxes=FLAGS.boxes, refine=FLAGS.refine, compare_dlib=FLAGS.compare_dlib,
                        dlib_predictor=FLAGS.dlib_predictor,
-                       refine_min_change=FLAGS.refine_min_change, fit_modes=FLAGS.fit_modes)
+                       refine_min_change=FLAGS.refine_min_change, fit_modes=FLAGS.fit_modes,
+                       matmul_dtype=FLAGS.matmul_dtype)
   except (OSError, ValueError) as error:
     from dff_jax.file_io import error_line  # pylint: disable=g-import-not-at-top
     print(f"eval_alignment: error: {error_line(error)}", file=sys.stderr)

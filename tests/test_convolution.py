@@ -117,13 +117,15 @@ def test_winograd_gradients_match_finite_differences_and_planted_sums():
 def test_algorithm_choice():
   """``conv3x3_algorithm``: at most 3 input channels are always the shifted multiply-adds; on a
   CPU ``"auto"`` picks Winograd for float32 with 32-64 input channels and XLA's convolution for
-  16 or 128, and for bfloat16; an explicit choice is kept; an unknown name is refused, in
+  16 or 128; for bfloat16, matrix products from 32 input channels and XLA's convolution below;
+  an explicit choice is kept; an unknown name is refused, in
   ``Conv3x3``, the encoder's fields and ``dff_describer(conv=...)`` alike."""
   assert jax.default_backend() == "cpu"
   choose = conv.conv3x3_algorithm
   assert [choose("auto", c, jnp.float32) for c in (1, 3, 16, 32, 64, 128)] == [
       "shifted", "shifted", "xla", "winograd", "winograd", "xla"]
-  assert choose("auto", 32, jnp.bfloat16) == "xla"
+  assert [choose("auto", c, jnp.bfloat16) for c in (3, 16, 32, 128)] == [
+      "shifted", "xla", "matmul", "matmul"]
   assert choose("xla", 32, jnp.float32) == "xla" and choose("winograd", 16, jnp.float32) == (
       "winograd") and choose("winograd", 1, jnp.float32) == "shifted"
   with pytest.raises(ValueError, match="Unknown convolution algorithm 'fft'"):

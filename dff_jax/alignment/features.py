@@ -52,13 +52,15 @@ class Describer:
     return descriptor_fields.to_dense_batch(self(crops))
 
 
-def dff_describer(checkpoint: Optional[str | Path] = None, conv: Optional[str] = None
-                  ) -> Describer:
+def dff_describer(checkpoint: Optional[str | Path] = None, conv: Optional[str] = None,
+                  matmul_dtype: Optional[str] = None) -> Describer:
   """The DFF encoder from an inference bundle or training workdir (default: the shipped one).
 
-  ``conv``: how its 3x3 convolutions are computed (``"auto"``, ``"xla"``, ``"winograd"``:
-  :func:`dff_jax.convolution.conv3x3_algorithm`; the same descriptors to float32 rounding);
-  ``None`` keeps the bundle's configuration (``"auto"`` unless it names one).
+  ``conv``: how its 3x3 convolutions are computed (``"auto"``, ``"xla"``, ``"winograd"``,
+  ``"matmul"``: :func:`dff_jax.convolution.conv3x3_algorithm`; the same descriptors to float32
+  rounding); ``matmul_dtype``: the operand dtype of its matrix products (``"float32"`` or
+  ``"bfloat16"``: :class:`dff_jax.encoder.DFFEncoder`); ``None`` keeps the bundle's
+  configuration (``"auto"``, float32, unless it names others).
 
   Raises:
     FileNotFoundError / ValueError: with a readable message when the checkpoint is missing,
@@ -71,8 +73,10 @@ def dff_describer(checkpoint: Optional[str | Path] = None, conv: Optional[str] =
             else "pass --checkpoint=DIR with a training workdir or an exported bundle")
     raise FileNotFoundError(f"DFF checkpoint {path} does not exist: {hint}")
   module, params, meta = checkpoint_lib.load_inference_bundle(path)
-  if conv is not None:
-    module = module.clone(conv=conv)
+  overrides = {k: v for k, v in (("conv", conv), ("matmul_dtype", matmul_dtype))
+               if v is not None}
+  if overrides:
+    module = module.clone(**overrides)
     module._check_fields()  # pylint: disable=protected-access  # A bad name, said here.
   channels = int(meta.get("channels", 1))
 
@@ -135,10 +139,32 @@ def same_encoder(first: str | Path, second: str | Path) -> bool:
                   for (ka, a), (kb, b) in zip(*leaves)))
 
 
-def make_describer(kind: str, checkpoint: Optional[str | Path] = None) -> Describer:
-  """``"dff"`` (with an optional checkpoint) or ``"sift"``."""
+def checked_matmul_dtype(matmul_dtype: str, kind: str = "dff") -> str:
+  """``matmul_dtype`` (``--matmul_dtype``) if it names an operand dtype of the DFF encoder's
+  matrix products (:data:`dff_jax.convolution.OPERAND_DTYPES`) and the descriptors are DFF's.
+
+  Raises:
+    ValueError: another name, or a descriptor (SIFT) without such products; the message says
+      which values work.
+  """
+  from dff_jax import convolution  # pylint: disable=g-import-not-at-top
+  if matmul_dtype not in convolution.OPERAND_DTYPES:
+    raise ValueError(f"--matmul_dtype={matmul_dtype!r} is not one of "
+                     f"{', '.join(convolution.OPERAND_DTYPES)} (leave it out for the encoder's own)")
+  if kind != "dff" and matmul_dtype != "float32":
+    raise ValueError(f"--matmul_dtype={matmul_dtype} applies to DFF descriptors only, and these "
+                     f"are {kind}: drop it")
+  return matmul_dtype
+
+
+def make_describer(kind: str, checkpoint: Optional[str | Path] = None,
+                   matmul_dtype: Optional[str] = None) -> Describer:
+  """``"dff"`` (with an optional checkpoint and matrix-product operand dtype,
+  :func:`dff_describer`) or ``"sift"``."""
+  if matmul_dtype is not None:
+    checked_matmul_dtype(matmul_dtype, kind)
   if kind == "dff":
-    return dff_describer(checkpoint)
+    return dff_describer(checkpoint, matmul_dtype=matmul_dtype)
   if kind == "sift":
     return sift_describer()
   raise ValueError(f"unknown features {kind!r}: use one of {FEATURE_KINDS}")

@@ -40,7 +40,8 @@ def _given_box(path: Path, common_box: Any, box_map: Optional[Dict[str, Any]],
 
 def _read_inputs(bbox: Optional[str], boxes: Optional[str], cascade: Optional[str],
                  features: Optional[str], checkpoint: Optional[str], face_model: Optional[str],
-                 mirror: bool = False) -> Tuple[Any, Optional[Dict[str, Any]], Any]:
+                 mirror: bool = False, matmul_dtype: Optional[str] = None
+                 ) -> Tuple[Any, Optional[Dict[str, Any]], Any]:
   """``(common box, box map, aligner spec)`` of the flags: ``--bbox`` parsed (``None``: find the
   faces), the ``--boxes`` file read (``None`` without one), the cascade / encoder / face model
   resolved (:func:`dff_jax.alignment.runner.resolve_aligner`).
@@ -52,7 +53,8 @@ def _read_inputs(bbox: Optional[str], boxes: Optional[str], cascade: Optional[st
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   common_box = streaming.parse_bbox(bbox) if bbox else None
   box_map = streaming.read_boxes_file(boxes) if boxes else None
-  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+  spec = runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror,
+                                matmul_dtype=matmul_dtype)
   return common_box, box_map, spec
 
 
@@ -63,7 +65,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                 progress: bool = True, report=None, workers: int = 2, writers: int = 2,
                 prefetch_batches: int = 2, run_summary: bool = False,
                 refine: Optional[int] = None, mirror: bool = False,
-                processes: int = 1, box_convention: str = "detector") -> Dict[str, Any]:
+                processes: int = 1, box_convention: str = "detector",
+                matmul_dtype: Optional[str] = None) -> Dict[str, Any]:
   """``experiments.align``: streams the images through the aligner and writes the results.
 
   Images are decoded by ``workers`` threads a few batches ahead of the jitted cascade
@@ -100,7 +103,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
     box_convention: what ``bbox`` / ``boxes`` are
       (:data:`dff_jax.alignment.streaming.BOX_CONVENTIONS`: ``"detector"``, any face
       detector's box, refined; ``"landmarks"``, the 68 points' bounding box, aligned once).
-    mirror: test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
+    mirror, matmul_dtype: test-time mirroring, the encoder's matrix products
+      (:class:`dff_jax.alignment.runner.AlignerSpec`).
     processes: worker processes (``1``: align in this process).
 
   Returns:
@@ -141,7 +145,8 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
   paths, skipped = streaming.find_images(images)
   check_outputs_spare_inputs(paths, streaming.output_stems(paths), out_dir, overlay)
   # Bad boxes and missing or unreadable model files fail here, before anything is written.
-  inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror)
+  inputs = _read_inputs(bbox, boxes, cascade, features, checkpoint, face_model, mirror,
+                        matmul_dtype)
   if processes == 1:
     runner.load_aligner(inputs[2])  # cached: the stream below reuses it
   out_dir = file_io.check_writable_folder(out_dir)
@@ -152,7 +157,7 @@ def align_files(images: str, out_dir: str | Path, bbox: Optional[str] = None,
                   checkpoint=checkpoint, face_model=face_model, batch_size=batch_size,
                   overlay=overlay, workers=workers, writers=writers,
                   prefetch_batches=prefetch_batches, refine=refine, mirror=mirror,
-                  box_convention=box_convention)
+                  box_convention=box_convention, matmul_dtype=matmul_dtype)
   processes = min(processes, max(len(entries), 1))
   if processes > 1:  # each worker reads the flags' files itself
     summary = _align_in_processes(entries, out_dir, settings, processes, progress, report)
@@ -177,7 +182,8 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
                    boxes: Optional[str], cascade: Optional[str], features: Optional[str],
                    checkpoint: Optional[str], face_model: Optional[str], batch_size: int,
                    overlay: bool, workers: int, writers: int, prefetch_batches: int,
-                   refine: Optional[int], mirror: bool, box_convention: str, progress: bool,
+                   refine: Optional[int], mirror: bool, box_convention: str,
+                   matmul_dtype: Optional[str], progress: bool,
                    report: Callable[[str], None],
                    on_image: Optional[Callable[[], None]] = None,
                    on_ready: Optional[Callable[[], None]] = None,
@@ -201,7 +207,7 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import streaming  # pylint: disable=g-import-not-at-top
   common_box, box_map, spec = inputs or _read_inputs(bbox, boxes, cascade, features, checkpoint,
-                                                     face_model, mirror)
+                                                     face_model, mirror, matmul_dtype)
   aligner = runner.load_aligner(spec)
   outline = draw.mesh_outline_structure(aligner.face_model) if overlay else None
 

@@ -131,6 +131,9 @@ class AlignerSpec:
       instead of the cascade's own (:func:`dff_jax.alignment.cascade.with_fit_modes`; ``None``:
       the cascade file's, :func:`dff_jax.alignment.cascade.fit_modes_of`): for measuring what
       the fit's size costs; regressors trained with another fit give other landmarks.
+    matmul_dtype: the DFF encoder's matrix products in this operand dtype instead of its
+      bundle's (``"bfloat16"`` or ``"float32"``; :class:`dff_jax.encoder.DFFEncoder`); ``None``:
+      the bundle's (float32).
   """
   features: str
   cascade_path: Path
@@ -139,14 +142,15 @@ class AlignerSpec:
   header: Dict[str, Any]
   mirror: bool = False
   fit_modes: Optional[int] = None
+  matmul_dtype: Optional[str] = None
 
 
 def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
                     features: Optional[str] = None,
                     checkpoint: Optional[str | os.PathLike] = None,
                     face_model: Optional[str] = None, mirror: bool = False,
-                    other_encoder: bool = False, fit_modes: Optional[int] = None
-                    ) -> AlignerSpec:
+                    other_encoder: bool = False, fit_modes: Optional[int] = None,
+                    matmul_dtype: Optional[str] = None) -> AlignerSpec:
   """Finds the cascade / checkpoint / face model to use and checks they exist (no JAX, except
   to compare a given checkpoint with the encoder the cascade was trained with).
 
@@ -159,7 +163,8 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
       (:func:`dff_jax.alignment.features.encoder_for_cascade`), else the shipped
       ``dff_default`` bundle. Ignored for SIFT.
     face_model: ``"default"``, ``"ict"``, ``"sfm"`` or a path; ``None`` = the cascade's.
-    mirror, fit_modes: test-time mirroring, the shape fit's directions (:class:`AlignerSpec`).
+    mirror, fit_modes, matmul_dtype: test-time mirroring, the shape fit's directions, the
+      encoder's matrix products (:class:`AlignerSpec`).
     other_encoder: accept a ``checkpoint`` other than the encoder the cascade names (its
       regressors were fitted to that encoder's descriptors: another's give wrong landmarks,
       so by default that is refused; tools that fit new weights for the given encoder, such as
@@ -216,8 +221,11 @@ def resolve_aligner(cascade_path: Optional[str | os.PathLike] = None,
   if fit_modes is not None:
     fit_modes = cascade.checked_fit_modes(fit_modes, "--fit_modes",
                                           "leave it out for the cascade's own")
+  if matmul_dtype is not None:
+    matmul_dtype = features_lib.checked_matmul_dtype(matmul_dtype, kind)
   return AlignerSpec(features=kind, cascade_path=path, checkpoint=bundle, face_model=model_spec,
-                     header=header, mirror=bool(mirror), fit_modes=fit_modes)
+                     header=header, mirror=bool(mirror), fit_modes=fit_modes,
+                     matmul_dtype=matmul_dtype)
 
 
 @dataclasses.dataclass
@@ -370,7 +378,7 @@ def load_aligner(spec: AlignerSpec, cache: bool = True) -> CompiledCascade:
     ValueError: unreadable files, or a cascade whose descriptor size differs from the encoder's.
   """
   key = (spec.features, _file_stamp(spec.cascade_path), _file_stamp(spec.checkpoint),
-         spec.face_model, spec.mirror, spec.fit_modes)
+         spec.face_model, spec.mirror, spec.fit_modes, spec.matmul_dtype)
   if cache and key in _ALIGNER_CACHE:
     return _ALIGNER_CACHE[key]
   aligner = _load_aligner(spec)
@@ -384,7 +392,7 @@ def load_aligner(spec: AlignerSpec, cache: bool = True) -> CompiledCascade:
 def _load_aligner(spec: AlignerSpec) -> CompiledCascade:
   from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top
   params, config, meta = cascade_io.load_cascade(spec.cascade_path)
-  describer = features_lib.make_describer(spec.features, spec.checkpoint)
+  describer = features_lib.make_describer(spec.features, spec.checkpoint, spec.matmul_dtype)
   if describer.descriptor_dim != params.descriptor_dim:
     raise ValueError(f"cascade {spec.cascade_path} expects {params.descriptor_dim}-d descriptors "
                      f"but {describer.source} gives {describer.descriptor_dim}-d ones: pass the "

@@ -44,9 +44,11 @@ FIELDS = ("dense", "point")
 
 
 def random_fields(key: jax.Array, field: str, batch_size: int, crop_size: int,
-                  descriptor_dim: int, pyramid=(16, 32, 64, 128), head_hidden: int = 128) -> Any:
+                  descriptor_dim: int, pyramid=(16, 32, 64, 128), head_hidden: int = 128,
+                  head_dtype: str = "float32") -> Any:
   """Random descriptor fields of a batch: unit dense maps ``[B, S, S, D]`` or point fields with
-  the given pyramid widths (levels ``[B, S / 2**l, S / 2**l, C_l]``) and a random head."""
+  the given pyramid widths (levels ``[B, S / 2**l, S / 2**l, C_l]``), a random head and the
+  head's operand dtype (:class:`dff_jax.descriptor_fields.PointField`)."""
   if field not in FIELDS:
     raise ValueError(f"unknown field {field!r}; use one of {FIELDS}")
   keys = jax.random.split(key, len(pyramid) + 2)
@@ -63,7 +65,7 @@ def random_fields(key: jax.Array, field: str, batch_size: int, crop_size: int,
           "out_bias": jnp.zeros((descriptor_dim,))}
   return descriptor_fields.PointField(levels=levels,
                                       head=descriptor_fields.broadcast_head(head, (batch_size,)),
-                                      shared_head=True)
+                                      shared_head=True, head_dtype=head_dtype)
 
 
 def _per_face_head_record(features: Callable, fields: Any, states: Any,
@@ -92,8 +94,8 @@ def _per_face_head_record(features: Callable, fields: Any, states: Any,
 def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int = 128,
                        descriptor_dim: int = 64, field: str = "dense",
                        face_model: str = "default", repeats: int = 10,
-                       seed: int = 0, fit_modes: Optional[int] = None
-                       ) -> Iterator[Dict[str, Any]]:
+                       seed: int = 0, fit_modes: Optional[int] = None,
+                       matmul_dtype: Optional[str] = None) -> Iterator[Dict[str, Any]]:
   """Times the parts of one stage and the whole loop; yields one record per part.
 
   Args:
@@ -107,6 +109,8 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     seed: PRNG seed of the random fields and regressors.
     fit_modes: directions the shape fit solves for (:func:`dff_jax.alignment.cascade.
       with_fit_modes`; ``None``: all coefficients); every record names it.
+    matmul_dtype: operand dtype of the point head's products (``None``: float32); every
+      record names it.
   """
   model = load_face_model(face_model)
   alignment_model = cascade.with_fit_modes(cascade.make_alignment_model(model), fit_modes)
@@ -114,7 +118,9 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   key_params, key_fields = jax.random.split(jax.random.key(seed))
   params = align_bench.random_cascade_params(
       key_params, num_stages, descriptor_dim, align_bench.centred_initial_pose(model, crop_size))
-  fields = random_fields(key_fields, field, batch_size, crop_size, descriptor_dim)
+  matmul_dtype = matmul_dtype or "float32"
+  fields = random_fields(key_fields, field, batch_size, crop_size, descriptor_dim,
+                         head_dtype=matmul_dtype)
   state = cascade.initial_state(alignment_model, params, config)
   states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), state)
   stage = (params.landmark_weights[0], params.pose_weights[0], params.pose_std[0])
@@ -153,7 +159,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
     flops = benchmarking.flops(compiled)
     records.append({"what": "loop_profile", "part": name, "field": field,
                     "batch_size": batch_size, "fit_modes": fit_modes,
-                    "ms_per_batch": round(1e3 * seconds, 3),
+                    "matmul_dtype": matmul_dtype, "ms_per_batch": round(1e3 * seconds, 3),
                     "gflop_per_batch": round(flops / 1e9, 4),
                     "gflops": round(flops / seconds / 1e9, 2)})
   total = sum(r["ms_per_batch"] for r in records)
@@ -170,7 +176,7 @@ def bench_loop_profile(batch_size: int = 64, num_stages: int = 5, crop_size: int
   compile_s = time.perf_counter() - start
   seconds, _ = benchmarking.time_call(lambda: compiled(am, params, fields), repeats)
   yield {"what": "loop_profile", "part": "loop", "field": field, "batch_size": batch_size,
-         "num_stages": num_stages, "fit_modes": fit_modes,
+         "num_stages": num_stages, "fit_modes": fit_modes, "matmul_dtype": matmul_dtype,
          "ms_per_batch": round(1e3 * seconds, 3),
          "items_per_second": round(batch_size / seconds, 1),
          "stage_parts_ms": round(total, 3), "compile_s": round(compile_s, 2),

@@ -306,7 +306,8 @@ def photo_boxes(paths: Sequence[Path], boxes_file: Optional[Path]
 
 def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
                           checkpoint: Optional[str], face_model: Optional[str],
-                          report: Callable[[str], None], mirror: bool = False):
+                          report: Callable[[str], None], mirror: bool = False,
+                          matmul_dtype: Optional[str] = None):
   """:func:`dff_jax.alignment.runner.resolve_aligner`; with no ``cascade`` and the shipped DFF
   assets missing, falls back to the shipped SIFT cascade (with a message).
 
@@ -315,7 +316,8 @@ def resolve_with_fallback(cascade: Optional[str], features: Optional[str],
   """
   from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   try:
-    return runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror)
+    return runner.resolve_aligner(cascade, features, checkpoint, face_model, mirror=mirror,
+                                  matmul_dtype=matmul_dtype)
   except FileNotFoundError as error:
     if cascade is not None or features == "sift":
       raise
@@ -395,7 +397,8 @@ def xla_convolutions(aligner) -> Optional[Callable[[np.ndarray, np.ndarray], Any
   from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
   if aligner.describer.kind != "dff":
     return None
-  describer = features.dff_describer(aligner.describer.source, conv="xla")
+  describer = features.dff_describer(aligner.describer.source, conv="xla",
+                                     matmul_dtype=aligner.spec.matmul_dtype)
   return _call_describing_with(aligner, describer.apply, describer.params)
 
 
@@ -633,8 +636,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
                  prefetch_batches: int = 2, overlays: Sequence[bool] = (False, True),
                  seed: int = 50_000, dlib_predictor: Optional[str] = None,
                  report: Optional[Callable[[str], None]] = None,
-                 mirror: bool = False, processes: Sequence[int] = (1,)
-                 ) -> Iterator[Dict[str, Any]]:
+                 mirror: bool = False, processes: Sequence[int] = (1,),
+                 matmul_dtype: Optional[str] = None) -> Iterator[Dict[str, Any]]:
   """Times the jitted cascade alone, then the streaming align command end to end, then dlib's
   predictor (when importable), on one folder.
 
@@ -651,6 +654,8 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
     mirror: the aligner with test-time mirroring (``align --mirror``).
     processes: one end-to-end run per overlays value and worker-process count
       (``align --processes``).
+    matmul_dtype: the encoder's matrix products in this operand dtype (``align
+      --matmul_dtype``; ``None``: the encoder's own).
 
   Yields:
     One record per measurement (see the module docstring).
@@ -691,12 +696,13 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
       given = json.loads(boxes_path.read_text())
       boxes = {p: given[p.name] for p in paths}
       extra["image_size"] = image_size
-    spec = resolve_with_fallback(cascade, features, checkpoint, face_model, report, mirror)
+    spec = resolve_with_fallback(cascade, features, checkpoint, face_model, report, mirror,
+                                 matmul_dtype)
     aligner = runner.load_aligner(spec)
     compile_s = aligner.compile(batch_size) or aligner.compile_seconds[batch_size]
     common = {"what": "align_stream", "batch_size": batch_size, "num_images": len(paths),
               **extra, "features": spec.features, "cascade": str(spec.cascade_path),
-              "mirror": spec.mirror,
+              "mirror": spec.mirror, "matmul_dtype": spec.matmul_dtype,
               "compile_s": round(compile_s, 2)}
 
     # 1. The jitted call alone on the same batches, images decoded and cropped beforehand.
@@ -725,7 +731,7 @@ def bench_stream(data_dir: Optional[str] = None, num_images: int = 1000, image_s
               face_model=spec.face_model, batch_size=batch_size, overlay=bool(overlay),
               progress=False, report=messages.append, workers=workers, writers=writers,
               prefetch_batches=prefetch_batches, mirror=spec.mirror, processes=int(count),
-              box_convention="landmarks")
+              box_convention="landmarks", matmul_dtype=spec.matmul_dtype)
         # The worker processes' CPU, loading and compiling included (they are joined now).
         cpu_s = time.process_time() + benchmarking.children_cpu_s() - cpu_start
       finally:

@@ -571,7 +571,8 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
              refine: Optional[int] = None, compare_dlib: bool = False,
              dlib_predictor: Optional[str] = None,
              refine_min_change: Optional[float] = None,
-             fit_modes: Optional[int] = None) -> Dict[str, Any]:
+             fit_modes: Optional[int] = None,
+             matmul_dtype: Optional[str] = None) -> Dict[str, Any]:
   """``python -m experiments.eval_alignment`` as a function (its docstring has the protocols and
   the outputs); returns the summary written to ``out_dir/summary.json``. ``mirror``: every
   method with test-time mirroring (:class:`dff_jax.alignment.runner.AlignerSpec`).
@@ -587,6 +588,9 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
   ``fit_modes``: every method's shape fit in this many directions instead of its cascade's own
   (:class:`dff_jax.alignment.runner.AlignerSpec`; the summary's ``fit_modes_override``, and
   each method's ``fit_modes``: the directions it solved for, ``None`` for all).
+  ``matmul_dtype``: every DFF method's encoder with its matrix products in this operand dtype
+  (``"bfloat16"`` / ``"float32"``; :class:`dff_jax.alignment.runner.AlignerSpec`; the summary's
+  ``matmul_dtype``, ``None`` for the encoders' own).
 
   Raises:
     FileNotFoundError / ValueError: bad arguments, missing data, cascade or checkpoint.
@@ -630,7 +634,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
     dlib_baseline.check_68_points(baseline)
   cascades = [c for c in (cascade or "").split(",") if c] or [None]
   specs = [runner.resolve_aligner(c, features, checkpoint, face_model, mirror=mirror,
-                                  fit_modes=fit_modes)
+                                  fit_modes=fit_modes, matmul_dtype=matmul_dtype)
            for c in cascades]
   names = _method_names(specs)
   # Photos decoded as `align` decodes them: grey when every method reads only the luma.
@@ -767,6 +771,7 @@ def evaluate(dataset: str, out_dir: str | Path, data_dir: Optional[str] = None,
                                                if grey and dataset != "synthetic" else "rgb"),
                                  test_time_mirror=bool(mirror),
                                  fit_modes_override=fit_modes,
+                                 matmul_dtype=matmul_dtype,
                                  yaw_source=eval_set.yaw_source,
                                  box_protocol=eval_set.box_protocol,
                                  refine=int(refine),

@@ -30,6 +30,7 @@ and compiled memory of a call, timing a call (wall and process CPU seconds).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -75,6 +76,9 @@ ENCODER_CASES: Mapping[str, Mapping[str, Any]] = {
     "dff_point_fast_l0": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 2, 2, 2)),
     # experiments/configs/finetune_student_l1.py's student: one convolution at the two finest.
     "dff_point_fast_l1": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 1, 2, 2)),
+    # The same with bfloat16 operands in its products (align --matmul_dtype=bfloat16).
+    "dff_point_fast_l1_bf16": dict(_DFF_POINT, image_size=96, convs_per_level=(1, 1, 2, 2),
+                                   matmul_dtype="bfloat16"),
     "cpu_nonorm": dict(encoder_lib.PRESETS["cpu"], norm="none"),
     "cpu_bf16": dict(encoder_lib.PRESETS["cpu"], dtype=jnp.bfloat16),
     "paper_bf16": dict(encoder_lib.PRESETS["paper"], dtype=jnp.bfloat16),
@@ -159,8 +163,11 @@ def device_fields() -> Dict[str, Any]:
           "device_count": jax.device_count()}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 3) -> Tuple[float, Dict[str, Any]]:
-  """Times a float32 ``[size, size] @ [size, size]`` (``jnp.dot``) on the default device.
+def matmul_peak(size: int = 2048, repeats: int = 3, dtype: str = "float32"
+                ) -> Tuple[float, Dict[str, Any]]:
+  """Times a ``[size, size] @ [size, size]`` product (``jnp.dot``) on the default device, its
+  operands in ``dtype`` (``"float32"``, or ``"bfloat16"`` accumulated in float32: the peak of
+  an encoder with ``matmul_dtype="bfloat16"``).
 
   The peak is the *best* of at least 10 timed calls (the machine's capability, as little
   disturbed by other load as possible).
@@ -169,14 +176,15 @@ def matmul_peak(size: int = 2048, repeats: int = 3) -> Tuple[float, Dict[str, An
     ``(FLOP/s, record)``, the record with ``what = "matmul_peak"``, ``achieved_gflops``, ...
   """
   key_a, key_b = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(key_a, (size, size), jnp.float32)
-  b = jax.random.normal(key_b, (size, size), jnp.float32)
+  a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
   start = time.perf_counter()
-  compiled = jax.jit(jnp.dot).lower(a, b).compile()
+  product = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
+  compiled = jax.jit(product).lower(a, b).compile()
   compile_s = time.perf_counter() - start
   seconds, cpu_seconds = time_call(lambda: compiled(a, b), max(repeats, 10), reduce=min)
   count = 2.0 * size ** 3
-  record = {"what": "matmul_peak", "batch_size": 1, "size": size,
+  record = {"what": "matmul_peak", "batch_size": 1, "size": size, "dtype": dtype,
             "items_per_second": round(1.0 / seconds, 3), "compile_s": round(compile_s, 3),
             "step_s": round(seconds, 5), "cpu_s": round(cpu_seconds, 5),
             "achieved_gflops": round(count / seconds / 1e9, 1),
@@ -201,16 +209,17 @@ def cpu_model() -> Optional[str]:
 
 
 class PeakFlops:
-  """The best float32 matmul FLOP/s seen so far in a run (re-measured on demand: load on a
-  shared machine changes over time)."""
+  """The best matmul FLOP/s seen so far in a run, operands in ``dtype`` (float32 unless said;
+  re-measured on demand: load on a shared machine changes over time)."""
 
-  def __init__(self, size: int = 2048):
+  def __init__(self, size: int = 2048, dtype: str = "float32"):
     self.size = int(size)
+    self.dtype = dtype
     self.best = 0.0
 
   def measure(self, repeats: int = 3) -> Dict[str, Any]:
     """Times the matmul; keeps the best FLOP/s; returns its record."""
-    value, record = matmul_peak(self.size, repeats)
+    value, record = matmul_peak(self.size, repeats, self.dtype)
     self.best = max(self.best, value)
     return record
 

@@ -11,7 +11,8 @@ network's work as defined: XLA's cost analysis of the same call with every convo
 ``conv = "xla"``, so that a cheaper algorithm shows as a higher rate, not as less work),
 ``gflop_per_item_computed`` (XLA's count of what the timed call computes: fewer with Winograd's
 convolutions), ``utilisation`` (``achieved_gflops`` over the matmul peak: the best float32
-``jnp.dot`` seen so far in the run, ``peak_gflops``), ``compile_s`` (lower + compile),
+``jnp.dot`` seen so far in the run, ``peak_gflops``; for a case with bfloat16 products,
+``matmul_dtype``, also ``utilisation_bf16`` over the best bfloat16 one, ``peak_gflops_bf16``), ``compile_s`` (lower + compile),
 ``cpu_s`` (median process CPU time per step, all threads: robust to other load on a shared
 machine) and ``items_per_cpu_second``, ``temp_mb`` / ``argument_mb`` (compiled memory
 analysis) and ``maxrss_mb`` (process peak so far). Calls whose estimated time exceeds
@@ -65,6 +66,7 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
     peak: the run's matmul peak (re-measured before each measurement; a new one by default).
   """
   peak = peak or benchmarking.PeakFlops()
+  bf16_peak = benchmarking.PeakFlops(peak.size, "bfloat16")
   unknown = [c for c in encoder_cases if c not in benchmarking.ENCODER_CASES]
   if unknown:
     raise ValueError(f"unknown encoder case(s) {unknown}; known: "
@@ -100,7 +102,8 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
     for mode in modes:
       for batch_size in map(int, batch_sizes):
         for count in (n for n in map(int, processes) if n > 1 and mode == "forward"):
-          yield in_processes(case_name, batch_size, count, max(repeats, 10), peak.refresh())
+          record = in_processes(case_name, batch_size, count, max(repeats, 10), peak.refresh())
+          yield {**record, **_bf16_utilisation(module, record, bf16_peak)}
         peak_flops = peak.refresh()  # Load on a shared machine changes over time.
         key = jax.random.key(batch_size)
         images = jax.random.normal(key, (batch_size, size, size, channels), jnp.float32)
@@ -117,7 +120,8 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
                   "convs_per_level": module.convs_per_level,
                   "descriptor_dim": module.descriptor_dim, "upsample": module.upsample,
                   "norm": module.norm, "dtype": jnp.dtype(module.dtype).name,
-                  "conv": module.conv, "params": num_params, "compile_s": round(compile_s, 2),
+                  "conv": module.conv, "matmul_dtype": module.matmul_dtype or "float32",
+                  "params": num_params, "compile_s": round(compile_s, 2),
                   "gflop_per_item": round(count / batch_size / 1e9, 3),
                   "gflop_per_item_computed": round(benchmarking.flops(compiled) / batch_size
                                                    / 1e9, 3),
@@ -144,7 +148,19 @@ def bench_encoder(encoder_cases: Sequence[str] = ("cpu_gray", "cpu_rgb", "paper"
                       peak_gflops=round(peak_flops / 1e9, 1),
                       maxrss_mb=round(benchmarking.maxrss_mb(), 1),
                       loadavg=benchmarking.loadavg())
-        yield record
+        yield {**record, **_bf16_utilisation(module, record, bf16_peak)}
+
+
+def _bf16_utilisation(module: encoder_lib.DFFEncoder, record: Dict[str, Any],
+                      bf16_peak: benchmarking.PeakFlops) -> Dict[str, Any]:
+  """For an encoder with bfloat16 products: ``utilisation_bf16`` (the record's
+  ``achieved_gflops`` over the best bfloat16 matmul of the run, re-measured now) and
+  ``peak_gflops_bf16``; nothing for float32 encoders."""
+  if module.matmul_dtype != "bfloat16" or record.get("achieved_gflops") is None:
+    return {}
+  peak_flops = bf16_peak.refresh()
+  return {"utilisation_bf16": round(record["achieved_gflops"] * 1e9 / peak_flops, 3),
+          "peak_gflops_bf16": round(peak_flops / 1e9, 1)}
 
 
 def _direct_flops(fn, module: encoder_lib.DFFEncoder, args: Sequence[Any]) -> float:
@@ -224,6 +240,7 @@ def in_processes(case_name: str, batch_size: int, processes: int, repeats: int,
   return {"what": "encoder", "case": case_name, "mode": "forward", "batch_size": batch_size,
           "processes": processes, "repeats": repeats,
           "conv": benchmarking.ENCODER_CASES[case_name].get("conv", "auto"),
+          "matmul_dtype": benchmarking.ENCODER_CASES[case_name].get("matmul_dtype", "float32"),
           "gflop_per_item": round(direct / batch_size / 1e9, 3),
           "gflop_per_item_computed": round(computed / batch_size / 1e9, 3),
           "step_s_by_process": [round(seconds, 6) for seconds, _, _ in outcomes],

@@ -182,13 +182,12 @@ def _align_entries(entries: List[Tuple[int, str, str]], out_dir: Path, *, bbox: 
                    boxes: Optional[str], cascade: Optional[str], features: Optional[str],
                    checkpoint: Optional[str], face_model: Optional[str], batch_size: int,
                    overlay: bool, workers: int, writers: int, prefetch_batches: int,
-                   refine: Optional[int], mirror: bool, box_convention: str,
-                   matmul_dtype: Optional[str], progress: bool,
+                   refine: Optional[int], mirror: bool, box_convention: str, progress: bool,
                    report: Callable[[str], None],
                    on_image: Optional[Callable[[], None]] = None,
                    on_ready: Optional[Callable[[], None]] = None,
-                   inputs: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
-                   ) -> Dict[str, Any]:
+                   inputs: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None,
+                   matmul_dtype: Optional[str] = None) -> Dict[str, Any]:
   """The stream of :func:`align_files` in this process over ``entries`` ``(input index, image
   path, output stem)`` (arguments checked there). ``on_ready()`` runs once the aligner is
   compiled, just before the first image is read; ``on_image()`` after each image's outputs are

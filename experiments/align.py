@@ -4,7 +4,8 @@ r"""Aligns faces in image files: 68 landmarks, visibility, pose and 3DMM coeffic
       [--bbox=x0,y0,x1,y1 | --boxes=FILE.json] [--box_convention=detector|landmarks] \
       [--cascade=default|fast|synthetic|FILE] [--features=dff|sift] [--mirror] [--refine=2] \
       [--checkpoint=DIR] [--face_model=default|PATH] [--batch_size=8] [--overlays=true|false] \
-      [--workers=2] [--writers=2] [--prefetch_batches=2] [--processes=1] [--run_summary]
+      [--workers=2] [--writers=2] [--prefetch_batches=2] [--processes=1] [--run_summary] \
+      [--matmul_dtype=float32|bfloat16]
   python -m experiments.align --images=IMG1,IMG2,...|DIR --multiview [--share_expression] \
       [--prior_per_view=true|false] ...
 
@@ -33,6 +34,9 @@ Inputs:
     the cascade's. ``--checkpoint``: the DFF encoder (default: the one the cascade names).
   * ``--mirror``: test-time mirroring, every face also aligned mirrored left-right and each
     stage's two steps averaged (more accurate, about twice the alignment time).
+  * ``--matmul_dtype=bfloat16``: the DFF encoder's matrix products (3x3 convolutions, the point
+    head) on bfloat16 operands, accumulated in float32, the same weights: faster on CPUs with
+    bfloat16 matrix units (Intel AMX) and on TPUs (README, "Aligning photos").
 
 ``--multiview``: the images show one person; they are aligned jointly (one identity shared by
 all, each its own pose, landmarks and expression; see :mod:`experiments.align_multiview`), and
@@ -40,7 +44,7 @@ all, each its own pose, landmarks and expression; see :mod:`experiments.align_mu
 given box's, or the detector's best) and ``multiview: true``, ``share_expression`` and
 ``prior_per_view`` beside the keys below; ``--prior_per_view=false`` counts the identity prior
 once for all images (the plain MAP fit) instead of once per image. ``--mirror`` and
-``--processes`` are refused with ``--multiview``.
+``--processes`` and ``--matmul_dtype`` are refused with ``--multiview``.
 
 Outputs, per image, written atomically (temporary file + rename):
   * ``DIR/<stem>.json`` (:func:`dff_jax.alignment.results.image_document`): ``image``,

@@ -77,6 +77,29 @@ def test_encoder_utilisation_of_the_matmul_peak():
   assert abs(record["utilisation"] - ratio) <= rounding * 1.01
 
 
+def test_bfloat16_encoder_is_measured_against_both_peaks_and_the_loop_names_it():
+  """An encoder case with bfloat16 products: its record names ``matmul_dtype`` and gives
+  ``utilisation_bf16``, its rate over a bfloat16 matmul peak timed in the same run (a product of
+  bfloat16 operands, its own record's ``dtype``); the float32 ``utilisation`` stays. The loop
+  profile with ``matmul_dtype`` names it in every record."""
+  from dff_jax import benchmarking
+  from dff_jax.benchmarking import encoder, loop_profile
+  value, peak_record = benchmarking.matmul_peak(64, 1, "bfloat16")
+  assert peak_record["dtype"] == "bfloat16" and value > 0
+  [record] = encoder.bench_encoder(["dff_point_fast_l1_bf16"], ["forward"], [1], repeats=1,
+                                   peak=benchmarking.PeakFlops(64))
+  assert record["matmul_dtype"] == "bfloat16" and record["peak_gflops_bf16"] > 0
+  achieved, peak_bf16 = record["achieved_gflops"], record["peak_gflops_bf16"]
+  rounding = achieved / peak_bf16 * (0.05 / achieved + 0.05 / peak_bf16) + 0.0005
+  assert abs(record["utilisation_bf16"] - achieved / peak_bf16) <= rounding * 1.01
+  assert record["utilisation"] > 0
+  records = list(loop_profile.bench_loop_profile(batch_size=2, num_stages=1, crop_size=32,
+                                                 descriptor_dim=4, field="point", repeats=1,
+                                                 matmul_dtype="bfloat16"))
+  assert all(r["matmul_dtype"] == "bfloat16" for r in records
+             if r["part"] != "features_per_face_head")
+
+
 def test_encoder_in_worker_processes_sums_their_rates():
   """--processes=2: the forward pass timed in two pinned worker processes at once; the record's
   rate is the sum of the two workers' (batch / their step time), before the one-process one."""

@@ -160,3 +160,17 @@ def write_random_bundle(bundle: Path, image_size: int, head: str = "dense",
       encoder=dict(encoder, channels=1), image_size=image_size, channels=1, step=0,
       experiment={})))
   return bundle
+
+
+def numpy_conv3x3(x, kernel):
+  """The definition, in float64: ``out[b, y, x, f] = sum_{i,j,c} x_pad[b, y + i, x + j, c] *
+  kernel[i, j, c, f]`` with one row / column of zeros around ``x``."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  batch, height, width, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((batch, height, width, kernel.shape[-1]))
+  for i in range(3):
+    for j in range(3):
+      out += padded[:, i:i + height, j:j + width] @ kernel[i, j]
+  return out

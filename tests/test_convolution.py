@@ -9,21 +9,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from conftest import numpy_conv3x3
 from dff_jax import convolution as conv
 from dff_jax import encoder as enc
-
-
-def _numpy_conv3x3(x, kernel):
-  """The definition, in float64: ``out[b, y, x, f] = sum_{i,j,c} x_pad[b, y + i, x + j, c] *
-  kernel[i, j, c, f]`` with one row / column of zeros around ``x``."""
-  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
-  batch, height, width, _ = x.shape
-  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = np.zeros((batch, height, width, kernel.shape[-1]))
-  for i in range(3):
-    for j in range(3):
-      out += padded[:, i:i + height, j:j + width] @ kernel[i, j]
-  return out
 
 
 def _apply(algorithm, kernel, x):
@@ -88,7 +76,7 @@ def test_winograd_box_sums_and_the_definition(height, width):
   kernel = (rng.normal(size=(3, 3, channels, features)) / np.sqrt(9 * channels)).astype(
       np.float32)
   out = np.asarray(jax.jit(conv.winograd_conv3x3)(jnp.asarray(x), jnp.asarray(kernel)))
-  np.testing.assert_allclose(out, _numpy_conv3x3(x, kernel), rtol=1e-4, atol=2e-5)
+  np.testing.assert_allclose(out, numpy_conv3x3(x, kernel), rtol=1e-4, atol=2e-5)
   assert out.dtype == np.float32 and out.shape == (3, height, width, features)
 
 

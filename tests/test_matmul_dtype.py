@@ -11,21 +11,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from conftest import numpy_conv3x3
 from dff_jax import convolution as conv
 from dff_jax import descriptor_fields as fields_lib
 from dff_jax import encoder as enc
-
-
-def _numpy_conv3x3(x, kernel):
-  """The definition in float64 (zero padding, cross-correlation, NHWC / HWIO)."""
-  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
-  batch, height, width, _ = x.shape
-  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = np.zeros((batch, height, width, kernel.shape[-1]))
-  for i in range(3):
-    for j in range(3):
-      out += padded[:, i:i + height, j:j + width] @ kernel[i, j]
-  return out
 
 
 def _rounded(x):
@@ -40,14 +29,14 @@ def test_matmul_convolution_is_the_definition_and_exact_on_small_integers():
   bfloat16 version equals the definition exactly, returned in float32."""
   x = jax.random.normal(jax.random.key(0), (2, 7, 5, 6))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
-  np.testing.assert_allclose(jax.jit(conv.matmul_conv3x3)(x, kernel), _numpy_conv3x3(x, kernel),
+  np.testing.assert_allclose(jax.jit(conv.matmul_conv3x3)(x, kernel), numpy_conv3x3(x, kernel),
                              rtol=1e-5, atol=1e-5)
   xi = jax.random.randint(jax.random.key(2), (2, 6, 6, 40), -8, 9).astype(jnp.float32)
   ki = jax.random.randint(jax.random.key(3), (3, 3, 40, 8), -4, 5).astype(jnp.float32)
   out = jax.jit(conv.matmul_conv3x3, static_argnums=2)(xi.astype(jnp.bfloat16),
                                                         ki.astype(jnp.bfloat16), jnp.float32)
   assert out.dtype == jnp.float32
-  np.testing.assert_array_equal(np.asarray(out), _numpy_conv3x3(xi, ki))
+  np.testing.assert_array_equal(np.asarray(out), numpy_conv3x3(xi, ki))
 
 
 def test_matmul_convolution_gradients():
@@ -70,10 +59,10 @@ def test_a_bfloat16_layer_is_the_convolution_of_its_rounded_operands():
   layer = conv.Conv3x3(16, use_bias=False, operand_dtype="bfloat16")
   out = jax.jit(layer.apply)(variables, x)
   assert out.dtype == jnp.float32
-  planted = _numpy_conv3x3(_rounded(x), _rounded(kernel))
+  planted = numpy_conv3x3(_rounded(x), _rounded(kernel))
   scale = float(np.max(np.abs(planted)))
   np.testing.assert_allclose(out, planted, atol=2e-6 * scale)
-  exact = _numpy_conv3x3(x, kernel)
+  exact = numpy_conv3x3(x, kernel)
   assert float(np.max(np.abs(np.asarray(out) - exact))) > 50 * 2e-6 * scale
   image = jax.random.normal(jax.random.key(8), (2, 6, 6, 1))
   image_kernel = {"params": {"kernel": jax.random.normal(jax.random.key(9), (3, 3, 1, 4))}}

@@ -150,7 +150,8 @@ def checked_matmul_dtype(matmul_dtype: str, kind: str = "dff") -> str:
   from dff_jax import convolution  # pylint: disable=g-import-not-at-top
   if matmul_dtype not in convolution.OPERAND_DTYPES:
     raise ValueError(f"--matmul_dtype={matmul_dtype!r} is not one of "
-                     f"{', '.join(convolution.OPERAND_DTYPES)} (leave it out for the encoder's own)")
+                     f"{', '.join(convolution.OPERAND_DTYPES)} (leave it out for the "
+                     "encoder's own)")
   if kind != "dff" and matmul_dtype != "float32":
     raise ValueError(f"--matmul_dtype={matmul_dtype} applies to DFF descriptors only, and these "
                      f"are {kind}: drop it")

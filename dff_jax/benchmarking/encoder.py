@@ -12,7 +12,8 @@ network's work as defined: XLA's cost analysis of the same call with every convo
 ``gflop_per_item_computed`` (XLA's count of what the timed call computes: fewer with Winograd's
 convolutions), ``utilisation`` (``achieved_gflops`` over the matmul peak: the best float32
 ``jnp.dot`` seen so far in the run, ``peak_gflops``; for a case with bfloat16 products,
-``matmul_dtype``, also ``utilisation_bf16`` over the best bfloat16 one, ``peak_gflops_bf16``), ``compile_s`` (lower + compile),
+``matmul_dtype``, also ``utilisation_bf16`` over the best bfloat16 one, ``peak_gflops_bf16``),
+``compile_s`` (lower + compile),
 ``cpu_s`` (median process CPU time per step, all threads: robust to other load on a shared
 machine) and ``items_per_cpu_second``, ``temp_mb`` / ``argument_mb`` (compiled memory
 analysis) and ``maxrss_mb`` (process peak so far). Calls whose estimated time exceeds

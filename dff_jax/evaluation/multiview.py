@@ -156,6 +156,7 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
   from data_pipeline import faces as faces_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import pairs  # pylint: disable=g-import-not-at-top
   from data_pipeline.config import pipeline_config_from_dict  # pylint: disable=g-import-not-at-top
+  from dff_jax import descriptor_fields  # pylint: disable=g-import-not-at-top
   from dff_jax import file_io, geometry, image_io, metrics, provenance  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade, multiview, runner, training  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import model as face_model_lib  # pylint: disable=g-import-not-at-top
@@ -292,7 +293,7 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
                                            faces_lib.landmark_box(landmarks[v]), jitter)
                       for v in range(max_views)])
     crop_boxes = training.crop_boxes_for(boxes, base_config)
-    maps = describe(sample["images"], crop_boxes)  # [Vmax, S, S, D]
+    maps = describe(sample["images"], crop_boxes)  # fields (dense maps or point fields), [Vmax]
     true_shape = pad_identity(sample["shape_coefficients"])
     true_expression = sample["expression_coefficients"]
     truth_neutral = region_vertices(true_shape)
@@ -335,7 +336,8 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
                          np.mean(singles.shape_coefficients[:num_views], axis=0),
                          singles.expression_coefficients, num_views)
         for name, share, per_view in joint_variants:
-          states, _ = joint(am, params, maps[:num_views], config, share_expression=share,
+          subset = descriptor_fields.map_faces(lambda x, n=num_views: x[:n], maps)
+          states, _ = joint(am, params, subset, config, share_expression=share,
                             prior_per_view=per_view)
           states = jax.device_get(states)
           joint_neutral = add_shape_errors(key + (name,), states.shape_coefficients[0],

@@ -1,7 +1,7 @@
 r"""Saliency of the final landmark error, and its derivative with respect to the render's yaw.
 
   python -m experiments.saliency --out_dir=/tmp/saliency \
-      [--checkpoint=DIR] [--cascade=FILE] [--index=0] [--seed=30000] [--yaw_step_deg=0.5]
+      [--checkpoint=DIR] [--cascade=FILE|default|fast|synthetic] [--index=0] [--seed=30000] [--yaw_step_deg=0.5]
 
 One synthetic face rendered by the data pipeline and aligned end to end: the saliency map of
 the final landmark error (``d err / d image``, exact) and its derivative with respect to the
@@ -28,7 +28,8 @@ from dff_jax.evaluation import saliency
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (created).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "DFF bundle / workdir (default: the encoder the cascade names).")
 _CASCADE = flags.DEFINE_string("cascade", "dff_jax/assets/cascade_dff.npz",
-                               "Cascade .npz (its features decide DFF or SIFT).")
+                               "Cascade .npz, or a shipped one by name (default, fast, "
+                               "synthetic); its features decide DFF or SIFT.")
 _INDEX = flags.DEFINE_integer("index", 0, "Face index in the pipeline.")
 _SEED = flags.DEFINE_integer("seed", 30_000, "Pipeline seed (30000: the cascade's eval faces).")
 _YAW_STEPS = flags.DEFINE_list("yaw_step_deg", ["0.25", "0.5", "1.0"],

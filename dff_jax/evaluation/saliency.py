@@ -39,7 +39,6 @@ per degree) and prints the JSON.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -113,14 +112,16 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
   """Computes and writes the saliency example (see the module docstring); returns the JSON."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from dff_jax import image_io  # pylint: disable=g-import-not-at-top
+  from dff_jax import file_io, image_io  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import cascade  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import draw  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import features  # pylint: disable=g-import-not-at-top
   from dff_jax.training import finetune  # pylint: disable=g-import-not-at-top
   from dff_jax.alignment import io as cascade_io  # pylint: disable=g-import-not-at-top
+  from dff_jax.alignment import runner  # pylint: disable=g-import-not-at-top
   from dff_jax.face_model import load_face_model  # pylint: disable=g-import-not-at-top
 
+  cascade_path = runner.named_cascade_path(cascade_path)  # "default", "fast", ... or a file
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   params, config, meta = cascade_io.load_cascade(cascade_path)
@@ -192,17 +193,19 @@ def run(out_dir: str | Path, checkpoint: str, cascade_path: str, seed: int, inde
         "relative_difference": abs(chain - plain) / max(abs(plain), 1e-12),
         "changed_pixels": int(np.count_nonzero(plus["image"] != minus["image"])),
     })
+  total = float(magnitude.sum())
+  in_box = float(magnitude[int(max(base["box"][1], 0)):int(base["box"][3]),
+                           int(max(base["box"][0], 0)):int(base["box"][2])].sum())
   summary = {
       "features": describer.kind, "descriptor_source": describer.source,
       "cascade": str(cascade_path), "seed": seed, "index": index,
       "yaw_deg": float(np.degrees(base["yaw_rad"])), "error_nme_bbox": float(err0),
       "saliency_png": str(png),
       "saliency_abs_grad_max": float(magnitude.max()),
-      "saliency_abs_grad_sum": float(magnitude.sum()),
-      "saliency_fraction_in_face_box": float(
-          magnitude[int(max(base["box"][1], 0)):int(base["box"][3]),
-                    int(max(base["box"][0], 0)):int(base["box"][2])].sum() / magnitude.sum()),
+      "saliency_abs_grad_sum": total,
+      # None when the error does not depend on the image at all (no saliency to place).
+      "saliency_fraction_in_face_box": in_box / total if total > 0 else None,
       "d_error_d_yaw": results,
   }
-  (out_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
+  file_io.write_json_atomic(out_dir / "saliency.json", summary)
   return summary

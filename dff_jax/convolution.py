@@ -231,8 +231,9 @@ def matmul_conv3x3(x: Array, kernel: Array, out_dtype: Any = None) -> Array:
 def conv3x3_algorithm(algorithm: str, in_channels: int, dtype: Any) -> str:
   """Which computation a :class:`Conv3x3` runs on operands of ``dtype``: ``"shifted"``
   (:func:`shifted_conv3x3`) for at most :data:`SHIFTED_CONV_MAX_CHANNELS` input channels,
-  whatever ``algorithm`` says; otherwise ``"winograd"`` (:func:`winograd_conv3x3`),
-  ``"matmul"`` (:func:`matmul_conv3x3`) or ``"xla"`` (XLA's convolution) as asked. ``"auto"``
+  whatever ``algorithm`` says; otherwise ``"winograd"`` (:func:`winograd_conv3x3`, float32
+  operands only: a ``ValueError`` otherwise), ``"matmul"`` (:func:`matmul_conv3x3`) or ``"xla"``
+  (XLA's convolution) as asked. ``"auto"``
   on a CPU backend: Winograd for float32 with an input channel count in
   :data:`WINOGRAD_IN_CHANNELS`, matrix products for bfloat16 with at least
   :data:`MATMUL_MIN_CHANNELS`; XLA's convolution elsewhere (accelerators have their own fast
@@ -242,6 +243,10 @@ def conv3x3_algorithm(algorithm: str, in_channels: int, dtype: Any) -> str:
                      f"{CONV_ALGORITHMS}.")
   if in_channels <= SHIFTED_CONV_MAX_CHANNELS:
     return "shifted"
+  if algorithm == "winograd" and jnp.dtype(dtype) != jnp.float32:
+    # Its transforms (coefficients up to 8 and 1/24) would be computed on the rounded operands.
+    raise ValueError(f"Winograd's convolution needs float32 operands, got {jnp.dtype(dtype).name}: "
+                     "use conv='matmul' or 'auto' with bfloat16 products.")
   if algorithm == "auto":
     if jax.default_backend() != "cpu":
       return "xla"

@@ -280,6 +280,9 @@ class DFFEncoder(nn.Module):
                                   (None,) + convolution.OPERAND_DTYPES)):
       if value not in allowed:
         raise ValueError(f"DFFEncoder.{name}={value!r} is not one of {allowed}.")
+    if self.conv == "winograd" and self.matmul_dtype not in (None, "float32"):
+      raise ValueError(f"DFFEncoder.conv='winograd' needs float32 products, not matmul_dtype="
+                       f"{self.matmul_dtype!r}: use conv='auto' or 'matmul'.")
     counts = self.convs_per_level
     if not isinstance(counts, int) and len(counts) != len(self.features):
       raise ValueError(f"DFFEncoder.convs_per_level {tuple(counts)} needs one count per level "

@@ -145,7 +145,8 @@ def test_the_encoder_option_reaches_every_product_but_the_images():
 
 def test_bad_values_are_refused_with_what_to_do():
   """An unknown ``matmul_dtype`` in an encoder config, a describer, ``resolve_aligner`` or the
-  multi-view command, and bfloat16 asked of SIFT descriptors, each give one clear message."""
+  multi-view command, bfloat16 asked of SIFT descriptors or of Winograd's convolution (its
+  transforms would run on rounded operands), each give one clear message."""
   from dff_jax.alignment import features, runner
   with pytest.raises(ValueError, match="DFFEncoder.matmul_dtype='int8' is not one of"):
     enc.encoder_from_config({"features": [8], "matmul_dtype": "int8"})
@@ -155,6 +156,11 @@ def test_bad_values_are_refused_with_what_to_do():
     runner.resolve_aligner("fast", matmul_dtype="fp8")
   with pytest.raises(ValueError, match="applies to DFF descriptors only"):
     features.make_describer("sift", None, "bfloat16")
+  with pytest.raises(ValueError, match="needs float32 products"):
+    enc.encoder_from_config({"features": [8], "conv": "winograd", "matmul_dtype": "bfloat16"})
+  with pytest.raises(ValueError, match="Winograd's convolution needs float32 operands"):
+    conv.Conv3x3(4, algorithm="winograd", operand_dtype="bfloat16").init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 32)))
   from experiments import align_flags
   with pytest.raises(SystemExit) as exit_info:
     align_flags.run_multiview(types.SimpleNamespace(mirror=False, matmul_dtype="bfloat16",

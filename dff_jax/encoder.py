@@ -32,7 +32,7 @@ preset needs 3.6 GFLOP per 128 x 128 image forward and 10.7 GFLOP forward + back
 ``"paper"`` preset 54 and 162 GFLOP per 224 x 224 image. On CPU, per-image throughput is best at
 small batches (4-8): the activations of larger batches no longer fit in cache.
 
-Length: about 540 lines: both encoder architectures (the U-Net and the point-head variant,
+Length: about 560 lines: both encoder architectures (the U-Net and the point-head variant,
 which shares its contracting half, parameter names included) with their shared blocks (GroupNorm,
 the conv block; the 3x3 convolution itself is :mod:`dff_jax.convolution`), preprocessing and
 config parsing; splitting them would separate the trunk from its two heads.

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dff_jax import convolution
 from dff_jax import descriptor_fields
 from dff_jax import encoder as encoder_lib
 from dff_jax import sift
@@ -147,7 +148,6 @@ def checked_matmul_dtype(matmul_dtype: str, kind: str = "dff") -> str:
     ValueError: another name, or a descriptor (SIFT) without such products; the message says
       which values work.
   """
-  from dff_jax import convolution  # pylint: disable=g-import-not-at-top
   if matmul_dtype not in convolution.OPERAND_DTYPES:
     raise ValueError(f"--matmul_dtype={matmul_dtype!r} is not one of "
                      f"{', '.join(convolution.OPERAND_DTYPES)} (leave it out for the "

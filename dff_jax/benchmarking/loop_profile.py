@@ -16,7 +16,8 @@ The parts are the steps of :func:`dff_jax.alignment.cascade.apply_stage` for ``B
 * ``project``: re-projection and visibility of the 68 landmarks.
 
 One record per part (``what = "loop_profile"``, ``part``, ``ms_per_batch``, ``share`` of the sum
-of parts, ``gflop_per_batch``, ``gflops``); with point fields then ``part =
+of parts, ``gflop_per_batch``, ``gflops``, ``fit_modes``, ``matmul_dtype``: the point head's
+product operands); with point fields then ``part =
 "features_per_face_head"``, the same read with a plain ``vmap`` (every face's head applied as a
 product of its own), timed in turns with ``features`` (``features_ms_per_batch``,
 ``ratio_to_features``: its time over that one's); then ``part = "loop"``: the whole jitted

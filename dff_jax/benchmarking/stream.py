@@ -59,8 +59,9 @@ installed), one record per measurement, ``what = "align_stream"``:
 
 Fields: ``what``, ``mode``, ``batch_size``, ``items_per_second`` (faces/s: one box per image),
 ``ms_per_item`` (ms per face), ``compile_s`` (lowering + compiling the cascade for the batch
-size, once per run), ``num_images``, ``features``, ``cascade``, ``source`` (``"rendered"`` or
-``"photos"``); end to end also ``overlays``, ``wall_s``, ``failures``, the time split
+size, once per run), ``num_images``, ``features``, ``cascade``, ``mirror``, ``matmul_dtype``
+(the encoder's product operands, ``align --matmul_dtype``; ``None``: its own), ``source``
+(``"rendered"`` or ``"photos"``); end to end also ``overlays``, ``wall_s``, ``failures``, the time split
 ``decode_s`` / ``write_s`` (summed over their threads) and ``align_s`` (the calling thread in the
 jitted calls) and ``wait_decode_s`` (waiting for decoding), ``max_images_in_memory`` (decoded
 images held at once), and the resident memory over time: ``rss_mb_start``, ``rss_mb_peak``,

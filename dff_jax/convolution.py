@@ -93,6 +93,9 @@ _WINOGRAD_TILE = 4
 # batch 8, 96 px, variants in turns; the committed figures are the encoder's and the stream's,
 # WORKSPACE.md section 15): 51.2 ms per call with this range, 56.6 with XLA's convolution
 # throughout, 53.2 with the 128-channel layer too, slower still with the 16-channel ones.
+# Timed again once the kernel transform was elementwise (:func:`winograd_kernel`; one core of
+# the 2-core Intel Xeon, batch 4 and 8, ad hoc): extending the range to 128 channels changed
+# nothing measurable, and to 16 made the encoder about 15 % slower.
 WINOGRAD_IN_CHANNELS = (32, 64)
 CONV_ALGORITHMS = ("auto", "xla", "winograd", "matmul")
 # ``"auto"`` computes a convolution with bfloat16 operands and at least this many input channels
@@ -127,6 +130,24 @@ def xla_conv3x3(x: Array, kernel: Array, out_dtype: Any = None) -> Array:
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       preferred_element_type=out_dtype)
+
+
+def winograd_kernel(kernel: Array) -> Array:
+  """Winograd's kernel transform ``G g G^T`` of every channel pair of a 3x3 kernel.
+
+  Args:
+    kernel: ``[3, 3, C, F]`` (HWIO).
+
+  Returns:
+    ``[36, C, F]`` in ``kernel``'s dtype: entry ``6 a + b`` is ``sum_ij G[a, i] g[i, j] G[b, j]``.
+    Written as multiply-adds of whole ``[C, F]`` slices (:func:`_transform_rows`), which XLA fuses
+    into one elementwise pass over the kernel: as an ``einsum`` XLA:CPU ran it as matrix products
+    with 3-long contractions and a transpose, several times the cost of the convolution's own
+    products at batch 4 (timed ad hoc with XLA's profiler, no results file).
+  """
+  rows = _transform_rows(_WINOGRAD_G, [kernel[i] for i in range(3)])  # 6 x [3, C, F]
+  return jnp.stack([entry for row in rows
+                    for entry in _transform_rows(_WINOGRAD_G, [row[j] for j in range(3)])])
 
 
 @jax.custom_jvp
@@ -169,8 +190,7 @@ def winograd_conv3x3(x: Array, kernel: Array) -> Array:
     transformed.extend(_transform_rows(
         _WINOGRAD_BT, [row[:, :, j:j + tile * tiles_x:tile] for j in range(window)]))
   v = jnp.stack(transformed).reshape(window ** 2, batch * tiles_y * tiles_x, channels)
-  u = jnp.einsum("ai,ijcf,bj->abcf", _WINOGRAD_G, kernel, _WINOGRAD_G,
-                 precision=jax.lax.Precision.HIGHEST).reshape(window ** 2, channels, features)
+  u = winograd_kernel(kernel)
   m = jnp.einsum("knc,kcf->knf", v, u, precision=jax.lax.Precision.HIGHEST)
   m = m.reshape(window, window, batch, tiles_y, tiles_x, features)
   out_rows = [jnp.stack(_transform_rows(_WINOGRAD_AT, list(row)), axis=3)

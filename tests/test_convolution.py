@@ -80,6 +80,27 @@ def test_winograd_box_sums_and_the_definition(height, width):
   assert out.dtype == np.float32 and out.shape == (3, height, width, features)
 
 
+def test_winograd_kernel_transform_planted_taps():
+  """Winograd's kernel transform ``G g G^T`` on planted kernels: a single tap ``(i, j)`` of
+  channel pair ``(c, f)`` gives the outer product of ``G``'s columns ``i`` and ``j`` there and
+  zeros elsewhere (its coefficients 1/4, 1/6, 1/12, 1/24 exactly to float32 rounding); random
+  kernels give the float64 definition; it is elementwise arithmetic (no matrix products, which
+  XLA:CPU ran as 3-long contractions far slower)."""
+  g = np.asarray(conv._WINOGRAD_G, np.float64)
+  for (i, j, c, f) in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 2), (0, 2, 2, 0)]:
+    kernel = np.zeros((3, 3, 3, 3), np.float32)
+    kernel[i, j, c, f] = 1.0
+    u = np.asarray(jax.jit(conv.winograd_kernel)(jnp.asarray(kernel)))
+    expected = np.zeros((36, 3, 3))
+    expected[:, c, f] = np.outer(g[:, i], g[:, j]).reshape(36)
+    np.testing.assert_allclose(u, expected, rtol=1e-6, atol=0)
+  kernel = np.random.default_rng(1).normal(size=(3, 3, 4, 5)).astype(np.float32)
+  definition = np.einsum("ai,ijcf,bj->abcf", g, kernel.astype(np.float64), g).reshape(36, 4, 5)
+  np.testing.assert_allclose(conv.winograd_kernel(jnp.asarray(kernel)), definition, rtol=1e-5,
+                             atol=1e-6)
+  assert "dot_general" not in str(jax.make_jaxpr(conv.winograd_kernel)(kernel))
+
+
 def test_winograd_gradients_match_finite_differences_and_planted_sums():
   """Winograd's convolution differentiated (its JVP and backward pass are XLA's convolutions):
   the derivatives to input and kernel match finite differences of the Winograd forward pass

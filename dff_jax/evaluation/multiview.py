@@ -335,8 +335,8 @@ def evaluate_multiview(out_dir: str | Path, features: str = "sift", cascade_path
         add_shape_errors(key + ("single_averaged",),
                          np.mean(singles.shape_coefficients[:num_views], axis=0),
                          singles.expression_coefficients, num_views)
+        subset = descriptor_fields.map_faces(lambda x, n=num_views: x[:n], maps)
         for name, share, per_view in joint_variants:
-          subset = descriptor_fields.map_faces(lambda x, n=num_views: x[:n], maps)
           states, _ = joint(am, params, subset, config, share_expression=share,
                             prior_per_view=per_view)
           states = jax.device_get(states)

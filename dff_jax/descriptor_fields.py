@@ -210,9 +210,22 @@ def map_faces(fn: Callable[[Array], Array], fields: Field) -> Field:
 
 def concatenate(fields: Sequence[Field], axis: int = 0) -> Field:
   """Fields of the same kind joined along a leading axis (point fields: ``shared_head``
-  cleared when there are several, since their heads may differ)."""
+  cleared when there are several, since their heads may differ).
+
+  Raises:
+    ValueError: dense maps and point fields mixed, or point fields whose heads' products run
+      in different dtypes (``head_dtype``: encoders loaded with different ``matmul_dtype``).
+  """
   fields = list(fields)
-  if len(fields) > 1 and all(isinstance(f, PointField) for f in fields):
+  kinds = {isinstance(f, PointField) for f in fields}
+  if len(kinds) > 1:
+    raise ValueError("cannot concatenate dense descriptor maps with point fields; describe "
+                     "every crop with the same encoder")
+  dtypes = sorted({f.head_dtype for f in fields if isinstance(f, PointField)})
+  if len(dtypes) > 1:
+    raise ValueError(f"cannot concatenate point fields whose heads run in different dtypes "
+                     f"{dtypes}; load their encoders with the same matmul_dtype")
+  if len(fields) > 1 and kinds == {True}:
     fields = [f.replace(shared_head=False) for f in fields]
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=axis), *fields)
 

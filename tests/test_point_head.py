@@ -113,6 +113,19 @@ def test_fields_with_their_own_heads_keep_them_and_concatenation_clears_sharing(
   assert fields_lib.concatenate(parts[:1]).shared_head
 
 
+def test_concatenating_fields_of_different_kinds_or_head_dtypes_is_a_clear_error():
+  """Point fields whose heads run in float32 and in bfloat16 (encoders loaded with different
+  matmul_dtype) or a point field and a dense map cannot be joined: a ValueError names why."""
+  levels, head = _shifted_ramps([0.0, 0.0])
+  field = fields_lib.PointField(levels=levels, head=fields_lib.broadcast_head(head, (2,)),
+                                shared_head=True)
+  with pytest.raises(ValueError, match="different dtypes.*same matmul_dtype"):
+    fields_lib.concatenate([field, field.replace(head_dtype="bfloat16")])
+  with pytest.raises(ValueError, match="dense descriptor maps with point fields"):
+    fields_lib.concatenate([field, jnp.zeros((2, 16, 16, 2))])
+  assert fields_lib.concatenate([field, field]).levels[0].shape[0] == 4
+
+
 def test_vmap_faces_nests_over_sets_of_views_and_passes_gradients_to_the_head():
   """A [2, 3] (sets, views) field with a shared head read by two nested vmap_faces gives every
   view its planted direction; the gradient of a read with respect to the head parameters the

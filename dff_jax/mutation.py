@@ -53,6 +53,11 @@ MODULES: Dict[str, tuple] = {
                    "tests/test_regression.py", "tests/test_multiview.py"]),
     # The output refinement's fit (its step inside the cascade is cascade.refine_state).
     "refinement": (["dff_jax/alignment/refinement.py"], ["tests/test_refinement.py"]),
+    # The encoder's convolutions (direct, three-product, Winograd) and the point fields' read.
+    "convolution": (["dff_jax/convolution.py"], ["tests/test_convolution.py",
+                                                 "tests/test_matmul_dtype.py"]),
+    "descriptor_fields": (["dff_jax/descriptor_fields.py"], ["tests/test_point_head.py",
+                                                             "tests/test_matmul_dtype.py"]),
 }
 
 # Survivors shown equivalent (no input can tell them apart from the original), by mutant name
@@ -70,6 +75,8 @@ _AR = "dff_jax.alignment.regression.x_"
 _RF = "dff_jax.alignment.refinement.x_"
 _IO = "dff_jax.image_io.x_"
 _FI = "dff_jax.file_io.x_"
+_DF = "dff_jax.descriptor_fields.x_"
+_CV = "dff_jax.convolution.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -393,6 +400,43 @@ EQUIVALENT: Dict[str, str] = {
        "weights are float64 ones, so batch_sums' products are float64 anyway (the held-out "
        "targets' squares aside, rounded to float32: a relative 6e-8 of the error sums)"
        for k in (14, 17, 19)},
+    **{_DF + f"head_apply__mutmut_{k}": "the float32 branch's test made false: float32 "
+       "operands then take the other branch (astype float32, float32 accumulation), the same "
+       "product on XLA:CPU" for k in (4, 5)},
+    **{_DF + f"head_apply__mutmut_{k}": "precision HIGHEST dropped: XLA:CPU, the tests' "
+       "platform, computes float32 products in full precision at every setting" for k in (9, 12)},
+    _DF + "head_apply__mutmut_31": "astype(None) is the default float dtype, float32 (x64 off); "
+                                   "the pyramid samples are float32 already",
+    _DF + "pyramid_samples__mutmut_12": "as head_apply__mutmut_31",
+    _DF + "pyramid_samples__mutmut_15": "inside from the last level instead of level 0: levels "
+                                        "halve exactly (the encoder needs sides divisible by "
+                                        "2 ** (L - 1)), so every level's rule is level 0's",
+    _DF + "pyramid_samples__mutmut_21": "axis=+1 of [K, C_l] samples is the last axis",
+    _DF + "query__mutmut_7": "astype(None) is float32 (x64 off), and a dense map's samples are "
+                             "float32 already (bilinear_sample promotes with float32 points)",
+    **{_DF + f"query__mutmut_{k}": "points in the default dtype: float points stay float32 (x64 "
+       "off), integer ones become float32 in p / 2 ** l" for k in (10, 12)},
+    _DF + "vmap_faces__mutmut_26": "h[1] for h[0]: a shared head is the same for every face, "
+                                   "and JAX clamps index 1 to 0 for a single face",
+    _DF + "_has_shared_head__mutmut_6": "> 1 for > 0: a single face is then read by a plain vmap, "
+                                        "the same values (sharing only batches the products)",
+    **{_DF + f"pixel_centres__mutmut_{k}": "arange without float32: + 0.5 makes the centres "
+       "float32" for k in (9, 11, 13, 15)},
+    _DF + "pixel_centres__mutmut_32": "axis=+1 of two stacked [N] arrays is the last axis",
+    _DF + "concatenate__mutmut_23": "shared_head None for False: both are falsy where it is read",
+    **{_DF + f"num_faces__mutmut_{k}": "the first entry of any leading prefix of the shape (None: "
+       "the whole shape) is the face axis" for k in (3, 6)},
+    **{_CV + f"{name}__mutmut_{k}": "one more row, column or channel of zero padding after the "
+       "last: the windows read stop before it (H x W outputs, C channels)"
+       for name, k in (("shifted_conv3x3", 10), ("shifted_conv3x3", 12), ("shifted_conv3x3", 14),
+                       ("matmul_conv3x3", 13), ("matmul_conv3x3", 15))},
+    **{_CV + f"_transform_rows__mutmut_{k}": "a coefficient of +-1 multiplied instead of "
+       "added or negated: the same values (the special cases only spare multiplies)"
+       for k in (11, 15, 19)},
+    _CV + "xla_conv3x3__mutmut_16": "padding 'same' for 'SAME': lax reads the name in any case",
+    **{_CV + f"winograd_kernel__mutmut_{k}": "range(4) over a 3-long axis: JAX clamps index 3 "
+       "to 2, and _transform_rows zips the 3 coefficients of each row with the first 3 parts"
+       for k in (7, 14)},
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

@@ -147,6 +147,18 @@ def test_algorithm_choice():
   assert features.dff_describer(conv="xla").kind == "dff"
 
 
+def test_auto_leaves_accelerators_to_xla(monkeypatch):
+  """On a GPU or TPU backend ``"auto"`` always picks XLA's convolution (their own kernels are
+  fast); images of at most 3 channels still take the shifted multiply-adds, and an explicit
+  choice is kept."""
+  monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
+  choose = conv.conv3x3_algorithm
+  assert [choose("auto", c, d) for c in (16, 32, 64, 128) for d in (jnp.float32, jnp.bfloat16)
+          ] == ["xla"] * 8
+  assert choose("auto", 3, jnp.float32) == "shifted"
+  assert choose("winograd", 32, jnp.float32) == "winograd"
+
+
 @pytest.mark.parametrize("mode,expected_xla_convs", [("auto", 2), ("xla", 5), ("winograd", 0)])
 def test_encoder_layers_run_the_chosen_convolution(mode, expected_xla_convs):
   """The encoder's ``conv`` reaches every 3x3 layer: a point encoder of widths (16, 32, 64), two

@@ -37,6 +37,12 @@ def test_matmul_convolution_is_the_definition_and_exact_on_small_integers():
                                                         ki.astype(jnp.bfloat16), jnp.float32)
   assert out.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out), numpy_conv3x3(xi, ki))
+  # Without out_dtype the result has the input's dtype, rounded once from the float32 sums.
+  out = jax.jit(conv.matmul_conv3x3)(xi.astype(jnp.bfloat16), ki.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(jnp.asarray(numpy_conv3x3(xi, ki), jnp.bfloat16),
+                                           np.float32))
 
 
 def test_matmul_convolution_gradients():
@@ -86,14 +92,17 @@ def test_a_bfloat16_head_is_the_head_of_its_rounded_operands():
           "hidden_bias": 0.1 * jax.random.normal(keys[2], (16,)),
           "out_kernel": jax.random.normal(keys[3], (16, 8)) / 4,
           "out_bias": 0.1 * jax.random.normal(keys[4], (8,))}
-  out = jax.jit(fields_lib.head_apply, static_argnums=2)(head, features, "bfloat16")
+  jitted = jax.jit(fields_lib.head_apply, static_argnums=2)(head, features, "bfloat16")
+  # Op by op too: XLA may fold a bfloat16 product's rounding into the float32 add under jit.
+  eager = fields_lib.head_apply(head, features, "bfloat16")
   hidden = _gelu_tanh(_rounded(features) @ _rounded(head["hidden_kernel"])
                       + np.asarray(head["hidden_bias"], np.float64))
   raw = _rounded(hidden) @ _rounded(head["out_kernel"]) + np.asarray(head["out_bias"],
                                                                       np.float64)
   planted = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
-  np.testing.assert_allclose(out, planted, atol=2e-5)
-  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+  for out in (jitted, eager):
+    np.testing.assert_allclose(out, planted, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
   assert float(np.max(np.abs(np.asarray(fields_lib.head_apply(head, features)) - planted))) > 1e-4
 
 
@@ -158,7 +167,8 @@ def test_bad_values_are_refused_with_what_to_do():
     features.make_describer("sift", None, "bfloat16")
   with pytest.raises(ValueError, match="needs float32 products"):
     enc.encoder_from_config({"features": [8], "conv": "winograd", "matmul_dtype": "bfloat16"})
-  with pytest.raises(ValueError, match="Winograd's convolution needs float32 operands"):
+  with pytest.raises(ValueError, match="Winograd's convolution needs float32 operands, got "
+                     "bfloat16: use conv='matmul' or 'auto' with bfloat16 products"):
     conv.Conv3x3(4, algorithm="winograd", operand_dtype="bfloat16").init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 32)))
   from experiments import align_flags

@@ -36,6 +36,31 @@ def test_planted_ramp_field_gives_the_point_direction():
   # Outside the crop: zero and not inside.
   values, inside = fields_lib.query(field, jnp.asarray([[-1.0, 3.0], [3.0, 16.5]]))
   assert not np.any(np.asarray(inside)) and np.all(np.asarray(values) == 0)
+  # Points with several leading axes keep them: [2, 2, 2] -> values [2, 2, 2], inside [2, 2].
+  values, inside = fields_lib.query(field, points.reshape(2, 2, 2))
+  np.testing.assert_allclose(np.asarray(values), expected.reshape(2, 2, 2), atol=1e-6)
+  assert inside.shape == (2, 2)
+
+
+def test_a_dense_map_is_read_bilinearly_and_described_by_its_shape():
+  """A dense map [H, W, D] holding (x, y, 1) of its pixel centres is read exactly at sub-pixel
+  points (bilinear reading of a linear ramp), with any leading axes of the points, zero outside;
+  num_faces, leading_shape and descriptor_dim read a batch of maps and a point field alike."""
+  size = 12
+  ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+  ramp = jnp.asarray(np.stack([xs, ys, np.ones_like(xs)], -1), jnp.float32)
+  points = jnp.asarray([[[3.3, 7.9], [10.0, 2.6]], [[0.7, 11.2], [13.0, 4.0]]], jnp.float32)
+  values, inside = fields_lib.query(ramp, points)
+  assert values.shape == (2, 2, 3) and values.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(inside), [[True, True], [True, False]])
+  expected = np.concatenate([np.asarray(points), np.ones((2, 2, 1))], -1) * np.asarray(
+      inside)[..., None]
+  np.testing.assert_allclose(np.asarray(values), expected, atol=1e-5)
+  maps = jnp.zeros((5, 3, size, size, 7))
+  assert fields_lib.num_faces(maps) == 5 and fields_lib.leading_shape(maps, 2) == (5, 3)
+  assert fields_lib.descriptor_dim(maps) == 7
+  field = _ramp_field()
+  assert fields_lib.descriptor_dim(field) == 2 and fields_lib.leading_shape(field, 1) == (16,)
 
 
 def _shifted_ramps(shifts, size=16):
@@ -121,9 +146,26 @@ def test_concatenating_fields_of_different_kinds_or_head_dtypes_is_a_clear_error
                                 shared_head=True)
   with pytest.raises(ValueError, match="different dtypes.*same matmul_dtype"):
     fields_lib.concatenate([field, field.replace(head_dtype="bfloat16")])
-  with pytest.raises(ValueError, match="dense descriptor maps with point fields"):
+  with pytest.raises(ValueError, match="dense descriptor maps with point fields; describe every "
+                     "crop with the same encoder"):
     fields_lib.concatenate([field, jnp.zeros((2, 16, 16, 2))])
   assert fields_lib.concatenate([field, field]).levels[0].shape[0] == 4
+
+
+def test_concatenate_joins_sets_of_views_along_the_given_axis():
+  """Two [2, V] sets of views (V = 1 and 2) joined along axis 1 give [2, 3] views, each where
+  it was: view k of set b keeps its planted shift."""
+  size = 8
+  shifts = np.arange(6, dtype=np.float32).reshape(2, 3)
+  maps = jnp.asarray(shifts[:, :, None, None, None] * np.ones((1, 1, size, size, 2)), jnp.float32)
+  joined = fields_lib.concatenate([maps[:, :1], maps[:, 1:]], axis=1)
+  assert fields_lib.leading_shape(joined, 2) == (2, 3)
+  np.testing.assert_array_equal(np.asarray(joined)[:, :, 0, 0, 0], shifts)
+  levels, head = _shifted_ramps([0.0, 0.0])
+  views = fields_lib.PointField(levels=tuple(l[:, None] for l in levels),
+                                head=fields_lib.broadcast_head(head, (2, 1)), shared_head=True)
+  joined = fields_lib.concatenate([views, views], axis=1)
+  assert fields_lib.leading_shape(joined, 2) == (2, 2) and not joined.shared_head
 
 
 def test_vmap_faces_nests_over_sets_of_views_and_passes_gradients_to_the_head():

@@ -58,6 +58,10 @@ MODULES: Dict[str, tuple] = {
                                                  "tests/test_matmul_dtype.py"]),
     "descriptor_fields": (["dff_jax/descriptor_fields.py"], ["tests/test_point_head.py",
                                                              "tests/test_matmul_dtype.py"]),
+    # The DFF encoders (U-Net and point head) and their configuration.
+    "encoder": (["dff_jax/encoder.py"], ["tests/test_encoder.py", "tests/test_point_head.py",
+                                         "tests/test_matmul_dtype.py",
+                                         "tests/test_convolution.py"]),
 }
 
 # Survivors shown equivalent (no input can tell them apart from the original), by mutant name
@@ -77,6 +81,7 @@ _IO = "dff_jax.image_io.x_"
 _FI = "dff_jax.file_io.x_"
 _DF = "dff_jax.descriptor_fields.x_"
 _CV = "dff_jax.convolution.x_"
+_EN = "dff_jax.encoder.x"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -437,6 +442,19 @@ EQUIVALENT: Dict[str, str] = {
     **{_CV + f"winograd_kernel__mutmut_{k}": "range(4) over a 3-long axis: JAX clamps index 3 "
        "to 2, and _transform_rows zips the 3 coefficients of each row with the first 3 parts"
        for k in (7, 14)},
+    **{_EN + f"__field__mutmut_{k}": "the default replaced by None: every caller's default is "
+       "None" for k in (2, 4, 10, 13)},
+    **{_EN + f"__upsample_bilinear_2x__mutmut_{k}": "slice_in_dim's start None is 0 and its "
+       "limit None the axis length" for k in (4, 16, 30, 47)},
+    **{_EN + f"_preprocess_images__mutmut_{k}": "the default float dtype is float32 (x64 off)"
+       for k in (16, 32, 34)},
+    _EN + "ǁDFFEncoderǁ_block__mutmut_1": "final_activation's default: every caller passes it",
+    _EN + "ǁDFFEncoderǁ_pyramid__mutmut_2": "the images left in their dtype: the first block's "
+                                           "convolution promotes its input to dtype",
+    _EN + "ǁDFFEncoderǁ_pyramid__mutmut_24": "padding left out: flax's Conv pads 'SAME' by default",
+    _EN + "ǁDFFEncoderǁ_pyramid__mutmut_33": "padding 'same' for 'SAME': flax reads it in any case",
+    _EN + "_encoder_from_config__mutmut_58": "'XXXX' for '' without a preset: neither is a preset "
+                                             "name, so both look up {}",
 }
 
 _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")

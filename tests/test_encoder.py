@@ -248,3 +248,116 @@ def test_convs_per_level_per_level_counts():
   for bad in ((1, 2), (1, 0, 1)):
     with pytest.raises(ValueError, match="convs_per_level"):
       enc.encoder_from_config(dict(features=(4, 8, 8), convs_per_level=bad))
+
+
+def test_every_config_field_reaches_the_module_and_presets_pick_their_head():
+  """Each field of encoder_from_config's list is passed on (non-default values); the point
+  preset builds a PointDFFEncoder, and asked for the dense head a U-Net without head_hidden;
+  top-level features win over an encoder sub-config; strides and parameter counts of known
+  trees."""
+  fields = dict(features=[8, 16], descriptor_dim=4, convs_per_level=[1, 2], norm="layer",
+                num_groups=4, activation="gelu", upsample="nearest", downsample="strided_conv",
+                dtype="float16", remat=True, conv="xla", matmul_dtype="float32")
+  module = enc.encoder_from_config(ml_collections.ConfigDict(fields))
+  expected = dict(fields, features=(8, 16), convs_per_level=(1, 2), dtype=jnp.float16)
+  assert type(module) is enc.DFFEncoder  # pylint: disable=unidiomatic-typecheck
+  assert {name: getattr(module, name) for name in expected} == expected
+  point = enc.encoder_from_config({"preset": "dff_point"})
+  assert isinstance(point, enc.PointDFFEncoder) and point.head_hidden == 128
+  assert point.features == (16, 32, 64, 128)
+  dense = enc.encoder_from_config({"preset": "dff_point", "head": "dense"})
+  assert type(dense) is enc.DFFEncoder and dense.features == (16, 32, 64, 128)  # pylint: disable=unidiomatic-typecheck
+  assert enc.encoder_from_config({"features": [8, 16], "encoder": {"features": [4]}}).features == (
+      8, 16)
+  assert [enc.encoder_stride(f) for f in ([8], (8, 16, 32), (8, 16, 32, 64), [8] * 5)] == [
+      1, 4, 8, 16]
+  tree = {"a": jnp.zeros((3, 4)), "b": [np.zeros(5), jnp.zeros((2, 2, 2))]}
+  assert enc.count_params(tree) == 25 and enc.count_params({}) == 0
+  assert [enc._group_count(c, 8) for c in (12, 16, 6, 1)] == [4, 8, 2, 1]  # pylint: disable=protected-access
+
+
+def test_size_and_field_errors_name_what_works():
+  """check_image_size names the nearest positive multiples (never 0) of each bad side, joined by
+  '; ', and accepts any positive size at stride 1; bad widths and option names are refused
+  with the field named."""
+  enc.check_image_size(1, 1, 1)
+  with pytest.raises(ValueError) as info:
+    enc.check_image_size(5, 9, 4)
+  assert ("height 5 -> try 4 or 8; width 9 -> try 8 or 12. Resize or pad the images, or use "
+          "fewer levels.") in str(info.value)
+  with pytest.raises(ValueError, match=r"height 3 -> try 8\."):
+    enc.check_image_size(3, 8, 8)
+  with pytest.raises(ValueError, match=r"height 0 -> try 1\."):
+    enc.check_image_size(0, 4, 1)
+  for features in ((8, 0), ()):
+    with pytest.raises(ValueError, match=r"DFFEncoder.features must be a non-empty sequence of "
+                       r"positive widths, got \(" + ", ".join(map(str, features))):
+      enc.DFFEncoder(features=features)._check_fields()  # pylint: disable=protected-access
+  enc.DFFEncoder(features=(1,), descriptor_dim=1)._check_fields()  # pylint: disable=protected-access
+  enc.DFFEncoder(conv="winograd", matmul_dtype="float32")._check_fields()  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="DFFEncoder.convs_per_level and descriptor_dim must be >= "
+                     "1, got 2 and 0"):
+    enc.DFFEncoder(descriptor_dim=0)._check_fields()  # pylint: disable=protected-access
+  for name in ("norm", "activation", "upsample", "downsample"):
+    with pytest.raises(ValueError, match=f"DFFEncoder.{name}='bad' is not one of"):
+      enc.DFFEncoder(**{name: "bad"})._check_fields()  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"^PointDFFEncoder expects images \[B, H, W, C\], got "
+                     r"shape \(8, 8, 1\)"):
+    enc.PointDFFEncoder(features=(8,)).init(jax.random.key(0), jnp.zeros((8, 8, 1)))
+
+
+def test_levels_activations_dtypes_and_names_of_the_contracting_half():
+  """A strided-conv point encoder in bfloat16 with bfloat16 parameters: every parameter is
+  bfloat16, the stride-2 convolutions are ``down_<l>`` with 3 x 3 kernels and bfloat16 outputs
+  (with float32 parameters too), and so are the levels;
+  the level blocks of a two-level encoder end in the ReLU (outputs >= 0) while a one-level
+  U-Net's only block hands its normalised pre-activations (both signs) to the head."""
+  module = enc.PointDFFEncoder(features=(8, 16, 16), descriptor_dim=4, convs_per_level=1,
+                               downsample="strided_conv", dtype=jnp.bfloat16,
+                               param_dtype=jnp.bfloat16, head_hidden=8)
+  images = jax.random.normal(jax.random.key(0), (1, 8, 8, 1))
+  params = jax.eval_shape(module.init, jax.random.key(1), images)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  assert params["params"]["down_1"]["kernel"].shape == (3, 3, 8, 16)
+  assert params["params"]["down_2"]["kernel"].shape == (3, 3, 16, 16)
+  field, state = jax.eval_shape(lambda p, x: module.apply(p, x, capture_intermediates=True),
+                                params, images)
+  assert [level.dtype for level in field.levels] == [jnp.dtype(jnp.bfloat16)] * 3
+  for name in ("down_1", "down_2"):
+    assert state["intermediates"][name]["__call__"][0].dtype == jnp.bfloat16
+  # With float32 parameters too: the stride-2 convolutions compute in dtype, not the promotion.
+  module32 = module.clone(param_dtype=jnp.float32)
+  _, state = jax.eval_shape(lambda p, x: module32.apply(p, x, capture_intermediates=True),
+                            jax.eval_shape(module32.init, jax.random.key(1), images), images)
+  for name in ("down_1", "down_2"):
+    assert state["intermediates"][name]["__call__"][0].dtype == jnp.bfloat16
+
+  def block_outputs(features):
+    net = enc.DFFEncoder(features=features, descriptor_dim=4, convs_per_level=1)
+    variables = net.init(jax.random.key(2), images)
+    _, state = net.apply(variables, images, capture_intermediates=True)
+    return [np.asarray(state["intermediates"][f"encoder_{l}"]["__call__"][0])
+            for l in range(len(features))]
+
+  assert all(float(out.min()) >= 0.0 for out in block_outputs((8, 16)))
+  assert float(block_outputs((8,))[0].min()) < 0.0
+
+
+def test_remat_is_in_the_computation_and_preprocessing_defaults_to_grey():
+  """remat=True puts a checkpoint (rematerialisation) into the traced computation, remat=False
+  none; preprocess_images defaults to one grey channel and converts an RGB image of width 1 (so
+  only the last axis tells its channels); a bad channel count is named in full."""
+  images = jnp.zeros((1, 8, 8, 1))
+  module = enc.DFFEncoder(features=(8, 16), descriptor_dim=4, convs_per_level=1)
+  params = jax.eval_shape(module.init, jax.random.key(0), images)
+  for remat, found in ((True, True), (False, False)):
+    text = str(jax.make_jaxpr(module.clone(remat=remat).apply)(params, images))
+    assert (("checkpoint" in text) or ("remat" in text)) == found
+  pixels = np.array([[[255, 0, 0]], [[0, 255, 0]], [[0, 0, 255]], [[255, 255, 255]]], np.uint8)
+  grey = enc.preprocess_images(pixels)
+  assert grey.shape == (4, 1, 1)
+  np.testing.assert_allclose(np.asarray(grey)[:, 0, 0],
+                             (np.array([0.299, 0.587, 0.114, 1.0]) - 0.5) / 0.25, atol=1e-5)
+  with pytest.raises(ValueError, match=r"preprocess_images expects RGB images \[\.\.\., H, W, 3\] "
+                     r"or grey ones \[\.\.\., H, W, 1\], got shape \(1, 4, 4, 2\)"):
+    enc.preprocess_images(np.zeros((1, 4, 4, 2), np.uint8))

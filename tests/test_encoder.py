@@ -266,14 +266,15 @@ def test_every_config_field_reaches_the_module_and_presets_pick_their_head():
   assert isinstance(point, enc.PointDFFEncoder) and point.head_hidden == 128
   assert point.features == (16, 32, 64, 128)
   dense = enc.encoder_from_config({"preset": "dff_point", "head": "dense"})
-  assert type(dense) is enc.DFFEncoder and dense.features == (16, 32, 64, 128)  # pylint: disable=unidiomatic-typecheck
+  assert not isinstance(dense, enc.PointDFFEncoder) and dense.features == (16, 32, 64, 128)
   assert enc.encoder_from_config({"features": [8, 16], "encoder": {"features": [4]}}).features == (
       8, 16)
   assert [enc.encoder_stride(f) for f in ([8], (8, 16, 32), (8, 16, 32, 64), [8] * 5)] == [
       1, 4, 8, 16]
   tree = {"a": jnp.zeros((3, 4)), "b": [np.zeros(5), jnp.zeros((2, 2, 2))]}
   assert enc.count_params(tree) == 25 and enc.count_params({}) == 0
-  assert [enc._group_count(c, 8) for c in (12, 16, 6, 1)] == [4, 8, 2, 1]  # pylint: disable=protected-access
+  group_count = enc._group_count  # pylint: disable=protected-access
+  assert [group_count(c, 8) for c in (12, 16, 6, 1)] == [4, 8, 2, 1]
 
 
 def test_size_and_field_errors_name_what_works():
@@ -293,8 +294,9 @@ def test_size_and_field_errors_name_what_works():
     with pytest.raises(ValueError, match=r"DFFEncoder.features must be a non-empty sequence of "
                        r"positive widths, got \(" + ", ".join(map(str, features))):
       enc.DFFEncoder(features=features)._check_fields()  # pylint: disable=protected-access
-  enc.DFFEncoder(features=(1,), descriptor_dim=1)._check_fields()  # pylint: disable=protected-access
-  enc.DFFEncoder(conv="winograd", matmul_dtype="float32")._check_fields()  # pylint: disable=protected-access
+  for accepted in (dict(features=(1,), descriptor_dim=1),
+                   dict(conv="winograd", matmul_dtype="float32")):
+    enc.DFFEncoder(**accepted)._check_fields()  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="DFFEncoder.convs_per_level and descriptor_dim must be >= "
                      "1, got 2 and 0"):
     enc.DFFEncoder(descriptor_dim=0)._check_fields()  # pylint: disable=protected-access

@@ -58,6 +58,9 @@ MODULES: Dict[str, tuple] = {
                                                  "tests/test_matmul_dtype.py"]),
     "descriptor_fields": (["dff_jax/descriptor_fields.py"], ["tests/test_point_head.py",
                                                              "tests/test_matmul_dtype.py"]),
+    # The renderer's rasteriser: the pairs' exact per-pixel correspondence rests on it.
+    "rasterizer": (["data_pipeline/rasterizer.py"], ["tests/test_rasterizer.py",
+                                                     "tests/test_visibility_truth.py"]),
     # The DFF encoders (U-Net and point head) and their configuration.
     "encoder": (["dff_jax/encoder.py"], ["tests/test_encoder.py", "tests/test_point_head.py",
                                          "tests/test_matmul_dtype.py",
@@ -82,6 +85,7 @@ _FI = "dff_jax.file_io.x_"
 _DF = "dff_jax.descriptor_fields.x_"
 _CV = "dff_jax.convolution.x_"
 _EN = "dff_jax.encoder.x"
+_RA = "data_pipeline.rasterizer.x_"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -453,6 +457,33 @@ EQUIVALENT: Dict[str, str] = {
                                            "convolution promotes its input to dtype",
     _EN + "ǁDFFEncoderǁ_pyramid__mutmut_24": "padding left out: flax's Conv pads 'SAME' by default",
     _EN + "ǁDFFEncoderǁ_pyramid__mutmut_33": "padding 'same' for 'SAME': flax reads it in any case",
+    _RA + "rasterize__mutmut_30": "area <= 0 for < 0: a zero area is dropped by the next line",
+    **{_RA + f"rasterize__mutmut_{k}": "the image-box prefilter joined with |: it keeps only "
+       "triangles lying outside the image on one axis, which hold no pixel centre and no point "
+       "of the image" for k in (91, 92, 93)},
+    **{_RA + f"rasterize__mutmut_{k}": "a cell box widened (start clipped lower, end clipped "
+       "higher, for images at least two pixels wide): front_surface_at only tests more "
+       "candidates, each decided by its barycentrics" for k in (129, 131, 137, 149, 151, 157)},
+    **{_RA + f"rasterize__mutmut_{k}": "the pixel range widened by one (still within the "
+       "image): the extra pixel centres are decided by their barycentrics"
+       for k in (169, 178, 190, 199)},
+    _RA + "rasterize__mutmut_318": "the depth-range guard 1e-9 -> 1.000000001: dividing a range "
+                                   "below 1 by 1 keeps every rank below 0.5, the same order",
+    **{_RA + f"{name}__mutmut_{k}": "NumPy reads the sort kind in any case"
+       for name, k in (("rasterize", 327), ("front_surface_at", 179))},
+    _RA + "front_surface_at__mutmut_11": "NumPy reads any negative size in reshape as -1",
+    **{_RA + f"front_surface_at__mutmut_{k}": "np.full(num, -1) is int64 without the dtype"
+       for k in (24, 27)},
+    _RA + "front_surface_at__mutmut_53": "with no point inside the image (or no kept triangle) "
+                                         "the rest finds nothing and returns the same defaults",
+    **{_RA + f"front_surface_at__mutmut_{k}": "the cell's lower clip dropped: points inside the "
+       "image have floor(x), floor(y) >= 0" for k in (63, 76)},
+    **{_RA + f"front_surface_at__mutmut_{k}": "the summed-area table in another dtype: counts "
+       "of cells are exact in int64 and float64 alike" for k in (99, 101, 111, 113)},
+    **{_RA + f"front_surface_at__mutmut_{k}": "the touched-box test widened (a sum that can only "
+       "grow: sat is non-negative and grows with row and column; or >= 0): more candidates, "
+       "each decided by its barycentrics" for k in (123, 124, 139, 140, 141)},
+    _RA + "front_surface_at__mutmut_187": "side='left' is searchsorted's default",
     _EN + "_encoder_from_config__mutmut_58": "'XXXX' for '' without a preset: neither is a preset "
                                              "name, so both look up {}",
 }
@@ -461,10 +492,16 @@ _COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "assets_cache")
 
 def setup_cfg(module: str) -> str:
+  """The ``[mutmut]`` section of a module: its files' packages (``dff_jax`` or
+  ``data_pipeline``) are the sources, the other package, experiments and tests are copied."""
   paths, tests = MODULES[module]
-  lines = ["[mutmut]", "source_paths = dff_jax", "only_mutate = " + "\n  ".join(paths),
+  packages = ("dff_jax", "data_pipeline")
+  sources = [p for p in packages if any(path.startswith(p + "/") for path in paths)]
+  copied = [p for p in packages if p not in sources] + ["experiments", "tests", "pytest.ini"]
+  lines = ["[mutmut]", "source_paths = " + "\n  ".join(sources),
+           "only_mutate = " + "\n  ".join(paths),
            "pytest_add_cli_args_test_selection = " + "\n  ".join(tests),
-           "also_copy = data_pipeline\n  experiments\n  tests\n  pytest.ini",
+           "also_copy = " + "\n  ".join(copied),
            "pytest_add_cli_args = -p no:cacheprovider -q -x",
            "process_isolation = forkserver", "forkserver_warmup = collect", ""]
   return "\n".join(lines)

@@ -61,6 +61,10 @@ MODULES: Dict[str, tuple] = {
     # The renderer's rasteriser: the pairs' exact per-pixel correspondence rests on it.
     "rasterizer": (["data_pipeline/rasterizer.py"], ["tests/test_rasterizer.py",
                                                      "tests/test_visibility_truth.py"]),
+    # The training pairs: views, visibility and the per-pixel correspondence between them.
+    "pairs": (["data_pipeline/pairs.py"], ["tests/test_pairs.py",
+                                           "tests/test_visibility_truth.py",
+                                           "tests/test_pipeline_grain.py"]),
     # The DFF encoders (U-Net and point head) and their configuration.
     "encoder": (["dff_jax/encoder.py"], ["tests/test_encoder.py", "tests/test_point_head.py",
                                          "tests/test_matmul_dtype.py",
@@ -86,6 +90,7 @@ _DF = "dff_jax.descriptor_fields.x_"
 _CV = "dff_jax.convolution.x_"
 _EN = "dff_jax.encoder.x"
 _RA = "data_pipeline.rasterizer.x_"
+_PA = "data_pipeline.pairs.x"
 EQUIVALENT: Dict[str, str] = {
     _G + "matrix_to_euler__mutmut_26": "cos_yaw <= 1e-6 for < 1e-6: both branches give the same "
                                        "angles at the boundary (the lock formula is exact there)",
@@ -484,6 +489,11 @@ EQUIVALENT: Dict[str, str] = {
        "grow: sat is non-negative and grows with row and column; or >= 0): more candidates, "
        "each decided by its barycentrics" for k in (123, 124, 139, 140, 141)},
     _RA + "front_surface_at__mutmut_187": "side='left' is searchsorted's default",
+    **{_PA + f"ǁPairSourceǁ__getitem____mutmut_{k}": "the prepared model is not kept (or not "
+       "made) for the next item: generate_sample prepares it itself from the config, the same "
+       "values" for k in (16, 17)},
+    **{_PA + f"ǁPairSourceǁ__init____mutmut_{k}": "a list of Python ints is int64 without the "
+       "dtype" for k in (7, 9)},
     _EN + "_encoder_from_config__mutmut_58": "'XXXX' for '' without a preset: neither is a preset "
                                              "name, so both look up {}",
 }

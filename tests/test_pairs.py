@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dff_jax.face_model import model as fm
-from data_pipeline import params
+from data_pipeline import pairs, params, rasterizer
 from data_pipeline.config import PipelineConfig, pipeline_config_from_dict
 from data_pipeline.pairs import PairSource, generate_sample, shard_indices
 from data_pipeline.validate import arrays_identical, check_sample
@@ -194,3 +194,28 @@ def test_default_render_mesh_is_decimated_over_model_vertex_ids():
   assert set(np.asarray(model.landmark_vertex_ids).tolist()) <= set(np.unique(triangles).tolist())
   full = params.render_triangles(config.replace(render_max_triangles=0))
   np.testing.assert_array_equal(full, model.triangles)
+
+
+def test_visible_in_view_by_depth_image_bounds_and_facing():
+  """A planted view: triangle 0 faces the camera at depth 10 over the left of a 10 x 8 image,
+  triangle 1 faces away at depth 20 over the right (culled, so it hides nothing). A point on
+  triangle 0's surface is visible (also at x = 0.5, in the first column); 3 mm behind it is
+  hidden beyond a 2 mm tolerance and seen within 5 mm; a point off every surface, or outside
+  the image, or on a non-finite position is not; with triangle ids, a point on triangle 1 (back
+  facing) or with id -1 is not, whatever its depth."""
+  front = [[0.0, 0.0, 10.0], [0.0, 8.0, 10.0], [6.0, 0.0, 10.0]]   # clockwise on screen: front
+  back = [[9.9, 0.1, 20.0], [9.9, 7.9, 20.0], [5.0, 0.1, 20.0]]    # counter-clockwise: back
+  screen = np.array(front + back)
+  raster = rasterizer.rasterize(screen, np.array([[0, 1, 2], [3, 4, 5]]), 8, 10)
+  assert raster.front_facing.tolist() == [True, False]
+  positions = np.array([[1.0, 2.0, 10.0], [0.5, 3.0, 10.0], [1.0, 2.0, 7.0], [9.0, 5.0, 20.0],
+                        [-1.0, 2.0, 10.0], [1.0, np.nan, 10.0], [9.0, 1.0, 20.0]])
+  seen = pairs.visible_in_view(raster, positions, None, 2.0)
+  assert seen.tolist() == [True, True, False, False, False, False, False]
+  assert pairs.visible_in_view(raster, positions[2:3], None, 5.0).tolist() == [True]
+  ids = np.array([0, 0, 0, 1, 0, 0, -1])
+  seen = pairs.visible_in_view(raster, positions, ids, 2.0)
+  assert seen.tolist() == [True, True, False, False, False, False, False]
+  # On triangle 0 by depth but given as triangle 1 (back facing) or -1: not visible.
+  assert pairs.visible_in_view(raster, positions[:2], np.array([1, -1]), 2.0).tolist() == [
+      False, False]

@@ -142,8 +142,8 @@ def winograd_kernel(kernel: Array) -> Array:
     ``[36, C, F]`` in ``kernel``'s dtype: entry ``6 a + b`` is ``sum_ij G[a, i] g[i, j] G[b, j]``.
     Written as multiply-adds of whole ``[C, F]`` slices (:func:`_transform_rows`), which XLA fuses
     into one elementwise pass over the kernel: as an ``einsum`` XLA:CPU ran it as matrix products
-    with 3-long contractions and a transpose, several times the cost of the convolution's own
-    products at batch 4 (timed ad hoc with XLA's profiler, no results file).
+    with 3-long contractions and a transpose, about a third of the fast encoder's op time at
+    batch 4 (XLA's profiler, ad hoc, no results file).
   """
   rows = _transform_rows(_WINOGRAD_G, [kernel[i] for i in range(3)])  # 6 x [3, C, F]
   return jnp.stack([entry for row in rows

@@ -213,10 +213,13 @@ def concatenate(fields: Sequence[Field], axis: int = 0) -> Field:
   cleared when there are several, since their heads may differ).
 
   Raises:
-    ValueError: dense maps and point fields mixed, or point fields whose heads' products run
-      in different dtypes (``head_dtype``: encoders loaded with different ``matmul_dtype``).
+    ValueError: no fields, dense maps and point fields mixed, or point fields whose heads'
+      products run in different dtypes (``head_dtype``: encoders loaded with different
+      ``matmul_dtype``).
   """
   fields = list(fields)
+  if not fields:
+    raise ValueError("concatenate needs at least one descriptor field")
   kinds = {isinstance(f, PointField) for f in fields}
   if len(kinds) > 1:
     raise ValueError("cannot concatenate dense descriptor maps with point fields; describe "

@@ -498,16 +498,16 @@ EQUIVALENT: Dict[str, str] = {
                                              "name, so both look up {}",
 }
 
-_COPY = ("dff_jax", "data_pipeline", "experiments", "tests", "pytest.ini")
+_PACKAGES = ("dff_jax", "data_pipeline")  # what a module's files may live in
+_COPY = _PACKAGES + ("experiments", "tests", "pytest.ini")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "results", "assets_cache")
 
 def setup_cfg(module: str) -> str:
-  """The ``[mutmut]`` section of a module: its files' packages (``dff_jax`` or
-  ``data_pipeline``) are the sources, the other package, experiments and tests are copied."""
+  """The ``[mutmut]`` section of a module: its files' packages (of :data:`_PACKAGES`) are the
+  sources, the rest of :data:`_COPY` is copied beside them."""
   paths, tests = MODULES[module]
-  packages = ("dff_jax", "data_pipeline")
-  sources = [p for p in packages if any(path.startswith(p + "/") for path in paths)]
-  copied = [p for p in packages if p not in sources] + ["experiments", "tests", "pytest.ini"]
+  sources = [p for p in _PACKAGES if any(path.startswith(p + "/") for path in paths)]
+  copied = [p for p in _COPY if p not in sources]
   lines = ["[mutmut]", "source_paths = " + "\n  ".join(sources),
            "only_mutate = " + "\n  ".join(paths),
            "pytest_add_cli_args_test_selection = " + "\n  ".join(tests),

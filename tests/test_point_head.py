@@ -140,7 +140,8 @@ def test_fields_with_their_own_heads_keep_them_and_concatenation_clears_sharing(
 
 def test_concatenating_fields_of_different_kinds_or_head_dtypes_is_a_clear_error():
   """Point fields whose heads run in float32 and in bfloat16 (encoders loaded with different
-  matmul_dtype) or a point field and a dense map cannot be joined: a ValueError names why."""
+  matmul_dtype), a point field and a dense map, or nothing at all cannot be joined: a ValueError
+  names why."""
   levels, head = _shifted_ramps([0.0, 0.0])
   field = fields_lib.PointField(levels=levels, head=fields_lib.broadcast_head(head, (2,)),
                                 shared_head=True)
@@ -150,6 +151,8 @@ def test_concatenating_fields_of_different_kinds_or_head_dtypes_is_a_clear_error
                      "crop with the same encoder"):
     fields_lib.concatenate([field, jnp.zeros((2, 16, 16, 2))])
   assert fields_lib.concatenate([field, field]).levels[0].shape[0] == 4
+  with pytest.raises(ValueError, match="at least one descriptor field"):
+    fields_lib.concatenate([])
 
 
 def test_concatenate_joins_sets_of_views_along_the_given_axis():
